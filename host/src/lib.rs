@@ -1,1 +1,27 @@
-//! agentfed
+//! agentfed: a federation host for AI-agent installations.
+//!
+//! Separate agent installations discover each other, prove who they are,
+//! and exchange work with graded trust, bounded cost, PII protection and a
+//! tamper-evident audit trail. Decisions (trust, PII, spend, inbound
+//! messages) are made by sandboxed WebAssembly components; this crate is
+//! the host that owns everything with side effects or secrets.
+//!
+//! Modules, one concern each:
+//! * [`plugin`]: the wasmtime runtime that loads, sandboxes and calls
+//!   policy components, with hot reload and a precompiled-code cache.
+//! * [`embedded`]: the default policies compiled into the binary.
+//! * [`pii`]: the host half of the PII pipeline (JSON values in, rewrites
+//!   back).
+//! * [`config`]: the node configuration file.
+//! * [`home`]: where a node keeps its files.
+//! * [`scaffold`]: `agentfed plugin new`, generating plugin crates.
+//! * [`cli`]: the `agentfed` command line.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod embedded;
+pub mod home;
+pub mod pii;
+pub mod plugin;
+pub mod scaffold;

@@ -1,1 +1,5 @@
-fn main(){}
+//! The `agentfed` command.
+
+fn main() -> std::process::ExitCode {
+    agentfed::cli::main()
+}

@@ -1,0 +1,475 @@
+//! `agentfed plugin …`: list, inspect, run and scaffold policy plugins.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::{CliError, CliResult};
+use crate::config::NodeConfig;
+use crate::plugin::{
+    HostContext, Limits, MessageView, PeerSnapshot, PluginKind, PluginRuntime, PluginSource,
+    RuntimeOptions, ScanRequest, SpendRequest,
+};
+
+/// `agentfed plugin` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List the plugin in each slot (configured file or embedded default)
+    /// with its name, version and description.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a component file: which plugin kind and world it
+    /// implements, its own metadata, hash, imports and exports.
+    Inspect {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a plugin once with a JSON input and print its JSON answer:
+    /// the quickest way to test a module.
+    ///
+    /// Input shapes (fields left out get sensible defaults; enum values
+    /// are case-insensitive, e.g. "attested"):
+    ///   trust:   {"node_id":"peer-1","level":"verified","metrics":{"interactions":60,"successes":59}}
+    ///   pii:     {"peer_level":"attested","payload":{"note":"mail bob@example.com"}}
+    ///            or {"peer_level":"attested","values":[{"path":"/note","value":"…"}]}
+    ///   spend:   {"breaker":{"state":"active"},"last_day":{"usd":6.5}}
+    ///   handler: {"message_type":"ping","payload":{}}
+    #[command(verbatim_doc_comment)]
+    Run {
+        /// Plugin kind: trust, pii, spend or handler.
+        kind: PluginKind,
+        /// A component file, or `default` for the embedded default policy.
+        plugin: String,
+        /// The input as JSON text, or @FILE to read it from a file (@- for stdin).
+        #[arg(long, value_name = "JSON|@FILE")]
+        input: String,
+        /// A plugin configuration value (repeatable), as the node config's
+        /// [plugins.<kind>.config] would give it.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Call deadline in milliseconds.
+        #[arg(long, default_value_t = Limits::default().deadline_ms)]
+        deadline_ms: u64,
+        /// Memory cap in MiB.
+        #[arg(long, default_value_t = Limits::default().memory_mib)]
+        memory_mib: u64,
+    },
+    /// Scaffold a new plugin crate that builds and passes its own test.
+    New {
+        /// Plugin kind: trust, pii, spend or handler.
+        kind: PluginKind,
+        /// Crate name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// Parent directory (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs one `plugin` subcommand.
+pub fn run(home: &Path, command: PluginCommand) -> CliResult {
+    match command {
+        PluginCommand::List { json } => list(home, json),
+        PluginCommand::Inspect { file, json } => inspect(home, &file, json),
+        PluginCommand::Run {
+            kind,
+            plugin,
+            input,
+            config,
+            deadline_ms,
+            memory_mib,
+        } => {
+            let limits = Limits {
+                deadline_ms,
+                memory_mib,
+                ..Limits::default()
+            };
+            run_once(home, kind, &plugin, &input, &config, limits)
+        }
+        PluginCommand::New { kind, name, dir } => {
+            let parent = dir.unwrap_or_else(|| PathBuf::from("."));
+            let created = crate::scaffold::generate(kind, &name, &parent).map_err(CliError::usage)?;
+            println!("created {} plugin crate at {}", kind, created.display());
+            println!("next:");
+            println!("  cd {}", created.display());
+            println!("  cargo test                                   # native unit tests");
+            println!("  cargo build --release --target wasm32-wasip2 # the component");
+            println!(
+                "  agentfed plugin run {kind} target/wasm32-wasip2/release/{}.wasm --input '…'",
+                name.replace('-', "_")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A runtime with the home's artifact cache when the home exists.
+fn runtime(home: &Path) -> Result<PluginRuntime, CliError> {
+    let cache_dir = home.is_dir().then(|| crate::home::plugin_cache_dir(home));
+    PluginRuntime::new(RuntimeOptions { cache_dir }).map_err(CliError::failed)
+}
+
+fn list(home: &Path, json: bool) -> CliResult {
+    let config = NodeConfig::load(home).map_err(CliError::usage)?;
+    let runtime = runtime(home)?;
+    let mut rows = Vec::new();
+    let mut failures = 0;
+    for kind in PluginKind::ALL {
+        let section = config.plugins.get(kind);
+        let source = match config.plugin_path(home, kind) {
+            Some(path) => PluginSource::File(path),
+            None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+        };
+        let host = HostContext::standalone(&source.to_string(), section.config.clone(), [0; 32]);
+        let row = match runtime.load(kind, source.clone(), host, section.limits) {
+            Ok(plugin) => json!({
+                "kind": kind,
+                "source": source.to_string(),
+                "embedded": matches!(source, PluginSource::Embedded(_)),
+                "name": plugin.metadata().name,
+                "version": plugin.metadata().version,
+                "description": plugin.metadata().description,
+                "sha256": plugin.sha256(),
+                "deadline_ms": section.limits.deadline_ms,
+                "memory_mib": section.limits.memory_mib,
+                "error": null,
+            }),
+            Err(err) => {
+                failures += 1;
+                json!({
+                    "kind": kind,
+                    "source": source.to_string(),
+                    "embedded": matches!(source, PluginSource::Embedded(_)),
+                    "error": err.to_string(),
+                })
+            }
+        };
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON values serialise"));
+    } else {
+        print_table(&rows);
+    }
+    if failures > 0 {
+        return Err(CliError::failed(anyhow!("{failures} configured plugin(s) failed to load")));
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Value]) {
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or("").to_string();
+    let table: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let status = match r["error"].as_str() {
+                Some(err) => format!("ERROR: {err}"),
+                None => text(r, "description"),
+            };
+            [text(r, "kind"), text(r, "name"), text(r, "version"), text(r, "source"), status]
+        })
+        .collect();
+    let headers = ["KIND", "PLUGIN", "VERSION", "SOURCE", "DESCRIPTION"];
+    let mut widths = headers.map(str::len);
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers);
+    for row in &table {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+}
+
+fn inspect(home: &Path, file: &Path, json: bool) -> CliResult {
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("cannot read {}", file.display()))
+        .map_err(CliError::usage)?;
+    let runtime = runtime(home)?;
+    let label = file.display().to_string();
+    let info = runtime.inspect(&label, &bytes).map_err(CliError::usage)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info).expect("serialisable"));
+        return Ok(());
+    }
+    println!("file:     {label}");
+    match (info.kind, info.world) {
+        (Some(kind), Some(world)) => println!("kind:     {kind} (world {world})"),
+        _ => println!("kind:     none (exports no agentfed plugin interface)"),
+    }
+    if let Some(meta) = &info.metadata {
+        println!("plugin:   {} {} — {}", meta.name, meta.version, meta.description);
+    }
+    println!("sha256:   {}", info.sha256);
+    println!("size:     {} bytes", info.size);
+    println!("imports:  {}", info.imports.join("\n          "));
+    println!("exports:  {}", info.exports.join("\n          "));
+    Ok(())
+}
+
+fn run_once(
+    home: &Path,
+    kind: PluginKind,
+    plugin: &str,
+    input: &str,
+    config: &[String],
+    limits: Limits,
+) -> CliResult {
+    let input = read_input(input).map_err(CliError::usage)?;
+    let config = parse_config_pairs(config).map_err(CliError::usage)?;
+    let source = match crate::embedded::resolve(kind, plugin) {
+        Some(name) => PluginSource::Embedded(name),
+        None => PluginSource::File(PathBuf::from(plugin)),
+    };
+    // Validate the input before paying for compilation.
+    let call = PreparedCall::new(kind, input).map_err(CliError::usage)?;
+    let runtime = runtime(home)?;
+    let host = HostContext::standalone(&source.to_string(), config, ephemeral_key());
+    let loaded = runtime
+        .load(kind, source, host, limits)
+        .map_err(|e| match e {
+            crate::plugin::PluginError::Read { .. }
+            | crate::plugin::PluginError::NotAComponent { .. }
+            | crate::plugin::PluginError::WrongWorld { .. }
+            | crate::plugin::PluginError::Link { .. } => CliError::usage(e),
+            other => CliError::failed(other),
+        })?;
+    let output = call.invoke(&loaded).map_err(CliError::failed)?;
+    println!("{}", serde_json::to_string_pretty(&output).expect("serialisable"));
+    Ok(())
+}
+
+/// A random key for `host.keyed-hash` in one-off runs: hashes are stable
+/// within the run only, which is all a test of a plugin needs.
+fn ephemeral_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    if getrandom::fill(&mut key).is_err() {
+        tracing::warn!("no OS randomness; using a fixed key for this run");
+    }
+    key
+}
+
+fn read_input(input: &str) -> anyhow::Result<Value> {
+    let text = match input.strip_prefix('@') {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read --input from stdin")?;
+            text
+        }
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --input file {path}"))?,
+        None => input.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| anyhow!("--input is not valid JSON: {e}"))
+}
+
+fn parse_config_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--config `{pair}` is not KEY=VALUE"))?;
+            if key.trim().is_empty() {
+                return Err(anyhow!("--config `{pair}` has an empty key"));
+            }
+            Ok((key.trim().to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// A call whose input has been validated against the kind's request type.
+enum PreparedCall {
+    Trust(PeerSnapshot),
+    Pii {
+        request: ScanRequest,
+        payload: Option<Value>,
+    },
+    Spend(SpendRequest),
+    Handler(MessageView),
+}
+
+impl PreparedCall {
+    fn new(kind: PluginKind, mut input: Value) -> anyhow::Result<Self> {
+        if !input.is_object() {
+            return Err(anyhow!("--input must be a JSON object"));
+        }
+        normalize_enums(&mut input);
+        let now = crate::plugin::Clock::now_ms(&crate::plugin::SystemClock);
+        Ok(match kind {
+            PluginKind::Trust => {
+                let defaults = json!({
+                    "node_id": "peer", "level": "Verified", "level_since_ms": 0, "now_ms": now,
+                    "metrics": {
+                        "interactions": 0, "successes": 0, "failures": 0, "threats": 0,
+                        "signature_failures": 0, "uptime": 1.0, "integrity": 1.0,
+                        "threats_last_hour": 0, "first_seen_ms": 0, "last_seen_ms": now,
+                    },
+                });
+                PreparedCall::Trust(decode(kind, merged(defaults, input))?)
+            }
+            PluginKind::Pii => {
+                let payload = input.as_object_mut().and_then(|o| o.remove("payload"));
+                let mut defaults = json!({"direction": "Outbound", "message_type": "task-assignment"});
+                if let Some(payload) = &payload {
+                    defaults["values"] = serde_json::to_value(crate::pii::string_values(payload))?;
+                }
+                let request: ScanRequest = decode(kind, merged(defaults, input))?;
+                PreparedCall::Pii { request, payload }
+            }
+            PluginKind::Spend => {
+                let window = |ms: u64| json!({"window_ms": ms, "samples": 0, "failures": 0, "tokens": 0, "usd": 0.0});
+                let defaults = json!({
+                    "node_id": "peer", "now_ms": now,
+                    "breaker": {"state": "Active", "since_ms": 0, "reason": null, "failures_since_suspend": 0},
+                    "last_hour": window(3_600_000), "last_day": window(86_400_000),
+                });
+                PreparedCall::Spend(decode(kind, merged(defaults, input))?)
+            }
+            PluginKind::Handler => {
+                if let Some(payload) = input.as_object_mut().and_then(|o| o.remove("payload")) {
+                    input["payload_json"] = Value::String(payload.to_string());
+                }
+                let defaults = json!({
+                    "id": "cli-1", "source": "cli", "message_type": "ping", "payload_json": "{}",
+                    "sender_level": "Attested", "hop_count": 0, "sent_at_ms": now,
+                });
+                PreparedCall::Handler(decode(kind, merged(defaults, input))?)
+            }
+        })
+    }
+
+    fn invoke(self, plugin: &crate::plugin::LoadedPlugin) -> anyhow::Result<Value> {
+        Ok(match self {
+            PreparedCall::Trust(peer) => serde_json::to_value(plugin.evaluate_trust(&peer)?)?,
+            PreparedCall::Pii { request, payload } => {
+                let result = plugin.scan_pii(&request)?;
+                let mut output = json!({"result": result});
+                if let Some(mut payload) = payload {
+                    output["payload"] = if result.blocked {
+                        Value::Null
+                    } else {
+                        crate::pii::apply_rewrites(&mut payload, &request.values, &result.rewritten)?;
+                        payload
+                    };
+                }
+                output
+            }
+            PreparedCall::Spend(request) => serde_json::to_value(plugin.evaluate_spend(&request)?)?,
+            PreparedCall::Handler(message) => {
+                serde_json::to_value(plugin.handle_message(&message)?)?
+            }
+        })
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kind: PluginKind, value: Value) -> anyhow::Result<T> {
+    serde_json::from_value(value).map_err(|e| anyhow!("--input does not fit a {kind} request: {e}"))
+}
+
+/// `base` with `overlay` merged in, objects recursively.
+fn merged(mut base: Value, overlay: Value) -> Value {
+    merge_into(&mut base, overlay);
+    base
+}
+
+fn merge_into(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                merge_into(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (slot, value) => *slot = value,
+    }
+}
+
+/// Lets users write enum values in any case (`attested`, `ATTESTED`):
+/// rewrites known enum fields to the variant names serde expects.
+fn normalize_enums(value: &mut Value) {
+    const ENUM_FIELDS: [&str; 5] = ["level", "peer_level", "sender_level", "direction", "state"];
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if ENUM_FIELDS.contains(&key.as_str()) {
+                    if let Value::String(s) = item {
+                        *s = pascal_case(s);
+                    }
+                } else {
+                    normalize_enums(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_enums),
+        _ => {}
+    }
+}
+
+fn pascal_case(s: &str) -> String {
+    let lower = s.trim().to_ascii_lowercase();
+    let mut chars = lower.chars();
+    match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_values_are_case_insensitive() {
+        let mut v = json!({"peer_level": "ATTESTED", "breaker": {"state": "active"}, "x": "keep"});
+        normalize_enums(&mut v);
+        assert_eq!(v, json!({"peer_level": "Attested", "breaker": {"state": "Active"}, "x": "keep"}));
+    }
+
+    #[test]
+    fn merge_overrides_nested_fields() {
+        let merged = merged(json!({"a": {"b": 1, "c": 2}, "d": 3}), json!({"a": {"b": 9}}));
+        assert_eq!(merged, json!({"a": {"b": 9, "c": 2}, "d": 3}));
+    }
+
+    #[test]
+    fn config_pairs_need_an_equals_sign() {
+        assert!(parse_config_pairs(&["a=b".into()]).is_ok());
+        assert!(parse_config_pairs(&["novalue".into()]).is_err());
+        assert!(parse_config_pairs(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn malformed_input_is_a_clear_error() {
+        let err = read_input("{not json").unwrap_err().to_string();
+        assert!(err.starts_with("--input is not valid JSON"), "{err}");
+        let err = PreparedCall::new(PluginKind::Pii, json!({"peer_level": "nope"}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("does not fit a pii request"), "{err}");
+    }
+}
