@@ -21,8 +21,12 @@ fn main() {
     code.push_str("pub static EMBEDDED: &[(&str, &[u8])] = &[\n");
     for (name, package) in DEFAULT_POLICIES {
         let path = guest_build::build_guest(&root, package);
-        writeln!(code, "    ({name:?}, include_bytes!({:?})),", path.display().to_string())
-            .expect("writing to a String");
+        writeln!(
+            code,
+            "    ({name:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        )
+        .expect("writing to a String");
     }
     code.push_str("];\n");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));

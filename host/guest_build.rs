@@ -30,7 +30,14 @@ pub fn build_guest(root: &Path, package: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--quiet", "--profile", "guest", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "guest",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .args(["-p", package])
         .arg("--target-dir")
         .arg(&target_dir);
@@ -66,5 +73,8 @@ pub fn rerun_if_changed(root: &Path, dirs: &[&str]) {
     for dir in dirs {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 }

@@ -32,6 +32,9 @@ pub trait MessageHandler {
 #[macro_export]
 macro_rules! export_message_handler {
     ($handler:ty) => {
+        // Exports exist only in the component; native builds (unit tests)
+        // still type-check the implementation.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::bindings::handler as __bindings;
             struct __AgentfedHandlerExport;
@@ -56,7 +59,7 @@ macro_rules! export_message_handler {
                     }
                 }
             }
-            __bindings::__export_handler_world!(__AgentfedHandlerExport with_types_in __bindings);
+    __bindings::__export_handler_world!(__AgentfedHandlerExport with_types_in __bindings);
         };
     };
 }

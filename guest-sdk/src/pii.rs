@@ -19,13 +19,17 @@ pub trait PiiPolicy {
 #[macro_export]
 macro_rules! export_pii_policy {
     ($policy:ty) => {
+        // Exports exist only in the component; native builds (unit tests)
+        // still type-check the implementation.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::bindings::pii as __bindings;
             struct __AgentfedPiiExport;
             impl __bindings::exports::agentfed::plugin::pii_policy::Guest for __AgentfedPiiExport {
                 fn scan(
                     request: $crate::pii::ScanRequest,
-                ) -> ::core::result::Result<$crate::pii::ScanResult, ::std::string::String> {
+                ) -> ::core::result::Result<$crate::pii::ScanResult, ::std::string::String>
+                {
                     <$policy as $crate::pii::PiiPolicy>::scan(request)
                 }
             }
@@ -39,7 +43,7 @@ macro_rules! export_pii_policy {
                         ),
                     }
                 }
-            }
+    }
             __bindings::__export_pii_world!(__AgentfedPiiExport with_types_in __bindings);
         };
     };

@@ -103,11 +103,13 @@ impl NodeConfig {
 
     /// The component path configured for `kind`, resolved against `home`.
     pub fn plugin_path(&self, home: &Path, kind: PluginKind) -> Option<PathBuf> {
-        self.plugins
-            .get(kind)
-            .path
-            .as_ref()
-            .map(|p| if p.is_absolute() { p.clone() } else { home.join(p) })
+        self.plugins.get(kind).path.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                home.join(p)
+            }
+        })
     }
 }
 

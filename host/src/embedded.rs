@@ -26,7 +26,11 @@ pub fn bytes(name: &str) -> Option<&'static [u8]> {
 /// Resolves a name given on the command line or in a config (`default`,
 /// `default-pii`, …) to an embedded policy for `kind`.
 pub fn resolve(kind: PluginKind, name: &str) -> Option<&'static str> {
-    let wanted = if name == "default" { default_name(kind) } else { name };
+    let wanted = if name == "default" {
+        default_name(kind)
+    } else {
+        name
+    };
     EMBEDDED
         .iter()
         .map(|(embedded, _)| *embedded)

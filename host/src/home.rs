@@ -13,7 +13,9 @@ pub fn resolve(explicit: Option<&Path>) -> PathBuf {
     if let Some(path) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
         return PathBuf::from(path);
     }
-    let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let user_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     user_home.join(".agentfed")
 }
 

@@ -107,8 +107,10 @@ mod tests {
             "m~n": "tilde",
         });
         let values = string_values(&payload);
-        let pairs: Vec<(&str, &str)> =
-            values.iter().map(|v| (v.path.as_str(), v.value.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| (v.path.as_str(), v.value.as_str()))
+            .collect();
         assert!(pairs.contains(&("/user/email", "bob@example.com")));
         assert!(pairs.contains(&("/notes/0", "call 555-123-4567")));
         assert!(pairs.contains(&("/notes/2", "ok")));
@@ -116,7 +118,10 @@ mod tests {
         assert!(pairs.contains(&("/m~0n", "tilde")));
         assert_eq!(values.len(), 5);
         for v in &values {
-            assert_eq!(payload.pointer(&v.path), Some(&Value::String(v.value.clone())));
+            assert_eq!(
+                payload.pointer(&v.path),
+                Some(&Value::String(v.value.clone()))
+            );
         }
     }
 
@@ -145,8 +150,14 @@ mod tests {
         let before = payload.clone();
         let values = string_values(&payload);
         let rewrites = vec![
-            RewrittenValue { value_index: 0, value: "changed".into() },
-            RewrittenValue { value_index: 7, value: "bad".into() },
+            RewrittenValue {
+                value_index: 0,
+                value: "changed".into(),
+            },
+            RewrittenValue {
+                value_index: 7,
+                value: "bad".into(),
+            },
         ];
         assert_eq!(
             apply_rewrites(&mut payload, &values, &rewrites),

@@ -14,12 +14,30 @@ use crate::plugin::PluginKind;
 
 /// The guest SDK and WIT files as (relative path, contents).
 const SDK_FILES: &[(&str, &str)] = &[
-    ("agentfed-guest/src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
-    ("agentfed-guest/src/common.rs", include_str!("../../guest-sdk/src/common.rs")),
-    ("agentfed-guest/src/trust.rs", include_str!("../../guest-sdk/src/trust.rs")),
-    ("agentfed-guest/src/pii.rs", include_str!("../../guest-sdk/src/pii.rs")),
-    ("agentfed-guest/src/spend.rs", include_str!("../../guest-sdk/src/spend.rs")),
-    ("agentfed-guest/src/handler.rs", include_str!("../../guest-sdk/src/handler.rs")),
+    (
+        "agentfed-guest/src/lib.rs",
+        include_str!("../../guest-sdk/src/lib.rs"),
+    ),
+    (
+        "agentfed-guest/src/common.rs",
+        include_str!("../../guest-sdk/src/common.rs"),
+    ),
+    (
+        "agentfed-guest/src/trust.rs",
+        include_str!("../../guest-sdk/src/trust.rs"),
+    ),
+    (
+        "agentfed-guest/src/pii.rs",
+        include_str!("../../guest-sdk/src/pii.rs"),
+    ),
+    (
+        "agentfed-guest/src/spend.rs",
+        include_str!("../../guest-sdk/src/spend.rs"),
+    ),
+    (
+        "agentfed-guest/src/handler.rs",
+        include_str!("../../guest-sdk/src/handler.rs"),
+    ),
     ("wit/types.wit", include_str!("../../wit/types.wit")),
     ("wit/trust.wit", include_str!("../../wit/trust.wit")),
     ("wit/pii.wit", include_str!("../../wit/pii.wit")),
@@ -77,7 +95,10 @@ pub fn generate(kind: PluginKind, name: &str, parent: &Path) -> anyhow::Result<P
     validate_name(name)?;
     let root = parent.join(name);
     if root.exists() {
-        bail!("{} already exists; choose another name or directory", root.display());
+        bail!(
+            "{} already exists; choose another name or directory",
+            root.display()
+        );
     }
     let files = crate_files(kind, name);
     for (relative, contents) in &files {
@@ -129,9 +150,15 @@ panic = "abort"
     let mut files = vec![
         ("Cargo.toml".to_string(), manifest),
         ("README.md".to_string(), readme),
-        ("src/lib.rs".to_string(), template(kind).replace("{{name}}", name)),
+        (
+            "src/lib.rs".to_string(),
+            template(kind).replace("{{name}}", name),
+        ),
         (".gitignore".to_string(), "/target\n".to_string()),
-        ("vendor/agentfed-guest/Cargo.toml".to_string(), SDK_MANIFEST.to_string()),
+        (
+            "vendor/agentfed-guest/Cargo.toml".to_string(),
+            SDK_MANIFEST.to_string(),
+        ),
     ];
     files.extend(
         SDK_FILES
@@ -165,7 +192,12 @@ mod tests {
     fn writes_a_complete_crate() {
         let dir = tempfile::tempdir().unwrap();
         let root = generate(PluginKind::Pii, "my-pii", dir.path()).unwrap();
-        for file in ["Cargo.toml", "src/lib.rs", "vendor/agentfed-guest/src/pii.rs", "vendor/wit/pii.wit"] {
+        for file in [
+            "Cargo.toml",
+            "src/lib.rs",
+            "vendor/agentfed-guest/src/pii.rs",
+            "vendor/wit/pii.wit",
+        ] {
             assert!(root.join(file).is_file(), "{file}");
         }
         let lib = fs::read_to_string(root.join("src/lib.rs")).unwrap();

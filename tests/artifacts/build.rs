@@ -21,12 +21,20 @@ const GUESTS: [(&str, &str); 9] = [
 
 fn main() {
     let root = guest_build::workspace_root();
-    guest_build::rerun_if_changed(&root, &["wit", "guest-sdk", "policies", "tests/fixtures", "examples"]);
+    guest_build::rerun_if_changed(
+        &root,
+        &["wit", "guest-sdk", "policies", "tests/fixtures", "examples"],
+    );
     let mut code = String::new();
     for (constant, package) in GUESTS {
         let path = guest_build::build_guest(&root, package);
         writeln!(code, "/// Component built from `{package}`.").expect("String");
-        writeln!(code, "pub const {constant}: &str = {:?};", path.display().to_string()).expect("String");
+        writeln!(
+            code,
+            "pub const {constant}: &str = {:?};",
+            path.display().to_string()
+        )
+        .expect("String");
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
     std::fs::write(out.join("artifacts.rs"), code).expect("writing artifacts.rs");

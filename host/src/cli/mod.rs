@@ -63,12 +63,18 @@ pub struct CliError {
 impl CliError {
     /// Bad usage or input: exit 2.
     pub fn usage(error: impl Into<anyhow::Error>) -> Self {
-        CliError { code: 2, error: error.into() }
+        CliError {
+            code: 2,
+            error: error.into(),
+        }
     }
 
     /// The operation failed: exit 1.
     pub fn failed(error: impl Into<anyhow::Error>) -> Self {
-        CliError { code: 1, error: error.into() }
+        CliError {
+            code: 1,
+            error: error.into(),
+        }
     }
 }
 

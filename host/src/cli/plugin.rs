@@ -98,7 +98,8 @@ pub fn run(home: &Path, command: PluginCommand) -> CliResult {
         }
         PluginCommand::New { kind, name, dir } => {
             let parent = dir.unwrap_or_else(|| PathBuf::from("."));
-            let created = crate::scaffold::generate(kind, &name, &parent).map_err(CliError::usage)?;
+            let created =
+                crate::scaffold::generate(kind, &name, &parent).map_err(CliError::usage)?;
             println!("created {} plugin crate at {}", kind, created.display());
             println!("next:");
             println!("  cd {}", created.display());
@@ -157,12 +158,17 @@ fn list(home: &Path, json: bool) -> CliResult {
         rows.push(row);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON values serialise"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("JSON values serialise")
+        );
     } else {
         print_table(&rows);
     }
     if failures > 0 {
-        return Err(CliError::failed(anyhow!("{failures} configured plugin(s) failed to load")));
+        return Err(CliError::failed(anyhow!(
+            "{failures} configured plugin(s) failed to load"
+        )));
     }
     Ok(())
 }
@@ -176,7 +182,13 @@ fn print_table(rows: &[Value]) {
                 Some(err) => format!("ERROR: {err}"),
                 None => text(r, "description"),
             };
-            [text(r, "kind"), text(r, "name"), text(r, "version"), text(r, "source"), status]
+            [
+                text(r, "kind"),
+                text(r, "name"),
+                text(r, "version"),
+                text(r, "source"),
+                status,
+            ]
         })
         .collect();
     let headers = ["KIND", "PLUGIN", "VERSION", "SOURCE", "DESCRIPTION"];
@@ -211,7 +223,10 @@ fn inspect(home: &Path, file: &Path, json: bool) -> CliResult {
     let label = file.display().to_string();
     let info = runtime.inspect(&label, &bytes).map_err(CliError::usage)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&info).expect("serialisable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).expect("serialisable")
+        );
         return Ok(());
     }
     println!("file:     {label}");
@@ -220,7 +235,10 @@ fn inspect(home: &Path, file: &Path, json: bool) -> CliResult {
         _ => println!("kind:     none (exports no agentfed plugin interface)"),
     }
     if let Some(meta) = &info.metadata {
-        println!("plugin:   {} {} — {}", meta.name, meta.version, meta.description);
+        println!(
+            "plugin:   {} {} — {}",
+            meta.name, meta.version, meta.description
+        );
     }
     println!("sha256:   {}", info.sha256);
     println!("size:     {} bytes", info.size);
@@ -257,7 +275,10 @@ fn run_once(
             other => CliError::failed(other),
         })?;
     let output = call.invoke(&loaded).map_err(CliError::failed)?;
-    println!("{}", serde_json::to_string_pretty(&output).expect("serialisable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&output).expect("serialisable")
+    );
     Ok(())
 }
 
@@ -334,7 +355,8 @@ impl PreparedCall {
             }
             PluginKind::Pii => {
                 let payload = input.as_object_mut().and_then(|o| o.remove("payload"));
-                let mut defaults = json!({"direction": "Outbound", "message_type": "task-assignment"});
+                let mut defaults =
+                    json!({"direction": "Outbound", "message_type": "task-assignment"});
                 if let Some(payload) = &payload {
                     defaults["values"] = serde_json::to_value(crate::pii::string_values(payload))?;
                 }
@@ -373,7 +395,11 @@ impl PreparedCall {
                     output["payload"] = if result.blocked {
                         Value::Null
                     } else {
-                        crate::pii::apply_rewrites(&mut payload, &request.values, &result.rewritten)?;
+                        crate::pii::apply_rewrites(
+                            &mut payload,
+                            &request.values,
+                            &result.rewritten,
+                        )?;
                         payload
                     };
                 }
@@ -446,12 +472,18 @@ mod tests {
     fn enum_values_are_case_insensitive() {
         let mut v = json!({"peer_level": "ATTESTED", "breaker": {"state": "active"}, "x": "keep"});
         normalize_enums(&mut v);
-        assert_eq!(v, json!({"peer_level": "Attested", "breaker": {"state": "Active"}, "x": "keep"}));
+        assert_eq!(
+            v,
+            json!({"peer_level": "Attested", "breaker": {"state": "Active"}, "x": "keep"})
+        );
     }
 
     #[test]
     fn merge_overrides_nested_fields() {
-        let merged = merged(json!({"a": {"b": 1, "c": 2}, "d": 3}), json!({"a": {"b": 9}}));
+        let merged = merged(
+            json!({"a": {"b": 1, "c": 2}, "d": 3}),
+            json!({"a": {"b": 9}}),
+        );
         assert_eq!(merged, json!({"a": {"b": 9, "c": 2}, "d": 3}));
     }
 

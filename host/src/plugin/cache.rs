@@ -123,7 +123,10 @@ impl ArtifactCache {
         };
         for entry in entries {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "cwasm" || e == "sha256") {
+            if path
+                .extension()
+                .is_some_and(|e| e == "cwasm" || e == "sha256")
+            {
                 fs::remove_file(&path)?;
                 removed += 1;
             }
@@ -138,7 +141,10 @@ fn checksum_path(artifact: &Path) -> PathBuf {
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

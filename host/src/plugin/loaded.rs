@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, Trap};
 
+use super::PluginKind;
 use super::bindings::{
     HandlerDecision, MessageView, PeerSnapshot, PluginMetadata, ScanRequest, ScanResult,
     SpendDecision, SpendRequest, TrustDecision, handler, pii, spend, trust,
@@ -14,7 +15,6 @@ use super::cache::CacheOutcome;
 use super::error::PluginError;
 use super::runtime::{EPOCH_TICK, PluginSource};
 use super::sandbox::{self, HostContext, Limits, StoreState};
-use super::PluginKind;
 
 /// The pre-instantiated component of one world.
 pub(crate) enum WorldPre {
@@ -128,7 +128,9 @@ impl LoadedPlugin {
         };
         // Calling `metadata` once proves the plugin instantiates and runs,
         // and leaves one warm instance in the pool.
-        plugin.metadata = plugin.with_instance(|store, world| world.metadata(store))?;
+        let load_deadline = plugin.load_deadline_ticks();
+        plugin.metadata =
+            plugin.with_instance(load_deadline, |store, world| world.metadata(store))?;
         Ok(plugin)
     }
 
@@ -178,7 +180,7 @@ impl LoadedPlugin {
 
     /// Trust world: evaluates a peer.
     pub fn evaluate_trust(&self, peer: &PeerSnapshot) -> Result<TrustDecision, PluginError> {
-        let answer = self.with_instance(|store, world| match world {
+        let answer = self.with_instance(self.deadline_ticks(), |store, world| match world {
             World::Trust(w) => w.agentfed_plugin_trust_policy().call_evaluate(store, peer),
             _ => unreachable!("a trust slot only holds trust instances"),
         })?;
@@ -187,7 +189,7 @@ impl LoadedPlugin {
 
     /// PII world: scans one message.
     pub fn scan_pii(&self, request: &ScanRequest) -> Result<ScanResult, PluginError> {
-        let answer = self.with_instance(|store, world| match world {
+        let answer = self.with_instance(self.deadline_ticks(), |store, world| match world {
             World::Pii(w) => w.agentfed_plugin_pii_policy().call_scan(store, request),
             _ => unreachable!("a pii slot only holds pii instances"),
         })?;
@@ -196,8 +198,10 @@ impl LoadedPlugin {
 
     /// Spend world: evaluates a peer's breaker.
     pub fn evaluate_spend(&self, request: &SpendRequest) -> Result<SpendDecision, PluginError> {
-        let answer = self.with_instance(|store, world| match world {
-            World::Spend(w) => w.agentfed_plugin_spend_policy().call_evaluate(store, request),
+        let answer = self.with_instance(self.deadline_ticks(), |store, world| match world {
+            World::Spend(w) => w
+                .agentfed_plugin_spend_policy()
+                .call_evaluate(store, request),
             _ => unreachable!("a spend slot only holds spend instances"),
         })?;
         self.accept(answer)
@@ -205,7 +209,7 @@ impl LoadedPlugin {
 
     /// Handler world: handles one inbound message.
     pub fn handle_message(&self, message: &MessageView) -> Result<HandlerDecision, PluginError> {
-        let answer = self.with_instance(|store, world| match world {
+        let answer = self.with_instance(self.deadline_ticks(), |store, world| match world {
             World::Handler(w) => w
                 .agentfed_plugin_message_handler()
                 .call_handle(store, message),
@@ -230,6 +234,7 @@ impl LoadedPlugin {
     /// because its memory may be in any state.
     fn with_instance<R>(
         &self,
+        deadline_ticks: u64,
         call: impl FnOnce(&mut Store<StoreState>, &World) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let pooled = self.lock_idle().pop();
@@ -238,7 +243,7 @@ impl LoadedPlugin {
             None => self.instantiate()?,
         };
         instance.store.data_mut().begin_call();
-        instance.store.set_epoch_deadline(self.deadline_ticks());
+        instance.store.set_epoch_deadline(deadline_ticks);
         let result = call(&mut instance.store, &instance.world);
         let panic_message = self.forward_guest_output(&instance.store);
         match result {
@@ -259,7 +264,7 @@ impl LoadedPlugin {
             StoreState::new(self.host.clone(), &self.limits),
         );
         store.limiter(sandbox::limiter);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(self.load_deadline_ticks());
         match self.pre.instantiate(&mut store) {
             Ok(world) => Ok(Instance { store, world }),
             Err(err) => {
@@ -275,8 +280,15 @@ impl LoadedPlugin {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_millis().max(1) as u64;
-        self.limits.deadline_ms.div_ceil(tick).max(1)
+        ms_to_ticks(self.limits.deadline_ms)
+    }
+
+    /// Instantiation (data initialisation, start functions) and the
+    /// `metadata` call at load time are not on any request's path, so they
+    /// get ten times the call deadline, at least a second: still bounded,
+    /// but not at the mercy of a busy scheduler.
+    fn load_deadline_ticks(&self) -> u64 {
+        ms_to_ticks(self.limits.deadline_ms.saturating_mul(10).max(1_000))
     }
 
     /// Turns a wasmtime error into the typed reason callers fail closed on.
@@ -335,4 +347,9 @@ impl LoadedPlugin {
         let message = lines.next().unwrap_or(location).trim();
         Some(super::host_api::truncate_on_char_boundary(message, 400).to_string())
     }
+}
+
+fn ms_to_ticks(ms: u64) -> u64 {
+    let tick = EPOCH_TICK.as_millis().max(1) as u64;
+    ms.div_ceil(tick).max(1)
 }

@@ -110,6 +110,8 @@ impl std::str::FromStr for PluginKind {
         PluginKind::ALL
             .into_iter()
             .find(|kind| kind.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown plugin kind `{s}`: expected trust, pii, spend or handler"))
+            .ok_or_else(|| {
+                format!("unknown plugin kind `{s}`: expected trust, pii, spend or handler")
+            })
     }
 }

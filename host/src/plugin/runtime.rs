@@ -10,12 +10,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
+use super::PluginKind;
 use super::bindings::{PluginMetadata, handler, pii, spend, trust};
 use super::cache::{ArtifactCache, CacheOutcome};
 use super::error::PluginError;
 use super::loaded::{LoadedPlugin, WorldPre};
 use super::sandbox::{HostContext, Limits, StoreState};
-use super::PluginKind;
 
 /// How often the epoch advances. A call's deadline is rounded up to whole
 /// ticks, so a 50 ms deadline fires between 50 and 51 ms.
@@ -143,13 +143,9 @@ impl PluginRuntime {
     fn linker(engine: &Engine, kind: PluginKind) -> Result<Linker<StoreState>, PluginError> {
         let mut linker = Linker::new(engine);
         let linked = wasmtime_wasi::p2::add_to_linker_sync(&mut linker).and_then(|()| match kind {
-            PluginKind::Trust => {
-                trust::Trust::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            }
+            PluginKind::Trust => trust::Trust::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
             PluginKind::Pii => pii::Pii::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
-            PluginKind::Spend => {
-                spend::Spend::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            }
+            PluginKind::Spend => spend::Spend::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
             PluginKind::Handler => {
                 handler::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             }
@@ -199,7 +195,9 @@ impl PluginRuntime {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let compiled = match &self.cache {
             Some(cache) => cache.load_or_compile(&self.engine, bytes, &digest),
-            None => Component::new(&self.engine, bytes).map(|c| (c, CacheOutcome::CompiledUncached)),
+            None => {
+                Component::new(&self.engine, bytes).map(|c| (c, CacheOutcome::CompiledUncached))
+            }
         };
         let (component, outcome) = compiled.map_err(|e| PluginError::NotAComponent {
             source_label: label.to_string(),
@@ -288,7 +286,10 @@ impl PluginRuntime {
     pub fn inspect(&self, label: &str, bytes: &[u8]) -> Result<ComponentInfo, PluginError> {
         let (component, digest, _) = self.compile(label, bytes)?;
         let ty = component.component_type();
-        let imports = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         let exports = export_names(&self.engine, &component);
         let kind = PluginKind::from_exports(exports.iter().map(String::as_str));
         let metadata = match kind {

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::PluginKind;
 use super::error::PluginError;
 use super::loaded::LoadedPlugin;
-use super::PluginKind;
 
 /// The current plugin of one kind. Readers take an `Arc` of the current
 /// plugin without locking; a reload swaps in a new one atomically, and

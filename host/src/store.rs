@@ -1,0 +1,1087 @@
+//! Persistent node state in one redb file (`state.redb` in the node home),
+//! plus the single-daemon lock (`daemon.lock`).
+//!
+//! # Tables
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | bytes (`schema_version`: u64 big-endian; `audit_head`: see [`crate::audit`]) |
+//! | `peers` | node id | JSON [`PeerRecord`] |
+//! | `spend` | (node id, ts_ms, seq) | JSON [`SpendSample`] |
+//! | `spend_index` | node id | (sample count, next seq) |
+//! | `outbox` | envelope id | (attempts, next_attempt_ms, target node id, envelope bytes) |
+//! | `dedupe` | (sender, envelope id) | seen_ms |
+//! | `dedupe_by_time` | (seen_ms, sender, envelope id) | () |
+//! | `audit` | seq | audit record bytes ([`crate::audit`]) |
+//! | `inbox` | seq | message bytes |
+//!
+//! Structured values are JSON (serde_json): records evolve by adding
+//! `#[serde(default)]` fields, which old rows still decode into, and a raw
+//! row stays readable when debugging; a compact format such as postcard is
+//! not self-describing, so every added field would need a migration. Hot
+//! binary data (outbox envelopes) uses redb's native tuple encoding.
+//!
+//! Every mutating method runs one redb write transaction with
+//! [`redb::Durability::Immediate`] and commits it before returning: once it
+//! returns `Ok`, the change is on disk. Do not call these methods while
+//! holding another write transaction on the same database (redb admits one
+//! writer at a time, so that would deadlock).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageError, TableDefinition, WriteTransaction,
+};
+
+use crate::model::{PeerRecord, SpendSample, SpendWindow};
+
+/// Schema version this build writes and understands.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// State file name inside the node home.
+pub const STATE_FILE: &str = "state.redb";
+
+/// Daemon lock file name inside the node home.
+pub const LOCK_FILE: &str = "daemon.lock";
+
+/// Most spend samples kept per peer; the oldest (smallest ts) is dropped.
+pub const SPEND_RING_CAPACITY: u64 = 10_000;
+
+/// Longest id (node id, envelope id, task id) accepted as a key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+const SPEND: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("spend");
+const SPEND_INDEX: TableDefinition<&str, (u64, u64)> = TableDefinition::new("spend_index");
+const OUTBOX: TableDefinition<&str, (u32, u64, &str, &[u8])> = TableDefinition::new("outbox");
+const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
+const DEDUPE_BY_TIME: TableDefinition<(u64, &str, &str), ()> =
+    TableDefinition::new("dedupe_by_time");
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
+
+const SCHEMA_KEY: &str = "schema_version";
+
+/// Failures of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem failure.
+    #[error("{action} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// OS error.
+        source: io::Error,
+    },
+    /// The file is not a redb database, or it is damaged.
+    #[error(
+        "{path} is not a readable agentfed state store (not a redb database, or corrupted: {detail}); move it aside or restore a backup",
+        path = path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// redb's description.
+        detail: String,
+    },
+    /// The store was written by a newer agentfed.
+    #[error(
+        "{path} has schema version {found}, newer than this build supports ({supported}); upgrade agentfed",
+        path = path.display()
+    )]
+    SchemaTooNew {
+        /// The file.
+        path: PathBuf,
+        /// Version found.
+        found: u64,
+        /// Newest version this build supports.
+        supported: u64,
+    },
+    /// Another handle or process has the database open.
+    #[error("{path} is already open by another agentfed process", path = path.display())]
+    AlreadyOpen {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Any other redb failure.
+    #[error("state store: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored value does not decode.
+    #[error("state store: undecodable {table} row")]
+    Decode {
+        /// Table name.
+        table: &'static str,
+    },
+    /// A value refused before writing (e.g. non-finite USD, oversize key).
+    #[error("state store: invalid value: {0}")]
+    InvalidValue(&'static str),
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A queued outbound envelope (at-least-once delivery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Envelope id (the key).
+    pub envelope_id: String,
+    /// Target node id.
+    pub target: String,
+    /// The exact signed bytes to send.
+    pub bytes: Vec<u8>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt (ms since the Unix epoch).
+    pub next_attempt_ms: u64,
+}
+
+/// The node's state database.
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens `home/state.redb`, creating it if missing.
+    pub fn open_in_home(home: &Path) -> Result<Store> {
+        Store::open(&home.join(STATE_FILE))
+    }
+
+    /// Creates or opens the store at `path`: verifies every page checksum on
+    /// open (a damaged or foreign file is refused with
+    /// [`StoreError::Corrupt`], never a panic), creates missing tables,
+    /// records [`SCHEMA_VERSION`] in `meta` and refuses a newer one.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = open_database(path)?;
+        let store = Store {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        };
+        store.init_schema()?;
+        Ok(store)
+    }
+
+    fn init_schema(&self) -> Result<()> {
+        let txn = self.write_txn()?;
+        let found = {
+            let mut meta = txn.open_table(META)?;
+            let found = match meta.get(SCHEMA_KEY)? {
+                Some(v) => Some(decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?),
+                None => None,
+            };
+            if found.is_none() {
+                meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+            }
+            found
+        };
+        if let Some(found) = found.filter(|&v| v > SCHEMA_VERSION) {
+            txn.abort()?;
+            return Err(StoreError::SchemaTooNew {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        txn.open_table(PEERS)?;
+        txn.open_table(SPEND)?;
+        txn.open_table(SPEND_INDEX)?;
+        txn.open_table(OUTBOX)?;
+        txn.open_table(DEDUPE)?;
+        txn.open_table(DEDUPE_BY_TIME)?;
+        txn.open_table(AUDIT)?;
+        txn.open_table(INBOX)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let v = meta.get(SCHEMA_KEY)?.ok_or(StoreError::Decode { table: "meta" })?;
+        decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })
+    }
+
+    /// The shared database handle (for [`crate::audit::AuditLog`]).
+    pub(crate) fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
+    fn write_txn(&self) -> Result<WriteTransaction> {
+        begin_durable_write(&self.db)
+    }
+
+    // --- peers -------------------------------------------------------------
+
+    /// Inserts or replaces the record of `record.node_id()`.
+    pub fn upsert_peer(&self, record: &PeerRecord) -> Result<()> {
+        let id = record.node_id();
+        check_key(id)?;
+        let bytes = serde_json::to_vec(record).map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
+        let txn = self.write_txn()?;
+        txn.open_table(PEERS)?.insert(id, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The record of `node_id`, if known.
+    pub fn get_peer(&self, node_id: &str) -> Result<Option<PeerRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PEERS)?;
+        let row = table.get(node_id)?;
+        row.map(|v| decode_json(v.value(), "peers")).transpose()
+    }
+
+    /// Every peer record, ordered by node id.
+    pub fn list_peers(&self) -> Result<Vec<PeerRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PEERS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(decode_json(v.value(), "peers")?);
+        }
+        Ok(out)
+    }
+
+    /// Reads, modifies and writes back the record of `node_id` in one
+    /// transaction. Returns the updated record, or `None` if unknown (then
+    /// nothing is written). `f` must not change the node id.
+    pub fn update_peer<F>(&self, node_id: &str, f: F) -> Result<Option<PeerRecord>>
+    where
+        F: FnOnce(&mut PeerRecord),
+    {
+        let txn = self.write_txn()?;
+        let updated = {
+            let mut table = txn.open_table(PEERS)?;
+            let current: Option<PeerRecord> = match table.get(node_id)? {
+                Some(v) => Some(decode_json(v.value(), "peers")?),
+                None => None,
+            };
+            match current {
+                None => None,
+                Some(mut record) => {
+                    f(&mut record);
+                    if record.node_id() != node_id {
+                        return Err(StoreError::InvalidValue("update_peer must not change the node id"));
+                    }
+                    let bytes = serde_json::to_vec(&record)
+                        .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
+                    table.insert(node_id, bytes.as_slice())?;
+                    Some(record)
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(updated)
+    }
+
+    /// Removes a peer and its spend samples. Returns whether it existed.
+    pub fn remove_peer(&self, node_id: &str) -> Result<bool> {
+        let txn = self.write_txn()?;
+        let existed = txn.open_table(PEERS)?.remove(node_id)?.is_some();
+        {
+            let mut spend = txn.open_table(SPEND)?;
+            let keys: Vec<(u64, u64)> = spend
+                .range((node_id, 0u64, 0u64)..=(node_id, u64::MAX, u64::MAX))?
+                .map(|row| row.map(|(k, _)| (k.value().1, k.value().2)))
+                .collect::<std::result::Result<_, _>>()?;
+            for (ts, seq) in keys {
+                spend.remove((node_id, ts, seq))?;
+            }
+            txn.open_table(SPEND_INDEX)?.remove(node_id)?;
+        }
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    // --- spend ---------------------------------------------------------------
+
+    /// Appends a spend sample for `peer`, dropping the oldest samples beyond
+    /// [`SPEND_RING_CAPACITY`]. The sample is stored as reported (negative
+    /// values kept); `usd` must be finite.
+    pub fn record_spend(&self, peer: &str, sample: &SpendSample) -> Result<()> {
+        check_key(peer)?;
+        if !sample.usd.is_finite() {
+            return Err(StoreError::InvalidValue("spend usd must be finite"));
+        }
+        if sample.task_id.len() > MAX_KEY_BYTES {
+            return Err(StoreError::InvalidValue("task id longer than 256 bytes"));
+        }
+        let bytes = serde_json::to_vec(sample)
+            .map_err(|_| StoreError::InvalidValue("spend sample does not serialize"))?;
+        let txn = self.write_txn()?;
+        {
+            let mut index = txn.open_table(SPEND_INDEX)?;
+            let (mut count, next_seq) = index.get(peer)?.map(|v| v.value()).unwrap_or((0, 0));
+            let mut spend = txn.open_table(SPEND)?;
+            spend.insert((peer, sample.ts_ms, next_seq), bytes.as_slice())?;
+            count += 1;
+            while count > SPEND_RING_CAPACITY {
+                let oldest = spend
+                    .range((peer, 0u64, 0u64)..=(peer, u64::MAX, u64::MAX))?
+                    .next()
+                    .transpose()?
+                    .map(|(k, _)| (k.value().1, k.value().2));
+                let Some((ts, seq)) = oldest else { break };
+                spend.remove((peer, ts, seq))?;
+                count -= 1;
+            }
+            index.insert(peer, (count, next_seq.wrapping_add(1)))?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Spend samples of `peer` with `ts_ms >= since_ms`, oldest first.
+    pub fn spend_samples(&self, peer: &str, since_ms: u64) -> Result<Vec<SpendSample>> {
+        let txn = self.db.begin_read()?;
+        let spend = txn.open_table(SPEND)?;
+        let mut out = Vec::new();
+        for row in spend.range((peer, since_ms, 0u64)..=(peer, u64::MAX, u64::MAX))? {
+            let (_, v) = row?;
+            out.push(decode_json(v.value(), "spend")?);
+        }
+        Ok(out)
+    }
+
+    /// Aggregates `peer`'s samples with `ts_ms >= since_ms`; each sample's
+    /// tokens and USD are clamped to `>= 0` before summing (no credit
+    /// inflation by negative reports).
+    pub fn spend_window(&self, peer: &str, since_ms: u64) -> Result<SpendWindow> {
+        let mut window = SpendWindow::default();
+        for s in self.spend_samples(peer, since_ms)? {
+            window.samples += 1;
+            if !s.success {
+                window.failures += 1;
+            }
+            window.tokens = window.tokens.saturating_add(s.tokens.max(0).unsigned_abs());
+            if s.usd > 0.0 {
+                window.usd += s.usd;
+            }
+        }
+        Ok(window)
+    }
+
+    /// Number of samples kept for `peer`.
+    pub fn spend_sample_count(&self, peer: &str) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(SPEND_INDEX)?;
+        Ok(index.get(peer)?.map(|v| v.value().0).unwrap_or(0))
+    }
+
+    // --- outbox --------------------------------------------------------------
+
+    /// Inserts or replaces an outbox entry.
+    pub fn outbox_put(&self, entry: &OutboxEntry) -> Result<()> {
+        check_key(&entry.envelope_id)?;
+        check_key(&entry.target)?;
+        let txn = self.write_txn()?;
+        txn.open_table(OUTBOX)?.insert(
+            entry.envelope_id.as_str(),
+            (
+                entry.attempts,
+                entry.next_attempt_ms,
+                entry.target.as_str(),
+                entry.bytes.as_slice(),
+            ),
+        )?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The outbox entry for `envelope_id`.
+    pub fn outbox_get(&self, envelope_id: &str) -> Result<Option<OutboxEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let row = table.get(envelope_id)?;
+        Ok(row.map(|v| outbox_entry(envelope_id, v.value())))
+    }
+
+    /// Removes an entry (on acknowledgement). Returns whether it existed.
+    pub fn outbox_remove(&self, envelope_id: &str) -> Result<bool> {
+        let txn = self.write_txn()?;
+        let existed = txn.open_table(OUTBOX)?.remove(envelope_id)?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// Up to `limit` entries whose `next_attempt_ms <= now_ms`, earliest due first.
+    pub fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let mut due = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if v.value().1 <= now_ms {
+                due.push(outbox_entry(k.value(), v.value()));
+            }
+        }
+        due.sort_by(|a, b| {
+            (a.next_attempt_ms, &a.envelope_id).cmp(&(b.next_attempt_ms, &b.envelope_id))
+        });
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    /// Records a failed attempt: increments `attempts` and sets
+    /// `next_attempt_ms`. Returns the new attempt count, or `None` if absent.
+    pub fn outbox_reschedule(&self, envelope_id: &str, next_attempt_ms: u64) -> Result<Option<u32>> {
+        let txn = self.write_txn()?;
+        let attempts = {
+            let mut table = txn.open_table(OUTBOX)?;
+            let current = table.get(envelope_id)?.map(|v| {
+                let (attempts, _, target, bytes) = v.value();
+                (attempts, target.to_string(), bytes.to_vec())
+            });
+            match current {
+                None => None,
+                Some((attempts, target, bytes)) => {
+                    let attempts = attempts.saturating_add(1);
+                    table.insert(
+                        envelope_id,
+                        (attempts, next_attempt_ms, target.as_str(), bytes.as_slice()),
+                    )?;
+                    Some(attempts)
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(attempts)
+    }
+
+    /// Number of queued entries.
+    pub fn outbox_len(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(OUTBOX)?.len()?)
+    }
+
+    // --- dedupe --------------------------------------------------------------
+
+    /// Records that `(sender, envelope_id)` was seen at `seen_ms`. Returns
+    /// `true` the first time, `false` for a replay (the stored time is kept).
+    pub fn dedupe_insert(&self, sender: &str, envelope_id: &str, seen_ms: u64) -> Result<bool> {
+        check_key(sender)?;
+        check_key(envelope_id)?;
+        let txn = self.write_txn()?;
+        let fresh = {
+            let mut primary = txn.open_table(DEDUPE)?;
+            if primary.get((sender, envelope_id))?.is_some() {
+                false
+            } else {
+                primary.insert((sender, envelope_id), seen_ms)?;
+                txn.open_table(DEDUPE_BY_TIME)?
+                    .insert((seen_ms, sender, envelope_id), ())?;
+                true
+            }
+        };
+        txn.commit()?;
+        Ok(fresh)
+    }
+
+    /// Whether `(sender, envelope_id)` was seen (and not yet pruned).
+    pub fn dedupe_contains(&self, sender: &str, envelope_id: &str) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DEDUPE)?.get((sender, envelope_id))?.is_some())
+    }
+
+    /// Forgets entries seen strictly before `cutoff_ms`. Returns how many.
+    pub fn dedupe_prune_older_than(&self, cutoff_ms: u64) -> Result<u64> {
+        let txn = self.write_txn()?;
+        let removed = {
+            let mut by_time = txn.open_table(DEDUPE_BY_TIME)?;
+            let mut primary = txn.open_table(DEDUPE)?;
+            let old: Vec<(u64, String, String)> = by_time
+                .range(..(cutoff_ms, "", ""))?
+                .map(|row| {
+                    row.map(|(k, _)| {
+                        let (t, s, e) = k.value();
+                        (t, s.to_string(), e.to_string())
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            for (t, s, e) in &old {
+                by_time.remove((*t, s.as_str(), e.as_str()))?;
+                primary.remove((s.as_str(), e.as_str()))?;
+            }
+            old.len() as u64
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    // --- inbox ---------------------------------------------------------------
+
+    /// Appends a message; returns its sequence number (1, 2, …).
+    pub fn inbox_push(&self, message: &[u8]) -> Result<u64> {
+        let txn = self.write_txn()?;
+        let seq = {
+            let mut inbox = txn.open_table(INBOX)?;
+            let last = inbox.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+            let seq = last + 1;
+            inbox.insert(seq, message)?;
+            seq
+        };
+        txn.commit()?;
+        Ok(seq)
+    }
+
+    /// Up to `limit` messages with `seq > after_seq`, in order.
+    pub fn inbox_list(&self, after_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let inbox = txn.open_table(INBOX)?;
+        let mut out = Vec::new();
+        for row in inbox.range(after_seq.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Removes message `seq`. Returns whether it existed.
+    pub fn inbox_remove(&self, seq: u64) -> Result<bool> {
+        let txn = self.write_txn()?;
+        let existed = txn.open_table(INBOX)?.remove(seq)?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+}
+
+/// Begins a write transaction that commits with `Durability::Immediate`.
+pub(crate) fn begin_durable_write(db: &Database) -> Result<WriteTransaction> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    Ok(txn)
+}
+
+fn open_database(path: &Path) -> Result<Database> {
+    let mut builder = Database::builder();
+    builder
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true);
+    // redb reports damage as an error with integrity checking on; the
+    // catch_unwind is a second line of defence for a file damaged in a way
+    // redb does not anticipate (it would otherwise panic in this thread).
+    let opened = catch_unwind(AssertUnwindSafe(|| builder.create(path)));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(map_open_error(path, e)),
+        Err(_) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "redb panicked while opening the file".into(),
+        }),
+    }
+}
+
+fn map_open_error(path: &Path, e: DatabaseError) -> StoreError {
+    let path = path.to_path_buf();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path },
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => StoreError::Corrupt { path, detail },
+        DatabaseError::UpgradeRequired(v) => StoreError::Corrupt {
+            path,
+            detail: format!("redb file format version {v} is not supported"),
+        },
+        DatabaseError::Storage(StorageError::Io(source))
+            if matches!(
+                source.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            StoreError::Corrupt {
+                path,
+                detail: source.to_string(),
+            }
+        }
+        DatabaseError::Storage(StorageError::Io(source)) => StoreError::Io {
+            action: "opening",
+            path,
+            source,
+        },
+        other => StoreError::Db(redb::Error::from(other)),
+    }
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        Err(StoreError::InvalidValue("id must be 1-256 bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8], table: &'static str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Decode { table })
+}
+
+fn outbox_entry(id: &str, (attempts, next, target, bytes): (u32, u64, &str, &[u8])) -> OutboxEntry {
+    OutboxEntry {
+        envelope_id: id.to_string(),
+        target: target.to_string(),
+        bytes: bytes.to_vec(),
+        attempts,
+        next_attempt_ms: next,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Single-daemon lock
+// ---------------------------------------------------------------------------
+
+/// Failure to take the daemon lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another live process holds the lock.
+    #[error(
+        "another agentfed daemon ({holder}) holds {path}; stop it before starting a new one",
+        holder = match pid { Some(p) => format!("pid {p}"), None => "pid unknown".to_string() },
+        path = path.display()
+    )]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid as written in the file, if readable.
+        pid: Option<u32>,
+    },
+    /// Filesystem failure.
+    #[error("{action} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The lock file.
+        path: PathBuf,
+        /// OS error.
+        source: io::Error,
+    },
+}
+
+/// An exclusive `flock` on `home/daemon.lock`, which holds the holder's pid.
+///
+/// The kernel releases the lock when the holder's file descriptor closes,
+/// including when the process crashes, so a stale lock file never blocks a
+/// restart. Dropping the guard releases the lock.
+#[derive(Debug)]
+pub struct HomeLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl HomeLock {
+    /// Takes the lock without waiting, writing this process's pid into the
+    /// file; fails with [`LockError::Held`] naming the holder's pid.
+    pub fn acquire(home: &Path) -> Result<HomeLock, LockError> {
+        let path = home.join(LOCK_FILE);
+        let io_err = |action| {
+            let path = path.clone();
+            move |source| LockError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("opening"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = read_pid(&mut file);
+                return Err(LockError::Held { path, pid });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking")(e)),
+        }
+        file.set_len(0).map_err(io_err("truncating"))?;
+        file.seek(SeekFrom::Start(0)).map_err(io_err("seeking"))?;
+        writeln!(file, "{}", std::process::id()).map_err(io_err("writing"))?;
+        file.sync_all().map_err(io_err("syncing"))?;
+        Ok(HomeLock { file, path })
+    }
+
+    /// The lock file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for HomeLock {
+    fn drop(&mut self) {
+        // Best effort: clear the pid so a reader never sees a stale one;
+        // the lock itself is released when `file` closes.
+        let _ = self.file.set_len(0);
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut buf = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.take(32).read_to_string(&mut buf).ok()?;
+    buf.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Identity, ManifestParams, NodeId, SignedManifest};
+    use crate::model::{BreakerState, TrustLevel};
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn manifest(id: &str) -> std::result::Result<SignedManifest, Box<dyn std::error::Error>> {
+        let identity = Identity::generate(&NodeId::parse(id)?, "wss://192.0.2.5:9100")?;
+        Ok(identity.signed_manifest(&ManifestParams::default(), 1)?)
+    }
+
+    fn sample(ts_ms: u64, tokens: i64, usd: f64, success: bool) -> SpendSample {
+        SpendSample {
+            ts_ms,
+            task_id: format!("task-{ts_ms}"),
+            tokens,
+            usd,
+            success,
+        }
+    }
+
+    #[test]
+    fn open_creates_and_reopens_with_schema_version() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        assert_eq!(store.schema_version()?, SCHEMA_VERSION);
+        drop(store);
+        let store = Store::open_in_home(dir.path())?;
+        assert_eq!(store.schema_version()?, SCHEMA_VERSION);
+        Ok(())
+    }
+
+    #[test]
+    fn newer_schema_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(STATE_FILE);
+        drop(Store::open(&path)?);
+        {
+            let db = Database::create(&path)?;
+            let txn = db.begin_write()?;
+            txn.open_table(META)?
+                .insert(SCHEMA_KEY, (SCHEMA_VERSION + 1).to_be_bytes().as_slice())?;
+            txn.commit()?;
+        }
+        let err = Store::open(&path).err();
+        assert!(
+            matches!(err, Some(StoreError::SchemaTooNew { found, .. }) if found == SCHEMA_VERSION + 1),
+            "{err:?}"
+        );
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("newer") && msg.contains("upgrade"), "{msg}");
+        Ok(())
+    }
+
+    #[test]
+    fn non_redb_file_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, b"this is a text file, not a database\n".repeat(200))?;
+        let err = Store::open(&path).err();
+        assert!(matches!(err, Some(StoreError::Corrupt { .. })), "{err:?}");
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("state.redb") && msg.contains("not a readable"), "{msg}");
+        Ok(())
+    }
+
+    #[test]
+    fn corrupted_redb_file_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(STATE_FILE);
+        {
+            let store = Store::open(&path)?;
+            for i in 0..200u64 {
+                store.inbox_push(format!("message number {i} with some padding to fill pages").as_bytes())?;
+            }
+        }
+        // Scribble over everything after the 4 KiB header region.
+        let mut bytes = std::fs::read(&path)?;
+        for b in bytes.iter_mut().skip(4096) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&path, &bytes)?;
+        let err = Store::open(&path).err();
+        assert!(matches!(err, Some(StoreError::Corrupt { .. })), "{err:?}");
+
+        // A truncated header is refused too.
+        std::fs::write(&path, &bytes[..100])?;
+        let err = Store::open(&path).err();
+        assert!(matches!(err, Some(StoreError::Corrupt { .. })), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn peers_round_trip_update_and_remove() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let mut alpha = PeerRecord::new(manifest("alpha")?, 10);
+        alpha.trust_level = TrustLevel::Verified;
+        alpha.metrics.record_threat(10);
+        store.upsert_peer(&alpha)?;
+        store.upsert_peer(&PeerRecord::new(manifest("beta")?, 20))?;
+        assert_eq!(store.get_peer("alpha")?, Some(alpha.clone()));
+        assert_eq!(store.get_peer("gamma")?, None);
+        let ids: Vec<String> = store.list_peers()?.iter().map(|p| p.node_id().to_string()).collect();
+        assert_eq!(ids, ["alpha", "beta"]);
+
+        let updated = store.update_peer("alpha", |p| {
+            p.breaker.state = BreakerState::Suspended;
+            p.breaker.reason = Some("cost".into());
+        })?;
+        assert_eq!(updated.map(|p| p.breaker.state), Some(BreakerState::Suspended));
+        assert_eq!(store.get_peer("alpha")?.map(|p| p.breaker.state), Some(BreakerState::Suspended));
+        assert_eq!(store.update_peer("gamma", |_| {})?, None);
+
+        let bad = store.update_peer("beta", |p| p.manifest.manifest.node_id = "other".into());
+        assert!(matches!(bad, Err(StoreError::InvalidValue(_))));
+        assert_eq!(store.get_peer("beta")?.map(|p| p.node_id().to_string()), Some("beta".into()));
+
+        store.record_spend("alpha", &sample(1, 5, 0.1, true))?;
+        assert!(store.remove_peer("alpha")?);
+        assert!(!store.remove_peer("alpha")?);
+        assert_eq!(store.get_peer("alpha")?, None);
+        assert_eq!(store.spend_sample_count("alpha")?, 0);
+        assert!(store.spend_samples("alpha", 0)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn state_survives_reopen() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let store = Store::open_in_home(dir.path())?;
+            store.upsert_peer(&PeerRecord::new(manifest("alpha")?, 10))?;
+            store.record_spend("alpha", &sample(5, 7, 0.5, false))?;
+            store.dedupe_insert("alpha", "env-1", 100)?;
+            store.outbox_put(&OutboxEntry {
+                envelope_id: "env-9".into(),
+                target: "alpha".into(),
+                bytes: vec![1, 2, 3],
+                attempts: 0,
+                next_attempt_ms: 50,
+            })?;
+            store.inbox_push(b"hello")?;
+        }
+        let store = Store::open_in_home(dir.path())?;
+        assert!(store.get_peer("alpha")?.is_some());
+        assert_eq!(store.spend_window("alpha", 0)?.failures, 1);
+        assert!(store.dedupe_contains("alpha", "env-1")?);
+        assert_eq!(store.outbox_get("env-9")?.map(|e| e.bytes), Some(vec![1, 2, 3]));
+        assert_eq!(store.inbox_list(0, 10)?, vec![(1, b"hello".to_vec())]);
+        Ok(())
+    }
+
+    #[test]
+    fn spend_window_clamps_negatives_and_filters_by_time() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        store.record_spend("p", &sample(100, 1000, 1.5, true))?;
+        store.record_spend("p", &sample(200, -500, -3.0, false))?;
+        store.record_spend("p", &sample(300, 10, 0.25, false))?;
+        store.record_spend("q", &sample(300, 99, 9.0, false))?;
+        let all = store.spend_window("p", 0)?;
+        assert_eq!(all.samples, 3);
+        assert_eq!(all.failures, 2);
+        assert_eq!(all.tokens, 1010);
+        assert!((all.usd - 1.75).abs() < 1e-12);
+        let recent = store.spend_window("p", 200)?;
+        assert_eq!((recent.samples, recent.failures, recent.tokens), (2, 2, 10));
+        assert!((recent.usd - 0.25).abs() < 1e-12);
+        // Raw values are kept as reported.
+        assert_eq!(store.spend_samples("p", 200)?[0].tokens, -500);
+        assert!(matches!(
+            store.record_spend("p", &sample(1, 1, f64::NAN, true)),
+            Err(StoreError::InvalidValue(_))
+        ));
+        assert!(matches!(
+            store.record_spend("p", &sample(1, 1, f64::INFINITY, true)),
+            Err(StoreError::InvalidValue(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn spend_ring_drops_oldest_beyond_capacity() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let total = SPEND_RING_CAPACITY + 5;
+        // Batch through the public API would take 10k commits; write the
+        // first CAPACITY rows through one transaction with the same layout.
+        {
+            let txn = store.write_txn()?;
+            {
+                let mut spend = txn.open_table(SPEND)?;
+                for i in 0..SPEND_RING_CAPACITY {
+                    let bytes = serde_json::to_vec(&sample(i, 1, 0.0, true))?;
+                    spend.insert(("p", i, i), bytes.as_slice())?;
+                }
+                txn.open_table(SPEND_INDEX)?
+                    .insert("p", (SPEND_RING_CAPACITY, SPEND_RING_CAPACITY))?;
+            }
+            txn.commit()?;
+        }
+        for i in SPEND_RING_CAPACITY..total {
+            store.record_spend("p", &sample(i, 1, 0.0, true))?;
+        }
+        assert_eq!(store.spend_sample_count("p")?, SPEND_RING_CAPACITY);
+        let samples = store.spend_samples("p", 0)?;
+        assert_eq!(samples.len() as u64, SPEND_RING_CAPACITY);
+        assert_eq!(samples.first().map(|s| s.ts_ms), Some(5));
+        assert_eq!(samples.last().map(|s| s.ts_ms), Some(total - 1));
+        Ok(())
+    }
+
+    #[test]
+    fn outbox_schedule_and_ack() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        for (id, next) in [("e1", 300), ("e2", 100), ("e3", 900)] {
+            store.outbox_put(&OutboxEntry {
+                envelope_id: id.into(),
+                target: "beta".into(),
+                bytes: id.as_bytes().to_vec(),
+                attempts: 0,
+                next_attempt_ms: next,
+            })?;
+        }
+        let due: Vec<String> = store.outbox_due(500, 10)?.into_iter().map(|e| e.envelope_id).collect();
+        assert_eq!(due, ["e2", "e1"]);
+        assert_eq!(store.outbox_due(500, 1)?.len(), 1);
+        assert_eq!(store.outbox_reschedule("e2", 1000)?, Some(1));
+        assert_eq!(store.outbox_reschedule("e2", 2000)?, Some(2));
+        assert_eq!(store.outbox_reschedule("nope", 1)?, None);
+        let e2 = store.outbox_get("e2")?;
+        assert_eq!(e2.as_ref().map(|e| (e.attempts, e.next_attempt_ms)), Some((2, 2000)));
+        assert_eq!(e2.map(|e| e.bytes), Some(b"e2".to_vec()));
+        assert!(store.outbox_remove("e1")?);
+        assert!(!store.outbox_remove("e1")?);
+        assert_eq!(store.outbox_len()?, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn dedupe_detects_replays_and_prunes_by_age() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        assert!(store.dedupe_insert("alpha", "e1", 100)?);
+        assert!(!store.dedupe_insert("alpha", "e1", 150)?);
+        assert!(store.dedupe_insert("beta", "e1", 200)?);
+        assert!(store.dedupe_insert("alpha", "e2", 300)?);
+        assert_eq!(store.dedupe_prune_older_than(200)?, 1);
+        assert!(!store.dedupe_contains("alpha", "e1")?);
+        assert!(store.dedupe_contains("beta", "e1")?);
+        assert!(store.dedupe_contains("alpha", "e2")?);
+        assert_eq!(store.dedupe_prune_older_than(1_000)?, 2);
+        assert!(store.dedupe_insert("alpha", "e1", 1_000)?);
+        assert!(matches!(store.dedupe_insert("", "e", 1), Err(StoreError::InvalidValue(_))));
+        assert!(matches!(
+            store.dedupe_insert("a", &"x".repeat(300), 1),
+            Err(StoreError::InvalidValue(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn inbox_sequence() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        assert_eq!(store.inbox_push(b"a")?, 1);
+        assert_eq!(store.inbox_push(b"b")?, 2);
+        assert_eq!(store.inbox_push(b"c")?, 3);
+        assert_eq!(store.inbox_list(1, 1)?, vec![(2, b"b".to_vec())]);
+        assert!(store.inbox_remove(2)?);
+        let seqs: Vec<u64> = store.inbox_list(0, 10)?.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs, [1, 3]);
+        assert_eq!(store.inbox_push(b"d")?, 4);
+        Ok(())
+    }
+
+    #[test]
+    fn second_open_of_same_file_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let _first = Store::open_in_home(dir.path())?;
+        let err = Store::open_in_home(dir.path()).err();
+        assert!(matches!(err, Some(StoreError::AlreadyOpen { .. })), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn second_lock_is_refused_naming_the_pid() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let lock = HomeLock::acquire(dir.path())?;
+        let content = std::fs::read_to_string(lock.path())?;
+        assert_eq!(content.trim(), std::process::id().to_string());
+        let err = HomeLock::acquire(dir.path()).err();
+        assert!(
+            matches!(err, Some(LockError::Held { pid: Some(p), .. }) if p == std::process::id()),
+            "{err:?}"
+        );
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(msg.contains("daemon.lock"), "{msg}");
+        drop(lock);
+        let again = HomeLock::acquire(dir.path())?;
+        drop(again);
+        Ok(())
+    }
+
+    #[test]
+    fn stale_lock_file_from_dead_holder_does_not_block() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        // A lock file left behind by a crashed daemon: content but no flock.
+        std::fs::write(dir.path().join(LOCK_FILE), "999999\n")?;
+        let lock = HomeLock::acquire(dir.path())?;
+        let content = std::fs::read_to_string(lock.path())?;
+        assert_eq!(content.trim(), std::process::id().to_string());
+        Ok(())
+    }
+}

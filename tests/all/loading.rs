@@ -1,0 +1,226 @@
+//! Loading components: validation with clear errors, the artifact cache,
+//! hot reload, and concurrent calls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agentfed::plugin::{
+    CacheOutcome, Limits, PluginError, PluginKind, PluginSlot, PluginSource, TrustAction,
+    TrustLevel,
+};
+use agentfed_test_artifacts as artifacts;
+
+use crate::support::{host, load_default, load_file, load_with, peer, runtime, within};
+
+fn load_err(kind: PluginKind, bytes: &[u8]) -> PluginError {
+    let rt = runtime(None);
+    rt.load_bytes(
+        kind,
+        PluginSource::File("input.wasm".into()),
+        bytes,
+        host(&[]),
+        Limits::default(),
+    )
+    .expect_err("loading must fail")
+}
+
+#[test]
+fn garbage_is_not_a_component() {
+    let err = load_err(PluginKind::Trust, b"definitely not wasm");
+    assert!(matches!(err, PluginError::NotAComponent { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("input.wasm is not a valid WebAssembly component")
+    );
+    let err = load_err(PluginKind::Trust, b"");
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[test]
+fn core_module_is_explained() {
+    // The smallest core module: magic and version 1.
+    let err = load_err(PluginKind::Pii, b"\0asm\x01\0\0\0");
+    assert!(err.to_string().contains("core WebAssembly module"), "{err}");
+}
+
+#[test]
+fn truncated_component_is_rejected() {
+    let bytes = std::fs::read(artifacts::PANICS).unwrap();
+    let err = load_err(PluginKind::Trust, &bytes[..bytes.len() / 2]);
+    assert!(matches!(err, PluginError::NotAComponent { .. }), "{err}");
+}
+
+#[test]
+fn wrong_world_names_both_kinds() {
+    let bytes = std::fs::read(artifacts::PANICS).unwrap(); // a trust plugin
+    let err = load_err(PluginKind::Pii, &bytes);
+    assert!(
+        matches!(
+            err,
+            PluginError::WrongWorld {
+                kind: PluginKind::Pii,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("agentfed:plugin/pii-policy@0.1.0"), "{text}");
+    assert!(text.contains("it is a trust plugin"), "{text}");
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let rt = runtime(None);
+    let err = rt
+        .load(
+            PluginKind::Trust,
+            PluginSource::File("/nonexistent/x.wasm".into()),
+            host(&[]),
+            Limits::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, PluginError::Read { .. }), "{err}");
+}
+
+#[test]
+fn precompiled_artifacts_are_cached_and_verified() {
+    let cache = tempfile::tempdir().unwrap();
+    let first = runtime(Some(cache.path()));
+    let plugin = load_file(&first, PluginKind::Trust, artifacts::PANICS);
+    assert_eq!(plugin.cache_outcome(), CacheOutcome::Compiled);
+    drop(first);
+
+    let second = runtime(Some(cache.path()));
+    let plugin = load_file(&second, PluginKind::Trust, artifacts::PANICS);
+    assert_eq!(plugin.cache_outcome(), CacheOutcome::Hit);
+
+    // Tamper with every artifact: the cache must refuse it and recompile.
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let third = runtime(Some(cache.path()));
+    let plugin = load_file(&third, PluginKind::Trust, artifacts::PANICS);
+    assert_eq!(plugin.cache_outcome(), CacheOutcome::Compiled);
+    plugin
+        .evaluate_trust(&peer("fine", TrustLevel::Verified, 1, 1))
+        .expect("recompiled plugin works");
+}
+
+#[test]
+fn concurrent_calls_use_separate_instances() {
+    let rt = runtime(None);
+    let plugin = load_default(&rt, PluginKind::Trust);
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let plugin = plugin.clone();
+            std::thread::spawn(move || {
+                for n in 0..50u64 {
+                    let d = plugin
+                        .evaluate_trust(&peer(&format!("p{i}"), TrustLevel::Verified, n, n))
+                        .unwrap();
+                    assert!((0.0..=1.0).contains(&d.score));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(plugin.idle_instances() >= 1);
+}
+
+#[test]
+fn a_slow_call_does_not_block_other_callers() {
+    // One caller is stuck in an endless loop until its deadline; others
+    // must be answered meanwhile by other instances of the same plugin.
+    let rt = runtime(None);
+    let limits = Limits {
+        deadline_ms: 2_000,
+        ..Limits::default()
+    };
+    let plugin = load_with(
+        &rt,
+        PluginKind::Trust,
+        PluginSource::File(artifacts::ENDLESS_LOOP.into()),
+        host(&[]),
+        limits,
+    );
+    let stuck = {
+        let plugin = plugin.clone();
+        std::thread::spawn(move || plugin.evaluate_trust(&peer("loop", TrustLevel::Verified, 1, 1)))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let quick = within("a call beside a stuck one", Duration::from_millis(1_500), {
+        let plugin = plugin.clone();
+        move || plugin.evaluate_trust(&peer("fine", TrustLevel::Verified, 1, 1))
+    });
+    assert!(quick.is_ok());
+    assert!(matches!(
+        stuck.join().unwrap(),
+        Err(PluginError::Timeout { .. })
+    ));
+}
+
+#[test]
+fn hot_reload_swaps_without_dropping_calls_in_flight() {
+    let rt = Arc::new(runtime(None));
+    let slot = Arc::new(
+        PluginSlot::new(
+            PluginKind::Trust,
+            load_file(&rt, PluginKind::Trust, artifacts::PANICS),
+        )
+        .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (slot, stop) = (slot.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut calls = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let plugin = slot.get();
+                    plugin
+                        .evaluate_trust(&peer("fine", TrustLevel::Verified, 60, 60))
+                        .expect("no call fails during reloads");
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    for i in 0..6 {
+        let next = if i % 2 == 0 {
+            load_default(&rt, PluginKind::Trust)
+        } else {
+            load_file(&rt, PluginKind::Trust, artifacts::PANICS)
+        };
+        slot.replace(next).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let total: u32 = callers.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(total > 0);
+    // The last swap installed the fixture again.
+    let d = slot
+        .get()
+        .evaluate_trust(&peer("fine", TrustLevel::Verified, 60, 60))
+        .unwrap();
+    assert!(matches!(d.action, TrustAction::Keep));
+}
+
+#[test]
+fn slots_refuse_plugins_of_another_kind() {
+    let rt = runtime(None);
+    let slot = PluginSlot::new(PluginKind::Trust, load_default(&rt, PluginKind::Trust)).unwrap();
+    let spend = load_default(&rt, PluginKind::Spend);
+    let err = slot.replace(spend).unwrap_err();
+    assert!(err.to_string().contains("it is a spend plugin"), "{err}");
+}

@@ -1,0 +1,10 @@
+//! agentfed's integration tests, in one binary to keep link time down.
+//!
+//! Every component used here is real: built from source in `policies/`,
+//! `examples/` and `tests/fixtures/` by build scripts.
+
+mod cli;
+mod hostile;
+mod loading;
+mod policies;
+mod support;
