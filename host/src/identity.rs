@@ -76,8 +76,7 @@ pub const NODE_FILE: &str = "node.json";
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
 /// Documented grammar of node ids.
-pub const NODE_ID_RULE: &str =
-    "must match ^[a-z0-9][a-z0-9._-]{0,62}$ (1-63 chars: lowercase letters, digits, '.', '_', '-'; starting with a letter or digit)";
+pub const NODE_ID_RULE: &str = "must match ^[a-z0-9][a-z0-9._-]{0,62}$ (1-63 chars: lowercase letters, digits, '.', '_', '-'; starting with a letter or digit)";
 
 const TOKEN_RULE: &str = "each entry must match ^[a-z0-9][a-z0-9-]{0,31}$";
 
@@ -150,6 +149,17 @@ pub enum IdentityError {
         path = path.display()
     )]
     InsecurePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A public identity file (certificate, node file) is writable by group or others.
+    #[error(
+        "{path} is writable by group or others (mode {mode:04o}); refusing to use it. Fix with: chmod 644 {path}",
+        path = path.display()
+    )]
+    WritableByOthers {
         /// The file.
         path: PathBuf,
         /// Its permission bits.
@@ -387,7 +397,9 @@ fn check_host(host: &str) -> Result<(), &'static str> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if labels_ok {
         Ok(())
@@ -424,16 +436,14 @@ pub fn decode_key32(field: &'static str, s: &str) -> Result<[u8; 32], FieldError
     if s.len() != 44 {
         return Err(FieldError::new(field, REASON));
     }
-    let bytes = B64
-        .decode(s)
-        .map_err(|_| FieldError::new(field, REASON))?;
-    bytes
-        .try_into()
-        .map_err(|_| FieldError::new(field, REASON))
+    let bytes = B64.decode(s).map_err(|_| FieldError::new(field, REASON))?;
+    bytes.try_into().map_err(|_| FieldError::new(field, REASON))
 }
 
 fn validate_fingerprint(s: &str) -> Result<(), FieldError> {
-    let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok = s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok {
         Ok(())
     } else {
@@ -445,9 +455,8 @@ fn validate_fingerprint(s: &str) -> Result<(), FieldError> {
 }
 
 fn validate_mesh_ip(s: &str) -> Result<Ipv4Addr, FieldError> {
-    let ip = Ipv4Addr::from_str(s).map_err(|_| {
-        FieldError::new("mesh_ip", "must be a dotted-quad IPv4 address")
-    })?;
+    let ip = Ipv4Addr::from_str(s)
+        .map_err(|_| FieldError::new("mesh_ip", "must be a dotted-quad IPv4 address"))?;
     if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
         return Err(FieldError::new(
             "mesh_ip",
@@ -541,9 +550,8 @@ impl Manifest {
     /// The embedded Ed25519 public key.
     pub fn verifying_key(&self) -> Result<VerifyingKey, ManifestError> {
         let raw = decode_key32("public_key", &self.public_key)?;
-        VerifyingKey::from_bytes(&raw).map_err(|_| {
-            FieldError::new("public_key", "is not a valid Ed25519 public key").into()
-        })
+        VerifyingKey::from_bytes(&raw)
+            .map_err(|_| FieldError::new("public_key", "is not a valid Ed25519 public key").into())
     }
 
     /// The mesh IP as an address (after validation it always parses).
@@ -713,7 +721,8 @@ impl FromStr for MeshSubnet {
             .ok_or(MeshIpError::InvalidCidr("expected a.b.c.d/prefix"))?;
         let addr = Ipv4Addr::from_str(addr)
             .map_err(|_| MeshIpError::InvalidCidr("address is not a dotted-quad IPv4 address"))?;
-        let ok = !prefix.is_empty() && prefix.len() <= 2 && prefix.bytes().all(|b| b.is_ascii_digit());
+        let ok =
+            !prefix.is_empty() && prefix.len() <= 2 && prefix.bytes().all(|b| b.is_ascii_digit());
         let prefix = prefix
             .parse::<u8>()
             .ok()
@@ -788,16 +797,29 @@ fn mesh_candidate(node_id: &str, probe: u32, network: u32, mask: u32) -> Ipv4Add
 
 /// Inputs for [`Identity::signed_manifest`] that are not part of the key
 /// material.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestParams {
     /// Agent types offered.
     pub agent_types: Vec<String>,
     /// Capabilities offered.
     pub capabilities: Vec<String>,
-    /// Mesh IP (see [`derive_mesh_ip`]).
-    pub mesh_ip: Option<Ipv4Addr>,
+    /// Mesh IP, from [`Identity::mesh_ip`] in the configured subnet.
+    pub mesh_ip: Ipv4Addr,
     /// WireGuard UDP endpoint.
     pub wg_endpoint: Option<String>,
+}
+
+impl ManifestParams {
+    /// Parameters with the given mesh IP and no agent types, capabilities
+    /// or WireGuard endpoint.
+    pub fn new(mesh_ip: Ipv4Addr) -> ManifestParams {
+        ManifestParams {
+            agent_types: Vec::new(),
+            capabilities: Vec::new(),
+            mesh_ip,
+            wg_endpoint: None,
+        }
+    }
 }
 
 struct TlsMaterial {
@@ -867,10 +889,11 @@ impl Identity {
         check_home(home)?;
         let node_path = home.join(NODE_FILE);
         let node_raw = read_file(&node_path, false)?;
-        let node: NodeFile = serde_json::from_slice(&node_raw).map_err(|_| IdentityError::BadFile {
-            path: node_path.clone(),
-            reason: "expected {\"node_id\": ..., \"endpoint\": ...}",
-        })?;
+        let node: NodeFile =
+            serde_json::from_slice(&node_raw).map_err(|_| IdentityError::BadFile {
+                path: node_path.clone(),
+                reason: "expected {\"node_id\": ..., \"endpoint\": ...}",
+            })?;
         let node_id = NodeId::parse(&node.node_id)?;
         validate_endpoint(&node.endpoint)?;
         let seed = read_key32(&home.join(IDENTITY_KEY_FILE))?;
@@ -889,21 +912,36 @@ impl Identity {
 
     fn persist(&self, home: &Path) -> Result<(), IdentityError> {
         let seed = Zeroizing::new(self.signing_key.to_bytes());
-        write_file(&home.join(IDENTITY_KEY_FILE), key_file_text(&seed).as_bytes(), 0o600)?;
+        write_file(
+            &home.join(IDENTITY_KEY_FILE),
+            key_file_text(&seed).as_bytes(),
+            0o600,
+        )?;
         let wg = Zeroizing::new(self.wg_secret.to_bytes());
-        write_file(&home.join(WIREGUARD_KEY_FILE), key_file_text(&wg).as_bytes(), 0o600)?;
+        write_file(
+            &home.join(WIREGUARD_KEY_FILE),
+            key_file_text(&wg).as_bytes(),
+            0o600,
+        )?;
         write_file(
             &home.join(HASH_KEY_FILE),
             key_file_text(&self.hash_secret).as_bytes(),
             0o600,
         )?;
         write_file(&home.join(TLS_KEY_FILE), self.tls.key_pem.as_bytes(), 0o600)?;
-        write_file(&home.join(TLS_CERT_FILE), self.tls.cert_pem.as_bytes(), 0o644)?;
+        write_file(
+            &home.join(TLS_CERT_FILE),
+            self.tls.cert_pem.as_bytes(),
+            0o644,
+        )?;
         let node = NodeFile {
             node_id: self.node_id.to_string(),
             endpoint: self.endpoint.clone(),
         };
-        let json = serde_json::to_vec_pretty(&node).unwrap_or_default();
+        let json = serde_json::to_vec_pretty(&node).map_err(|_| IdentityError::BadFile {
+            path: home.join(NODE_FILE),
+            reason: "node file does not serialize",
+        })?;
         write_file(&home.join(NODE_FILE), &json, 0o644)?;
         sync_dir(home)
     }
@@ -978,18 +1016,13 @@ impl Identity {
         derive_mesh_ip(&self.node_id, subnet, taken)
     }
 
-    /// Builds and signs this node's manifest at `timestamp_ms`. Without a
-    /// mesh IP in `params`, the probe-0 address in the default subnet is used.
+    /// Builds and signs this node's manifest at `timestamp_ms` (validating
+    /// it first, like a peer would).
     pub fn signed_manifest(
         &self,
         params: &ManifestParams,
         timestamp_ms: u64,
     ) -> Result<SignedManifest, ManifestError> {
-        let mesh_ip = match params.mesh_ip {
-            Some(ip) => ip,
-            None => derive_mesh_ip(&self.node_id, &MeshSubnet::default(), &|_| false)
-                .map_err(|_| FieldError::new("mesh_ip", "could not derive a mesh IP"))?,
-        };
         let manifest = Manifest {
             node_id: self.node_id.to_string(),
             public_key: self.public_key_b64(),
@@ -999,7 +1032,7 @@ impl Identity {
             capabilities: params.capabilities.clone(),
             protocol_version: PROTOCOL_VERSION,
             wg_public_key: self.wg_public_key_b64(),
-            mesh_ip: mesh_ip.to_string(),
+            mesh_ip: params.mesh_ip.to_string(),
             wg_endpoint: params.wg_endpoint.clone(),
             timestamp_ms,
         };
@@ -1041,11 +1074,9 @@ fn key_file_text(key: &[u8; 32]) -> Zeroizing<String> {
 fn generate_tls(node_id: &NodeId) -> Result<TlsMaterial, IdentityError> {
     let tls_err = |e: rcgen::Error| IdentityError::Tls(e.to_string());
     let key = rcgen::KeyPair::generate().map_err(tls_err)?;
-    let mut params = rcgen::CertificateParams::new(vec![
-        node_id.to_string(),
-        "localhost".to_string(),
-    ])
-    .map_err(tls_err)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![node_id.to_string(), "localhost".to_string()])
+            .map_err(tls_err)?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, node_id.as_str());
     params.distinguished_name = dn;
@@ -1203,7 +1234,9 @@ fn read_file(path: &Path, secret: bool) -> Result<Vec<u8>, IdentityError> {
             io_err("opening", path)(e)
         }
     })?;
-    let meta = file.metadata().map_err(io_err("reading metadata of", path))?;
+    let meta = file
+        .metadata()
+        .map_err(io_err("reading metadata of", path))?;
     if !meta.is_file() {
         return Err(IdentityError::BadFile {
             path: path.to_path_buf(),
@@ -1213,6 +1246,12 @@ fn read_file(path: &Path, secret: bool) -> Result<Vec<u8>, IdentityError> {
     let mode = meta.permissions().mode() & 0o7777;
     if secret && mode & 0o077 != 0 {
         return Err(IdentityError::InsecurePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if !secret && mode & 0o022 != 0 {
+        return Err(IdentityError::WritableByOthers {
             path: path.to_path_buf(),
             mode,
         });
@@ -1277,7 +1316,7 @@ mod tests {
         ManifestParams {
             agent_types: vec!["coder".into(), "tester".into()],
             capabilities: vec!["send".into(), "query-redacted".into()],
-            mesh_ip: Some(Ipv4Addr::new(198, 18, 3, 4)),
+            mesh_ip: Ipv4Addr::new(198, 18, 3, 4),
             wg_endpoint: Some("192.0.2.10:51820".into()),
         }
     }
@@ -1290,7 +1329,18 @@ mod tests {
             assert!(NodeId::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-a", ".a", "_a", "A", "aB", "a b", "a/b", "a:b", "é", &"a".repeat(64), "a\n",
+            "",
+            "-a",
+            ".a",
+            "_a",
+            "A",
+            "aB",
+            "a b",
+            "a/b",
+            "a:b",
+            "é",
+            &"a".repeat(64),
+            "a\n",
         ] {
             assert!(NodeId::parse(bad).is_err(), "{bad:?}");
         }
@@ -1299,7 +1349,10 @@ mod tests {
     #[test]
     fn node_id_error_names_rule_not_input() {
         let huge = "X".repeat(10_000);
-        let err = NodeId::parse(&huge).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = NodeId::parse(&huge)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("^[a-z0-9][a-z0-9._-]{0,62}$"), "{err}");
         assert!(!err.contains("XXXX"));
         assert!(err.len() < 300);
@@ -1319,7 +1372,12 @@ mod tests {
         let home = home_in(&dir);
         let created = Identity::init(&home, &node("alpha"), "wss://192.0.2.1:9100", false)?;
         assert_eq!(mode_of(&home), 0o700);
-        for f in [IDENTITY_KEY_FILE, WIREGUARD_KEY_FILE, HASH_KEY_FILE, TLS_KEY_FILE] {
+        for f in [
+            IDENTITY_KEY_FILE,
+            WIREGUARD_KEY_FILE,
+            HASH_KEY_FILE,
+            TLS_KEY_FILE,
+        ] {
             assert_eq!(mode_of(&home.join(f)), 0o600, "{f}");
         }
         let loaded = Identity::load(&home)?;
@@ -1346,19 +1404,33 @@ mod tests {
         let first = Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
         let again = Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false);
         let msg = again.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("already exists") && msg.contains("force"), "{msg}");
+        assert!(
+            msg.contains("already exists") && msg.contains("force"),
+            "{msg}"
+        );
         // Still the original keys on disk.
-        assert_eq!(Identity::load(&home)?.public_key_b64(), first.public_key_b64());
+        assert_eq!(
+            Identity::load(&home)?.public_key_b64(),
+            first.public_key_b64()
+        );
         let forced = Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", true)?;
         assert_ne!(forced.public_key_b64(), first.public_key_b64());
-        assert_eq!(Identity::load(&home)?.public_key_b64(), forced.public_key_b64());
+        assert_eq!(
+            Identity::load(&home)?.public_key_b64(),
+            forced.public_key_b64()
+        );
         assert_eq!(mode_of(&home.join(IDENTITY_KEY_FILE)), 0o600);
         Ok(())
     }
 
     #[test]
     fn load_refuses_group_or_world_readable_keys_naming_file_and_fix() -> TestResult {
-        for file in [IDENTITY_KEY_FILE, WIREGUARD_KEY_FILE, HASH_KEY_FILE, TLS_KEY_FILE] {
+        for file in [
+            IDENTITY_KEY_FILE,
+            WIREGUARD_KEY_FILE,
+            HASH_KEY_FILE,
+            TLS_KEY_FILE,
+        ] {
             let dir = tempfile::tempdir()?;
             let home = home_in(&dir);
             Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
@@ -1382,13 +1454,37 @@ mod tests {
     }
 
     #[test]
+    fn load_refuses_writable_public_files() -> TestResult {
+        for file in [TLS_CERT_FILE, NODE_FILE] {
+            let dir = tempfile::tempdir()?;
+            let home = home_in(&dir);
+            Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
+            assert_eq!(mode_of(&home.join(file)) & 0o022, 0, "{file}");
+            let path = home.join(file);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
+            let msg = Identity::load(&home)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                msg.contains(&format!("chmod 644 {}", path.display())),
+                "{msg}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
     fn load_refuses_world_writable_home() -> TestResult {
         let dir = tempfile::tempdir()?;
         let home = home_in(&dir);
         Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
         fs::set_permissions(&home, fs::Permissions::from_mode(0o777))?;
         let err = Identity::load(&home).err();
-        assert!(matches!(err, Some(IdentityError::InsecureHome { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(IdentityError::InsecureHome { .. })),
+            "{err:?}"
+        );
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("chmod 700"), "{msg}");
         Ok(())
@@ -1401,18 +1497,31 @@ mod tests {
         fs::create_dir(&home)?;
         fs::set_permissions(&home, fs::Permissions::from_mode(0o700))?;
         let err = Identity::load(&home).err();
-        assert!(matches!(err, Some(IdentityError::NotInitialized { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(IdentityError::NotInitialized { .. })),
+            "{err:?}"
+        );
 
         Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", true)?;
         let key = home.join(WIREGUARD_KEY_FILE);
         fs::remove_file(&key)?;
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)?;
         f.write_all(b"not base64 at all\n")?;
         drop(f);
         let err = Identity::load(&home).err();
-        assert!(matches!(err, Some(IdentityError::BadFile { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(IdentityError::BadFile { .. })),
+            "{err:?}"
+        );
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("wireguard.key") && !msg.contains("not base64"), "{msg}");
+        assert!(
+            msg.contains("wireguard.key") && !msg.contains("not base64"),
+            "{msg}"
+        );
         Ok(())
     }
 
@@ -1422,9 +1531,16 @@ mod tests {
         let home = home_in(&dir);
         Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
         let other = test_identity("beta");
-        write_file(&home.join(TLS_KEY_FILE), other.tls_key_pem().as_bytes(), 0o600)?;
+        write_file(
+            &home.join(TLS_KEY_FILE),
+            other.tls_key_pem().as_bytes(),
+            0o600,
+        )?;
         let err = Identity::load(&home).err();
-        assert!(matches!(err, Some(IdentityError::BadFile { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(IdentityError::BadFile { .. })),
+            "{err:?}"
+        );
         Ok(())
     }
 
@@ -1458,7 +1574,11 @@ mod tests {
         let id = test_identity("node-7.lab");
         assert_eq!(id.tls_fingerprint(), tls_fingerprint(id.tls_cert_der()));
         assert_eq!(id.tls_fingerprint().len(), 64);
-        assert!(id.tls_fingerprint().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            id.tls_fingerprint()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert!(id.tls_cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(id.tls_key_pem().contains("PRIVATE KEY"));
         assert!(contains_subslice(id.tls_cert_der(), b"node-7.lab"));
@@ -1483,7 +1603,7 @@ mod tests {
     #[test]
     fn canonical_bytes_are_domain_prefix_plus_compact_json_in_field_order() -> TestResult {
         let id = test_identity("alpha");
-        let signed = id.signed_manifest(&ManifestParams::default(), 5)?;
+        let signed = id.signed_manifest(&ManifestParams::new(Ipv4Addr::new(198, 18, 0, 9)), 5)?;
         let bytes = signed.manifest.canonical_bytes()?;
         let text = std::str::from_utf8(&bytes)?;
         assert!(text.starts_with("agentfed-manifest-v1\n{\"node_id\":\"alpha\",\"public_key\":"));
@@ -1493,11 +1613,15 @@ mod tests {
     }
 
     #[test]
-    fn default_manifest_mesh_ip_is_derived() -> TestResult {
+    fn manifest_carries_the_derived_mesh_ip() -> TestResult {
         let id = test_identity("ruvultra");
-        let signed = id.signed_manifest(&ManifestParams::default(), 1)?;
-        let expect = derive_mesh_ip(id.node_id(), &MeshSubnet::default(), &|_| false)?;
-        assert_eq!(signed.manifest.mesh_ip, expect.to_string());
+        let net: MeshSubnet = "198.18.0.0/15".parse()?;
+        let ip = id.mesh_ip(&net, &|_| false)?;
+        assert_eq!(ip, Ipv4Addr::new(198, 19, 242, 138));
+        let signed = id.signed_manifest(&ManifestParams::new(ip), 1)?;
+        assert_eq!(signed.manifest.mesh_ip, "198.19.242.138");
+        assert_eq!(signed.manifest.mesh_ipv4()?, ip);
+        signed.verify()?;
         Ok(())
     }
 
@@ -1587,7 +1711,13 @@ mod tests {
         for bad in ["", "Alpha", "-x", "a b", "a;rm -rf", &"a".repeat(64)] {
             expect_invalid(&id, &base, "node_id", |m| m.node_id = bad.into());
         }
-        for bad in ["", "abc", &B64.encode([1u8; 31]), &B64.encode([1u8; 33]), &hex::encode([1u8; 32])] {
+        for bad in [
+            "",
+            "abc",
+            &B64.encode([1u8; 31]),
+            &B64.encode([1u8; 33]),
+            &hex::encode([1u8; 32]),
+        ] {
             expect_invalid(&id, &base, "public_key", |m| m.public_key = bad.into());
         }
         for bad in [
@@ -1614,12 +1744,25 @@ mod tests {
         ] {
             expect_invalid(&id, &base, "endpoint", |m| m.endpoint = bad.into());
         }
-        for bad in ["", "ab", &"A".repeat(64), &"g".repeat(64), &"a".repeat(63), &"a".repeat(65)] {
-            expect_invalid(&id, &base, "tls_fingerprint", |m| m.tls_fingerprint = bad.into());
+        for bad in [
+            "",
+            "ab",
+            &"A".repeat(64),
+            &"g".repeat(64),
+            &"a".repeat(63),
+            &"a".repeat(65),
+        ] {
+            expect_invalid(&id, &base, "tls_fingerprint", |m| {
+                m.tls_fingerprint = bad.into()
+            });
         }
         for bad in ["", "Coder", "co der", "-coder", &"a".repeat(33), "c_o"] {
-            expect_invalid(&id, &base, "agent_types", |m| m.agent_types = vec![bad.into()]);
-            expect_invalid(&id, &base, "capabilities", |m| m.capabilities = vec![bad.into()]);
+            expect_invalid(&id, &base, "agent_types", |m| {
+                m.agent_types = vec![bad.into()]
+            });
+            expect_invalid(&id, &base, "capabilities", |m| {
+                m.capabilities = vec![bad.into()]
+            });
         }
         expect_invalid(&id, &base, "agent_types", |m| {
             m.agent_types = vec!["a".into(); MAX_AGENT_TYPES + 1]
@@ -1628,17 +1771,42 @@ mod tests {
             m.capabilities = vec!["a".into(); MAX_CAPABILITIES + 1]
         });
         expect_invalid(&id, &base, "protocol_version", |m| m.protocol_version = 0);
-        for bad in ["", "not-a-key", &B64.encode([1u8; 31]), &B64.encode([1u8; 32])[..43]] {
-            expect_invalid(&id, &base, "wg_public_key", |m| m.wg_public_key = bad.into());
+        for bad in [
+            "",
+            "not-a-key",
+            &B64.encode([1u8; 31]),
+            &B64.encode([1u8; 32])[..43],
+        ] {
+            expect_invalid(&id, &base, "wg_public_key", |m| {
+                m.wg_public_key = bad.into()
+            });
         }
         for bad in [
-            "", "10.50.1", "256.1.1.1", "010.50.0.1", "::1", "10.50.0.1/32", "0.0.0.0",
-            "255.255.255.255", "224.0.0.1", "127.0.0.1", " 10.50.0.1",
+            "",
+            "198.18.1",
+            "256.1.1.1",
+            "198.018.0.1",
+            "::1",
+            "198.18.0.1/32",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "127.0.0.1",
+            " 198.18.0.1",
         ] {
             expect_invalid(&id, &base, "mesh_ip", |m| m.mesh_ip = bad.into());
         }
-        for bad in ["", "192.0.2.1", "192.0.2.1:0", "wss://192.0.2.1:51820", "host:port", "[::1]"] {
-            expect_invalid(&id, &base, "wg_endpoint", |m| m.wg_endpoint = Some(bad.into()));
+        for bad in [
+            "",
+            "192.0.2.1",
+            "192.0.2.1:0",
+            "wss://192.0.2.1:51820",
+            "host:port",
+            "[::1]",
+        ] {
+            expect_invalid(&id, &base, "wg_endpoint", |m| {
+                m.wg_endpoint = Some(bad.into())
+            });
         }
         Ok(())
     }
@@ -1666,7 +1834,10 @@ mod tests {
         signed.signature = "AAAA".into();
         assert!(matches!(
             signed.verify(),
-            Err(ManifestError::InvalidField { field: "signature", .. })
+            Err(ManifestError::InvalidField {
+                field: "signature",
+                ..
+            })
         ));
         Ok(())
     }
@@ -1702,7 +1873,10 @@ mod tests {
         };
         assert!(matches!(
             id.signed_manifest(&p, 1),
-            Err(ManifestError::InvalidField { field: "agent_types", .. })
+            Err(ManifestError::InvalidField {
+                field: "agent_types",
+                ..
+            })
         ));
     }
 
@@ -1773,7 +1947,10 @@ mod tests {
         });
         assert_eq!(calls.get(), MAX_MESH_PROBES);
         let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("exhausted") && msg.contains("198.18.0.0/24"), "{msg}");
+        assert!(
+            msg.contains("exhausted") && msg.contains("198.18.0.0/24"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1781,7 +1958,16 @@ mod tests {
         assert_eq!(MeshSubnet::default().to_string(), DEFAULT_MESH_SUBNET);
         assert_eq!(subnet("198.18.5.7/16").to_string(), "198.18.0.0/16");
         assert_eq!(subnet("198.18.0.0/30").prefix(), 30);
-        for bad in ["not-a-cidr", "198.18.0.0/31", "198.18.0.0/33", "256.1.1.1/16", "198.18.0.0", "198.18.0.0/", "198.18.0.0/+8", "198.18.0.0/008"] {
+        for bad in [
+            "not-a-cidr",
+            "198.18.0.0/31",
+            "198.18.0.0/33",
+            "256.1.1.1/16",
+            "198.18.0.0",
+            "198.18.0.0/",
+            "198.18.0.0/+8",
+            "198.18.0.0/008",
+        ] {
             assert!(bad.parse::<MeshSubnet>().is_err(), "{bad}");
         }
     }

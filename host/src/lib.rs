@@ -7,6 +7,13 @@
 //! the host that owns everything with side effects or secrets.
 //!
 //! Modules, one concern each:
+//! * [`identity`]: keys, the signed manifest, mesh addresses.
+//! * [`model`]: domain types shared by the store and the coordinator.
+//! * [`store`]: persistent state in one redb file, and the home lock.
+//! * [`audit`]: the hash-chained, group-committed audit log.
+//! * [`trust`]: capabilities per trust level.
+//! * [`breaker`]: legal circuit-breaker transitions and send gates.
+//! * [`budget`]: per-envelope budgets.
 //! * [`plugin`]: the wasmtime runtime that loads, sandboxes and calls
 //!   policy components, with hot reload and a precompiled-code cache.
 //! * [`embedded`]: the default policies compiled into the binary.
@@ -18,10 +25,17 @@
 //! * [`cli`]: the `agentfed` command line.
 #![deny(missing_docs)]
 
+pub mod audit;
+pub mod breaker;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod home;
+pub mod identity;
+pub mod model;
 pub mod pii;
 pub mod plugin;
 pub mod scaffold;
+pub mod store;
+pub mod trust;

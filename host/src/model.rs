@@ -358,7 +358,10 @@ mod tests {
         assert_eq!(TrustLevel::Untrusted.next_down(), None);
         assert_eq!(TrustLevel::Privileged.next_up(), None);
         assert_eq!(TrustLevel::Verified.next_up(), Some(TrustLevel::Attested));
-        assert_eq!(TrustLevel::Verified.next_down(), Some(TrustLevel::Untrusted));
+        assert_eq!(
+            TrustLevel::Verified.next_down(),
+            Some(TrustLevel::Untrusted)
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -70,6 +71,7 @@ pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audi
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
 
 const SCHEMA_KEY: &str = "schema_version";
+const INBOX_NEXT_KEY: &str = "inbox_next_seq";
 
 /// Failures of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +168,7 @@ pub struct OutboxEntry {
 pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
+    audit_claimed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -189,6 +192,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            audit_claimed: Arc::new(AtomicBool::new(false)),
         };
         store.init_schema()?;
         Ok(store)
@@ -236,13 +240,25 @@ impl Store {
     pub fn schema_version(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let v = meta.get(SCHEMA_KEY)?.ok_or(StoreError::Decode { table: "meta" })?;
+        let v = meta
+            .get(SCHEMA_KEY)?
+            .ok_or(StoreError::Decode { table: "meta" })?;
         decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })
     }
 
     /// The shared database handle (for [`crate::audit::AuditLog`]).
     pub(crate) fn database(&self) -> Arc<Database> {
         Arc::clone(&self.db)
+    }
+
+    /// Claims the single audit writer of this store: `None` if an
+    /// [`crate::audit::AuditLog`] is already open on it (two writers would
+    /// fork the hash chain). The claim ends when the returned flag is reset.
+    pub(crate) fn claim_audit_writer(&self) -> Option<Arc<AtomicBool>> {
+        self.audit_claimed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Arc::clone(&self.audit_claimed))
     }
 
     fn write_txn(&self) -> Result<WriteTransaction> {
@@ -255,7 +271,8 @@ impl Store {
     pub fn upsert_peer(&self, record: &PeerRecord) -> Result<()> {
         let id = record.node_id();
         check_key(id)?;
-        let bytes = serde_json::to_vec(record).map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
+        let bytes = serde_json::to_vec(record)
+            .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
         let txn = self.write_txn()?;
         txn.open_table(PEERS)?.insert(id, bytes.as_slice())?;
         txn.commit()?;
@@ -301,7 +318,9 @@ impl Store {
                 Some(mut record) => {
                     f(&mut record);
                     if record.node_id() != node_id {
-                        return Err(StoreError::InvalidValue("update_peer must not change the node id"));
+                        return Err(StoreError::InvalidValue(
+                            "update_peer must not change the node id",
+                        ));
                     }
                     let bytes = serde_json::to_vec(&record)
                         .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
@@ -464,7 +483,11 @@ impl Store {
 
     /// Records a failed attempt: increments `attempts` and sets
     /// `next_attempt_ms`. Returns the new attempt count, or `None` if absent.
-    pub fn outbox_reschedule(&self, envelope_id: &str, next_attempt_ms: u64) -> Result<Option<u32>> {
+    pub fn outbox_reschedule(
+        &self,
+        envelope_id: &str,
+        next_attempt_ms: u64,
+    ) -> Result<Option<u32>> {
         let txn = self.write_txn()?;
         let attempts = {
             let mut table = txn.open_table(OUTBOX)?;
@@ -520,7 +543,10 @@ impl Store {
     /// Whether `(sender, envelope_id)` was seen (and not yet pruned).
     pub fn dedupe_contains(&self, sender: &str, envelope_id: &str) -> Result<bool> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(DEDUPE)?.get((sender, envelope_id))?.is_some())
+        Ok(txn
+            .open_table(DEDUPE)?
+            .get((sender, envelope_id))?
+            .is_some())
     }
 
     /// Forgets entries seen strictly before `cutoff_ms`. Returns how many.
@@ -550,14 +576,22 @@ impl Store {
 
     // --- inbox ---------------------------------------------------------------
 
-    /// Appends a message; returns its sequence number (1, 2, …).
+    /// Appends a message; returns its sequence number (1, 2, …). Numbers
+    /// are never reused, even after the newest message is removed (the
+    /// counter lives in `meta` under `inbox_next_seq`).
     pub fn inbox_push(&self, message: &[u8]) -> Result<u64> {
         let txn = self.write_txn()?;
         let seq = {
+            let mut meta = txn.open_table(META)?;
+            let stored = match meta.get(INBOX_NEXT_KEY)? {
+                Some(v) => Some(decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?),
+                None => None,
+            };
             let mut inbox = txn.open_table(INBOX)?;
-            let last = inbox.last()?.map(|(k, _)| k.value()).unwrap_or(0);
-            let seq = last + 1;
+            let after_last = inbox.last()?.map_or(1, |(k, _)| k.value() + 1);
+            let seq = stored.unwrap_or(1).max(after_last);
             inbox.insert(seq, message)?;
+            meta.insert(INBOX_NEXT_KEY, (seq + 1).to_be_bytes().as_slice())?;
             seq
         };
         txn.commit()?;
@@ -615,7 +649,9 @@ fn map_open_error(path: &Path, e: DatabaseError) -> StoreError {
     let path = path.to_path_buf();
     match e {
         DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path },
-        DatabaseError::Storage(StorageError::Corrupted(detail)) => StoreError::Corrupt { path, detail },
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => {
+            StoreError::Corrupt { path, detail }
+        }
         DatabaseError::UpgradeRequired(v) => StoreError::Corrupt {
             path,
             detail: format!("redb file format version {v} is not supported"),
@@ -775,7 +811,8 @@ mod tests {
 
     fn manifest(id: &str) -> std::result::Result<SignedManifest, Box<dyn std::error::Error>> {
         let identity = Identity::generate(&NodeId::parse(id)?, "wss://192.0.2.5:9100")?;
-        Ok(identity.signed_manifest(&ManifestParams::default(), 1)?)
+        let ip = identity.mesh_ip(&"198.18.0.0/15".parse()?, &|_| false)?;
+        Ok(identity.signed_manifest(&ManifestParams::new(ip), 1)?)
     }
 
     fn sample(ts_ms: u64, tokens: i64, usd: f64, success: bool) -> SpendSample {
@@ -829,7 +866,10 @@ mod tests {
         let err = Store::open(&path).err();
         assert!(matches!(err, Some(StoreError::Corrupt { .. })), "{err:?}");
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("state.redb") && msg.contains("not a readable"), "{msg}");
+        assert!(
+            msg.contains("state.redb") && msg.contains("not a readable"),
+            "{msg}"
+        );
         Ok(())
     }
 
@@ -840,7 +880,9 @@ mod tests {
         {
             let store = Store::open(&path)?;
             for i in 0..200u64 {
-                store.inbox_push(format!("message number {i} with some padding to fill pages").as_bytes())?;
+                store.inbox_push(
+                    format!("message number {i} with some padding to fill pages").as_bytes(),
+                )?;
             }
         }
         // Scribble over everything after the 4 KiB header region.
@@ -870,20 +912,33 @@ mod tests {
         store.upsert_peer(&PeerRecord::new(manifest("beta")?, 20))?;
         assert_eq!(store.get_peer("alpha")?, Some(alpha.clone()));
         assert_eq!(store.get_peer("gamma")?, None);
-        let ids: Vec<String> = store.list_peers()?.iter().map(|p| p.node_id().to_string()).collect();
+        let ids: Vec<String> = store
+            .list_peers()?
+            .iter()
+            .map(|p| p.node_id().to_string())
+            .collect();
         assert_eq!(ids, ["alpha", "beta"]);
 
         let updated = store.update_peer("alpha", |p| {
             p.breaker.state = BreakerState::Suspended;
             p.breaker.reason = Some("cost".into());
         })?;
-        assert_eq!(updated.map(|p| p.breaker.state), Some(BreakerState::Suspended));
-        assert_eq!(store.get_peer("alpha")?.map(|p| p.breaker.state), Some(BreakerState::Suspended));
+        assert_eq!(
+            updated.map(|p| p.breaker.state),
+            Some(BreakerState::Suspended)
+        );
+        assert_eq!(
+            store.get_peer("alpha")?.map(|p| p.breaker.state),
+            Some(BreakerState::Suspended)
+        );
         assert_eq!(store.update_peer("gamma", |_| {})?, None);
 
         let bad = store.update_peer("beta", |p| p.manifest.manifest.node_id = "other".into());
         assert!(matches!(bad, Err(StoreError::InvalidValue(_))));
-        assert_eq!(store.get_peer("beta")?.map(|p| p.node_id().to_string()), Some("beta".into()));
+        assert_eq!(
+            store.get_peer("beta")?.map(|p| p.node_id().to_string()),
+            Some("beta".into())
+        );
 
         store.record_spend("alpha", &sample(1, 5, 0.1, true))?;
         assert!(store.remove_peer("alpha")?);
@@ -915,7 +970,10 @@ mod tests {
         assert!(store.get_peer("alpha")?.is_some());
         assert_eq!(store.spend_window("alpha", 0)?.failures, 1);
         assert!(store.dedupe_contains("alpha", "env-1")?);
-        assert_eq!(store.outbox_get("env-9")?.map(|e| e.bytes), Some(vec![1, 2, 3]));
+        assert_eq!(
+            store.outbox_get("env-9")?.map(|e| e.bytes),
+            Some(vec![1, 2, 3])
+        );
         assert_eq!(store.inbox_list(0, 10)?, vec![(1, b"hello".to_vec())]);
         Ok(())
     }
@@ -993,14 +1051,21 @@ mod tests {
                 next_attempt_ms: next,
             })?;
         }
-        let due: Vec<String> = store.outbox_due(500, 10)?.into_iter().map(|e| e.envelope_id).collect();
+        let due: Vec<String> = store
+            .outbox_due(500, 10)?
+            .into_iter()
+            .map(|e| e.envelope_id)
+            .collect();
         assert_eq!(due, ["e2", "e1"]);
         assert_eq!(store.outbox_due(500, 1)?.len(), 1);
         assert_eq!(store.outbox_reschedule("e2", 1000)?, Some(1));
         assert_eq!(store.outbox_reschedule("e2", 2000)?, Some(2));
         assert_eq!(store.outbox_reschedule("nope", 1)?, None);
         let e2 = store.outbox_get("e2")?;
-        assert_eq!(e2.as_ref().map(|e| (e.attempts, e.next_attempt_ms)), Some((2, 2000)));
+        assert_eq!(
+            e2.as_ref().map(|e| (e.attempts, e.next_attempt_ms)),
+            Some((2, 2000))
+        );
         assert_eq!(e2.map(|e| e.bytes), Some(b"e2".to_vec()));
         assert!(store.outbox_remove("e1")?);
         assert!(!store.outbox_remove("e1")?);
@@ -1022,7 +1087,10 @@ mod tests {
         assert!(store.dedupe_contains("alpha", "e2")?);
         assert_eq!(store.dedupe_prune_older_than(1_000)?, 2);
         assert!(store.dedupe_insert("alpha", "e1", 1_000)?);
-        assert!(matches!(store.dedupe_insert("", "e", 1), Err(StoreError::InvalidValue(_))));
+        assert!(matches!(
+            store.dedupe_insert("", "e", 1),
+            Err(StoreError::InvalidValue(_))
+        ));
         assert!(matches!(
             store.dedupe_insert("a", &"x".repeat(300), 1),
             Err(StoreError::InvalidValue(_))
@@ -1039,9 +1107,19 @@ mod tests {
         assert_eq!(store.inbox_push(b"c")?, 3);
         assert_eq!(store.inbox_list(1, 1)?, vec![(2, b"b".to_vec())]);
         assert!(store.inbox_remove(2)?);
-        let seqs: Vec<u64> = store.inbox_list(0, 10)?.into_iter().map(|(s, _)| s).collect();
+        let seqs: Vec<u64> = store
+            .inbox_list(0, 10)?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(seqs, [1, 3]);
         assert_eq!(store.inbox_push(b"d")?, 4);
+        // Removing the newest message does not make its number reusable.
+        assert!(store.inbox_remove(4)?);
+        assert_eq!(store.inbox_push(b"e")?, 5);
+        drop(store);
+        let store = Store::open_in_home(dir.path())?;
+        assert_eq!(store.inbox_push(b"f")?, 6);
         Ok(())
     }
 
@@ -1050,7 +1128,10 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let _first = Store::open_in_home(dir.path())?;
         let err = Store::open_in_home(dir.path()).err();
-        assert!(matches!(err, Some(StoreError::AlreadyOpen { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(StoreError::AlreadyOpen { .. })),
+            "{err:?}"
+        );
         Ok(())
     }
 
@@ -1066,11 +1147,54 @@ mod tests {
             "{err:?}"
         );
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("daemon.lock"), "{msg}");
         drop(lock);
         let again = HomeLock::acquire(dir.path())?;
         drop(again);
+        Ok(())
+    }
+
+    #[test]
+    fn lock_held_by_another_process_names_it_and_is_freed_when_it_dies() -> TestResult {
+        if !Path::new("/usr/bin/flock").exists() && !Path::new("/bin/flock").exists() {
+            eprintln!("skipping: util-linux flock(1) not installed");
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(LOCK_FILE);
+        // A separate process takes the same flock and writes its pid, as a
+        // daemon would; `exec sleep` keeps the locked descriptor open.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 9>>\"$1\"; flock -x 9; echo $$ > \"$1\"; exec sleep 60",
+                "sh",
+            ])
+            .arg(&path)
+            .spawn()?;
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&path).unwrap_or_default().trim() != pid.to_string() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("lock holder did not start".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let err = HomeLock::acquire(dir.path()).err();
+        let held = matches!(err, Some(LockError::Held { pid: Some(p), .. }) if p == pid);
+        // Crash the holder: the kernel drops its flock with its descriptors.
+        child.kill()?;
+        child.wait()?;
+        assert!(held, "{err:?}");
+        let lock = HomeLock::acquire(dir.path())?;
+        let content = std::fs::read_to_string(lock.path())?;
+        assert_eq!(content.trim(), std::process::id().to_string());
         Ok(())
     }
 

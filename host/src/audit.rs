@@ -1,0 +1,2332 @@
+//! Tamper-evident, append-only audit log in the state store's `audit` table.
+//!
+//! # Records and the hash chain
+//!
+//! Records are numbered from 1. Each [`AuditRecord`] carries `prev_hash`,
+//! the previous record's `hash` (64 `'0'`s for record 1), and `hash`, the
+//! lowercase hex SHA-256 of this canonical encoding of all other fields:
+//!
+//! ```text
+//! "agentfed-audit-v1\0"
+//! u64be(seq) u64be(ts_ms)
+//! lp(event_type) lp(severity) lp(category)      -- snake_case names
+//! opt(peer) lp(actor) lp(summary)
+//! lp(details_json)                              -- canonical JSON, below
+//! lp(prev_hash)                                 -- 64 lowercase hex chars
+//!
+//! lp(x)        = u32be(len(x)) || x             (UTF-8 bytes)
+//! opt(None)    = 0x00
+//! opt(Some(x)) = 0x01 || lp(x)
+//! ```
+//!
+//! `details_json` is the details value as canonical JSON: object keys sorted
+//! by their UTF-8 bytes at every level, no whitespace, scalars as serde_json
+//! writes them. That exact text is what is stored (the row keeps details as
+//! a JSON string), so verification hashes the stored bytes and never
+//! re-serializes a parsed value (float re-parsing is not bit-exact).
+//!
+//! The table row is `seq → JSON {seq, ts_ms, event_type, severity, category,
+//! peer, actor, summary, details (string), prev_hash, hash}`, and `meta`
+//! holds `audit_head` = `u64be(last seq) || last hash (64 ASCII hex)`,
+//! written in the same transaction, so removing records from the tail is
+//! detected too.
+//!
+//! [`AuditLog::verify`] walks the chain and names the first bad record.
+//! The chain is unkeyed: someone able to rewrite `state.redb` *and*
+//! recompute every later hash and the head is not detected (anchoring the
+//! head, e.g. in the signed witness chain, closes that).
+//!
+//! # Group commit
+//!
+//! [`AuditLog`] owns one writer thread. [`AuditLog::append`] queues the
+//! event and blocks until the record is durably committed. The writer takes
+//! everything queued (up to `max_batch`), chains and writes it in one redb
+//! write transaction with `Durability::Immediate`, commits, then hands the
+//! batch to a notifier thread that wakes every waiter while the writer
+//! already commits the next batch. An append that returns `Ok` is on disk;
+//! if a commit fails, every waiter in that batch gets the error and the
+//! chain head does not advance.
+//! [`AuditLog::submit`] queues without waiting and returns an
+//! [`AppendTicket`], so one thread can keep many appends in flight.
+//!
+//! # Compliance mode `hipaa`
+//!
+//! With [`ComplianceMode::Hipaa`], before hashing:
+//!
+//! * `summary` is replaced by the event type's name (e.g. `"pii_blocked"`);
+//! * in `details`, numbers, booleans and nulls are kept; a string is kept
+//!   only if its key (or, inside an array, the array's key) is an
+//!   identifier key — `id`, `type`, `types`, `kind`, `category`, `level`,
+//!   `from`, `to`, `state`, `status`, `action`, `actor`, `peer`, `node`,
+//!   `code`, `version`, `algorithm`, or ending in `_id`, `_type`, `_code`,
+//!   `_level`, `_state` — *and* the value is a token of at most 128 bytes of
+//!   `[A-Za-z0-9._:-]`; every other string is dropped, as is every object
+//!   key that is not such a token;
+//! * when anything was dropped, `details.hipaa_stripped` is set to the
+//!   number of dropped values.
+//!
+//! `peer` and `actor` are identifiers and kept. PII events carry only types
+//! and counts in any mode (see [`AuditEvent::pii`]).
+//!
+//! # Bounds
+//!
+//! `summary` is cut to 2 KiB, `peer`/`actor` to 256 bytes (at a character
+//! boundary), and details larger than 32 KiB of canonical JSON are replaced
+//! by `{"details_truncated": true, "original_bytes": n}`.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::breaker::Actor as BreakerActor;
+use crate::model::{BreakerState, TrustLevel};
+use crate::store::{AUDIT, META, Store, StoreError, begin_durable_write};
+
+/// `prev_hash` of the first record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Domain-separation prefix of the record hash input.
+pub const HASH_DOMAIN: &[u8] = b"agentfed-audit-v1\0";
+
+/// Longest summary kept, in bytes.
+pub const MAX_SUMMARY_BYTES: usize = 2048;
+/// Longest peer or actor kept, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest canonical details JSON kept, in bytes.
+pub const MAX_DETAILS_BYTES: usize = 32 * 1024;
+/// Default most records per group commit.
+pub const DEFAULT_MAX_BATCH: usize = 8192;
+
+const HEAD_KEY: &str = "audit_head";
+
+// ---------------------------------------------------------------------------
+// Event vocabulary
+// ---------------------------------------------------------------------------
+
+/// How serious an event is. Ordered: `Debug < Info < Warning < Error < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Diagnostic detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something refused or degraded.
+    Warning,
+    /// A failure.
+    Error,
+    /// A security-relevant failure needing attention.
+    Critical,
+}
+
+/// Which part of the system an event concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// Manifests, handshakes, peers joining and leaving.
+    Identity,
+    /// Trust levels, threats, signature failures.
+    Trust,
+    /// Sessions and messages.
+    Messaging,
+    /// PII detection and handling.
+    Pii,
+    /// Circuit breaker.
+    Breaker,
+    /// Spend reports and budgets.
+    Spend,
+    /// Federated consensus.
+    Consensus,
+    /// Policy plugins.
+    Plugin,
+    /// WireGuard mesh mutations.
+    Wireguard,
+    /// Operator actions.
+    Operator,
+    /// The daemon itself.
+    System,
+}
+
+macro_rules! event_types {
+    ($( $variant:ident => $name:literal, $cat:ident, $sev:ident; )*) => {
+        /// Every kind of audited event (snake_case in JSON).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum EventType {
+            $(
+                #[doc = concat!("`", $name, "`")]
+                $variant,
+            )*
+        }
+
+        impl EventType {
+            /// Every event type.
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant),*];
+
+            /// The snake_case name.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(EventType::$variant => $name,)* }
+            }
+
+            /// The category events of this type belong to by default.
+            pub const fn category(self) -> Category {
+                match self { $(EventType::$variant => Category::$cat,)* }
+            }
+
+            /// The default severity of events of this type.
+            pub const fn default_severity(self) -> Severity {
+                match self { $(EventType::$variant => Severity::$sev,)* }
+            }
+        }
+    };
+}
+
+event_types! {
+    PeerDiscovered => "peer_discovered", Identity, Info;
+    PeerAdded => "peer_added", Identity, Info;
+    PeerRemoved => "peer_removed", Identity, Info;
+    PeerExcluded => "peer_excluded", Identity, Warning;
+    ManifestPublished => "manifest_published", Identity, Info;
+    HandshakeInitiated => "handshake_initiated", Identity, Debug;
+    HandshakeCompleted => "handshake_completed", Identity, Info;
+    HandshakeFailed => "handshake_failed", Identity, Warning;
+    HandshakeRejected => "handshake_rejected", Identity, Warning;
+    SessionCreated => "session_created", Messaging, Info;
+    SessionRenewed => "session_renewed", Messaging, Debug;
+    SessionExpired => "session_expired", Messaging, Info;
+    SessionTerminated => "session_terminated", Messaging, Info;
+    MessageSent => "message_sent", Messaging, Debug;
+    MessageReceived => "message_received", Messaging, Debug;
+    MessageRejected => "message_rejected", Messaging, Warning;
+    MessageTimeout => "message_timeout", Messaging, Warning;
+    PiiDetected => "pii_detected", Pii, Info;
+    PiiStripped => "pii_stripped", Pii, Info;
+    PiiBlocked => "pii_blocked", Pii, Warning;
+    ThreatDetected => "threat_detected", Trust, Warning;
+    ThreatBlocked => "threat_blocked", Trust, Error;
+    SignatureInvalid => "signature_invalid", Trust, Error;
+    TrustLevelChanged => "trust_level_changed", Trust, Info;
+    BreakerSuspended => "breaker_suspended", Breaker, Warning;
+    BreakerEvicted => "breaker_evicted", Breaker, Error;
+    BreakerReactivated => "breaker_reactivated", Breaker, Info;
+    SpendReported => "spend_reported", Spend, Info;
+    BudgetExceeded => "budget_exceeded", Spend, Warning;
+    ConsensusProposed => "consensus_proposed", Consensus, Info;
+    ConsensusVoted => "consensus_voted", Consensus, Info;
+    ConsensusReached => "consensus_reached", Consensus, Info;
+    ConsensusFailed => "consensus_failed", Consensus, Warning;
+    PluginLoaded => "plugin_loaded", Plugin, Info;
+    PluginReloaded => "plugin_reloaded", Plugin, Info;
+    PluginFailed => "plugin_failed", Plugin, Error;
+    WireguardMutation => "wireguard_mutation", Wireguard, Info;
+    OperatorAction => "operator_action", Operator, Info;
+    DaemonStarted => "daemon_started", System, Info;
+    DaemonStopped => "daemon_stopped", System, Info;
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Severity {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Debug => "debug",
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl Category {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Category::Identity => "identity",
+            Category::Trust => "trust",
+            Category::Messaging => "messaging",
+            Category::Pii => "pii",
+            Category::Breaker => "breaker",
+            Category::Spend => "spend",
+            Category::Consensus => "consensus",
+            Category::Plugin => "plugin",
+            Category::Wireguard => "wireguard",
+            Category::Operator => "operator",
+            Category::System => "system",
+        }
+    }
+}
+
+/// Actor string for the daemon itself.
+pub const ACTOR_SYSTEM: &str = "system";
+/// Actor string for the local operator (CLI / MCP operator tools).
+pub const ACTOR_OPERATOR: &str = "operator";
+
+/// Actor string for a policy plugin: `plugin:<name>`.
+pub fn plugin_actor(name: &str) -> String {
+    format!("plugin:{name}")
+}
+
+/// Actor string for a remote peer: `peer:<node id>`.
+pub fn peer_actor(node_id: &str) -> String {
+    format!("peer:{node_id}")
+}
+
+/// What happened to detected PII.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PiiOutcome {
+    /// Found (and passed or hashed).
+    Detected,
+    /// Redacted or hashed out of the payload.
+    Stripped,
+    /// The message was not sent / accepted.
+    Blocked,
+}
+
+/// An event to append: everything but the sequence number, timestamp and
+/// hashes, which the log assigns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// Event type.
+    pub event_type: EventType,
+    /// Severity (defaults to the type's).
+    pub severity: Severity,
+    /// Category (defaults to the type's).
+    pub category: Category,
+    /// The peer concerned, if any.
+    pub peer: Option<String>,
+    /// Who caused it (`system`, `operator`, `plugin:<name>`, `peer:<id>`).
+    pub actor: String,
+    /// One human-readable line. Never put payload content or PII here.
+    pub summary: String,
+    /// Structured details (an object). Never put payload content or PII here.
+    pub details: Value,
+}
+
+impl AuditEvent {
+    /// An event with the type's default severity and category, actor
+    /// `system`, no peer and empty details.
+    pub fn new(event_type: EventType, summary: impl Into<String>) -> AuditEvent {
+        AuditEvent {
+            event_type,
+            severity: event_type.default_severity(),
+            category: event_type.category(),
+            peer: None,
+            actor: ACTOR_SYSTEM.to_string(),
+            summary: summary.into(),
+            details: Value::Object(Map::new()),
+        }
+    }
+
+    /// Sets the peer.
+    pub fn with_peer(mut self, peer: impl Into<String>) -> Self {
+        self.peer = Some(peer.into());
+        self
+    }
+
+    /// Sets the actor.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self
+    }
+
+    /// Sets the severity.
+    pub fn with_severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
+    }
+
+    /// Sets the category.
+    pub fn with_category(mut self, category: Category) -> Self {
+        self.category = category;
+        self
+    }
+
+    /// Sets the details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// A trust level change by a plugin or the operator, with a reason.
+    pub fn trust_level_changed(
+        peer: &str,
+        from: TrustLevel,
+        to: TrustLevel,
+        actor: BreakerActor,
+        reason: &str,
+    ) -> AuditEvent {
+        let actor_name = match actor {
+            BreakerActor::Plugin => "plugin",
+            BreakerActor::Operator => "operator",
+        };
+        let category = match actor {
+            BreakerActor::Plugin => Category::Trust,
+            BreakerActor::Operator => Category::Operator,
+        };
+        AuditEvent::new(
+            EventType::TrustLevelChanged,
+            format!("trust {from} -> {to} by {actor_name}: {reason}"),
+        )
+        .with_peer(peer)
+        .with_actor(actor_name)
+        .with_category(category)
+        .with_details(json!({
+            "from": from.as_str(),
+            "to": to.as_str(),
+            "actor": actor_name,
+            "reason": reason,
+        }))
+    }
+
+    /// A PII event carrying only types and counts — never values.
+    /// `counts` pairs a PII type name (e.g. `"email"`) with how many were found.
+    pub fn pii(outcome: PiiOutcome, peer: Option<&str>, counts: &[(&str, u32)]) -> AuditEvent {
+        let event_type = match outcome {
+            PiiOutcome::Detected => EventType::PiiDetected,
+            PiiOutcome::Stripped => EventType::PiiStripped,
+            PiiOutcome::Blocked => EventType::PiiBlocked,
+        };
+        let mut types = Map::new();
+        let mut total: u64 = 0;
+        for (name, n) in counts {
+            total += u64::from(*n);
+            // Type names come from the PII policy; anything that is not a
+            // short token is counted, not recorded.
+            let name = if is_token(name) { name } else { "invalid_type" };
+            let entry = types.entry(name.to_string()).or_insert(json!(0));
+            let prev = entry.as_u64().unwrap_or(0);
+            *entry = json!(prev + u64::from(*n));
+        }
+        let names: Vec<&str> = types.keys().map(String::as_str).collect();
+        let summary = format!("{}: {}", event_type.as_str(), names.join(", "));
+        let mut event = AuditEvent::new(event_type, summary)
+            .with_details(json!({ "types": types, "total": total }));
+        event.peer = peer.map(str::to_string);
+        event
+    }
+
+    /// A breaker state change.
+    pub fn breaker(
+        peer: &str,
+        to: BreakerState,
+        actor: BreakerActor,
+        reason: &str,
+        correlation_id: &str,
+    ) -> AuditEvent {
+        let event_type = match to {
+            BreakerState::Active => EventType::BreakerReactivated,
+            BreakerState::Suspended => EventType::BreakerSuspended,
+            BreakerState::Evicted => EventType::BreakerEvicted,
+        };
+        let actor_name = match actor {
+            BreakerActor::Plugin => "plugin",
+            BreakerActor::Operator => "operator",
+        };
+        AuditEvent::new(
+            event_type,
+            format!("breaker {to} by {actor_name}: {reason}"),
+        )
+        .with_peer(peer)
+        .with_actor(actor_name)
+        .with_details(json!({
+            "state": to.as_str(),
+            "reason": reason,
+            "correlation_id": correlation_id,
+        }))
+    }
+
+    /// A spend report, with the values as reported (negative values kept).
+    pub fn spend_reported(
+        peer: &str,
+        task_id: &str,
+        tokens: i64,
+        usd: f64,
+        success: bool,
+    ) -> AuditEvent {
+        let usd_value = serde_json::Number::from_f64(usd).map_or(Value::Null, Value::Number);
+        AuditEvent::new(
+            EventType::SpendReported,
+            format!("spend reported for task {task_id}"),
+        )
+        .with_peer(peer)
+        .with_details(json!({
+            "task_id": task_id,
+            "tokens": tokens,
+            "usd": usd_value,
+            "success": success,
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Records
+// ---------------------------------------------------------------------------
+
+/// A committed audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// Commit time, ms since the Unix epoch; never decreases along the chain.
+    pub ts_ms: u64,
+    /// Event type.
+    pub event_type: EventType,
+    /// Severity.
+    pub severity: Severity,
+    /// Category.
+    pub category: Category,
+    /// The peer concerned.
+    pub peer: Option<String>,
+    /// Who caused it.
+    pub actor: String,
+    /// Summary line.
+    pub summary: String,
+    /// Structured details.
+    pub details: Value,
+    /// Hash of the previous record ([`GENESIS_HASH`] for seq 1).
+    pub prev_hash: String,
+    /// SHA-256 of the canonical encoding (module docs), lowercase hex.
+    pub hash: String,
+}
+
+/// A row in its borrowed form, for hashing and writing without copies.
+#[derive(Serialize)]
+struct RowRef<'a> {
+    seq: u64,
+    ts_ms: u64,
+    event_type: &'a str,
+    severity: &'a str,
+    category: &'a str,
+    peer: Option<&'a str>,
+    actor: &'a str,
+    summary: &'a str,
+    details: &'a str,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+impl RowRef<'_> {
+    /// SHA-256 of the canonical encoding (module docs), lowercase hex.
+    fn compute_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(HASH_DOMAIN);
+        h.update(self.seq.to_be_bytes());
+        h.update(self.ts_ms.to_be_bytes());
+        for field in [self.event_type, self.severity, self.category] {
+            hash_lp(&mut h, field.as_bytes());
+        }
+        match self.peer {
+            None => h.update([0u8]),
+            Some(p) => {
+                h.update([1u8]);
+                hash_lp(&mut h, p.as_bytes());
+            }
+        }
+        hash_lp(&mut h, self.actor.as_bytes());
+        hash_lp(&mut h, self.summary.as_bytes());
+        hash_lp(&mut h, self.details.as_bytes());
+        hash_lp(&mut h, self.prev_hash.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// The row as stored: details kept as their canonical JSON text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRecord {
+    seq: u64,
+    ts_ms: u64,
+    event_type: String,
+    severity: String,
+    category: String,
+    peer: Option<String>,
+    actor: String,
+    summary: String,
+    details: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl StoredRecord {
+    fn as_row(&self) -> RowRef<'_> {
+        RowRef {
+            seq: self.seq,
+            ts_ms: self.ts_ms,
+            event_type: &self.event_type,
+            severity: &self.severity,
+            category: &self.category,
+            peer: self.peer.as_deref(),
+            actor: &self.actor,
+            summary: &self.summary,
+            details: &self.details,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+
+    fn compute_hash(&self) -> String {
+        self.as_row().compute_hash()
+    }
+
+    fn to_record(&self) -> Result<AuditRecord, AuditError> {
+        let undecodable = || AuditError::Undecodable { seq: self.seq };
+        Ok(AuditRecord {
+            seq: self.seq,
+            ts_ms: self.ts_ms,
+            event_type: parse_name(&self.event_type).ok_or_else(undecodable)?,
+            severity: parse_name(&self.severity).ok_or_else(undecodable)?,
+            category: parse_name(&self.category).ok_or_else(undecodable)?,
+            peer: self.peer.clone(),
+            actor: self.actor.clone(),
+            summary: self.summary.clone(),
+            details: serde_json::from_str(&self.details).map_err(|_| undecodable())?,
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        })
+    }
+}
+
+/// Parses a snake_case enum name through its serde representation.
+fn parse_name<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
+    serde_json::from_value(Value::String(name.to_string())).ok()
+}
+
+fn hash_lp(h: &mut Sha256, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    h.update(len.to_be_bytes());
+    h.update(bytes);
+}
+
+/// An event after compliance filtering and bounding, ready to chain.
+struct PreparedEvent {
+    event_type: EventType,
+    severity: Severity,
+    category: Category,
+    peer: Option<String>,
+    actor: String,
+    summary: String,
+    details: Value,
+    details_json: String,
+}
+
+impl PreparedEvent {
+    fn into_record(self, sealed: Sealed) -> AuditRecord {
+        AuditRecord {
+            seq: sealed.seq,
+            ts_ms: sealed.ts_ms,
+            event_type: self.event_type,
+            severity: self.severity,
+            category: self.category,
+            peer: self.peer,
+            actor: self.actor,
+            summary: self.summary,
+            details: self.details,
+            prev_hash: sealed.prev_hash,
+            hash: sealed.hash,
+        }
+    }
+}
+
+/// What the writer assigns to an event.
+struct Sealed {
+    seq: u64,
+    ts_ms: u64,
+    prev_hash: String,
+    hash: String,
+}
+
+/// The writer's answer: the event handed back with its seal, or the error.
+type Reply = Result<(PreparedEvent, Sealed), AuditError>;
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Where and how the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BreakKind {
+    /// The record's content does not match its hash: it was edited.
+    HashMismatch,
+    /// The row is not a record at all: it was edited.
+    Undecodable,
+    /// The row stored under this key claims another sequence number: records
+    /// were reordered or moved.
+    SeqMismatch {
+        /// The seq inside the row.
+        stored: u64,
+    },
+    /// Sequence numbers jump: records before this one were removed.
+    SeqGap {
+        /// The seq that should have come next.
+        expected: u64,
+    },
+    /// `prev_hash` is not the previous record's hash: reordered or removed.
+    PrevHashMismatch,
+    /// The chain ends before the recorded head: records were removed from the end.
+    TailRemoved {
+        /// Last seq the head says was committed.
+        head_seq: u64,
+    },
+    /// The last record differs from the recorded head.
+    HeadMismatch,
+}
+
+/// The first bad record found by [`AuditLog::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// Sequence number of the first bad record (for `TailRemoved`, the
+    /// first missing one).
+    pub seq: u64,
+    /// What is wrong.
+    pub kind: BreakKind,
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seq = self.seq;
+        match &self.kind {
+            BreakKind::HashMismatch => {
+                write!(f, "record {seq}: content does not match its hash (edited)")
+            }
+            BreakKind::Undecodable => write!(f, "record {seq}: not a valid audit record (edited)"),
+            BreakKind::SeqMismatch { stored } => write!(
+                f,
+                "record {seq}: row holds record {stored} (records reordered or moved)"
+            ),
+            BreakKind::SeqGap { expected } => write!(
+                f,
+                "record {seq}: expected record {expected} next (records {expected}..{} removed)",
+                seq.saturating_sub(1)
+            ),
+            BreakKind::PrevHashMismatch => write!(
+                f,
+                "record {seq}: prev_hash does not match the previous record (reordered or removed)"
+            ),
+            BreakKind::TailRemoved { head_seq } => write!(
+                f,
+                "record {seq}: missing; the log head says {head_seq} records were committed (records removed from the end)"
+            ),
+            BreakKind::HeadMismatch => {
+                write!(
+                    f,
+                    "record {seq}: does not match the recorded log head (edited)"
+                )
+            }
+        }
+    }
+}
+
+/// Failures of the audit log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// The store failed (message of the underlying error).
+    #[error("audit store: {0}")]
+    Store(String),
+    /// A stored record does not decode.
+    #[error("audit record {seq} does not decode")]
+    Undecodable {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The writer thread is gone (log closed or panicked).
+    #[error("audit log is closed")]
+    Closed,
+    /// Another `AuditLog` is already open on this store.
+    #[error("an audit log is already open on this store")]
+    AlreadyOpen,
+    /// `verify` found a broken chain.
+    #[error("audit chain broken: {0}")]
+    Tampered(ChainBreak),
+    /// Writing an export failed.
+    #[error("audit export: {0}")]
+    Export(String),
+}
+
+impl From<StoreError> for AuditError {
+    fn from(e: StoreError) -> Self {
+        AuditError::Store(e.to_string())
+    }
+}
+
+macro_rules! audit_from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for AuditError {
+            fn from(e: $t) -> Self {
+                AuditError::Store(e.to_string())
+            }
+        }
+    )*};
+}
+audit_from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+// ---------------------------------------------------------------------------
+// The log
+// ---------------------------------------------------------------------------
+
+/// Compliance filtering applied before hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComplianceMode {
+    /// Keep summaries and details as given.
+    #[default]
+    Standard,
+    /// Strip free text (see the module docs).
+    Hipaa,
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Compliance filtering.
+    pub compliance: ComplianceMode,
+    /// Most records committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            compliance: ComplianceMode::Standard,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ChainHead {
+    seq: u64,
+    hash: String,
+    ts_ms: u64,
+}
+
+struct Request {
+    event: PreparedEvent,
+    reply: mpsc::SyncSender<Reply>,
+}
+
+/// A queued append; [`AppendTicket::wait`] blocks until it is committed.
+pub struct AppendTicket {
+    rx: mpsc::Receiver<Reply>,
+}
+
+impl fmt::Debug for AppendTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppendTicket").finish_non_exhaustive()
+    }
+}
+
+impl AppendTicket {
+    /// Blocks until the record is durably committed (or the commit failed).
+    pub fn wait(self) -> Result<AuditRecord, AuditError> {
+        let (event, sealed) = self.rx.recv().map_err(|_| AuditError::Closed)??;
+        Ok(event.into_record(sealed))
+    }
+}
+
+/// The audit log: a writer thread doing group commits, plus readers.
+///
+/// `append` blocks; from async code call it on a blocking thread.
+pub struct AuditLog {
+    db: Arc<Database>,
+    config: AuditConfig,
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    notifier: Option<JoinHandle<()>>,
+    claim: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log in `store`, recovering the chain head (last seq and
+    /// hash) from the `audit` table, and starts the writer thread. At most
+    /// one `AuditLog` may be open per store ([`AuditError::AlreadyOpen`]).
+    pub fn open(store: &Store, config: AuditConfig) -> Result<AuditLog, AuditError> {
+        let claim = store.claim_audit_writer().ok_or(AuditError::AlreadyOpen)?;
+        let release = |e: AuditError| {
+            claim.store(false, Ordering::Release);
+            e
+        };
+        let db = store.database();
+        let head = recover_head(&db).map_err(release)?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let (done_tx, done_rx) = mpsc::channel::<Completion>();
+        let spawn_err =
+            |e: std::io::Error| AuditError::Store(format!("cannot start audit writer: {e}"));
+        let notifier = std::thread::Builder::new()
+            .name("agentfed-audit-notify".into())
+            .spawn(move || notifier_loop(&done_rx))
+            .map_err(spawn_err)
+            .map_err(release)?;
+        let writer_db = Arc::clone(&db);
+        let max_batch = config.max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("agentfed-audit".into())
+            .spawn(move || writer_loop(&writer_db, head, &rx, max_batch, &done_tx))
+            .map_err(spawn_err)
+            .map_err(release)?;
+        Ok(AuditLog {
+            db,
+            config,
+            tx: Some(tx),
+            writer: Some(writer),
+            notifier: Some(notifier),
+            claim,
+        })
+    }
+
+    /// Appends `event` and blocks until it is durably committed.
+    pub fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        self.submit(event)?.wait()
+    }
+
+    /// Queues `event` without waiting for the commit.
+    pub fn submit(&self, event: AuditEvent) -> Result<AppendTicket, AuditError> {
+        let prepared = prepare(event, self.config.compliance)?;
+        let (reply, rx) = mpsc::sync_channel(1);
+        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
+        tx.send(Request {
+            event: prepared,
+            reply,
+        })
+        .map_err(|_| AuditError::Closed)?;
+        Ok(AppendTicket { rx })
+    }
+
+    /// Records matching `query` (see [`AuditQuery`]).
+    pub fn query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let rows = table.iter()?;
+        let rows: Box<dyn Iterator<Item = _>> = match query.order {
+            Order::NewestFirst => Box::new(rows.rev()),
+            Order::OldestFirst => Box::new(rows),
+        };
+        for row in rows {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let record = decode_row(k.value(), v.value())?.to_record()?;
+            if query.past_range(&record) {
+                break;
+            }
+            if query.matches(&record) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks the whole chain. `Ok(n)` when all `n` records are intact;
+    /// otherwise [`AuditError::Tampered`] naming the first bad record.
+    pub fn verify(&self) -> Result<u64, AuditError> {
+        verify_chain(&self.db)
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> Result<u64, AuditError> {
+        let txn = self.db.begin_read()?;
+        Ok(redb::ReadableTableMetadata::len(&txn.open_table(AUDIT)?)?)
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> Result<bool, AuditError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain what is queued and exit.
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        // The writer dropped its completion sender; the notifier drains and exits.
+        if let Some(notifier) = self.notifier.take() {
+            let _ = notifier.join();
+        }
+        self.claim.store(false, Ordering::Release);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn decode_row(key: u64, bytes: &[u8]) -> Result<StoredRecord, AuditError> {
+    serde_json::from_slice(bytes).map_err(|_| AuditError::Undecodable { seq: key })
+}
+
+fn recover_head(db: &Database) -> Result<ChainHead, AuditError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(AUDIT)?;
+    match table.last()? {
+        None => Ok(ChainHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+            ts_ms: 0,
+        }),
+        Some((k, v)) => {
+            let rec = decode_row(k.value(), v.value())?;
+            Ok(ChainHead {
+                seq: k.value(),
+                hash: rec.hash,
+                ts_ms: rec.ts_ms,
+            })
+        }
+    }
+}
+
+fn writer_loop(
+    db: &Database,
+    mut head: ChainHead,
+    rx: &mpsc::Receiver<Request>,
+    max_batch: usize,
+    done: &mpsc::Sender<Completion>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_batch(db, &head, &batch).map(|(sealed, new_head)| {
+            head = new_head;
+            sealed
+        });
+        // Waking the waiters happens on the notifier thread, overlapping
+        // with the next batch's commit.
+        if done.send(Completion { batch, outcome }).is_err() {
+            return;
+        }
+    }
+}
+
+/// A committed (or failed) batch on its way to the notifier thread.
+struct Completion {
+    batch: Vec<Request>,
+    outcome: Result<Vec<Sealed>, AuditError>,
+}
+
+fn notifier_loop(rx: &mpsc::Receiver<Completion>) {
+    while let Ok(Completion { batch, outcome }) = rx.recv() {
+        match outcome {
+            Ok(sealed) => {
+                for (req, seal) in batch.into_iter().zip(sealed) {
+                    // A waiter that gave up is fine: the record is committed.
+                    let _ = req.reply.send(Ok((req.event, seal)));
+                }
+            }
+            Err(e) => {
+                for req in batch {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Chains, writes and commits one batch. The head advances only on success.
+fn commit_batch(
+    db: &Database,
+    head: &ChainHead,
+    batch: &[Request],
+) -> Result<(Vec<Sealed>, ChainHead), AuditError> {
+    let ts_ms = now_ms().max(head.ts_ms);
+    let mut seq = head.seq;
+    let mut prev = head.hash.clone();
+    let mut sealed = Vec::with_capacity(batch.len());
+    let txn = begin_durable_write(db)?;
+    {
+        let mut table = txn.open_table(AUDIT)?;
+        let mut buf = Vec::with_capacity(1024);
+        for req in batch {
+            seq += 1;
+            let e = &req.event;
+            let mut row = RowRef {
+                seq,
+                ts_ms,
+                event_type: e.event_type.as_str(),
+                severity: e.severity.as_str(),
+                category: e.category.as_str(),
+                peer: e.peer.as_deref(),
+                actor: &e.actor,
+                summary: &e.summary,
+                details: &e.details_json,
+                prev_hash: &prev,
+                hash: "",
+            };
+            let hash = row.compute_hash();
+            row.hash = &hash;
+            buf.clear();
+            serde_json::to_writer(&mut buf, &row)
+                .map_err(|e| AuditError::Store(format!("record does not serialize: {e}")))?;
+            table.insert(seq, buf.as_slice())?;
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            sealed.push(Sealed {
+                seq,
+                ts_ms,
+                prev_hash,
+                hash,
+            });
+        }
+        let mut head_bytes = seq.to_be_bytes().to_vec();
+        head_bytes.extend_from_slice(prev.as_bytes());
+        txn.open_table(META)?
+            .insert(HEAD_KEY, head_bytes.as_slice())?;
+    }
+    txn.commit()?;
+    Ok((
+        sealed,
+        ChainHead {
+            seq,
+            hash: prev,
+            ts_ms,
+        },
+    ))
+}
+
+fn verify_chain(db: &Database) -> Result<u64, AuditError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(AUDIT)?;
+    let broken = |seq, kind| Err(AuditError::Tampered(ChainBreak { seq, kind }));
+    let mut expected = 1u64;
+    let mut prev_hash = GENESIS_HASH.to_string();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let key = k.value();
+        let Ok(rec) = decode_row(key, v.value()) else {
+            return broken(key, BreakKind::Undecodable);
+        };
+        if rec.seq != key {
+            return broken(key, BreakKind::SeqMismatch { stored: rec.seq });
+        }
+        if key != expected {
+            return broken(key, BreakKind::SeqGap { expected });
+        }
+        if rec.compute_hash() != rec.hash {
+            return broken(key, BreakKind::HashMismatch);
+        }
+        if rec.prev_hash != prev_hash {
+            return broken(key, BreakKind::PrevHashMismatch);
+        }
+        prev_hash = rec.hash;
+        expected += 1;
+    }
+    let count = expected - 1;
+    let meta = txn.open_table(META)?;
+    if let Some(head) = meta.get(HEAD_KEY)? {
+        let bytes = head.value();
+        let head_seq = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let head_hash = bytes.get(8..).unwrap_or_default();
+        if head_seq > count {
+            return broken(count + 1, BreakKind::TailRemoved { head_seq });
+        }
+        if head_seq != count || head_hash != prev_hash.as_bytes() {
+            return broken(count, BreakKind::HeadMismatch);
+        }
+    }
+    Ok(count)
+}
+
+// ---------------------------------------------------------------------------
+// Preparing events: bounds, compliance, canonical JSON
+// ---------------------------------------------------------------------------
+
+fn prepare(event: AuditEvent, mode: ComplianceMode) -> Result<PreparedEvent, AuditError> {
+    let (summary, mut details) = match mode {
+        ComplianceMode::Standard => (event.summary, event.details),
+        ComplianceMode::Hipaa => (
+            event.event_type.as_str().to_string(),
+            hipaa_strip(event.details),
+        ),
+    };
+    let mut details_json = canonical_json(&details)?;
+    if details_json.len() > MAX_DETAILS_BYTES {
+        details = json!({
+            "details_truncated": true,
+            "original_bytes": details_json.len(),
+        });
+        details_json = canonical_json(&details)?;
+    }
+    Ok(PreparedEvent {
+        details,
+        event_type: event.event_type,
+        severity: event.severity,
+        category: event.category,
+        peer: event.peer.map(|p| truncate(p, MAX_ID_BYTES)),
+        actor: truncate(event.actor, MAX_ID_BYTES),
+        summary: truncate(summary, MAX_SUMMARY_BYTES),
+        details_json,
+    })
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Canonical JSON: object keys sorted by UTF-8 bytes at every level, no
+/// whitespace, scalars as serde_json writes them.
+pub fn canonical_json(value: &Value) -> Result<String, AuditError> {
+    let mut out = Vec::new();
+    write_canonical(value, &mut out)?;
+    String::from_utf8(out).map_err(|_| AuditError::Store("canonical JSON is not UTF-8".into()))
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), AuditError> {
+    let scalar_err =
+        |e: serde_json::Error| AuditError::Store(format!("details do not serialize: {e}"));
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).map_err(scalar_err)?;
+                out.push(b':');
+                if let Some(v) = map.get(key) {
+                    write_canonical(v, out)?;
+                }
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).map_err(scalar_err)?,
+    }
+    Ok(())
+}
+
+fn is_identifier_key(key: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "id",
+        "type",
+        "types",
+        "kind",
+        "category",
+        "level",
+        "from",
+        "to",
+        "state",
+        "status",
+        "action",
+        "actor",
+        "peer",
+        "node",
+        "code",
+        "version",
+        "algorithm",
+    ];
+    const SUFFIXES: &[&str] = &["_id", "_type", "_code", "_level", "_state"];
+    EXACT.contains(&key) || SUFFIXES.iter().any(|s| key.ends_with(s))
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// HIPAA filtering of details (module docs).
+fn hipaa_strip(details: Value) -> Value {
+    let mut dropped = 0u64;
+    let stripped = strip_value(details, false, &mut dropped);
+    let mut obj = match stripped {
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            let mut map = Map::new();
+            map.insert("value".into(), other);
+            map
+        }
+        None => Map::new(),
+    };
+    if dropped > 0 {
+        obj.insert("hipaa_stripped".into(), json!(dropped));
+    }
+    Value::Object(obj)
+}
+
+/// Returns the kept value, or `None` if dropped. `id_context` says whether
+/// strings here sit under an identifier key.
+fn strip_value(value: Value, id_context: bool, dropped: &mut u64) -> Option<Value> {
+    match value {
+        Value::String(s) => {
+            if id_context && is_token(&s) {
+                Some(Value::String(s))
+            } else {
+                *dropped += 1;
+                None
+            }
+        }
+        Value::Array(items) => Some(Value::Array(
+            items
+                .into_iter()
+                .filter_map(|v| strip_value(v, id_context, dropped))
+                .collect(),
+        )),
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                if !is_token(&k) {
+                    *dropped += 1;
+                    continue;
+                }
+                let id = is_identifier_key(&k);
+                if let Some(kept) = strip_value(v, id, dropped) {
+                    out.insert(k, kept);
+                }
+            }
+            Some(Value::Object(out))
+        }
+        scalar => Some(scalar),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Query and export
+// ---------------------------------------------------------------------------
+
+/// Result order of [`AuditLog::query`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Highest seq first (default).
+    #[default]
+    NewestFirst,
+    /// Lowest seq first.
+    OldestFirst,
+}
+
+/// Filters for [`AuditLog::query`]. Empty lists and `None` match anything.
+/// `limit` applies after filtering, in the chosen `order`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    /// Match any of these event types.
+    pub event_types: Vec<EventType>,
+    /// Match severity at or above this.
+    pub min_severity: Option<Severity>,
+    /// Match any of these categories.
+    pub categories: Vec<Category>,
+    /// Match this peer exactly.
+    pub peer: Option<String>,
+    /// Match `ts_ms >= from_ms`.
+    pub from_ms: Option<u64>,
+    /// Match `ts_ms <= to_ms`.
+    pub to_ms: Option<u64>,
+    /// At most this many records.
+    pub limit: Option<usize>,
+    /// Result order.
+    pub order: Order,
+}
+
+impl AuditQuery {
+    /// Whether `r` passes every filter.
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        (self.event_types.is_empty() || self.event_types.contains(&r.event_type))
+            && self.min_severity.is_none_or(|s| r.severity >= s)
+            && (self.categories.is_empty() || self.categories.contains(&r.category))
+            && self
+                .peer
+                .as_ref()
+                .is_none_or(|p| r.peer.as_ref() == Some(p))
+            && self.from_ms.is_none_or(|t| r.ts_ms >= t)
+            && self.to_ms.is_none_or(|t| r.ts_ms <= t)
+    }
+
+    /// Timestamps never decrease along the chain, so once a record lies
+    /// beyond the time range in the scan direction, no later one matches.
+    fn past_range(&self, r: &AuditRecord) -> bool {
+        match self.order {
+            Order::NewestFirst => self.from_ms.is_some_and(|t| r.ts_ms < t),
+            Order::OldestFirst => self.to_ms.is_some_and(|t| r.ts_ms > t),
+        }
+    }
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One JSON array of records.
+    Json,
+    /// One JSON record per line.
+    Ndjson,
+    /// CSV with the header [`CSV_HEADER`]; `details` as compact JSON.
+    Csv,
+}
+
+/// Column order of CSV exports.
+pub const CSV_HEADER: [&str; 11] = [
+    "seq",
+    "ts_ms",
+    "event_type",
+    "severity",
+    "category",
+    "peer",
+    "actor",
+    "summary",
+    "details",
+    "prev_hash",
+    "hash",
+];
+
+/// Writes `records` to `out` in `format`. In CSV, text cells starting with
+/// `=`, `+`, `-`, `@`, tab or carriage return get a leading `'` so
+/// spreadsheets do not evaluate them as formulas.
+pub fn export<W: Write>(
+    records: &[AuditRecord],
+    format: ExportFormat,
+    mut out: W,
+) -> Result<(), AuditError> {
+    let io = |e: std::io::Error| AuditError::Export(e.to_string());
+    let js = |e: serde_json::Error| AuditError::Export(e.to_string());
+    match format {
+        ExportFormat::Json => {
+            serde_json::to_writer(&mut out, records).map_err(js)?;
+            out.write_all(b"\n").map_err(io)?;
+        }
+        ExportFormat::Ndjson => {
+            for r in records {
+                serde_json::to_writer(&mut out, r).map_err(js)?;
+                out.write_all(b"\n").map_err(io)?;
+            }
+        }
+        ExportFormat::Csv => write_csv(records, &mut out)?,
+    }
+    out.flush().map_err(io)
+}
+
+fn write_csv<W: Write>(records: &[AuditRecord], out: W) -> Result<(), AuditError> {
+    let err = |e: csv::Error| AuditError::Export(e.to_string());
+    let mut w = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(out);
+    w.write_record(CSV_HEADER).map_err(err)?;
+    for r in records {
+        let details = canonical_json(&r.details)?;
+        let row = [
+            r.seq.to_string(),
+            r.ts_ms.to_string(),
+            r.event_type.as_str().to_string(),
+            r.severity.as_str().to_string(),
+            r.category.as_str().to_string(),
+            defuse_formula(r.peer.as_deref().unwrap_or("")),
+            defuse_formula(&r.actor),
+            defuse_formula(&r.summary),
+            defuse_formula(&details),
+            r.prev_hash.clone(),
+            r.hash.clone(),
+        ];
+        w.write_record(&row).map_err(err)?;
+    }
+    w.flush().map_err(|e| AuditError::Export(e.to_string()))
+}
+
+fn defuse_formula(s: &str) -> String {
+    match s.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}"),
+        _ => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::STATE_FILE;
+    use std::path::Path;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn open(dir: &Path) -> Result<(Store, AuditLog), Box<dyn std::error::Error>> {
+        open_with(dir, AuditConfig::default())
+    }
+
+    fn open_with(
+        dir: &Path,
+        config: AuditConfig,
+    ) -> Result<(Store, AuditLog), Box<dyn std::error::Error>> {
+        let store = Store::open_in_home(dir)?;
+        let log = AuditLog::open(&store, config)?;
+        Ok((store, log))
+    }
+
+    fn event(i: u64) -> AuditEvent {
+        AuditEvent::new(EventType::MessageSent, format!("message {i}"))
+            .with_peer(if i.is_multiple_of(2) { "alpha" } else { "beta" })
+            .with_details(json!({ "n": i, "envelope_id": format!("env-{i}") }))
+    }
+
+    fn fill(log: &AuditLog, n: u64) -> Result<(), AuditError> {
+        for i in 1..=n {
+            log.append(event(i))?;
+        }
+        Ok(())
+    }
+
+    /// Edits the raw redb file with plain redb calls, outside the log.
+    fn with_raw_table(dir: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) -> TestResult {
+        let db = Database::create(dir.join(STATE_FILE))?;
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(AUDIT)?;
+            f(&mut table);
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn raw_get(table: &redb::Table<u64, &[u8]>, seq: u64) -> Vec<u8> {
+        table
+            .get(seq)
+            .ok()
+            .flatten()
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn verify_reopened(dir: &Path) -> Result<Result<u64, AuditError>, Box<dyn std::error::Error>> {
+        let (_store, log) = open(dir)?;
+        Ok(log.verify())
+    }
+
+    fn expect_break(result: Result<u64, AuditError>) -> ChainBreak {
+        match result {
+            Err(AuditError::Tampered(b)) => b,
+            other => panic!("expected a chain break, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn append_chains_records_from_genesis() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        let first = log.append(event(1))?;
+        let second = log.append(event(2))?;
+        assert_eq!(first.seq, 1);
+        assert_eq!(first.prev_hash, GENESIS_HASH);
+        assert_eq!(second.seq, 2);
+        assert_eq!(second.prev_hash, first.hash);
+        assert_eq!(first.hash.len(), 64);
+        assert!(second.ts_ms >= first.ts_ms);
+        assert_eq!(first.category, Category::Messaging);
+        assert_eq!(first.severity, Severity::Debug);
+        assert_eq!(log.verify()?, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn hash_follows_the_documented_encoding() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        let r = log.append(
+            AuditEvent::new(EventType::PeerAdded, "added")
+                .with_peer("alpha")
+                .with_details(json!({"b": 1, "a": [true, null, "x"]})),
+        )?;
+        let mut input = HASH_DOMAIN.to_vec();
+        input.extend(1u64.to_be_bytes());
+        input.extend(r.ts_ms.to_be_bytes());
+        let lp = |s: &str, v: &mut Vec<u8>| {
+            v.extend((s.len() as u32).to_be_bytes());
+            v.extend(s.as_bytes());
+        };
+        lp("peer_added", &mut input);
+        lp("info", &mut input);
+        lp("identity", &mut input);
+        input.push(1);
+        lp("alpha", &mut input);
+        lp("system", &mut input);
+        lp("added", &mut input);
+        lp(r#"{"a":[true,null,"x"],"b":1}"#, &mut input);
+        lp(GENESIS_HASH, &mut input);
+        assert_eq!(r.hash, hex::encode(Sha256::digest(&input)));
+        Ok(())
+    }
+
+    #[test]
+    fn head_is_recovered_on_reopen() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let last = {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 5)?;
+            log.query(&AuditQuery {
+                limit: Some(1),
+                ..Default::default()
+            })?
+        };
+        let (_store, log) = open(dir.path())?;
+        let next = log.append(event(6))?;
+        assert_eq!(next.seq, 6);
+        assert_eq!(Some(&next.prev_hash), last.first().map(|r| &r.hash));
+        assert_eq!(log.verify()?, 6);
+        Ok(())
+    }
+
+    #[test]
+    fn group_commit_8_threads_x_2000_all_present_and_chain_valid() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        let threads = 8u64;
+        let per = 2000u64;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let log = &log;
+                    s.spawn(move || -> Result<Vec<u64>, AuditError> {
+                        let mut seqs = Vec::new();
+                        for i in 0..per {
+                            let r = log.append(
+                                AuditEvent::new(EventType::MessageReceived, "m")
+                                    .with_details(json!({"thread": t, "i": i})),
+                            )?;
+                            seqs.push(r.seq);
+                        }
+                        Ok(seqs)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(Ok(seqs)) => all.extend(seqs),
+                    other => panic!("appender failed: {other:?}"),
+                }
+            }
+            all.sort_unstable();
+            let expect: Vec<u64> = (1..=threads * per).collect();
+            assert_eq!(all, expect, "every acknowledged append has a unique seq");
+        });
+        assert_eq!(log.verify()?, threads * per);
+        let records = log.query(&AuditQuery {
+            order: Order::OldestFirst,
+            ..Default::default()
+        })?;
+        let mut seen: Vec<(u64, u64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.details["thread"].as_u64().unwrap_or(99),
+                    r.details["i"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len() as u64, threads * per);
+        Ok(())
+    }
+
+    #[test]
+    fn acknowledged_appends_survive_reopen() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let tickets_done = {
+            let (_store, log) = open(dir.path())?;
+            let tickets: Vec<AppendTicket> = (1..=300)
+                .map(|i| log.submit(event(i)))
+                .collect::<Result<_, _>>()?;
+            tickets
+                .into_iter()
+                .map(AppendTicket::wait)
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        assert_eq!(tickets_done.len(), 300);
+        let (_store, log) = open(dir.path())?;
+        assert_eq!(log.verify()?, 300);
+        assert_eq!(log.len()?, 300);
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_an_edited_record() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 10)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let raw = raw_get(t, 5);
+            let mut v: Value = serde_json::from_slice(&raw).unwrap_or_default();
+            v["summary"] = json!("nothing to see here");
+            let edited = serde_json::to_vec(&v).unwrap_or_default();
+            let _ = t.insert(5, edited.as_slice());
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 5,
+                kind: BreakKind::HashMismatch
+            }
+        );
+        assert!(b.to_string().contains("record 5") && b.to_string().contains("edited"));
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_edited_details_and_raw_byte_damage() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 6)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let raw = String::from_utf8(raw_get(t, 3)).unwrap_or_default();
+            let edited = raw.replace(r#"\"n\":3"#, r#"\"n\":4"#);
+            assert_ne!(raw, edited);
+            let _ = t.insert(3, edited.as_bytes());
+            let _ = t.insert(4, b"\x00garbage".as_slice());
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 3,
+                kind: BreakKind::HashMismatch
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_undecodable_record() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 4)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let mut raw = raw_get(t, 2);
+            raw[0] = b'[';
+            let _ = t.insert(2, raw.as_slice());
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 2,
+                kind: BreakKind::Undecodable
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_a_removed_record() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 10)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let _ = t.remove(4);
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 5,
+                kind: BreakKind::SeqGap { expected: 4 }
+            }
+        );
+        assert!(b.to_string().contains("removed"));
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_removal_with_renumbering() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 6)?;
+        }
+        // Remove record 3 and shift 4.. down so the seqs look contiguous.
+        with_raw_table(dir.path(), |t| {
+            for seq in 3..6 {
+                let mut v: Value = serde_json::from_slice(&raw_get(t, seq + 1)).unwrap_or_default();
+                v["seq"] = json!(seq);
+                let bytes = serde_json::to_vec(&v).unwrap_or_default();
+                let _ = t.insert(seq, bytes.as_slice());
+            }
+            let _ = t.remove(6);
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(b.seq, 3);
+        assert_eq!(b.kind, BreakKind::HashMismatch);
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_removal_from_the_tail() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 5)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let _ = t.remove(5);
+            let _ = t.remove(4);
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 4,
+                kind: BreakKind::TailRemoved { head_seq: 5 }
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_two_swapped_records() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 8)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let a = raw_get(t, 3);
+            let b = raw_get(t, 4);
+            let _ = t.insert(3, b.as_slice());
+            let _ = t.insert(4, a.as_slice());
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 3,
+                kind: BreakKind::SeqMismatch { stored: 4 }
+            }
+        );
+        assert!(b.to_string().contains("reordered"));
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_swap_with_renumbered_seqs() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 8)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let mut a: Value = serde_json::from_slice(&raw_get(t, 3)).unwrap_or_default();
+            let mut b: Value = serde_json::from_slice(&raw_get(t, 4)).unwrap_or_default();
+            a["seq"] = json!(4);
+            b["seq"] = json!(3);
+            let (a, b) = (
+                serde_json::to_vec(&a).unwrap_or_default(),
+                serde_json::to_vec(&b).unwrap_or_default(),
+            );
+            let _ = t.insert(3, b.as_slice());
+            let _ = t.insert(4, a.as_slice());
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 3,
+                kind: BreakKind::HashMismatch
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_swap_with_recomputed_hashes_via_prev_hash() -> TestResult {
+        // An attacker who swaps records 3 and 4 and recomputes their own
+        // hashes (but not the rest of the chain) is caught by prev_hash.
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 8)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let decode = |b: Vec<u8>| serde_json::from_slice::<StoredRecord>(&b).ok();
+            if let (Some(mut a), Some(mut b)) = (decode(raw_get(t, 3)), decode(raw_get(t, 4))) {
+                std::mem::swap(&mut a.seq, &mut b.seq);
+                a.hash = a.compute_hash();
+                b.hash = b.compute_hash();
+                let (a, b) = (
+                    serde_json::to_vec(&a).unwrap_or_default(),
+                    serde_json::to_vec(&b).unwrap_or_default(),
+                );
+                let _ = t.insert(3, b.as_slice());
+                let _ = t.insert(4, a.as_slice());
+            }
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 3,
+                kind: BreakKind::PrevHashMismatch
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn query_filters_and_orders() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        fill(&log, 6)?;
+        log.append(AuditEvent::new(EventType::BreakerSuspended, "cost").with_peer("alpha"))?;
+        log.append(
+            AuditEvent::new(EventType::PluginFailed, "trap").with_actor(plugin_actor("trust")),
+        )?;
+        log.append(AuditEvent::pii(
+            PiiOutcome::Blocked,
+            Some("beta"),
+            &[("ssn", 1)],
+        ))?;
+
+        let all = log.query(&AuditQuery::default())?;
+        assert_eq!(all.len(), 9);
+        assert_eq!(
+            all.first().map(|r| r.seq),
+            Some(9),
+            "newest first by default"
+        );
+        let oldest = log.query(&AuditQuery {
+            order: Order::OldestFirst,
+            limit: Some(2),
+            ..Default::default()
+        })?;
+        assert_eq!(oldest.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+
+        let warn = log.query(&AuditQuery {
+            min_severity: Some(Severity::Warning),
+            ..Default::default()
+        })?;
+        assert_eq!(
+            warn.iter().map(|r| r.event_type).collect::<Vec<_>>(),
+            [
+                EventType::PiiBlocked,
+                EventType::PluginFailed,
+                EventType::BreakerSuspended
+            ]
+        );
+        let errors = log.query(&AuditQuery {
+            min_severity: Some(Severity::Error),
+            ..Default::default()
+        })?;
+        assert_eq!(errors.len(), 1);
+
+        let alpha = log.query(&AuditQuery {
+            peer: Some("alpha".into()),
+            ..Default::default()
+        })?;
+        assert_eq!(alpha.len(), 4);
+        let types = log.query(&AuditQuery {
+            event_types: vec![EventType::BreakerSuspended, EventType::PiiBlocked],
+            ..Default::default()
+        })?;
+        assert_eq!(types.len(), 2);
+        let cats = log.query(&AuditQuery {
+            categories: vec![Category::Plugin],
+            ..Default::default()
+        })?;
+        assert_eq!(cats.len(), 1);
+        let combined = log.query(&AuditQuery {
+            peer: Some("beta".into()),
+            categories: vec![Category::Messaging],
+            limit: Some(2),
+            ..Default::default()
+        })?;
+        assert_eq!(combined.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn query_time_range() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        let a = log.append(event(1))?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = log.append(event(2))?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let c = log.append(event(3))?;
+        assert!(a.ts_ms < b.ts_ms && b.ts_ms < c.ts_ms);
+        let mid = AuditQuery {
+            from_ms: Some(b.ts_ms),
+            to_ms: Some(b.ts_ms),
+            ..Default::default()
+        };
+        assert_eq!(
+            log.query(&mid)?.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [2]
+        );
+        let mid_old = AuditQuery {
+            order: Order::OldestFirst,
+            ..mid.clone()
+        };
+        assert_eq!(
+            log.query(&mid_old)?
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            [2]
+        );
+        let from = AuditQuery {
+            from_ms: Some(b.ts_ms),
+            ..Default::default()
+        };
+        assert_eq!(
+            log.query(&from)?.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [3, 2]
+        );
+        let to = AuditQuery {
+            to_ms: Some(b.ts_ms),
+            order: Order::OldestFirst,
+            ..Default::default()
+        };
+        assert_eq!(
+            log.query(&to)?.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn export_json_ndjson_csv() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        log.append(
+            AuditEvent::new(EventType::OperatorAction, "said \"hi\", then\nleft")
+                .with_actor(ACTOR_OPERATOR)
+                .with_details(json!({"z": 1, "a": "x,y"})),
+        )?;
+        log.append(
+            AuditEvent::new(EventType::PeerAdded, "=HYPERLINK(\"evil\")").with_peer("alpha"),
+        )?;
+        let records = log.query(&AuditQuery {
+            order: Order::OldestFirst,
+            ..Default::default()
+        })?;
+
+        let mut json_out = Vec::new();
+        export(&records, ExportFormat::Json, &mut json_out)?;
+        let parsed: Vec<AuditRecord> = serde_json::from_slice(&json_out)?;
+        assert_eq!(parsed, records);
+        assert!(std::str::from_utf8(&json_out)?.contains("\"event_type\":\"operator_action\""));
+
+        let mut nd = Vec::new();
+        export(&records, ExportFormat::Ndjson, &mut nd)?;
+        let lines: Vec<&str> = std::str::from_utf8(&nd)?.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(serde_json::from_str::<AuditRecord>(lines[1])?, records[1]);
+
+        let mut csv_out = Vec::new();
+        export(&records, ExportFormat::Csv, &mut csv_out)?;
+        let text = std::str::from_utf8(&csv_out)?;
+        assert!(text.starts_with(
+            "seq,ts_ms,event_type,severity,category,peer,actor,summary,details,prev_hash,hash\n"
+        ));
+        let mut reader = csv::Reader::from_reader(csv_out.as_slice());
+        let rows: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
+        assert_eq!(rows.len(), 2);
+        assert_eq!(&rows[0][7], "said \"hi\", then\nleft");
+        assert_eq!(&rows[0][8], r#"{"a":"x,y","z":1}"#);
+        assert_eq!(&rows[1][7], "'=HYPERLINK(\"evil\")");
+        assert_eq!(&rows[1][5], "alpha");
+        assert_eq!(&rows[1][10], records[1].hash.as_str());
+        Ok(())
+    }
+
+    #[test]
+    fn hipaa_mode_strips_free_text_before_hashing() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let config = AuditConfig {
+            compliance: ComplianceMode::Hipaa,
+            ..Default::default()
+        };
+        let (_store, log) = open_with(dir.path(), config)?;
+        let r = log.append(
+            AuditEvent::new(
+                EventType::MessageRejected,
+                "patient John Smith SSN 123-45-6789 rejected",
+            )
+            .with_peer("clinic-1")
+            .with_details(json!({
+                "envelope_id": "env-42",
+                "message_type": "agent-handoff",
+                "payload_excerpt": "John Smith, DOB 1970-01-01",
+                "reason": "contains diagnosis for John",
+                "bytes": 1234,
+                "blocked": true,
+                "types": ["ssn", "name"],
+                "nested": { "id": "abc", "note": "free text here", "count": 2 },
+                "id": "has spaces so dropped",
+                "John Smith": 1,
+            })),
+        )?;
+        assert_eq!(r.summary, "message_rejected");
+        let d = &r.details;
+        assert_eq!(d["envelope_id"], "env-42");
+        assert_eq!(d["message_type"], "agent-handoff");
+        assert_eq!(d["bytes"], 1234);
+        assert_eq!(d["blocked"], true);
+        assert_eq!(d["types"], json!(["ssn", "name"]));
+        assert_eq!(d["nested"], json!({"id": "abc", "count": 2}));
+        assert!(d.get("payload_excerpt").is_none());
+        assert!(d.get("reason").is_none());
+        assert!(d.get("id").is_none());
+        assert!(d.get("John Smith").is_none());
+        assert_eq!(d["hipaa_stripped"], 5);
+        let text = serde_json::to_string(&r)?;
+        assert!(!text.contains("John") && !text.contains("123-45"), "{text}");
+        assert_eq!(log.verify()?, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn pii_events_carry_types_and_counts_only() -> TestResult {
+        let e = AuditEvent::pii(
+            PiiOutcome::Detected,
+            Some("alpha"),
+            &[("email", 2), ("phone", 1), ("email", 1)],
+        );
+        assert_eq!(e.event_type, EventType::PiiDetected);
+        assert_eq!(
+            e.details,
+            json!({"types": {"email": 3, "phone": 1}, "total": 4})
+        );
+        assert_eq!(e.summary, "pii_detected: email, phone");
+        assert_eq!(e.category, Category::Pii);
+        Ok(())
+    }
+
+    #[test]
+    fn pii_type_names_must_be_tokens() {
+        let e = AuditEvent::pii(
+            PiiOutcome::Blocked,
+            None,
+            &[("john@example.com is here", 1), ("ssn", 1)],
+        );
+        assert_eq!(
+            e.details,
+            json!({"types": {"invalid_type": 1, "ssn": 1}, "total": 2})
+        );
+        assert!(!e.summary.contains("john"));
+    }
+
+    #[test]
+    fn only_one_log_per_store() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let log = AuditLog::open(&store, AuditConfig::default())?;
+        assert!(matches!(
+            AuditLog::open(&store, AuditConfig::default()),
+            Err(AuditError::AlreadyOpen)
+        ));
+        log.append(event(1))?;
+        drop(log);
+        let log = AuditLog::open(&store, AuditConfig::default())?;
+        assert_eq!(log.append(event(2))?.seq, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn typed_constructors() -> TestResult {
+        let t = AuditEvent::trust_level_changed(
+            "alpha",
+            TrustLevel::Verified,
+            TrustLevel::Attested,
+            BreakerActor::Operator,
+            "bootstrap",
+        );
+        assert_eq!(t.actor, "operator");
+        assert_eq!(t.category, Category::Operator);
+        assert_eq!(t.details["to"], "ATTESTED");
+        let p = AuditEvent::trust_level_changed(
+            "a",
+            TrustLevel::Attested,
+            TrustLevel::Verified,
+            BreakerActor::Plugin,
+            "score",
+        );
+        assert_eq!(p.category, Category::Trust);
+        let b = AuditEvent::breaker(
+            "alpha",
+            BreakerState::Evicted,
+            BreakerActor::Plugin,
+            "failures",
+            "corr-1",
+        );
+        assert_eq!(b.event_type, EventType::BreakerEvicted);
+        assert_eq!(b.severity, Severity::Error);
+        let s = AuditEvent::spend_reported("alpha", "t1", -5, -0.5, false);
+        assert_eq!(s.details["tokens"], -5);
+        assert_eq!(s.details["usd"], -0.5);
+        Ok(())
+    }
+
+    #[test]
+    fn event_names_are_snake_case_and_unique() -> TestResult {
+        let mut names = std::collections::HashSet::new();
+        for t in EventType::ALL {
+            let json = serde_json::to_string(t)?;
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert!(
+                t.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+            assert!(names.insert(t.as_str()));
+        }
+        assert_eq!(serde_json::to_string(&Severity::Warning)?, "\"warning\"");
+        assert_eq!(
+            serde_json::to_string(&Category::Wireguard)?,
+            "\"wireguard\""
+        );
+        assert!(Severity::Debug < Severity::Info && Severity::Error < Severity::Critical);
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_fields_are_bounded() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        let r = log.append(
+            AuditEvent::new(EventType::MessageReceived, "é".repeat(5000))
+                .with_peer("p".repeat(1000))
+                .with_details(json!({ "blob": "x".repeat(100_000) })),
+        )?;
+        assert!(r.summary.len() <= MAX_SUMMARY_BYTES);
+        assert_eq!(r.peer.as_ref().map(String::len), Some(MAX_ID_BYTES));
+        assert_eq!(r.details["details_truncated"], true);
+        assert_eq!(log.verify()?, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn float_details_verify_exactly() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            for x in [
+                0.1,
+                1.0 / 3.0,
+                2.2250738585072014e-308,
+                123456.789e200,
+                -0.0,
+            ] {
+                log.append(
+                    AuditEvent::new(EventType::SpendReported, "f")
+                        .with_details(json!({ "usd": x })),
+                )?;
+            }
+        }
+        let (_store, log) = open(dir.path())?;
+        assert_eq!(log.verify()?, 5);
+        Ok(())
+    }
+
+    /// Throughput with many concurrent appenders. Run with
+    /// `cargo test --release -- --ignored --nocapture audit_throughput`.
+    #[test]
+    #[ignore]
+    fn audit_throughput() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        for (threads, in_flight) in [(8usize, 1usize), (64, 1), (256, 1), (8, 64)] {
+            let per_thread = 40_000 / threads;
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let log = &log;
+                    s.spawn(move || {
+                        let mut pending = std::collections::VecDeque::new();
+                        for i in 0..per_thread {
+                            let ev = AuditEvent::new(EventType::MessageSent, "bench")
+                                .with_peer("bench-peer")
+                                .with_details(
+                                    json!({"t": t, "i": i, "envelope_id": "env-0123456789"}),
+                                );
+                            match log.submit(ev) {
+                                Ok(ticket) => pending.push_back(ticket),
+                                Err(e) => panic!("submit: {e}"),
+                            }
+                            if pending.len() >= in_flight
+                                && let Some(ticket) = pending.pop_front()
+                                && let Err(e) = ticket.wait()
+                            {
+                                panic!("append: {e}");
+                            }
+                        }
+                        for ticket in pending {
+                            if let Err(e) = ticket.wait() {
+                                panic!("append: {e}");
+                            }
+                        }
+                    });
+                }
+            });
+            let n = (per_thread * threads) as f64;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "threads={threads} in_flight/thread={in_flight}: {n} appends in {secs:.3}s = {:.0}/s durable",
+                n / secs
+            );
+        }
+        let t = std::time::Instant::now();
+        let n = log.verify()?;
+        println!("verify {n} records in {:.3}s", t.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
