@@ -20,7 +20,7 @@ fn main() {
     let mut code = String::from("/// (name, component bytes) of every embedded default policy.\n");
     code.push_str("pub static EMBEDDED: &[(&str, &[u8])] = &[\n");
     for (name, package) in DEFAULT_POLICIES {
-        let path = guest_build::build_guest(&root, package);
+        let path = guest_build::build_guest(&root, "policies", package);
         writeln!(
             code,
             "    ({name:?}, include_bytes!({:?})),",

@@ -18,15 +18,19 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where guest builds go: their own target directory, so the nested cargo
-/// never waits on the outer build's lock.
-pub fn guest_target_dir(root: &Path) -> PathBuf {
-    root.join("target").join("guests")
+/// Where a group of guest builds goes: a target directory of its own, so
+/// the nested cargo never waits on the outer build's lock, and so groups
+/// never overwrite each other's components (a cdylib's file name has no
+/// hash: `hipaa-pii` rebuilds `agentfed-policy-pii` without its export
+/// under the same name as the default policy).
+pub fn guest_target_dir(root: &Path, group: &str) -> PathBuf {
+    root.join("target").join("guests").join(group)
 }
 
-/// Builds `package` and returns the path of its component.
-pub fn build_guest(root: &Path, package: &str) -> PathBuf {
-    let target_dir = guest_target_dir(root);
+/// Builds `package` into the target directory of `group` and returns the
+/// path of its component.
+pub fn build_guest(root: &Path, group: &str, package: &str) -> PathBuf {
+    let target_dir = guest_target_dir(root, group);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)

@@ -2,17 +2,44 @@
 //!
 //! Every field has a default, so a missing file or a missing section means
 //! "use the defaults"; unknown keys are errors, so a typo is caught instead
-//! of silently ignored.
+//! of silently ignored. `agentfed init` writes the file with every default
+//! spelled out and commented ([`NodeConfig::to_documented_toml`]); the text
+//! is generated from these types, so it always parses back to the same
+//! configuration.
+//!
+//! Sections:
+//!
+//! | section | what |
+//! |---|---|
+//! | `[node]` | node id, endpoint, agent types, advertised capabilities, mesh subnet |
+//! | `[audit]` | compliance mode (`standard` or `hipaa`) |
+//! | `[timers]` | periods of the trust and breaker evaluation timers |
+//! | `[plugins.<kind>]` | component path, sandbox limits, policy config (trust and spend thresholds live in `[plugins.trust.config]` / `[plugins.spend.config]`) |
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{MeshSubnet, NodeId};
 use crate::plugin::{Limits, PluginKind};
+use crate::trust::Capability;
 
 /// The name of the config file inside the node home.
 pub const CONFIG_FILE: &str = "agentfed.toml";
+
+/// Default federation endpoint written by `agentfed init`.
+pub const DEFAULT_ENDPOINT: &str = "wss://127.0.0.1:9100";
+
+/// Default period of the trust evaluation timer, in seconds.
+pub const DEFAULT_TRUST_EVAL_SECS: u64 = 60;
+
+/// Default period of the breaker evaluation timer, in seconds.
+pub const DEFAULT_BREAKER_EVAL_SECS: u64 = 30;
+
+/// Longest timer period accepted, in seconds (one day).
+pub const MAX_TIMER_SECS: u64 = 86_400;
 
 /// Errors reading the config.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +52,13 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown or ill-typed keys.
+    /// The file is not valid TOML, has unknown or ill-typed keys, or a
+    /// value breaks its rule.
     #[error("{path} is invalid: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// The parser's message (names the key and line).
+        /// The parser's message (names the key and line) or the rule broken.
         message: String,
     },
 }
@@ -39,8 +67,116 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
+    /// `[node]`: who this node is and what it offers.
+    pub node: NodeSection,
+    /// `[audit]`: audit log settings.
+    pub audit: AuditSection,
+    /// `[timers]`: periodic evaluation.
+    pub timers: TimersSection,
     /// Policy plugins, one section per kind.
     pub plugins: PluginsConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node id (informational: the identity in `node.json` is
+    /// authoritative; when set, it must match). Empty means unset.
+    pub node_id: String,
+    /// Federation endpoint URL peers connect to (`ws://` or `wss://`).
+    pub endpoint: String,
+    /// Agent types this node offers (tokens `[a-z0-9][a-z0-9-]*`).
+    pub agent_types: Vec<String>,
+    /// Capabilities advertised in the manifest (names from the trust
+    /// ladder). Default: all of them; peers still gate by trust level.
+    pub capabilities: Vec<String>,
+    /// WireGuard mesh subnet the node's mesh IP is derived in.
+    pub mesh_subnet: String,
+    /// WireGuard UDP endpoint (`host:port`) published in the manifest;
+    /// unset means none.
+    pub wg_endpoint: Option<String>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            node_id: String::new(),
+            endpoint: DEFAULT_ENDPOINT.to_string(),
+            agent_types: Vec::new(),
+            capabilities: Capability::ALL
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
+            mesh_subnet: crate::identity::DEFAULT_MESH_SUBNET.to_string(),
+            wg_endpoint: None,
+        }
+    }
+}
+
+/// Audit compliance mode as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compliance {
+    /// Keep summaries and details as given.
+    #[default]
+    Standard,
+    /// Strip free text from records before hashing.
+    Hipaa,
+}
+
+impl Compliance {
+    /// The lowercase name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Compliance::Standard => "standard",
+            Compliance::Hipaa => "hipaa",
+        }
+    }
+}
+
+impl From<Compliance> for crate::audit::ComplianceMode {
+    fn from(c: Compliance) -> Self {
+        match c {
+            Compliance::Standard => crate::audit::ComplianceMode::Standard,
+            Compliance::Hipaa => crate::audit::ComplianceMode::Hipaa,
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// `standard` or `hipaa`.
+    pub compliance: Compliance,
+}
+
+/// `[timers]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimersSection {
+    /// Seconds between trust evaluations of every peer (1..=86400).
+    pub trust_eval_secs: u64,
+    /// Seconds between breaker evaluations of every peer (1..=86400).
+    pub breaker_eval_secs: u64,
+}
+
+impl Default for TimersSection {
+    fn default() -> Self {
+        TimersSection {
+            trust_eval_secs: DEFAULT_TRUST_EVAL_SECS,
+            breaker_eval_secs: DEFAULT_BREAKER_EVAL_SECS,
+        }
+    }
+}
+
+impl TimersSection {
+    /// The daemon's tick period: the shorter of the two timers (one tick
+    /// evaluates trust and breaker for every peer).
+    pub fn tick_period(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.trust_eval_secs.min(self.breaker_eval_secs).max(1))
+    }
 }
 
 /// `[plugins.*]`: which component fills each slot, and how it is limited.
@@ -93,12 +229,71 @@ impl NodeConfig {
         }
     }
 
-    /// Parses config text; `path` is only used in error messages.
+    /// Parses and validates config text; `path` is only used in error
+    /// messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: e.to_string().trim().replace('\n', " "),
-        })
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot: grammars, known names, ranges.
+    /// The message names the key and the rule, never echoing the value.
+    pub fn validate(&self) -> Result<(), String> {
+        let node = &self.node;
+        if !node.node_id.is_empty() {
+            NodeId::parse(&node.node_id).map_err(|e| format!("node.node_id: {}", e.reason))?;
+        }
+        crate::identity::validate_endpoint(&node.endpoint)
+            .map_err(|e| format!("node.endpoint: {}", e.reason))?;
+        if node.agent_types.len() > crate::identity::MAX_AGENT_TYPES {
+            return Err(format!(
+                "node.agent_types: at most {} entries",
+                crate::identity::MAX_AGENT_TYPES
+            ));
+        }
+        if let Some(i) = node.agent_types.iter().position(|t| !is_token(t)) {
+            return Err(format!(
+                "node.agent_types[{i}]: must match ^[a-z0-9][a-z0-9-]{{0,31}}$"
+            ));
+        }
+        if let Some(i) = node
+            .capabilities
+            .iter()
+            .position(|c| c.parse::<Capability>().is_err())
+        {
+            let names: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
+            return Err(format!(
+                "node.capabilities[{i}]: unknown capability (expected some of {})",
+                names.join(", ")
+            ));
+        }
+        self.mesh_subnet()
+            .map_err(|e| format!("node.mesh_subnet: {e}"))?;
+        if let Some(wg) = &node.wg_endpoint {
+            crate::identity::validate_host_port("wg_endpoint", wg)
+                .map_err(|e| format!("node.wg_endpoint: {}", e.reason))?;
+        }
+        for (key, secs) in [
+            ("timers.trust_eval_secs", self.timers.trust_eval_secs),
+            ("timers.breaker_eval_secs", self.timers.breaker_eval_secs),
+        ] {
+            if secs == 0 || secs > MAX_TIMER_SECS {
+                return Err(format!("{key}: must be 1..={MAX_TIMER_SECS} seconds"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed mesh subnet.
+    pub fn mesh_subnet(&self) -> Result<MeshSubnet, crate::identity::MeshIpError> {
+        self.node.mesh_subnet.parse()
     }
 
     /// The component path configured for `kind`, resolved against `home`.
@@ -110,6 +305,189 @@ impl NodeConfig {
                 home.join(p)
             }
         })
+    }
+
+    /// This configuration as a commented TOML document with every value
+    /// written out. Parsing the text gives back `self`.
+    pub fn to_documented_toml(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        line(w, "# agentfed node configuration.");
+        line(
+            w,
+            "# Every key is shown with its value; delete a key to fall back to its default.",
+        );
+        line(w, "# Unknown keys are errors.");
+        line(w, "");
+        line(w, "[node]");
+        line(
+            w,
+            "# This node's id (the identity in node.json is authoritative; if set, must match).",
+        );
+        kv(w, "node_id", &self.node.node_id);
+        line(
+            w,
+            "# Federation endpoint peers connect to: ws:// or wss://host:port[/path].",
+        );
+        kv(w, "endpoint", &self.node.endpoint);
+        line(
+            w,
+            "# Agent types this node offers, e.g. [\"coder\", \"tester\"].",
+        );
+        kv(w, "agent_types", &self.node.agent_types);
+        line(
+            w,
+            "# Capabilities advertised in the signed manifest (peers still gate by trust level):",
+        );
+        let names: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
+        line(w, &format!("#   {}", names.join(", ")));
+        kv(w, "capabilities", &self.node.capabilities);
+        line(
+            w,
+            "# WireGuard mesh subnet (IPv4 CIDR, prefix at most /30); the mesh IP is derived from the node id.",
+        );
+        kv(w, "mesh_subnet", &self.node.mesh_subnet);
+        line(
+            w,
+            "# WireGuard UDP endpoint (host:port) published in the manifest; unset = none.",
+        );
+        match &self.node.wg_endpoint {
+            Some(wg) => kv(w, "wg_endpoint", wg),
+            None => line(w, "# wg_endpoint = \"192.0.2.10:51820\""),
+        }
+        line(w, "");
+        line(w, "[audit]");
+        line(
+            w,
+            "# \"standard\" keeps summaries and details; \"hipaa\" strips free text before hashing.",
+        );
+        kv(w, "compliance", self.audit.compliance.as_str());
+        line(w, "");
+        line(w, "[timers]");
+        line(
+            w,
+            "# Seconds between trust evaluations of every peer (the trust plugin decides).",
+        );
+        kv(w, "trust_eval_secs", &self.timers.trust_eval_secs);
+        line(
+            w,
+            "# Seconds between breaker evaluations of every peer (the spend plugin decides).",
+        );
+        kv(w, "breaker_eval_secs", &self.timers.breaker_eval_secs);
+        for kind in PluginKind::ALL {
+            plugin_section(w, kind, self.plugins.get(kind));
+        }
+        out
+    }
+}
+
+fn is_token(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+fn line(out: &mut String, text: &str) {
+    out.push_str(text);
+    out.push('\n');
+}
+
+/// `key = value`, the value rendered by the TOML serializer (so quoting
+/// and escaping are always right).
+fn kv<T: Serialize + ?Sized>(out: &mut String, key: &str, value: &T) {
+    let value = toml::Value::try_from(value).expect("config values are TOML values");
+    let _ = writeln!(out, "{key} = {value}");
+}
+
+/// What a plugin kind's default policy reads from `[plugins.<kind>.config]`.
+fn policy_keys(kind: PluginKind) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        PluginKind::Trust => &[
+            ("promote.attested.score", "0.70"),
+            ("promote.attested.interactions", "50"),
+            ("demote.attested.below", "0.50"),
+            ("promote.trusted.score", "0.85"),
+            ("promote.trusted.interactions", "500"),
+            ("demote.trusted.below", "0.65"),
+            ("promote.privileged.score", "0.95"),
+            ("promote.privileged.interactions", "5000"),
+            ("demote.privileged.below", "0.80"),
+            ("threats.per-hour", "2"),
+        ],
+        PluginKind::Spend => &[
+            ("max-usd-per-day", "5.0"),
+            ("max-failure-ratio", "0.5"),
+            ("min-samples", "50"),
+            ("evict-after-failures", "10"),
+            ("evict-after-secs", "86400"),
+            ("cooldown-secs", "1800"),
+        ],
+        PluginKind::Pii => &[
+            ("min_confidence", "<number 0-1; policy default>"),
+            ("action.<type>", "<pass|redact|hash|block, every level>"),
+            ("action.<type>.<level>", "<pass|redact|hash|block>"),
+        ],
+        PluginKind::Handler => &[],
+    }
+}
+
+fn limit_comment(key: &str) -> &'static str {
+    match key {
+        "deadline_ms" => "wall-clock budget of one call, ms",
+        "memory_mib" => "linear memory cap per instance, MiB",
+        "max_instances" => "core instances a component may create",
+        "max_tables" => "tables per instance",
+        "max_table_elements" => "elements per table",
+        "output_bytes" => "guest stdout/stderr bytes kept per call",
+        "log_lines" => "host.log lines accepted per call",
+        _ => "",
+    }
+}
+
+fn plugin_section(out: &mut String, kind: PluginKind, section: &PluginConfig) {
+    line(out, "");
+    let _ = writeln!(out, "[plugins.{kind}]");
+    match &section.path {
+        Some(path) => kv(out, "path", path),
+        None => {
+            line(
+                out,
+                "# Path of a .wasm component (relative to the node home); unset = embedded default.",
+            );
+            let _ = writeln!(out, "# path = \"plugins/my_{kind}.wasm\"");
+        }
+    }
+    line(out, "");
+    let _ = writeln!(out, "[plugins.{kind}.limits]");
+    let limits = toml::Table::try_from(section.limits).expect("limits are a TOML table");
+    for (key, value) in &limits {
+        let comment = limit_comment(key);
+        if comment.is_empty() {
+            let _ = writeln!(out, "{key} = {value}");
+        } else {
+            let _ = writeln!(out, "{key} = {value}  # {comment}");
+        }
+    }
+    line(out, "");
+    let _ = writeln!(out, "[plugins.{kind}.config]");
+    let keys = policy_keys(kind);
+    if !keys.is_empty() {
+        line(
+            out,
+            "# Keys the default policy reads (values are strings), shown with their defaults:",
+        );
+        for (key, default) in keys {
+            if !section.config.contains_key(*key) {
+                let _ = writeln!(out, "# \"{key}\" = \"{default}\"");
+            }
+        }
+    }
+    for (key, value) in &section.config {
+        let key = toml::Value::String(key.clone());
+        kv(out, &key.to_string(), value);
     }
 }
 
@@ -123,6 +501,13 @@ mod tests {
         assert_eq!(config, NodeConfig::default());
         assert_eq!(config.plugins.pii.limits.deadline_ms, 50);
         assert_eq!(config.plugins.pii.limits.memory_mib, 64);
+        assert_eq!(config.node.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(config.node.mesh_subnet, "10.50.0.0/16");
+        assert_eq!(config.node.capabilities.len(), Capability::ALL.len());
+        assert_eq!(config.audit.compliance, Compliance::Standard);
+        assert_eq!(config.timers.trust_eval_secs, 60);
+        assert_eq!(config.timers.breaker_eval_secs, 30);
+        assert_eq!(config.timers.tick_period().as_secs(), 30);
     }
 
     #[test]
@@ -152,5 +537,74 @@ mod tests {
             .to_string();
         assert!(err.contains("cfg.toml"), "{err}");
         assert!(err.contains("pth"), "{err}");
+        let err = NodeConfig::parse(Path::new("cfg.toml"), "[timers]\ntrust_secs = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trust_secs"), "{err}");
+    }
+
+    #[test]
+    fn documented_defaults_parse_back_to_defaults() {
+        let text = NodeConfig::default().to_documented_toml();
+        let parsed = NodeConfig::parse(Path::new("x"), &text).unwrap();
+        assert_eq!(parsed, NodeConfig::default(), "{text}");
+        // Every default is written out, not left implicit.
+        for key in [
+            "endpoint = \"wss://127.0.0.1:9100\"",
+            "mesh_subnet = \"10.50.0.0/16\"",
+            "compliance = \"standard\"",
+            "trust_eval_secs = 60",
+            "breaker_eval_secs = 30",
+            "deadline_ms = 50",
+            "memory_mib = 64",
+            "\"remote-spawn\"",
+            "[plugins.handler.limits]",
+        ] {
+            assert!(text.contains(key), "missing {key} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn documented_custom_config_round_trips() {
+        let mut config = NodeConfig::default();
+        config.node.node_id = "lab-1".into();
+        config.node.endpoint = "ws://192.0.2.7:9100/fed".into();
+        config.node.agent_types = vec!["coder".into(), "tester".into()];
+        config.node.mesh_subnet = "198.18.0.0/15".into();
+        config.node.wg_endpoint = Some("192.0.2.7:51820".into());
+        config.audit.compliance = Compliance::Hipaa;
+        config.timers.trust_eval_secs = 5;
+        config.plugins.spend.path = Some(PathBuf::from("plugins/my \"spend\".wasm"));
+        config
+            .plugins
+            .spend
+            .config
+            .insert("max-usd-per-day".into(), "2.5".into());
+        config
+            .plugins
+            .trust
+            .config
+            .insert("weird key = \"x\"".into(), "line\nbreak".into());
+        let text = config.to_documented_toml();
+        assert_eq!(NodeConfig::parse(Path::new("x"), &text).unwrap(), config);
+    }
+
+    #[test]
+    fn values_are_validated_without_echo() {
+        for (text, key) in [
+            ("[node]\nnode_id = \"Bad Id\"", "node.node_id"),
+            ("[node]\nendpoint = \"http://x:1\"", "node.endpoint"),
+            ("[node]\nagent_types = [\"OK\"]", "node.agent_types[0]"),
+            ("[node]\ncapabilities = [\"root\"]", "node.capabilities[0]"),
+            ("[node]\nmesh_subnet = \"10.0.0.0/31\"", "node.mesh_subnet"),
+            ("[node]\nwg_endpoint = \"x y\"", "node.wg_endpoint"),
+            ("[timers]\ntrust_eval_secs = 0", "timers.trust_eval_secs"),
+            ("[audit]\ncompliance = \"sox\"", "compliance"),
+        ] {
+            let err = NodeConfig::parse(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 }

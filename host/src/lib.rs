@@ -7,6 +7,7 @@
 //! the host that owns everything with side effects or secrets.
 //!
 //! Modules, one concern each:
+//! * [`clock`]: injectable time.
 //! * [`identity`]: keys, the signed manifest, mesh addresses.
 //! * [`model`]: domain types shared by the store and the coordinator.
 //! * [`store`]: persistent state in one redb file, and the home lock.
@@ -14,6 +15,11 @@
 //! * [`trust`]: capabilities per trust level.
 //! * [`breaker`]: legal circuit-breaker transitions and send gates.
 //! * [`budget`]: per-envelope budgets.
+//! * [`coordinator`]: the node's business logic over store, audit and plugins.
+//! * [`envelope`]: signed envelopes and message types.
+//! * [`control`]: the versioned control API on the node's Unix socket
+//!   (protocol, server dispatch, blocking client).
+//! * [`daemon`]: `agentfed daemon`: lock, socket, timers, signals.
 //! * [`plugin`]: the wasmtime runtime that loads, sandboxes and calls
 //!   policy components, with hot reload and a precompiled-code cache.
 //! * [`embedded`]: the default policies compiled into the binary.
@@ -29,8 +35,13 @@ pub mod audit;
 pub mod breaker;
 pub mod budget;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod control;
+pub mod coordinator;
+pub mod daemon;
 pub mod embedded;
+pub mod envelope;
 pub mod home;
 pub mod identity;
 pub mod model;

@@ -179,6 +179,11 @@ pub struct InteractionMetrics {
     /// Timestamps (ms since the Unix epoch) of threat detections within the
     /// last hour; pruned by [`InteractionMetrics::record_threat`].
     pub recent_threats_ms: Vec<u64>,
+    /// Signature failures since the peer reached its current trust level
+    /// (reset on every level change), which is what trust policies see, so
+    /// an operator's re-admission is not undone by an old failure.
+    #[serde(default)]
+    pub signature_failures_since_level: u64,
 }
 
 impl InteractionMetrics {
@@ -266,6 +271,10 @@ pub struct PeerRecord {
     /// When the peer was first added (ms since the Unix epoch).
     #[serde(default)]
     pub added_ms: u64,
+    /// The trust plugin found the peer qualifies for PRIVILEGED; waiting
+    /// for an operator to confirm with `trust set PEER PRIVILEGED`.
+    #[serde(default)]
+    pub privileged_recommended: bool,
 }
 
 impl PeerRecord {
@@ -278,13 +287,20 @@ impl PeerRecord {
             level_since_ms: now_ms,
             score: 0.0,
             score_components: ScoreComponents::default(),
-            metrics: InteractionMetrics::default(),
+            // No evidence against a new peer yet: uptime and integrity start
+            // at 1 and are lowered by missed heartbeats and bad envelopes.
+            metrics: InteractionMetrics {
+                uptime: 1.0,
+                integrity: 1.0,
+                ..InteractionMetrics::default()
+            },
             breaker: BreakerInfo {
                 since_ms: now_ms,
                 ..BreakerInfo::default()
             },
             last_seen_ms: now_ms,
             added_ms: now_ms,
+            privileged_recommended: false,
         }
     }
 

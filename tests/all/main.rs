@@ -4,6 +4,7 @@
 //! `examples/` and `tests/fixtures/` by build scripts.
 
 mod cli;
+mod coordinator;
 mod hostile;
 mod loading;
 mod policies;

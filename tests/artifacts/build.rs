@@ -27,7 +27,7 @@ fn main() {
     );
     let mut code = String::new();
     for (constant, package) in GUESTS {
-        let path = guest_build::build_guest(&root, package);
+        let path = guest_build::build_guest(&root, "test-artifacts", package);
         writeln!(code, "/// Component built from `{package}`.").expect("String");
         writeln!(
             code,

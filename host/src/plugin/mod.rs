@@ -27,6 +27,7 @@ pub use bindings::*;
 pub use cache::{ArtifactCache, CacheOutcome};
 pub use error::PluginError;
 pub use host_api::keyed_hash;
+pub(crate) use host_api::truncate_on_char_boundary as truncate;
 pub use loaded::LoadedPlugin;
 pub use runtime::{ComponentInfo, PluginRuntime, PluginSource, RuntimeOptions};
 pub use sandbox::{Clock, HostContext, Limits, NodeStatusSource, StaticNodeStatus, SystemClock};

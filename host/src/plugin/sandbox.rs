@@ -19,6 +19,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::NodeStatus;
+pub use crate::clock::{Clock, SystemClock};
 
 /// Per-call resource limits of a plugin. Defaults follow the design brief.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -60,25 +61,6 @@ impl Limits {
     /// The deadline as a duration.
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
-    }
-}
-
-/// Source of time for plugins (`host.now-ms`). Tests inject a fixed clock.
-pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
     }
 }
 

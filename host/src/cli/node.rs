@@ -1,0 +1,331 @@
+//! `agentfed init`, `agentfed manifest [verify FILE]` and `agentfed daemon`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use sha2::{Digest, Sha256};
+
+use super::{CliError, CliResult};
+use crate::config::{CONFIG_FILE, DEFAULT_ENDPOINT, NodeConfig};
+use crate::identity::{
+    HASH_KEY_FILE, IDENTITY_KEY_FILE, Identity, IdentityError, ManifestParams, NODE_FILE, NodeId,
+    SignedManifest, TLS_CERT_FILE, TLS_KEY_FILE, WIREGUARD_KEY_FILE,
+};
+
+/// `agentfed init` arguments.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// This node's id: 1-63 chars of lowercase letters, digits, '.', '_', '-'.
+    #[arg(long, value_name = "ID")]
+    pub node_id: String,
+    /// Federation endpoint peers connect to (ws:// or wss://host:port).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Agent type this node offers (repeatable), e.g. --agent-type coder.
+    #[arg(long = "agent-type", value_name = "TYPE")]
+    pub agent_types: Vec<String>,
+    /// WireGuard mesh subnet the mesh IP is derived in.
+    #[arg(long, value_name = "CIDR", default_value = crate::identity::DEFAULT_MESH_SUBNET)]
+    pub mesh_subnet: String,
+    /// Replace existing keys and config (the old identity is lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `agentfed manifest` arguments.
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Verify a manifest instead of printing this node's.
+    #[command(subcommand)]
+    pub command: Option<ManifestCommand>,
+}
+
+/// `agentfed manifest` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Check a signed manifest: field grammars, then the Ed25519 signature.
+    /// Prints the node id and key fingerprint; exit 2 with the reason if
+    /// it is not valid.
+    Verify {
+        /// The manifest JSON file (`-` for stdin).
+        file: PathBuf,
+    },
+}
+
+/// `agentfed daemon` arguments.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Run in the foreground (the default and only mode: agentfed never
+    /// daemonises itself; use systemd or a supervisor).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Tests only: run on a manual clock starting at START_MS (ms since
+    /// the Unix epoch) and enable the `clock.advance` control method.
+    #[arg(long, hide = true, value_name = "START_MS")]
+    pub fake_clock_ms: Option<u64>,
+}
+
+/// `sha256:` + lowercase hex SHA-256 of the raw Ed25519 public key: a
+/// stable identity fingerprint (the manifest's timestamp and signature
+/// change every time it is signed; this does not).
+pub fn key_fingerprint(manifest: &SignedManifest) -> Result<String, crate::identity::ManifestError> {
+    let key = manifest.manifest.verifying_key()?;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(key.to_bytes()))))
+}
+
+/// The manifest parameters `config` describes for `identity`.
+pub fn manifest_params(identity: &Identity, config: &NodeConfig) -> anyhow::Result<ManifestParams> {
+    let subnet = config
+        .mesh_subnet()
+        .map_err(|e| anyhow!("[node] mesh_subnet: {e}"))?;
+    let mesh_ip = identity.mesh_ip(&subnet, &|_| false)?;
+    Ok(ManifestParams {
+        agent_types: config.node.agent_types.clone(),
+        capabilities: config.node.capabilities.clone(),
+        mesh_ip,
+        wg_endpoint: config.node.wg_endpoint.clone(),
+    })
+}
+
+fn now_ms() -> u64 {
+    crate::clock::Clock::now_ms(&crate::clock::SystemClock)
+}
+
+/// Maps an identity error to an exit code: bad input 2, refusal 1.
+fn identity_error(e: IdentityError) -> CliError {
+    match e {
+        IdentityError::InvalidField(_) => CliError::usage(e),
+        other => CliError::failed(other),
+    }
+}
+
+/// `agentfed init`.
+pub fn init(home: &Path, args: InitArgs) -> CliResult {
+    let node_id = NodeId::parse(&args.node_id)
+        .map_err(|e| CliError::usage(anyhow!("--node-id: {}", e.reason)))?;
+    let mut config = NodeConfig::default();
+    config.node.node_id = node_id.to_string();
+    config.node.endpoint = args.endpoint.clone();
+    config.node.agent_types = args.agent_types.clone();
+    config.node.mesh_subnet = args.mesh_subnet.clone();
+    // Validate everything before creating anything.
+    config
+        .validate()
+        .map_err(|m| CliError::usage(anyhow!("invalid option: {m}")))?;
+    let config_path = home.join(CONFIG_FILE);
+    if !args.force && config_path.exists() {
+        return Err(CliError::failed(anyhow!(
+            "{} already exists; refusing to overwrite the node's config (re-run init with --force to replace keys and config)",
+            config_path.display()
+        )));
+    }
+    let identity = Identity::init(home, &node_id, &args.endpoint, args.force).map_err(|e| {
+        match e {
+            IdentityError::AlreadyInitialized { path } => CliError::failed(anyhow!(
+                "{} already exists; refusing to overwrite node keys (re-run init with --force to replace them)",
+                path.display()
+            )),
+            other => identity_error(other),
+        }
+    })?;
+    write_config(&config_path, &config.to_documented_toml())
+        .map_err(CliError::failed)?;
+    let params = manifest_params(&identity, &config).map_err(CliError::failed)?;
+    let manifest = identity
+        .signed_manifest(&params, now_ms())
+        .map_err(CliError::failed)?;
+    let fingerprint = key_fingerprint(&manifest).map_err(CliError::failed)?;
+    let show = |name: &str| home.join(name).display().to_string();
+    println!("initialised node {node_id} in {}", home.display());
+    println!("  identity key    {} (0600)", show(IDENTITY_KEY_FILE));
+    println!("  wireguard key   {} (0600)", show(WIREGUARD_KEY_FILE));
+    println!("  hash key        {} (0600)", show(HASH_KEY_FILE));
+    println!("  tls key         {} (0600)", show(TLS_KEY_FILE));
+    println!("  tls certificate {}", show(TLS_CERT_FILE));
+    println!("  node file       {}", show(NODE_FILE));
+    println!("  config          {}", show(CONFIG_FILE));
+    println!("endpoint        {}", identity.endpoint());
+    println!("mesh ip         {}", params.mesh_ip);
+    println!("public key      {}", identity.public_key_b64());
+    println!("fingerprint     {fingerprint}");
+    println!("tls fingerprint {}", identity.tls_fingerprint());
+    println!(
+        "next: agentfed --home {} daemon   (then: agentfed --home {} manifest > {node_id}.manifest.json, for peers)",
+        home.display(),
+        home.display()
+    );
+    Ok(())
+}
+
+/// Writes the config atomically (temp file, fsync, rename), mode 0644.
+fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("toml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(())
+}
+
+/// `agentfed manifest [verify FILE]`.
+pub fn manifest(home: &Path, args: ManifestArgs) -> CliResult {
+    match args.command {
+        None => print_own(home),
+        Some(ManifestCommand::Verify { file }) => verify(&file),
+    }
+}
+
+fn print_own(home: &Path) -> CliResult {
+    let config = NodeConfig::load(home).map_err(CliError::usage)?;
+    let identity = Identity::load(home).map_err(identity_error)?;
+    let params = manifest_params(&identity, &config).map_err(CliError::usage)?;
+    let manifest = identity
+        .signed_manifest(&params, now_ms())
+        .map_err(CliError::failed)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&manifest.to_json()).map_err(CliError::failed)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json).map_err(CliError::failed)?
+    );
+    Ok(())
+}
+
+fn verify(file: &Path) -> CliResult {
+    let bytes = if file == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+            &mut buf,
+        )
+        .map_err(|e| CliError::usage(anyhow!("cannot read stdin: {e}")))?;
+        buf
+    } else {
+        read_limited(file, 1 << 20).map_err(CliError::usage)?
+    };
+    let manifest = SignedManifest::from_json(&bytes)
+        .map_err(|e| CliError::usage(anyhow!("{}: {e}", file.display())))?;
+    manifest
+        .verify()
+        .map_err(|e| CliError::usage(anyhow!("{}: {e}", file.display())))?;
+    let fingerprint = key_fingerprint(&manifest).map_err(CliError::usage)?;
+    println!(
+        "valid manifest: node {} fingerprint {fingerprint}",
+        manifest.manifest.node_id
+    );
+    Ok(())
+}
+
+/// Reads at most `limit` bytes of a file (a larger one is an error).
+pub fn read_limited(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut buf = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if buf.len() as u64 > limit {
+        return Err(anyhow!("{} is larger than {limit} bytes", path.display()));
+    }
+    Ok(buf)
+}
+
+/// `agentfed daemon`.
+pub fn daemon(home: &Path, args: DaemonArgs) -> CliResult {
+    let _ = args.foreground;
+    let options = crate::daemon::DaemonOptions {
+        fake_clock_ms: args.fake_clock_ms,
+    };
+    crate::daemon::run(home, options).map_err(|e| {
+        if e.is_bad_input() {
+            CliError::usage(e)
+        } else {
+            CliError::failed(e)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_config_that_parses_to_the_defaults_plus_init_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("node");
+        init(
+            &home,
+            InitArgs {
+                node_id: "lab-1".into(),
+                endpoint: "wss://192.0.2.1:9100".into(),
+                agent_types: vec!["coder".into()],
+                mesh_subnet: "198.18.0.0/15".into(),
+                force: false,
+            },
+        )
+        .unwrap();
+        let loaded = NodeConfig::load(&home).unwrap();
+        let mut expected = NodeConfig::default();
+        expected.node.node_id = "lab-1".into();
+        expected.node.endpoint = "wss://192.0.2.1:9100".into();
+        expected.node.agent_types = vec!["coder".into()];
+        expected.node.mesh_subnet = "198.18.0.0/15".into();
+        assert_eq!(loaded, expected);
+        let id = Identity::load(&home).unwrap();
+        let params = manifest_params(&id, &loaded).unwrap();
+        assert!("198.18.0.0/15"
+            .parse::<crate::identity::MeshSubnet>()
+            .unwrap()
+            .contains(params.mesh_ip));
+        // Without --force nothing is replaced.
+        let again = init(
+            &home,
+            InitArgs {
+                node_id: "lab-2".into(),
+                endpoint: DEFAULT_ENDPOINT.into(),
+                agent_types: vec![],
+                mesh_subnet: "10.50.0.0/16".into(),
+                force: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(again.code, 1);
+        assert_eq!(NodeConfig::load(&home).unwrap(), expected);
+    }
+
+    #[test]
+    fn bad_init_options_create_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("node");
+        for (node_id, endpoint, subnet) in [
+            ("Bad Id", DEFAULT_ENDPOINT, "10.50.0.0/16"),
+            ("ok", "http://x:1", "10.50.0.0/16"),
+            ("ok", DEFAULT_ENDPOINT, "10.0.0.0/31"),
+        ] {
+            let err = init(
+                &home,
+                InitArgs {
+                    node_id: node_id.into(),
+                    endpoint: endpoint.into(),
+                    agent_types: vec![],
+                    mesh_subnet: subnet.into(),
+                    force: false,
+                },
+            )
+            .unwrap_err();
+            assert_eq!(err.code, 2, "{:#}", err.error);
+            assert!(!home.exists());
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The control API: a versioned request/response protocol on a Unix socket
+//! in the node home (`<home>/control.sock`), spoken by the CLI and (later)
+//! the MCP bridge. `docs/control-api.md` is the full reference.
+//!
+//! # Framing
+//!
+//! Newline-delimited JSON, one request per line, one response line per
+//! request, in order. A connection may carry many requests.
+//!
+//! ```text
+//! → {"v":1,"id":7,"method":"peers.list","params":{}}
+//! ← {"v":1,"id":7,"ok":true,"result":[…]}
+//! ← {"v":1,"id":7,"ok":false,"error":{"code":"UNKNOWN_PEER","message":"…","bad_input":true}}
+//! ```
+//!
+//! * `v` must be [`PROTOCOL_VERSION`], else `UNSUPPORTED_VERSION`.
+//! * `id` is a number or a string of at most 64 bytes, echoed back.
+//! * A request line is at most [`MAX_REQUEST_BYTES`] (1 MiB) including the
+//!   newline; a longer one gets `REQUEST_TOO_LARGE` and the connection is
+//!   closed.
+//! * Only processes running as the daemon's own uid may connect (checked
+//!   with `SO_PEERCRED`); others get one `PERMISSION_DENIED` response and
+//!   the connection is closed. The socket file is mode 0600 as well.
+//!
+//! Each method maps onto one MCP tool of the user guide ([`METHODS`]).
+
+pub mod client;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// Largest request line accepted, newline included.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Longest string `id` echoed back.
+pub const MAX_ID_BYTES: usize = 64;
+
+/// The socket's file name inside the node home.
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// Default number of records `audit.query` returns.
+pub const DEFAULT_AUDIT_QUERY_LIMIT: usize = 100;
+
+/// Largest `limit` of `audit.query` / `audit.export`.
+pub const MAX_AUDIT_LIMIT: usize = 1_000_000;
+
+/// The control socket of `home`.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join(SOCKET_FILE)
+}
+
+/// Error codes of the protocol itself (the coordinator's codes, such as
+/// `UNKNOWN_PEER` or `PEER_SUSPENDED`, pass through unchanged).
+pub mod codes {
+    /// The line is not a JSON request object.
+    pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
+    /// The line exceeds [`super::MAX_REQUEST_BYTES`].
+    pub const REQUEST_TOO_LARGE: &str = "REQUEST_TOO_LARGE";
+    /// `v` is not [`super::PROTOCOL_VERSION`].
+    pub const UNSUPPORTED_VERSION: &str = "UNSUPPORTED_VERSION";
+    /// No such method (or `clock.advance` without `--fake-clock-ms`).
+    pub const UNKNOWN_METHOD: &str = "UNKNOWN_METHOD";
+    /// `params` do not fit the method.
+    pub const INVALID_PARAMS: &str = "INVALID_PARAMS";
+    /// The connecting process runs as another user.
+    pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+    /// `audit.verify` found an edited, removed or reordered record.
+    pub const AUDIT_TAMPERED: &str = "AUDIT_TAMPERED";
+    /// A failure inside the daemon (e.g. a panic in a handler).
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// A request line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Protocol version.
+    pub v: u64,
+    /// Caller's correlation id, echoed in the response.
+    pub id: Value,
+    /// Method name, e.g. `peers.list`.
+    pub method: String,
+    /// Method parameters (an object; absent means `{}`).
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id (`null` if the request could not be read).
+    pub id: Value,
+    /// Whether the call succeeded.
+    pub ok: bool,
+    /// The method's result when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(id: Value, result: Value) -> Response {
+        Response {
+            v: PROTOCOL_VERSION,
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// A failure.
+    pub fn err(id: Value, error: ErrorBody) -> Response {
+        Response {
+            v: PROTOCOL_VERSION,
+            id,
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    /// The response as one line (newline included).
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"v":1,"id":null,"ok":false,"error":{"code":"INTERNAL","message":"response does not serialize","bad_input":false}}"#.to_vec()
+        });
+        line.push(b'\n');
+        line
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Constant code, e.g. `UNKNOWN_PEER`.
+    pub code: String,
+    /// One line for humans; never contains secrets, never echoes more
+    /// than a short excerpt of the input.
+    pub message: String,
+    /// The caller's input was wrong and nothing changed (CLI exit 2);
+    /// otherwise the operation was refused or failed (CLI exit 1).
+    #[serde(default)]
+    pub bad_input: bool,
+    /// Structured extras (e.g. `{"seq": 12}` for `AUDIT_TAMPERED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl ErrorBody {
+    /// An error with no details.
+    pub fn new(code: &str, message: impl Into<String>, bad_input: bool) -> ErrorBody {
+        ErrorBody {
+            code: code.to_string(),
+            message: one_line(&message.into()),
+            bad_input,
+            details: None,
+        }
+    }
+
+    /// Adds structured details.
+    pub fn with_details(mut self, details: Value) -> ErrorBody {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.starts_with(&self.code) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
+/// One method of the API and the MCP tool it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodInfo {
+    /// Method name.
+    pub name: &'static str,
+    /// The user guide's MCP tool it maps onto.
+    pub mcp_tool: &'static str,
+    /// Whether it changes state.
+    pub mutates: bool,
+}
+
+/// Every method, in documentation order. `clock.advance` exists only when
+/// the daemon runs with `--fake-clock-ms`.
+pub const METHODS: &[MethodInfo] = &[
+    m("status", "federation_status", false),
+    m("peers.list", "federation_peers", false),
+    m("peers.show", "federation_peers", false),
+    m("peers.add", "federation_join", true),
+    m("peers.remove", "federation_peers", true),
+    m("trust.show", "federation_trust", false),
+    m("trust.set", "federation_trust", true),
+    m("trust.evaluate", "federation_trust", true),
+    m("breaker.status", "federation_breaker_status", false),
+    m("breaker.evict", "federation_evict", true),
+    m("breaker.reactivate", "federation_reactivate", true),
+    m("spend.report", "federation_report_spend", true),
+    m("send", "federation_send", true),
+    m("audit.query", "federation_audit", false),
+    m("audit.export", "federation_audit", false),
+    m("audit.verify", "federation_audit", false),
+    m("plugins.list", "federation_status", false),
+    m("plugins.reload", "federation_status", true),
+    m("manifest", "federation_init", false),
+    m("clock.advance", "(tests only)", true),
+];
+
+const fn m(name: &'static str, mcp_tool: &'static str, mutates: bool) -> MethodInfo {
+    MethodInfo {
+        name,
+        mcp_tool,
+        mutates,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------
+
+/// Parameters naming no peer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// `{peer}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerParams {
+    /// Peer node id.
+    pub peer: String,
+}
+
+/// `{peer?}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionalPeerParams {
+    /// Peer node id; absent means every peer.
+    #[serde(default)]
+    pub peer: Option<String>,
+}
+
+/// `peers.add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPeerParams {
+    /// The signed manifest: a JSON object, or its JSON text as a string.
+    pub manifest: Value,
+}
+
+/// `trust.set`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSetParams {
+    /// Peer node id.
+    pub peer: String,
+    /// Level name, any case (`attested`, `ATTESTED`).
+    pub level: String,
+    /// Why (audited; required).
+    pub reason: String,
+}
+
+/// `breaker.evict` and `breaker.reactivate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerParams {
+    /// Peer node id.
+    pub peer: String,
+    /// Why (audited; required).
+    pub reason: String,
+}
+
+/// `spend.report`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendParams {
+    /// The peer that did the work.
+    pub peer: String,
+    /// The integrator's task id.
+    pub task_id: String,
+    /// Tokens spent (a whole number).
+    pub tokens: f64,
+    /// US dollars spent.
+    pub usd: f64,
+    /// Whether the work succeeded (default true).
+    #[serde(default = "yes")]
+    pub success: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `send`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendParams {
+    /// Target peer.
+    pub peer: String,
+    /// Message type, e.g. `task-assignment`.
+    pub message_type: String,
+    /// JSON payload.
+    pub payload: Value,
+    /// Budget: `{"max_hops":…, "max_tokens":…, "max_usd":…}`; defaults
+    /// apply when absent.
+    #[serde(default)]
+    pub budget: Option<Value>,
+}
+
+/// Filters of `audit.query` and `audit.export`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilter {
+    /// Event types (snake_case); any of them matches.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Minimum severity: debug, info, warning, error, critical.
+    #[serde(default)]
+    pub severity: Option<String>,
+    /// Categories (snake_case); any of them matches.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Exact peer.
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// Records at or after this time (ms since the Unix epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Records at or before this time (ms since the Unix epoch).
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    /// At most this many records.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// `newest` (default for query) or `oldest` (default for export).
+    #[serde(default)]
+    pub order: Option<String>,
+}
+
+/// `audit.export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// `json`, `ndjson` or `csv`.
+    pub format: String,
+    /// Filters.
+    #[serde(flatten)]
+    pub filter: AuditFilter,
+}
+
+/// `plugins.reload`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadParams {
+    /// `trust`, `pii`, `spend` or `handler`; absent reloads all four.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// `clock.advance`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceParams {
+    /// Milliseconds to move the fake clock forward.
+    pub ms: u64,
+    /// Run the timers (`tick`) afterwards (default true).
+    #[serde(default = "yes")]
+    pub tick: bool,
+}
+
+/// `audit.verify` on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResult {
+    /// Always true (a broken chain is an `AUDIT_TAMPERED` error).
+    pub ok: bool,
+    /// Records checked.
+    pub records: u64,
+}
+
+/// `audit.export` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportResult {
+    /// The format.
+    pub format: String,
+    /// Records exported.
+    pub records: usize,
+    /// The exported text.
+    pub content: String,
+}
+
+/// Collapses a message to one line.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.lines().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(part.trim_end());
+    }
+    out
+}
+
+/// At most `max` characters of `text`, control characters removed, `…`
+/// appended when cut: for echoing caller input in errors.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max).collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn responses_serialize_in_the_documented_shape() {
+        let ok = Response::ok(json!(7), json!({"x": 1}));
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            json!({"v": 1, "id": 7, "ok": true, "result": {"x": 1}})
+        );
+        let err = Response::err(
+            json!("a"),
+            ErrorBody::new("UNKNOWN_PEER", "unknown peer `x`", true),
+        );
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            json!({"v": 1, "id": "a", "ok": false,
+                   "error": {"code": "UNKNOWN_PEER", "message": "unknown peer `x`", "bad_input": true}})
+        );
+        assert!(ok.to_line().ends_with(b"\n"));
+    }
+
+    #[test]
+    fn error_messages_are_one_line_and_clipped() {
+        let e = ErrorBody::new("X", "a\nb\r\nc", false);
+        assert_eq!(e.message, "a b c");
+        assert_eq!(clip(&"y".repeat(100), 5), "yyyyy…");
+        assert_eq!(clip("a\u{7}b", 5), "ab");
+    }
+
+    #[test]
+    fn every_method_names_an_mcp_tool() {
+        for method in METHODS {
+            assert!(!method.mcp_tool.is_empty(), "{}", method.name);
+        }
+        let names: std::collections::BTreeSet<_> = METHODS.iter().map(|m| m.name).collect();
+        assert_eq!(names.len(), METHODS.len());
+    }
+}

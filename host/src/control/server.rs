@@ -1,0 +1,754 @@
+//! The daemon side of the control API: request parsing and dispatch onto
+//! the [`Coordinator`] (synchronous, run on a blocking thread), and the
+//! async socket loop with peer-credential checks and graceful shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::{
+    AddPeerParams, AdvanceParams, AuditFilter, BreakerParams, DEFAULT_AUDIT_QUERY_LIMIT, ErrorBody, ExportParams,
+    ExportResult, MAX_AUDIT_LIMIT, MAX_ID_BYTES, MAX_REQUEST_BYTES, NoParams, OptionalPeerParams,
+    PROTOCOL_VERSION, PeerParams, ReloadParams, Response, SendParams, SpendParams, TrustSetParams,
+    VerifyResult, clip, codes,
+};
+use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
+use crate::coordinator::{CoordError, Coordinator, PeerView, SendRequest, SpendReport};
+use crate::plugin::PluginKind;
+
+/// Longest serde error text passed back in `INVALID_PARAMS`.
+const MAX_PARAMS_ERROR: usize = 300;
+
+/// Longest a shutting-down daemon waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A handler's failure.
+type ApiResult = Result<Value, ErrorBody>;
+
+impl From<CoordError> for ErrorBody {
+    fn from(e: CoordError) -> Self {
+        ErrorBody::new(e.code(), e.to_string(), e.is_bad_input())
+    }
+}
+
+/// Maps requests onto coordinator calls. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    coordinator: Arc<Coordinator>,
+    fake_clock: bool,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("fake_clock", &self.fake_clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `coordinator`. `fake_clock` enables
+    /// `clock.advance` (the daemon's hidden `--fake-clock-ms` mode).
+    pub fn new(coordinator: Arc<Coordinator>, fake_clock: bool) -> Dispatcher {
+        Dispatcher {
+            coordinator,
+            fake_clock,
+        }
+    }
+
+    /// The coordinator.
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    /// Handles one request line (without its newline). Blocking: call it
+    /// from a blocking thread.
+    pub fn handle_line(&self, line: &[u8]) -> Response {
+        let request = match parse_request(line) {
+            Ok(request) => request,
+            Err((id, error)) => return Response::err(id, error),
+        };
+        let (id, method, params) = request;
+        let started = std::time::Instant::now();
+        let outcome = self.call(&method, params);
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        match outcome {
+            Ok(result) => {
+                tracing::debug!(method = %method, elapsed_us, "control request ok");
+                Response::ok(id, result)
+            }
+            Err(error) => {
+                tracing::info!(method = %method, code = %error.code, elapsed_us, "control request failed: {}", error.message);
+                Response::err(id, error)
+            }
+        }
+    }
+
+    /// Runs `method` with `params`.
+    pub fn call(&self, method: &str, params: Value) -> ApiResult {
+        let c = &*self.coordinator;
+        match method {
+            "status" => {
+                no_params(method, params)?;
+                to_value(c.status()?)
+            }
+            "peers.list" => {
+                no_params(method, params)?;
+                to_value(c.peers()?)
+            }
+            "peers.show" => {
+                let p: PeerParams = decode(method, params)?;
+                to_value(c.peer(&p.peer)?)
+            }
+            "peers.add" => {
+                let p: AddPeerParams = decode(method, params)?;
+                let text = match p.manifest {
+                    Value::String(text) => text,
+                    Value::Object(_) => p.manifest.to_string(),
+                    _ => {
+                        return Err(invalid_params(
+                            method,
+                            "manifest must be a JSON object or its JSON text",
+                        ));
+                    }
+                };
+                to_value(c.add_peer(&text)?)
+            }
+            "peers.remove" => {
+                let p: PeerParams = decode(method, params)?;
+                c.remove_peer(&p.peer)?;
+                Ok(json!({"removed": p.peer}))
+            }
+            "trust.show" => {
+                let p: OptionalPeerParams = decode(method, params)?;
+                let peers = match &p.peer {
+                    Some(peer) => vec![c.peer(peer)?],
+                    None => c.peers()?,
+                };
+                Ok(Value::Array(peers.iter().map(trust_view).collect()))
+            }
+            "trust.set" => {
+                let p: TrustSetParams = decode(method, params)?;
+                to_value(c.set_trust(&p.peer, &p.level, &p.reason)?)
+            }
+            "trust.evaluate" => {
+                let p: PeerParams = decode(method, params)?;
+                to_value(c.evaluate_trust(&p.peer)?)
+            }
+            "breaker.status" => {
+                let p: OptionalPeerParams = decode(method, params)?;
+                to_value(c.breaker_status(p.peer.as_deref())?)
+            }
+            "breaker.evict" => {
+                let p: BreakerParams = decode(method, params)?;
+                to_value(c.evict(&p.peer, &p.reason)?)
+            }
+            "breaker.reactivate" => {
+                let p: BreakerParams = decode(method, params)?;
+                to_value(c.reactivate(&p.peer, &p.reason)?)
+            }
+            "spend.report" => {
+                let p: SpendParams = decode(method, params)?;
+                to_value(c.report_spend(SpendReport {
+                    peer: p.peer,
+                    task_id: p.task_id,
+                    tokens: p.tokens,
+                    usd: p.usd,
+                    success: p.success,
+                })?)
+            }
+            "send" => {
+                let p: SendParams = decode(method, params)?;
+                to_value(c.send(SendRequest {
+                    peer: p.peer,
+                    message_type: p.message_type,
+                    payload: p.payload,
+                    budget: p.budget,
+                })?)
+            }
+            "audit.query" => {
+                let p: AuditFilter = decode(method, params)?;
+                let query = audit_query(method, &p, Order::NewestFirst, Some(DEFAULT_AUDIT_QUERY_LIMIT))?;
+                to_value(c.audit().query(&query).map_err(audit_error)?)
+            }
+            "audit.export" => {
+                let p: ExportParams = decode(method, params)?;
+                let format = match p.format.to_ascii_lowercase().as_str() {
+                    "json" => ExportFormat::Json,
+                    "ndjson" => ExportFormat::Ndjson,
+                    "csv" => ExportFormat::Csv,
+                    _ => {
+                        return Err(invalid_params(
+                            method,
+                            "format must be json, ndjson or csv",
+                        ));
+                    }
+                };
+                let query = audit_query(method, &p.filter, Order::OldestFirst, None)?;
+                let records = c.audit().query(&query).map_err(audit_error)?;
+                let mut out = Vec::new();
+                crate::audit::export(&records, format, &mut out).map_err(audit_error)?;
+                let content = String::from_utf8(out).map_err(|_| {
+                    ErrorBody::new(codes::INTERNAL, "export is not UTF-8", false)
+                })?;
+                to_value(ExportResult {
+                    format: p.format.to_ascii_lowercase(),
+                    records: records.len(),
+                    content,
+                })
+            }
+            "audit.verify" => {
+                no_params(method, params)?;
+                let records = c.audit().verify().map_err(audit_error)?;
+                to_value(VerifyResult { ok: true, records })
+            }
+            "plugins.list" => {
+                no_params(method, params)?;
+                to_value(c.plugins())
+            }
+            "plugins.reload" => {
+                let p: ReloadParams = decode(method, params)?;
+                let kind = match p.kind.as_deref() {
+                    None => None,
+                    Some(name) => Some(
+                        name.parse::<PluginKind>()
+                            .map_err(|_| invalid_params(method, "kind must be trust, pii, spend or handler"))?,
+                    ),
+                };
+                to_value(c.reload_plugins(kind)?)
+            }
+            "manifest" => {
+                no_params(method, params)?;
+                to_value(c.manifest()?)
+            }
+            "clock.advance" if self.fake_clock => {
+                let p: AdvanceParams = decode(method, params)?;
+                if p.ms > 10 * 365 * 86_400_000 {
+                    return Err(invalid_params(method, "ms must be at most ten years"));
+                }
+                c.clock().advance(p.ms);
+                let tick = if p.tick { Some(c.tick()?) } else { None };
+                Ok(json!({"now_ms": c.clock().now_ms(), "tick": tick}))
+            }
+            _ => Err(ErrorBody::new(
+                codes::UNKNOWN_METHOD,
+                format!("unknown method `{}`", clip(method, 64)),
+                true,
+            )),
+        }
+    }
+}
+
+/// Parses the request envelope; on failure, the id to answer with (if one
+/// could be read) and the error.
+fn parse_request(line: &[u8]) -> Result<(Value, String, Value), (Value, ErrorBody)> {
+    let invalid = |id: Value, msg: String| (id, ErrorBody::new(codes::INVALID_REQUEST, msg, true));
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        invalid(
+            Value::Null,
+            format!(
+                "request is not valid JSON ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(invalid(Value::Null, "request must be a JSON object".into()));
+    };
+    let id = match map.remove("id") {
+        Some(id @ Value::Number(_)) => id,
+        Some(Value::String(s)) if s.len() <= MAX_ID_BYTES => Value::String(s),
+        Some(_) => {
+            return Err(invalid(
+                Value::Null,
+                format!("id must be a number or a string of at most {MAX_ID_BYTES} bytes"),
+            ));
+        }
+        None => return Err(invalid(Value::Null, "request has no id".into())),
+    };
+    match map.remove("v") {
+        Some(v) if v.as_u64() == Some(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            let shown = match v.as_u64() {
+                Some(n) => n.to_string(),
+                None => "that".to_string(),
+            };
+            return Err((
+                id,
+                ErrorBody::new(
+                    codes::UNSUPPORTED_VERSION,
+                    format!(
+                        "protocol version {shown} is not supported; this daemon speaks version {PROTOCOL_VERSION}"
+                    ),
+                    true,
+                )
+                .with_details(json!({"supported": [PROTOCOL_VERSION]})),
+            ));
+        }
+        None => return Err(invalid(id, "request has no v (protocol version)".into())),
+    }
+    let method = match map.remove("method") {
+        Some(Value::String(method)) => method,
+        _ => return Err(invalid(id, "request has no method string".into())),
+    };
+    let params = map.remove("params").unwrap_or(Value::Null);
+    if let Some(key) = map.keys().next() {
+        return Err(invalid(
+            id,
+            format!("unknown request field `{}`", clip(key, 32)),
+        ));
+    }
+    Ok((id, method, params))
+}
+
+fn decode<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ErrorBody> {
+    let params = match params {
+        Value::Null => Value::Object(Default::default()),
+        Value::Object(map) => Value::Object(map),
+        _ => return Err(invalid_params(method, "params must be a JSON object")),
+    };
+    serde_json::from_value(params).map_err(|e| invalid_params(method, &e.to_string()))
+}
+
+fn no_params(method: &str, params: Value) -> Result<(), ErrorBody> {
+    decode::<NoParams>(method, params).map(|_| ())
+}
+
+fn invalid_params(method: &str, why: &str) -> ErrorBody {
+    ErrorBody::new(
+        codes::INVALID_PARAMS,
+        format!("{method}: {}", clip(why, MAX_PARAMS_ERROR)),
+        true,
+    )
+}
+
+fn to_value<T: Serialize>(value: T) -> ApiResult {
+    serde_json::to_value(value).map_err(|e| {
+        ErrorBody::new(
+            codes::INTERNAL,
+            format!("result does not serialize: {e}"),
+            false,
+        )
+    })
+}
+
+fn audit_error(e: AuditError) -> ErrorBody {
+    match e {
+        AuditError::Tampered(brk) => ErrorBody::new(
+            codes::AUDIT_TAMPERED,
+            format!("audit chain broken: {brk}"),
+            false,
+        )
+        .with_details(json!({"seq": brk.seq})),
+        other => ErrorBody::new("AUDIT", other.to_string(), false),
+    }
+}
+
+/// The trust-related fields of a peer (`trust.show`).
+fn trust_view(p: &PeerView) -> Value {
+    json!({
+        "node_id": p.node_id,
+        "trust_level": p.trust_level,
+        "level_since_ms": p.level_since_ms,
+        "score": p.score,
+        "score_components": p.score_components,
+        "interactions": p.metrics.interactions,
+        "successes": p.metrics.successes,
+        "failures": p.metrics.failures,
+        "threats": p.metrics.threats,
+        "signature_failures": p.metrics.signature_failures,
+        "capabilities": p.capabilities,
+        "privileged_recommended": p.privileged_recommended,
+    })
+}
+
+/// Builds an [`AuditQuery`] from filter params, with friendly errors for
+/// unknown names.
+fn audit_query(
+    method: &str,
+    f: &AuditFilter,
+    default_order: Order,
+    default_limit: Option<usize>,
+) -> Result<AuditQuery, ErrorBody> {
+    let event_types = f
+        .types
+        .iter()
+        .map(|t| {
+            parse_name::<EventType>(t).ok_or_else(|| {
+                invalid_params(
+                    method,
+                    &format!(
+                        "unknown event type `{}` (expected one of {})",
+                        clip(t, 40),
+                        EventType::ALL
+                            .iter()
+                            .map(|e| e.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let categories = f
+        .categories
+        .iter()
+        .map(|c| {
+            parse_name::<Category>(c).ok_or_else(|| {
+                invalid_params(
+                    method,
+                    &format!(
+                        "unknown category `{}` (expected identity, trust, messaging, pii, breaker, spend, consensus, plugin, wireguard, operator or system)",
+                        clip(c, 40)
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let min_severity = match &f.severity {
+        None => None,
+        Some(s) => Some(parse_name::<Severity>(s).ok_or_else(|| {
+            invalid_params(
+                method,
+                "severity must be debug, info, warning, error or critical",
+            )
+        })?),
+    };
+    let order = match f.order.as_deref() {
+        None => default_order,
+        Some(o) if o.eq_ignore_ascii_case("newest") => Order::NewestFirst,
+        Some(o) if o.eq_ignore_ascii_case("oldest") => Order::OldestFirst,
+        Some(_) => return Err(invalid_params(method, "order must be newest or oldest")),
+    };
+    if let (Some(since), Some(until)) = (f.since_ms, f.until_ms)
+        && since > until
+    {
+        return Err(invalid_params(method, "since_ms is after until_ms"));
+    }
+    let limit = match f.limit {
+        Some(0) => return Err(invalid_params(method, "limit must be at least 1")),
+        Some(n) if n > MAX_AUDIT_LIMIT => {
+            return Err(invalid_params(
+                method,
+                &format!("limit must be at most {MAX_AUDIT_LIMIT}"),
+            ));
+        }
+        Some(n) => Some(n),
+        None => default_limit,
+    };
+    Ok(AuditQuery {
+        event_types,
+        min_severity,
+        categories,
+        peer: f.peer.clone(),
+        from_ms: f.since_ms,
+        to_ms: f.until_ms,
+        limit,
+        order,
+    })
+}
+
+/// Parses a snake_case enum name (any letter case) through serde.
+fn parse_name<T: DeserializeOwned>(name: &str) -> Option<T> {
+    serde_json::from_value(Value::String(name.trim().to_ascii_lowercase())).ok()
+}
+
+// ---------------------------------------------------------------------------
+// The socket loop
+// ---------------------------------------------------------------------------
+
+/// Creates the control socket at `path` with mode 0600 (a stale file must
+/// already have been removed by the caller, who holds the home lock).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use rustix::fs::Mode;
+    use std::os::unix::fs::PermissionsExt;
+    // The umask makes the socket 0600 from its creation; there is no window
+    // in which another user could connect. Restored right after.
+    let old = rustix::process::umask(Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves `listener` until `shutdown` turns true, then stops accepting,
+/// lets every in-flight request finish (at most [`DRAIN_TIMEOUT`]) and
+/// returns. Only processes running as `allowed_uid` are served.
+pub async fn serve(
+    listener: UnixListener,
+    dispatcher: Dispatcher,
+    allowed_uid: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let for_connections = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let dispatcher = dispatcher.clone();
+                    let shutdown = for_connections.clone();
+                    connections.spawn(async move {
+                        connection(stream, dispatcher, allowed_uid, shutdown).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(connections = open, "waiting for in-flight control requests");
+    }
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight control requests did not finish in time; abandoning them");
+        connections.abort_all();
+    }
+}
+
+async fn connection(
+    stream: UnixStream,
+    dispatcher: Dispatcher,
+    allowed_uid: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (read, mut write) = stream.into_split();
+    let peer = match write.as_ref().peer_cred() {
+        Ok(cred) => cred,
+        Err(e) => {
+            tracing::warn!("cannot read control client credentials, refusing: {e}");
+            return;
+        }
+    };
+    if peer.uid() != allowed_uid {
+        tracing::warn!(
+            uid = peer.uid(),
+            pid = peer.pid(),
+            "refused control connection from another user"
+        );
+        let error = ErrorBody::new(
+            codes::PERMISSION_DENIED,
+            format!(
+                "this daemon only serves its own user (uid {allowed_uid}); connection from uid {} refused",
+                peer.uid()
+            ),
+            false,
+        );
+        let _ = write
+            .write_all(&Response::err(Value::Null, error).to_line())
+            .await;
+        let _ = write.shutdown().await;
+        return;
+    }
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        line.clear();
+        let read = tokio::select! {
+            read = read_line(&mut reader, &mut line) => read,
+            _ = stopped(&mut shutdown) => break,
+        };
+        match read {
+            Ok(LineRead::Eof) => break,
+            Ok(LineRead::TooLarge) => {
+                let error = ErrorBody::new(
+                    codes::REQUEST_TOO_LARGE,
+                    format!("request line exceeds {MAX_REQUEST_BYTES} bytes"),
+                    true,
+                );
+                let _ = write
+                    .write_all(&Response::err(Value::Null, error).to_line())
+                    .await;
+                break;
+            }
+            Ok(LineRead::Line) => {}
+            Err(e) => {
+                tracing::debug!("control connection read failed: {e}");
+                break;
+            }
+        }
+        let request = std::mem::take(&mut line);
+        let worker = dispatcher.clone();
+        let response = match tokio::task::spawn_blocking(move || {
+            let response = worker.handle_line(trim_newline(&request));
+            (response, request)
+        })
+        .await
+        {
+            Ok((response, buffer)) => {
+                line = buffer;
+                response
+            }
+            Err(e) => {
+                tracing::error!("control handler failed: {e}");
+                Response::err(
+                    Value::Null,
+                    ErrorBody::new(codes::INTERNAL, "the request handler failed", false),
+                )
+            }
+        };
+        if let Err(e) = write.write_all(&response.to_line()).await {
+            tracing::debug!("control connection write failed: {e}");
+            break;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn trim_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+enum LineRead {
+    Line,
+    Eof,
+    TooLarge,
+}
+
+/// Reads up to and including a newline into `buf`, refusing lines longer
+/// than [`MAX_REQUEST_BYTES`]. A final line without a newline counts.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<LineRead> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.iter().all(u8::is_ascii_whitespace) {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (take, done) = match memchr_newline(available) {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + take > MAX_REQUEST_BYTES {
+            return Ok(LineRead::TooLarge);
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                // Blank line: ignore it and read the next one.
+                buf.clear();
+                continue;
+            }
+            return Ok(LineRead::Line);
+        }
+    }
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_errors_are_specific() {
+        let err = |line: &str| parse_request(line.as_bytes()).unwrap_err();
+        assert_eq!(err("{not json").1.code, codes::INVALID_REQUEST);
+        assert_eq!(err("[1]").1.code, codes::INVALID_REQUEST);
+        assert_eq!(err(r#"{"v":1,"method":"status"}"#).1.code, codes::INVALID_REQUEST);
+        let (id, e) = err(r#"{"v":2,"id":5,"method":"status"}"#);
+        assert_eq!((id, e.code.as_str()), (json!(5), codes::UNSUPPORTED_VERSION));
+        let (id, e) = err(r#"{"v":1,"id":"x","method":"status","extra":1}"#);
+        assert_eq!((id, e.code.as_str()), (json!("x"), codes::INVALID_REQUEST));
+        let long_id = format!(r#"{{"v":1,"id":"{}","method":"status"}}"#, "a".repeat(65));
+        assert_eq!(err(&long_id).0, Value::Null);
+        let ok = parse_request(br#"{"v":1,"id":3,"method":"peers.list"}"#).unwrap();
+        assert_eq!(ok, (json!(3), "peers.list".to_string(), Value::Null));
+    }
+
+    #[test]
+    fn params_errors_do_not_echo_huge_input() {
+        let huge = "x".repeat(100_000);
+        let e = decode::<PeerParams>("peers.show", json!({"peer": 1, "junk": huge})).unwrap_err();
+        assert_eq!(e.code, codes::INVALID_PARAMS);
+        assert!(e.message.len() < 400, "{}", e.message.len());
+        let e = decode::<NoParams>("status", json!([1])).unwrap_err();
+        assert!(e.message.contains("must be a JSON object"), "{}", e.message);
+        assert!(decode::<NoParams>("status", Value::Null).is_ok());
+    }
+
+    #[test]
+    fn audit_filters_parse_names_in_any_case() {
+        let f = AuditFilter {
+            types: vec!["SPEND_REPORTED".into()],
+            severity: Some("Warning".into()),
+            categories: vec!["breaker".into()],
+            order: Some("oldest".into()),
+            ..AuditFilter::default()
+        };
+        let q = audit_query("audit.query", &f, Order::NewestFirst, Some(100)).unwrap();
+        assert_eq!(q.event_types, vec![EventType::SpendReported]);
+        assert_eq!(q.min_severity, Some(Severity::Warning));
+        assert_eq!(q.categories, vec![Category::Breaker]);
+        assert_eq!(q.order, Order::OldestFirst);
+        assert_eq!(q.limit, Some(100));
+        let bad = AuditFilter {
+            types: vec!["nope".into()],
+            ..AuditFilter::default()
+        };
+        let e = audit_query("audit.query", &bad, Order::NewestFirst, None).unwrap_err();
+        assert!(e.message.contains("unknown event type `nope`"), "{}", e.message);
+        let bad = AuditFilter {
+            limit: Some(0),
+            ..AuditFilter::default()
+        };
+        assert!(audit_query("audit.query", &bad, Order::NewestFirst, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let mut input: &[u8] = b"\n\n{\"a\":1}\nrest";
+        let mut reader = BufReader::new(&mut input);
+        let mut buf = Vec::new();
+        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::Line));
+        assert_eq!(buf, b"{\"a\":1}\n");
+        buf.clear();
+        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::Line));
+        assert_eq!(buf, b"rest");
+        buf.clear();
+        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::Eof));
+        let big = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        let mut slice: &[u8] = &big;
+        let mut reader = BufReader::new(&mut slice);
+        let mut buf = Vec::new();
+        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::TooLarge));
+    }
+}

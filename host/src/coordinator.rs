@@ -1,0 +1,1543 @@
+//! The coordinator: one node's business logic, over its store, audit log
+//! and plugins. The daemon, the CLI and (later) the wire and MCP call it;
+//! it owns no sockets.
+//!
+//! Rules it enforces itself, whatever a plugin says:
+//! * trust: a plugin may promote one level (never from UNTRUSTED, never to
+//!   PRIVILEGED), demote to any lower level, or recommend PRIVILEGED for an
+//!   operator to confirm; two threats within an hour or any signature
+//!   failure drop a peer to UNTRUSTED at once;
+//! * breaker: only legal edges ([`crate::breaker::transition`]); no
+//!   automatic reactivation; EVICTED is only left by an operator;
+//! * sends: breaker gate first, then capability gate, budget, PII;
+//! * every state change is committed to the store, then audited, before
+//!   the call returns; a plugin failure changes nothing, is audited, and
+//!   fails closed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::audit::{
+    AuditConfig, AuditError, AuditEvent, AuditLog, ComplianceMode, EventType, PiiOutcome,
+    Severity,
+};
+use crate::breaker::{self, Actor, GateError};
+use crate::budget::{Budget, BudgetError};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Compliance, ConfigError, NodeConfig};
+use crate::envelope::{self, Envelope};
+use crate::identity::{
+    Identity, IdentityError, ManifestError, ManifestParams, MeshSubnet, SignedManifest,
+};
+use crate::model::{
+    BreakerInfo, BreakerState, InteractionMetrics, PeerRecord, ScoreComponents, SpendSample,
+    TrustLevel,
+};
+use crate::plugin::{
+    self, HostContext, Limits, LoadedPlugin, NodeStatus, NodeStatusSource, PluginError,
+    PluginKind, PluginRuntime, PluginSet, PluginSlot, PluginSource, RuntimeOptions,
+};
+use crate::store::{OutboxEntry, Store, StoreError};
+use crate::trust::{self, Capability};
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+/// Longest operator reason kept.
+pub const MAX_REASON_BYTES: usize = 512;
+/// Largest tokens in one spend report.
+pub const MAX_REPORT_TOKENS: f64 = 1e9;
+/// Largest USD in one spend report.
+pub const MAX_REPORT_USD: f64 = 1e6;
+
+/// Why a coordinator call failed. `Display` is one line with no secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// No such peer.
+    #[error("unknown peer `{0}`")]
+    UnknownPeer(String),
+    /// The peer is already known.
+    #[error("peer `{0}` is already known; remove it first to replace its manifest")]
+    PeerExists(String),
+    /// Input failed validation.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Not a trust level name.
+    #[error("unknown trust level `{0}`: expected UNTRUSTED, VERIFIED, ATTESTED, TRUSTED or PRIVILEGED")]
+    InvalidLevel(String),
+    /// Not a message type.
+    #[error("unknown message type `{0}`")]
+    UnknownMessageType(String),
+    /// A manifest failed verification.
+    #[error("manifest rejected: {0}")]
+    Manifest(#[from] ManifestError),
+    /// The requested breaker or trust change is not a legal edge.
+    #[error("illegal transition: {0}")]
+    IllegalTransition(String),
+    /// The peer's breaker refuses traffic.
+    #[error("{0}")]
+    Gate(#[from] GateError),
+    /// The peer's trust level does not allow this.
+    #[error("CAPABILITY_DENIED: {peer} is {level}, which does not allow {capability}")]
+    CapabilityDenied {
+        /// The peer.
+        peer: String,
+        /// Its level.
+        level: TrustLevel,
+        /// The capability.
+        capability: Capability,
+    },
+    /// Budget validation or exhaustion (constant strings).
+    #[error("{0}")]
+    Budget(#[from] BudgetError),
+    /// The PII policy blocked the message.
+    #[error("PII_BLOCKED: message contains {}", types.join(", "))]
+    PiiBlocked {
+        /// The types that blocked it (never values).
+        types: Vec<String>,
+    },
+    /// A plugin failed; the operation failed closed.
+    #[error("plugin failed, failing closed: {0}")]
+    Plugin(#[from] PluginError),
+    /// Storage failure.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// Audit failure.
+    #[error("audit: {0}")]
+    Audit(#[from] AuditError),
+    /// Identity could not be loaded.
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    /// Config could not be loaded.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+impl CoordError {
+    /// A constant code for the control API and MCP.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CoordError::UnknownPeer(_) => "UNKNOWN_PEER",
+            CoordError::PeerExists(_) => "PEER_EXISTS",
+            CoordError::InvalidInput(_) => "INVALID_INPUT",
+            CoordError::InvalidLevel(_) => "INVALID_LEVEL",
+            CoordError::UnknownMessageType(_) => "UNKNOWN_MESSAGE_TYPE",
+            CoordError::Manifest(_) => "INVALID_MANIFEST",
+            CoordError::IllegalTransition(_) => "ILLEGAL_TRANSITION",
+            CoordError::Gate(GateError::PeerSuspended) => "PEER_SUSPENDED",
+            CoordError::Gate(GateError::PeerEvicted) => "PEER_EVICTED",
+            CoordError::CapabilityDenied { .. } => "CAPABILITY_DENIED",
+            CoordError::Budget(e) => e.code(),
+            CoordError::PiiBlocked { .. } => "PII_BLOCKED",
+            CoordError::Plugin(_) => "PLUGIN_FAILED",
+            CoordError::Store(_) => "STORAGE",
+            CoordError::Audit(_) => "AUDIT",
+            CoordError::Identity(_) => "IDENTITY",
+            CoordError::Config(_) => "CONFIG",
+        }
+    }
+
+    /// The caller's input was wrong (exit 2); otherwise the operation ran
+    /// and was refused or failed (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            CoordError::UnknownPeer(_)
+                | CoordError::PeerExists(_)
+                | CoordError::InvalidInput(_)
+                | CoordError::InvalidLevel(_)
+                | CoordError::UnknownMessageType(_)
+                | CoordError::Manifest(_)
+                | CoordError::IllegalTransition(_)
+                | CoordError::Budget(BudgetError::InvalidBudget)
+        )
+    }
+}
+
+/// Result of coordinator calls.
+pub type Result<T, E = CoordError> = std::result::Result<T, E>;
+
+/// Options of [`Coordinator::open`].
+#[derive(Clone)]
+pub struct CoordinatorOptions {
+    /// Time source for every decision.
+    pub clock: Arc<dyn Clock>,
+    /// Where precompiled plugin code is cached; default
+    /// `<home>/cache/plugins`. Tests share one across homes.
+    pub plugin_cache_dir: Option<PathBuf>,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        CoordinatorOptions {
+            clock: Arc::new(SystemClock),
+            plugin_cache_dir: None,
+        }
+    }
+}
+
+/// A peer as the operator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Node id.
+    pub node_id: String,
+    /// Endpoint from its manifest.
+    pub endpoint: String,
+    /// Trust level in this node's view.
+    pub trust_level: TrustLevel,
+    /// When it reached that level.
+    pub level_since_ms: u64,
+    /// Last trust score.
+    pub score: f64,
+    /// Its inputs.
+    pub score_components: ScoreComponents,
+    /// Interaction counters.
+    pub metrics: InteractionMetrics,
+    /// Breaker.
+    pub breaker: BreakerInfo,
+    /// What its level unlocks.
+    pub capabilities: Vec<Capability>,
+    /// A suspended peer past its cooldown: the operator may reactivate.
+    pub reactivate_eligible: bool,
+    /// The trust plugin recommends PRIVILEGED; an operator must confirm.
+    pub privileged_recommended: bool,
+    /// Last heard from.
+    pub last_seen_ms: u64,
+    /// First added.
+    pub added_ms: u64,
+}
+
+/// A peer's breaker as `breaker status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerView {
+    /// Node id.
+    pub node_id: String,
+    /// Breaker state, reason, correlation id, since, failures.
+    #[serde(flatten)]
+    pub breaker: BreakerInfo,
+    /// Past the cooldown (30 min) while suspended.
+    pub reactivate_eligible: bool,
+    /// 24 h spend (negatives clamped).
+    pub usd_last_day: f64,
+    /// 1 h samples.
+    pub samples_last_hour: u64,
+    /// 1 h failures.
+    pub failures_last_hour: u64,
+}
+
+/// A trust level change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrustChange {
+    /// The peer.
+    pub peer: String,
+    /// Old level.
+    pub from: TrustLevel,
+    /// New level.
+    pub to: TrustLevel,
+    /// `operator`, `system` or `plugin:<name>`.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a trust evaluation did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TrustOutcome {
+    /// Level unchanged.
+    Kept {
+        /// Score.
+        score: f64,
+        /// Plugin's reason.
+        reason: String,
+    },
+    /// Level changed.
+    Changed(TrustChange),
+    /// PRIVILEGED recommended to the operator.
+    PrivilegedRecommended {
+        /// Score.
+        score: f64,
+        /// Plugin's reason.
+        reason: String,
+    },
+    /// The plugin's answer was refused by the host (audited).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The plugin failed (audited); nothing changed.
+    PluginFailed {
+        /// Error code.
+        code: String,
+    },
+}
+
+/// A breaker change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerChange {
+    /// The peer.
+    pub peer: String,
+    /// Old state.
+    pub from: BreakerState,
+    /// New state.
+    pub to: BreakerState,
+    /// `operator` or `plugin:<name>`.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Links the change to its audit record.
+    pub correlation_id: String,
+}
+
+/// What a breaker evaluation did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BreakerOutcome {
+    /// Nothing changed.
+    Unchanged {
+        /// Current state.
+        state: BreakerState,
+        /// Suspended and past its cooldown.
+        reactivate_eligible: bool,
+    },
+    /// The breaker moved.
+    Changed(BreakerChange),
+    /// The plugin asked for an illegal edge (audited, ignored).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The plugin failed (audited); nothing changed.
+    PluginFailed {
+        /// Error code.
+        code: String,
+    },
+}
+
+/// A spend report from an integrator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpendReport {
+    /// The peer that did the work.
+    pub peer: String,
+    /// The task.
+    pub task_id: String,
+    /// Tokens spent (whole number; negatives are kept in the audit and
+    /// count as 0 for the breaker).
+    pub tokens: f64,
+    /// US dollars spent.
+    pub usd: f64,
+    /// Whether the work succeeded.
+    pub success: bool,
+}
+
+/// What a spend report caused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpendOutcome {
+    /// The breaker evaluation.
+    pub breaker: BreakerOutcome,
+    /// The trust evaluation (the report is an interaction).
+    pub trust: TrustOutcome,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// Target node id.
+    pub peer: String,
+    /// Message type.
+    pub message_type: String,
+    /// JSON payload.
+    pub payload: Value,
+    /// Budget (`max_hops`, `max_tokens`, `max_usd`, …); defaults apply
+    /// when absent.
+    #[serde(default)]
+    pub budget: Option<Value>,
+}
+
+/// A send accepted into the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendReceipt {
+    /// Envelope id.
+    pub envelope_id: String,
+    /// Target.
+    pub peer: String,
+    /// PII findings by type (counts; the payload was rewritten if needed).
+    pub pii: BTreeMap<String, u32>,
+    /// Bytes of the signed frame.
+    pub frame_bytes: usize,
+}
+
+/// Which way a payload crosses the PII policy.
+pub use crate::plugin::Direction;
+
+/// PII findings of one payload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PiiReport {
+    /// Findings per type.
+    pub counts: BTreeMap<String, u32>,
+    /// Values rewritten.
+    pub rewritten: usize,
+}
+
+/// One interaction with a peer, as the wire reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interaction {
+    /// Completed successfully.
+    Success,
+    /// Failed.
+    Failure,
+    /// A threat was detected in the peer's traffic.
+    Threat,
+    /// An envelope's signature failed.
+    SignatureFailure,
+}
+
+/// A loaded plugin, as `plugins` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Slot.
+    pub kind: PluginKind,
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Where it came from.
+    pub source: String,
+    /// Component SHA-256.
+    pub sha256: String,
+    /// Call deadline.
+    pub deadline_ms: u64,
+    /// Memory cap.
+    pub memory_mib: u64,
+}
+
+/// The node at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Node id.
+    pub node_id: String,
+    /// agentfed version.
+    pub version: String,
+    /// Endpoint.
+    pub endpoint: String,
+    /// Seconds since the coordinator opened.
+    pub uptime_secs: u64,
+    /// The coordinator's clock.
+    pub now_ms: u64,
+    /// Peers known.
+    pub peers: usize,
+    /// Peers per trust level.
+    pub by_trust_level: BTreeMap<String, usize>,
+    /// Peers per breaker state.
+    pub by_breaker_state: BTreeMap<String, usize>,
+    /// Audit records.
+    pub audit_records: u64,
+    /// Envelopes waiting in the outbox.
+    pub outbox: u64,
+    /// Loaded plugins.
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// What a timer tick did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TickReport {
+    /// Peers evaluated.
+    pub peers: usize,
+    /// Trust changes.
+    pub trust_changes: usize,
+    /// Breaker changes.
+    pub breaker_changes: usize,
+}
+
+/// Peer counts shared with the handler plugins' `node.status` import.
+struct LiveStatus {
+    node_id: String,
+    started: Instant,
+    known_peers: AtomicU32,
+    active_peers: AtomicU32,
+}
+
+impl NodeStatusSource for LiveStatus {
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            node_id: self.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            active_peers: self.active_peers.load(Ordering::Relaxed),
+            known_peers: self.known_peers.load(Ordering::Relaxed),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+}
+
+/// One node's business logic. `Send + Sync`: share it in an `Arc`.
+pub struct Coordinator {
+    home: PathBuf,
+    identity: Identity,
+    config: NodeConfig,
+    store: Store,
+    audit: AuditLog,
+    runtime: PluginRuntime,
+    plugins: PluginSet,
+    clock: Arc<dyn Clock>,
+    live: Arc<LiveStatus>,
+    /// Serialises read-modify-write sequences on one node's state (trust
+    /// and breaker evaluation read, ask a plugin, then write).
+    decisions: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("node_id", &self.identity.node_id().to_string())
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// Opens a node home: config, identity (refusing loose key
+    /// permissions), store, audit log and plugins. The caller takes the
+    /// home lock first (the daemon does).
+    pub fn open(home: &Path, options: CoordinatorOptions) -> Result<Coordinator> {
+        let config = NodeConfig::load(home)?;
+        let identity = Identity::load(home)?;
+        let store = Store::open_in_home(home)?;
+        let compliance = match config.audit.compliance {
+            Compliance::Standard => ComplianceMode::Standard,
+            Compliance::Hipaa => ComplianceMode::Hipaa,
+        };
+        let audit = AuditLog::open(
+            &store,
+            AuditConfig {
+                compliance,
+                ..AuditConfig::default()
+            },
+        )?;
+        let cache_dir = options
+            .plugin_cache_dir
+            .clone()
+            .unwrap_or_else(|| crate::home::plugin_cache_dir(home));
+        let runtime = PluginRuntime::new(RuntimeOptions {
+            cache_dir: Some(cache_dir),
+        })?;
+        let live = Arc::new(LiveStatus {
+            node_id: identity.node_id().to_string(),
+            started: Instant::now(),
+            known_peers: AtomicU32::new(0),
+            active_peers: AtomicU32::new(0),
+        });
+        let load = |kind| {
+            load_plugin(
+                &runtime,
+                home,
+                &config,
+                &identity,
+                &options.clock,
+                &live,
+                kind,
+            )
+        };
+        let plugins = PluginSet {
+            trust: PluginSlot::new(PluginKind::Trust, load(PluginKind::Trust)?)?,
+            pii: PluginSlot::new(PluginKind::Pii, load(PluginKind::Pii)?)?,
+            spend: PluginSlot::new(PluginKind::Spend, load(PluginKind::Spend)?)?,
+            handler: PluginSlot::new(PluginKind::Handler, load(PluginKind::Handler)?)?,
+        };
+        let coordinator = Coordinator {
+            home: home.to_path_buf(),
+            identity,
+            config,
+            store,
+            audit,
+            runtime,
+            plugins,
+            clock: options.clock,
+            live,
+            decisions: std::sync::Mutex::new(()),
+        };
+        for info in coordinator.plugins() {
+            coordinator.record(
+                AuditEvent::new(
+                    EventType::PluginLoaded,
+                    format!("{} plugin {} {} loaded", info.kind, info.name, info.version),
+                )
+                .with_details(json!({"kind": info.kind, "name": info.name, "version": info.version, "sha256": info.sha256})),
+            )?;
+        }
+        coordinator.refresh_live_counts()?;
+        Ok(coordinator)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        self.identity.node_id().as_str()
+    }
+
+    /// The time source.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Appends to the audit log, waiting until the record is durable.
+    fn record(&self, event: AuditEvent) -> Result<()> {
+        self.audit.append(event)?;
+        Ok(())
+    }
+}
+
+/// Loads the configured plugin of `kind` (or the embedded default) with
+/// the node's hash key, clock and live status.
+fn load_plugin(
+    runtime: &PluginRuntime,
+    home: &Path,
+    config: &NodeConfig,
+    identity: &Identity,
+    clock: &Arc<dyn Clock>,
+    live: &Arc<LiveStatus>,
+    kind: PluginKind,
+) -> Result<Arc<LoadedPlugin>, PluginError> {
+    let section = config.plugins.get(kind);
+    let source = match config.plugin_path(home, kind) {
+        Some(path) => PluginSource::File(path),
+        None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+    };
+    let host = HostContext {
+        plugin_label: Arc::from(source.to_string().as_str()),
+        config: Arc::new(section.config.clone()),
+        hash_key: Arc::new(*identity.hash_secret()),
+        clock: clock.clone(),
+        node_status: live.clone(),
+    };
+    runtime.load(kind, source, host, section.limits)
+}
+
+// ---- conversions between the store's model and the plugin contract ----
+
+fn to_wit_level(level: TrustLevel) -> plugin::TrustLevel {
+    match level {
+        TrustLevel::Untrusted => plugin::TrustLevel::Untrusted,
+        TrustLevel::Verified => plugin::TrustLevel::Verified,
+        TrustLevel::Attested => plugin::TrustLevel::Attested,
+        TrustLevel::Trusted => plugin::TrustLevel::Trusted,
+        TrustLevel::Privileged => plugin::TrustLevel::Privileged,
+    }
+}
+
+fn from_wit_level(level: plugin::TrustLevel) -> TrustLevel {
+    match level {
+        plugin::TrustLevel::Untrusted => TrustLevel::Untrusted,
+        plugin::TrustLevel::Verified => TrustLevel::Verified,
+        plugin::TrustLevel::Attested => TrustLevel::Attested,
+        plugin::TrustLevel::Trusted => TrustLevel::Trusted,
+        plugin::TrustLevel::Privileged => TrustLevel::Privileged,
+    }
+}
+
+fn to_wit_breaker(state: BreakerState) -> plugin::BreakerState {
+    match state {
+        BreakerState::Active => plugin::BreakerState::Active,
+        BreakerState::Suspended => plugin::BreakerState::Suspended,
+        BreakerState::Evicted => plugin::BreakerState::Evicted,
+    }
+}
+
+fn snapshot(record: &PeerRecord, now_ms: u64) -> plugin::PeerSnapshot {
+    let m = &record.metrics;
+    let recent = m
+        .recent_threats_ms
+        .iter()
+        .filter(|&&t| t + HOUR_MS >= now_ms)
+        .count();
+    plugin::PeerSnapshot {
+        node_id: record.node_id().to_string(),
+        level: to_wit_level(record.trust_level),
+        level_since_ms: record.level_since_ms,
+        metrics: plugin::InteractionMetrics {
+            interactions: m.interactions,
+            successes: m.successes,
+            failures: m.failures,
+            threats: m.threats,
+            signature_failures: m.signature_failures_since_level,
+            uptime: m.uptime,
+            integrity: m.integrity,
+            threats_last_hour: recent as u32,
+            first_seen_ms: record.added_ms,
+            last_seen_ms: record.last_seen_ms,
+        },
+        now_ms,
+    }
+}
+
+fn plugin_actor(plugin: &LoadedPlugin) -> String {
+    crate::audit::plugin_actor(&plugin.metadata().name)
+}
+
+fn validate_reason(reason: &str) -> Result<String> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(CoordError::InvalidInput(
+            "a reason is required (it is written to the audit log)".into(),
+        ));
+    }
+    if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+        return Err(CoordError::InvalidInput(format!(
+            "the reason must be one line of at most {MAX_REASON_BYTES} bytes"
+        )));
+    }
+    Ok(reason.to_string())
+}
+
+fn validate_task_id(task_id: &str) -> Result<()> {
+    let ok = !task_id.is_empty()
+        && task_id.len() <= 128
+        && task_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:-/".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordError::InvalidInput(
+            "task id must be 1-128 characters of letters, digits and . _ : - /".into(),
+        ))
+    }
+}
+
+fn correlation_id() -> String {
+    envelope::random_id()[..16].to_string()
+}
+
+fn peer_view(record: &PeerRecord, now_ms: u64) -> PeerView {
+    PeerView {
+        node_id: record.node_id().to_string(),
+        endpoint: record.manifest.manifest.endpoint.clone(),
+        trust_level: record.trust_level,
+        level_since_ms: record.level_since_ms,
+        score: record.score,
+        score_components: record.score_components,
+        metrics: record.metrics.clone(),
+        breaker: record.breaker.clone(),
+        capabilities: trust::capabilities(record.trust_level),
+        reactivate_eligible: breaker::reactivate_eligible(&record.breaker, now_ms),
+        privileged_recommended: record.privileged_recommended,
+        last_seen_ms: record.last_seen_ms,
+        added_ms: record.added_ms,
+    }
+}
+
+impl Coordinator {
+    // ---- identity and status ----
+
+    /// This node's manifest, signed now.
+    pub fn manifest(&self) -> Result<SignedManifest> {
+        let subnet: MeshSubnet = self
+            .config
+            .node
+            .mesh_subnet
+            .parse()
+            .map_err(|e| CoordError::InvalidInput(format!("[node] mesh_subnet: {e}")))?;
+        let mesh_ip = self
+            .identity
+            .mesh_ip(&subnet, &|_| false)
+            .map_err(|e| CoordError::InvalidInput(e.to_string()))?;
+        let params = ManifestParams {
+            agent_types: self.config.node.agent_types.clone(),
+            capabilities: self.config.node.capabilities.clone(),
+            mesh_ip,
+            wg_endpoint: None,
+        };
+        Ok(self.identity.signed_manifest(&params, self.now())?)
+    }
+
+    /// The node at a glance.
+    pub fn status(&self) -> Result<StatusView> {
+        let peers = self.store.list_peers()?;
+        let mut by_trust_level = BTreeMap::new();
+        let mut by_breaker_state = BTreeMap::new();
+        for peer in &peers {
+            *by_trust_level.entry(peer.trust_level.to_string()).or_insert(0) += 1;
+            *by_breaker_state.entry(peer.breaker.state.to_string()).or_insert(0) += 1;
+        }
+        Ok(StatusView {
+            node_id: self.node_id().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            endpoint: self.identity.endpoint().to_string(),
+            uptime_secs: self.live.started.elapsed().as_secs(),
+            now_ms: self.now(),
+            peers: peers.len(),
+            by_trust_level,
+            by_breaker_state,
+            audit_records: self.audit.len()?,
+            outbox: self.store.outbox_len()?,
+            plugins: self.plugins(),
+        })
+    }
+
+    fn refresh_live_counts(&self) -> Result<()> {
+        let peers = self.store.list_peers()?;
+        let active = peers
+            .iter()
+            .filter(|p| p.breaker.state == BreakerState::Active && p.trust_level >= TrustLevel::Verified)
+            .count();
+        self.live.known_peers.store(peers.len() as u32, Ordering::Relaxed);
+        self.live.active_peers.store(active as u32, Ordering::Relaxed);
+        Ok(())
+    }
+
+    // ---- peers ----
+
+    /// Every known peer.
+    pub fn peers(&self) -> Result<Vec<PeerView>> {
+        let now = self.now();
+        Ok(self.store.list_peers()?.iter().map(|r| peer_view(r, now)).collect())
+    }
+
+    /// One peer.
+    pub fn peer(&self, node_id: &str) -> Result<PeerView> {
+        Ok(peer_view(&self.peer_record(node_id)?, self.now()))
+    }
+
+    fn peer_record(&self, node_id: &str) -> Result<PeerRecord> {
+        self.store
+            .get_peer(node_id)?
+            .ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))
+    }
+
+    /// Adds a peer out of band from its signed manifest (JSON): the
+    /// signature and every field are verified; the peer starts VERIFIED.
+    pub fn add_peer(&self, manifest_json: &str) -> Result<PeerView> {
+        let manifest = SignedManifest::from_json(manifest_json.as_bytes())?;
+        manifest.verify()?;
+        let node_id = manifest.manifest.node_id.clone();
+        if node_id == self.node_id() {
+            return Err(CoordError::InvalidInput("that is this node's own manifest".into()));
+        }
+        let _guard = self.lock_decisions();
+        if self.store.get_peer(&node_id)?.is_some() {
+            return Err(CoordError::PeerExists(node_id));
+        }
+        let now = self.now();
+        let mut record = PeerRecord::new(manifest, now);
+        record.trust_level = TrustLevel::Verified;
+        self.store.upsert_peer(&record)?;
+        self.record(
+            AuditEvent::new(EventType::PeerAdded, format!("peer {node_id} added out of band"))
+                .with_peer(&node_id)
+                .with_actor(crate::audit::ACTOR_OPERATOR)
+                .with_details(json!({
+                    "endpoint": record.manifest.manifest.endpoint,
+                    "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
+                    "trust_level": record.trust_level,
+                })),
+        )?;
+        self.refresh_live_counts()?;
+        Ok(peer_view(&record, now))
+    }
+
+    /// Forgets a peer (its spend samples too).
+    pub fn remove_peer(&self, node_id: &str) -> Result<()> {
+        let _guard = self.lock_decisions();
+        if !self.store.remove_peer(node_id)? {
+            return Err(CoordError::UnknownPeer(clip(node_id)));
+        }
+        self.record(
+            AuditEvent::new(EventType::PeerRemoved, format!("peer {node_id} removed"))
+                .with_peer(node_id)
+                .with_actor(crate::audit::ACTOR_OPERATOR),
+        )?;
+        self.refresh_live_counts()
+    }
+
+    fn lock_decisions(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.decisions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- trust ----
+
+    /// Whether `node_id` may use `capability`: the breaker first, then the
+    /// trust level.
+    pub fn check_capability(&self, node_id: &str, capability: Capability) -> Result<()> {
+        let record = self.peer_record(node_id)?;
+        check_gates(&record, &[capability])
+    }
+
+    /// Operator sets a peer's level (audited as an operator bootstrap).
+    /// This is also how a PRIVILEGED recommendation is confirmed.
+    pub fn set_trust(&self, node_id: &str, level: &str, reason: &str) -> Result<TrustChange> {
+        let level: TrustLevel = level
+            .parse()
+            .map_err(|_| CoordError::InvalidLevel(clip(level)))?;
+        let reason = validate_reason(reason)?;
+        let _guard = self.lock_decisions();
+        let record = self.peer_record(node_id)?;
+        if record.trust_level == level {
+            return Err(CoordError::IllegalTransition(format!(
+                "{node_id} is already {level}"
+            )));
+        }
+        let change = TrustChange {
+            peer: node_id.to_string(),
+            from: record.trust_level,
+            to: level,
+            actor: crate::audit::ACTOR_OPERATOR.to_string(),
+            reason: format!("operator bootstrap: {reason}"),
+        };
+        self.apply_trust_change(&change, Actor::Operator)?;
+        Ok(change)
+    }
+
+    fn apply_trust_change(&self, change: &TrustChange, actor: Actor) -> Result<()> {
+        let now = self.now();
+        self.store.update_peer(&change.peer, |r| {
+            r.trust_level = change.to;
+            r.level_since_ms = now;
+            r.metrics.signature_failures_since_level = 0;
+            if change.to >= TrustLevel::Privileged || change.to < TrustLevel::Trusted {
+                r.privileged_recommended = false;
+            }
+        })?;
+        let event =
+            AuditEvent::trust_level_changed(&change.peer, change.from, change.to, actor, &change.reason)
+                .with_actor(change.actor.clone());
+        self.record(event)?;
+        self.refresh_live_counts()
+    }
+
+    /// Asks the trust plugin about one peer and applies a legal answer.
+    pub fn evaluate_trust(&self, node_id: &str) -> Result<TrustOutcome> {
+        let _guard = self.lock_decisions();
+        self.evaluate_trust_locked(node_id)
+    }
+
+    fn evaluate_trust_locked(&self, node_id: &str) -> Result<TrustOutcome> {
+        let record = self.peer_record(node_id)?;
+        let now = self.now();
+        let plugin = self.plugins.trust.get();
+        let decision = match plugin.evaluate_trust(&snapshot(&record, now)) {
+            Ok(decision) => decision,
+            Err(err) => return self.plugin_failed(&plugin, Some(node_id), err).map(|code| TrustOutcome::PluginFailed { code }),
+        };
+        let score = if decision.score.is_finite() { decision.score.clamp(0.0, 1.0) } else { 0.0 };
+        let components = score_components(&decision.components);
+        let current = record.trust_level;
+        let verdict = match decision.action {
+            plugin::TrustAction::Keep => Ok(None),
+            plugin::TrustAction::Promote(to) => {
+                let to = from_wit_level(to);
+                if current == TrustLevel::Untrusted {
+                    Err("a plugin cannot promote an UNTRUSTED peer (VERIFIED comes from a handshake or an operator)".to_string())
+                } else if to == TrustLevel::Privileged {
+                    Err("a plugin cannot promote to PRIVILEGED; it may only recommend it".to_string())
+                } else if Some(to) != current.next_up() {
+                    Err(format!("a plugin may only promote one level ({current} -> {to} refused)"))
+                } else {
+                    Ok(Some(to))
+                }
+            }
+            plugin::TrustAction::Demote(to) => {
+                let to = from_wit_level(to);
+                if to < current {
+                    Ok(Some(to))
+                } else {
+                    Err(format!("a demotion must lower the level ({current} -> {to} refused)"))
+                }
+            }
+            plugin::TrustAction::RecommendPrivileged => {
+                if current == TrustLevel::Trusted {
+                    Ok(None)
+                } else {
+                    Err(format!("PRIVILEGED can only be recommended for a TRUSTED peer, not {current}"))
+                }
+            }
+        };
+        let recommend = matches!(decision.action, plugin::TrustAction::RecommendPrivileged) && verdict.is_ok();
+        let newly_recommended = recommend && !record.privileged_recommended;
+        self.store.update_peer(node_id, |r| {
+            r.score = score;
+            r.score_components = components;
+            if recommend {
+                r.privileged_recommended = true;
+            }
+        })?;
+        match verdict {
+            Err(reason) => {
+                self.record(
+                    AuditEvent::new(EventType::PluginFailed, format!("trust decision refused: {reason}"))
+                        .with_peer(node_id)
+                        .with_actor(plugin_actor(&plugin))
+                        .with_severity(Severity::Warning)
+                        .with_details(json!({"kind": "trust", "refused": reason})),
+                )?;
+                Ok(TrustOutcome::Refused { reason })
+            }
+            Ok(Some(to)) => {
+                let change = TrustChange {
+                    peer: node_id.to_string(),
+                    from: current,
+                    to,
+                    actor: plugin_actor(&plugin),
+                    reason: decision.reason,
+                };
+                self.apply_trust_change(&change, Actor::Plugin)?;
+                Ok(TrustOutcome::Changed(change))
+            }
+            Ok(None) if recommend => {
+                if newly_recommended {
+                    self.record(
+                        AuditEvent::new(EventType::TrustLevelChanged, format!("PRIVILEGED recommended for {node_id}; operator confirmation required"))
+                            .with_peer(node_id)
+                            .with_actor(plugin_actor(&plugin))
+                            .with_details(json!({"recommendation": "PRIVILEGED", "from": current, "to": current, "reason": decision.reason, "score": score})),
+                    )?;
+                }
+                Ok(TrustOutcome::PrivilegedRecommended { score, reason: decision.reason })
+            }
+            Ok(None) => Ok(TrustOutcome::Kept { score, reason: decision.reason }),
+        }
+    }
+
+    /// Audits a plugin failure and returns its code; the caller fails
+    /// closed.
+    fn plugin_failed(&self, plugin: &LoadedPlugin, peer: Option<&str>, err: PluginError) -> Result<String> {
+        let code = err.code().to_string();
+        let mut event = AuditEvent::new(EventType::PluginFailed, format!("{} plugin failed: {err}", plugin.kind()))
+            .with_actor(plugin_actor(plugin))
+            .with_severity(Severity::Error)
+            .with_details(json!({"kind": plugin.kind(), "code": code}));
+        if let Some(peer) = peer {
+            event = event.with_peer(peer);
+        }
+        self.record(event)?;
+        tracing::warn!(plugin = %plugin.label(), "plugin failed, failing closed: {err}");
+        Ok(code)
+    }
+
+    /// Records one interaction with a peer, applies the host's threat
+    /// rules, and re-evaluates its trust.
+    pub fn record_interaction(&self, node_id: &str, interaction: Interaction) -> Result<TrustOutcome> {
+        let _guard = self.lock_decisions();
+        self.record_interaction_locked(node_id, interaction)
+    }
+
+    fn record_interaction_locked(&self, node_id: &str, interaction: Interaction) -> Result<TrustOutcome> {
+        let now = self.now();
+        let mut recent_threats = 0;
+        let updated = self.store.update_peer(node_id, |r| {
+            let m = &mut r.metrics;
+            match interaction {
+                Interaction::Success => {
+                    m.interactions += 1;
+                    m.successes += 1;
+                }
+                Interaction::Failure => {
+                    m.interactions += 1;
+                    m.failures += 1;
+                }
+                Interaction::Threat => recent_threats = m.record_threat(now),
+                Interaction::SignatureFailure => {
+                    m.signature_failures += 1;
+                    m.signature_failures_since_level += 1;
+                }
+            }
+            let checked = m.interactions.max(m.signature_failures);
+            m.integrity = if checked == 0 {
+                1.0
+            } else {
+                1.0 - (m.signature_failures as f64 / checked as f64).clamp(0.0, 1.0)
+            };
+            r.last_seen_ms = now;
+        })?;
+        let record = updated.ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))?;
+        let threat_rule = match interaction {
+            Interaction::SignatureFailure => Some("signature failure"),
+            Interaction::Threat if recent_threats >= 2 => Some("two threat detections within an hour"),
+            _ => None,
+        };
+        if interaction == Interaction::Threat || interaction == Interaction::SignatureFailure {
+            let event_type = if interaction == Interaction::Threat { EventType::ThreatDetected } else { EventType::SignatureInvalid };
+            self.record(
+                AuditEvent::new(event_type, format!("{} from {node_id}", if interaction == Interaction::Threat { "threat detected" } else { "invalid signature" }))
+                    .with_peer(node_id)
+                    .with_details(json!({"threats_last_hour": recent_threats})),
+            )?;
+        }
+        if let Some(rule) = threat_rule
+            && record.trust_level != TrustLevel::Untrusted
+        {
+            let change = TrustChange {
+                peer: node_id.to_string(),
+                from: record.trust_level,
+                to: TrustLevel::Untrusted,
+                actor: crate::audit::ACTOR_SYSTEM.to_string(),
+                reason: format!("{rule}: dropped to UNTRUSTED"),
+            };
+            self.apply_trust_change(&change, Actor::Plugin)?;
+            self.record(
+                AuditEvent::new(EventType::ThreatBlocked, format!("{node_id} dropped to UNTRUSTED: {rule}"))
+                    .with_peer(node_id),
+            )?;
+            return Ok(TrustOutcome::Changed(change));
+        }
+        self.evaluate_trust_locked(node_id)
+    }
+}
+
+fn score_components(components: &[plugin::ScoreComponent]) -> ScoreComponents {
+    let get = |name: &str| {
+        components
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| if c.value.is_finite() { c.value } else { 0.0 })
+            .unwrap_or(0.0)
+    };
+    ScoreComponents {
+        success_rate: get("success-rate"),
+        uptime: get("uptime"),
+        // The default policy reports the term as 1 - penalty.
+        threat_penalty: 1.0 - get("threat-penalty"),
+        integrity: get("integrity"),
+    }
+}
+
+/// The breaker gate, then each capability's trust gate.
+fn check_gates(record: &PeerRecord, capabilities: &[Capability]) -> Result<()> {
+    breaker::check_gate(record.breaker.state)?;
+    for &capability in capabilities {
+        if !trust::allowed(record.trust_level, capability) {
+            return Err(CoordError::CapabilityDenied {
+                peer: record.node_id().to_string(),
+                level: record.trust_level,
+                capability,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Echo at most 64 characters of caller input in an error.
+fn clip(text: &str) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(64).collect();
+    if text.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+impl Coordinator {
+    // ---- spend and the circuit breaker ----
+
+    /// Records a completed call's cost and outcome, then re-evaluates the
+    /// peer's breaker and trust. Negative values are kept in the audit and
+    /// count as 0 for the breaker.
+    pub fn report_spend(&self, report: SpendReport) -> Result<SpendOutcome> {
+        validate_task_id(&report.task_id)?;
+        if !report.tokens.is_finite() || report.tokens.fract() != 0.0 || report.tokens.abs() > MAX_REPORT_TOKENS {
+            return Err(CoordError::InvalidInput(format!(
+                "tokens must be a whole number of magnitude at most {MAX_REPORT_TOKENS:e}"
+            )));
+        }
+        if !report.usd.is_finite() || report.usd.abs() > MAX_REPORT_USD {
+            return Err(CoordError::InvalidInput(format!(
+                "usd must be a finite number of magnitude at most {MAX_REPORT_USD:e}"
+            )));
+        }
+        let _guard = self.lock_decisions();
+        let record = self.peer_record(&report.peer)?;
+        let now = self.now();
+        let sample = SpendSample {
+            ts_ms: now,
+            task_id: report.task_id.clone(),
+            tokens: report.tokens as i64,
+            usd: report.usd,
+            success: report.success,
+        };
+        self.store.record_spend(&report.peer, &sample)?;
+        if record.breaker.state == BreakerState::Suspended && !report.success {
+            self.store
+                .update_peer(&report.peer, |r| r.breaker.failures_since_suspend += 1)?;
+        }
+        self.record(AuditEvent::spend_reported(
+            &report.peer,
+            &report.task_id,
+            sample.tokens,
+            report.usd,
+            report.success,
+        ))?;
+        let interaction = if report.success { Interaction::Success } else { Interaction::Failure };
+        let trust = self.record_interaction_locked(&report.peer, interaction)?;
+        let breaker = self.evaluate_breaker_locked(&report.peer)?;
+        Ok(SpendOutcome { breaker, trust })
+    }
+
+    fn spend_request(&self, record: &PeerRecord, now: u64) -> Result<plugin::SpendRequest> {
+        let node_id = record.node_id();
+        let window = |span: u64| -> Result<plugin::SpendWindow> {
+            let w = self.store.spend_window(node_id, now.saturating_sub(span))?;
+            Ok(plugin::SpendWindow {
+                window_ms: span,
+                samples: w.samples.min(u64::from(u32::MAX)) as u32,
+                failures: w.failures.min(u64::from(u32::MAX)) as u32,
+                tokens: w.tokens,
+                usd: w.usd,
+            })
+        };
+        Ok(plugin::SpendRequest {
+            node_id: node_id.to_string(),
+            breaker: plugin::BreakerView {
+                state: to_wit_breaker(record.breaker.state),
+                since_ms: record.breaker.since_ms,
+                reason: record.breaker.reason.clone(),
+                failures_since_suspend: record.breaker.failures_since_suspend.min(u64::from(u32::MAX)) as u32,
+            },
+            last_hour: window(HOUR_MS)?,
+            last_day: window(DAY_MS)?,
+            now_ms: now,
+        })
+    }
+
+    /// Asks the spend plugin about one peer and applies a legal answer.
+    pub fn evaluate_breaker(&self, node_id: &str) -> Result<BreakerOutcome> {
+        let _guard = self.lock_decisions();
+        self.evaluate_breaker_locked(node_id)
+    }
+
+    fn evaluate_breaker_locked(&self, node_id: &str) -> Result<BreakerOutcome> {
+        let record = self.peer_record(node_id)?;
+        let now = self.now();
+        let unchanged = BreakerOutcome::Unchanged {
+            state: record.breaker.state,
+            reactivate_eligible: breaker::reactivate_eligible(&record.breaker, now),
+        };
+        if record.breaker.state == BreakerState::Evicted {
+            return Ok(unchanged);
+        }
+        let plugin = self.plugins.spend.get();
+        let decision = match plugin.evaluate_spend(&self.spend_request(&record, now)?) {
+            Ok(decision) => decision,
+            Err(err) => {
+                let code = self.plugin_failed(&plugin, Some(node_id), err)?;
+                return Ok(BreakerOutcome::PluginFailed { code });
+            }
+        };
+        let (target, reason) = match decision {
+            plugin::SpendDecision::None | plugin::SpendDecision::ReactivateEligible => return Ok(unchanged),
+            plugin::SpendDecision::Suspend(reason) => (BreakerState::Suspended, reason),
+            plugin::SpendDecision::Evict(reason) => (BreakerState::Evicted, reason),
+        };
+        match breaker::transition(record.breaker.state, target, Actor::Plugin) {
+            Ok(_) => {
+                let reason = clip_reason(&reason);
+                let change = self.apply_breaker(&record, target, &plugin_actor(&plugin), Actor::Plugin, &reason)?;
+                Ok(BreakerOutcome::Changed(change))
+            }
+            Err(illegal) => {
+                let reason = illegal.to_string();
+                self.record(
+                    AuditEvent::new(EventType::PluginFailed, format!("breaker decision refused: {reason}"))
+                        .with_peer(node_id)
+                        .with_actor(plugin_actor(&plugin))
+                        .with_severity(Severity::Warning)
+                        .with_details(json!({"kind": "spend", "refused": reason})),
+                )?;
+                Ok(BreakerOutcome::Refused { reason })
+            }
+        }
+    }
+
+    fn apply_breaker(
+        &self,
+        record: &PeerRecord,
+        to: BreakerState,
+        actor_name: &str,
+        actor: Actor,
+        reason: &str,
+    ) -> Result<BreakerChange> {
+        let now = self.now();
+        let correlation = correlation_id();
+        self.store.update_peer(record.node_id(), |r| {
+            r.breaker = BreakerInfo {
+                state: to,
+                reason: Some(reason.to_string()),
+                correlation_id: Some(correlation.clone()),
+                since_ms: now,
+                failures_since_suspend: 0,
+            };
+        })?;
+        self.record(
+            AuditEvent::breaker(record.node_id(), to, actor, reason, &correlation).with_actor(actor_name.to_string()),
+        )?;
+        self.refresh_live_counts()?;
+        Ok(BreakerChange {
+            peer: record.node_id().to_string(),
+            from: record.breaker.state,
+            to,
+            actor: actor_name.to_string(),
+            reason: reason.to_string(),
+            correlation_id: correlation,
+        })
+    }
+
+    /// Operator eviction (from ACTIVE or SUSPENDED).
+    pub fn evict(&self, node_id: &str, reason: &str) -> Result<BreakerChange> {
+        self.operator_breaker(node_id, BreakerState::Evicted, reason)
+    }
+
+    /// Operator reactivation (from SUSPENDED or EVICTED): the only way back
+    /// to ACTIVE.
+    pub fn reactivate(&self, node_id: &str, reason: &str) -> Result<BreakerChange> {
+        self.operator_breaker(node_id, BreakerState::Active, reason)
+    }
+
+    fn operator_breaker(&self, node_id: &str, to: BreakerState, reason: &str) -> Result<BreakerChange> {
+        let reason = validate_reason(reason)?;
+        let _guard = self.lock_decisions();
+        let record = self.peer_record(node_id)?;
+        breaker::transition(record.breaker.state, to, Actor::Operator)
+            .map_err(|e| CoordError::IllegalTransition(e.to_string()))?;
+        self.apply_breaker(&record, to, crate::audit::ACTOR_OPERATOR, Actor::Operator, &reason)
+    }
+
+    /// Breaker state of one peer or all.
+    pub fn breaker_status(&self, node_id: Option<&str>) -> Result<Vec<BreakerView>> {
+        let records = match node_id {
+            Some(id) => vec![self.peer_record(id)?],
+            None => self.store.list_peers()?,
+        };
+        let now = self.now();
+        records
+            .iter()
+            .map(|r| {
+                let hour = self.store.spend_window(r.node_id(), now.saturating_sub(HOUR_MS))?;
+                let day = self.store.spend_window(r.node_id(), now.saturating_sub(DAY_MS))?;
+                Ok(BreakerView {
+                    node_id: r.node_id().to_string(),
+                    breaker: r.breaker.clone(),
+                    reactivate_eligible: breaker::reactivate_eligible(&r.breaker, now),
+                    usd_last_day: day.usd,
+                    samples_last_hour: hour.samples,
+                    failures_last_hour: hour.failures,
+                })
+            })
+            .collect()
+    }
+
+    // ---- PII ----
+
+    /// Runs the PII plugin over a payload's string values and applies its
+    /// answer: rewrites in place, or `PII_BLOCKED`. Audits types and
+    /// counts only. A plugin failure blocks the message. A blocked inbound
+    /// payload counts as a threat from its sender.
+    pub fn scan_payload(
+        &self,
+        peer: &str,
+        level: TrustLevel,
+        direction: Direction,
+        message_type: &str,
+        payload: &mut Value,
+    ) -> Result<PiiReport> {
+        let values = crate::pii::string_values(payload);
+        if values.is_empty() {
+            return Ok(PiiReport::default());
+        }
+        let request = plugin::ScanRequest {
+            direction,
+            peer_level: to_wit_level(level),
+            message_type: message_type.to_string(),
+            values,
+        };
+        let plugin = self.plugins.pii.get();
+        let result = match plugin.scan_pii(&request) {
+            Ok(result) => result,
+            Err(err) => {
+                self.plugin_failed(&plugin, Some(peer), PluginError::Refused { plugin: plugin.label(), reason: err.code().into() })?;
+                self.record(AuditEvent::pii(PiiOutcome::Blocked, Some(peer), &[("plugin_failure", 1)]))?;
+                return Err(CoordError::Plugin(err));
+            }
+        };
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        let mut blocking: Vec<String> = Vec::new();
+        for d in &result.detections {
+            *counts.entry(d.pii_type.clone()).or_default() += 1;
+            if d.action == plugin::PiiAction::Block && !blocking.contains(&d.pii_type) {
+                blocking.push(d.pii_type.clone());
+            }
+        }
+        let count_list: Vec<(&str, u32)> = counts.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        if result.blocked || !blocking.is_empty() {
+            blocking.sort();
+            self.record(AuditEvent::pii(PiiOutcome::Blocked, Some(peer), &count_list))?;
+            if direction == Direction::Inbound {
+                let _ = self.record_interaction_locked(peer, Interaction::Threat)?;
+            }
+            return Err(CoordError::PiiBlocked { types: blocking });
+        }
+        if let Err(err) = crate::pii::apply_rewrites(payload, &request.values, &result.rewritten) {
+            let err = PluginError::Refused { plugin: plugin.label(), reason: err.to_string() };
+            self.plugin_failed(&plugin, Some(peer), PluginError::Refused { plugin: plugin.label(), reason: err.to_string() })?;
+            return Err(CoordError::Plugin(err));
+        }
+        if !counts.is_empty() {
+            let outcome = if result.rewritten.is_empty() { PiiOutcome::Detected } else { PiiOutcome::Stripped };
+            self.record(AuditEvent::pii(outcome, Some(peer), &count_list))?;
+        }
+        Ok(PiiReport { counts, rewritten: result.rewritten.len() })
+    }
+
+    // ---- outbound messages ----
+
+    /// The outbound pipeline up to the durable outbox: breaker gate, then
+    /// capability gate, budget, PII, signature; the signed frame is
+    /// committed to the outbox before this returns.
+    pub fn send(&self, request: SendRequest) -> Result<SendReceipt> {
+        let record = self.peer_record(&request.peer)?;
+        breaker::check_gate(record.breaker.state)?;
+        let capabilities = envelope::required_capabilities(&request.message_type)
+            .ok_or_else(|| CoordError::UnknownMessageType(clip(&request.message_type)))?;
+        check_gates(&record, capabilities)?;
+        let budget = match &request.budget {
+            Some(value) => Budget::from_json_value(value)?,
+            None => Budget::with_default_hops(crate::budget::MAX_TOKENS_CEILING, crate::budget::MAX_USD_CEILING)?,
+        };
+        let budget = budget.next_hop()?;
+        let mut payload = request.payload;
+        let _guard = self.lock_decisions();
+        let pii = self.scan_payload(
+            &request.peer,
+            record.trust_level,
+            Direction::Outbound,
+            &request.message_type,
+            &mut payload,
+        )?;
+        let now = self.now();
+        let envelope = Envelope {
+            id: envelope::random_id(),
+            source: self.node_id().to_string(),
+            target: request.peer.clone(),
+            session: None,
+            message_type: request.message_type.clone(),
+            payload,
+            timestamp_ms: now,
+            nonce: envelope::random_id(),
+            hop_count: budget.hop_count(),
+            budget,
+        };
+        let frame = envelope.sign(&self.identity).to_frame();
+        self.store.outbox_put(&OutboxEntry {
+            envelope_id: envelope.id.clone(),
+            target: request.peer.clone(),
+            bytes: frame.clone(),
+            attempts: 0,
+            next_attempt_ms: now,
+        })?;
+        self.record(
+            AuditEvent::new(EventType::MessageSent, format!("{} queued for {}", envelope.message_type, request.peer))
+                .with_peer(&request.peer)
+                .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "bytes": frame.len(), "state": "queued"})),
+        )?;
+        Ok(SendReceipt {
+            envelope_id: envelope.id,
+            peer: request.peer,
+            pii: pii.counts,
+            frame_bytes: frame.len(),
+        })
+    }
+
+    // ---- plugins ----
+
+    /// The plugin in each slot.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        PluginKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let plugin = self.plugins.slot(kind).get();
+                let limits: Limits = plugin.limits();
+                PluginInfo {
+                    kind,
+                    name: plugin.metadata().name.clone(),
+                    version: plugin.metadata().version.clone(),
+                    source: plugin.source().to_string(),
+                    sha256: plugin.sha256().to_string(),
+                    deadline_ms: limits.deadline_ms,
+                    memory_mib: limits.memory_mib,
+                }
+            })
+            .collect()
+    }
+
+    /// Re-reads the config and reloads one slot or all. A plugin that
+    /// fails to load leaves the previous one in place (audited, and the
+    /// error is returned). Calls in flight finish on the old plugin.
+    pub fn reload_plugins(&self, kind: Option<PluginKind>) -> Result<Vec<PluginInfo>> {
+        let config = NodeConfig::load(&self.home)?;
+        let kinds: Vec<PluginKind> = kind.map(|k| vec![k]).unwrap_or_else(|| PluginKind::ALL.to_vec());
+        for kind in kinds {
+            match load_plugin(&self.runtime, &self.home, &config, &self.identity, &self.clock, &self.live, kind) {
+                Ok(plugin) => {
+                    let label = plugin.label();
+                    let sha = plugin.sha256().to_string();
+                    self.plugins.slot(kind).replace(plugin)?;
+                    self.record(
+                        AuditEvent::new(EventType::PluginReloaded, format!("{kind} plugin reloaded: {label}"))
+                            .with_actor(crate::audit::ACTOR_OPERATOR)
+                            .with_details(json!({"kind": kind, "plugin": label, "sha256": sha})),
+                    )?;
+                }
+                Err(err) => {
+                    self.record(
+                        AuditEvent::new(EventType::PluginFailed, format!("{kind} plugin reload failed; keeping the previous one: {err}"))
+                            .with_severity(Severity::Error)
+                            .with_details(json!({"kind": kind, "code": err.code()})),
+                    )?;
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(self.plugins())
+    }
+
+    // ---- timers ----
+
+    /// Periodic work: trust and breaker evaluation for every peer.
+    pub fn tick(&self) -> Result<TickReport> {
+        let peers = self.store.list_peers()?;
+        let mut report = TickReport { peers: peers.len(), ..TickReport::default() };
+        for peer in peers {
+            let _guard = self.lock_decisions();
+            if let TrustOutcome::Changed(_) = self.evaluate_trust_locked(peer.node_id())? {
+                report.trust_changes += 1;
+            }
+            if let BreakerOutcome::Changed(_) = self.evaluate_breaker_locked(peer.node_id())? {
+                report.breaker_changes += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn clip_reason(reason: &str) -> String {
+    let clean: String = reason.chars().filter(|c| !c.is_control()).collect();
+    crate::plugin::truncate(&clean, MAX_REASON_BYTES).to_string()
+}

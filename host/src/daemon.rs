@@ -1,0 +1,233 @@
+//! `agentfed daemon`: one long-running node process per home.
+//!
+//! Start-up, in order:
+//! 1. take the single-daemon lock (`daemon.lock`, an `flock`; a second
+//!    daemon is refused with the holder's pid, a crashed one leaves no
+//!    lock behind);
+//! 2. open the coordinator (config, identity — refused if a key file is
+//!    group/world readable —, store, audit log, plugins);
+//! 3. remove a stale `control.sock` (safe: we hold the lock) and bind a
+//!    fresh one, mode 0600; the socket existing means "ready";
+//! 4. run the timer (trust and breaker evaluation, `[timers]`) and serve
+//!    the control API until SIGINT or SIGTERM.
+//!
+//! Shutdown: stop accepting, let in-flight requests finish, stop the timer
+//! after its current tick, audit `daemon_stopped`, drop the coordinator
+//! (the audit writer drains and exits), remove the socket, release the
+//! lock, exit 0. After `kill -9` nothing needs repair: the lock dies with
+//! the process, redb recovers its last committed transaction, and every
+//! acknowledged operation was committed before it was acknowledged.
+//!
+//! Coordinator calls are synchronous (an fsync, a plugin call): they run
+//! on tokio's blocking pool, sharing one `Arc<Coordinator>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::audit::{AuditEvent, EventType};
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::config::{ConfigError, NodeConfig};
+use crate::control::server::{self, Dispatcher};
+use crate::control::socket_path;
+use crate::coordinator::{CoordError, Coordinator, CoordinatorOptions};
+use crate::store::{HomeLock, LockError};
+
+/// Daemon options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Run on a manual clock starting at this time (ms since the Unix
+    /// epoch) and enable the `clock.advance` control method. For tests.
+    pub fake_clock_ms: Option<u64>,
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon holds the home lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The config file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The coordinator could not open (identity, store, plugins…).
+    #[error(transparent)]
+    Coordinator(#[from] CoordError),
+    /// The home does not exist.
+    #[error(
+        "node home {home} does not exist; create a node with: agentfed --home {home} init --node-id NAME",
+        home = .0.display()
+    )]
+    NoHome(PathBuf),
+    /// Socket or runtime failure.
+    #[error("{action} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    /// Bad configuration or input (CLI exit 2) rather than a refusal or
+    /// failure (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Config(_) | DaemonError::Coordinator(CoordError::Config(_))
+        )
+    }
+}
+
+/// Runs the daemon in the foreground until SIGINT/SIGTERM.
+pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
+    if !home.is_dir() {
+        return Err(DaemonError::NoHome(home.to_path_buf()));
+    }
+    let lock = HomeLock::acquire(home)?;
+    // Validate the config first: a clear message, before plugins compile.
+    let config = NodeConfig::load(home)?;
+    let fake_clock = options.fake_clock_ms.is_some();
+    let clock: Arc<dyn Clock> = match options.fake_clock_ms {
+        Some(start) => Arc::new(ManualClock::new(start)),
+        None => Arc::new(SystemClock),
+    };
+    let coordinator = Arc::new(Coordinator::open(home, CoordinatorOptions { clock, ..CoordinatorOptions::default() })?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("agentfed-daemon")
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Io {
+            action: "starting the async runtime for",
+            path: home.to_path_buf(),
+            source,
+        })?;
+    let socket = socket_path(home);
+    let result = runtime.block_on(serve(
+        home,
+        &socket,
+        Arc::clone(&coordinator),
+        &config,
+        fake_clock,
+    ));
+    // Every task is done; the blocking pool may still hold a finished
+    // job's clone for a moment, so shut the runtime down first.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let _ = std::fs::remove_file(&socket);
+    match Arc::try_unwrap(coordinator) {
+        Ok(coordinator) => {
+            if let Err(e) = coordinator.audit().append(
+                AuditEvent::new(EventType::DaemonStopped, "daemon stopped")
+                    .with_actor(crate::audit::ACTOR_SYSTEM),
+            ) {
+                tracing::warn!("cannot audit daemon_stopped: {e}");
+            }
+            // Dropping joins the audit writer after it drained its queue.
+            drop(coordinator);
+        }
+        Err(_) => tracing::warn!("coordinator still referenced at shutdown; its writes were committed already"),
+    }
+    drop(lock);
+    if result.is_ok() {
+        tracing::info!("daemon stopped cleanly");
+    }
+    result
+}
+
+async fn serve(
+    home: &Path,
+    socket: &Path,
+    coordinator: Arc<Coordinator>,
+    config: &NodeConfig,
+    fake_clock: bool,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DaemonError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler for", home))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler for", home))?;
+
+    match std::fs::remove_file(socket) {
+        Ok(()) => tracing::info!(socket = %socket.display(), "removed stale control socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing stale socket", socket)(e)),
+    }
+    let listener = server::bind(socket).map_err(io("binding control socket", socket))?;
+    let uid = rustix::process::getuid().as_raw();
+
+    {
+        let c = Arc::clone(&coordinator);
+        let pid = std::process::id();
+        let started = tokio::task::spawn_blocking(move || {
+            c.audit().append(
+                AuditEvent::new(EventType::DaemonStarted, format!("daemon started (pid {pid})"))
+                    .with_actor(crate::audit::ACTOR_SYSTEM)
+                    .with_details(serde_json::json!({"pid": pid, "fake_clock": fake_clock})),
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = started {
+            tracing::warn!("cannot audit daemon_started: {e}");
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatcher = Dispatcher::new(Arc::clone(&coordinator), fake_clock);
+    let server = tokio::spawn(server::serve(listener, dispatcher, uid, stop_rx.clone()));
+    let period = config.timers.tick_period();
+    let timer = tokio::spawn(timer(Arc::clone(&coordinator), period, stop_rx));
+    tracing::info!(
+        node = %coordinator.node_id(),
+        socket = %socket.display(),
+        pid = std::process::id(),
+        tick_secs = period.as_secs(),
+        fake_clock,
+        "agentfed daemon ready"
+    );
+
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!("{signal} received; shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = timer.await;
+    Ok(())
+}
+
+/// Runs `coordinator.tick()` every `period` until `stop`; a tick in
+/// progress finishes first.
+async fn timer(coordinator: Arc<Coordinator>, period: Duration, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = server::stopped(&mut stop) => return,
+        }
+        let c = Arc::clone(&coordinator);
+        match tokio::task::spawn_blocking(move || c.tick()).await {
+            Ok(Ok(report)) => tracing::debug!(
+                peers = report.peers,
+                trust_changes = report.trust_changes,
+                breaker_changes = report.breaker_changes,
+                "timer tick"
+            ),
+            Ok(Err(e)) => tracing::warn!(code = e.code(), "timer tick failed: {e}"),
+            Err(e) => tracing::error!("timer tick panicked: {e}"),
+        }
+    }
+}

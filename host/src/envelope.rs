@@ -1,0 +1,208 @@
+//! Envelopes: the unit of federation traffic, signed over the exact bytes
+//! that travel.
+//!
+//! An envelope is serialised once to JSON; the Ed25519 signature covers
+//! `ENVELOPE_DOMAIN || those bytes`, and the bytes travel verbatim in a
+//! frame, so the receiver verifies what was sent and never a
+//! re-serialisation of it.
+//!
+//! Frame layout (version 1): one byte `0x01`, the 64-byte signature, then
+//! the envelope JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::budget::Budget;
+use crate::identity::{Identity, verify_ed25519};
+use crate::trust::Capability;
+
+/// Prefix of every signed envelope, so an envelope signature can never be
+/// mistaken for a manifest or handshake signature.
+pub const ENVELOPE_DOMAIN: &[u8] = b"agentfed-envelope-v1\n";
+
+/// Version byte of the frame layout.
+pub const FRAME_VERSION: u8 = 1;
+
+/// Message types and the capabilities a peer needs for each (every one of
+/// them, at the peer's trust level in the local view).
+///
+/// Consensus traffic (`trust-change`, `topology-change`) needs
+/// `collaborative-task`, the ladder's capability for joint work, since the
+/// ladder has no separate consensus rung.
+pub const MESSAGE_TYPES: &[(&str, &[Capability])] = &[
+    ("task-assignment", &[Capability::Send]),
+    ("memory-query", &[Capability::QueryRedacted]),
+    ("memory-response", &[Capability::QueryRedacted]),
+    ("context-share", &[Capability::ShareContext]),
+    ("status-broadcast", &[Capability::Status]),
+    ("status", &[Capability::Status]),
+    ("heartbeat", &[Capability::Ping]),
+    ("ping", &[Capability::Ping]),
+    ("agent-spawn", &[Capability::RemoteSpawn]),
+    ("agent-handoff", &[Capability::Send]),
+    ("claim-event", &[Capability::Send]),
+    ("trust-change", &[Capability::CollaborativeTask]),
+    ("topology-change", &[Capability::CollaborativeTask]),
+];
+
+/// The capabilities `message_type` requires, or `None` for an unknown type.
+pub fn required_capabilities(message_type: &str) -> Option<&'static [Capability]> {
+    MESSAGE_TYPES
+        .iter()
+        .find(|(name, _)| *name == message_type)
+        .map(|(_, caps)| *caps)
+}
+
+/// The signed content of a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Unique per sender: 16 random bytes, hex.
+    pub id: String,
+    /// Sender node id.
+    pub source: String,
+    /// Receiver node id.
+    pub target: String,
+    /// Session id, once a session exists.
+    pub session: Option<String>,
+    /// One of [`MESSAGE_TYPES`].
+    pub message_type: String,
+    /// The payload, after the outbound PII scan.
+    pub payload: Value,
+    /// Sender's clock, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// 16 random bytes, hex: makes every envelope's bytes unique.
+    pub nonce: String,
+    /// Hops travelled so far (the budget carries the limit).
+    pub hop_count: u32,
+    /// What the work may still cost.
+    pub budget: Budget,
+}
+
+/// An envelope with its exact bytes and signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedEnvelope {
+    /// The JSON bytes that were signed.
+    pub bytes: Vec<u8>,
+    /// Ed25519 over `ENVELOPE_DOMAIN || bytes`.
+    pub signature: [u8; 64],
+}
+
+/// Why a frame was refused. Display strings are constant: they are sent
+/// back to peers and audited, and never echo input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Wrong version byte or too short.
+    #[error("MALFORMED_FRAME")]
+    MalformedFrame,
+    /// The bytes are not an envelope.
+    #[error("MALFORMED_ENVELOPE")]
+    MalformedEnvelope,
+    /// The signature does not verify with the sender's key.
+    #[error("BAD_SIGNATURE")]
+    BadSignature,
+}
+
+impl Envelope {
+    /// Serialises and signs with the node's identity key.
+    pub fn sign(&self, identity: &Identity) -> SignedEnvelope {
+        let bytes = serde_json::to_vec(self).expect("envelopes always serialise");
+        let signature = identity.sign(&signing_input(&bytes)).to_bytes();
+        SignedEnvelope { bytes, signature }
+    }
+}
+
+impl SignedEnvelope {
+    /// The frame that travels and is kept in the outbox.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(1 + 64 + self.bytes.len());
+        frame.push(FRAME_VERSION);
+        frame.extend_from_slice(&self.signature);
+        frame.extend_from_slice(&self.bytes);
+        frame
+    }
+
+    /// Splits a frame; checks only its shape.
+    pub fn from_frame(frame: &[u8]) -> Result<SignedEnvelope, EnvelopeError> {
+        if frame.len() < 1 + 64 + 2 || frame[0] != FRAME_VERSION {
+            return Err(EnvelopeError::MalformedFrame);
+        }
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&frame[1..65]);
+        Ok(SignedEnvelope {
+            bytes: frame[65..].to_vec(),
+            signature,
+        })
+    }
+
+    /// Verifies the signature with the sender's public key, then parses.
+    pub fn open(&self, sender_key: &[u8; 32]) -> Result<Envelope, EnvelopeError> {
+        if !verify_ed25519(sender_key, &signing_input(&self.bytes), &self.signature) {
+            return Err(EnvelopeError::BadSignature);
+        }
+        serde_json::from_slice(&self.bytes).map_err(|_| EnvelopeError::MalformedEnvelope)
+    }
+}
+
+fn signing_input(bytes: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(ENVELOPE_DOMAIN.len() + bytes.len());
+    input.extend_from_slice(ENVELOPE_DOMAIN);
+    input.extend_from_slice(bytes);
+    input
+}
+
+/// 16 random bytes as hex, for ids and nonces.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeId;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: random_id(),
+            source: "a".into(),
+            target: "b".into(),
+            session: None,
+            message_type: "task-assignment".into(),
+            payload: serde_json::json!({"task": "x"}),
+            timestamp_ms: 1,
+            nonce: random_id(),
+            hop_count: 1,
+            budget: Budget::with_default_hops(1000, 1.0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_verify() {
+        let id = Identity::generate(&NodeId::parse("a").unwrap(), "wss://127.0.0.1:9100").unwrap();
+        let signed = envelope().sign(&id);
+        let back = SignedEnvelope::from_frame(&signed.to_frame()).unwrap();
+        let key = id.verifying_key().to_bytes();
+        assert_eq!(back.open(&key).unwrap(), serde_json::from_slice(&signed.bytes).unwrap());
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let id = Identity::generate(&NodeId::parse("a").unwrap(), "wss://127.0.0.1:9100").unwrap();
+        let key = id.verifying_key().to_bytes();
+        let mut frame = envelope().sign(&id).to_frame();
+        let last = frame.len() - 2;
+        frame[last] ^= 1;
+        let signed = SignedEnvelope::from_frame(&frame).unwrap();
+        assert_eq!(signed.open(&key), Err(EnvelopeError::BadSignature));
+        assert_eq!(SignedEnvelope::from_frame(&[2; 80]), Err(EnvelopeError::MalformedFrame));
+    }
+
+    #[test]
+    fn every_message_type_has_capabilities() {
+        assert_eq!(required_capabilities("ping"), Some(&[Capability::Ping][..]));
+        assert_eq!(required_capabilities("nope"), None);
+        assert!(MESSAGE_TYPES.iter().all(|(_, caps)| !caps.is_empty()));
+    }
+}

@@ -1,0 +1,357 @@
+//! The coordinator over a real home: real keys, a real redb store, the
+//! real audit chain and the embedded default plugins, with a manual clock.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agentfed::clock::{Clock, ManualClock};
+use agentfed::coordinator::{
+    BreakerOutcome, CoordError, Coordinator, CoordinatorOptions, Direction, Interaction,
+    SendRequest, SpendReport, TrustOutcome,
+};
+use agentfed::identity::{Identity, NodeId};
+use agentfed::model::{BreakerState, TrustLevel};
+use serde_json::json;
+
+const START_MS: u64 = 1_800_000_000_000;
+
+struct Node {
+    _home: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    coordinator: Coordinator,
+}
+
+fn init_home(home: &Path, node_id: &str) {
+    Identity::init(home, &NodeId::parse(node_id).unwrap(), "wss://127.0.0.1:9100", false)
+        .expect("init identity");
+}
+
+fn node(node_id: &str) -> Node {
+    let home = tempfile::tempdir().unwrap();
+    init_home(home.path(), node_id);
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let coordinator = Coordinator::open(
+        home.path(),
+        CoordinatorOptions {
+            clock: clock.clone(),
+            plugin_cache_dir: Some(shared_cache()),
+        },
+    )
+    .expect("open coordinator");
+    Node {
+        _home: home,
+        clock,
+        coordinator,
+    }
+}
+
+/// One precompiled-plugin cache for every node in these tests, so each
+/// default policy is compiled once per test run rather than once per node.
+fn shared_cache() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache")
+}
+
+fn options() -> CoordinatorOptions {
+    CoordinatorOptions {
+        plugin_cache_dir: Some(shared_cache()),
+        ..CoordinatorOptions::default()
+    }
+}
+
+/// A second node's signed manifest, as `agentfed manifest` would print it.
+fn peer_manifest(node_id: &str) -> String {
+    String::from_utf8(node(node_id).coordinator.manifest().unwrap().to_json()).unwrap()
+}
+
+fn with_peer(node_id: &str, peer: &str) -> Node {
+    let n = node(node_id);
+    n.coordinator.add_peer(&peer_manifest(peer)).unwrap();
+    n
+}
+
+fn spend(peer: &str, usd: f64, success: bool) -> SpendReport {
+    SpendReport {
+        peer: peer.into(),
+        task_id: "task-1".into(),
+        tokens: 100.0,
+        usd,
+        success,
+    }
+}
+
+/// The observable state: peers and the number of audit records.
+fn state(c: &Coordinator) -> (String, u64) {
+    (
+        serde_json::to_string(&c.peers().unwrap()).unwrap(),
+        c.audit().len().unwrap(),
+    )
+}
+
+#[test]
+fn peers_are_added_verified_from_signed_manifests() {
+    let n = node("alpha");
+    let view = n.coordinator.add_peer(&peer_manifest("beta")).unwrap();
+    assert_eq!(view.trust_level, TrustLevel::Verified);
+    assert_eq!(view.breaker.state, BreakerState::Active);
+    let manifest = peer_manifest("beta");
+    assert!(matches!(n.coordinator.add_peer(&manifest), Err(CoordError::PeerExists(_))));
+    let own = String::from_utf8(n.coordinator.manifest().unwrap().to_json()).unwrap();
+    assert!(matches!(n.coordinator.add_peer(&own), Err(CoordError::InvalidInput(_))));
+    n.coordinator.remove_peer("beta").unwrap();
+    assert!(matches!(n.coordinator.remove_peer("beta"), Err(CoordError::UnknownPeer(_))));
+    assert!(n.coordinator.audit().verify().is_ok());
+}
+
+#[test]
+fn tampered_and_malformed_manifests_change_nothing() {
+    let n = node("alpha");
+    let before = state(&n.coordinator);
+    let tampered = peer_manifest("beta").replace("127.0.0.1", "127.0.0.2");
+    for bad in [tampered.as_str(), "{", "{}", "[1,2]", ""] {
+        let err = n.coordinator.add_peer(bad).unwrap_err();
+        assert_eq!(err.code(), "INVALID_MANIFEST", "{bad}: {err}");
+        assert!(err.is_bad_input());
+    }
+    assert_eq!(state(&n.coordinator), before);
+}
+
+#[test]
+fn trust_is_earned_through_interactions_at_the_default_thresholds() {
+    let n = with_peer("alpha", "beta");
+    for i in 0..49 {
+        let out = n.coordinator.report_spend(spend("beta", 0.001, true)).unwrap();
+        assert!(!matches!(out.trust, TrustOutcome::Changed(_)), "promoted early at {i}");
+    }
+    let out = n.coordinator.report_spend(spend("beta", 0.001, true)).unwrap();
+    match out.trust {
+        TrustOutcome::Changed(change) => {
+            assert_eq!((change.from, change.to), (TrustLevel::Verified, TrustLevel::Attested));
+            assert!(change.actor.starts_with("plugin:"), "{}", change.actor);
+        }
+        other => panic!("expected a promotion at 50 interactions, got {other:?}"),
+    }
+    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Attested);
+}
+
+#[test]
+fn operator_sets_trust_with_a_reason_and_bad_input_changes_nothing() {
+    let n = with_peer("alpha", "beta");
+    let before = state(&n.coordinator);
+    let cases: [(&str, &str, &str, &str); 5] = [
+        ("beta", "sideways", "because", "INVALID_LEVEL"),
+        ("beta", "attested", "", "INVALID_INPUT"),
+        ("beta", "attested", "two\nlines", "INVALID_INPUT"),
+        ("beta", "VERIFIED", "already", "ILLEGAL_TRANSITION"),
+        ("gamma", "attested", "who?", "UNKNOWN_PEER"),
+    ];
+    for (peer, level, reason, code) in cases {
+        let err = n.coordinator.set_trust(peer, level, reason).unwrap_err();
+        assert_eq!(err.code(), code, "{peer} {level} {reason:?}: {err}");
+    }
+    assert_eq!(state(&n.coordinator), before);
+    let change = n.coordinator.set_trust("beta", "privileged", "lab machine").unwrap();
+    assert_eq!(change.to, TrustLevel::Privileged);
+    assert_eq!(change.actor, "operator");
+    let audit = n.coordinator.audit().query(&Default::default()).unwrap();
+    assert!(audit.iter().any(|r| r.summary.contains("operator bootstrap: lab machine")));
+}
+
+#[test]
+fn plugins_cannot_promote_untrusted_peers() {
+    let n = with_peer("alpha", "beta");
+    n.coordinator.set_trust("beta", "untrusted", "testing").unwrap();
+    for _ in 0..60 {
+        n.coordinator.report_spend(spend("beta", 0.0, true)).unwrap();
+    }
+    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Untrusted);
+}
+
+#[test]
+fn breaker_lifecycle_suspend_refuse_evict_reactivate() {
+    let n = with_peer("alpha", "beta");
+    n.coordinator.set_trust("beta", "attested", "bootstrap").unwrap();
+    // 50 samples in the hour, more than half failed → SUSPENDED.
+    let mut suspended = false;
+    for i in 0..50 {
+        let out = n.coordinator.report_spend(spend("beta", 0.0, i % 4 == 0)).unwrap();
+        if let BreakerOutcome::Changed(change) = out.breaker {
+            assert_eq!(change.to, BreakerState::Suspended);
+            assert_eq!(i, 49, "suspended before 50 samples");
+            suspended = true;
+        }
+    }
+    assert!(suspended);
+    let send = || {
+        n.coordinator.send(SendRequest {
+            peer: "beta".into(),
+            message_type: "task-assignment".into(),
+            payload: json!({"task": "x"}),
+            budget: None,
+        })
+    };
+    assert_eq!(send().unwrap_err().code(), "PEER_SUSPENDED");
+    // Never reactivates by itself, even past the cooldown.
+    n.clock.advance(31 * 60_000);
+    n.coordinator.tick().unwrap();
+    let status = &n.coordinator.breaker_status(Some("beta")).unwrap()[0];
+    assert_eq!(status.breaker.state, BreakerState::Suspended);
+    assert!(status.reactivate_eligible);
+    // After 24 h suspended → EVICTED.
+    n.clock.advance(24 * 3_600_000);
+    let report = n.coordinator.tick().unwrap();
+    assert_eq!(report.breaker_changes, 1);
+    assert_eq!(n.coordinator.peer("beta").unwrap().breaker.state, BreakerState::Evicted);
+    assert_eq!(send().unwrap_err().code(), "PEER_EVICTED");
+    // Only the operator brings it back, with a reason.
+    assert_eq!(n.coordinator.reactivate("beta", "").unwrap_err().code(), "INVALID_INPUT");
+    let change = n.coordinator.reactivate("beta", "health probe passed").unwrap();
+    assert_eq!((change.from, change.to), (BreakerState::Evicted, BreakerState::Active));
+    assert_eq!(n.coordinator.reactivate("beta", "again").unwrap_err().code(), "ILLEGAL_TRANSITION");
+    send().expect("sends flow again");
+    assert!(n.coordinator.audit().verify().is_ok());
+}
+
+#[test]
+fn continued_failures_while_suspended_evict() {
+    let n = with_peer("alpha", "beta");
+    let out = n.coordinator.report_spend(spend("beta", 6.0, true)).unwrap();
+    match out.breaker {
+        BreakerOutcome::Changed(change) => assert!(change.reason.contains('$'), "{}", change.reason),
+        other => panic!("expected a cost suspension, got {other:?}"),
+    }
+    for i in 0..10 {
+        let out = n.coordinator.report_spend(spend("beta", 0.0, false)).unwrap();
+        let evicted = matches!(out.breaker, BreakerOutcome::Changed(ref c) if c.to == BreakerState::Evicted);
+        assert_eq!(evicted, i == 9, "eviction at failure {i}");
+    }
+}
+
+#[test]
+fn invalid_spend_reports_change_nothing() {
+    let n = with_peer("alpha", "beta");
+    let before = state(&n.coordinator);
+    for (tokens, usd, task) in [
+        (f64::NAN, 0.0, "t"),
+        (1.0, f64::INFINITY, "t"),
+        (1.5, 0.0, "t"),
+        (1e12, 0.0, "t"),
+        (1.0, 1e9, "t"),
+        (1.0, 0.0, ""),
+        (1.0, 0.0, "bad task id"),
+    ] {
+        let report = SpendReport { peer: "beta".into(), task_id: task.into(), tokens, usd, success: true };
+        let err = n.coordinator.report_spend(report).unwrap_err();
+        assert_eq!(err.code(), "INVALID_INPUT", "{tokens} {usd} {task:?}");
+    }
+    assert_eq!(state(&n.coordinator), before);
+    // Negative spend is accepted (and kept in the audit) but cannot buy
+    // credit against the breaker.
+    n.coordinator.report_spend(spend("beta", -100.0, true)).unwrap();
+    n.coordinator.report_spend(spend("beta", 5.5, true)).unwrap();
+    assert_eq!(n.coordinator.peer("beta").unwrap().breaker.state, BreakerState::Suspended);
+}
+
+#[test]
+fn sends_pass_gates_budget_and_pii_before_the_outbox() {
+    let n = with_peer("alpha", "beta");
+    let send = |message_type: &str, payload: serde_json::Value, budget: Option<serde_json::Value>| {
+        n.coordinator.send(SendRequest { peer: "beta".into(), message_type: message_type.into(), payload, budget })
+    };
+    // VERIFIED may ping but not send tasks.
+    send("ping", json!({}), None).unwrap();
+    let err = send("task-assignment", json!({"task": "x"}), None).unwrap_err();
+    assert_eq!(err.code(), "CAPABILITY_DENIED");
+    n.coordinator.set_trust("beta", "attested", "bootstrap").unwrap();
+    let before_outbox = n.coordinator.store().outbox_len().unwrap();
+    for (budget, code) in [
+        (json!({"max_hops": 0, "max_tokens": 10, "max_usd": 1.0}), "HOP_LIMIT_EXCEEDED"),
+        (json!({"max_hops": 8, "max_tokens": -1, "max_usd": 1.0}), "INVALID_BUDGET"),
+        (json!({"max_hops": 8, "max_tokens": 10, "max_usd": 1e7}), "INVALID_BUDGET"),
+        (json!({"max_hops": "x"}), "INVALID_BUDGET"),
+    ] {
+        let err = send("task-assignment", json!({"task": "x"}), Some(budget.clone())).unwrap_err();
+        assert_eq!(err.code(), code, "{budget}");
+    }
+    assert_eq!(send("launch", json!({}), None).unwrap_err().code(), "UNKNOWN_MESSAGE_TYPE");
+    // An SSN blocks at every level; nothing reaches the outbox.
+    let err = send("task-assignment", json!({"note": "ssn 123-45-6789"}), None).unwrap_err();
+    assert_eq!(err.code(), "PII_BLOCKED");
+    assert!(err.to_string().contains("ssn") && !err.to_string().contains("6789"), "{err}");
+    assert_eq!(n.coordinator.store().outbox_len().unwrap(), before_outbox);
+    // An email is redacted at ATTESTED; the signed frame holds the redaction.
+    let receipt = send("task-assignment", json!({"note": "mail bob@example.com"}), None).unwrap();
+    assert_eq!(receipt.pii.get("email"), Some(&1));
+    let entry = n.coordinator.store().outbox_get(&receipt.envelope_id).unwrap().unwrap();
+    let text = String::from_utf8_lossy(&entry.bytes);
+    assert!(text.contains("[REDACTED:email]") && !text.contains("bob@example.com"), "{text}");
+    let signed = agentfed::envelope::SignedEnvelope::from_frame(&entry.bytes).unwrap();
+    let key = n.coordinator.identity().verifying_key().to_bytes();
+    assert_eq!(signed.open(&key).unwrap().target, "beta");
+    // The audit names types and counts, never values.
+    let records = n.coordinator.audit().query(&Default::default()).unwrap();
+    let all = serde_json::to_string(&records).unwrap();
+    assert!(!all.contains("bob@example.com") && !all.contains("123-45-6789"));
+    assert!(n.coordinator.audit().verify().is_ok());
+}
+
+#[test]
+fn threats_and_signature_failures_drop_to_untrusted() {
+    let n = with_peer("alpha", "beta");
+    n.coordinator.set_trust("beta", "trusted", "bootstrap").unwrap();
+    let mut payload = json!({"secret": "ssn 123-45-6789"});
+    let level = TrustLevel::Trusted;
+    let scan = |p: &mut serde_json::Value| {
+        n.coordinator.scan_payload("beta", level, Direction::Inbound, "task-assignment", p)
+    };
+    assert_eq!(scan(&mut payload.clone()).unwrap_err().code(), "PII_BLOCKED");
+    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Trusted);
+    assert_eq!(scan(&mut payload).unwrap_err().code(), "PII_BLOCKED");
+    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Untrusted);
+
+    let n = with_peer("alpha", "gamma");
+    n.coordinator.set_trust("gamma", "attested", "bootstrap").unwrap();
+    n.coordinator.record_interaction("gamma", Interaction::SignatureFailure).unwrap();
+    assert_eq!(n.coordinator.peer("gamma").unwrap().trust_level, TrustLevel::Untrusted);
+    // The operator may re-admit; the old failure does not undo it.
+    n.coordinator.set_trust("gamma", "verified", "key rotated, re-verified").unwrap();
+    n.coordinator.record_interaction("gamma", Interaction::Success).unwrap();
+    assert_eq!(n.coordinator.peer("gamma").unwrap().trust_level, TrustLevel::Verified);
+}
+
+#[test]
+fn a_bad_plugin_reload_keeps_the_previous_plugin() {
+    let home = tempfile::tempdir().unwrap();
+    init_home(home.path(), "alpha");
+    let c = Coordinator::open(home.path(), options()).unwrap();
+    let before = c.plugins();
+    std::fs::write(home.path().join("agentfed.toml"), "[plugins.trust]\npath = \"missing.wasm\"\n").unwrap();
+    let err = c.reload_plugins(None).unwrap_err();
+    assert_eq!(err.code(), "PLUGIN_FAILED");
+    assert_eq!(c.plugins()[0].sha256, before[0].sha256);
+    std::fs::write(
+        home.path().join("agentfed.toml"),
+        format!("[plugins.trust]\npath = {:?}\n", agentfed_test_artifacts::ALLOWLIST_TRUST),
+    )
+    .unwrap();
+    let after = c.reload_plugins(Some(agentfed::plugin::PluginKind::Trust)).unwrap();
+    assert_eq!(after[0].name, "allowlist-trust");
+}
+
+#[test]
+fn state_survives_reopening() {
+    let home = tempfile::tempdir().unwrap();
+    init_home(home.path(), "alpha");
+    let manifest = peer_manifest("beta");
+    {
+        let c = Coordinator::open(home.path(), options()).unwrap();
+        c.add_peer(&manifest).unwrap();
+        c.set_trust("beta", "attested", "bootstrap").unwrap();
+        c.report_spend(spend("beta", 6.0, true)).unwrap();
+    }
+    let c = Coordinator::open(home.path(), options()).unwrap();
+    let peer = c.peer("beta").unwrap();
+    assert_eq!(peer.trust_level, TrustLevel::Attested);
+    assert_eq!(peer.breaker.state, BreakerState::Suspended);
+    assert!(c.audit().verify().unwrap() > 3);
+    assert!(c.clock().now_ms() > START_MS - START_MS / 2);
+}
