@@ -292,3 +292,132 @@ fn allowlist_example_only_promotes_listed_peers() {
         d.reason
     );
 }
+
+use agentfed::plugin::{Direction, PiiAction, ScanRequest, StringValue};
+
+const LEVELS: [TrustLevel; 5] = [
+    TrustLevel::Untrusted,
+    TrustLevel::Verified,
+    TrustLevel::Attested,
+    TrustLevel::Trusted,
+    TrustLevel::Privileged,
+];
+
+fn pii_request(text: &str, level: TrustLevel) -> ScanRequest {
+    ScanRequest {
+        direction: Direction::Outbound,
+        peer_level: level,
+        message_type: "task-assignment".into(),
+        values: vec![StringValue {
+            path: "/text".into(),
+            value: text.into(),
+        }],
+    }
+}
+
+/// The design's action table, every type × every level, through the real
+/// component: detection, the action per level, and the rewritten text
+/// (hashes computed by the host's keyed-hash import).
+#[test]
+fn default_pii_action_table_through_the_component() {
+    use PiiAction::{Block as B, Hash as H, Pass as P, Redact as R};
+    let cases: [(&str, &str, &str, [PiiAction; 5]); 14] = [
+        ("email", "mail bob@example.com now", "bob@example.com", [B, B, R, H, P]),
+        ("ssn", "ssn 123-45-6789 ok", "123-45-6789", [B; 5]),
+        ("credit_card", "card 4111 1111 1111 1111 ok", "4111 1111 1111 1111", [B; 5]),
+        ("api_key", "key sk-proj-Abc123Def456Ghi789Jkl012 ok", "sk-proj-Abc123Def456Ghi789Jkl012", [B, B, B, B, R]),
+        ("password", "login with password=hunter2 ok", "hunter2", [B; 5]),
+        ("name", "ask Dr. Jane Smith today", "Dr. Jane Smith", [B, B, R, R, P]),
+        ("address", "ship to 221B Baker Street please", "221B Baker Street", [B, B, R, R, P]),
+        ("phone", "call 555-123-4567 now", "555-123-4567", [B, B, R, H, P]),
+        ("ip_address", "host 192.0.2.14 is up", "192.0.2.14", [B, B, H, H, P]),
+        (
+            "jwt",
+            "jwt eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end",
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            [B, B, B, B, R],
+        ),
+        ("aws_key", "id AKIAIOSFODNN7EXAMPLE end", "AKIAIOSFODNN7EXAMPLE", [B; 5]),
+        (
+            "private_key",
+            "key: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY----- end",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+            [B; 5],
+        ),
+        ("database_url", "db postgres://app:Zx9qLm2P@db.internal:5432/app ok", "postgres://app:Zx9qLm2P@db.internal:5432/app", [B, B, B, B, R]),
+        ("github_token", "tok ghp_0123456789abcdefghijABCDEFGHIJ012345 ok", "ghp_0123456789abcdefghijABCDEFGHIJ012345", [B, B, B, B, R]),
+    ];
+    let rt = runtime(None);
+    let pii = load_default(&rt, PluginKind::Pii);
+    for (pii_type, text, secret, actions) in cases {
+        for (level, expected) in LEVELS.into_iter().zip(actions) {
+            let result = pii.scan_pii(&pii_request(text, level)).unwrap();
+            let what = format!("{pii_type} at {level:?}");
+            let detection = result
+                .detections
+                .iter()
+                .find(|d| d.pii_type == pii_type)
+                .unwrap_or_else(|| panic!("{what}: not detected in {:?}", result.detections));
+            assert_eq!(&text[detection.start as usize..detection.end as usize], secret, "{what}: span");
+            assert_eq!(detection.action, expected, "{what}: action");
+            assert_eq!(result.blocked, expected == B, "{what}: blocked");
+            let rewritten = result.rewritten.first().map(|r| r.value.as_str());
+            match expected {
+                B | P => assert_eq!(rewritten, None, "{what}: nothing rewritten"),
+                R => assert_eq!(
+                    rewritten,
+                    Some(text.replace(secret, &format!("[REDACTED:{pii_type}]")).as_str()),
+                    "{what}"
+                ),
+                H => {
+                    let hash = agentfed::plugin::keyed_hash(&[7; 32], secret.as_bytes());
+                    assert_eq!(
+                        rewritten,
+                        Some(text.replace(secret, &format!("[HASH:{pii_type}:{hash}]")).as_str()),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn secret_named_fields_are_caught_by_path() {
+    let rt = runtime(None);
+    let pii = load_default(&rt, PluginKind::Pii);
+    let mut request = pii_request("just words", TrustLevel::Privileged);
+    request.values.push(StringValue {
+        path: "/config/db_password".into(),
+        value: "correct horse battery staple".into(),
+    });
+    let result = pii.scan_pii(&request).unwrap();
+    assert!(result.blocked);
+    let d = &result.detections[0];
+    assert_eq!((d.value_index, d.pii_type.as_str()), (1, "password"));
+}
+
+#[test]
+fn hipaa_example_adds_medical_identifiers_and_is_stricter() {
+    let rt = runtime(None);
+    let plugin = load_with(
+        &rt,
+        PluginKind::Pii,
+        PluginSource::File(artifacts::HIPAA_PII.into()),
+        host(&[]),
+        relaxed_limits(),
+    );
+    let result = plugin
+        .scan_pii(&pii_request("Patient MRN 12345678, DOB 1980-04-12, dx E11.9", TrustLevel::Trusted))
+        .unwrap();
+    let types: Vec<&str> = result.detections.iter().map(|d| d.pii_type.as_str()).collect();
+    for expected in ["medical_record_number", "date_of_birth", "diagnosis_code"] {
+        assert!(types.contains(&expected), "{expected} missing from {types:?}");
+    }
+    assert!(result.blocked);
+    // The default policy passes emails at PRIVILEGED; HIPAA never does.
+    let result = plugin
+        .scan_pii(&pii_request("mail bob@example.com", TrustLevel::Privileged))
+        .unwrap();
+    assert_ne!(result.detections[0].action, PiiAction::Pass);
+}
