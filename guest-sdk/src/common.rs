@@ -43,7 +43,7 @@ pub mod host {
             Some(raw) => raw
                 .trim()
                 .parse()
-                .map_err(|_| format!("config key `{key}` has an invalid value")),
+                .map_err(|_| crate::config::invalid(key)),
         }
     }
 }

@@ -127,6 +127,9 @@ pub mod bindings {
 mod common;
 pub use common::*;
 
+/// Reading plugin configuration in a way native tests can replace.
+pub mod config;
+
 /// Trust plugins: decide promotions and demotions on the trust ladder.
 #[cfg(feature = "trust")]
 pub mod trust;

@@ -74,9 +74,9 @@
 //! [`Defaults`]). Time comes only from `request.now-ms`.
 #![deny(missing_docs)]
 
-mod config;
 
-pub use config::{ConfigSource, Defaults, HostConfig};
+pub use agentfed_guest::config::{ConfigSource, Defaults, HostConfig};
+use agentfed_guest::config;
 
 use agentfed_guest::spend::{BreakerState, SpendDecision, SpendPolicy, SpendRequest};
 

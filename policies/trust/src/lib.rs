@@ -99,9 +99,9 @@
 //! both run natively.
 #![deny(missing_docs)]
 
-mod config;
 
-pub use config::{ConfigSource, Defaults, HostConfig};
+pub use agentfed_guest::config::{ConfigSource, Defaults, HostConfig};
+use agentfed_guest::config;
 
 use agentfed_guest::InteractionMetrics;
 use agentfed_guest::trust::{

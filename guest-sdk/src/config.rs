@@ -1,9 +1,9 @@
-//! Where the policy reads its configuration from.
+//! Where a plugin reads its configuration from.
 //!
 //! Inside the component the values come from the node config
-//! (`[plugins.trust.config]`) through the `config` host import; in native
-//! tests the host imports do not exist, so the decision logic reads through
-//! [`ConfigSource`] and tests hand it a plain map.
+//! (`[plugins.<kind>.config]`) through the `config` host import; in native
+//! tests the host imports do not exist, so decision logic that reads
+//! through [`ConfigSource`] can be handed a plain map instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -15,7 +15,7 @@ pub trait ConfigSource {
 
     /// The value for `key` parsed as `T`, or `default` when it is unset.
     ///
-    /// Same contract as [`agentfed_guest::host::config_or`]: surrounding
+    /// Same contract as [`crate::host::config_or`]: surrounding
     /// whitespace is ignored, and a value that does not parse is an error
     /// naming the key (never echoing the value), so a typo fails closed.
     fn get_or<T: FromStr>(&self, key: &str, default: T) -> Result<T, String> {
@@ -28,7 +28,7 @@ pub trait ConfigSource {
 
 /// The error for a key whose value is unusable. Names the key, never the
 /// value.
-pub(crate) fn invalid(key: &str) -> String {
+pub fn invalid(key: &str) -> String {
     format!("config key `{key}` has an invalid value")
 }
 
@@ -39,11 +39,11 @@ pub struct HostConfig;
 
 impl ConfigSource for HostConfig {
     fn get(&self, key: &str) -> Option<String> {
-        agentfed_guest::host::config(key)
+        crate::host::config(key)
     }
 
     fn get_or<T: FromStr>(&self, key: &str, default: T) -> Result<T, String> {
-        agentfed_guest::host::config_or(key, default)
+        crate::host::config_or(key, default)
     }
 }
 
