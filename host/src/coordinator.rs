@@ -1541,3 +1541,267 @@ fn clip_reason(reason: &str) -> String {
     let clean: String = reason.chars().filter(|c| !c.is_control()).collect();
     crate::plugin::truncate(&clean, MAX_REASON_BYTES).to_string()
 }
+
+/// How far an envelope's timestamp may be from this node's clock.
+pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60_000;
+/// Largest envelope frame accepted (the transport caps messages too).
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 4096;
+/// How long processed envelope ids are remembered. Must exceed the skew
+/// window, so a replay is either remembered or stale.
+pub const DEDUPE_WINDOW_MS: u64 = 24 * HOUR_MS;
+
+/// The acknowledgement a receiver sends for an envelope, committed before
+/// it is sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The envelope acknowledged.
+    pub envelope_id: String,
+    /// What happened.
+    pub status: AckStatus,
+    /// The handler's reply payload (`replied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Value>,
+    /// A constant reason code (`rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Outcome of an inbound envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Stored in the inbox.
+    Accepted,
+    /// Answered by the handler.
+    Replied,
+    /// Refused by the handler or a policy.
+    Rejected,
+}
+
+/// A message in the local inbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxMessage {
+    /// Inbox sequence number.
+    #[serde(default)]
+    pub seq: u64,
+    /// Envelope id.
+    pub envelope_id: String,
+    /// Sender.
+    pub from: String,
+    /// Message type.
+    pub message_type: String,
+    /// Payload after the inbound PII scan.
+    pub payload: Value,
+    /// Sender's timestamp.
+    pub sent_at_ms: u64,
+    /// When it was accepted here.
+    pub received_at_ms: u64,
+}
+
+/// Why an inbound frame was refused before it was processed. Codes are
+/// constant and sent back to the peer; nothing of the input is echoed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InboundRefusal {
+    /// Not a frame.
+    #[error("MALFORMED_FRAME")]
+    MalformedFrame,
+    /// Over the size limit.
+    #[error("MESSAGE_TOO_LARGE")]
+    MessageTooLarge,
+    /// The sender is not a known peer.
+    #[error("UNKNOWN_SENDER")]
+    UnknownSender,
+    /// The sender's breaker is SUSPENDED.
+    #[error("PEER_SUSPENDED")]
+    PeerSuspended,
+    /// The sender's breaker is EVICTED.
+    #[error("PEER_EVICTED")]
+    PeerEvicted,
+    /// The signature does not verify with the sender's key.
+    #[error("BAD_SIGNATURE")]
+    BadSignature,
+    /// Source or target do not match the session.
+    #[error("WRONG_ADDRESS")]
+    WrongAddress,
+    /// Timestamp outside the skew window.
+    #[error("STALE_TIMESTAMP")]
+    StaleTimestamp,
+    /// Unknown message type.
+    #[error("UNKNOWN_MESSAGE_TYPE")]
+    UnknownMessageType,
+    /// The sender's level does not allow this message type.
+    #[error("CAPABILITY_DENIED")]
+    CapabilityDenied,
+    /// Hop limit exceeded.
+    #[error("HOP_LIMIT_EXCEEDED")]
+    HopLimitExceeded,
+    /// The inbound PII scan blocked it.
+    #[error("PII_BLOCKED")]
+    PiiBlocked,
+    /// A plugin failed; failing closed.
+    #[error("PLUGIN_FAILED")]
+    PluginFailed,
+}
+
+impl Coordinator {
+    // ---- inbound messages ----
+
+    /// Processes one inbound frame from `session_peer` (the node id the
+    /// transport authenticated): verify → gates → PII (inbound) → handler
+    /// plugin → durable record → acknowledgement. A retransmission of an
+    /// envelope already processed gets the stored acknowledgement again
+    /// and is not processed twice. Refusals are audited with their code.
+    pub fn receive(&self, session_peer: &str, frame: &[u8]) -> Result<std::result::Result<Ack, InboundRefusal>> {
+        match self.receive_checked(session_peer, frame)? {
+            Ok(ack) => Ok(Ok(ack)),
+            Err(refusal) => {
+                self.record(
+                    AuditEvent::new(EventType::MessageRejected, format!("inbound envelope refused: {refusal}"))
+                        .with_peer(session_peer)
+                        .with_details(json!({"reason": refusal.to_string()})),
+                )?;
+                Ok(Err(refusal))
+            }
+        }
+    }
+
+    fn receive_checked(&self, session_peer: &str, frame: &[u8]) -> Result<std::result::Result<Ack, InboundRefusal>> {
+        use InboundRefusal as R;
+        if frame.len() > MAX_FRAME_BYTES {
+            return Ok(Err(R::MessageTooLarge));
+        }
+        let Ok(signed) = envelope::SignedEnvelope::from_frame(frame) else {
+            return Ok(Err(R::MalformedFrame));
+        };
+        let Some(record) = self.store.get_peer(session_peer)? else {
+            return Ok(Err(R::UnknownSender));
+        };
+        match record.breaker.state {
+            BreakerState::Suspended => return Ok(Err(R::PeerSuspended)),
+            BreakerState::Evicted => return Ok(Err(R::PeerEvicted)),
+            BreakerState::Active => {}
+        }
+        let key = match record.manifest.manifest.verifying_key() {
+            Ok(key) => key.to_bytes(),
+            Err(_) => return Ok(Err(R::UnknownSender)),
+        };
+        let envelope = match signed.open(&key) {
+            Ok(envelope) => envelope,
+            Err(envelope::EnvelopeError::BadSignature) => {
+                let _guard = self.lock_decisions();
+                self.record_interaction_locked(session_peer, Interaction::SignatureFailure)?;
+                return Ok(Err(R::BadSignature));
+            }
+            Err(_) => return Ok(Err(R::MalformedFrame)),
+        };
+        if envelope.source != session_peer || envelope.target != self.node_id() {
+            return Ok(Err(R::WrongAddress));
+        }
+        // A retransmission: answer as before, process nothing.
+        if let Some(ack) = self.store.inbound_ack(session_peer, &envelope.id)? {
+            if let Ok(ack) = serde_json::from_slice::<Ack>(&ack) {
+                return Ok(Ok(ack));
+            }
+        }
+        let now = self.now();
+        if envelope.timestamp_ms.abs_diff(now) > MAX_CLOCK_SKEW_MS {
+            return Ok(Err(R::StaleTimestamp));
+        }
+        let Some(required) = envelope::required_capabilities(&envelope.message_type) else {
+            return Ok(Err(R::UnknownMessageType));
+        };
+        let receive = [Capability::Receive];
+        let needs_receive = !matches!(envelope.message_type.as_str(), "ping" | "heartbeat" | "status" | "status-broadcast");
+        let extra: &[Capability] = if needs_receive { &receive } else { &[] };
+        if required.iter().chain(extra).any(|&c| !trust::allowed(record.trust_level, c)) {
+            return Ok(Err(R::CapabilityDenied));
+        }
+        if envelope.hop_count > envelope.budget.max_hops() {
+            return Ok(Err(R::HopLimitExceeded));
+        }
+        let _guard = self.lock_decisions();
+        let mut payload = envelope.payload.clone();
+        match self.scan_payload(session_peer, record.trust_level, Direction::Inbound, &envelope.message_type, &mut payload) {
+            Ok(_) => {}
+            Err(CoordError::PiiBlocked { .. }) => return Ok(Err(R::PiiBlocked)),
+            Err(CoordError::Plugin(_)) => return Ok(Err(R::PluginFailed)),
+            Err(other) => return Err(other),
+        }
+        let view = plugin::MessageView {
+            id: envelope.id.clone(),
+            source: envelope.source.clone(),
+            message_type: envelope.message_type.clone(),
+            payload_json: payload.to_string(),
+            sender_level: to_wit_level(record.trust_level),
+            hop_count: envelope.hop_count,
+            sent_at_ms: envelope.timestamp_ms,
+        };
+        let handler = self.plugins.handler.get();
+        let decision = match handler.handle_message(&view) {
+            Ok(decision) => decision,
+            Err(err) => {
+                self.plugin_failed(&handler, Some(session_peer), err)?;
+                return Ok(Err(R::PluginFailed));
+            }
+        };
+        let (ack, inbox) = match decision {
+            plugin::HandlerDecision::Accept => {
+                let message = InboxMessage {
+                    seq: 0,
+                    envelope_id: envelope.id.clone(),
+                    from: envelope.source.clone(),
+                    message_type: envelope.message_type.clone(),
+                    payload,
+                    sent_at_ms: envelope.timestamp_ms,
+                    received_at_ms: now,
+                };
+                let bytes = serde_json::to_vec(&message).expect("inbox messages serialise");
+                (Ack { envelope_id: envelope.id.clone(), status: AckStatus::Accepted, reply: None, reason: None }, Some(bytes))
+            }
+            plugin::HandlerDecision::Reply(text) => {
+                let reply = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                (Ack { envelope_id: envelope.id.clone(), status: AckStatus::Replied, reply: Some(reply), reason: None }, None)
+            }
+            plugin::HandlerDecision::Reject(reason) => {
+                let reason = clip_reason(&reason);
+                (Ack { envelope_id: envelope.id.clone(), status: AckStatus::Rejected, reply: None, reason: Some(reason) }, None)
+            }
+        };
+        let ack_bytes = serde_json::to_vec(&ack).expect("acks serialise");
+        match self.store.commit_inbound(session_peer, &envelope.id, now, inbox.as_deref(), &ack_bytes)? {
+            crate::store::InboundCommit::Duplicate { ack: Some(stored) } => {
+                return Ok(Ok(serde_json::from_slice(&stored).unwrap_or(ack)));
+            }
+            crate::store::InboundCommit::Duplicate { ack: None } | crate::store::InboundCommit::Fresh { .. } => {}
+        }
+        self.record(
+            AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
+                .with_peer(session_peer)
+                .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status})),
+        )?;
+        if ack.status != AckStatus::Rejected {
+            self.record_interaction_locked(session_peer, Interaction::Success)?;
+        }
+        Ok(Ok(ack))
+    }
+
+    /// Messages in the local inbox after `after_seq`, oldest first.
+    pub fn inbox(&self, after_seq: u64, limit: usize) -> Result<Vec<InboxMessage>> {
+        self.store
+            .inbox_list(after_seq, limit)?
+            .into_iter()
+            .map(|(seq, bytes)| {
+                let mut message: InboxMessage = serde_json::from_slice(&bytes)
+                    .map_err(|_| CoordError::Store(StoreError::Decode { table: "inbox" }))?;
+                message.seq = seq;
+                Ok(message)
+            })
+            .collect()
+    }
+
+    /// Forgets envelope ids older than the dedupe window.
+    pub fn prune_dedupe(&self) -> Result<u64> {
+        Ok(self.store.dedupe_prune_older_than(self.now().saturating_sub(DEDUPE_WINDOW_MS))?)
+    }
+}

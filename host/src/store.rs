@@ -69,6 +69,9 @@ const DEDUPE_BY_TIME: TableDefinition<(u64, &str, &str), ()> =
     TableDefinition::new("dedupe_by_time");
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
+/// The acknowledgement sent for each processed inbound envelope, so a
+/// retransmission gets the same answer without being processed again.
+const INBOUND_ACKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbound_acks");
 
 const SCHEMA_KEY: &str = "schema_version";
 const INBOX_NEXT_KEY: &str = "inbox_next_seq";
@@ -227,6 +230,7 @@ impl Store {
         txn.open_table(DEDUPE_BY_TIME)?;
         txn.open_table(AUDIT)?;
         txn.open_table(INBOX)?;
+        txn.open_table(INBOUND_ACKS)?;
         txn.commit()?;
         Ok(())
     }
@@ -564,14 +568,64 @@ impl Store {
                     })
                 })
                 .collect::<std::result::Result<_, _>>()?;
+            let mut acks = txn.open_table(INBOUND_ACKS)?;
             for (t, s, e) in &old {
                 by_time.remove((*t, s.as_str(), e.as_str()))?;
                 primary.remove((s.as_str(), e.as_str()))?;
+                acks.remove((s.as_str(), e.as_str()))?;
             }
             old.len() as u64
         };
         txn.commit()?;
         Ok(removed)
+    }
+
+    /// Records a processed inbound envelope in one transaction: the dedupe
+    /// entry, the message in the inbox (when it was accepted) and the
+    /// acknowledgement to send. A retransmission of an envelope already
+    /// recorded changes nothing and returns the stored acknowledgement, so
+    /// each envelope is processed exactly once across restarts.
+    pub fn commit_inbound(
+        &self,
+        sender: &str,
+        envelope_id: &str,
+        seen_ms: u64,
+        inbox_message: Option<&[u8]>,
+        ack: &[u8],
+    ) -> Result<InboundCommit> {
+        check_key(sender)?;
+        check_key(envelope_id)?;
+        let txn = self.write_txn()?;
+        let outcome = {
+            let mut dedupe = txn.open_table(DEDUPE)?;
+            let mut acks = txn.open_table(INBOUND_ACKS)?;
+            if dedupe.get((sender, envelope_id))?.is_some() {
+                let stored = acks.get((sender, envelope_id))?.map(|v| v.value().to_vec());
+                InboundCommit::Duplicate { ack: stored }
+            } else {
+                dedupe.insert((sender, envelope_id), seen_ms)?;
+                txn.open_table(DEDUPE_BY_TIME)?
+                    .insert((seen_ms, sender, envelope_id), ())?;
+                acks.insert((sender, envelope_id), ack)?;
+                let inbox_seq = match inbox_message {
+                    Some(message) => Some(push_inbox(&txn, message)?),
+                    None => None,
+                };
+                InboundCommit::Fresh { inbox_seq }
+            }
+        };
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// The acknowledgement stored for an inbound envelope, if it was
+    /// processed and not yet pruned.
+    pub fn inbound_ack(&self, sender: &str, envelope_id: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(INBOUND_ACKS)?
+            .get((sender, envelope_id))?
+            .map(|v| v.value().to_vec()))
     }
 
     // --- inbox ---------------------------------------------------------------
@@ -581,19 +635,7 @@ impl Store {
     /// counter lives in `meta` under `inbox_next_seq`).
     pub fn inbox_push(&self, message: &[u8]) -> Result<u64> {
         let txn = self.write_txn()?;
-        let seq = {
-            let mut meta = txn.open_table(META)?;
-            let stored = match meta.get(INBOX_NEXT_KEY)? {
-                Some(v) => Some(decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?),
-                None => None,
-            };
-            let mut inbox = txn.open_table(INBOX)?;
-            let after_last = inbox.last()?.map_or(1, |(k, _)| k.value() + 1);
-            let seq = stored.unwrap_or(1).max(after_last);
-            inbox.insert(seq, message)?;
-            meta.insert(INBOX_NEXT_KEY, (seq + 1).to_be_bytes().as_slice())?;
-            seq
-        };
+        let seq = push_inbox(&txn, message)?;
         txn.commit()?;
         Ok(seq)
     }
@@ -705,6 +747,38 @@ fn outbox_entry(id: &str, (attempts, next, target, bytes): (u32, u64, &str, &[u8
 // ---------------------------------------------------------------------------
 // Single-daemon lock
 // ---------------------------------------------------------------------------
+
+/// What [`Store::commit_inbound`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundCommit {
+    /// First sight: recorded (with its inbox sequence number when the
+    /// message was accepted into the inbox).
+    Fresh {
+        /// Inbox sequence number, if stored in the inbox.
+        inbox_seq: Option<u64>,
+    },
+    /// Already processed: nothing changed; this is the acknowledgement
+    /// stored the first time (none if it was pruned).
+    Duplicate {
+        /// The stored acknowledgement.
+        ack: Option<Vec<u8>>,
+    },
+}
+
+/// Appends to the inbox inside `txn`; sequence numbers are never reused.
+fn push_inbox(txn: &WriteTransaction, message: &[u8]) -> Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let stored = match meta.get(INBOX_NEXT_KEY)? {
+        Some(v) => Some(decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?),
+        None => None,
+    };
+    let mut inbox = txn.open_table(INBOX)?;
+    let after_last = inbox.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let seq = stored.unwrap_or(1).max(after_last);
+    inbox.insert(seq, message)?;
+    meta.insert(INBOX_NEXT_KEY, (seq + 1).to_be_bytes().as_slice())?;
+    Ok(seq)
+}
 
 /// Failure to take the daemon lock.
 #[derive(Debug, thiserror::Error)]

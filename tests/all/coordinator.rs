@@ -355,3 +355,105 @@ fn state_survives_reopening() {
     assert!(c.audit().verify().unwrap() > 3);
     assert!(c.clock().now_ms() > START_MS - START_MS / 2);
 }
+
+/// Two nodes that know each other, at ATTESTED both ways, on clocks that
+/// agree.
+fn pair() -> (Node, Node) {
+    let alpha = node("alpha");
+    let beta = node("beta");
+    let alpha_manifest = String::from_utf8(alpha.coordinator.manifest().unwrap().to_json()).unwrap();
+    let beta_manifest = String::from_utf8(beta.coordinator.manifest().unwrap().to_json()).unwrap();
+    alpha.coordinator.add_peer(&beta_manifest).unwrap();
+    beta.coordinator.add_peer(&alpha_manifest).unwrap();
+    alpha.coordinator.set_trust("beta", "attested", "bootstrap").unwrap();
+    beta.coordinator.set_trust("alpha", "attested", "bootstrap").unwrap();
+    (alpha, beta)
+}
+
+/// Sends from `from` to `to_id` and returns the signed frame from the outbox.
+fn frame(from: &Node, to_id: &str, message_type: &str, payload: serde_json::Value) -> Vec<u8> {
+    let receipt = from
+        .coordinator
+        .send(SendRequest { peer: to_id.into(), message_type: message_type.into(), payload, budget: None })
+        .unwrap();
+    from.coordinator.store().outbox_get(&receipt.envelope_id).unwrap().unwrap().bytes
+}
+
+#[test]
+fn inbound_envelopes_are_processed_exactly_once() {
+    use agentfed::coordinator::AckStatus;
+    let (alpha, beta) = pair();
+    let bytes = frame(&beta, "alpha", "task-assignment", json!({"task": "mail bob@example.com"}));
+    let ack = alpha.coordinator.receive("beta", &bytes).unwrap().unwrap();
+    assert_eq!(ack.status, AckStatus::Accepted);
+    // A retransmission gets the same acknowledgement and is not stored twice.
+    let again = alpha.coordinator.receive("beta", &bytes).unwrap().unwrap();
+    assert_eq!(again, ack);
+    let inbox = alpha.coordinator.inbox(0, 10).unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].from, "beta");
+    assert_eq!(inbox[0].payload["task"], "mail [REDACTED:email]");
+    // Ping is answered by the handler plugin.
+    let ping = frame(&beta, "alpha", "ping", json!({}));
+    let ack = alpha.coordinator.receive("beta", &ping).unwrap().unwrap();
+    assert_eq!(ack.status, AckStatus::Replied);
+    assert_eq!(ack.reply.unwrap()["type"], "pong");
+    assert_eq!(alpha.coordinator.inbox(0, 10).unwrap().len(), 1);
+    assert!(alpha.coordinator.audit().verify().is_ok());
+}
+
+#[test]
+fn inbound_refusals_have_constant_codes() {
+    use agentfed::coordinator::InboundRefusal as R;
+    let (alpha, beta) = pair();
+    let good = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
+    let refuse = |peer: &str, bytes: &[u8]| alpha.coordinator.receive(peer, bytes).unwrap().unwrap_err();
+    assert_eq!(refuse("beta", b"garbage"), R::MalformedFrame);
+    assert_eq!(refuse("gamma", &good), R::UnknownSender);
+    // Sent to someone else.
+    let gamma = node("gamma");
+    let gamma_manifest = String::from_utf8(gamma.coordinator.manifest().unwrap().to_json()).unwrap();
+    beta.coordinator.add_peer(&gamma_manifest).unwrap();
+    beta.coordinator.set_trust("gamma", "attested", "bootstrap").unwrap();
+    let misaddressed = frame(&beta, "gamma", "task-assignment", json!({"task": "x"}));
+    assert_eq!(refuse("beta", &misaddressed), R::WrongAddress);
+    // Stale: the receiver's clock is 6 minutes ahead.
+    alpha.clock.advance(6 * 60_000);
+    assert_eq!(refuse("beta", &good), R::StaleTimestamp);
+    beta.clock.advance(6 * 60_000);
+    // Capability: alpha sees beta only as VERIFIED.
+    alpha.coordinator.set_trust("beta", "verified", "probation").unwrap();
+    let task = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
+    assert_eq!(refuse("beta", &task), R::CapabilityDenied);
+    // Inbound PII that blocks counts as a threat.
+    alpha.coordinator.set_trust("beta", "attested", "probation over").unwrap();
+    let ssn = {
+        // beta's own outbound scan blocks an SSN at every level, so a
+        // misbehaving sender is simulated by signing as beta directly.
+        let envelope = agentfed::envelope::Envelope {
+            id: agentfed::envelope::random_id(),
+            source: "beta".into(),
+            target: "alpha".into(),
+            session: None,
+            message_type: "task-assignment".into(),
+            payload: json!({"note": "ssn 123-45-6789"}),
+            timestamp_ms: beta.clock.now_ms(),
+            nonce: agentfed::envelope::random_id(),
+            hop_count: 1,
+            budget: agentfed::budget::Budget::with_default_hops(100, 1.0).unwrap(),
+        };
+        envelope.sign(beta.coordinator.identity()).to_frame()
+    };
+    assert_eq!(refuse("beta", &ssn), R::PiiBlocked);
+    // A tampered envelope is a signature failure: beta drops to UNTRUSTED.
+    let mut tampered = frame(&beta, "alpha", "task-assignment", json!({"task": "y"}));
+    let last = tampered.len() - 3;
+    tampered[last] ^= 0x01;
+    assert_eq!(refuse("beta", &tampered), R::BadSignature);
+    assert_eq!(alpha.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Untrusted);
+    // Suspended senders are refused before anything else.
+    alpha.coordinator.evict("beta", "compromised").unwrap();
+    assert_eq!(refuse("beta", &good), R::PeerEvicted);
+    assert!(alpha.coordinator.inbox(0, 10).unwrap().is_empty());
+    assert!(alpha.coordinator.audit().verify().is_ok());
+}
