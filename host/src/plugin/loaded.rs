@@ -329,6 +329,10 @@ impl LoadedPlugin {
     /// returns the message of a panic it printed, if any.
     fn forward_guest_output(&self, store: &Store<StoreState>) -> Option<String> {
         let (text, dropped) = store.data().output.take();
+        let logs_dropped = store.data().log_lines_dropped;
+        if text.is_empty() && dropped == 0 && logs_dropped == 0 {
+            return None; // the common case: nothing to forward
+        }
         let label = self.label();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             tracing::debug!(target: "agentfed::plugin", plugin = %label, "guest output: {line}");
@@ -336,7 +340,6 @@ impl LoadedPlugin {
         if dropped > 0 {
             tracing::debug!(target: "agentfed::plugin", plugin = %label, dropped, "guest output truncated");
         }
-        let logs_dropped = store.data().log_lines_dropped;
         if logs_dropped > 0 {
             tracing::debug!(target: "agentfed::plugin", plugin = %label, logs_dropped, "plugin log lines dropped");
         }

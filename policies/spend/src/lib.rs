@@ -265,7 +265,12 @@ impl SpendPolicy for DefaultSpendPolicy {
         "suspends on $5/day or >50% failures (50+ samples); evicts after 10 more failures or 24h";
 
     fn evaluate(request: SpendRequest) -> Result<SpendDecision, String> {
-        evaluate_with(&request, &HostConfig)
+        // The node config is fixed for an instance's lifetime (a reload
+        // makes new instances), so it is read and validated once; an
+        // invalid value keeps failing closed on every call.
+        static CONFIG: std::sync::OnceLock<Result<Limits, String>> = std::sync::OnceLock::new();
+        let config = CONFIG.get_or_init(|| Limits::from_config(&HostConfig));
+        Ok(decide(&request, config.as_ref().map_err(Clone::clone)?))
     }
 }
 

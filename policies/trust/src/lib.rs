@@ -483,7 +483,12 @@ impl TrustPolicy for DefaultTrustPolicy {
         "reference trust score and thresholds: promotes one level at a time, recommends PRIVILEGED";
 
     fn evaluate(peer: PeerSnapshot) -> Result<TrustDecision, String> {
-        evaluate_with(&peer, &HostConfig)
+        // The node config is fixed for an instance's lifetime (a reload
+        // makes new instances), so it is read and validated once; an
+        // invalid value keeps failing closed on every call.
+        static CONFIG: std::sync::OnceLock<Result<Thresholds, String>> = std::sync::OnceLock::new();
+        let config = CONFIG.get_or_init(|| Thresholds::from_config(&HostConfig));
+        Ok(decide(&peer, config.as_ref().map_err(Clone::clone)?))
     }
 }
 
