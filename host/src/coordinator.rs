@@ -24,8 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::audit::{
-    AuditConfig, AuditError, AuditEvent, AuditLog, ComplianceMode, EventType, PiiOutcome,
-    Severity,
+    AuditConfig, AuditError, AuditEvent, AuditLog, ComplianceMode, EventType, PiiOutcome, Severity,
 };
 use crate::breaker::{self, Actor, GateError};
 use crate::budget::{Budget, BudgetError};
@@ -40,8 +39,8 @@ use crate::model::{
     TrustLevel,
 };
 use crate::plugin::{
-    self, HostContext, Limits, LoadedPlugin, NodeStatus, NodeStatusSource, PluginError,
-    PluginKind, PluginRuntime, PluginSet, PluginSlot, PluginSource, RuntimeOptions,
+    self, HostContext, Limits, LoadedPlugin, NodeStatus, NodeStatusSource, PluginError, PluginKind,
+    PluginRuntime, PluginSet, PluginSlot, PluginSource, RuntimeOptions,
 };
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::trust::{self, Capability};
@@ -68,7 +67,9 @@ pub enum CoordError {
     #[error("{0}")]
     InvalidInput(String),
     /// Not a trust level name.
-    #[error("unknown trust level `{0}`: expected UNTRUSTED, VERIFIED, ATTESTED, TRUSTED or PRIVILEGED")]
+    #[error(
+        "unknown trust level `{0}`: expected UNTRUSTED, VERIFIED, ATTESTED, TRUSTED or PRIVILEGED"
+    )]
     InvalidLevel(String),
     /// Not a message type.
     #[error("unknown message type `{0}`")]
@@ -778,8 +779,12 @@ impl Coordinator {
         let mut by_trust_level = BTreeMap::new();
         let mut by_breaker_state = BTreeMap::new();
         for peer in &peers {
-            *by_trust_level.entry(peer.trust_level.to_string()).or_insert(0) += 1;
-            *by_breaker_state.entry(peer.breaker.state.to_string()).or_insert(0) += 1;
+            *by_trust_level
+                .entry(peer.trust_level.to_string())
+                .or_insert(0) += 1;
+            *by_breaker_state
+                .entry(peer.breaker.state.to_string())
+                .or_insert(0) += 1;
         }
         Ok(StatusView {
             node_id: self.node_id().to_string(),
@@ -800,10 +805,16 @@ impl Coordinator {
         let peers = self.store.list_peers()?;
         let active = peers
             .iter()
-            .filter(|p| p.breaker.state == BreakerState::Active && p.trust_level >= TrustLevel::Verified)
+            .filter(|p| {
+                p.breaker.state == BreakerState::Active && p.trust_level >= TrustLevel::Verified
+            })
             .count();
-        self.live.known_peers.store(peers.len() as u32, Ordering::Relaxed);
-        self.live.active_peers.store(active as u32, Ordering::Relaxed);
+        self.live
+            .known_peers
+            .store(peers.len() as u32, Ordering::Relaxed);
+        self.live
+            .active_peers
+            .store(active as u32, Ordering::Relaxed);
         Ok(())
     }
 
@@ -812,7 +823,12 @@ impl Coordinator {
     /// Every known peer.
     pub fn peers(&self) -> Result<Vec<PeerView>> {
         let now = self.now();
-        Ok(self.store.list_peers()?.iter().map(|r| peer_view(r, now)).collect())
+        Ok(self
+            .store
+            .list_peers()?
+            .iter()
+            .map(|r| peer_view(r, now))
+            .collect())
     }
 
     /// One peer.
@@ -833,7 +849,9 @@ impl Coordinator {
         manifest.verify()?;
         let node_id = manifest.manifest.node_id.clone();
         if node_id == self.node_id() {
-            return Err(CoordError::InvalidInput("that is this node's own manifest".into()));
+            return Err(CoordError::InvalidInput(
+                "that is this node's own manifest".into(),
+            ));
         }
         let _guard = self.lock_decisions();
         if self.store.get_peer(&node_id)?.is_some() {
@@ -844,14 +862,17 @@ impl Coordinator {
         record.trust_level = TrustLevel::Verified;
         self.store.upsert_peer(&record)?;
         self.record(
-            AuditEvent::new(EventType::PeerAdded, format!("peer {node_id} added out of band"))
-                .with_peer(&node_id)
-                .with_actor(crate::audit::ACTOR_OPERATOR)
-                .with_details(json!({
-                    "endpoint": record.manifest.manifest.endpoint,
-                    "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
-                    "trust_level": record.trust_level,
-                })),
+            AuditEvent::new(
+                EventType::PeerAdded,
+                format!("peer {node_id} added out of band"),
+            )
+            .with_peer(&node_id)
+            .with_actor(crate::audit::ACTOR_OPERATOR)
+            .with_details(json!({
+                "endpoint": record.manifest.manifest.endpoint,
+                "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
+                "trust_level": record.trust_level,
+            })),
         )?;
         self.refresh_live_counts()?;
         Ok(peer_view(&record, now))
@@ -919,9 +940,14 @@ impl Coordinator {
                 r.privileged_recommended = false;
             }
         })?;
-        let event =
-            AuditEvent::trust_level_changed(&change.peer, change.from, change.to, actor, &change.reason)
-                .with_actor(change.actor.clone());
+        let event = AuditEvent::trust_level_changed(
+            &change.peer,
+            change.from,
+            change.to,
+            actor,
+            &change.reason,
+        )
+        .with_actor(change.actor.clone());
         self.record(event)?;
         self.refresh_live_counts()
     }
@@ -938,9 +964,17 @@ impl Coordinator {
         let plugin = self.plugins.trust.get();
         let decision = match plugin.evaluate_trust(&snapshot(&record, now)) {
             Ok(decision) => decision,
-            Err(err) => return self.plugin_failed(&plugin, Some(node_id), err).map(|code| TrustOutcome::PluginFailed { code }),
+            Err(err) => {
+                return self
+                    .plugin_failed(&plugin, Some(node_id), err)
+                    .map(|code| TrustOutcome::PluginFailed { code });
+            }
         };
-        let score = if decision.score.is_finite() { decision.score.clamp(0.0, 1.0) } else { 0.0 };
+        let score = if decision.score.is_finite() {
+            decision.score.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let components = score_components(&decision.components);
         let current = record.trust_level;
         let verdict = match decision.action {
@@ -950,9 +984,14 @@ impl Coordinator {
                 if current == TrustLevel::Untrusted {
                     Err("a plugin cannot promote an UNTRUSTED peer (VERIFIED comes from a handshake or an operator)".to_string())
                 } else if to == TrustLevel::Privileged {
-                    Err("a plugin cannot promote to PRIVILEGED; it may only recommend it".to_string())
+                    Err(
+                        "a plugin cannot promote to PRIVILEGED; it may only recommend it"
+                            .to_string(),
+                    )
                 } else if Some(to) != current.next_up() {
-                    Err(format!("a plugin may only promote one level ({current} -> {to} refused)"))
+                    Err(format!(
+                        "a plugin may only promote one level ({current} -> {to} refused)"
+                    ))
                 } else {
                     Ok(Some(to))
                 }
@@ -962,18 +1001,23 @@ impl Coordinator {
                 if to < current {
                     Ok(Some(to))
                 } else {
-                    Err(format!("a demotion must lower the level ({current} -> {to} refused)"))
+                    Err(format!(
+                        "a demotion must lower the level ({current} -> {to} refused)"
+                    ))
                 }
             }
             plugin::TrustAction::RecommendPrivileged => {
                 if current == TrustLevel::Trusted {
                     Ok(None)
                 } else {
-                    Err(format!("PRIVILEGED can only be recommended for a TRUSTED peer, not {current}"))
+                    Err(format!(
+                        "PRIVILEGED can only be recommended for a TRUSTED peer, not {current}"
+                    ))
                 }
             }
         };
-        let recommend = matches!(decision.action, plugin::TrustAction::RecommendPrivileged) && verdict.is_ok();
+        let recommend =
+            matches!(decision.action, plugin::TrustAction::RecommendPrivileged) && verdict.is_ok();
         let newly_recommended = recommend && !record.privileged_recommended;
         self.store.update_peer(node_id, |r| {
             r.score = score;
@@ -985,11 +1029,14 @@ impl Coordinator {
         match verdict {
             Err(reason) => {
                 self.record(
-                    AuditEvent::new(EventType::PluginFailed, format!("trust decision refused: {reason}"))
-                        .with_peer(node_id)
-                        .with_actor(plugin_actor(&plugin))
-                        .with_severity(Severity::Warning)
-                        .with_details(json!({"kind": "trust", "refused": reason})),
+                    AuditEvent::new(
+                        EventType::PluginFailed,
+                        format!("trust decision refused: {reason}"),
+                    )
+                    .with_peer(node_id)
+                    .with_actor(plugin_actor(&plugin))
+                    .with_severity(Severity::Warning)
+                    .with_details(json!({"kind": "trust", "refused": reason})),
                 )?;
                 Ok(TrustOutcome::Refused { reason })
             }
@@ -1013,20 +1060,34 @@ impl Coordinator {
                             .with_details(json!({"recommendation": "PRIVILEGED", "from": current, "to": current, "reason": decision.reason, "score": score})),
                     )?;
                 }
-                Ok(TrustOutcome::PrivilegedRecommended { score, reason: decision.reason })
+                Ok(TrustOutcome::PrivilegedRecommended {
+                    score,
+                    reason: decision.reason,
+                })
             }
-            Ok(None) => Ok(TrustOutcome::Kept { score, reason: decision.reason }),
+            Ok(None) => Ok(TrustOutcome::Kept {
+                score,
+                reason: decision.reason,
+            }),
         }
     }
 
     /// Audits a plugin failure and returns its code; the caller fails
     /// closed.
-    fn plugin_failed(&self, plugin: &LoadedPlugin, peer: Option<&str>, err: PluginError) -> Result<String> {
+    fn plugin_failed(
+        &self,
+        plugin: &LoadedPlugin,
+        peer: Option<&str>,
+        err: PluginError,
+    ) -> Result<String> {
         let code = err.code().to_string();
-        let mut event = AuditEvent::new(EventType::PluginFailed, format!("{} plugin failed: {err}", plugin.kind()))
-            .with_actor(plugin_actor(plugin))
-            .with_severity(Severity::Error)
-            .with_details(json!({"kind": plugin.kind(), "code": code}));
+        let mut event = AuditEvent::new(
+            EventType::PluginFailed,
+            format!("{} plugin failed: {err}", plugin.kind()),
+        )
+        .with_actor(plugin_actor(plugin))
+        .with_severity(Severity::Error)
+        .with_details(json!({"kind": plugin.kind(), "code": code}));
         if let Some(peer) = peer {
             event = event.with_peer(peer);
         }
@@ -1037,12 +1098,20 @@ impl Coordinator {
 
     /// Records one interaction with a peer, applies the host's threat
     /// rules, and re-evaluates its trust.
-    pub fn record_interaction(&self, node_id: &str, interaction: Interaction) -> Result<TrustOutcome> {
+    pub fn record_interaction(
+        &self,
+        node_id: &str,
+        interaction: Interaction,
+    ) -> Result<TrustOutcome> {
         let _guard = self.lock_decisions();
         self.record_interaction_locked(node_id, interaction)
     }
 
-    fn record_interaction_locked(&self, node_id: &str, interaction: Interaction) -> Result<TrustOutcome> {
+    fn record_interaction_locked(
+        &self,
+        node_id: &str,
+        interaction: Interaction,
+    ) -> Result<TrustOutcome> {
         let now = self.now();
         let mut recent_threats = 0;
         let updated = self.store.update_peer(node_id, |r| {
@@ -1073,15 +1142,31 @@ impl Coordinator {
         let record = updated.ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))?;
         let threat_rule = match interaction {
             Interaction::SignatureFailure => Some("signature failure"),
-            Interaction::Threat if recent_threats >= 2 => Some("two threat detections within an hour"),
+            Interaction::Threat if recent_threats >= 2 => {
+                Some("two threat detections within an hour")
+            }
             _ => None,
         };
         if interaction == Interaction::Threat || interaction == Interaction::SignatureFailure {
-            let event_type = if interaction == Interaction::Threat { EventType::ThreatDetected } else { EventType::SignatureInvalid };
+            let event_type = if interaction == Interaction::Threat {
+                EventType::ThreatDetected
+            } else {
+                EventType::SignatureInvalid
+            };
             self.record(
-                AuditEvent::new(event_type, format!("{} from {node_id}", if interaction == Interaction::Threat { "threat detected" } else { "invalid signature" }))
-                    .with_peer(node_id)
-                    .with_details(json!({"threats_last_hour": recent_threats})),
+                AuditEvent::new(
+                    event_type,
+                    format!(
+                        "{} from {node_id}",
+                        if interaction == Interaction::Threat {
+                            "threat detected"
+                        } else {
+                            "invalid signature"
+                        }
+                    ),
+                )
+                .with_peer(node_id)
+                .with_details(json!({"threats_last_hour": recent_threats})),
             )?;
         }
         if let Some(rule) = threat_rule
@@ -1096,8 +1181,11 @@ impl Coordinator {
             };
             self.apply_trust_change(&change, Actor::Plugin)?;
             self.record(
-                AuditEvent::new(EventType::ThreatBlocked, format!("{node_id} dropped to UNTRUSTED: {rule}"))
-                    .with_peer(node_id),
+                AuditEvent::new(
+                    EventType::ThreatBlocked,
+                    format!("{node_id} dropped to UNTRUSTED: {rule}"),
+                )
+                .with_peer(node_id),
             )?;
             return Ok(TrustOutcome::Changed(change));
         }
@@ -1154,7 +1242,10 @@ impl Coordinator {
     /// count as 0 for the breaker.
     pub fn report_spend(&self, report: SpendReport) -> Result<SpendOutcome> {
         validate_task_id(&report.task_id)?;
-        if !report.tokens.is_finite() || report.tokens.fract() != 0.0 || report.tokens.abs() > MAX_REPORT_TOKENS {
+        if !report.tokens.is_finite()
+            || report.tokens.fract() != 0.0
+            || report.tokens.abs() > MAX_REPORT_TOKENS
+        {
             return Err(CoordError::InvalidInput(format!(
                 "tokens must be a whole number of magnitude at most {MAX_REPORT_TOKENS:e}"
             )));
@@ -1186,7 +1277,11 @@ impl Coordinator {
             report.usd,
             report.success,
         ))?;
-        let interaction = if report.success { Interaction::Success } else { Interaction::Failure };
+        let interaction = if report.success {
+            Interaction::Success
+        } else {
+            Interaction::Failure
+        };
         let trust = self.record_interaction_locked(&report.peer, interaction)?;
         let breaker = self.evaluate_breaker_locked(&report.peer)?;
         Ok(SpendOutcome { breaker, trust })
@@ -1210,7 +1305,10 @@ impl Coordinator {
                 state: to_wit_breaker(record.breaker.state),
                 since_ms: record.breaker.since_ms,
                 reason: record.breaker.reason.clone(),
-                failures_since_suspend: record.breaker.failures_since_suspend.min(u64::from(u32::MAX)) as u32,
+                failures_since_suspend: record
+                    .breaker
+                    .failures_since_suspend
+                    .min(u64::from(u32::MAX)) as u32,
             },
             last_hour: window(HOUR_MS)?,
             last_day: window(DAY_MS)?,
@@ -1243,24 +1341,35 @@ impl Coordinator {
             }
         };
         let (target, reason) = match decision {
-            plugin::SpendDecision::None | plugin::SpendDecision::ReactivateEligible => return Ok(unchanged),
+            plugin::SpendDecision::None | plugin::SpendDecision::ReactivateEligible => {
+                return Ok(unchanged);
+            }
             plugin::SpendDecision::Suspend(reason) => (BreakerState::Suspended, reason),
             plugin::SpendDecision::Evict(reason) => (BreakerState::Evicted, reason),
         };
         match breaker::transition(record.breaker.state, target, Actor::Plugin) {
             Ok(_) => {
                 let reason = clip_reason(&reason);
-                let change = self.apply_breaker(&record, target, &plugin_actor(&plugin), Actor::Plugin, &reason)?;
+                let change = self.apply_breaker(
+                    &record,
+                    target,
+                    &plugin_actor(&plugin),
+                    Actor::Plugin,
+                    &reason,
+                )?;
                 Ok(BreakerOutcome::Changed(change))
             }
             Err(illegal) => {
                 let reason = illegal.to_string();
                 self.record(
-                    AuditEvent::new(EventType::PluginFailed, format!("breaker decision refused: {reason}"))
-                        .with_peer(node_id)
-                        .with_actor(plugin_actor(&plugin))
-                        .with_severity(Severity::Warning)
-                        .with_details(json!({"kind": "spend", "refused": reason})),
+                    AuditEvent::new(
+                        EventType::PluginFailed,
+                        format!("breaker decision refused: {reason}"),
+                    )
+                    .with_peer(node_id)
+                    .with_actor(plugin_actor(&plugin))
+                    .with_severity(Severity::Warning)
+                    .with_details(json!({"kind": "spend", "refused": reason})),
                 )?;
                 Ok(BreakerOutcome::Refused { reason })
             }
@@ -1287,7 +1396,8 @@ impl Coordinator {
             };
         })?;
         self.record(
-            AuditEvent::breaker(record.node_id(), to, actor, reason, &correlation).with_actor(actor_name.to_string()),
+            AuditEvent::breaker(record.node_id(), to, actor, reason, &correlation)
+                .with_actor(actor_name.to_string()),
         )?;
         self.refresh_live_counts()?;
         Ok(BreakerChange {
@@ -1311,13 +1421,24 @@ impl Coordinator {
         self.operator_breaker(node_id, BreakerState::Active, reason)
     }
 
-    fn operator_breaker(&self, node_id: &str, to: BreakerState, reason: &str) -> Result<BreakerChange> {
+    fn operator_breaker(
+        &self,
+        node_id: &str,
+        to: BreakerState,
+        reason: &str,
+    ) -> Result<BreakerChange> {
         let reason = validate_reason(reason)?;
         let _guard = self.lock_decisions();
         let record = self.peer_record(node_id)?;
         breaker::transition(record.breaker.state, to, Actor::Operator)
             .map_err(|e| CoordError::IllegalTransition(e.to_string()))?;
-        self.apply_breaker(&record, to, crate::audit::ACTOR_OPERATOR, Actor::Operator, &reason)
+        self.apply_breaker(
+            &record,
+            to,
+            crate::audit::ACTOR_OPERATOR,
+            Actor::Operator,
+            &reason,
+        )
     }
 
     /// Breaker state of one peer or all.
@@ -1330,8 +1451,12 @@ impl Coordinator {
         records
             .iter()
             .map(|r| {
-                let hour = self.store.spend_window(r.node_id(), now.saturating_sub(HOUR_MS))?;
-                let day = self.store.spend_window(r.node_id(), now.saturating_sub(DAY_MS))?;
+                let hour = self
+                    .store
+                    .spend_window(r.node_id(), now.saturating_sub(HOUR_MS))?;
+                let day = self
+                    .store
+                    .spend_window(r.node_id(), now.saturating_sub(DAY_MS))?;
                 Ok(BreakerView {
                     node_id: r.node_id().to_string(),
                     breaker: r.breaker.clone(),
@@ -1372,38 +1497,71 @@ impl Coordinator {
         let result = match plugin.scan_pii(&request) {
             Ok(result) => result,
             Err(err) => {
-                self.plugin_failed(&plugin, Some(peer), PluginError::Refused { plugin: plugin.label(), reason: err.code().into() })?;
-                self.record(AuditEvent::pii(PiiOutcome::Blocked, Some(peer), &[("plugin_failure", 1)]))?;
+                self.plugin_failed(
+                    &plugin,
+                    Some(peer),
+                    PluginError::Refused {
+                        plugin: plugin.label(),
+                        reason: err.code().into(),
+                    },
+                )?;
+                self.record(AuditEvent::pii(
+                    PiiOutcome::Blocked,
+                    Some(peer),
+                    &[("plugin_failure", 1)],
+                ))?;
                 return Err(CoordError::Plugin(err));
             }
         };
         let mut counts: BTreeMap<String, u32> = BTreeMap::new();
         let mut blocking: Vec<String> = Vec::new();
         for d in &result.detections {
-            *counts.entry(d.pii_type.clone()).or_default() += 1;
-            if d.action == plugin::PiiAction::Block && !blocking.contains(&d.pii_type) {
-                blocking.push(d.pii_type.clone());
+            let name = d.pii_type.as_str();
+            *counts.entry(name.to_string()).or_default() += 1;
+            if d.action == plugin::PiiAction::Block && !blocking.iter().any(|b| b == name) {
+                blocking.push(name.to_string());
             }
         }
         let count_list: Vec<(&str, u32)> = counts.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         if result.blocked || !blocking.is_empty() {
             blocking.sort();
-            self.record(AuditEvent::pii(PiiOutcome::Blocked, Some(peer), &count_list))?;
+            self.record(AuditEvent::pii(
+                PiiOutcome::Blocked,
+                Some(peer),
+                &count_list,
+            ))?;
             if direction == Direction::Inbound {
                 let _ = self.record_interaction_locked(peer, Interaction::Threat)?;
             }
             return Err(CoordError::PiiBlocked { types: blocking });
         }
         if let Err(err) = crate::pii::apply_rewrites(payload, &request.values, &result.rewritten) {
-            let err = PluginError::Refused { plugin: plugin.label(), reason: err.to_string() };
-            self.plugin_failed(&plugin, Some(peer), PluginError::Refused { plugin: plugin.label(), reason: err.to_string() })?;
+            let err = PluginError::Refused {
+                plugin: plugin.label(),
+                reason: err.to_string(),
+            };
+            self.plugin_failed(
+                &plugin,
+                Some(peer),
+                PluginError::Refused {
+                    plugin: plugin.label(),
+                    reason: err.to_string(),
+                },
+            )?;
             return Err(CoordError::Plugin(err));
         }
         if !counts.is_empty() {
-            let outcome = if result.rewritten.is_empty() { PiiOutcome::Detected } else { PiiOutcome::Stripped };
+            let outcome = if result.rewritten.is_empty() {
+                PiiOutcome::Detected
+            } else {
+                PiiOutcome::Stripped
+            };
             self.record(AuditEvent::pii(outcome, Some(peer), &count_list))?;
         }
-        Ok(PiiReport { counts, rewritten: result.rewritten.len() })
+        Ok(PiiReport {
+            counts,
+            rewritten: result.rewritten.len(),
+        })
     }
 
     // ---- outbound messages ----
@@ -1419,7 +1577,10 @@ impl Coordinator {
         check_gates(&record, capabilities)?;
         let budget = match &request.budget {
             Some(value) => Budget::from_json_value(value)?,
-            None => Budget::with_default_hops(crate::budget::MAX_TOKENS_CEILING, crate::budget::MAX_USD_CEILING)?,
+            None => Budget::with_default_hops(
+                crate::budget::MAX_TOKENS_CEILING,
+                crate::budget::MAX_USD_CEILING,
+            )?,
         };
         let budget = budget.next_hop()?;
         let mut payload = request.payload;
@@ -1492,24 +1653,40 @@ impl Coordinator {
     /// error is returned). Calls in flight finish on the old plugin.
     pub fn reload_plugins(&self, kind: Option<PluginKind>) -> Result<Vec<PluginInfo>> {
         let config = NodeConfig::load(&self.home)?;
-        let kinds: Vec<PluginKind> = kind.map(|k| vec![k]).unwrap_or_else(|| PluginKind::ALL.to_vec());
+        let kinds: Vec<PluginKind> = kind
+            .map(|k| vec![k])
+            .unwrap_or_else(|| PluginKind::ALL.to_vec());
         for kind in kinds {
-            match load_plugin(&self.runtime, &self.home, &config, &self.identity, &self.clock, &self.live, kind) {
+            match load_plugin(
+                &self.runtime,
+                &self.home,
+                &config,
+                &self.identity,
+                &self.clock,
+                &self.live,
+                kind,
+            ) {
                 Ok(plugin) => {
                     let label = plugin.label();
                     let sha = plugin.sha256().to_string();
                     self.plugins.slot(kind).replace(plugin)?;
                     self.record(
-                        AuditEvent::new(EventType::PluginReloaded, format!("{kind} plugin reloaded: {label}"))
-                            .with_actor(crate::audit::ACTOR_OPERATOR)
-                            .with_details(json!({"kind": kind, "plugin": label, "sha256": sha})),
+                        AuditEvent::new(
+                            EventType::PluginReloaded,
+                            format!("{kind} plugin reloaded: {label}"),
+                        )
+                        .with_actor(crate::audit::ACTOR_OPERATOR)
+                        .with_details(json!({"kind": kind, "plugin": label, "sha256": sha})),
                     )?;
                 }
                 Err(err) => {
                     self.record(
-                        AuditEvent::new(EventType::PluginFailed, format!("{kind} plugin reload failed; keeping the previous one: {err}"))
-                            .with_severity(Severity::Error)
-                            .with_details(json!({"kind": kind, "code": err.code()})),
+                        AuditEvent::new(
+                            EventType::PluginFailed,
+                            format!("{kind} plugin reload failed; keeping the previous one: {err}"),
+                        )
+                        .with_severity(Severity::Error)
+                        .with_details(json!({"kind": kind, "code": err.code()})),
                     )?;
                     return Err(err.into());
                 }
@@ -1523,7 +1700,10 @@ impl Coordinator {
     /// Periodic work: trust and breaker evaluation for every peer.
     pub fn tick(&self) -> Result<TickReport> {
         let peers = self.store.list_peers()?;
-        let mut report = TickReport { peers: peers.len(), ..TickReport::default() };
+        let mut report = TickReport {
+            peers: peers.len(),
+            ..TickReport::default()
+        };
         for peer in peers {
             let _guard = self.lock_decisions();
             if let TrustOutcome::Changed(_) = self.evaluate_trust_locked(peer.node_id())? {
@@ -1652,21 +1832,32 @@ impl Coordinator {
     /// plugin → durable record → acknowledgement. A retransmission of an
     /// envelope already processed gets the stored acknowledgement again
     /// and is not processed twice. Refusals are audited with their code.
-    pub fn receive(&self, session_peer: &str, frame: &[u8]) -> Result<std::result::Result<Ack, InboundRefusal>> {
+    pub fn receive(
+        &self,
+        session_peer: &str,
+        frame: &[u8],
+    ) -> Result<std::result::Result<Ack, InboundRefusal>> {
         match self.receive_checked(session_peer, frame)? {
             Ok(ack) => Ok(Ok(ack)),
             Err(refusal) => {
                 self.record(
-                    AuditEvent::new(EventType::MessageRejected, format!("inbound envelope refused: {refusal}"))
-                        .with_peer(session_peer)
-                        .with_details(json!({"reason": refusal.to_string()})),
+                    AuditEvent::new(
+                        EventType::MessageRejected,
+                        format!("inbound envelope refused: {refusal}"),
+                    )
+                    .with_peer(session_peer)
+                    .with_details(json!({"reason": refusal.to_string()})),
                 )?;
                 Ok(Err(refusal))
             }
         }
     }
 
-    fn receive_checked(&self, session_peer: &str, frame: &[u8]) -> Result<std::result::Result<Ack, InboundRefusal>> {
+    fn receive_checked(
+        &self,
+        session_peer: &str,
+        frame: &[u8],
+    ) -> Result<std::result::Result<Ack, InboundRefusal>> {
         use InboundRefusal as R;
         if frame.len() > MAX_FRAME_BYTES {
             return Ok(Err(R::MessageTooLarge));
@@ -1712,9 +1903,16 @@ impl Coordinator {
             return Ok(Err(R::UnknownMessageType));
         };
         let receive = [Capability::Receive];
-        let needs_receive = !matches!(envelope.message_type.as_str(), "ping" | "heartbeat" | "status" | "status-broadcast");
+        let needs_receive = !matches!(
+            envelope.message_type.as_str(),
+            "ping" | "heartbeat" | "status" | "status-broadcast"
+        );
         let extra: &[Capability] = if needs_receive { &receive } else { &[] };
-        if required.iter().chain(extra).any(|&c| !trust::allowed(record.trust_level, c)) {
+        if required
+            .iter()
+            .chain(extra)
+            .any(|&c| !trust::allowed(record.trust_level, c))
+        {
             return Ok(Err(R::CapabilityDenied));
         }
         if envelope.hop_count > envelope.budget.max_hops() {
@@ -1722,7 +1920,13 @@ impl Coordinator {
         }
         let _guard = self.lock_decisions();
         let mut payload = envelope.payload.clone();
-        match self.scan_payload(session_peer, record.trust_level, Direction::Inbound, &envelope.message_type, &mut payload) {
+        match self.scan_payload(
+            session_peer,
+            record.trust_level,
+            Direction::Inbound,
+            &envelope.message_type,
+            &mut payload,
+        ) {
             Ok(_) => {}
             Err(CoordError::PiiBlocked { .. }) => return Ok(Err(R::PiiBlocked)),
             Err(CoordError::Plugin(_)) => return Ok(Err(R::PluginFailed)),
@@ -1757,23 +1961,54 @@ impl Coordinator {
                     received_at_ms: now,
                 };
                 let bytes = serde_json::to_vec(&message).expect("inbox messages serialise");
-                (Ack { envelope_id: envelope.id.clone(), status: AckStatus::Accepted, reply: None, reason: None }, Some(bytes))
+                (
+                    Ack {
+                        envelope_id: envelope.id.clone(),
+                        status: AckStatus::Accepted,
+                        reply: None,
+                        reason: None,
+                    },
+                    Some(bytes),
+                )
             }
             plugin::HandlerDecision::Reply(text) => {
                 let reply = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                (Ack { envelope_id: envelope.id.clone(), status: AckStatus::Replied, reply: Some(reply), reason: None }, None)
+                (
+                    Ack {
+                        envelope_id: envelope.id.clone(),
+                        status: AckStatus::Replied,
+                        reply: Some(reply),
+                        reason: None,
+                    },
+                    None,
+                )
             }
             plugin::HandlerDecision::Reject(reason) => {
                 let reason = clip_reason(&reason);
-                (Ack { envelope_id: envelope.id.clone(), status: AckStatus::Rejected, reply: None, reason: Some(reason) }, None)
+                (
+                    Ack {
+                        envelope_id: envelope.id.clone(),
+                        status: AckStatus::Rejected,
+                        reply: None,
+                        reason: Some(reason),
+                    },
+                    None,
+                )
             }
         };
         let ack_bytes = serde_json::to_vec(&ack).expect("acks serialise");
-        match self.store.commit_inbound(session_peer, &envelope.id, now, inbox.as_deref(), &ack_bytes)? {
+        match self.store.commit_inbound(
+            session_peer,
+            &envelope.id,
+            now,
+            inbox.as_deref(),
+            &ack_bytes,
+        )? {
             crate::store::InboundCommit::Duplicate { ack: Some(stored) } => {
                 return Ok(Ok(serde_json::from_slice(&stored).unwrap_or(ack)));
             }
-            crate::store::InboundCommit::Duplicate { ack: None } | crate::store::InboundCommit::Fresh { .. } => {}
+            crate::store::InboundCommit::Duplicate { ack: None }
+            | crate::store::InboundCommit::Fresh { .. } => {}
         }
         self.record(
             AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
@@ -1802,6 +2037,8 @@ impl Coordinator {
 
     /// Forgets envelope ids older than the dedupe window.
     pub fn prune_dedupe(&self) -> Result<u64> {
-        Ok(self.store.dedupe_prune_older_than(self.now().saturating_sub(DEDUPE_WINDOW_MS))?)
+        Ok(self
+            .store
+            .dedupe_prune_older_than(self.now().saturating_sub(DEDUPE_WINDOW_MS))?)
     }
 }

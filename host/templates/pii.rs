@@ -54,7 +54,7 @@ pub fn decide(request: &ScanRequest, codenames: &[String]) -> ScanResult {
                 last = end;
             }
             detections.push(Detection {
-                value_index: index as u32, pii_type: kind.into(),
+                value_index: index as u32, pii_type: PiiType::from_name(kind),
                 start: start as u32, end: end as u32, confidence: 0.9, action,
             });
         }

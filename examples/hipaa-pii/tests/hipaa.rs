@@ -38,7 +38,7 @@ fn found_at(path: &str, text: &str) -> Vec<(String, String)> {
         .iter()
         .map(|d| {
             (
-                d.pii_type.clone(),
+                d.pii_type.to_string(),
                 text[d.start as usize..d.end as usize].to_string(),
             )
         })

@@ -64,6 +64,16 @@ pub enum PluginCommand {
         #[arg(long, default_value_t = Limits::default().memory_mib)]
         memory_mib: u64,
     },
+    /// Ask the running daemon to reload one plugin slot (or all) from the
+    /// current config; a plugin that fails to load leaves the previous one
+    /// in place.
+    Reload {
+        /// Plugin kind: trust, pii, spend or handler (default: all four).
+        kind: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Scaffold a new plugin crate that builds and passes its own test.
     New {
         /// Plugin kind: trust, pii, spend or handler.
@@ -96,6 +106,7 @@ pub fn run(home: &Path, command: PluginCommand) -> CliResult {
             };
             run_once(home, kind, &plugin, &input, &config, limits)
         }
+        PluginCommand::Reload { kind, json } => super::ops::plugin_reload(home, kind, json),
         PluginCommand::New { kind, name, dir } => {
             let parent = dir.unwrap_or_else(|| PathBuf::from("."));
             let created =
@@ -391,6 +402,10 @@ impl PreparedCall {
             PreparedCall::Pii { request, payload } => {
                 let result = plugin.scan_pii(&request)?;
                 let mut output = json!({"result": result});
+                // Categories print by their snake_case names, as in the audit log.
+                for (i, d) in result.detections.iter().enumerate() {
+                    output["result"]["detections"][i]["pii_type"] = json!(d.pii_type.as_str());
+                }
                 if let Some(mut payload) = payload {
                     output["payload"] = if result.blocked {
                         Value::Null

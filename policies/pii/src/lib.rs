@@ -136,6 +136,7 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use agentfed_guest::pii::{
+    PiiType,
     Detection, PiiPolicy, RewrittenValue, ScanRequest, ScanResult, TrustLevel,
 };
 
@@ -309,7 +310,7 @@ impl Policy {
             .iter()
             .map(|(idx, d)| Detection {
                 value_index: *idx,
-                pii_type: d.finding.pii_type.to_string(),
+                pii_type: PiiType::from_name(d.finding.pii_type),
                 start: d.finding.start as u32,
                 end: d.finding.end as u32,
                 confidence: d.finding.confidence,

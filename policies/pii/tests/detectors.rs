@@ -940,6 +940,6 @@ fn resolved_at(path: &str, text: &str) -> Vec<(String, u32, u32)> {
     scan(&[(path, text)], TrustLevel::Privileged)
         .detections
         .iter()
-        .map(|d| (d.pii_type.clone(), d.start, d.end))
+        .map(|d| (d.pii_type.to_string(), d.start, d.end))
         .collect()
 }
