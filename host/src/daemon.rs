@@ -92,12 +92,19 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     let lock = HomeLock::acquire(home)?;
     // Validate the config first: a clear message, before plugins compile.
     let config = NodeConfig::load(home)?;
+    check_identity_matches(home, &config)?;
     let fake_clock = options.fake_clock_ms.is_some();
     let clock: Arc<dyn Clock> = match options.fake_clock_ms {
         Some(start) => Arc::new(ManualClock::new(start)),
         None => Arc::new(SystemClock),
     };
-    let coordinator = Arc::new(Coordinator::open(home, CoordinatorOptions { clock, ..CoordinatorOptions::default() })?);
+    let coordinator = Arc::new(Coordinator::open(
+        home,
+        CoordinatorOptions {
+            clock,
+            ..CoordinatorOptions::default()
+        },
+    )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("agentfed-daemon")
@@ -131,13 +138,43 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
             // Dropping joins the audit writer after it drained its queue.
             drop(coordinator);
         }
-        Err(_) => tracing::warn!("coordinator still referenced at shutdown; its writes were committed already"),
+        Err(_) => tracing::warn!(
+            "coordinator still referenced at shutdown; its writes were committed already"
+        ),
     }
     drop(lock);
     if result.is_ok() {
         tracing::info!("daemon stopped cleanly");
     }
     result
+}
+
+/// `node.json` (written by `init`, signed into the manifest) is
+/// authoritative for the node id and endpoint. A config naming another
+/// node id is refused; another endpoint is only warned about (a config
+/// without the key yields the default endpoint).
+fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<(), DaemonError> {
+    let identity = crate::identity::Identity::load(home)
+        .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
+    let path = home.join(crate::config::CONFIG_FILE);
+    if !config.node.node_id.is_empty() && config.node.node_id != identity.node_id().as_str() {
+        return Err(DaemonError::Config(ConfigError::Invalid {
+            path,
+            message: format!(
+                "[node] node_id differs from the identity in {} ({}), which is authoritative; make them agree or re-run init",
+                crate::identity::NODE_FILE,
+                identity.node_id()
+            ),
+        }));
+    }
+    if config.node.endpoint != identity.endpoint() {
+        tracing::warn!(
+            config = %config.node.endpoint,
+            node_json = %identity.endpoint(),
+            "[node] endpoint in agentfed.toml differs from node.json; node.json is what peers see"
+        );
+    }
+    Ok(())
 }
 
 async fn serve(
@@ -156,8 +193,10 @@ async fn serve(
             source,
         }
     };
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler for", home))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler for", home))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler for", home))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler for", home))?;
 
     match std::fs::remove_file(socket) {
         Ok(()) => tracing::info!(socket = %socket.display(), "removed stale control socket"),
@@ -172,9 +211,12 @@ async fn serve(
         let pid = std::process::id();
         let started = tokio::task::spawn_blocking(move || {
             c.audit().append(
-                AuditEvent::new(EventType::DaemonStarted, format!("daemon started (pid {pid})"))
-                    .with_actor(crate::audit::ACTOR_SYSTEM)
-                    .with_details(serde_json::json!({"pid": pid, "fake_clock": fake_clock})),
+                AuditEvent::new(
+                    EventType::DaemonStarted,
+                    format!("daemon started (pid {pid})"),
+                )
+                .with_actor(crate::audit::ACTOR_SYSTEM)
+                .with_details(serde_json::json!({"pid": pid, "fake_clock": fake_clock})),
             )
         })
         .await;

@@ -184,7 +184,10 @@ mod tests {
         let signed = envelope().sign(&id);
         let back = SignedEnvelope::from_frame(&signed.to_frame()).unwrap();
         let key = id.verifying_key().to_bytes();
-        assert_eq!(back.open(&key).unwrap(), serde_json::from_slice(&signed.bytes).unwrap());
+        assert_eq!(
+            back.open(&key).unwrap(),
+            serde_json::from_slice(&signed.bytes).unwrap()
+        );
     }
 
     #[test]
@@ -196,7 +199,10 @@ mod tests {
         frame[last] ^= 1;
         let signed = SignedEnvelope::from_frame(&frame).unwrap();
         assert_eq!(signed.open(&key), Err(EnvelopeError::BadSignature));
-        assert_eq!(SignedEnvelope::from_frame(&[2; 80]), Err(EnvelopeError::MalformedFrame));
+        assert_eq!(
+            SignedEnvelope::from_frame(&[2; 80]),
+            Err(EnvelopeError::MalformedFrame)
+        );
     }
 
     #[test]

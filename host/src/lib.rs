@@ -17,6 +17,8 @@
 //! * [`budget`]: per-envelope budgets.
 //! * [`coordinator`]: the node's business logic over store, audit and plugins.
 //! * [`envelope`]: signed envelopes and message types.
+//! * [`transport`]: the wire: pinned TLS 1.3, WebSocket with
+//!   permessage-deflate, the mutual handshake, prioritised streams.
 //! * [`control`]: the versioned control API on the node's Unix socket
 //!   (protocol, server dispatch, blocking client).
 //! * [`daemon`]: `agentfed daemon`: lock, socket, timers, signals.
@@ -49,4 +51,5 @@ pub mod pii;
 pub mod plugin;
 pub mod scaffold;
 pub mod store;
+pub mod transport;
 pub mod trust;

@@ -22,8 +22,13 @@ struct Node {
 }
 
 fn init_home(home: &Path, node_id: &str) {
-    Identity::init(home, &NodeId::parse(node_id).unwrap(), "wss://127.0.0.1:9100", false)
-        .expect("init identity");
+    Identity::init(
+        home,
+        &NodeId::parse(node_id).unwrap(),
+        "wss://127.0.0.1:9100",
+        false,
+    )
+    .expect("init identity");
 }
 
 fn node(node_id: &str) -> Node {
@@ -94,11 +99,20 @@ fn peers_are_added_verified_from_signed_manifests() {
     assert_eq!(view.trust_level, TrustLevel::Verified);
     assert_eq!(view.breaker.state, BreakerState::Active);
     let manifest = peer_manifest("beta");
-    assert!(matches!(n.coordinator.add_peer(&manifest), Err(CoordError::PeerExists(_))));
+    assert!(matches!(
+        n.coordinator.add_peer(&manifest),
+        Err(CoordError::PeerExists(_))
+    ));
     let own = String::from_utf8(n.coordinator.manifest().unwrap().to_json()).unwrap();
-    assert!(matches!(n.coordinator.add_peer(&own), Err(CoordError::InvalidInput(_))));
+    assert!(matches!(
+        n.coordinator.add_peer(&own),
+        Err(CoordError::InvalidInput(_))
+    ));
     n.coordinator.remove_peer("beta").unwrap();
-    assert!(matches!(n.coordinator.remove_peer("beta"), Err(CoordError::UnknownPeer(_))));
+    assert!(matches!(
+        n.coordinator.remove_peer("beta"),
+        Err(CoordError::UnknownPeer(_))
+    ));
     assert!(n.coordinator.audit().verify().is_ok());
 }
 
@@ -119,18 +133,33 @@ fn tampered_and_malformed_manifests_change_nothing() {
 fn trust_is_earned_through_interactions_at_the_default_thresholds() {
     let n = with_peer("alpha", "beta");
     for i in 0..49 {
-        let out = n.coordinator.report_spend(spend("beta", 0.001, true)).unwrap();
-        assert!(!matches!(out.trust, TrustOutcome::Changed(_)), "promoted early at {i}");
+        let out = n
+            .coordinator
+            .report_spend(spend("beta", 0.001, true))
+            .unwrap();
+        assert!(
+            !matches!(out.trust, TrustOutcome::Changed(_)),
+            "promoted early at {i}"
+        );
     }
-    let out = n.coordinator.report_spend(spend("beta", 0.001, true)).unwrap();
+    let out = n
+        .coordinator
+        .report_spend(spend("beta", 0.001, true))
+        .unwrap();
     match out.trust {
         TrustOutcome::Changed(change) => {
-            assert_eq!((change.from, change.to), (TrustLevel::Verified, TrustLevel::Attested));
+            assert_eq!(
+                (change.from, change.to),
+                (TrustLevel::Verified, TrustLevel::Attested)
+            );
             assert!(change.actor.starts_with("plugin:"), "{}", change.actor);
         }
         other => panic!("expected a promotion at 50 interactions, got {other:?}"),
     }
-    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Attested);
+    assert_eq!(
+        n.coordinator.peer("beta").unwrap().trust_level,
+        TrustLevel::Attested
+    );
 }
 
 #[test]
@@ -149,31 +178,50 @@ fn operator_sets_trust_with_a_reason_and_bad_input_changes_nothing() {
         assert_eq!(err.code(), code, "{peer} {level} {reason:?}: {err}");
     }
     assert_eq!(state(&n.coordinator), before);
-    let change = n.coordinator.set_trust("beta", "privileged", "lab machine").unwrap();
+    let change = n
+        .coordinator
+        .set_trust("beta", "privileged", "lab machine")
+        .unwrap();
     assert_eq!(change.to, TrustLevel::Privileged);
     assert_eq!(change.actor, "operator");
     let audit = n.coordinator.audit().query(&Default::default()).unwrap();
-    assert!(audit.iter().any(|r| r.summary.contains("operator bootstrap: lab machine")));
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.summary.contains("operator bootstrap: lab machine"))
+    );
 }
 
 #[test]
 fn plugins_cannot_promote_untrusted_peers() {
     let n = with_peer("alpha", "beta");
-    n.coordinator.set_trust("beta", "untrusted", "testing").unwrap();
+    n.coordinator
+        .set_trust("beta", "untrusted", "testing")
+        .unwrap();
     for _ in 0..60 {
-        n.coordinator.report_spend(spend("beta", 0.0, true)).unwrap();
+        n.coordinator
+            .report_spend(spend("beta", 0.0, true))
+            .unwrap();
     }
-    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Untrusted);
+    assert_eq!(
+        n.coordinator.peer("beta").unwrap().trust_level,
+        TrustLevel::Untrusted
+    );
 }
 
 #[test]
 fn breaker_lifecycle_suspend_refuse_evict_reactivate() {
     let n = with_peer("alpha", "beta");
-    n.coordinator.set_trust("beta", "attested", "bootstrap").unwrap();
+    n.coordinator
+        .set_trust("beta", "attested", "bootstrap")
+        .unwrap();
     // 50 samples in the hour, more than half failed → SUSPENDED.
     let mut suspended = false;
     for i in 0..50 {
-        let out = n.coordinator.report_spend(spend("beta", 0.0, i % 4 == 0)).unwrap();
+        let out = n
+            .coordinator
+            .report_spend(spend("beta", 0.0, i % 4 == 0))
+            .unwrap();
         if let BreakerOutcome::Changed(change) = out.breaker {
             assert_eq!(change.to, BreakerState::Suspended);
             assert_eq!(i, 49, "suspended before 50 samples");
@@ -200,13 +248,31 @@ fn breaker_lifecycle_suspend_refuse_evict_reactivate() {
     n.clock.advance(24 * 3_600_000);
     let report = n.coordinator.tick().unwrap();
     assert_eq!(report.breaker_changes, 1);
-    assert_eq!(n.coordinator.peer("beta").unwrap().breaker.state, BreakerState::Evicted);
+    assert_eq!(
+        n.coordinator.peer("beta").unwrap().breaker.state,
+        BreakerState::Evicted
+    );
     assert_eq!(send().unwrap_err().code(), "PEER_EVICTED");
     // Only the operator brings it back, with a reason.
-    assert_eq!(n.coordinator.reactivate("beta", "").unwrap_err().code(), "INVALID_INPUT");
-    let change = n.coordinator.reactivate("beta", "health probe passed").unwrap();
-    assert_eq!((change.from, change.to), (BreakerState::Evicted, BreakerState::Active));
-    assert_eq!(n.coordinator.reactivate("beta", "again").unwrap_err().code(), "ILLEGAL_TRANSITION");
+    assert_eq!(
+        n.coordinator.reactivate("beta", "").unwrap_err().code(),
+        "INVALID_INPUT"
+    );
+    let change = n
+        .coordinator
+        .reactivate("beta", "health probe passed")
+        .unwrap();
+    assert_eq!(
+        (change.from, change.to),
+        (BreakerState::Evicted, BreakerState::Active)
+    );
+    assert_eq!(
+        n.coordinator
+            .reactivate("beta", "again")
+            .unwrap_err()
+            .code(),
+        "ILLEGAL_TRANSITION"
+    );
     send().expect("sends flow again");
     assert!(n.coordinator.audit().verify().is_ok());
 }
@@ -214,14 +280,23 @@ fn breaker_lifecycle_suspend_refuse_evict_reactivate() {
 #[test]
 fn continued_failures_while_suspended_evict() {
     let n = with_peer("alpha", "beta");
-    let out = n.coordinator.report_spend(spend("beta", 6.0, true)).unwrap();
+    let out = n
+        .coordinator
+        .report_spend(spend("beta", 6.0, true))
+        .unwrap();
     match out.breaker {
-        BreakerOutcome::Changed(change) => assert!(change.reason.contains('$'), "{}", change.reason),
+        BreakerOutcome::Changed(change) => {
+            assert!(change.reason.contains('$'), "{}", change.reason)
+        }
         other => panic!("expected a cost suspension, got {other:?}"),
     }
     for i in 0..10 {
-        let out = n.coordinator.report_spend(spend("beta", 0.0, false)).unwrap();
-        let evicted = matches!(out.breaker, BreakerOutcome::Changed(ref c) if c.to == BreakerState::Evicted);
+        let out = n
+            .coordinator
+            .report_spend(spend("beta", 0.0, false))
+            .unwrap();
+        let evicted =
+            matches!(out.breaker, BreakerOutcome::Changed(ref c) if c.to == BreakerState::Evicted);
         assert_eq!(evicted, i == 9, "eviction at failure {i}");
     }
 }
@@ -239,51 +314,105 @@ fn invalid_spend_reports_change_nothing() {
         (1.0, 0.0, ""),
         (1.0, 0.0, "bad task id"),
     ] {
-        let report = SpendReport { peer: "beta".into(), task_id: task.into(), tokens, usd, success: true };
+        let report = SpendReport {
+            peer: "beta".into(),
+            task_id: task.into(),
+            tokens,
+            usd,
+            success: true,
+        };
         let err = n.coordinator.report_spend(report).unwrap_err();
         assert_eq!(err.code(), "INVALID_INPUT", "{tokens} {usd} {task:?}");
     }
     assert_eq!(state(&n.coordinator), before);
     // Negative spend is accepted (and kept in the audit) but cannot buy
     // credit against the breaker.
-    n.coordinator.report_spend(spend("beta", -100.0, true)).unwrap();
-    n.coordinator.report_spend(spend("beta", 5.5, true)).unwrap();
-    assert_eq!(n.coordinator.peer("beta").unwrap().breaker.state, BreakerState::Suspended);
+    n.coordinator
+        .report_spend(spend("beta", -100.0, true))
+        .unwrap();
+    n.coordinator
+        .report_spend(spend("beta", 5.5, true))
+        .unwrap();
+    assert_eq!(
+        n.coordinator.peer("beta").unwrap().breaker.state,
+        BreakerState::Suspended
+    );
 }
 
 #[test]
 fn sends_pass_gates_budget_and_pii_before_the_outbox() {
     let n = with_peer("alpha", "beta");
-    let send = |message_type: &str, payload: serde_json::Value, budget: Option<serde_json::Value>| {
-        n.coordinator.send(SendRequest { peer: "beta".into(), message_type: message_type.into(), payload, budget })
-    };
+    let send =
+        |message_type: &str, payload: serde_json::Value, budget: Option<serde_json::Value>| {
+            n.coordinator.send(SendRequest {
+                peer: "beta".into(),
+                message_type: message_type.into(),
+                payload,
+                budget,
+            })
+        };
     // VERIFIED may ping but not send tasks.
     send("ping", json!({}), None).unwrap();
     let err = send("task-assignment", json!({"task": "x"}), None).unwrap_err();
     assert_eq!(err.code(), "CAPABILITY_DENIED");
-    n.coordinator.set_trust("beta", "attested", "bootstrap").unwrap();
+    n.coordinator
+        .set_trust("beta", "attested", "bootstrap")
+        .unwrap();
     let before_outbox = n.coordinator.store().outbox_len().unwrap();
     for (budget, code) in [
-        (json!({"max_hops": 0, "max_tokens": 10, "max_usd": 1.0}), "HOP_LIMIT_EXCEEDED"),
-        (json!({"max_hops": 8, "max_tokens": -1, "max_usd": 1.0}), "INVALID_BUDGET"),
-        (json!({"max_hops": 8, "max_tokens": 10, "max_usd": 1e7}), "INVALID_BUDGET"),
+        (
+            json!({"max_hops": 0, "max_tokens": 10, "max_usd": 1.0}),
+            "HOP_LIMIT_EXCEEDED",
+        ),
+        (
+            json!({"max_hops": 8, "max_tokens": -1, "max_usd": 1.0}),
+            "INVALID_BUDGET",
+        ),
+        (
+            json!({"max_hops": 8, "max_tokens": 10, "max_usd": 1e7}),
+            "INVALID_BUDGET",
+        ),
         (json!({"max_hops": "x"}), "INVALID_BUDGET"),
     ] {
-        let err = send("task-assignment", json!({"task": "x"}), Some(budget.clone())).unwrap_err();
+        let err = send(
+            "task-assignment",
+            json!({"task": "x"}),
+            Some(budget.clone()),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), code, "{budget}");
     }
-    assert_eq!(send("launch", json!({}), None).unwrap_err().code(), "UNKNOWN_MESSAGE_TYPE");
+    assert_eq!(
+        send("launch", json!({}), None).unwrap_err().code(),
+        "UNKNOWN_MESSAGE_TYPE"
+    );
     // An SSN blocks at every level; nothing reaches the outbox.
     let err = send("task-assignment", json!({"note": "ssn 123-45-6789"}), None).unwrap_err();
     assert_eq!(err.code(), "PII_BLOCKED");
-    assert!(err.to_string().contains("ssn") && !err.to_string().contains("6789"), "{err}");
+    assert!(
+        err.to_string().contains("ssn") && !err.to_string().contains("6789"),
+        "{err}"
+    );
     assert_eq!(n.coordinator.store().outbox_len().unwrap(), before_outbox);
     // An email is redacted at ATTESTED; the signed frame holds the redaction.
-    let receipt = send("task-assignment", json!({"note": "mail bob@example.com"}), None).unwrap();
+    let receipt = send(
+        "task-assignment",
+        json!({"note": "mail bob@example.com"}),
+        None,
+    )
+    .unwrap();
     assert_eq!(receipt.pii.get("email"), Some(&1));
-    let entry = n.coordinator.store().outbox_get(&receipt.envelope_id).unwrap().unwrap();
+    let entry = n
+        .coordinator
+        .store()
+        .outbox_get(&receipt.envelope_id)
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&entry.bytes);
-    assert!(text.contains("[REDACTED:email]") && !text.contains("bob@example.com"), "{text}");
+    assert!(
+        text.contains("[REDACTED:email]") && !text.contains("bob@example.com"),
+        "{text}"
+    );
     let signed = agentfed::envelope::SignedEnvelope::from_frame(&entry.bytes).unwrap();
     let key = n.coordinator.identity().verifying_key().to_bytes();
     assert_eq!(signed.open(&key).unwrap().target, "beta");
@@ -297,25 +426,51 @@ fn sends_pass_gates_budget_and_pii_before_the_outbox() {
 #[test]
 fn threats_and_signature_failures_drop_to_untrusted() {
     let n = with_peer("alpha", "beta");
-    n.coordinator.set_trust("beta", "trusted", "bootstrap").unwrap();
+    n.coordinator
+        .set_trust("beta", "trusted", "bootstrap")
+        .unwrap();
     let mut payload = json!({"secret": "ssn 123-45-6789"});
     let level = TrustLevel::Trusted;
     let scan = |p: &mut serde_json::Value| {
-        n.coordinator.scan_payload("beta", level, Direction::Inbound, "task-assignment", p)
+        n.coordinator
+            .scan_payload("beta", level, Direction::Inbound, "task-assignment", p)
     };
-    assert_eq!(scan(&mut payload.clone()).unwrap_err().code(), "PII_BLOCKED");
-    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Trusted);
+    assert_eq!(
+        scan(&mut payload.clone()).unwrap_err().code(),
+        "PII_BLOCKED"
+    );
+    assert_eq!(
+        n.coordinator.peer("beta").unwrap().trust_level,
+        TrustLevel::Trusted
+    );
     assert_eq!(scan(&mut payload).unwrap_err().code(), "PII_BLOCKED");
-    assert_eq!(n.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Untrusted);
+    assert_eq!(
+        n.coordinator.peer("beta").unwrap().trust_level,
+        TrustLevel::Untrusted
+    );
 
     let n = with_peer("alpha", "gamma");
-    n.coordinator.set_trust("gamma", "attested", "bootstrap").unwrap();
-    n.coordinator.record_interaction("gamma", Interaction::SignatureFailure).unwrap();
-    assert_eq!(n.coordinator.peer("gamma").unwrap().trust_level, TrustLevel::Untrusted);
+    n.coordinator
+        .set_trust("gamma", "attested", "bootstrap")
+        .unwrap();
+    n.coordinator
+        .record_interaction("gamma", Interaction::SignatureFailure)
+        .unwrap();
+    assert_eq!(
+        n.coordinator.peer("gamma").unwrap().trust_level,
+        TrustLevel::Untrusted
+    );
     // The operator may re-admit; the old failure does not undo it.
-    n.coordinator.set_trust("gamma", "verified", "key rotated, re-verified").unwrap();
-    n.coordinator.record_interaction("gamma", Interaction::Success).unwrap();
-    assert_eq!(n.coordinator.peer("gamma").unwrap().trust_level, TrustLevel::Verified);
+    n.coordinator
+        .set_trust("gamma", "verified", "key rotated, re-verified")
+        .unwrap();
+    n.coordinator
+        .record_interaction("gamma", Interaction::Success)
+        .unwrap();
+    assert_eq!(
+        n.coordinator.peer("gamma").unwrap().trust_level,
+        TrustLevel::Verified
+    );
 }
 
 #[test]
@@ -324,16 +479,25 @@ fn a_bad_plugin_reload_keeps_the_previous_plugin() {
     init_home(home.path(), "alpha");
     let c = Coordinator::open(home.path(), options()).unwrap();
     let before = c.plugins();
-    std::fs::write(home.path().join("agentfed.toml"), "[plugins.trust]\npath = \"missing.wasm\"\n").unwrap();
+    std::fs::write(
+        home.path().join("agentfed.toml"),
+        "[plugins.trust]\npath = \"missing.wasm\"\n",
+    )
+    .unwrap();
     let err = c.reload_plugins(None).unwrap_err();
     assert_eq!(err.code(), "PLUGIN_FAILED");
     assert_eq!(c.plugins()[0].sha256, before[0].sha256);
     std::fs::write(
         home.path().join("agentfed.toml"),
-        format!("[plugins.trust]\npath = {:?}\n", agentfed_test_artifacts::ALLOWLIST_TRUST),
+        format!(
+            "[plugins.trust]\npath = {:?}\n",
+            agentfed_test_artifacts::ALLOWLIST_TRUST
+        ),
     )
     .unwrap();
-    let after = c.reload_plugins(Some(agentfed::plugin::PluginKind::Trust)).unwrap();
+    let after = c
+        .reload_plugins(Some(agentfed::plugin::PluginKind::Trust))
+        .unwrap();
     assert_eq!(after[0].name, "allowlist-trust");
 }
 
@@ -361,12 +525,18 @@ fn state_survives_reopening() {
 fn pair() -> (Node, Node) {
     let alpha = node("alpha");
     let beta = node("beta");
-    let alpha_manifest = String::from_utf8(alpha.coordinator.manifest().unwrap().to_json()).unwrap();
+    let alpha_manifest =
+        String::from_utf8(alpha.coordinator.manifest().unwrap().to_json()).unwrap();
     let beta_manifest = String::from_utf8(beta.coordinator.manifest().unwrap().to_json()).unwrap();
     alpha.coordinator.add_peer(&beta_manifest).unwrap();
     beta.coordinator.add_peer(&alpha_manifest).unwrap();
-    alpha.coordinator.set_trust("beta", "attested", "bootstrap").unwrap();
-    beta.coordinator.set_trust("alpha", "attested", "bootstrap").unwrap();
+    alpha
+        .coordinator
+        .set_trust("beta", "attested", "bootstrap")
+        .unwrap();
+    beta.coordinator
+        .set_trust("alpha", "attested", "bootstrap")
+        .unwrap();
     (alpha, beta)
 }
 
@@ -374,16 +544,31 @@ fn pair() -> (Node, Node) {
 fn frame(from: &Node, to_id: &str, message_type: &str, payload: serde_json::Value) -> Vec<u8> {
     let receipt = from
         .coordinator
-        .send(SendRequest { peer: to_id.into(), message_type: message_type.into(), payload, budget: None })
+        .send(SendRequest {
+            peer: to_id.into(),
+            message_type: message_type.into(),
+            payload,
+            budget: None,
+        })
         .unwrap();
-    from.coordinator.store().outbox_get(&receipt.envelope_id).unwrap().unwrap().bytes
+    from.coordinator
+        .store()
+        .outbox_get(&receipt.envelope_id)
+        .unwrap()
+        .unwrap()
+        .bytes
 }
 
 #[test]
 fn inbound_envelopes_are_processed_exactly_once() {
     use agentfed::coordinator::AckStatus;
     let (alpha, beta) = pair();
-    let bytes = frame(&beta, "alpha", "task-assignment", json!({"task": "mail bob@example.com"}));
+    let bytes = frame(
+        &beta,
+        "alpha",
+        "task-assignment",
+        json!({"task": "mail bob@example.com"}),
+    );
     let ack = alpha.coordinator.receive("beta", &bytes).unwrap().unwrap();
     assert_eq!(ack.status, AckStatus::Accepted);
     // A retransmission gets the same acknowledgement and is not stored twice.
@@ -407,14 +592,18 @@ fn inbound_refusals_have_constant_codes() {
     use agentfed::coordinator::InboundRefusal as R;
     let (alpha, beta) = pair();
     let good = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
-    let refuse = |peer: &str, bytes: &[u8]| alpha.coordinator.receive(peer, bytes).unwrap().unwrap_err();
+    let refuse =
+        |peer: &str, bytes: &[u8]| alpha.coordinator.receive(peer, bytes).unwrap().unwrap_err();
     assert_eq!(refuse("beta", b"garbage"), R::MalformedFrame);
     assert_eq!(refuse("gamma", &good), R::UnknownSender);
     // Sent to someone else.
     let gamma = node("gamma");
-    let gamma_manifest = String::from_utf8(gamma.coordinator.manifest().unwrap().to_json()).unwrap();
+    let gamma_manifest =
+        String::from_utf8(gamma.coordinator.manifest().unwrap().to_json()).unwrap();
     beta.coordinator.add_peer(&gamma_manifest).unwrap();
-    beta.coordinator.set_trust("gamma", "attested", "bootstrap").unwrap();
+    beta.coordinator
+        .set_trust("gamma", "attested", "bootstrap")
+        .unwrap();
     let misaddressed = frame(&beta, "gamma", "task-assignment", json!({"task": "x"}));
     assert_eq!(refuse("beta", &misaddressed), R::WrongAddress);
     // Stale: the receiver's clock is 6 minutes ahead.
@@ -422,11 +611,17 @@ fn inbound_refusals_have_constant_codes() {
     assert_eq!(refuse("beta", &good), R::StaleTimestamp);
     beta.clock.advance(6 * 60_000);
     // Capability: alpha sees beta only as VERIFIED.
-    alpha.coordinator.set_trust("beta", "verified", "probation").unwrap();
+    alpha
+        .coordinator
+        .set_trust("beta", "verified", "probation")
+        .unwrap();
     let task = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
     assert_eq!(refuse("beta", &task), R::CapabilityDenied);
     // Inbound PII that blocks counts as a threat.
-    alpha.coordinator.set_trust("beta", "attested", "probation over").unwrap();
+    alpha
+        .coordinator
+        .set_trust("beta", "attested", "probation over")
+        .unwrap();
     let ssn = {
         // beta's own outbound scan blocks an SSN at every level, so a
         // misbehaving sender is simulated by signing as beta directly.
@@ -450,7 +645,10 @@ fn inbound_refusals_have_constant_codes() {
     let last = tampered.len() - 3;
     tampered[last] ^= 0x01;
     assert_eq!(refuse("beta", &tampered), R::BadSignature);
-    assert_eq!(alpha.coordinator.peer("beta").unwrap().trust_level, TrustLevel::Untrusted);
+    assert_eq!(
+        alpha.coordinator.peer("beta").unwrap().trust_level,
+        TrustLevel::Untrusted
+    );
     // Suspended senders are refused before anything else.
     alpha.coordinator.evict("beta", "compromised").unwrap();
     assert_eq!(refuse("beta", &good), R::PeerEvicted);

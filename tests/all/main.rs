@@ -5,7 +5,11 @@
 
 mod cli;
 mod coordinator;
+mod daemon;
+mod harness;
 mod hostile;
 mod loading;
+mod node;
 mod policies;
 mod support;
+mod transport;

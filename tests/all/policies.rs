@@ -322,30 +322,85 @@ fn pii_request(text: &str, level: TrustLevel) -> ScanRequest {
 fn default_pii_action_table_through_the_component() {
     use PiiAction::{Block as B, Hash as H, Pass as P, Redact as R};
     let cases: [(&str, &str, &str, [PiiAction; 5]); 14] = [
-        ("email", "mail bob@example.com now", "bob@example.com", [B, B, R, H, P]),
+        (
+            "email",
+            "mail bob@example.com now",
+            "bob@example.com",
+            [B, B, R, H, P],
+        ),
         ("ssn", "ssn 123-45-6789 ok", "123-45-6789", [B; 5]),
-        ("credit_card", "card 4111 1111 1111 1111 ok", "4111 1111 1111 1111", [B; 5]),
-        ("api_key", "key sk-proj-Abc123Def456Ghi789Jkl012 ok", "sk-proj-Abc123Def456Ghi789Jkl012", [B, B, B, B, R]),
-        ("password", "login with password=hunter2 ok", "hunter2", [B; 5]),
-        ("name", "ask Dr. Jane Smith today", "Dr. Jane Smith", [B, B, R, R, P]),
-        ("address", "ship to 221B Baker Street please", "221B Baker Street", [B, B, R, R, P]),
-        ("phone", "call 555-123-4567 now", "555-123-4567", [B, B, R, H, P]),
-        ("ip_address", "host 192.0.2.14 is up", "192.0.2.14", [B, B, H, H, P]),
+        (
+            "credit_card",
+            "card 4111 1111 1111 1111 ok",
+            "4111 1111 1111 1111",
+            [B; 5],
+        ),
+        (
+            "api_key",
+            "key sk-proj-Abc123Def456Ghi789Jkl012 ok",
+            "sk-proj-Abc123Def456Ghi789Jkl012",
+            [B, B, B, B, R],
+        ),
+        (
+            "password",
+            "login with password=hunter2 ok",
+            "hunter2",
+            [B; 5],
+        ),
+        (
+            "name",
+            "ask Dr. Jane Smith today",
+            "Dr. Jane Smith",
+            [B, B, R, R, P],
+        ),
+        (
+            "address",
+            "ship to 221B Baker Street please",
+            "221B Baker Street",
+            [B, B, R, R, P],
+        ),
+        (
+            "phone",
+            "call 555-123-4567 now",
+            "555-123-4567",
+            [B, B, R, H, P],
+        ),
+        (
+            "ip_address",
+            "host 192.0.2.14 is up",
+            "192.0.2.14",
+            [B, B, H, H, P],
+        ),
         (
             "jwt",
             "jwt eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end",
             "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
             [B, B, B, B, R],
         ),
-        ("aws_key", "id AKIAIOSFODNN7EXAMPLE end", "AKIAIOSFODNN7EXAMPLE", [B; 5]),
+        (
+            "aws_key",
+            "id AKIAIOSFODNN7EXAMPLE end",
+            "AKIAIOSFODNN7EXAMPLE",
+            [B; 5],
+        ),
         (
             "private_key",
             "key: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY----- end",
             "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
             [B; 5],
         ),
-        ("database_url", "db postgres://app:Zx9qLm2P@db.internal:5432/app ok", "postgres://app:Zx9qLm2P@db.internal:5432/app", [B, B, B, B, R]),
-        ("github_token", "tok ghp_0123456789abcdefghijABCDEFGHIJ012345 ok", "ghp_0123456789abcdefghijABCDEFGHIJ012345", [B, B, B, B, R]),
+        (
+            "database_url",
+            "db postgres://app:Zx9qLm2P@db.internal:5432/app ok",
+            "postgres://app:Zx9qLm2P@db.internal:5432/app",
+            [B, B, B, B, R],
+        ),
+        (
+            "github_token",
+            "tok ghp_0123456789abcdefghijABCDEFGHIJ012345 ok",
+            "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            [B, B, B, B, R],
+        ),
     ];
     let rt = runtime(None);
     let pii = load_default(&rt, PluginKind::Pii);
@@ -358,7 +413,11 @@ fn default_pii_action_table_through_the_component() {
                 .iter()
                 .find(|d| d.pii_type == pii_type)
                 .unwrap_or_else(|| panic!("{what}: not detected in {:?}", result.detections));
-            assert_eq!(&text[detection.start as usize..detection.end as usize], secret, "{what}: span");
+            assert_eq!(
+                &text[detection.start as usize..detection.end as usize],
+                secret,
+                "{what}: span"
+            );
             assert_eq!(detection.action, expected, "{what}: action");
             assert_eq!(result.blocked, expected == B, "{what}: blocked");
             let rewritten = result.rewritten.first().map(|r| r.value.as_str());
@@ -366,14 +425,20 @@ fn default_pii_action_table_through_the_component() {
                 B | P => assert_eq!(rewritten, None, "{what}: nothing rewritten"),
                 R => assert_eq!(
                     rewritten,
-                    Some(text.replace(secret, &format!("[REDACTED:{pii_type}]")).as_str()),
+                    Some(
+                        text.replace(secret, &format!("[REDACTED:{pii_type}]"))
+                            .as_str()
+                    ),
                     "{what}"
                 ),
                 H => {
                     let hash = agentfed::plugin::keyed_hash(&[7; 32], secret.as_bytes());
                     assert_eq!(
                         rewritten,
-                        Some(text.replace(secret, &format!("[HASH:{pii_type}:{hash}]")).as_str()),
+                        Some(
+                            text.replace(secret, &format!("[HASH:{pii_type}:{hash}]"))
+                                .as_str()
+                        ),
                         "{what}"
                     );
                 }
@@ -408,11 +473,21 @@ fn hipaa_example_adds_medical_identifiers_and_is_stricter() {
         relaxed_limits(),
     );
     let result = plugin
-        .scan_pii(&pii_request("Patient MRN 12345678, DOB 1980-04-12, dx E11.9", TrustLevel::Trusted))
+        .scan_pii(&pii_request(
+            "Patient MRN 12345678, DOB 1980-04-12, dx E11.9",
+            TrustLevel::Trusted,
+        ))
         .unwrap();
-    let types: Vec<&str> = result.detections.iter().map(|d| d.pii_type.as_str()).collect();
+    let types: Vec<&str> = result
+        .detections
+        .iter()
+        .map(|d| d.pii_type.as_str())
+        .collect();
     for expected in ["medical_record_number", "date_of_birth", "diagnosis_code"] {
-        assert!(types.contains(&expected), "{expected} missing from {types:?}");
+        assert!(
+            types.contains(&expected),
+            "{expected} missing from {types:?}"
+        );
     }
     assert!(result.blocked);
     // The default policy passes emails at PRIVILEGED; HIPAA never does.

@@ -1,14 +1,17 @@
 //! The `agentfed` command line.
 //!
-//! Exit codes: 0 success; 1 the operation ran and failed (e.g. a plugin
-//! trapped or refused, which the node would treat as fail-closed); 2 bad
-//! usage or bad input (nothing was changed).
+//! Exit codes: 0 success; 1 the operation ran and failed or was refused
+//! (e.g. a plugin trapped, `PEER_SUSPENDED`, a tampered audit chain); 2 bad
+//! usage or bad input (nothing was changed); 3 no daemon is running for the
+//! home (verbs that talk to the daemon; the message says how to start it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod node;
+mod ops;
 mod plugin;
 
 /// agentfed: federate AI-agent installations with graded trust, bounded
@@ -46,7 +49,38 @@ pub enum LogFormat {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Policy plugins: list, inspect, try out, and scaffold new ones.
+    /// Create a node: keys (0600), TLS certificate, node.json and a
+    /// documented agentfed.toml with every default written out.
+    Init(node::InitArgs),
+    /// Print this node's signed manifest (JSON), or verify one.
+    Manifest(node::ManifestArgs),
+    /// Run the node: serve the control socket, run the timers. Stops
+    /// cleanly on SIGINT/SIGTERM.
+    Daemon(node::DaemonArgs),
+    /// The node at a glance (via the daemon).
+    Status(ops::JsonFlag),
+    /// List peers (table; --json), or add/remove/show one.
+    Peers(ops::PeersArgs),
+    /// Show or set trust levels.
+    #[command(subcommand)]
+    Trust(ops::TrustCommand),
+    /// Circuit-breaker state per peer.
+    #[command(subcommand)]
+    Breaker(ops::BreakerCommand),
+    /// Evict a peer (operator; from ACTIVE or SUSPENDED).
+    Evict(ops::BreakerChangeArgs),
+    /// Reactivate a SUSPENDED or EVICTED peer (operator only).
+    Reactivate(ops::BreakerChangeArgs),
+    /// Report spend of completed work.
+    #[command(subcommand)]
+    Spend(ops::SpendCommand),
+    /// Send a typed message to a peer (gates, budget, PII, signature,
+    /// durable outbox).
+    Send(ops::SendArgs),
+    /// Query, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
+    /// Policy plugins: list, inspect, try out, reload and scaffold new ones.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
 }
@@ -54,7 +88,7 @@ pub enum Command {
 /// An error with the exit code it maps to.
 #[derive(Debug)]
 pub struct CliError {
-    /// 1 = operation failed, 2 = bad usage or input.
+    /// 1 = operation failed, 2 = bad usage or input, 3 = no daemon running.
     pub code: u8,
     /// The message, printed as one line.
     pub error: anyhow::Error,
@@ -84,7 +118,12 @@ pub type CliResult = Result<(), CliError>;
 /// Parses arguments, runs the command, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    // The daemon logs its life cycle at info; one-shot commands stay quiet.
+    let default_level = match cli.command {
+        Command::Daemon(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, cli.verbose, default_level);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -98,14 +137,29 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> CliResult {
     let home = crate::home::resolve(cli.home.as_deref());
     match cli.command {
+        Command::Init(args) => node::init(&home, args),
+        Command::Manifest(args) => node::manifest(&home, args),
+        Command::Daemon(args) => node::daemon(&home, args),
+        Command::Status(out) => ops::status(&home, out),
+        Command::Peers(args) => ops::peers(&home, args),
+        Command::Trust(command) => ops::trust(&home, command),
+        Command::Breaker(command) => ops::breaker(&home, command),
+        Command::Evict(args) => ops::breaker_change(&home, args, false),
+        Command::Reactivate(args) => ops::breaker_change(&home, args, true),
+        Command::Spend(command) => ops::spend(&home, command),
+        Command::Send(args) => ops::send(&home, args),
+        Command::Audit(command) => ops::audit(&home, command),
+        Command::Plugin(plugin::PluginCommand::Reload { kind, json }) => {
+            ops::plugin_reload(&home, kind, json)
+        }
         Command::Plugin(command) => plugin::run(&home, command),
     }
 }
 
-fn init_logging(format: LogFormat, verbose: u8) {
+fn init_logging(format: LogFormat, verbose: u8, quiet_level: &str) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn",
+        0 => quiet_level,
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -113,6 +167,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

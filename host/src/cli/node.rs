@@ -70,9 +70,14 @@ pub struct DaemonArgs {
 /// `sha256:` + lowercase hex SHA-256 of the raw Ed25519 public key: a
 /// stable identity fingerprint (the manifest's timestamp and signature
 /// change every time it is signed; this does not).
-pub fn key_fingerprint(manifest: &SignedManifest) -> Result<String, crate::identity::ManifestError> {
+pub fn key_fingerprint(
+    manifest: &SignedManifest,
+) -> Result<String, crate::identity::ManifestError> {
     let key = manifest.manifest.verifying_key()?;
-    Ok(format!("sha256:{}", hex::encode(Sha256::digest(key.to_bytes()))))
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(key.to_bytes()))
+    ))
 }
 
 /// The manifest parameters `config` describes for `identity`.
@@ -130,8 +135,7 @@ pub fn init(home: &Path, args: InitArgs) -> CliResult {
             other => identity_error(other),
         }
     })?;
-    write_config(&config_path, &config.to_documented_toml())
-        .map_err(CliError::failed)?;
+    write_config(&config_path, &config.to_documented_toml()).map_err(CliError::failed)?;
     let params = manifest_params(&identity, &config).map_err(CliError::failed)?;
     let manifest = identity
         .signed_manifest(&params, now_ms())
@@ -284,10 +288,12 @@ mod tests {
         assert_eq!(loaded, expected);
         let id = Identity::load(&home).unwrap();
         let params = manifest_params(&id, &loaded).unwrap();
-        assert!("198.18.0.0/15"
-            .parse::<crate::identity::MeshSubnet>()
-            .unwrap()
-            .contains(params.mesh_ip));
+        assert!(
+            "198.18.0.0/15"
+                .parse::<crate::identity::MeshSubnet>()
+                .unwrap()
+                .contains(params.mesh_ip)
+        );
         // Without --force nothing is replaced.
         let again = init(
             &home,

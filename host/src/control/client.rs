@@ -17,7 +17,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum CallError {
     /// No daemon listens on the home's socket.
     #[error(
-        "no agentfed daemon is running for {home} (no socket at {socket}); start one with: agentfed --home {home} daemon",
+        "no agentfed daemon is running for {home} (nothing listening on {socket}); start one with: agentfed --home {home} daemon",
         home = home.display(),
         socket = socket.display()
     )]
@@ -125,9 +125,16 @@ impl Client {
         }))
         .map_err(|e| CallError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .map_err(|source| self.io(source))?;
+        if let Err(source) = self.writer.write_all(&line) {
+            // The daemon may have answered and closed first (e.g. a
+            // refused connection): prefer its answer to the write error.
+            return match self.read_response() {
+                Ok(Response {
+                    error: Some(error), ..
+                }) => Err(CallError::Remote(error)),
+                _ => Err(self.io(source)),
+            };
+        }
         let response = self.read_response()?;
         match response {
             Response {

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{
-    AddPeerParams, AdvanceParams, AuditFilter, BreakerParams, DEFAULT_AUDIT_QUERY_LIMIT, ErrorBody, ExportParams,
-    ExportResult, MAX_AUDIT_LIMIT, MAX_ID_BYTES, MAX_REQUEST_BYTES, NoParams, OptionalPeerParams,
-    PROTOCOL_VERSION, PeerParams, ReloadParams, Response, SendParams, SpendParams, TrustSetParams,
-    VerifyResult, clip, codes,
+    AddPeerParams, AdvanceParams, AuditFilter, BreakerParams, DEFAULT_AUDIT_QUERY_LIMIT, ErrorBody,
+    ExportParams, ExportResult, MAX_AUDIT_LIMIT, MAX_ID_BYTES, MAX_REQUEST_BYTES, NoParams,
+    OptionalPeerParams, PROTOCOL_VERSION, PeerParams, ReloadParams, Response, SendParams,
+    SpendParams, TrustSetParams, VerifyResult, clip, codes,
 };
 use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
 use crate::coordinator::{CoordError, Coordinator, PeerView, SendRequest, SpendReport};
@@ -176,7 +176,12 @@ impl Dispatcher {
             }
             "audit.query" => {
                 let p: AuditFilter = decode(method, params)?;
-                let query = audit_query(method, &p, Order::NewestFirst, Some(DEFAULT_AUDIT_QUERY_LIMIT))?;
+                let query = audit_query(
+                    method,
+                    &p,
+                    Order::NewestFirst,
+                    Some(DEFAULT_AUDIT_QUERY_LIMIT),
+                )?;
                 to_value(c.audit().query(&query).map_err(audit_error)?)
             }
             "audit.export" => {
@@ -186,19 +191,15 @@ impl Dispatcher {
                     "ndjson" => ExportFormat::Ndjson,
                     "csv" => ExportFormat::Csv,
                     _ => {
-                        return Err(invalid_params(
-                            method,
-                            "format must be json, ndjson or csv",
-                        ));
+                        return Err(invalid_params(method, "format must be json, ndjson or csv"));
                     }
                 };
                 let query = audit_query(method, &p.filter, Order::OldestFirst, None)?;
                 let records = c.audit().query(&query).map_err(audit_error)?;
                 let mut out = Vec::new();
                 crate::audit::export(&records, format, &mut out).map_err(audit_error)?;
-                let content = String::from_utf8(out).map_err(|_| {
-                    ErrorBody::new(codes::INTERNAL, "export is not UTF-8", false)
-                })?;
+                let content = String::from_utf8(out)
+                    .map_err(|_| ErrorBody::new(codes::INTERNAL, "export is not UTF-8", false))?;
                 to_value(ExportResult {
                     format: p.format.to_ascii_lowercase(),
                     records: records.len(),
@@ -218,10 +219,9 @@ impl Dispatcher {
                 let p: ReloadParams = decode(method, params)?;
                 let kind = match p.kind.as_deref() {
                     None => None,
-                    Some(name) => Some(
-                        name.parse::<PluginKind>()
-                            .map_err(|_| invalid_params(method, "kind must be trust, pii, spend or handler"))?,
-                    ),
+                    Some(name) => Some(name.parse::<PluginKind>().map_err(|_| {
+                        invalid_params(method, "kind must be trust, pii, spend or handler")
+                    })?),
                 };
                 to_value(c.reload_plugins(kind)?)
             }
@@ -683,9 +683,15 @@ mod tests {
         let err = |line: &str| parse_request(line.as_bytes()).unwrap_err();
         assert_eq!(err("{not json").1.code, codes::INVALID_REQUEST);
         assert_eq!(err("[1]").1.code, codes::INVALID_REQUEST);
-        assert_eq!(err(r#"{"v":1,"method":"status"}"#).1.code, codes::INVALID_REQUEST);
+        assert_eq!(
+            err(r#"{"v":1,"method":"status"}"#).1.code,
+            codes::INVALID_REQUEST
+        );
         let (id, e) = err(r#"{"v":2,"id":5,"method":"status"}"#);
-        assert_eq!((id, e.code.as_str()), (json!(5), codes::UNSUPPORTED_VERSION));
+        assert_eq!(
+            (id, e.code.as_str()),
+            (json!(5), codes::UNSUPPORTED_VERSION)
+        );
         let (id, e) = err(r#"{"v":1,"id":"x","method":"status","extra":1}"#);
         assert_eq!((id, e.code.as_str()), (json!("x"), codes::INVALID_REQUEST));
         let long_id = format!(r#"{{"v":1,"id":"{}","method":"status"}}"#, "a".repeat(65));
@@ -725,7 +731,11 @@ mod tests {
             ..AuditFilter::default()
         };
         let e = audit_query("audit.query", &bad, Order::NewestFirst, None).unwrap_err();
-        assert!(e.message.contains("unknown event type `nope`"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown event type `nope`"),
+            "{}",
+            e.message
+        );
         let bad = AuditFilter {
             limit: Some(0),
             ..AuditFilter::default()
@@ -738,17 +748,29 @@ mod tests {
         let mut input: &[u8] = b"\n\n{\"a\":1}\nrest";
         let mut reader = BufReader::new(&mut input);
         let mut buf = Vec::new();
-        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::Line));
+        assert!(matches!(
+            read_line(&mut reader, &mut buf).await.unwrap(),
+            LineRead::Line
+        ));
         assert_eq!(buf, b"{\"a\":1}\n");
         buf.clear();
-        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::Line));
+        assert!(matches!(
+            read_line(&mut reader, &mut buf).await.unwrap(),
+            LineRead::Line
+        ));
         assert_eq!(buf, b"rest");
         buf.clear();
-        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::Eof));
+        assert!(matches!(
+            read_line(&mut reader, &mut buf).await.unwrap(),
+            LineRead::Eof
+        ));
         let big = vec![b'x'; MAX_REQUEST_BYTES + 10];
         let mut slice: &[u8] = &big;
         let mut reader = BufReader::new(&mut slice);
         let mut buf = Vec::new();
-        assert!(matches!(read_line(&mut reader, &mut buf).await.unwrap(), LineRead::TooLarge));
+        assert!(matches!(
+            read_line(&mut reader, &mut buf).await.unwrap(),
+            LineRead::TooLarge
+        ));
     }
 }

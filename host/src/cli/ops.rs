@@ -1,0 +1,1047 @@
+//! The CLI verbs that talk to a running daemon over the control socket:
+//! each connects, makes one request and prints the result (a table or a
+//! line for humans, the JSON result with `--json`).
+//!
+//! Exit codes: 0 ok; 1 the operation was refused or failed (e.g.
+//! `PEER_SUSPENDED`, `AUDIT_TAMPERED`); 2 bad usage or input (nothing
+//! changed); 3 no daemon is running for the home.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Map, Value, json};
+
+use super::{CliError, CliResult};
+use crate::control::client::{self, CallError};
+
+/// Exit code when no daemon is running.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+impl From<CallError> for CliError {
+    fn from(e: CallError) -> Self {
+        let code = match &e {
+            CallError::NotRunning { .. } => EXIT_NOT_RUNNING,
+            CallError::Remote(body) if body.bad_input => 2,
+            _ => 1,
+        };
+        CliError {
+            code,
+            error: anyhow::Error::new(e),
+        }
+    }
+}
+
+fn call(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
+    Ok(client::call(home, method, params)?)
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// Output switch shared by the verbs.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct JsonFlag {
+    /// Print the JSON result instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---------------------------------------------------------------------------
+// status
+// ---------------------------------------------------------------------------
+
+/// `agentfed status`.
+pub fn status(home: &Path, out: JsonFlag) -> CliResult {
+    let s = call(home, "status", json!({}))?;
+    if out.json {
+        print_json(&s);
+        return Ok(());
+    }
+    println!("node          {}", text(&s["node_id"]));
+    println!("version       {}", text(&s["version"]));
+    println!("endpoint      {}", text(&s["endpoint"]));
+    println!("uptime        {}s", text(&s["uptime_secs"]));
+    println!("clock         {}", time_text(&s["now_ms"]));
+    println!("peers         {}", text(&s["peers"]));
+    println!("  by trust    {}", counts(&s["by_trust_level"]));
+    println!("  by breaker  {}", counts(&s["by_breaker_state"]));
+    println!("audit records {}", text(&s["audit_records"]));
+    println!("outbox        {}", text(&s["outbox"]));
+    if let Some(plugins) = s["plugins"].as_array() {
+        for p in plugins {
+            println!(
+                "plugin        {:<8} {} {} ({})",
+                text(&p["kind"]),
+                text(&p["name"]),
+                text(&p["version"]),
+                text(&p["source"])
+            );
+        }
+    }
+    Ok(())
+}
+
+fn counts(v: &Value) -> String {
+    match v.as_object() {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(k, n)| format!("{k}={}", text(n)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "-".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// peers
+// ---------------------------------------------------------------------------
+
+/// `agentfed peers` arguments.
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// Add or remove a peer; without a subcommand, list peers.
+    #[command(subcommand)]
+    pub command: Option<PeersCommand>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `agentfed peers` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// Add a peer out of band from its signed manifest (verified; the peer
+    /// starts VERIFIED).
+    Add {
+        /// The manifest JSON file (`-` for stdin), as `agentfed manifest` prints it.
+        manifest: PathBuf,
+    },
+    /// Forget a peer.
+    Remove {
+        /// Peer node id.
+        peer: String,
+    },
+    /// Show one peer in full.
+    Show {
+        /// Peer node id.
+        peer: String,
+    },
+}
+
+/// `agentfed peers …`.
+pub fn peers(home: &Path, args: PeersArgs) -> CliResult {
+    match args.command {
+        None => {
+            let peers = call(home, "peers.list", json!({}))?;
+            if args.json {
+                print_json(&peers);
+            } else {
+                print_peers(&peers);
+            }
+            Ok(())
+        }
+        Some(PeersCommand::Add { manifest }) => {
+            let bytes = read_input_file(&manifest, 1 << 20).map_err(CliError::usage)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| CliError::usage(anyhow!("{} is not UTF-8", manifest.display())))?;
+            let peer = call(home, "peers.add", json!({"manifest": text}))?;
+            if args.json {
+                print_json(&peer);
+            } else {
+                println!(
+                    "added peer {} ({}) at {}",
+                    text_of(&peer, "node_id"),
+                    text_of(&peer, "trust_level"),
+                    text_of(&peer, "endpoint")
+                );
+            }
+            Ok(())
+        }
+        Some(PeersCommand::Remove { peer }) => {
+            let result = call(home, "peers.remove", json!({"peer": peer}))?;
+            if args.json {
+                print_json(&result);
+            } else {
+                println!("removed peer {peer}");
+            }
+            Ok(())
+        }
+        Some(PeersCommand::Show { peer }) => {
+            let result = call(home, "peers.show", json!({"peer": peer}))?;
+            print_json(&result);
+            Ok(())
+        }
+    }
+}
+
+fn print_peers(peers: &Value) {
+    let rows: Vec<Vec<String>> = peers
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            vec![
+                text(&p["node_id"]),
+                text(&p["trust_level"]),
+                score_text(&p["score"]),
+                text(&p["metrics"]["interactions"]),
+                text(&p["breaker"]["state"]),
+                text(&p["endpoint"]),
+                time_text(&p["last_seen_ms"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PEER",
+            "TRUST",
+            "SCORE",
+            "INTERACTIONS",
+            "BREAKER",
+            "ENDPOINT",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// trust
+// ---------------------------------------------------------------------------
+
+/// `agentfed trust` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust level, score and interaction counts of one peer or all.
+    Show {
+        /// Peer node id (default: every peer).
+        peer: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a peer's trust level (operator bootstrap, audited with the
+    /// reason). This is also how a PRIVILEGED recommendation is confirmed.
+    Set {
+        /// Peer node id.
+        peer: String,
+        /// UNTRUSTED, VERIFIED, ATTESTED, TRUSTED or PRIVILEGED (any case).
+        level: String,
+        /// Why (written to the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the trust plugin to evaluate a peer now.
+    Evaluate {
+        /// Peer node id.
+        peer: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `agentfed trust …`.
+pub fn trust(home: &Path, command: TrustCommand) -> CliResult {
+    match command {
+        TrustCommand::Show { peer, json } => {
+            let params = match &peer {
+                Some(p) => json!({"peer": p}),
+                None => json!({}),
+            };
+            let views = call(home, "trust.show", params)?;
+            if json {
+                print_json(&views);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = views
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|v| {
+                    vec![
+                        text(&v["node_id"]),
+                        text(&v["trust_level"]),
+                        score_text(&v["score"]),
+                        text(&v["interactions"]),
+                        text(&v["successes"]),
+                        text(&v["failures"]),
+                        text(&v["threats"]),
+                        if v["privileged_recommended"] == Value::Bool(true) {
+                            "PRIVILEGED recommended".into()
+                        } else {
+                            String::new()
+                        },
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "PEER",
+                    "TRUST",
+                    "SCORE",
+                    "INTERACTIONS",
+                    "SUCCESSES",
+                    "FAILURES",
+                    "THREATS",
+                    "NOTE",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        TrustCommand::Set {
+            peer,
+            level,
+            reason,
+            json,
+        } => {
+            let change = call(
+                home,
+                "trust.set",
+                json!({"peer": peer, "level": level, "reason": reason}),
+            )?;
+            if json {
+                print_json(&change);
+            } else {
+                println!(
+                    "{}: {} -> {} ({})",
+                    text_of(&change, "peer"),
+                    text_of(&change, "from"),
+                    text_of(&change, "to"),
+                    text_of(&change, "reason")
+                );
+            }
+            Ok(())
+        }
+        TrustCommand::Evaluate { peer, json } => {
+            let outcome = call(home, "trust.evaluate", json!({"peer": peer}))?;
+            if json {
+                print_json(&outcome);
+            } else {
+                println!("{peer}: {}", outcome_text(&outcome));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One line for a trust or breaker outcome.
+fn outcome_text(o: &Value) -> String {
+    match o["outcome"].as_str().unwrap_or("") {
+        "changed" => format!(
+            "{} -> {} by {} ({})",
+            text(&o["from"]),
+            text(&o["to"]),
+            text(&o["actor"]),
+            text(&o["reason"])
+        ),
+        "kept" => format!(
+            "kept (score {}; {})",
+            score_text(&o["score"]),
+            text(&o["reason"])
+        ),
+        "unchanged" => format!("unchanged ({})", text(&o["state"])),
+        "privileged_recommended" => format!(
+            "PRIVILEGED recommended (score {}); confirm with: agentfed trust set PEER PRIVILEGED --reason …",
+            score_text(&o["score"])
+        ),
+        "refused" => format!("plugin decision refused: {}", text(&o["reason"])),
+        "plugin_failed" => format!("plugin failed ({}); nothing changed", text(&o["code"])),
+        _ => o.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// breaker, evict, reactivate
+// ---------------------------------------------------------------------------
+
+/// `agentfed breaker` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BreakerCommand {
+    /// Breaker state of one peer or all: state, since when, why, and
+    /// whether an operator may reactivate it.
+    Status {
+        /// Peer node id (default: every peer).
+        peer: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `agentfed breaker …`.
+pub fn breaker(home: &Path, command: BreakerCommand) -> CliResult {
+    let BreakerCommand::Status { peer, json } = command;
+    let params = match &peer {
+        Some(p) => json!({"peer": p}),
+        None => json!({}),
+    };
+    let views = call(home, "breaker.status", params)?;
+    if json {
+        print_json(&views);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = views
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            vec![
+                text(&v["node_id"]),
+                text(&v["state"]),
+                time_text(&v["since_ms"]),
+                if v["reactivate_eligible"] == Value::Bool(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                format!("{:.2}", v["usd_last_day"].as_f64().unwrap_or(0.0)),
+                format!(
+                    "{}/{}",
+                    text(&v["failures_last_hour"]),
+                    text(&v["samples_last_hour"])
+                ),
+                text(&v["reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PEER",
+            "STATE",
+            "SINCE",
+            "REACTIVATE OK",
+            "USD 24H",
+            "FAIL/SAMPLES 1H",
+            "REASON",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `evict` / `reactivate` arguments.
+#[derive(Debug, Args)]
+pub struct BreakerChangeArgs {
+    /// Peer node id.
+    pub peer: String,
+    /// Why (written to the audit log).
+    #[arg(long)]
+    pub reason: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agentfed evict` (`to_active == false`) or `agentfed reactivate`.
+pub fn breaker_change(home: &Path, args: BreakerChangeArgs, reactivate: bool) -> CliResult {
+    let method = if reactivate {
+        "breaker.reactivate"
+    } else {
+        "breaker.evict"
+    };
+    let change = call(
+        home,
+        method,
+        json!({"peer": args.peer, "reason": args.reason}),
+    )?;
+    if args.json {
+        print_json(&change);
+    } else {
+        println!(
+            "{}: {} -> {} (correlation id {})",
+            text_of(&change, "peer"),
+            text_of(&change, "from"),
+            text_of(&change, "to"),
+            text_of(&change, "correlation_id")
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// spend
+// ---------------------------------------------------------------------------
+
+/// `agentfed spend` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SpendCommand {
+    /// Report the cost of a completed call to a peer (counts as one
+    /// interaction for trust; feeds the breaker).
+    Report {
+        /// The peer that did the work.
+        peer: String,
+        /// The task id.
+        #[arg(long = "task", value_name = "ID")]
+        task: String,
+        /// Tokens spent (whole number).
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        tokens: String,
+        /// US dollars spent.
+        #[arg(long, value_name = "X", allow_hyphen_values = true)]
+        usd: String,
+        /// The call failed.
+        #[arg(long)]
+        failed: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses a finite number from the command line (`NaN`, `inf` refused:
+/// JSON cannot carry them, and they are never meaningful spend).
+fn finite(flag: &str, raw: &str) -> Result<f64, CliError> {
+    let value: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| CliError::usage(anyhow!("{flag} must be a number")))?;
+    if !value.is_finite() {
+        return Err(CliError::usage(anyhow!("{flag} must be a finite number")));
+    }
+    Ok(value)
+}
+
+/// `agentfed spend …`.
+pub fn spend(home: &Path, command: SpendCommand) -> CliResult {
+    let SpendCommand::Report {
+        peer,
+        task,
+        tokens,
+        usd,
+        failed,
+        json,
+    } = command;
+    let tokens = finite("--tokens", &tokens)?;
+    let usd = finite("--usd", &usd)?;
+    let outcome = call(
+        home,
+        "spend.report",
+        json!({"peer": peer, "task_id": task, "tokens": tokens, "usd": usd, "success": !failed}),
+    )?;
+    if json {
+        print_json(&outcome);
+    } else {
+        println!("recorded spend for {peer} (task {task})");
+        println!("  breaker: {}", outcome_text(&outcome["breaker"]));
+        println!("  trust:   {}", outcome_text(&outcome["trust"]));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// send
+// ---------------------------------------------------------------------------
+
+/// `agentfed send` arguments.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Target peer.
+    pub peer: String,
+    /// Message type, e.g. task-assignment.
+    #[arg(value_name = "TYPE")]
+    pub message_type: String,
+    /// The payload: JSON text, or @FILE (@- for stdin).
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub payload: String,
+    /// Budget: most tokens the task may spend.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_tokens: Option<String>,
+    /// Budget: most US dollars the task may spend.
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    pub max_usd: Option<String>,
+    /// Budget: most hops (0 = no remote delegation; default 8, at most 64).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_hops: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agentfed send`.
+pub fn send(home: &Path, args: SendArgs) -> CliResult {
+    let payload_text = read_json_arg("--payload", &args.payload).map_err(CliError::usage)?;
+    let payload: Value = serde_json::from_str(&payload_text).map_err(|e| {
+        CliError::usage(anyhow!(
+            "--payload is not valid JSON ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let mut params = json!({
+        "peer": args.peer,
+        "message_type": args.message_type,
+        "payload": payload,
+    });
+    if args.max_tokens.is_some() || args.max_usd.is_some() || args.max_hops.is_some() {
+        let mut budget = Map::new();
+        let tokens = match &args.max_tokens {
+            Some(raw) => finite("--max-tokens", raw)?,
+            None => crate::budget::MAX_TOKENS_CEILING as f64,
+        };
+        let usd = match &args.max_usd {
+            Some(raw) => finite("--max-usd", raw)?,
+            None => crate::budget::MAX_USD_CEILING,
+        };
+        budget.insert("max_tokens".into(), json!(tokens));
+        budget.insert("max_usd".into(), json!(usd));
+        if let Some(raw) = &args.max_hops {
+            budget.insert("max_hops".into(), json!(finite("--max-hops", raw)?));
+        }
+        params["budget"] = Value::Object(budget);
+    }
+    let receipt = call(home, "send", params)?;
+    if args.json {
+        print_json(&receipt);
+    } else {
+        println!(
+            "queued {} for {} (envelope {}, {} bytes)",
+            args.message_type,
+            text_of(&receipt, "peer"),
+            text_of(&receipt, "envelope_id"),
+            text_of(&receipt, "frame_bytes")
+        );
+        if let Some(pii) = receipt["pii"].as_object().filter(|m| !m.is_empty()) {
+            println!("  PII handled: {}", counts(&Value::Object(pii.clone())));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `JSON`, `@FILE` or `@-` (stdin), at most 1 MiB.
+fn read_json_arg(flag: &str, arg: &str) -> anyhow::Result<String> {
+    match arg.strip_prefix('@') {
+        Some(path) => {
+            let bytes = read_input_file(Path::new(path), 1 << 20)?;
+            String::from_utf8(bytes).map_err(|_| anyhow!("{flag} file is not UTF-8"))
+        }
+        None => Ok(arg.to_string()),
+    }
+}
+
+/// Reads a file (or stdin for `-`), refusing more than `limit` bytes.
+fn read_input_file(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .context("cannot read stdin")?;
+        if buf.len() as u64 > limit {
+            return Err(anyhow!("stdin is larger than {limit} bytes"));
+        }
+        return Ok(buf);
+    }
+    super::node::read_limited(path, limit)
+}
+
+// ---------------------------------------------------------------------------
+// audit
+// ---------------------------------------------------------------------------
+
+/// Audit filters, shared by `query` and `export`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditFilterArgs {
+    /// Event type, e.g. spend_reported (repeatable; any matches).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Minimum severity: debug, info, warning, error, critical.
+    #[arg(long, value_name = "S")]
+    pub severity: Option<String>,
+    /// Category, e.g. breaker (repeatable; any matches).
+    #[arg(long = "category", value_name = "C")]
+    pub categories: Vec<String>,
+    /// Only records about this peer.
+    #[arg(long, value_name = "PEER")]
+    pub peer: Option<String>,
+    /// Records at or after this time: RFC 3339 or ms since the Unix epoch.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Records at or before this time: RFC 3339 or ms since the Unix epoch.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// At most this many records (query default 100).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Oldest first instead of newest first (query) — export is always
+    /// oldest first unless --newest-first.
+    #[arg(long, conflicts_with = "newest_first")]
+    pub oldest_first: bool,
+    /// Newest first.
+    #[arg(long)]
+    pub newest_first: bool,
+}
+
+impl AuditFilterArgs {
+    fn to_params(&self) -> Result<Map<String, Value>, CliError> {
+        let mut p = Map::new();
+        if !self.types.is_empty() {
+            p.insert("types".into(), json!(self.types));
+        }
+        if let Some(s) = &self.severity {
+            p.insert("severity".into(), json!(s));
+        }
+        if !self.categories.is_empty() {
+            p.insert("categories".into(), json!(self.categories));
+        }
+        if let Some(peer) = &self.peer {
+            p.insert("peer".into(), json!(peer));
+        }
+        if let Some(t) = &self.since {
+            p.insert("since_ms".into(), json!(parse_time("--since", t)?));
+        }
+        if let Some(t) = &self.until {
+            p.insert("until_ms".into(), json!(parse_time("--until", t)?));
+        }
+        if let Some(n) = self.limit {
+            p.insert("limit".into(), json!(n));
+        }
+        if self.oldest_first {
+            p.insert("order".into(), json!("oldest"));
+        }
+        if self.newest_first {
+            p.insert("order".into(), json!("newest"));
+        }
+        Ok(p)
+    }
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// One JSON array.
+    Json,
+    /// One JSON record per line.
+    Ndjson,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// `agentfed audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Records matching the filters, newest first.
+    Query {
+        /// Filters.
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export records (oldest first) as JSON, NDJSON or CSV.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: ExportFormatArg,
+        /// Filters.
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Write to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Walk the hash chain and name the first edited, removed or
+    /// reordered record. Works with the daemon stopped too.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `agentfed audit …`.
+pub fn audit(home: &Path, command: AuditCommand) -> CliResult {
+    match command {
+        AuditCommand::Query { filter, json } => {
+            let params = filter.to_params()?;
+            let records = call(home, "audit.query", Value::Object(params))?;
+            if json {
+                print_json(&records);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = records
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    vec![
+                        text(&r["seq"]),
+                        time_text(&r["ts_ms"]),
+                        text(&r["event_type"]),
+                        text(&r["severity"]),
+                        text(&r["peer"]),
+                        text(&r["actor"]),
+                        text(&r["summary"]),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "SEQ", "TIME", "TYPE", "SEVERITY", "PEER", "ACTOR", "SUMMARY",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        AuditCommand::Export {
+            format,
+            filter,
+            output,
+        } => {
+            let mut params = filter.to_params()?;
+            let name = match format {
+                ExportFormatArg::Json => "json",
+                ExportFormatArg::Ndjson => "ndjson",
+                ExportFormatArg::Csv => "csv",
+            };
+            params.insert("format".into(), json!(name));
+            let result = call(home, "audit.export", Value::Object(params))?;
+            let content = result["content"].as_str().unwrap_or("");
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, content)
+                        .with_context(|| format!("cannot write {}", path.display()))
+                        .map_err(CliError::failed)?;
+                    eprintln!(
+                        "exported {} records to {}",
+                        text(&result["records"]),
+                        path.display()
+                    );
+                }
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(content.as_bytes())
+                        .and_then(|()| stdout.flush())
+                        .map_err(|e| CliError::failed(anyhow!("cannot write stdout: {e}")))?;
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { json } => verify(home, json),
+    }
+}
+
+fn verify(home: &Path, json: bool) -> CliResult {
+    let (records, offline) = match client::call(home, "audit.verify", json!({})) {
+        Ok(result) => (result["records"].as_u64().unwrap_or(0), false),
+        Err(CallError::NotRunning { .. }) => (verify_offline(home)?, true),
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        print_json(&json!({"ok": true, "records": records, "offline": offline}));
+    } else {
+        let how = if offline {
+            " (checked offline: no daemon running)"
+        } else {
+            ""
+        };
+        println!("audit chain intact: {records} records{how}");
+    }
+    Ok(())
+}
+
+/// Verifies the chain with the daemon stopped: takes the home lock first
+/// (so a live daemon's store is never opened), then opens the store
+/// read-write (redb has no read-only mode) without changing anything.
+fn verify_offline(home: &Path) -> Result<u64, CliError> {
+    use crate::audit::{AuditConfig, AuditError, AuditLog};
+    use crate::store::{HomeLock, STATE_FILE, Store};
+    let state = home.join(STATE_FILE);
+    if !state.exists() {
+        return Err(CliError::failed(anyhow!(
+            "no state store at {}; nothing to verify (has the daemon ever run in this home?)",
+            state.display()
+        )));
+    }
+    let _lock = HomeLock::acquire(home).map_err(|e| {
+        CliError::failed(anyhow!(
+            "{e} (its control socket is missing; cannot verify through it)"
+        ))
+    })?;
+    let store = Store::open(&state).map_err(CliError::failed)?;
+    let log = AuditLog::open(&store, AuditConfig::default()).map_err(CliError::failed)?;
+    match log.verify() {
+        Ok(n) => Ok(n),
+        Err(AuditError::Tampered(brk)) => Err(CliError::failed(anyhow!(
+            "AUDIT_TAMPERED: audit chain broken: {brk}"
+        ))),
+        Err(e) => Err(CliError::failed(e)),
+    }
+}
+
+/// Parses RFC 3339 (`2025-01-31T12:00:00Z`) or ms since the Unix epoch.
+pub fn parse_time(flag: &str, raw: &str) -> Result<u64, CliError> {
+    let raw = raw.trim();
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw
+            .parse()
+            .map_err(|_| CliError::usage(anyhow!("{flag}: milliseconds out of range")));
+    }
+    let t = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            CliError::usage(anyhow!(
+                "{flag} must be RFC 3339 (e.g. 2025-01-31T12:00:00Z) or milliseconds since the Unix epoch"
+            ))
+        })?;
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).map_err(|_| CliError::usage(anyhow!("{flag} is before 1970")))
+}
+
+// ---------------------------------------------------------------------------
+// plugin reload
+// ---------------------------------------------------------------------------
+
+/// `agentfed plugin reload [KIND]`.
+pub fn plugin_reload(home: &Path, kind: Option<String>, json: bool) -> CliResult {
+    let params = match &kind {
+        Some(k) => json!({"kind": k}),
+        None => json!({}),
+    };
+    let plugins = call(home, "plugins.reload", params)?;
+    if json {
+        print_json(&plugins);
+        return Ok(());
+    }
+    for p in plugins.as_array().map(|a| a.as_slice()).unwrap_or_default() {
+        let kind_name = text(&p["kind"]);
+        if kind
+            .as_deref()
+            .is_none_or(|k| k.eq_ignore_ascii_case(&kind_name))
+        {
+            println!(
+                "reloaded {kind_name} plugin {} {} ({})",
+                text(&p["name"]),
+                text(&p["version"]),
+                text(&p["source"])
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// formatting
+// ---------------------------------------------------------------------------
+
+/// A JSON scalar as plain text (`-` for null).
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn text_of(v: &Value, key: &str) -> String {
+    text(&v[key])
+}
+
+fn score_text(v: &Value) -> String {
+    v.as_f64()
+        .map(|s| format!("{s:.2}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, seconds precision).
+fn time_text(v: &Value) -> String {
+    let Some(ms) = v.as_u64() else {
+        return "-".into();
+    };
+    if ms == 0 {
+        return "-".into();
+    }
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Prints an aligned table; the last column is not padded.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_rfc3339_or_ms() {
+        assert_eq!(
+            parse_time("--since", "1700000000000").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_time("--since", "2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_time("--since", "2023-11-14T23:13:20.5+01:00").unwrap(),
+            1_700_000_000_500
+        );
+        assert_eq!(parse_time("--since", "yesterday").unwrap_err().code, 2);
+        assert_eq!(
+            parse_time("--since", "1969-12-31T23:59:59Z")
+                .unwrap_err()
+                .code,
+            2
+        );
+        assert_eq!(
+            time_text(&json!(1_700_000_000_000u64)),
+            "2023-11-14T22:13:20Z"
+        );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_usage_errors() {
+        for raw in ["NaN", "inf", "-inf", "1e999", "abc"] {
+            assert_eq!(finite("--usd", raw).unwrap_err().code, 2, "{raw}");
+        }
+        assert_eq!(finite("--usd", "-1.5").unwrap(), -1.5);
+    }
+}

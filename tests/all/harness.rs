@@ -1,0 +1,426 @@
+//! Real node homes and real daemon processes for the node and daemon
+//! tests. Every wait has a named timeout; every process is killed and every
+//! temp dir removed on drop, also when a test fails.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use agentfed::identity::{Identity, ManifestParams, NodeId, SignedManifest};
+use serde_json::Value;
+
+/// How long a CLI call may take before the test fails.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to start (plugins may need compiling).
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a daemon may take to stop after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Start of the fake clock in tests: 2023-11-14T22:13:20Z.
+pub const FAKE_START_MS: u64 = 1_700_000_000_000;
+
+/// The agentfed binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentfed")
+}
+
+/// Plugin artifacts shared by every test home (compiling the four default
+/// policies costs seconds; loading them milliseconds).
+fn shared_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agentfed-test-plugin-cache");
+    std::fs::create_dir_all(&dir).expect("creating the shared plugin cache");
+    dir
+}
+
+/// Runs `cmd`, failing the test (and killing the process) if it takes
+/// longer than `limit`.
+pub fn run_with_timeout(mut cmd: Command, what: &str, limit: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG");
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The waiting thread reaps the child; on timeout we kill it by pid.
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {what}: {e}")),
+        Err(_) => {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+    }
+}
+
+/// Result of one CLI run.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code, 0,
+            "expected success, got exit {}: {}",
+            self.code, self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts a failure with `code` and exactly one `error:` line on stderr
+    /// containing every `needle`; returns the line.
+    #[track_caller]
+    pub fn fails(&self, code: i32, needles: &[&str]) -> String {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {} (stdout: {}; stderr: {})",
+            self.code, self.stdout, self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line, got: {}",
+            self.stderr
+        );
+        let line = lines[0];
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(!line.contains("panicked"), "{line}");
+        for needle in needles {
+            assert!(line.contains(needle), "`{needle}` not in: {line}");
+        }
+        line.to_string()
+    }
+}
+
+/// Runs `agentfed --home HOME args…`.
+pub fn agentfed(home: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--home").arg(home).args(args);
+    let what = format!("agentfed {}", args.join(" "));
+    let out = run_with_timeout(cmd, &what, CLI_TIMEOUT);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A running daemon; killed (SIGKILL) on drop unless stopped first.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("daemon pid");
+        rustix::process::kill_process(pid, signal).expect("signalling the daemon");
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaping the daemon");
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        self.signal(rustix::process::Signal::TERM);
+        let status = self.wait_exit("the daemon to stop after SIGTERM", STOP_TIMEOUT);
+        (status, self.log())
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, what: &str, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("daemon running");
+        loop {
+            if let Some(status) = child.try_wait().expect("polling the daemon") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {limit:?} waiting for {what}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A node home in a temp dir, with its daemon (if started). The daemon is
+/// dropped (killed) before the directory is removed.
+pub struct Node {
+    /// The running daemon, if any.
+    pub daemon: Option<Daemon>,
+    /// The node home.
+    pub home: PathBuf,
+    /// Keeps the temp dir alive; removed on drop.
+    pub dir: tempfile::TempDir,
+    logs: u32,
+}
+
+impl Node {
+    /// `agentfed init --node-id ID` in a fresh temp home, sharing the test
+    /// plugin cache.
+    pub fn init(node_id: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let home = dir.path().join("home");
+        let node = Node {
+            daemon: None,
+            home,
+            dir,
+            logs: 0,
+        };
+        node.run(&[
+            "init",
+            "--node-id",
+            node_id,
+            "--endpoint",
+            "wss://192.0.2.10:9100",
+            "--mesh-subnet",
+            "198.18.0.0/15",
+        ])
+        .ok();
+        std::os::unix::fs::symlink(shared_cache(), node.home.join("cache"))
+            .expect("linking the shared plugin cache");
+        node
+    }
+
+    /// Runs the CLI against this home.
+    pub fn run(&self, args: &[&str]) -> Run {
+        agentfed(&self.home, args)
+    }
+
+    /// Spawns `agentfed daemon` with `extra` arguments without waiting.
+    pub fn spawn_daemon(&mut self, extra: &[&str]) -> Daemon {
+        self.logs += 1;
+        let log = self.dir.path().join(format!("daemon-{}.log", self.logs));
+        let mut cmd = Command::new(bin());
+        cmd.arg("--home")
+            .arg(&self.home)
+            .arg("-v")
+            .arg("daemon")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("daemon log file"))
+            .env_remove("RUST_LOG");
+        let child = cmd.spawn().expect("spawning the daemon");
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Starts the daemon and waits until `status` answers.
+    pub fn start(&mut self, extra: &[&str]) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let mut daemon = self.spawn_daemon(extra);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "daemon exited during start-up ({status}); log:\n{}",
+                    daemon.log()
+                );
+            }
+            if self.socket().exists() && self.run(&["status", "--json"]).code == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {START_TIMEOUT:?} waiting for the daemon to answer status; log:\n{}",
+                    daemon.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.daemon = Some(daemon);
+    }
+
+    /// Starts the daemon on the fake clock.
+    pub fn start_fake_clock(&mut self) {
+        let start = FAKE_START_MS.to_string();
+        self.start(&["--fake-clock-ms", &start]);
+    }
+
+    /// SIGTERM and wait; asserts a clean exit 0.
+    pub fn stop(&mut self) -> String {
+        let daemon = self.daemon.take().expect("daemon running");
+        let (status, log) = daemon.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "daemon did not exit 0: {status}; log:\n{log}"
+        );
+        log
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        self.daemon.take().expect("daemon running").kill9();
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.home.join("control.sock")
+    }
+
+    /// Writes this node's manifest to `<tempdir>/<name>` and returns the path.
+    pub fn manifest_file(&self, name: &str) -> PathBuf {
+        let text = self.run(&["manifest"]).ok().to_string();
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("writing the manifest");
+        path
+    }
+
+    /// Writes `manifest` to `<tempdir>/<name>`.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("writing a test file");
+        path
+    }
+
+    /// `peers --json`.
+    pub fn peers(&self) -> Value {
+        self.run(&["peers", "--json"]).json()
+    }
+
+    /// Every audit record, oldest first.
+    pub fn audit_records(&self) -> Vec<Value> {
+        let records = self
+            .run(&[
+                "audit",
+                "query",
+                "--json",
+                "--limit",
+                "1000000",
+                "--oldest-first",
+            ])
+            .json();
+        records.as_array().cloned().expect("records array")
+    }
+
+    /// One peer's view from `peers --json`.
+    pub fn peer(&self, node_id: &str) -> Value {
+        self.run(&["peers", "show", node_id]).json()
+    }
+}
+
+/// A signed manifest of a fresh identity (not written anywhere), for
+/// adding many peers cheaply.
+pub fn peer_manifest(node_id: &str) -> SignedManifest {
+    let id = NodeId::parse(node_id).expect("valid node id");
+    let identity = Identity::generate(&id, "wss://192.0.2.20:9100").expect("identity");
+    let subnet = "198.18.0.0/15".parse().expect("subnet");
+    let ip = identity.mesh_ip(&subnet, &|_| false).expect("mesh ip");
+    identity
+        .signed_manifest(&ManifestParams::new(ip), FAKE_START_MS)
+        .expect("manifest")
+}
+
+/// A small deterministic PRNG (xorshift64*), seeded from the clock and pid
+/// so runs differ; the seed is printed for reproduction.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `AGENTFED_TEST_SEED` or the clock.
+    pub fn new() -> Rng {
+        let seed = std::env::var("AGENTFED_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1);
+                t ^ u64::from(std::process::id()).rotate_left(32)
+            });
+        eprintln!("random seed: {seed} (set AGENTFED_TEST_SEED to reproduce)");
+        Rng(seed | 1)
+    }
+
+    /// Next value.
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+}
+
+/// Joins `handle`, failing the test (naming `what`) if the thread does not
+/// finish within [`CLI_TIMEOUT`]; a panic in the thread is re-raised.
+pub fn within_thread<T>(handle: std::thread::JoinHandle<T>, what: &str) -> T {
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    while !handle.is_finished() {
+        if Instant::now() > deadline {
+            panic!("timed out after {CLI_TIMEOUT:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    match handle.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
