@@ -1890,10 +1890,10 @@ impl Coordinator {
             return Ok(Err(R::WrongAddress));
         }
         // A retransmission: answer as before, process nothing.
-        if let Some(ack) = self.store.inbound_ack(session_peer, &envelope.id)? {
-            if let Ok(ack) = serde_json::from_slice::<Ack>(&ack) {
-                return Ok(Ok(ack));
-            }
+        if let Some(ack) = self.store.inbound_ack(session_peer, &envelope.id)?
+            && let Ok(ack) = serde_json::from_slice::<Ack>(&ack)
+        {
+            return Ok(Ok(ack));
         }
         let now = self.now();
         if envelope.timestamp_ms.abs_diff(now) > MAX_CLOCK_SKEW_MS {
