@@ -40,10 +40,7 @@ pub mod host {
     pub fn config_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T, String> {
         match config(key) {
             None => Ok(default),
-            Some(raw) => raw
-                .trim()
-                .parse()
-                .map_err(|_| crate::config::invalid(key)),
+            Some(raw) => raw.trim().parse().map_err(|_| crate::config::invalid(key)),
         }
     }
 }

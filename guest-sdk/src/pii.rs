@@ -43,8 +43,8 @@ macro_rules! export_pii_policy {
                         ),
                     }
                 }
-    }
-            __bindings::__export_pii_world!(__AgentfedPiiExport with_types_in __bindings);
+            }
+    __bindings::__export_pii_world!(__AgentfedPiiExport with_types_in __bindings);
         };
     };
 }

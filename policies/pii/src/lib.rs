@@ -136,8 +136,7 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use agentfed_guest::pii::{
-    PiiType,
-    Detection, PiiPolicy, RewrittenValue, ScanRequest, ScanResult, TrustLevel,
+    Detection, PiiPolicy, PiiType, RewrittenValue, ScanRequest, ScanResult, TrustLevel,
 };
 
 mod actions;

@@ -74,9 +74,8 @@
 //! [`Defaults`]). Time comes only from `request.now-ms`.
 #![deny(missing_docs)]
 
-
-pub use agentfed_guest::config::{ConfigSource, Defaults, HostConfig};
 use agentfed_guest::config;
+pub use agentfed_guest::config::{ConfigSource, Defaults, HostConfig};
 
 use agentfed_guest::spend::{BreakerState, SpendDecision, SpendPolicy, SpendRequest};
 

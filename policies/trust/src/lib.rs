@@ -99,9 +99,8 @@
 //! both run natively.
 #![deny(missing_docs)]
 
-
-pub use agentfed_guest::config::{ConfigSource, Defaults, HostConfig};
 use agentfed_guest::config;
+pub use agentfed_guest::config::{ConfigSource, Defaults, HostConfig};
 
 use agentfed_guest::InteractionMetrics;
 use agentfed_guest::trust::{
