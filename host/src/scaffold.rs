@@ -23,6 +23,10 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../guest-sdk/src/common.rs"),
     ),
     (
+        "agentfed-guest/src/config.rs",
+        include_str!("../../guest-sdk/src/config.rs"),
+    ),
+    (
         "agentfed-guest/src/trust.rs",
         include_str!("../../guest-sdk/src/trust.rs"),
     ),
