@@ -343,18 +343,22 @@ fn scaffolded_plugins_build_test_and_run() {
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = work.path().join(&name);
+        // Output is captured (and shown on failure) so the scaffold's own
+        // test summary does not mix with this test binary's.
         let cargo = |args: &[&str]| {
-            let status = Command::new(env!("CARGO"))
+            let out = Command::new(env!("CARGO"))
                 .args(args)
                 .current_dir(&dir)
                 .env("CARGO_TARGET_DIR", &target)
                 .env_remove("RUSTFLAGS")
                 .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .status()
+                .output()
                 .expect("running cargo");
             assert!(
-                status.success(),
-                "cargo {args:?} failed in the {kind} scaffold"
+                out.status.success(),
+                "cargo {args:?} failed in the {kind} scaffold:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
         };
         cargo(&["test", "--quiet"]);
