@@ -31,8 +31,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(wire(quick, true));
-    runtime.block_on(wire(quick, false));
+    let buffer = TransportConfig::default().socket_buffer;
+    runtime.block_on(wire(quick, true, buffer));
+    runtime.block_on(wire(quick, false, buffer));
+    runtime.block_on(wire(quick, false, None));
 }
 
 /// Pseudo-random JSON like an envelope payload: ids, numbers, words.
@@ -148,9 +150,10 @@ async fn pingpong(c: &Connection, n: usize) -> Vec<Duration> {
     rtts
 }
 
-async fn wire(quick: bool, compression: bool) {
+async fn wire(quick: bool, compression: bool, socket_buffer: Option<u32>) {
     let config = TransportConfig {
         compression,
+        socket_buffer,
         ..TransportConfig::default()
     };
     let server = node("server");
@@ -184,11 +187,19 @@ async fn wire(quick: bool, compression: bool) {
     });
 
     println!(
-        "## wire, TLS 1.3 loopback, permessage-deflate {}",
+        "## wire, TLS 1.3 loopback, permessage-deflate {}, socket buffers {}",
         if compression {
-            "on (threshold 8 KiB, level 3)"
+            format!(
+                "on (threshold {} KiB, level {})",
+                config.compression_threshold / 1024,
+                config.compression_level
+            )
         } else {
-            "off"
+            "off".to_string()
+        },
+        match socket_buffer {
+            Some(n) => format!("{} KiB", n / 1024),
+            None => "kernel autotuned".to_string(),
         }
     );
     let n = if quick { 50 } else { 2000 };

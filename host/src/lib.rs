@@ -17,6 +17,8 @@
 //! * [`budget`]: per-envelope budgets.
 //! * [`coordinator`]: the node's business logic over store, audit and plugins.
 //! * [`envelope`]: signed envelopes and message types.
+//! * [`federation`]: the daemon's session manager and delivery worker
+//!   over the transport.
 //! * [`transport`]: the wire: pinned TLS 1.3, WebSocket with
 //!   permessage-deflate, the mutual handshake, prioritised streams.
 //! * [`control`]: the versioned control API on the node's Unix socket
@@ -44,6 +46,7 @@ pub mod coordinator;
 pub mod daemon;
 pub mod embedded;
 pub mod envelope;
+pub mod federation;
 pub mod home;
 pub mod identity;
 pub mod model;

@@ -6,6 +6,7 @@
 mod cli;
 mod coordinator;
 mod daemon;
+mod federation;
 mod harness;
 mod hostile;
 mod loading;

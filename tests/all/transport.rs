@@ -899,7 +899,9 @@ async fn streams_opened_concurrently_at_every_priority_are_all_delivered() {
     let server = tokio::spawn(async move {
         let mut got = Vec::new();
         while got.len() < 1 + 60 + 60 {
-            let Some(mut m) = incoming.recv().await else { break };
+            let Some(mut m) = incoming.recv().await else {
+                break;
+            };
             if let Some(r) = m.take_responder() {
                 let _ = r.reply(m.data.clone()).await;
             }

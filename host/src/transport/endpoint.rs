@@ -115,7 +115,20 @@ impl Listener {
         config: TransportConfig,
         policy: Arc<dyn HandshakePolicy>,
     ) -> Result<Listener, TransportError> {
-        let tcp = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if let Some(size) = config.socket_buffer {
+            // Inherited by accepted sockets (and sized before the window
+            // scale is negotiated).
+            socket.set_send_buffer_size(size)?;
+            socket.set_recv_buffer_size(size)?;
+        }
+        socket.bind(addr)?;
+        let tcp: TcpListener = socket.listen(1024)?;
         let local_addr = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -322,7 +335,10 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
         assert!(delays[2] >= Duration::from_millis(200) && delays[2] <= Duration::from_millis(400));
         for d in &delays[4..] {
-            assert!(*d >= Duration::from_millis(500) && *d <= Duration::from_secs(1), "{d:?}");
+            assert!(
+                *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1),
+                "{d:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

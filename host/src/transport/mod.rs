@@ -73,6 +73,9 @@ pub const MAX_WS_MESSAGE: usize = mux::HEADER_LEN + MAX_CHUNK;
 /// `docs/protocol.md` for the measurement behind it).
 pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 8 * 1024;
 
+/// Default socket send and receive buffer size, in bytes: 256 KiB.
+pub const DEFAULT_SOCKET_BUFFER: u32 = 256 * 1024;
+
 /// Session lifetime granted at the handshake and by each renewal: 1 h.
 pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
 
@@ -125,6 +128,13 @@ pub struct TransportConfig {
     /// Most handshakes in progress per listener; more connections are
     /// dropped at once.
     pub max_pending_handshakes: usize,
+    /// `SO_SNDBUF` and `SO_RCVBUF` for every connection (listener and
+    /// dialer), or `None` for the kernel's autotuning. Small buffers keep
+    /// a bulk transfer from queueing megabytes in the kernel ahead of a
+    /// ping (priorities act only on what is not yet in the socket); they
+    /// also cap one connection's throughput near buffer / RTT. See
+    /// `docs/protocol.md` §7 for the measurement.
+    pub socket_buffer: Option<u32>,
     /// Time source for session timestamps and expiry.
     pub clock: Arc<dyn Clock>,
     /// Event callback, if any.
@@ -138,7 +148,7 @@ impl Default for TransportConfig {
             chunk_size: MAX_CHUNK,
             compression: true,
             compression_threshold: DEFAULT_COMPRESSION_THRESHOLD,
-            compression_level: 3,
+            compression_level: 1,
             idle_timeout: Duration::from_secs(90),
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
@@ -151,6 +161,7 @@ impl Default for TransportConfig {
             stream_queue_frames: 4,
             incoming_queue: 256,
             max_pending_handshakes: 64,
+            socket_buffer: Some(DEFAULT_SOCKET_BUFFER),
             clock: Arc::new(SystemClock),
             on_event: None,
         }
@@ -177,6 +188,7 @@ impl fmt::Debug for TransportConfig {
             .field("stream_queue_frames", &self.stream_queue_frames)
             .field("incoming_queue", &self.incoming_queue)
             .field("max_pending_handshakes", &self.max_pending_handshakes)
+            .field("socket_buffer", &self.socket_buffer)
             .finish_non_exhaustive()
     }
 }

@@ -262,13 +262,51 @@ pub async fn connect_tls(
     port: u16,
     pin: &Pin,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, TransportError> {
-    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-    tcp.set_nodelay(true)?;
+    connect_tls_with(host, port, pin, None).await
+}
+
+/// [`connect_tls`] with an explicit socket buffer size.
+pub(crate) async fn connect_tls_with(
+    host: &str,
+    port: u16,
+    pin: &Pin,
+    socket_buffer: Option<u32>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, TransportError> {
+    let tcp = tcp_connect(host, port, socket_buffer).await?;
     let connector = tokio_rustls::TlsConnector::from(client_config(pin)?);
     connector
         .connect(server_name(host)?, tcp)
         .await
         .map_err(map_tls_error)
+}
+
+/// Opens a TCP connection (no delay; buffers sized when asked), trying
+/// each resolved address in turn.
+pub(crate) async fn tcp_connect(
+    host: &str,
+    port: u16,
+    socket_buffer: Option<u32>,
+) -> Result<tokio::net::TcpStream, TransportError> {
+    let mut last = TransportError::Io(std::io::ErrorKind::NotFound);
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(size) = socket_buffer {
+            socket.set_send_buffer_size(size)?;
+            socket.set_recv_buffer_size(size)?;
+        }
+        match socket.connect(addr).await {
+            Ok(tcp) => {
+                tcp.set_nodelay(true)?;
+                return Ok(tcp);
+            }
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
 }
 
 /// The TLS server name for `host` (an IP address or DNS name). Pinning

@@ -550,7 +550,8 @@ pub async fn dial(
         return Err(TransportError::PlaintextNotAllowed);
     }
     if ep.tls {
-        let tls_stream = tls::connect_tls(&ep.host, ep.port, pin).await?;
+        let tls_stream =
+            tls::connect_tls_with(&ep.host, ep.port, pin, config.socket_buffer).await?;
         let remote_addr = tls_stream.get_ref().0.peer_addr()?;
         let binding = tls::client_binding(tls_stream.get_ref().1)?;
         let (ws, compression) = client_upgrade(Box::new(tls_stream), &ep, config).await?;
@@ -561,8 +562,7 @@ pub async fn dial(
             compression,
         })
     } else {
-        let tcp = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
-        tcp.set_nodelay(true)?;
+        let tcp = tls::tcp_connect(&ep.host, ep.port, config.socket_buffer).await?;
         let remote_addr = tcp.peer_addr()?;
         let (ws, compression) = client_upgrade(Box::new(tcp), &ep, config).await?;
         Ok(WsConn {
