@@ -14,6 +14,7 @@
 //! | `[node]` | node id, endpoint, agent types, advertised capabilities, mesh subnet |
 //! | `[audit]` | compliance mode (`standard` or `hipaa`) |
 //! | `[timers]` | periods of the trust and breaker evaluation timers |
+//! | `[transport]` | listen address, plaintext opt-in, heartbeats, timeouts, new-peer admission, retry backoff |
 //! | `[plugins.<kind>]` | component path, sandbox limits, policy config (trust and spend thresholds live in `[plugins.trust.config]` / `[plugins.spend.config]`) |
 
 use std::collections::BTreeMap;
@@ -73,6 +74,8 @@ pub struct NodeConfig {
     pub audit: AuditSection,
     /// `[timers]`: periodic evaluation.
     pub timers: TimersSection,
+    /// `[transport]`: the federation listener, sessions and delivery.
+    pub transport: TransportSection,
     /// Policy plugins, one section per kind.
     pub plugins: PluginsConfig,
 }
@@ -176,6 +179,48 @@ impl TimersSection {
     /// evaluates trust and breaker for every peer).
     pub fn tick_period(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.trust_eval_secs.min(self.breaker_eval_secs).max(1))
+    }
+}
+
+/// `[transport]`: how the daemon listens, keeps sessions and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSection {
+    /// Listen address (`host:port`, an IP address); unset means the host
+    /// and port of `[node] endpoint`.
+    pub listen: Option<String>,
+    /// Permit `ws://` (no TLS) endpoints, listening and dialing. Weaker:
+    /// only inside an already encrypted network (e.g. a tailnet).
+    pub allow_plaintext: bool,
+    /// Seconds between heartbeats on a session (each answered heartbeat
+    /// counts as a successful interaction for trust).
+    pub heartbeat_secs: u64,
+    /// Close a session on which nothing arrived for this many seconds.
+    pub idle_timeout_secs: u64,
+    /// How long a delivery or query waits for the peer's acknowledgement.
+    pub request_timeout_ms: u64,
+    /// Admit unknown peers that complete the handshake (as VERIFIED).
+    /// Off: unknown peers are only admitted through an explicit `join`.
+    pub accept_new_peers: bool,
+    /// First retry delay (reconnects and redeliveries), ms; doubles per
+    /// failed attempt.
+    pub retry_base_ms: u64,
+    /// Longest retry delay, ms.
+    pub retry_max_ms: u64,
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        TransportSection {
+            listen: None,
+            allow_plaintext: false,
+            heartbeat_secs: 30,
+            idle_timeout_secs: 90,
+            request_timeout_ms: 10_000,
+            accept_new_peers: false,
+            retry_base_ms: 500,
+            retry_max_ms: 60_000,
+        }
     }
 }
 
@@ -288,6 +333,29 @@ impl NodeConfig {
                 return Err(format!("{key}: must be 1..={MAX_TIMER_SECS} seconds"));
             }
         }
+        let t = &self.transport;
+        if let Some(listen) = &t.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err("transport.listen: must be IP:PORT (IPv6 in brackets)".into());
+        }
+        for (key, value, lo, hi) in [
+            ("transport.heartbeat_secs", t.heartbeat_secs, 1, 3600),
+            ("transport.idle_timeout_secs", t.idle_timeout_secs, 1, 86_400),
+            ("transport.request_timeout_ms", t.request_timeout_ms, 10, 600_000),
+            ("transport.retry_base_ms", t.retry_base_ms, 1, 3_600_000),
+            ("transport.retry_max_ms", t.retry_max_ms, 1, 86_400_000),
+        ] {
+            if value < lo || value > hi {
+                return Err(format!("{key}: must be {lo}..={hi}"));
+            }
+        }
+        if t.retry_max_ms < t.retry_base_ms {
+            return Err("transport.retry_max_ms: must be at least transport.retry_base_ms".into());
+        }
+        if t.idle_timeout_secs <= t.heartbeat_secs {
+            return Err("transport.idle_timeout_secs: must exceed transport.heartbeat_secs".into());
+        }
         Ok(())
     }
 
@@ -374,6 +442,42 @@ impl NodeConfig {
             "# Seconds between breaker evaluations of every peer (the spend plugin decides).",
         );
         kv(w, "breaker_eval_secs", &self.timers.breaker_eval_secs);
+        let t = &self.transport;
+        line(w, "");
+        line(w, "[transport]");
+        line(
+            w,
+            "# Listen address IP:PORT; unset = the host and port of [node] endpoint.",
+        );
+        match &t.listen {
+            Some(listen) => kv(w, "listen", listen),
+            None => line(w, "# listen = \"0.0.0.0:9100\""),
+        }
+        line(
+            w,
+            "# Permit ws:// (no TLS). Only inside an already encrypted network.",
+        );
+        kv(w, "allow_plaintext", &t.allow_plaintext);
+        line(
+            w,
+            "# Seconds between heartbeats (each answered one counts as a successful interaction).",
+        );
+        kv(w, "heartbeat_secs", &t.heartbeat_secs);
+        line(w, "# Close a session on which nothing arrived for this long.");
+        kv(w, "idle_timeout_secs", &t.idle_timeout_secs);
+        line(w, "# How long a delivery or query waits for the acknowledgement, ms.");
+        kv(w, "request_timeout_ms", &t.request_timeout_ms);
+        line(
+            w,
+            "# Admit unknown peers that complete the handshake (as VERIFIED); off = only via `join`.",
+        );
+        kv(w, "accept_new_peers", &t.accept_new_peers);
+        line(
+            w,
+            "# Retry delays (reconnects, redeliveries): first delay and cap, ms; doubles per failure.",
+        );
+        kv(w, "retry_base_ms", &t.retry_base_ms);
+        kv(w, "retry_max_ms", &t.retry_max_ms);
         for kind in PluginKind::ALL {
             plugin_section(w, kind, self.plugins.get(kind));
         }

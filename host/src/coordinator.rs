@@ -2042,3 +2042,191 @@ impl Coordinator {
             .dedupe_prune_older_than(self.now().saturating_sub(DEDUPE_WINDOW_MS))?)
     }
 }
+
+/// Why a handshake partner is refused a session (constant codes, sent to
+/// the peer in the handshake's `REJECT`).
+pub const ADMIT_SELF: &str = "SELF_CONNECTION";
+/// A known node id presented another Ed25519 key than the one on record.
+pub const ADMIT_KEY_MISMATCH: &str = "KEY_MISMATCH";
+
+/// Whether a peer that completed a handshake may have a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A known peer in good standing.
+    Known,
+    /// Not known yet (admitted only by an explicit join or
+    /// `accept_new_peers`).
+    Unknown,
+    /// Refused with a constant code (`PEER_SUSPENDED`, `PEER_EVICTED`,
+    /// `UNTRUSTED`, [`ADMIT_KEY_MISMATCH`], [`ADMIT_SELF`]).
+    Refused(&'static str),
+}
+
+impl Coordinator {
+    // ---- sessions (the federation layer calls these) ----
+
+    /// Decides whether the node behind `manifest` (already verified by the
+    /// transport) may hold a session: suspended, evicted and UNTRUSTED
+    /// peers are refused, and a known node id must present the key on
+    /// record. A store read only; cheap enough for the handshake path.
+    pub fn admit(&self, manifest: &SignedManifest) -> Result<Admission> {
+        let node_id = manifest.manifest.node_id.as_str();
+        if node_id == self.node_id() {
+            return Ok(Admission::Refused(ADMIT_SELF));
+        }
+        let Some(record) = self.store.get_peer(node_id)? else {
+            return Ok(Admission::Unknown);
+        };
+        Ok(admission_of(&record, manifest))
+    }
+
+    /// Records a completed handshake: an unknown peer is added as VERIFIED
+    /// (its signed manifest verified, its key proven over this TLS
+    /// session), then `handshake_completed` and `session_created` are
+    /// audited. A peer refused by [`Coordinator::admit`] meanwhile (e.g.
+    /// suspended while the handshake ran) gets the refusal code back and
+    /// `handshake_rejected` is audited instead.
+    pub fn peer_connected(
+        &self,
+        manifest: &SignedManifest,
+        session_id: &str,
+        role: &str,
+        pin: &str,
+    ) -> Result<std::result::Result<Admission, &'static str>> {
+        manifest.verify()?;
+        let node_id = manifest.manifest.node_id.clone();
+        let _guard = self.lock_decisions();
+        let admission = if node_id == self.node_id() {
+            Admission::Refused(ADMIT_SELF)
+        } else {
+            match self.store.get_peer(&node_id)? {
+                Some(record) => admission_of(&record, manifest),
+                None => Admission::Unknown,
+            }
+        };
+        if let Admission::Refused(code) = admission {
+            self.record(
+                AuditEvent::new(
+                    EventType::HandshakeRejected,
+                    format!("session with {node_id} refused: {code}"),
+                )
+                .with_peer(&node_id)
+                .with_details(json!({"reason": code, "session_id": session_id, "role": role})),
+            )?;
+            return Ok(Err(code));
+        }
+        let now = self.now();
+        if admission == Admission::Unknown {
+            let mut record = PeerRecord::new(manifest.clone(), now);
+            record.trust_level = TrustLevel::Verified;
+            self.store.upsert_peer(&record)?;
+            self.record(
+                AuditEvent::new(
+                    EventType::PeerAdded,
+                    format!("peer {node_id} added after a completed handshake"),
+                )
+                .with_peer(&node_id)
+                .with_actor(crate::audit::ACTOR_SYSTEM)
+                .with_details(json!({
+                    "endpoint": record.manifest.manifest.endpoint,
+                    "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
+                    "trust_level": record.trust_level,
+                    "pin": pin,
+                })),
+            )?;
+            self.refresh_live_counts()?;
+        } else {
+            self.store.update_peer(&node_id, |r| r.last_seen_ms = now)?;
+        }
+        self.record(
+            AuditEvent::new(
+                EventType::HandshakeCompleted,
+                format!("handshake with {node_id} completed ({role})"),
+            )
+            .with_peer(&node_id)
+            .with_details(json!({"session_id": session_id, "role": role, "pin": pin})),
+        )?;
+        self.record(
+            AuditEvent::new(
+                EventType::SessionCreated,
+                format!("session {session_id} with {node_id}"),
+            )
+            .with_peer(&node_id)
+            .with_details(json!({"session_id": session_id, "role": role})),
+        )?;
+        Ok(Ok(admission))
+    }
+
+    /// The outbound pipeline of [`Coordinator::send`] (breaker gate,
+    /// capability gate, budget, PII, signature) without the outbox: returns
+    /// the signed frame for a synchronous request (`query`, `broadcast`).
+    /// Nothing is queued; the caller audits the outcome.
+    pub fn prepare_envelope(&self, request: SendRequest) -> Result<(SendReceipt, Vec<u8>)> {
+        let record = self.peer_record(&request.peer)?;
+        breaker::check_gate(record.breaker.state)?;
+        let capabilities = envelope::required_capabilities(&request.message_type)
+            .ok_or_else(|| CoordError::UnknownMessageType(clip(&request.message_type)))?;
+        check_gates(&record, capabilities)?;
+        let budget = match &request.budget {
+            Some(value) => Budget::from_json_value(value)?,
+            None => Budget::with_default_hops(
+                crate::budget::MAX_TOKENS_CEILING,
+                crate::budget::MAX_USD_CEILING,
+            )?,
+        };
+        let budget = budget.next_hop()?;
+        let mut payload = request.payload;
+        let pii = {
+            let _guard = self.lock_decisions();
+            self.scan_payload(
+                &request.peer,
+                record.trust_level,
+                Direction::Outbound,
+                &request.message_type,
+                &mut payload,
+            )?
+        };
+        let envelope = Envelope {
+            id: envelope::random_id(),
+            source: self.node_id().to_string(),
+            target: request.peer.clone(),
+            session: None,
+            message_type: request.message_type.clone(),
+            payload,
+            timestamp_ms: self.now(),
+            nonce: envelope::random_id(),
+            hop_count: budget.hop_count(),
+            budget,
+        };
+        let frame = envelope.sign(&self.identity).to_frame();
+        Ok((
+            SendReceipt {
+                envelope_id: envelope.id,
+                peer: request.peer,
+                pii: pii.counts,
+                frame_bytes: frame.len(),
+            },
+            frame,
+        ))
+    }
+
+    /// Appends an audit record on behalf of the federation layer, waiting
+    /// until it is durable.
+    pub fn audit_event(&self, event: AuditEvent) -> Result<()> {
+        self.record(event)
+    }
+}
+
+fn admission_of(record: &PeerRecord, manifest: &SignedManifest) -> Admission {
+    if record.manifest.manifest.public_key != manifest.manifest.public_key {
+        return Admission::Refused(ADMIT_KEY_MISMATCH);
+    }
+    match record.breaker.state {
+        BreakerState::Suspended => Admission::Refused(crate::transport::handshake::PEER_SUSPENDED),
+        BreakerState::Evicted => Admission::Refused(crate::transport::handshake::PEER_EVICTED),
+        BreakerState::Active if record.trust_level == TrustLevel::Untrusted => {
+            Admission::Refused(crate::transport::handshake::UNTRUSTED)
+        }
+        BreakerState::Active => Admission::Known,
+    }
+}

@@ -8,7 +8,10 @@
 //!    group/world readable —, store, audit log, plugins);
 //! 3. remove a stale `control.sock` (safe: we hold the lock) and bind a
 //!    fresh one, mode 0600; the socket existing means "ready";
-//! 4. run the timer (trust and breaker evaluation, `[timers]`) and serve
+//! 4. start the federation layer ([`crate::federation`]: listener on the
+//!    node's endpoint, sessions, delivery worker; a listener that cannot
+//!    bind is logged and the node only dials out);
+//! 5. run the timer (trust and breaker evaluation, `[timers]`) and serve
 //!    the control API until SIGINT or SIGTERM.
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, stop the timer
@@ -226,7 +229,24 @@ async fn serve(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatcher = Dispatcher::new(Arc::clone(&coordinator), fake_clock);
+    let mut dispatcher = Dispatcher::new(Arc::clone(&coordinator), fake_clock);
+    let federation = match crate::federation::Federation::start(
+        home,
+        Arc::clone(&coordinator),
+        config,
+        stop_rx.clone(),
+    )
+    .await
+    {
+        Ok(federation) => {
+            dispatcher = dispatcher.with_federation(Arc::clone(&federation));
+            Some(federation)
+        }
+        Err(e) => {
+            tracing::warn!("federation layer not started: {e}");
+            None
+        }
+    };
     let server = tokio::spawn(server::serve(listener, dispatcher, uid, stop_rx.clone()));
     let period = config.timers.tick_period();
     let timer = tokio::spawn(timer(Arc::clone(&coordinator), period, stop_rx));
@@ -247,6 +267,9 @@ async fn serve(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = timer.await;
+    if let Some(federation) = federation {
+        federation.shutdown().await;
+    }
     Ok(())
 }
 

@@ -23,6 +23,7 @@
 //!   permessage-deflate, the mutual handshake, prioritised streams.
 //! * [`control`]: the versioned control API on the node's Unix socket
 //!   (protocol, server dispatch, blocking client).
+//! * [`demo`]: `agentfed demo`, three narrated nodes on loopback.
 //! * [`daemon`]: `agentfed daemon`: lock, socket, timers, signals.
 //! * [`plugin`]: the wasmtime runtime that loads, sandboxes and calls
 //!   policy components, with hot reload and a precompiled-code cache.
@@ -44,6 +45,7 @@ pub mod config;
 pub mod control;
 pub mod coordinator;
 pub mod daemon;
+pub mod demo;
 pub mod embedded;
 pub mod envelope;
 pub mod federation;

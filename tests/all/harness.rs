@@ -212,6 +212,12 @@ impl Node {
     /// `agentfed init --node-id ID` in a fresh temp home, sharing the test
     /// plugin cache.
     pub fn init(node_id: &str) -> Node {
+        Node::init_at(node_id, "wss://192.0.2.10:9100")
+    }
+
+    /// Like [`Node::init`] with the federation endpoint `endpoint` (e.g.
+    /// `wss://127.0.0.1:PORT` for tests that run real sessions).
+    pub fn init_at(node_id: &str, endpoint: &str) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let home = dir.path().join("home");
         let node = Node {
@@ -225,7 +231,7 @@ impl Node {
             "--node-id",
             node_id,
             "--endpoint",
-            "wss://192.0.2.10:9100",
+            endpoint,
             "--mesh-subnet",
             "198.18.0.0/15",
         ])

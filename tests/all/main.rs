@@ -5,6 +5,7 @@
 
 mod cli;
 mod coordinator;
+mod demo;
 mod daemon;
 mod federation;
 mod harness;

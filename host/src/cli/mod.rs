@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod fed;
 mod node;
 mod ops;
 mod plugin;
@@ -77,6 +78,29 @@ pub enum Command {
     /// Send a typed message to a peer (gates, budget, PII, signature,
     /// durable outbox).
     Send(ops::SendArgs),
+    /// A narrated tour: three nodes on loopback in temporary homes join,
+    /// raise trust, exchange messages (PII handled per trust level), run a
+    /// query, hit a budget and a breaker, and verify their audit logs.
+    /// Everything is cleaned up afterwards.
+    Demo {
+        /// Keep the node homes (the daemons are still stopped).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Connect to a peer and start a session (pinned by --fingerprint or
+    /// --public-key, or --accept-new; without them, show what would be
+    /// trusted and change nothing).
+    Join(fed::JoinArgs),
+    /// Close the session with a peer and stop reconnecting (it stays known).
+    Leave(fed::LeaveArgs),
+    /// Live sessions.
+    Sessions(ops::JsonFlag),
+    /// Send a message over the live session and wait for the reply.
+    Query(fed::QueryArgs),
+    /// Send a message to every peer with a live session.
+    Broadcast(fed::BroadcastArgs),
+    /// Messages received and accepted by this node.
+    Inbox(fed::InboxArgs),
     /// Query, export and verify the audit log.
     #[command(subcommand)]
     Audit(ops::AuditCommand),
@@ -149,6 +173,13 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Spend(command) => ops::spend(&home, command),
         Command::Send(args) => ops::send(&home, args),
         Command::Audit(command) => ops::audit(&home, command),
+        Command::Demo { keep } => crate::demo::run(keep).map_err(CliError::failed),
+        Command::Join(args) => fed::join(&home, args),
+        Command::Leave(args) => fed::leave(&home, args),
+        Command::Sessions(out) => fed::sessions(&home, out.json),
+        Command::Query(args) => fed::query(&home, args),
+        Command::Broadcast(args) => fed::broadcast(&home, args),
+        Command::Inbox(args) => fed::inbox(&home, args),
         Command::Plugin(plugin::PluginCommand::Reload { kind, json }) => {
             ops::plugin_reload(&home, kind, json)
         }

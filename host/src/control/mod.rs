@@ -213,6 +213,12 @@ pub const METHODS: &[MethodInfo] = &[
     m("breaker.reactivate", "federation_reactivate", true),
     m("spend.report", "federation_report_spend", true),
     m("send", "federation_send", true),
+    m("join", "federation_join", true),
+    m("leave", "federation_leave", true),
+    m("sessions", "federation_status", false),
+    m("query", "federation_query", true),
+    m("broadcast", "federation_broadcast", true),
+    m("inbox", "federation_inbox", false),
     m("audit.query", "federation_audit", false),
     m("audit.export", "federation_audit", false),
     m("audit.verify", "federation_audit", false),
@@ -321,6 +327,49 @@ pub struct SendParams {
     /// apply when absent.
     #[serde(default)]
     pub budget: Option<Value>,
+}
+
+/// `query`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParams {
+    /// Target peer (must have a live session).
+    pub peer: String,
+    /// Message type, e.g. `ping`.
+    pub message_type: String,
+    /// JSON payload.
+    #[serde(default)]
+    pub payload: Value,
+    /// How long to wait for the acknowledgement (default 10 000 ms, at
+    /// most 600 000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `broadcast`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastParams {
+    /// Message type, e.g. `status-broadcast`.
+    pub message_type: String,
+    /// JSON payload.
+    #[serde(default)]
+    pub payload: Value,
+    /// How long to wait for each acknowledgement (default 10 000 ms).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `inbox`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxParams {
+    /// Messages with a sequence number greater than this (default 0).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default 100, at most 10 000).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 /// Filters of `audit.query` and `audit.export`.

@@ -20,6 +20,8 @@ use super::{
     OptionalPeerParams, PROTOCOL_VERSION, PeerParams, ReloadParams, Response, SendParams,
     SpendParams, TrustSetParams, VerifyResult, clip, codes,
 };
+use super::{BroadcastParams, InboxParams, QueryParams};
+use crate::federation::{Federation, JoinRequest};
 use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
 use crate::coordinator::{CoordError, Coordinator, PeerView, SendRequest, SpendReport};
 use crate::plugin::PluginKind;
@@ -44,6 +46,7 @@ impl From<CoordError> for ErrorBody {
 pub struct Dispatcher {
     coordinator: Arc<Coordinator>,
     fake_clock: bool,
+    federation: Option<Arc<Federation>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -61,7 +64,31 @@ impl Dispatcher {
         Dispatcher {
             coordinator,
             fake_clock,
+            federation: None,
         }
+    }
+
+    /// Serves the federation methods (`join`, `leave`, `sessions`,
+    /// `query`, `broadcast`) with `federation`; without it they fail with
+    /// `FEDERATION_UNAVAILABLE`.
+    pub fn with_federation(mut self, federation: Arc<Federation>) -> Dispatcher {
+        self.federation = Some(federation);
+        self
+    }
+
+    /// The federation layer and a runtime handle to wait on it from this
+    /// (blocking) thread.
+    fn federation(&self) -> Result<(&Arc<Federation>, tokio::runtime::Handle), ErrorBody> {
+        let unavailable = || {
+            ErrorBody::new(
+                "FEDERATION_UNAVAILABLE",
+                "the federation layer is not running in this daemon (see its log)",
+                false,
+            )
+        };
+        let federation = self.federation.as_ref().ok_or_else(unavailable)?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| unavailable())?;
+        Ok((federation, handle))
     }
 
     /// The coordinator.
@@ -167,12 +194,52 @@ impl Dispatcher {
             }
             "send" => {
                 let p: SendParams = decode(method, params)?;
-                to_value(c.send(SendRequest {
+                let receipt = c.send(SendRequest {
                     peer: p.peer,
                     message_type: p.message_type,
                     payload: p.payload,
                     budget: p.budget,
-                })?)
+                })?;
+                if let Some(federation) = &self.federation {
+                    federation.wake_outbox();
+                }
+                to_value(receipt)
+            }
+            "join" => {
+                let p: JoinRequest = decode(method, params)?;
+                let (f, rt) = self.federation()?;
+                rt.block_on(f.join(p))
+            }
+            "leave" => {
+                let p: PeerParams = decode(method, params)?;
+                let (f, rt) = self.federation()?;
+                rt.block_on(f.leave(&p.peer))
+            }
+            "sessions" => {
+                no_params(method, params)?;
+                let (f, _) = self.federation()?;
+                to_value(f.sessions())
+            }
+            "query" => {
+                let p: QueryParams = decode(method, params)?;
+                let timeout = request_timeout(method, p.timeout_ms)?;
+                let (f, rt) = self.federation()?;
+                rt.block_on(f.query(&p.peer, &p.message_type, p.payload, timeout))
+            }
+            "broadcast" => {
+                let p: BroadcastParams = decode(method, params)?;
+                let timeout = request_timeout(method, p.timeout_ms)?;
+                let (f, rt) = self.federation()?;
+                Ok(rt.block_on(f.broadcast(&p.message_type, p.payload, timeout)))
+            }
+            "inbox" => {
+                let p: InboxParams = decode(method, params)?;
+                let limit = match p.limit {
+                    None => 100,
+                    Some(n) if (1..=10_000).contains(&n) => n,
+                    Some(_) => return Err(invalid_params(method, "limit must be 1..=10000")),
+                };
+                to_value(c.inbox(p.after, limit)?)
             }
             "audit.query" => {
                 let p: AuditFilter = decode(method, params)?;
@@ -318,6 +385,15 @@ fn decode<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ErrorBo
         _ => return Err(invalid_params(method, "params must be a JSON object")),
     };
     serde_json::from_value(params).map_err(|e| invalid_params(method, &e.to_string()))
+}
+
+/// A request timeout from `timeout_ms` (default 10 s, 1 ms..=600 s).
+fn request_timeout(method: &str, timeout_ms: Option<u64>) -> Result<Duration, ErrorBody> {
+    match timeout_ms {
+        None => Ok(Duration::from_secs(10)),
+        Some(ms) if (1..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(invalid_params(method, "timeout_ms must be 1..=600000")),
+    }
 }
 
 fn no_params(method: &str, params: Value) -> Result<(), ErrorBody> {

@@ -1,0 +1,1421 @@
+//! The session manager the daemon runs: the federation listener, one
+//! authenticated session per peer, the delivery worker that empties the
+//! durable outbox, and the synchronous calls of the control API (`join`,
+//! `leave`, `sessions`, `query`, `broadcast`).
+//!
+//! Rules (normative text in `docs/protocol.md`, "Acknowledgements and
+//! retries"):
+//! * **Admission.** A handshake partner is admitted when the coordinator
+//!   knows it in good standing ([`Coordinator::admit`]); an unknown peer
+//!   only through an explicit `join` on this node or with `[transport]
+//!   accept_new_peers`. Known peers are dialed with their manifest's TLS
+//!   fingerprint pinned. A peer that `leave` dropped is refused
+//!   (`SESSION_LEFT`) until it is joined again.
+//! * **One session per peer.** When both sides dial at once, both keep the
+//!   connection whose client has the lexicographically smaller node id;
+//!   the other is closed with `DUPLICATE_SESSION`.
+//! * **Inbound.** Every request on a session is an envelope frame; it goes
+//!   to [`Coordinator::receive`] on the blocking pool (which commits before
+//!   it returns), and the reply is a [`WireReply`]: the stored `Ack`, or the
+//!   refusal code.
+//! * **Delivery.** The worker sends each due outbox entry as a request on
+//!   the target's session and removes it only after an acknowledgement (any
+//!   status) or a final refusal; timeouts, lost connections and transient
+//!   refusals reschedule it with capped exponential backoff. Entries for a
+//!   peer without a session wait (untouched) until a session exists.
+//! * **Standing.** After every inbound message, every heartbeat and every
+//!   maintenance pass, a peer that became SUSPENDED, EVICTED or UNTRUSTED
+//!   loses its session.
+//!
+//! Every session step is audited: handshake initiated / completed / failed
+//! / rejected, session created / renewed / expired / terminated.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::audit::{AuditEvent, EventType};
+use crate::config::{NodeConfig, TransportSection};
+use crate::control::ErrorBody;
+use crate::coordinator::{Ack, AckStatus, Admission, Coordinator, Interaction, SendRequest};
+use crate::identity::{Identity, SignedManifest};
+use crate::store::OutboxEntry;
+use crate::transport::handshake::UNKNOWN_PEER;
+use crate::transport::{
+    Accepted, Backoff, ConnectionHandle, EventKind, HandshakePolicy, Incoming, Listener, LocalNode,
+    PeerContext, Pin, PinOutcome, Priority, Rejection, Role, TransportConfig, TransportError,
+    connect,
+};
+
+/// Refusal code of a handshake with a peer this node left (`leave`).
+pub const SESSION_LEFT: &str = "SESSION_LEFT";
+/// Close code when a second connection to the same peer loses the
+/// tie-break.
+pub const DUPLICATE_SESSION: &str = "DUPLICATE_SESSION";
+/// Close code of `leave`.
+pub const LEFT: &str = "LEFT";
+/// Close code when a peer's breaker or trust no longer allows a session.
+pub const STANDING_REVOKED: &str = "STANDING_REVOKED";
+/// Close code when the daemon stops.
+pub const SHUTDOWN: &str = "SHUTDOWN";
+/// Reject code of a `join` probe (no pin given): this side refuses after
+/// reading the peer's manifest, to show the operator what it would trust.
+pub const JOIN_NOT_CONFIRMED: &str = "JOIN_NOT_CONFIRMED";
+
+/// Frames larger than this are delivered on the bulk priority class.
+pub const BULK_THRESHOLD: usize = 64 * 1024;
+/// Most deliveries in flight at once (all peers).
+pub const DELIVERY_WINDOW: usize = 64;
+/// Most inbound envelopes processed at once per session.
+pub const INBOUND_CONCURRENCY: usize = 16;
+/// Outbox entries read per delivery pass.
+const OUTBOX_BATCH: usize = 4096;
+/// Period of the maintenance pass (reconnects, renewals, standing).
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
+/// A client renews its session when less than this remains.
+const RENEW_BEFORE_MS: u64 = 5 * 60_000;
+/// The file (in the node home) listing peers to keep a session with.
+pub const WANTED_FILE: &str = "federation-peers.json";
+
+/// Refusal codes after which a delivery is never retried: the same bytes
+/// would be refused again.
+pub const FINAL_REFUSALS: &[&str] = &[
+    "MALFORMED_FRAME",
+    "MESSAGE_TOO_LARGE",
+    "BAD_SIGNATURE",
+    "WRONG_ADDRESS",
+    "STALE_TIMESTAMP",
+    "UNKNOWN_MESSAGE_TYPE",
+    "CAPABILITY_DENIED",
+    "HOP_LIMIT_EXCEEDED",
+    "PII_BLOCKED",
+];
+
+/// The reply to an envelope request on a session: JSON
+/// `{"ack":{…}}` or `{"refused":"CODE"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireReply {
+    /// The receiver processed (or had already processed) the envelope and
+    /// committed this acknowledgement before sending it.
+    Ack(Ack),
+    /// Refused before processing, with a constant code (see
+    /// [`crate::coordinator::InboundRefusal`]; `INTERNAL_ERROR` when the
+    /// receiver failed, which the sender retries).
+    Refused(String),
+}
+
+/// `join` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The peer's endpoint, `wss://host:port[/path]`.
+    pub endpoint: String,
+    /// Expected TLS certificate fingerprint (64 hex digits, `:` allowed).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// Expected Ed25519 public key (standard base64 of 32 bytes).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Trust the certificate the peer's signed manifest names (first use).
+    #[serde(default)]
+    pub accept_new: bool,
+}
+
+/// One live session, as `sessions` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Peer node id.
+    pub peer: String,
+    /// Session id.
+    pub session_id: String,
+    /// `client` (this node dialed) or `server`.
+    pub role: String,
+    /// Peer socket address.
+    pub remote_addr: String,
+    /// TLS or plaintext.
+    pub encrypted: bool,
+    /// permessage-deflate negotiated.
+    pub compression: bool,
+    /// When the session was created (ms since the epoch).
+    pub created_at_ms: u64,
+    /// Current expiry (ms since the epoch).
+    pub expires_at_ms: u64,
+}
+
+struct Live {
+    handle: ConnectionHandle,
+    session_id: String,
+    /// Node id of the side that dialed.
+    client: String,
+}
+
+/// Per-peer reconnect state.
+struct Redial {
+    backoff: Backoff,
+    next: Instant,
+}
+
+/// The daemon's federation layer. Share it in an `Arc`.
+pub struct Federation {
+    coordinator: Arc<Coordinator>,
+    node: LocalNode,
+    transport: TransportConfig,
+    settings: TransportSection,
+    me: String,
+    sessions: Mutex<HashMap<String, Live>>,
+    dialing: Mutex<HashSet<String>>,
+    redial: Mutex<HashMap<String, Redial>>,
+    left: Arc<Mutex<HashSet<String>>>,
+    wanted: Mutex<HashSet<String>>,
+    wanted_path: PathBuf,
+    in_flight: Mutex<HashSet<String>>,
+    window: Arc<Semaphore>,
+    outbox_wake: Notify,
+    listen_addr: Mutex<Option<SocketAddr>>,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation")
+            .field("node", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn err(code: &str, message: impl Into<String>, bad_input: bool) -> ErrorBody {
+    ErrorBody::new(code, message, bad_input)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorBody {
+    err("INTERNAL", format!("federation: {e}"), false)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Client => "client",
+        Role::Server => "server",
+    }
+}
+
+fn pin_name(pin: &PinOutcome) -> &'static str {
+    match pin {
+        PinOutcome::Fingerprint => "fingerprint",
+        PinOutcome::PublicKey => "public_key",
+        PinOutcome::NewPeer { .. } => "accept_new",
+        PinOutcome::Inbound => "inbound",
+    }
+}
+
+/// The server-side (and reconnect) admission policy, backed by the
+/// coordinator.
+struct Policy {
+    coordinator: Arc<Coordinator>,
+    accept_new: bool,
+    left: Arc<Mutex<HashSet<String>>>,
+}
+
+impl HandshakePolicy for Policy {
+    fn authorize(&self, peer: &PeerContext<'_>) -> Result<(), Rejection> {
+        if lock(&self.left).contains(&peer.manifest.manifest.node_id) {
+            return Err(Rejection::new(SESSION_LEFT));
+        }
+        match self.coordinator.admit(peer.manifest) {
+            Ok(Admission::Known) => Ok(()),
+            Ok(Admission::Unknown) if self.accept_new => Ok(()),
+            Ok(Admission::Unknown) => Err(Rejection::new(UNKNOWN_PEER)),
+            Ok(Admission::Refused(code)) => Err(Rejection::new(code)),
+            Err(_) => Err(Rejection::new("INTERNAL_ERROR")),
+        }
+    }
+}
+
+/// The client-side policy of an explicit `join`: admits an unknown peer
+/// (the operator asked for it), refuses one in bad standing, and keeps the
+/// verified manifest it saw. In probe mode it always refuses after reading
+/// the manifest.
+struct JoinPolicy {
+    coordinator: Arc<Coordinator>,
+    probe: bool,
+    seen: Mutex<Option<(SignedManifest, Option<String>)>>,
+}
+
+impl HandshakePolicy for JoinPolicy {
+    fn authorize(&self, peer: &PeerContext<'_>) -> Result<(), Rejection> {
+        *lock(&self.seen) = Some((
+            peer.manifest.clone(),
+            peer.cert_fingerprint.map(str::to_string),
+        ));
+        if self.probe {
+            return Err(Rejection::new(JOIN_NOT_CONFIRMED));
+        }
+        match self.coordinator.admit(peer.manifest) {
+            Ok(Admission::Known | Admission::Unknown) => Ok(()),
+            Ok(Admission::Refused(code)) => Err(Rejection::new(code)),
+            Err(_) => Err(Rejection::new("INTERNAL_ERROR")),
+        }
+    }
+}
+
+/// Where the listener binds: `[transport] listen`, else the host and port
+/// of the endpoint (resolved if it is a name).
+async fn listen_address(config: &NodeConfig, endpoint: &str) -> Option<SocketAddr> {
+    if let Some(listen) = &config.transport.listen {
+        return listen.parse().ok();
+    }
+    let rest = endpoint
+        .strip_prefix("wss://")
+        .or_else(|| endpoint.strip_prefix("ws://"))?;
+    let authority = rest.split('/').next()?;
+    if let Ok(addr) = authority.parse() {
+        return Some(addr);
+    }
+    tokio::net::lookup_host(authority).await.ok()?.next()
+}
+
+impl Federation {
+    /// Starts the federation layer: the listener on the node's endpoint
+    /// (a failure to bind is logged, not fatal: the node can still dial
+    /// out), the delivery worker, the maintenance pass and the event
+    /// handler. Everything stops when `stop` turns true.
+    pub async fn start(
+        home: &Path,
+        coordinator: Arc<Coordinator>,
+        config: &NodeConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Federation>, ErrorBody> {
+        let identity = Arc::new(Identity::load(home).map_err(internal)?);
+        let manifest = {
+            let c = coordinator.clone();
+            tokio::task::spawn_blocking(move || c.manifest())
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
+        let node = LocalNode::new(identity, manifest).map_err(internal)?;
+        let settings = config.transport.clone();
+        let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+        let transport = TransportConfig {
+            idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
+            heartbeat_interval: Duration::from_secs(settings.heartbeat_secs),
+            allow_plaintext: settings.allow_plaintext,
+            clock: coordinator.clock().clone(),
+            on_event: Some(Arc::new(
+                move |event: &crate::transport::ConnectionEvent| {
+                    let _ = event_tx.send(event.clone());
+                },
+            )),
+            ..TransportConfig::default()
+        };
+        let wanted_path = home.join(WANTED_FILE);
+        let wanted: HashSet<String> = std::fs::read(&wanted_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let me = coordinator.node_id().to_string();
+        let fed = Arc::new(Federation {
+            coordinator: coordinator.clone(),
+            node,
+            transport,
+            settings,
+            me,
+            sessions: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashSet::new()),
+            redial: Mutex::new(HashMap::new()),
+            left: Arc::new(Mutex::new(HashSet::new())),
+            wanted: Mutex::new(wanted),
+            wanted_path,
+            in_flight: Mutex::new(HashSet::new()),
+            window: Arc::new(Semaphore::new(DELIVERY_WINDOW)),
+            outbox_wake: Notify::new(),
+            listen_addr: Mutex::new(None),
+        });
+
+        let endpoint = coordinator.identity().endpoint().to_string();
+        let plaintext = endpoint.starts_with("ws://");
+        match listen_address(config, &endpoint).await {
+            None => tracing::warn!(%endpoint, "no listen address for the endpoint; not listening"),
+            Some(_) if plaintext && !fed.settings.allow_plaintext => tracing::warn!(
+                "endpoint is ws:// but [transport] allow_plaintext is false; not listening"
+            ),
+            Some(addr) => {
+                let policy: Arc<dyn HandshakePolicy> = Arc::new(fed.policy());
+                let bound = if plaintext {
+                    Listener::bind_plaintext(addr, fed.node.clone(), fed.transport.clone(), policy)
+                        .await
+                } else {
+                    Listener::bind(addr, fed.node.clone(), fed.transport.clone(), policy).await
+                };
+                match bound {
+                    Ok(listener) => {
+                        *lock(&fed.listen_addr) = Some(listener.local_addr());
+                        tracing::info!(addr = %listener.local_addr(), "federation listener ready");
+                        tokio::spawn(fed.clone().accept_loop(listener, stop.clone()));
+                    }
+                    Err(e) => tracing::warn!(
+                        %addr,
+                        code = e.code(),
+                        "cannot listen for peers; this node can only dial out"
+                    ),
+                }
+            }
+        }
+
+        {
+            let fed = fed.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        event = event_rx.recv() => match event {
+                            Some(event) => fed.clone().on_event(event).await,
+                            None => return,
+                        },
+                        _ = crate::control::server::stopped(&mut stop) => return,
+                    }
+                }
+            });
+        }
+        tokio::spawn(fed.clone().delivery_loop(stop.clone()));
+        tokio::spawn(fed.clone().maintenance_loop(stop));
+        Ok(fed)
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            coordinator: self.coordinator.clone(),
+            accept_new: self.settings.accept_new_peers,
+            left: self.left.clone(),
+        }
+    }
+
+    /// The address the listener is bound to, if any.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.listen_addr)
+    }
+
+    /// Wakes the delivery worker (after a `send` queued something).
+    pub fn wake_outbox(&self) {
+        self.outbox_wake.notify_one();
+    }
+
+    fn live_handle(&self, peer: &str) -> Option<ConnectionHandle> {
+        lock(&self.sessions)
+            .get(peer)
+            .filter(|l| !l.handle.is_closed())
+            .map(|l| l.handle.clone())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Coordinator) -> T + Send + 'static,
+    ) -> Result<T, ErrorBody> {
+        let c = self.coordinator.clone();
+        tokio::task::spawn_blocking(move || f(&c))
+            .await
+            .map_err(internal)
+    }
+
+    async fn audit(&self, event: AuditEvent) {
+        let result = self.blocking(move |c| c.audit_event(event)).await;
+        if !matches!(result, Ok(Ok(()))) {
+            tracing::warn!("cannot write a federation audit record");
+        }
+    }
+
+    fn save_wanted(&self) {
+        let list: Vec<String> = {
+            let mut v: Vec<String> = lock(&self.wanted).iter().cloned().collect();
+            v.sort();
+            v
+        };
+        let tmp = self.wanted_path.with_extension("json.tmp");
+        let ok = serde_json::to_vec(&list)
+            .ok()
+            .and_then(|bytes| std::fs::write(&tmp, bytes).ok())
+            .and_then(|()| std::fs::rename(&tmp, &self.wanted_path).ok());
+        if ok.is_none() {
+            tracing::warn!(path = %self.wanted_path.display(), "cannot save the peers to reconnect to");
+        }
+    }
+
+    fn want(&self, peer: &str, yes: bool) {
+        let changed = {
+            let mut wanted = lock(&self.wanted);
+            if yes {
+                wanted.insert(peer.to_string())
+            } else {
+                wanted.remove(peer)
+            }
+        };
+        if changed {
+            self.save_wanted();
+        }
+    }
+
+    // ---- sessions ----
+
+    async fn accept_loop(self: Arc<Self>, mut listener: Listener, mut stop: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.next() => a,
+                _ = crate::control::server::stopped(&mut stop) => break,
+            };
+            match accepted {
+                None => break,
+                Some(Accepted::Established(conn)) => {
+                    let fed = self.clone();
+                    tokio::spawn(async move {
+                        let _ = fed.register(conn).await;
+                    });
+                }
+                Some(Accepted::Failed(failure)) => {
+                    let code = failure.error.code();
+                    let event_type = match &failure.error {
+                        TransportError::Rejected { .. } => EventType::HandshakeRejected,
+                        _ => EventType::HandshakeFailed,
+                    };
+                    let reason = match &failure.error {
+                        TransportError::Rejected { code, .. } => code.to_string(),
+                        other => other.code().to_string(),
+                    };
+                    let mut event = AuditEvent::new(
+                        event_type,
+                        format!(
+                            "inbound handshake from {} failed: {reason}",
+                            failure.remote_addr
+                        ),
+                    )
+                    .with_details(json!({
+                        "remote_addr": failure.remote_addr.to_string(),
+                        "code": code,
+                        "reason": reason,
+                    }));
+                    if let Some(peer) = &failure.peer_node_id {
+                        event = event.with_peer(peer);
+                    }
+                    self.audit(event).await;
+                }
+            }
+        }
+        listener.shutdown().await;
+    }
+
+    /// Bookkeeping for an established connection: coordinator admission
+    /// and audit, the tie-break, then the reader and close watcher.
+    async fn register(
+        self: &Arc<Self>,
+        conn: crate::transport::Connection,
+    ) -> Result<SessionView, ErrorBody> {
+        let session = conn.session();
+        let peer = session.peer.manifest.node_id.clone();
+        let role = session.role;
+        let manifest = session.peer.clone();
+        let session_id = session.session_id.clone();
+        let pin = pin_name(&session.pin);
+        let verdict = {
+            let (m, s) = (manifest.clone(), session_id.clone());
+            self.blocking(move |c| c.peer_connected(&m, &s, role_name(role), pin))
+                .await?
+        };
+        match verdict {
+            Ok(Ok(_)) => {}
+            Ok(Err(code)) => {
+                conn.close(code);
+                return Err(err(
+                    code,
+                    format!("session with {peer} refused: {code}"),
+                    false,
+                ));
+            }
+            Err(e) => {
+                conn.close("INTERNAL_ERROR");
+                return Err(e.into());
+            }
+        }
+        let client = match role {
+            Role::Client => self.me.clone(),
+            Role::Server => peer.clone(),
+        };
+        let preferred = std::cmp::min(self.me.clone(), peer.clone());
+        let (handle, incoming) = conn.into_parts();
+        let view = self.view(&peer, &handle);
+        let loser = {
+            let mut sessions = lock(&self.sessions);
+            match sessions.get(&peer) {
+                Some(existing)
+                    if !existing.handle.is_closed()
+                        && existing.client != client
+                        && existing.client == preferred =>
+                {
+                    Some(handle.clone())
+                }
+                _ => {
+                    let old = sessions.insert(
+                        peer.clone(),
+                        Live {
+                            handle: handle.clone(),
+                            session_id: session_id.clone(),
+                            client,
+                        },
+                    );
+                    old.map(|o| o.handle)
+                }
+            }
+        };
+        let kept_new = loser
+            .as_ref()
+            .is_none_or(|l| l.session_id() != handle.session_id());
+        if let Some(loser) = loser {
+            self.terminate(&peer, &loser, DUPLICATE_SESSION, false)
+                .await;
+        }
+        if !kept_new {
+            let existing = self.live_handle(&peer);
+            return Ok(existing.map(|h| self.view(&peer, &h)).unwrap_or(view));
+        }
+        lock(&self.left).remove(&peer);
+        self.want(&peer, true);
+        if let Some(r) = lock(&self.redial).get_mut(&peer) {
+            r.backoff.reset();
+        }
+        tokio::spawn(self.clone().reader(peer.clone(), incoming));
+        tokio::spawn(self.clone().watcher(peer.clone(), handle));
+        self.wake_outbox();
+        Ok(view)
+    }
+
+    fn view(&self, peer: &str, handle: &ConnectionHandle) -> SessionView {
+        let s = handle.session();
+        SessionView {
+            peer: peer.to_string(),
+            session_id: s.session_id,
+            role: role_name(s.role).to_string(),
+            remote_addr: s.remote_addr.to_string(),
+            encrypted: s.encrypted,
+            compression: s.compression,
+            created_at_ms: s.created_at_ms,
+            expires_at_ms: s.expires_at_ms,
+        }
+    }
+
+    /// Closes `handle` with `code` and audits `session_terminated` (the
+    /// session must already be out of the map, so the watcher stays
+    /// quiet).
+    async fn terminate(&self, peer: &str, handle: &ConnectionHandle, code: &str, operator: bool) {
+        handle.close(code);
+        let mut event = AuditEvent::new(
+            EventType::SessionTerminated,
+            format!("session {} with {peer} closed: {code}", handle.session_id()),
+        )
+        .with_peer(peer)
+        .with_details(json!({"session_id": handle.session_id(), "code": code, "by_peer": false}));
+        if operator {
+            event = event.with_actor(crate::audit::ACTOR_OPERATOR);
+        }
+        self.audit(event).await;
+    }
+
+    /// Removes `peer`'s session from the map if it is `session_id`;
+    /// returns the handle when it did.
+    fn take_session(&self, peer: &str, session_id: Option<&str>) -> Option<ConnectionHandle> {
+        let mut sessions = lock(&self.sessions);
+        let matches = sessions
+            .get(peer)
+            .is_some_and(|l| session_id.is_none_or(|id| l.session_id == id));
+        if matches {
+            sessions.remove(peer).map(|l| l.handle)
+        } else {
+            None
+        }
+    }
+
+    async fn watcher(self: Arc<Self>, peer: String, handle: ConnectionHandle) {
+        let reason = handle.closed().await;
+        if self
+            .take_session(&peer, Some(handle.session_id()))
+            .is_none()
+        {
+            return; // closed by us; already audited
+        }
+        let event_type = match reason.code.as_str() {
+            "SESSION_EXPIRED" | "IDLE_TIMEOUT" => EventType::SessionExpired,
+            _ => EventType::SessionTerminated,
+        };
+        self.audit(
+            AuditEvent::new(
+                event_type,
+                format!(
+                    "session {} with {peer} ended: {}",
+                    handle.session_id(),
+                    reason.code
+                ),
+            )
+            .with_peer(&peer)
+            .with_details(json!({
+                "session_id": handle.session_id(),
+                "code": reason.code,
+                "by_peer": reason.by_peer,
+            })),
+        )
+        .await;
+    }
+
+    async fn reader(self: Arc<Self>, peer: String, mut incoming: Incoming) {
+        let slots = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+        while let Some(mut message) = incoming.recv().await {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let responder = message.take_responder();
+            let (_, _, data) = message.into_parts();
+            let fed = self.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                let p = peer.clone();
+                let outcome = fed
+                    .blocking(move |c| {
+                        let reply = match c.receive(&p, &data) {
+                            Ok(Ok(ack)) => WireReply::Ack(ack),
+                            Ok(Err(refusal)) => WireReply::Refused(refusal.to_string()),
+                            Err(e) => {
+                                tracing::warn!(code = e.code(), "inbound envelope failed: {e}");
+                                WireReply::Refused("INTERNAL_ERROR".into())
+                            }
+                        };
+                        (reply, standing(c, &p))
+                    })
+                    .await;
+                let (reply, standing) = match outcome {
+                    Ok(pair) => pair,
+                    Err(_) => (WireReply::Refused("INTERNAL_ERROR".into()), None),
+                };
+                if let Some(responder) = responder {
+                    let bytes = serde_json::to_vec(&reply).unwrap_or_default();
+                    let _ = responder.reply(bytes).await;
+                }
+                if let Some(code) = standing {
+                    fed.revoke(&peer, code).await;
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Drops `peer`'s session because its standing changed.
+    async fn revoke(&self, peer: &str, code: &'static str) {
+        if let Some(handle) = self.take_session(peer, None) {
+            tracing::info!(%peer, code, "dropping the session: peer no longer in good standing");
+            self.terminate(peer, &handle, STANDING_REVOKED, false).await;
+        }
+    }
+
+    async fn on_event(self: Arc<Self>, event: crate::transport::ConnectionEvent) {
+        let peer = event.peer_node_id.clone();
+        match event.kind {
+            EventKind::Heartbeat { rtt } => {
+                let p = peer.clone();
+                let outcome = self
+                    .blocking(move |c| {
+                        let _ = c.record_interaction(&p, Interaction::Success);
+                        standing(c, &p)
+                    })
+                    .await;
+                tracing::trace!(%peer, rtt_us = rtt.as_micros() as u64, "heartbeat");
+                if let Ok(Some(code)) = outcome {
+                    self.revoke(&peer, code).await;
+                }
+            }
+            EventKind::Renewed { expires_at_ms } => {
+                self.audit(
+                    AuditEvent::new(
+                        EventType::SessionRenewed,
+                        format!("session {} with {peer} renewed", event.session_id),
+                    )
+                    .with_peer(&peer)
+                    .with_details(
+                        json!({"session_id": event.session_id, "expires_at_ms": expires_at_ms}),
+                    ),
+                )
+                .await;
+            }
+            EventKind::StreamRefused { stream_id, code } => {
+                self.audit(
+                    AuditEvent::new(
+                        EventType::MessageRejected,
+                        format!("inbound stream from {peer} refused: {code}"),
+                    )
+                    .with_peer(&peer)
+                    .with_details(json!({"session_id": event.session_id, "stream_id": stream_id, "reason": code})),
+                )
+                .await;
+            }
+            EventKind::Closed(_) => {}
+        }
+    }
+
+    // ---- dialing ----
+
+    /// Dials a known peer with its manifest's fingerprint pinned.
+    async fn dial_known(self: Arc<Self>, peer: String) {
+        let record = {
+            let p = peer.clone();
+            self.blocking(move |c| c.peer(&p)).await
+        };
+        let Ok(Ok(view)) = record else {
+            lock(&self.dialing).remove(&peer);
+            return;
+        };
+        let fingerprint = {
+            let p = peer.clone();
+            self.blocking(move |c| c.store().get_peer(&p)).await
+        };
+        let Ok(Ok(Some(record))) = fingerprint else {
+            lock(&self.dialing).remove(&peer);
+            return;
+        };
+        let pin = Pin::Fingerprint(record.manifest.manifest.tls_fingerprint.clone());
+        self.audit(
+            AuditEvent::new(
+                EventType::HandshakeInitiated,
+                format!("dialing {peer} at {}", view.endpoint),
+            )
+            .with_peer(&peer)
+            .with_details(json!({"endpoint": view.endpoint, "reason": "reconnect"})),
+        )
+        .await;
+        let policy = self.policy();
+        let result = connect(&view.endpoint, pin, &self.node, &self.transport, &policy).await;
+        match result {
+            Ok(conn) => {
+                let _ = self.register(conn).await;
+            }
+            Err(e) => {
+                let delay = {
+                    let mut redial = lock(&self.redial);
+                    let r = redial.entry(peer.clone()).or_insert_with(|| Redial {
+                        backoff: self.backoff(),
+                        next: Instant::now(),
+                    });
+                    let delay = r.backoff.next_delay();
+                    r.next = Instant::now() + delay;
+                    delay
+                };
+                self.audit_dial_failure(&peer, &view.endpoint, &e, Some(delay))
+                    .await;
+            }
+        }
+        lock(&self.dialing).remove(&peer);
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.settings.retry_base_ms),
+            Duration::from_millis(self.settings.retry_max_ms),
+        )
+    }
+
+    async fn audit_dial_failure(
+        &self,
+        peer: &str,
+        endpoint: &str,
+        e: &TransportError,
+        retry_in: Option<Duration>,
+    ) {
+        let (event_type, reason) = match e {
+            TransportError::Rejected { code, by_peer } => (
+                EventType::HandshakeRejected,
+                format!("{code}{}", if *by_peer { " (by peer)" } else { "" }),
+            ),
+            other => (EventType::HandshakeFailed, other.code().to_string()),
+        };
+        self.audit(
+            AuditEvent::new(
+                event_type,
+                format!("handshake with {peer} at {endpoint} failed: {reason}"),
+            )
+            .with_peer(peer)
+            .with_details(json!({
+                "endpoint": endpoint,
+                "code": e.code(),
+                "reason": reason,
+                "retry_in_ms": retry_in.map(|d| d.as_millis() as u64),
+            })),
+        )
+        .await;
+    }
+
+    async fn maintenance_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(MAINTENANCE_PERIOD);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = crate::control::server::stopped(&mut stop) => return,
+            }
+            self.clone().maintain().await;
+        }
+    }
+
+    async fn maintain(self: Arc<Self>) {
+        // Standing and renewal of live sessions.
+        let live: Vec<(String, ConnectionHandle)> = lock(&self.sessions)
+            .iter()
+            .map(|(p, l)| (p.clone(), l.handle.clone()))
+            .collect();
+        let now = self.coordinator.clock().now_ms();
+        for (peer, handle) in &live {
+            let p = peer.clone();
+            if let Ok(Some(code)) = self.blocking(move |c| standing(c, &p)).await {
+                self.revoke(peer, code).await;
+                continue;
+            }
+            let s = handle.session();
+            if s.role == Role::Client
+                && s.expires_at_ms.saturating_sub(now) < RENEW_BEFORE_MS
+                && s.expires_at_ms < s.max_expires_at_ms
+            {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let _ = handle.renew().await;
+                });
+            }
+        }
+        // Reconnect to wanted peers without a session.
+        let wanted: Vec<String> = lock(&self.wanted).iter().cloned().collect();
+        for peer in wanted {
+            if self.live_handle(&peer).is_some() || lock(&self.left).contains(&peer) {
+                continue;
+            }
+            let due = lock(&self.redial)
+                .get(&peer)
+                .is_none_or(|r| r.next <= Instant::now());
+            if !due || !lock(&self.dialing).insert(peer.clone()) {
+                continue;
+            }
+            let p = peer.clone();
+            let ok = matches!(
+                self.blocking(move |c| c.peer(&p)).await,
+                Ok(Ok(ref v)) if v.breaker.state == crate::model::BreakerState::Active
+                    && v.trust_level >= crate::model::TrustLevel::Verified
+            );
+            if !ok {
+                lock(&self.dialing).remove(&peer);
+                continue;
+            }
+            tokio::spawn(self.clone().dial_known(peer));
+        }
+    }
+
+    /// Closes every session (daemon shutdown), auditing each.
+    pub async fn shutdown(&self) {
+        let all: Vec<(String, ConnectionHandle)> = lock(&self.sessions)
+            .drain()
+            .map(|(p, l)| (p, l.handle))
+            .collect();
+        for (peer, handle) in all {
+            self.terminate(&peer, &handle, SHUTDOWN, false).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), handle.closed()).await;
+        }
+    }
+
+    // ---- delivery ----
+
+    async fn delivery_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.outbox_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = crate::control::server::stopped(&mut stop) => return,
+            }
+            let now = self.coordinator.clock().now_ms();
+            let due = match self
+                .blocking(move |c| c.store().outbox_due(now, OUTBOX_BATCH))
+                .await
+            {
+                Ok(Ok(due)) => due,
+                _ => continue,
+            };
+            for entry in due {
+                if *stop.borrow() {
+                    return;
+                }
+                if lock(&self.in_flight).contains(&entry.envelope_id) {
+                    continue;
+                }
+                let Some(handle) = self.live_handle(&entry.target) else {
+                    continue; // waits for a session; untouched
+                };
+                let Ok(permit) = self.window.clone().acquire_owned().await else {
+                    return;
+                };
+                if !lock(&self.in_flight).insert(entry.envelope_id.clone()) {
+                    continue;
+                }
+                let fed = self.clone();
+                tokio::spawn(async move {
+                    fed.deliver(entry, handle).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, entry: OutboxEntry, handle: ConnectionHandle) {
+        let priority = if entry.bytes.len() > BULK_THRESHOLD {
+            Priority::Bulk
+        } else {
+            Priority::Interactive
+        };
+        let timeout = Duration::from_millis(self.settings.request_timeout_ms);
+        let result = handle.request(priority, entry.bytes.clone(), timeout).await;
+        let id = entry.envelope_id.clone();
+        let settings = self.settings.clone();
+        let outcome = self
+            .blocking(move |c| settle(c, &settings, &entry, result))
+            .await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            tracing::warn!(envelope = %id, "cannot record a delivery outcome; it will be retried");
+        }
+        lock(&self.in_flight).remove(&id);
+    }
+
+    // ---- control API ----
+
+    /// `join`: connect to `endpoint` (pinned by fingerprint or public key,
+    /// or trusting the manifest's certificate with `accept_new`); without
+    /// any of them, read the peer's manifest, refuse, and return what would
+    /// be trusted (`CONFIRMATION_REQUIRED`).
+    pub async fn join(self: &Arc<Self>, request: JoinRequest) -> Result<Value, ErrorBody> {
+        crate::identity::validate_endpoint(&request.endpoint)
+            .map_err(|e| err("INVALID_INPUT", format!("endpoint: {}", e.reason), true))?;
+        let given = [
+            request.fingerprint.is_some(),
+            request.public_key.is_some(),
+            request.accept_new,
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if given > 1 {
+            return Err(err(
+                "INVALID_INPUT",
+                "give at most one of fingerprint, public_key and accept_new",
+                true,
+            ));
+        }
+        let bad_pin = |e: TransportError| err("INVALID_INPUT", e.to_string(), true);
+        let (pin, probe) = if let Some(fp) = &request.fingerprint {
+            (
+                Pin::fingerprint(fp).map_err(|_| {
+                    err(
+                        "INVALID_INPUT",
+                        "fingerprint must be 64 hex digits (SHA-256 of the certificate DER)",
+                        true,
+                    )
+                })?,
+                false,
+            )
+        } else if let Some(key) = &request.public_key {
+            (Pin::public_key_b64(key).map_err(bad_pin)?, false)
+        } else {
+            (Pin::AcceptNew, !request.accept_new)
+        };
+        let policy = JoinPolicy {
+            coordinator: self.coordinator.clone(),
+            probe,
+            seen: Mutex::new(None),
+        };
+        if !probe {
+            self.audit(
+                AuditEvent::new(
+                    EventType::HandshakeInitiated,
+                    format!("joining {}", request.endpoint),
+                )
+                .with_actor(crate::audit::ACTOR_OPERATOR)
+                .with_details(json!({"endpoint": request.endpoint, "reason": "join"})),
+            )
+            .await;
+        }
+        let result = connect(&request.endpoint, pin, &self.node, &self.transport, &policy).await;
+        let seen = lock(&policy.seen).take();
+        match result {
+            Ok(conn) => {
+                let view = self.register(conn).await?;
+                let peer = view.peer.clone();
+                let p = peer.clone();
+                let level = self
+                    .blocking(move |c| c.peer(&p).map(|v| v.trust_level))
+                    .await?
+                    .ok()
+                    .map(|l| l.to_string());
+                Ok(json!({
+                    "peer": peer,
+                    "joined": true,
+                    "session": view,
+                    "trust_level": level,
+                }))
+            }
+            Err(TransportError::Rejected {
+                code,
+                by_peer: false,
+            }) if probe && code.as_str() == JOIN_NOT_CONFIRMED => {
+                let Some((manifest, cert)) = seen else {
+                    return Err(internal("probe saw no manifest"));
+                };
+                let m = &manifest.manifest;
+                let fingerprint = cert.unwrap_or_else(|| m.tls_fingerprint.clone());
+                Err(err(
+                    "CONFIRMATION_REQUIRED",
+                    format!(
+                        "{} presents node id {}, certificate fingerprint {}, public key {}; nothing was trusted. If that is the node you expect, rerun with --fingerprint {} (or --public-key {}, or --accept-new)",
+                        request.endpoint, m.node_id, fingerprint, m.public_key, fingerprint, m.public_key
+                    ),
+                    false,
+                )
+                .with_details(json!({
+                    "node_id": m.node_id,
+                    "fingerprint": fingerprint,
+                    "public_key": m.public_key,
+                    "endpoint": m.endpoint,
+                })))
+            }
+            Err(TransportError::Rejected {
+                code,
+                by_peer: true,
+            }) if seen.is_some() => {
+                // The peer does not admit us (yet), but we verified its
+                // signed manifest over a pinned TLS session: remember it,
+                // as `peers add` would, and keep dialing it.
+                let (manifest, _) = seen.expect("checked");
+                let peer = manifest.manifest.node_id.clone();
+                let json_text = String::from_utf8(manifest.to_json()).unwrap_or_default();
+                let added = self
+                    .blocking(move |c| match c.add_peer(&json_text) {
+                        Ok(_) => Ok(true),
+                        Err(crate::coordinator::CoordError::PeerExists(_)) => Ok(false),
+                        Err(e) => Err(e),
+                    })
+                    .await??;
+                lock(&self.left).remove(&peer);
+                self.want(&peer, true);
+                lock(&self.redial).insert(
+                    peer.clone(),
+                    Redial {
+                        backoff: self.backoff(),
+                        next: Instant::now() + Duration::from_millis(self.settings.retry_base_ms),
+                    },
+                );
+                self.audit_dial_failure(
+                    &peer,
+                    &request.endpoint,
+                    &TransportError::Rejected {
+                        code: code.clone(),
+                        by_peer: true,
+                    },
+                    None,
+                )
+                .await;
+                let ours = &self.node.manifest().manifest;
+                Ok(json!({
+                    "peer": peer,
+                    "joined": false,
+                    "added": added,
+                    "refused_by_peer": code.to_string(),
+                    "hint": format!(
+                        "{peer} is known here now, but it does not admit this node yet ({code}); ask its operator to run: agentfed join {} --fingerprint {}. This node keeps retrying.",
+                        ours.endpoint, ours.tls_fingerprint
+                    ),
+                }))
+            }
+            Err(e) => {
+                self.audit_dial_failure("-", &request.endpoint, &e, None)
+                    .await;
+                Err(err(
+                    e.code(),
+                    format!("join {} failed: {e}", request.endpoint),
+                    false,
+                ))
+            }
+        }
+    }
+
+    /// `leave`: closes the session with `peer` (audited as an operator
+    /// action) and stops reconnecting; the peer stays known, and its
+    /// handshakes are refused with `SESSION_LEFT` until it is joined again.
+    pub async fn leave(&self, peer: &str) -> Result<Value, ErrorBody> {
+        let p = peer.to_string();
+        self.blocking(move |c| c.peer(&p)).await??;
+        lock(&self.left).insert(peer.to_string());
+        self.want(peer, false);
+        let closed = match self.take_session(peer, None) {
+            Some(handle) => {
+                let id = handle.session_id().to_string();
+                self.terminate(peer, &handle, LEFT, true).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), handle.closed()).await;
+                Some(id)
+            }
+            None => None,
+        };
+        Ok(json!({"peer": peer, "session_closed": closed}))
+    }
+
+    /// `sessions`: the live sessions, by peer.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        let mut out: Vec<SessionView> = lock(&self.sessions)
+            .iter()
+            .filter(|(_, l)| !l.handle.is_closed())
+            .map(|(p, l)| self.view(p, &l.handle))
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
+    }
+
+    /// `query`: sends one envelope synchronously over the live session
+    /// (every outbound gate applies) and returns the acknowledgement with
+    /// the handler's reply.
+    pub async fn query(
+        &self,
+        peer: &str,
+        message_type: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Value, ErrorBody> {
+        let handle = self.live_handle(peer).ok_or_else(|| {
+            err(
+                "NO_SESSION",
+                format!("no live session with {peer}; join it first (agentfed join ENDPOINT)"),
+                false,
+            )
+        })?;
+        let request = SendRequest {
+            peer: peer.to_string(),
+            message_type: message_type.to_string(),
+            payload,
+            budget: None,
+        };
+        let (receipt, frame) = self
+            .blocking(move |c| c.prepare_envelope(request))
+            .await??;
+        let priority = if frame.len() > BULK_THRESHOLD {
+            Priority::Bulk
+        } else {
+            Priority::Interactive
+        };
+        let result = handle.request(priority, frame, timeout).await;
+        let peer_s = peer.to_string();
+        let id = receipt.envelope_id.clone();
+        let mtype = message_type.to_string();
+        let reply = match result {
+            Ok(bytes) => serde_json::from_slice::<WireReply>(&bytes)
+                .unwrap_or(WireReply::Refused("MALFORMED_REPLY".into())),
+            Err(e) => {
+                let code = e.code();
+                let timed_out = matches!(e, TransportError::RequestTimeout);
+                let _ = self
+                    .blocking(move |c| {
+                        if timed_out {
+                            let _ = c.record_interaction(&peer_s, Interaction::Failure);
+                        }
+                        c.audit_event(
+                            AuditEvent::new(
+                                EventType::MessageTimeout,
+                                format!("{mtype} query to {peer_s} failed: {code}"),
+                            )
+                            .with_peer(&peer_s)
+                            .with_details(
+                                json!({"envelope_id": id, "message_type": mtype, "code": code}),
+                            ),
+                        )
+                    })
+                    .await;
+                return Err(err(code, format!("query to {peer} failed: {e}"), false));
+            }
+        };
+        match reply {
+            WireReply::Ack(ack) => {
+                let status = ack.status;
+                let _ = self
+                    .blocking(move |c| {
+                        let _ = c.record_interaction(&peer_s, Interaction::Success);
+                        c.audit_event(
+                            AuditEvent::new(
+                                EventType::MessageSent,
+                                format!("{mtype} query answered by {peer_s}"),
+                            )
+                            .with_peer(&peer_s)
+                            .with_details(json!({"envelope_id": id, "message_type": mtype, "state": "answered", "status": status})),
+                        )
+                    })
+                    .await;
+                Ok(json!({
+                    "peer": peer,
+                    "envelope_id": receipt.envelope_id,
+                    "status": ack.status,
+                    "reply": ack.reply,
+                    "reason": ack.reason,
+                    "pii": receipt.pii,
+                }))
+            }
+            WireReply::Refused(code) => {
+                let c2 = code.clone();
+                let _ = self
+                    .blocking(move |c| {
+                        c.audit_event(
+                            AuditEvent::new(
+                                EventType::MessageRejected,
+                                format!("{mtype} query refused by {peer_s}: {c2}"),
+                            )
+                            .with_peer(&peer_s)
+                            .with_details(
+                                json!({"envelope_id": id, "message_type": mtype, "reason": c2}),
+                            ),
+                        )
+                    })
+                    .await;
+                let code = crate::transport::handshake::RejectCode::new(&code)
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| "REFUSED".into());
+                Err(err(
+                    &code,
+                    format!("{peer} refused the query: {code}"),
+                    false,
+                ))
+            }
+        }
+    }
+
+    /// `broadcast`: a `query` to every peer with a live session; one result
+    /// per peer (`ok` with the acknowledgement, or the error).
+    pub async fn broadcast(&self, message_type: &str, payload: Value, timeout: Duration) -> Value {
+        let peers: Vec<String> = self.sessions().into_iter().map(|s| s.peer).collect();
+        let calls = peers.iter().map(|peer| {
+            let payload = payload.clone();
+            async move {
+                match self.query(peer, message_type, payload, timeout).await {
+                    Ok(result) => json!({"peer": peer, "ok": true, "result": result}),
+                    Err(e) => json!({"peer": peer, "ok": false, "error": e}),
+                }
+            }
+        });
+        Value::Array(futures::future::join_all(calls).await)
+    }
+}
+
+/// The refusal code if `peer` may no longer hold a session.
+fn standing(c: &Coordinator, peer: &str) -> Option<&'static str> {
+    let record = c.store().get_peer(peer).ok()??;
+    match c.admit(&record.manifest) {
+        Ok(Admission::Refused(code)) => Some(code),
+        _ => None,
+    }
+}
+
+/// Records a delivery attempt's outcome in the outbox and the audit log.
+fn settle(
+    c: &Coordinator,
+    settings: &TransportSection,
+    entry: &OutboxEntry,
+    result: Result<Vec<u8>, TransportError>,
+) -> crate::coordinator::Result<()> {
+    let peer = entry.target.as_str();
+    let id = entry.envelope_id.as_str();
+    let reply = match result {
+        Ok(bytes) => serde_json::from_slice::<WireReply>(&bytes)
+            .unwrap_or(WireReply::Refused("MALFORMED_REPLY".into())),
+        Err(e) => {
+            if matches!(e, TransportError::RequestTimeout) {
+                let _ = c.record_interaction(peer, Interaction::Failure);
+            }
+            return retry(c, settings, entry, e.code());
+        }
+    };
+    match reply {
+        WireReply::Ack(ack) => {
+            c.store().outbox_remove(id)?;
+            c.audit_event(
+                AuditEvent::new(EventType::MessageSent, format!("{id} delivered to {peer}"))
+                    .with_peer(peer)
+                    .with_details(json!({
+                        "envelope_id": id,
+                        "state": "delivered",
+                        "status": ack.status,
+                        "attempts": entry.attempts + 1,
+                    })),
+            )?;
+            if ack.status != AckStatus::Rejected {
+                let _ = c.record_interaction(peer, Interaction::Success);
+            }
+            Ok(())
+        }
+        WireReply::Refused(code) if FINAL_REFUSALS.contains(&code.as_str()) => {
+            c.store().outbox_remove(id)?;
+            c.audit_event(
+                AuditEvent::new(
+                    EventType::MessageRejected,
+                    format!("{id} refused by {peer}: {code}; not retried"),
+                )
+                .with_peer(peer)
+                .with_details(json!({"envelope_id": id, "reason": code, "final": true})),
+            )?;
+            Ok(())
+        }
+        WireReply::Refused(code) => {
+            let code = crate::transport::handshake::RejectCode::new(&code)
+                .map(|c| c.as_str().to_string())
+                .unwrap_or_else(|| "REFUSED".into());
+            retry(c, settings, entry, &code)
+        }
+    }
+}
+
+/// Reschedules with capped exponential backoff; audits `message_timeout`
+/// when the attempt count reaches a power of two (once per escalation).
+fn retry(
+    c: &Coordinator,
+    settings: &TransportSection,
+    entry: &OutboxEntry,
+    code: &str,
+) -> crate::coordinator::Result<()> {
+    let attempts = entry.attempts.saturating_add(1);
+    let delay = settings
+        .retry_base_ms
+        .saturating_mul(1u64 << (attempts - 1).min(30))
+        .min(settings.retry_max_ms);
+    let next = c.clock().now_ms().saturating_add(delay);
+    if c.store()
+        .outbox_reschedule(&entry.envelope_id, next)?
+        .is_none()
+    {
+        return Ok(()); // already removed
+    }
+    if attempts.is_power_of_two() {
+        c.audit_event(
+            AuditEvent::new(
+                EventType::MessageTimeout,
+                format!(
+                    "{} to {} not acknowledged ({code}); attempt {attempts}, retrying in {delay} ms",
+                    entry.envelope_id, entry.target
+                ),
+            )
+            .with_peer(&entry.target)
+            .with_details(json!({
+                "envelope_id": entry.envelope_id,
+                "code": code,
+                "attempts": attempts,
+                "retry_in_ms": delay,
+            })),
+        )?;
+    }
+    Ok(())
+}

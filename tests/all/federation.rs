@@ -1,0 +1,433 @@
+//! Federation end to end: real `agentfed daemon` processes on 127.0.0.1
+//! with real TLS sessions between them, driven through the CLI (and the
+//! control client where a test needs thousands of calls). Joins, trust,
+//! send + inbox with PII handled per trust level, query, broadcast, leave;
+//! then reliable delivery across `kill -9` of the receiver and of the
+//! sender. Every wait has a named timeout; daemons are killed and homes
+//! removed on drop.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use agentfed::control::client::Client;
+use serde_json::{Value, json};
+
+use crate::harness::Node;
+
+/// Longest wait for sessions, deliveries and inbox contents.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the reliability run to drain its outbox.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Messages in the reliability test: `AGENTFED_RELIABILITY_N`, default
+/// 2,000 (what this 2-core CI machine affords in well under a minute of
+/// delivery; the issue's 10,000 runs with `AGENTFED_RELIABILITY_N=10000`).
+fn reliability_n() -> usize {
+    std::env::var("AGENTFED_RELIABILITY_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n >= 10)
+        .unwrap_or(2_000)
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A node on a loopback endpoint with fast retries, daemon started.
+fn fed_node(name: &str) -> (Node, String) {
+    let endpoint = format!("wss://127.0.0.1:{}", free_port());
+    let mut node = Node::init_at(name, &endpoint);
+    let path = node.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("reading the config");
+    let config = config
+        .replace("retry_base_ms = 500", "retry_base_ms = 100")
+        .replace("retry_max_ms = 60000", "retry_max_ms = 1000");
+    assert!(config.contains("retry_max_ms = 1000"), "{config}");
+    std::fs::write(&path, config).expect("writing the config");
+    node.start(&[]);
+    (node, endpoint)
+}
+
+fn fingerprint(node: &Node) -> String {
+    let manifest: Value = serde_json::from_str(node.run(&["manifest"]).ok()).expect("manifest");
+    manifest["manifest"]["tls_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string()
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn session_peers(node: &Node) -> Vec<String> {
+    let sessions = node.run(&["sessions", "--json"]).json();
+    sessions
+        .as_array()
+        .expect("sessions array")
+        .iter()
+        .map(|s| s["peer"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Mutual join: `a` joins `b` (b does not know a yet: refused, but a now
+/// knows b), then `b` joins `a`, which completes the session.
+fn join_pair(a: (&Node, &str, &str), b: (&Node, &str, &str)) {
+    let (a_node, a_name, a_endpoint) = a;
+    let (b_node, b_name, b_endpoint) = b;
+    let first = a_node
+        .run(&[
+            "join",
+            b_endpoint,
+            "--fingerprint",
+            &fingerprint(b_node),
+            "--json",
+        ])
+        .json();
+    assert_eq!(first["peer"], b_name, "{first}");
+    let second = b_node
+        .run(&[
+            "join",
+            a_endpoint,
+            "--fingerprint",
+            &fingerprint(a_node),
+            "--json",
+        ])
+        .json();
+    assert_eq!(second["peer"], a_name, "{second}");
+    assert_eq!(second["joined"], true, "{second}");
+    wait_until(
+        &format!("{a_name} to see its session with {b_name}"),
+        SETTLE_TIMEOUT,
+        || session_peers(a_node).iter().any(|p| p == b_name),
+    );
+}
+
+fn outbox(node: &Node) -> u64 {
+    node.run(&["status", "--json"]).json()["outbox"]
+        .as_u64()
+        .expect("outbox count")
+}
+
+fn inbox(node: &Node) -> Vec<Value> {
+    node.run(&["inbox", "--limit", "10000", "--json"])
+        .json()
+        .as_array()
+        .cloned()
+        .expect("inbox array")
+}
+
+fn verify_audit(node: &Node) {
+    let v = node.run(&["audit", "verify", "--json"]).json();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn three_nodes_join_send_query_broadcast_and_leave() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    let (gamma, gamma_ep) = fed_node("gamma");
+
+    // Without a pin nothing is trusted: the CLI shows what it would trust.
+    let probe = alpha.run(&["join", &beta_ep]);
+    let line = probe.fails(1, &["CONFIRMATION_REQUIRED", "beta", "--accept-new"]);
+    assert!(line.contains(&fingerprint(&beta)), "{line}");
+    assert_eq!(alpha.peers().as_array().unwrap().len(), 0);
+    // A wrong pin is refused at the TLS layer.
+    alpha
+        .run(&["join", &beta_ep, "--fingerprint", &"ab".repeat(32)])
+        .fails(1, &["PIN_MISMATCH"]);
+
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    join_pair((&alpha, "alpha", &alpha_ep), (&gamma, "gamma", &gamma_ep));
+    join_pair((&beta, "beta", &beta_ep), (&gamma, "gamma", &gamma_ep));
+    for (node, name) in [(&alpha, "alpha"), (&beta, "beta"), (&gamma, "gamma")] {
+        wait_until(
+            &format!("{name} to hold two sessions"),
+            SETTLE_TIMEOUT,
+            || session_peers(node).len() == 2,
+        );
+        for peer in node.peers().as_array().unwrap() {
+            assert_eq!(peer["trust_level"], "VERIFIED", "{name}: {peer}");
+        }
+    }
+
+    // Raise trust with operator reasons, both sides of each pair.
+    for (node, peer, level) in [
+        (&alpha, "beta", "attested"),
+        (&beta, "alpha", "attested"),
+        (&alpha, "gamma", "trusted"),
+        (&gamma, "alpha", "trusted"),
+    ] {
+        node.run(&[
+            "trust",
+            "set",
+            peer,
+            level,
+            "--reason",
+            "federation e2e bootstrap",
+        ])
+        .ok();
+    }
+
+    // send + inbox: the email is redacted at ATTESTED, hashed at TRUSTED.
+    let payload = r#"{"task":"summarise","contact":"dana@example.com"}"#;
+    let sent = alpha
+        .run(&[
+            "send",
+            "beta",
+            "task-assignment",
+            "--payload",
+            payload,
+            "--json",
+        ])
+        .json();
+    assert_eq!(sent["pii"]["email"], 1, "{sent}");
+    alpha
+        .run(&["send", "gamma", "task-assignment", "--payload", payload])
+        .ok();
+    wait_until("alpha's outbox to drain", SETTLE_TIMEOUT, || {
+        outbox(&alpha) == 0
+    });
+    let at_beta = inbox(&beta);
+    assert_eq!(at_beta.len(), 1, "{at_beta:?}");
+    assert_eq!(at_beta[0]["from"], "alpha");
+    assert_eq!(at_beta[0]["envelope_id"], sent["envelope_id"]);
+    assert_eq!(at_beta[0]["payload"]["contact"], "[REDACTED:email]");
+    assert_eq!(at_beta[0]["payload"]["task"], "summarise");
+    let at_gamma = inbox(&gamma);
+    assert_eq!(at_gamma.len(), 1, "{at_gamma:?}");
+    let hashed = at_gamma[0]["payload"]["contact"].as_str().unwrap();
+    assert!(
+        !hashed.contains("dana") && !hashed.contains("REDACTED"),
+        "{hashed}"
+    );
+    let text = beta.run(&["inbox"]).ok().to_string();
+    assert!(text.contains("from alpha task-assignment"), "{text}");
+
+    // A send the receiver's view refuses is not retried forever: beta sees
+    // gamma as VERIFIED, which does not allow task-assignment — refused
+    // on the sender side already.
+    beta.run(&["send", "gamma", "task-assignment", "--payload", "{}"])
+        .fails(1, &["CAPABILITY_DENIED"]);
+
+    // query: ping → pong from the handler plugin, over the live session.
+    let pong = alpha.run(&["query", "beta", "ping", "--json"]).json();
+    assert_eq!(pong["status"], "replied", "{pong}");
+    assert_eq!(pong["reply"]["type"], "pong", "{pong}");
+    assert_eq!(pong["reply"]["node"], "beta", "{pong}");
+    let human = gamma.run(&["query", "alpha", "ping"]).ok().to_string();
+    assert!(
+        human.contains("pong") && human.contains("replied"),
+        "{human}"
+    );
+
+    // broadcast from beta reaches alpha and gamma.
+    let results = beta
+        .run(&[
+            "broadcast",
+            "status-broadcast",
+            "--payload",
+            r#"{"load":0.25}"#,
+            "--json",
+        ])
+        .json();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 2, "{results:?}");
+    for r in results {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["result"]["status"], "accepted", "{r}");
+    }
+    for (node, name) in [(&alpha, "alpha"), (&gamma, "gamma")] {
+        let got = inbox(node);
+        assert!(
+            got.iter()
+                .any(|m| m["from"] == "beta" && m["message_type"] == "status-broadcast"),
+            "{name}: {got:?}"
+        );
+    }
+
+    // leave: the session closes on both sides, the peer stays known, and
+    // it is not re-established.
+    let left = alpha.run(&["leave", "gamma", "--json"]).json();
+    assert!(left["session_closed"].is_string(), "{left}");
+    wait_until("gamma to notice alpha left", SETTLE_TIMEOUT, || {
+        !session_peers(&gamma).contains(&"alpha".to_string())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(session_peers(&alpha), vec!["beta".to_string()]);
+    alpha.peer("gamma");
+    alpha
+        .run(&["query", "gamma", "ping"])
+        .fails(1, &["NO_SESSION"]);
+
+    // Every step is in the audit chains, and they verify.
+    let types: Vec<String> = alpha
+        .audit_records()
+        .iter()
+        .map(|r| r["event_type"].as_str().unwrap().to_string())
+        .collect();
+    for t in [
+        "handshake_initiated",
+        "handshake_rejected",
+        "handshake_completed",
+        "session_created",
+        "session_terminated",
+        "message_sent",
+    ] {
+        assert!(types.iter().any(|x| x == t), "{t} missing in {types:?}");
+    }
+    for node in [&alpha, &beta, &gamma] {
+        verify_audit(node);
+    }
+}
+
+/// Reads `node`'s whole inbox through one control connection.
+fn inbox_all(node: &Node) -> Vec<Value> {
+    let mut client = Client::connect(&node.home).expect("connecting to the receiver");
+    let mut all = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page = client
+            .call("inbox", json!({"after": after, "limit": 10_000}))
+            .expect("inbox");
+        let page = page.as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            return all;
+        }
+        after = page.last().unwrap()["seq"].as_u64().unwrap();
+        all.extend(page);
+    }
+}
+
+fn inbox_len(node: &Node) -> usize {
+    inbox_all(node).len()
+}
+
+#[test]
+fn every_message_arrives_exactly_once_across_kill_9_of_receiver_and_sender() {
+    let n = reliability_n();
+    eprintln!("reliability run with N = {n} (AGENTFED_RELIABILITY_N)");
+    let (mut alpha, alpha_ep) = fed_node("alpha");
+    let (mut beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    alpha
+        .run(&[
+            "trust",
+            "set",
+            "beta",
+            "attested",
+            "--reason",
+            "reliability test",
+        ])
+        .ok();
+    beta.run(&[
+        "trust",
+        "set",
+        "alpha",
+        "attested",
+        "--reason",
+        "reliability test",
+    ])
+    .ok();
+
+    let started = Instant::now();
+    // Queue all N from a second thread while the receiver is killed
+    // (`kill -9`) mid-stream and restarted.
+    let alpha_home = alpha.home.clone();
+    let sender = std::thread::spawn(move || {
+        let mut client = Client::connect(&alpha_home).expect("connecting to the sender");
+        let mut ids = BTreeMap::new();
+        for i in 0..n {
+            let receipt = client
+                .call(
+                    "send",
+                    json!({"peer": "beta", "message_type": "task-assignment", "payload": {"n": i}}),
+                )
+                .expect("send");
+            ids.insert(receipt["envelope_id"].as_str().unwrap().to_string(), i);
+        }
+        ids
+    });
+    wait_until("beta to receive the first messages", SETTLE_TIMEOUT, || {
+        inbox_len(&beta) >= n / 10
+    });
+    beta.kill9();
+    eprintln!(
+        "receiver killed with {} messages in the sender's outbox",
+        outbox(&alpha)
+    );
+    // The rest queues up while the receiver is down.
+    wait_until(
+        "the sender thread to queue every message",
+        DRAIN_TIMEOUT,
+        || sender.is_finished(),
+    );
+    let ids = sender.join().expect("the queueing thread panicked");
+    assert_eq!(ids.len(), n);
+    beta.start(&[]);
+
+    // kill -9 the sender mid-stream, with its outbox not yet empty.
+    let backlog = outbox(&alpha);
+    assert!(
+        backlog > 0,
+        "the sender's outbox drained too early to test a sender crash"
+    );
+    wait_until(
+        "some redelivery after the receiver restarted",
+        DRAIN_TIMEOUT,
+        || outbox(&alpha) < backlog * 3 / 4 || outbox(&alpha) == 0,
+    );
+    let at_sender_kill = outbox(&alpha);
+    alpha.kill9();
+    eprintln!("sender killed with {at_sender_kill} messages still in its outbox");
+    alpha.start(&[]);
+
+    wait_until("the sender's outbox to drain", DRAIN_TIMEOUT, || {
+        outbox(&alpha) == 0
+    });
+    let elapsed = started.elapsed();
+
+    let received = inbox_all(&beta);
+    let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut envelope_ids = std::collections::BTreeSet::new();
+    for m in &received {
+        assert_eq!(m["from"], "alpha");
+        let i = m["payload"]["n"].as_u64().unwrap() as usize;
+        *seen.entry(i).or_default() += 1;
+        let id = m["envelope_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            ids.get(&id),
+            Some(&i),
+            "envelope {id} carries the wrong counter"
+        );
+        assert!(
+            envelope_ids.insert(id.clone()),
+            "envelope {id} processed twice"
+        );
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(received.len(), n);
+    eprintln!(
+        "{n} messages delivered exactly once in {:.1}s across two kill -9 restarts",
+        elapsed.as_secs_f64()
+    );
+    verify_audit(&alpha);
+    verify_audit(&beta);
+}
