@@ -341,8 +341,18 @@ impl NodeConfig {
         }
         for (key, value, lo, hi) in [
             ("transport.heartbeat_secs", t.heartbeat_secs, 1, 3600),
-            ("transport.idle_timeout_secs", t.idle_timeout_secs, 1, 86_400),
-            ("transport.request_timeout_ms", t.request_timeout_ms, 10, 600_000),
+            (
+                "transport.idle_timeout_secs",
+                t.idle_timeout_secs,
+                1,
+                86_400,
+            ),
+            (
+                "transport.request_timeout_ms",
+                t.request_timeout_ms,
+                10,
+                600_000,
+            ),
             ("transport.retry_base_ms", t.retry_base_ms, 1, 3_600_000),
             ("transport.retry_max_ms", t.retry_max_ms, 1, 86_400_000),
         ] {
@@ -463,9 +473,15 @@ impl NodeConfig {
             "# Seconds between heartbeats (each answered one counts as a successful interaction).",
         );
         kv(w, "heartbeat_secs", &t.heartbeat_secs);
-        line(w, "# Close a session on which nothing arrived for this long.");
+        line(
+            w,
+            "# Close a session on which nothing arrived for this long.",
+        );
         kv(w, "idle_timeout_secs", &t.idle_timeout_secs);
-        line(w, "# How long a delivery or query waits for the acknowledgement, ms.");
+        line(
+            w,
+            "# How long a delivery or query waits for the acknowledgement, ms.",
+        );
         kv(w, "request_timeout_ms", &t.request_timeout_ms);
         line(
             w,

@@ -26,12 +26,21 @@ fn demo_runs_every_step_and_cleans_up() {
         "SUSPENDED -> ACTIVE",
         "audit chain intact",
     ] {
-        assert!(stdout.contains(expected), "`{expected}` missing from:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
     }
     let inbox_lines = stdout.lines().filter(|l| l.trim_start().starts_with('#'));
     for line in inbox_lines {
-        assert!(!line.contains("123-45-6789"), "an SSN reached an inbox: {line}");
-        assert!(!line.contains("bob@example.com"), "an email passed unhandled: {line}");
+        assert!(
+            !line.contains("123-45-6789"),
+            "an SSN reached an inbox: {line}"
+        );
+        assert!(
+            !line.contains("bob@example.com"),
+            "an email passed unhandled: {line}"
+        );
     }
     // The homes are gone.
     let root = stdout
@@ -41,5 +50,8 @@ fn demo_runs_every_step_and_cleans_up() {
         .expect("the first line names the homes")
         .trim()
         .to_string();
-    assert!(!std::path::Path::new(&root).exists(), "{root} was not removed");
+    assert!(
+        !std::path::Path::new(&root).exists(),
+        "{root} was not removed"
+    );
 }

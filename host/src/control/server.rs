@@ -21,9 +21,9 @@ use super::{
     SpendParams, TrustSetParams, VerifyResult, clip, codes,
 };
 use super::{BroadcastParams, InboxParams, QueryParams};
-use crate::federation::{Federation, JoinRequest};
 use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
 use crate::coordinator::{CoordError, Coordinator, PeerView, SendRequest, SpendReport};
+use crate::federation::{Federation, JoinRequest};
 use crate::plugin::PluginKind;
 
 /// Longest serde error text passed back in `INVALID_PARAMS`.
