@@ -5,8 +5,8 @@
 
 mod cli;
 mod coordinator;
-mod demo;
 mod daemon;
+mod demo;
 mod federation;
 mod harness;
 mod hostile;
