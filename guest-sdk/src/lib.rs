@@ -24,7 +24,7 @@
 //! ```ignore
 //! use agentfed_guest::trust::*;
 //!
-//! struct StayPut;
+//! pub struct StayPut;
 //!
 //! impl TrustPolicy for StayPut {
 //!     const DESCRIPTION: &'static str = "keeps every peer where it is";

@@ -4,7 +4,8 @@
 //! inbox, and rejects everything else.
 use agentfed_guest::handler::*;
 
-struct Handler;
+/// The plugin type, exported below.
+pub struct Handler;
 
 /// The decision, as a pure function (`now_ms` passed in for tests).
 pub fn decide(message: &MessageView, now_ms: u64) -> HandlerDecision {

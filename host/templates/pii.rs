@@ -5,7 +5,8 @@
 //! and redacts ticket references like `TICKET-1234` below TRUSTED.
 use agentfed_guest::pii::*;
 
-struct Policy;
+/// The plugin type, exported below.
+pub struct Policy;
 
 /// Finds the spans this policy cares about in one value.
 pub fn find(value: &str, codenames: &[String]) -> Vec<(usize, usize, &'static str)> {

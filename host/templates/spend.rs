@@ -4,7 +4,8 @@
 //! (config, default 2.0) and evicts a suspended one after 5 more failures.
 use agentfed_guest::spend::*;
 
-struct Policy;
+/// The plugin type, exported below.
+pub struct Policy;
 
 /// The decision, as a pure function.
 pub fn decide(request: &SpendRequest, max_usd: f64) -> SpendDecision {

@@ -6,7 +6,8 @@
 //! PRIVILEGED.
 use agentfed_guest::trust::*;
 
-struct Policy;
+/// The plugin type, exported below.
+pub struct Policy;
 
 /// The decision, as a pure function so it can be unit-tested natively.
 pub fn decide(peer: &PeerSnapshot, min_interactions: u64) -> TrustDecision {
