@@ -3,6 +3,7 @@
 //! Every component used here is real: built from source in `policies/`,
 //! `examples/` and `tests/fixtures/` by build scripts.
 
+mod adversarial;
 mod cli;
 mod coordinator;
 mod daemon;
