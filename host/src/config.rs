@@ -197,6 +197,9 @@ pub struct TransportSection {
     pub heartbeat_secs: u64,
     /// Close a session on which nothing arrived for this many seconds.
     pub idle_timeout_secs: u64,
+    /// Drop a connection whose TLS, WebSocket upgrade and handshake have
+    /// not completed within this many seconds (half-open and slow peers).
+    pub handshake_timeout_secs: u64,
     /// How long a delivery or query waits for the peer's acknowledgement.
     pub request_timeout_ms: u64,
     /// Admit unknown peers that complete the handshake (as VERIFIED).
@@ -216,6 +219,7 @@ impl Default for TransportSection {
             allow_plaintext: false,
             heartbeat_secs: 30,
             idle_timeout_secs: 90,
+            handshake_timeout_secs: 10,
             request_timeout_ms: 10_000,
             accept_new_peers: false,
             retry_base_ms: 500,
@@ -348,6 +352,12 @@ impl NodeConfig {
                 86_400,
             ),
             (
+                "transport.handshake_timeout_secs",
+                t.handshake_timeout_secs,
+                1,
+                300,
+            ),
+            (
                 "transport.request_timeout_ms",
                 t.request_timeout_ms,
                 10,
@@ -478,6 +488,11 @@ impl NodeConfig {
             "# Close a session on which nothing arrived for this long.",
         );
         kv(w, "idle_timeout_secs", &t.idle_timeout_secs);
+        line(
+            w,
+            "# Drop connections that have not finished TLS + upgrade + handshake within this long.",
+        );
+        kv(w, "handshake_timeout_secs", &t.handshake_timeout_secs);
         line(
             w,
             "# How long a delivery or query waits for the acknowledgement, ms.",

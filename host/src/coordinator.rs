@@ -1570,60 +1570,29 @@ impl Coordinator {
     /// capability gate, budget, PII, signature; the signed frame is
     /// committed to the outbox before this returns.
     pub fn send(&self, request: SendRequest) -> Result<SendReceipt> {
-        let record = self.peer_record(&request.peer)?;
-        breaker::check_gate(record.breaker.state)?;
-        let capabilities = envelope::required_capabilities(&request.message_type)
-            .ok_or_else(|| CoordError::UnknownMessageType(clip(&request.message_type)))?;
-        check_gates(&record, capabilities)?;
-        let budget = match &request.budget {
-            Some(value) => Budget::from_json_value(value)?,
-            None => Budget::with_default_hops(
-                crate::budget::MAX_TOKENS_CEILING,
-                crate::budget::MAX_USD_CEILING,
-            )?,
-        };
-        let budget = budget.next_hop()?;
-        let mut payload = request.payload;
-        let _guard = self.lock_decisions();
-        let pii = self.scan_payload(
-            &request.peer,
-            record.trust_level,
-            Direction::Outbound,
-            &request.message_type,
-            &mut payload,
-        )?;
-        let now = self.now();
-        let envelope = Envelope {
-            id: envelope::random_id(),
-            source: self.node_id().to_string(),
-            target: request.peer.clone(),
-            session: None,
-            message_type: request.message_type.clone(),
-            payload,
-            timestamp_ms: now,
-            nonce: envelope::random_id(),
-            hop_count: budget.hop_count(),
-            budget,
-        };
-        let frame = envelope.sign(&self.identity).to_frame();
+        let message_type = request.message_type.clone();
+        let (receipt, frame) = self.prepare_envelope(request)?;
         self.store.outbox_put(&OutboxEntry {
-            envelope_id: envelope.id.clone(),
-            target: request.peer.clone(),
-            bytes: frame.clone(),
+            envelope_id: receipt.envelope_id.clone(),
+            target: receipt.peer.clone(),
+            bytes: frame,
             attempts: 0,
-            next_attempt_ms: now,
+            next_attempt_ms: self.now(),
         })?;
         self.record(
-            AuditEvent::new(EventType::MessageSent, format!("{} queued for {}", envelope.message_type, request.peer))
-                .with_peer(&request.peer)
-                .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "bytes": frame.len(), "state": "queued"})),
+            AuditEvent::new(
+                EventType::MessageSent,
+                format!("{message_type} queued for {}", receipt.peer),
+            )
+            .with_peer(&receipt.peer)
+            .with_details(json!({
+                "envelope_id": receipt.envelope_id,
+                "message_type": message_type,
+                "bytes": receipt.frame_bytes,
+                "state": "queued",
+            })),
         )?;
-        Ok(SendReceipt {
-            envelope_id: envelope.id,
-            peer: request.peer,
-            pii: pii.counts,
-            frame_bytes: frame.len(),
-        })
+        Ok(receipt)
     }
 
     // ---- plugins ----
@@ -2162,6 +2131,7 @@ impl Coordinator {
     /// the signed frame for a synchronous request (`query`, `broadcast`).
     /// Nothing is queued; the caller audits the outcome.
     pub fn prepare_envelope(&self, request: SendRequest) -> Result<(SendReceipt, Vec<u8>)> {
+        // Order matters: the breaker gate comes before any other work.
         let record = self.peer_record(&request.peer)?;
         breaker::check_gate(record.breaker.state)?;
         let capabilities = envelope::required_capabilities(&request.message_type)

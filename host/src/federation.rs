@@ -62,6 +62,10 @@ pub const DUPLICATE_SESSION: &str = "DUPLICATE_SESSION";
 pub const LEFT: &str = "LEFT";
 /// Close code when a peer's breaker or trust no longer allows a session.
 pub const STANDING_REVOKED: &str = "STANDING_REVOKED";
+
+/// How long a session lingers after a final refusal was written, before
+/// it is dropped for the peer's lost standing.
+const REFUSAL_LINGER: Duration = Duration::from_millis(200);
 /// Close code when the daemon stops.
 pub const SHUTDOWN: &str = "SHUTDOWN";
 /// Reject code of a `join` probe (no pin given): this side refuses after
@@ -308,6 +312,7 @@ impl Federation {
         let transport = TransportConfig {
             idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
             heartbeat_interval: Duration::from_secs(settings.heartbeat_secs),
+            handshake_timeout: Duration::from_secs(settings.handshake_timeout_secs),
             allow_plaintext: settings.allow_plaintext,
             clock: coordinator.clock().clone(),
             on_event: Some(Arc::new(
@@ -700,11 +705,19 @@ impl Federation {
                     Ok(pair) => pair,
                     Err(_) => (WireReply::Refused("INTERNAL_ERROR".into()), None),
                 };
-                if let Some(responder) = responder {
-                    let bytes = serde_json::to_vec(&reply).unwrap_or_default();
-                    let _ = responder.reply(bytes).await;
-                }
+                let replied = match responder {
+                    Some(responder) => {
+                        let bytes = serde_json::to_vec(&reply).unwrap_or_default();
+                        responder.reply(bytes).await.is_ok()
+                    }
+                    None => false,
+                };
                 if let Some(code) = standing {
+                    // Closing drops frames still queued for the writer: let
+                    // the refusal (e.g. BAD_SIGNATURE) reach the peer first.
+                    if replied {
+                        tokio::time::sleep(REFUSAL_LINGER).await;
+                    }
                     fed.revoke(&peer, code).await;
                 }
                 drop(permit);
