@@ -1019,13 +1019,17 @@ impl Coordinator {
         let recommend =
             matches!(decision.action, plugin::TrustAction::RecommendPrivileged) && verdict.is_ok();
         let newly_recommended = recommend && !record.privileged_recommended;
-        self.store.update_peer(node_id, |r| {
-            r.score = score;
-            r.score_components = components;
-            if recommend {
-                r.privileged_recommended = true;
-            }
-        })?;
+        // Most evaluations change nothing; skipping the write saves a
+        // durable commit (an fsync) per interaction.
+        if record.score != score || record.score_components != components || newly_recommended {
+            self.store.update_peer(node_id, |r| {
+                r.score = score;
+                r.score_components = components;
+                if recommend {
+                    r.privileged_recommended = true;
+                }
+            })?;
+        }
         match verdict {
             Err(reason) => {
                 self.record(
