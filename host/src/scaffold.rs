@@ -27,6 +27,10 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../guest-sdk/src/config.rs"),
     ),
     (
+        "agentfed-guest/src/pii_type_names.rs",
+        include_str!("../../guest-sdk/src/pii_type_names.rs"),
+    ),
+    (
         "agentfed-guest/src/trust.rs",
         include_str!("../../guest-sdk/src/trust.rs"),
     ),

@@ -112,27 +112,6 @@ impl ArtifactCache {
             hex::encode(Sha256::digest(serialized)).as_bytes(),
         )
     }
-
-    /// Removes every artifact; returns how many files were removed.
-    pub fn clear(&self) -> std::io::Result<usize> {
-        let mut removed = 0;
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(err) => return Err(err),
-        };
-        for entry in entries {
-            let path = entry?.path();
-            if path
-                .extension()
-                .is_some_and(|e| e == "cwasm" || e == "sha256")
-            {
-                fs::remove_file(&path)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
 }
 
 fn checksum_path(artifact: &Path) -> PathBuf {

@@ -96,15 +96,6 @@ pub enum PluginError {
         /// Its reason.
         reason: String,
     },
-    /// The precompiled-artifact cache could not be used. Loading falls back
-    /// to compiling in memory, so this only surfaces from cache management.
-    #[error("plugin cache {path}: {reason}")]
-    Cache {
-        /// The cache directory or file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
     /// The engine could not be created.
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),
@@ -124,7 +115,6 @@ impl PluginError {
             PluginError::Panic { .. } => "PLUGIN_PANIC",
             PluginError::Trap { .. } => "PLUGIN_TRAP",
             PluginError::Refused { .. } => "PLUGIN_REFUSED",
-            PluginError::Cache { .. } => "PLUGIN_CACHE",
             PluginError::Engine(_) => "PLUGIN_ENGINE",
         }
     }

@@ -231,10 +231,34 @@ impl PluginRuntime {
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let label = source.to_string();
         let (component, digest, cache_outcome) = self.compile(&label, bytes)?;
-        self.check_world(kind, &label, &component)?;
+        self.load_compiled(
+            kind,
+            source,
+            &component,
+            digest,
+            cache_outcome,
+            host,
+            limits,
+        )
+    }
+
+    /// Checks, links and pre-instantiates an already compiled component.
+    #[allow(clippy::too_many_arguments)]
+    fn load_compiled(
+        &self,
+        kind: PluginKind,
+        source: PluginSource,
+        component: &Component,
+        digest: [u8; 32],
+        cache_outcome: CacheOutcome,
+        host: HostContext,
+        limits: Limits,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let label = source.to_string();
+        self.check_world(kind, &label, component)?;
         let linker = &self.linkers[kind as usize];
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| PluginError::Link {
                 source_label: label.clone(),
                 reason: first_line(&format!("{e:#}")),
@@ -284,7 +308,7 @@ impl PluginRuntime {
     /// Describes a component without loading it into a slot. When it is a
     /// plugin, its `metadata` export is called in the sandbox.
     pub fn inspect(&self, label: &str, bytes: &[u8]) -> Result<ComponentInfo, PluginError> {
-        let (component, digest, _) = self.compile(label, bytes)?;
+        let (component, digest, cache_outcome) = self.compile(label, bytes)?;
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)
@@ -296,7 +320,15 @@ impl PluginRuntime {
             Some(kind) => {
                 let host = HostContext::inert(label);
                 let source = PluginSource::File(PathBuf::from(label));
-                let plugin = self.load_bytes(kind, source, bytes, host, Limits::default())?;
+                let plugin = self.load_compiled(
+                    kind,
+                    source,
+                    &component,
+                    digest,
+                    cache_outcome,
+                    host,
+                    Limits::default(),
+                )?;
                 Some(plugin.metadata().clone())
             }
             None => None,
