@@ -38,16 +38,17 @@
 //!
 //! # Group commit
 //!
-//! [`AuditLog`] owns one writer thread. [`AuditLog::append`] queues the
-//! event and blocks until the record is durably committed. The writer takes
-//! everything queued (up to `max_batch`), chains and writes it in one redb
-//! write transaction with `Durability::Immediate`, commits, then hands the
-//! batch to a notifier thread that wakes every waiter while the writer
-//! already commits the next batch. An append that returns `Ok` is on disk;
-//! if a commit fails, every waiter in that batch gets the error and the
-//! chain head does not advance.
+//! Records are written by the store's writer thread ([`crate::journal`]).
+//! [`AuditLog::append`] queues the event and blocks until the record is
+//! durably committed; the writer chains and writes everything queued —
+//! audit records and the state changes of other callers — in one redb
+//! write transaction with `Durability::Immediate`. An append that returns
+//! `Ok` is on disk; if a commit fails, every waiter in that batch gets the
+//! error and the chain head does not advance.
 //! [`AuditLog::submit`] queues without waiting and returns an
 //! [`AppendTicket`], so one thread can keep many appends in flight.
+//! [`AuditLog::commit_with`] commits a state change together with its
+//! records, so the two cannot disagree after a crash.
 //!
 //! # Compliance mode `hipaa`
 //!
@@ -78,18 +79,17 @@ use std::fmt;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::breaker::Actor as BreakerActor;
+use crate::journal::{Journal, Ticket};
 use crate::model::{BreakerState, TrustLevel};
-use crate::store::{AUDIT, META, Store, StoreError, begin_durable_write};
+use crate::store::{AUDIT, META, Store, StoreError};
 
 /// `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -103,9 +103,6 @@ pub const MAX_SUMMARY_BYTES: usize = 2048;
 pub const MAX_ID_BYTES: usize = 256;
 /// Largest canonical details JSON kept, in bytes.
 pub const MAX_DETAILS_BYTES: usize = 32 * 1024;
-/// Default most records per group commit.
-pub const DEFAULT_MAX_BATCH: usize = 8192;
-
 const HEAD_KEY: &str = "audit_head";
 
 // ---------------------------------------------------------------------------
@@ -612,7 +609,7 @@ fn hash_lp(h: &mut Sha256, bytes: &[u8]) {
 }
 
 /// An event after compliance filtering and bounding, ready to chain.
-struct PreparedEvent {
+pub(crate) struct PreparedEvent {
     event_type: EventType,
     severity: Severity,
     category: Category,
@@ -624,7 +621,7 @@ struct PreparedEvent {
 }
 
 impl PreparedEvent {
-    fn into_record(self, sealed: Sealed) -> AuditRecord {
+    pub(crate) fn into_record(self, sealed: Sealed) -> AuditRecord {
         AuditRecord {
             seq: sealed.seq,
             ts_ms: sealed.ts_ms,
@@ -642,15 +639,12 @@ impl PreparedEvent {
 }
 
 /// What the writer assigns to an event.
-struct Sealed {
+pub(crate) struct Sealed {
     seq: u64,
     ts_ms: u64,
     prev_hash: String,
     hash: String,
 }
-
-/// The writer's answer: the event handed back with its seal, or the error.
-type Reply = Result<(PreparedEvent, Sealed), AuditError>;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -793,38 +787,23 @@ pub enum ComplianceMode {
 }
 
 /// Audit log settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AuditConfig {
     /// Compliance filtering.
     pub compliance: ComplianceMode,
-    /// Most records committed in one transaction.
-    pub max_batch: usize,
 }
 
-impl Default for AuditConfig {
-    fn default() -> Self {
-        AuditConfig {
-            compliance: ComplianceMode::Standard,
-            max_batch: DEFAULT_MAX_BATCH,
-        }
-    }
-}
-
+/// The end of the chain: the last record's seq, hash and timestamp.
 #[derive(Debug, Clone)]
-struct ChainHead {
-    seq: u64,
+pub(crate) struct ChainHead {
+    pub(crate) seq: u64,
     hash: String,
-    ts_ms: u64,
-}
-
-struct Request {
-    event: PreparedEvent,
-    reply: mpsc::SyncSender<Reply>,
+    pub(crate) ts_ms: u64,
 }
 
 /// A queued append; [`AppendTicket::wait`] blocks until it is committed.
 pub struct AppendTicket {
-    rx: mpsc::Receiver<Reply>,
+    ticket: Ticket,
 }
 
 impl fmt::Debug for AppendTicket {
@@ -836,20 +815,19 @@ impl fmt::Debug for AppendTicket {
 impl AppendTicket {
     /// Blocks until the record is durably committed (or the commit failed).
     pub fn wait(self) -> Result<AuditRecord, AuditError> {
-        let (event, sealed) = self.rx.recv().map_err(|_| AuditError::Closed)??;
-        Ok(event.into_record(sealed))
+        let done = self.ticket.wait().map_err(journal_error)?;
+        done.records.into_iter().next().ok_or(AuditError::Closed)
     }
 }
 
-/// The audit log: a writer thread doing group commits, plus readers.
+/// The audit log: appends go through the store's group commit
+/// ([`crate::journal`]); reads use their own transactions.
 ///
 /// `append` blocks; from async code call it on a blocking thread.
 pub struct AuditLog {
     db: Arc<Database>,
+    journal: Arc<Journal>,
     config: AuditConfig,
-    tx: Option<mpsc::Sender<Request>>,
-    writer: Option<JoinHandle<()>>,
-    notifier: Option<JoinHandle<()>>,
     claim: Arc<AtomicBool>,
 }
 
@@ -863,8 +841,9 @@ impl fmt::Debug for AuditLog {
 
 impl AuditLog {
     /// Opens the log in `store`, recovering the chain head (last seq and
-    /// hash) from the `audit` table, and starts the writer thread. At most
-    /// one `AuditLog` may be open per store ([`AuditError::AlreadyOpen`]).
+    /// hash) from the `audit` table and handing it to the store's writer.
+    /// At most one `AuditLog` may be open per store
+    /// ([`AuditError::AlreadyOpen`]).
     pub fn open(store: &Store, config: AuditConfig) -> Result<AuditLog, AuditError> {
         let claim = store.claim_audit_writer().ok_or(AuditError::AlreadyOpen)?;
         let release = |e: AuditError| {
@@ -873,28 +852,15 @@ impl AuditLog {
         };
         let db = store.database();
         let head = recover_head(&db).map_err(release)?;
-        let (tx, rx) = mpsc::channel::<Request>();
-        let (done_tx, done_rx) = mpsc::channel::<Completion>();
-        let spawn_err =
-            |e: std::io::Error| AuditError::Store(format!("cannot start audit writer: {e}"));
-        let notifier = std::thread::Builder::new()
-            .name("agentfed-audit-notify".into())
-            .spawn(move || notifier_loop(&done_rx))
-            .map_err(spawn_err)
-            .map_err(release)?;
-        let writer_db = Arc::clone(&db);
-        let max_batch = config.max_batch.max(1);
-        let writer = std::thread::Builder::new()
-            .name("agentfed-audit".into())
-            .spawn(move || writer_loop(&writer_db, head, &rx, max_batch, &done_tx))
-            .map_err(spawn_err)
+        let journal = Arc::clone(store.journal());
+        journal
+            .install_head(head)
+            .map_err(journal_error)
             .map_err(release)?;
         Ok(AuditLog {
             db,
+            journal,
             config,
-            tx: Some(tx),
-            writer: Some(writer),
-            notifier: Some(notifier),
             claim,
         })
     }
@@ -907,14 +873,33 @@ impl AuditLog {
     /// Queues `event` without waiting for the commit.
     pub fn submit(&self, event: AuditEvent) -> Result<AppendTicket, AuditError> {
         let prepared = prepare(event, self.config.compliance)?;
-        let (reply, rx) = mpsc::sync_channel(1);
-        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
-        tx.send(Request {
-            event: prepared,
-            reply,
-        })
-        .map_err(|_| AuditError::Closed)?;
-        Ok(AppendTicket { rx })
+        let ticket = self
+            .journal
+            .submit(None, vec![prepared])
+            .map_err(journal_error)?;
+        Ok(AppendTicket { ticket })
+    }
+
+    /// Applies `change` to the store and appends `events` in the same
+    /// durable transaction (group-committed with concurrent callers), then
+    /// returns `change`'s value and the committed records. `change`
+    /// returns whether the events are to be recorded at all (e.g. not for
+    /// a duplicate); it may run more than once and must touch nothing but
+    /// the transaction (see [`crate::journal`]).
+    pub(crate) fn commit_with<R, F>(
+        &self,
+        change: F,
+        events: Vec<AuditEvent>,
+    ) -> Result<(R, Vec<AuditRecord>), AuditError>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
+    {
+        let prepared = events
+            .into_iter()
+            .map(|e| prepare(e, self.config.compliance))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.journal.write(change, prepared).map_err(journal_error)
     }
 
     /// Records matching `query` (see [`AuditQuery`]).
@@ -964,20 +949,19 @@ impl AuditLog {
 
 impl Drop for AuditLog {
     fn drop(&mut self) {
-        // Closing the channel lets the writer drain what is queued and exit.
-        drop(self.tx.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-        // The writer dropped its completion sender; the notifier drains and exits.
-        if let Some(notifier) = self.notifier.take() {
-            let _ = notifier.join();
-        }
         self.claim.store(false, Ordering::Release);
     }
 }
 
-fn now_ms() -> u64 {
+fn journal_error(e: StoreError) -> AuditError {
+    match e {
+        StoreError::Closed => AuditError::Closed,
+        other => AuditError::Store(other.to_string()),
+    }
+}
+
+/// Milliseconds since the Unix epoch by the system clock (record time).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -1008,115 +992,58 @@ fn recover_head(db: &Database) -> Result<ChainHead, AuditError> {
     }
 }
 
-fn writer_loop(
-    db: &Database,
-    mut head: ChainHead,
-    rx: &mpsc::Receiver<Request>,
-    max_batch: usize,
-    done: &mpsc::Sender<Completion>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(req) => batch.push(req),
-                Err(_) => break,
-            }
-        }
-        let outcome = commit_batch(db, &head, &batch).map(|(sealed, new_head)| {
-            head = new_head;
-            sealed
-        });
-        // Waking the waiters happens on the notifier thread, overlapping
-        // with the next batch's commit.
-        if done.send(Completion { batch, outcome }).is_err() {
-            return;
-        }
-    }
-}
-
-/// A committed (or failed) batch on its way to the notifier thread.
-struct Completion {
-    batch: Vec<Request>,
-    outcome: Result<Vec<Sealed>, AuditError>,
-}
-
-fn notifier_loop(rx: &mpsc::Receiver<Completion>) {
-    while let Ok(Completion { batch, outcome }) = rx.recv() {
-        match outcome {
-            Ok(sealed) => {
-                for (req, seal) in batch.into_iter().zip(sealed) {
-                    // A waiter that gave up is fine: the record is committed.
-                    let _ = req.reply.send(Ok((req.event, seal)));
-                }
-            }
-            Err(e) => {
-                for req in batch {
-                    let _ = req.reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// Chains, writes and commits one batch. The head advances only on success.
-fn commit_batch(
-    db: &Database,
-    head: &ChainHead,
-    batch: &[Request],
-) -> Result<(Vec<Sealed>, ChainHead), AuditError> {
-    let ts_ms = now_ms().max(head.ts_ms);
-    let mut seq = head.seq;
-    let mut prev = head.hash.clone();
-    let mut sealed = Vec::with_capacity(batch.len());
-    let txn = begin_durable_write(db)?;
-    {
-        let mut table = txn.open_table(AUDIT)?;
-        let mut buf = Vec::with_capacity(1024);
-        for req in batch {
-            seq += 1;
-            let e = &req.event;
-            let mut row = RowRef {
-                seq,
-                ts_ms,
-                event_type: e.event_type.as_str(),
-                severity: e.severity.as_str(),
-                category: e.category.as_str(),
-                peer: e.peer.as_deref(),
-                actor: &e.actor,
-                summary: &e.summary,
-                details: &e.details_json,
-                prev_hash: &prev,
-                hash: "",
-            };
-            let hash = row.compute_hash();
-            row.hash = &hash;
-            buf.clear();
-            serde_json::to_writer(&mut buf, &row)
-                .map_err(|e| AuditError::Store(format!("record does not serialize: {e}")))?;
-            table.insert(seq, buf.as_slice())?;
-            let prev_hash = std::mem::replace(&mut prev, hash.clone());
-            sealed.push(Sealed {
-                seq,
-                ts_ms,
-                prev_hash,
-                hash,
-            });
-        }
-        let mut head_bytes = seq.to_be_bytes().to_vec();
-        head_bytes.extend_from_slice(prev.as_bytes());
-        txn.open_table(META)?
-            .insert(HEAD_KEY, head_bytes.as_slice())?;
-    }
-    txn.commit()?;
-    Ok((
-        sealed,
-        ChainHead {
+/// Chains `events` onto `head` and writes them inside `txn`, all stamped
+/// `ts_ms`; advances `head` (the caller keeps the old one until commit).
+pub(crate) fn write_chained(
+    txn: &WriteTransaction,
+    head: &mut ChainHead,
+    events: &[PreparedEvent],
+    ts_ms: u64,
+) -> Result<Vec<Sealed>, StoreError> {
+    let mut table = txn.open_table(AUDIT)?;
+    let mut sealed = Vec::with_capacity(events.len());
+    let mut buf = Vec::with_capacity(1024);
+    for e in events {
+        let seq = head.seq + 1;
+        let mut row = RowRef {
             seq,
-            hash: prev,
             ts_ms,
-        },
-    ))
+            event_type: e.event_type.as_str(),
+            severity: e.severity.as_str(),
+            category: e.category.as_str(),
+            peer: e.peer.as_deref(),
+            actor: &e.actor,
+            summary: &e.summary,
+            details: &e.details_json,
+            prev_hash: &head.hash,
+            hash: "",
+        };
+        let hash = row.compute_hash();
+        row.hash = &hash;
+        buf.clear();
+        serde_json::to_writer(&mut buf, &row)
+            .map_err(|_| StoreError::InvalidValue("audit record does not serialize"))?;
+        table.insert(seq, buf.as_slice())?;
+        let prev_hash = std::mem::replace(&mut head.hash, hash.clone());
+        head.seq = seq;
+        head.ts_ms = ts_ms;
+        sealed.push(Sealed {
+            seq,
+            ts_ms,
+            prev_hash,
+            hash,
+        });
+    }
+    Ok(sealed)
+}
+
+/// Writes the chain head to `meta` inside `txn` (module docs).
+pub(crate) fn write_head(txn: &WriteTransaction, head: &ChainHead) -> Result<(), StoreError> {
+    let mut head_bytes = head.seq.to_be_bytes().to_vec();
+    head_bytes.extend_from_slice(head.hash.as_bytes());
+    txn.open_table(META)?
+        .insert(HEAD_KEY, head_bytes.as_slice())?;
+    Ok(())
 }
 
 fn verify_chain(db: &Database) -> Result<u64, AuditError> {

@@ -14,7 +14,7 @@
 //!   the call returns; a plugin failure changes nothing, is audited, and
 //!   fails closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,7 +42,10 @@ use crate::plugin::{
     self, HostContext, Limits, LoadedPlugin, NodeStatus, NodeStatusSource, PluginError, PluginKind,
     PluginRuntime, PluginSet, PluginSlot, PluginSource, RuntimeOptions,
 };
-use crate::store::{OutboxEntry, Store, StoreError};
+use crate::store::{
+    InboundCommit, InboundRecord, OutboxEntry, Store, StoreError, commit_inbound_in, outbox_put_in,
+    outbox_remove_in,
+};
 use crate::trust::{self, Capability};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -489,6 +492,8 @@ pub struct Coordinator {
     /// Serialises read-modify-write sequences on one node's state (trust
     /// and breaker evaluation read, ask a plugin, then write).
     decisions: std::sync::Mutex<()>,
+    /// Successes noted per peer and not yet applied (`note_success`).
+    pending_successes: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -560,6 +565,7 @@ impl Coordinator {
             clock: options.clock,
             live,
             decisions: std::sync::Mutex::new(()),
+            pending_successes: std::sync::Mutex::new(HashMap::new()),
         };
         for info in coordinator.plugins() {
             coordinator.record(
@@ -775,6 +781,7 @@ impl Coordinator {
 
     /// The node at a glance.
     pub fn status(&self) -> Result<StatusView> {
+        drop(self.lock_decisions());
         let peers = self.store.list_peers()?;
         let mut by_trust_level = BTreeMap::new();
         let mut by_breaker_state = BTreeMap::new();
@@ -822,6 +829,7 @@ impl Coordinator {
 
     /// Every known peer.
     pub fn peers(&self) -> Result<Vec<PeerView>> {
+        drop(self.lock_decisions());
         let now = self.now();
         Ok(self
             .store
@@ -833,6 +841,7 @@ impl Coordinator {
 
     /// One peer.
     pub fn peer(&self, node_id: &str) -> Result<PeerView> {
+        drop(self.lock_decisions());
         Ok(peer_view(&self.peer_record(node_id)?, self.now()))
     }
 
@@ -892,8 +901,12 @@ impl Coordinator {
         self.refresh_live_counts()
     }
 
+    /// Takes the decision lock; successes noted meanwhile are applied
+    /// first, so every decision and read sees current counts.
     fn lock_decisions(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.decisions.lock().unwrap_or_else(|p| p.into_inner())
+        let guard = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        self.apply_pending_successes_locked();
+        guard
     }
 
     // ---- trust ----
@@ -932,11 +945,12 @@ impl Coordinator {
 
     fn apply_trust_change(&self, change: &TrustChange, actor: Actor) -> Result<()> {
         let now = self.now();
-        self.store.update_peer(&change.peer, |r| {
-            r.trust_level = change.to;
+        let to = change.to;
+        self.store.update_peer(&change.peer, move |r| {
+            r.trust_level = to;
             r.level_since_ms = now;
             r.metrics.signature_failures_since_level = 0;
-            if change.to >= TrustLevel::Privileged || change.to < TrustLevel::Trusted {
+            if to >= TrustLevel::Privileged || to < TrustLevel::Trusted {
                 r.privileged_recommended = false;
             }
         })?;
@@ -1022,9 +1036,10 @@ impl Coordinator {
         // Most evaluations change nothing; skipping the write saves a
         // durable commit (an fsync) per interaction.
         if record.score != score || record.score_components != components || newly_recommended {
-            self.store.update_peer(node_id, |r| {
+            let components = components.clone();
+            self.store.update_peer(node_id, move |r| {
                 r.score = score;
-                r.score_components = components;
+                r.score_components = components.clone();
                 if recommend {
                     r.privileged_recommended = true;
                 }
@@ -1111,28 +1126,110 @@ impl Coordinator {
         self.record_interaction_locked(node_id, interaction)
     }
 
+    /// Notes one successful exchange with `node_id` without waiting for
+    /// its record to be rewritten. Successes are the per-message case
+    /// (every delivered or accepted envelope): they are coalesced and
+    /// applied as one peer update and one trust evaluation per peer and
+    /// burst, by whichever caller finds no one else applying them. Reads
+    /// of peer state ([`Coordinator::peers`], [`Coordinator::peer`],
+    /// trust and breaker decisions) apply what is pending first, so they
+    /// never see a stale count. A crash can lose successes noted in the
+    /// last moments; they are trust evidence, not acknowledged data.
+    pub fn note_success(&self, node_id: &str) {
+        {
+            let mut pending = self
+                .pending_successes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match pending.get_mut(node_id) {
+                Some(n) => *n += 1,
+                None => {
+                    pending.insert(node_id.to_string(), 1);
+                }
+            }
+        }
+        // Whoever holds the decision lock applies what is pending before
+        // it releases it (see `apply_pending_successes_locked`) or will
+        // find it on its next pass; only take the lock when it is free.
+        loop {
+            let guard = match self.decisions.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            self.apply_pending_successes_locked();
+            drop(guard);
+            // A success noted while we held the lock, by a caller that
+            // found it taken, would otherwise wait for the next caller.
+            if self
+                .pending_successes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Applies the coalesced successes of [`Coordinator::note_success`]
+    /// (the caller holds the decision lock).
+    fn apply_pending_successes_locked(&self) {
+        loop {
+            let pending = std::mem::take(
+                &mut *self
+                    .pending_successes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if pending.is_empty() {
+                return;
+            }
+            for (peer, count) in pending {
+                if let Err(e) = self.record_interactions_locked(&peer, Interaction::Success, count)
+                {
+                    // The peer was removed meanwhile, or the store failed:
+                    // the evidence is dropped, nothing else depends on it.
+                    tracing::debug!(peer = %peer, "cannot apply coalesced successes: {e}");
+                }
+            }
+        }
+    }
+
     fn record_interaction_locked(
         &self,
         node_id: &str,
         interaction: Interaction,
     ) -> Result<TrustOutcome> {
+        self.record_interactions_locked(node_id, interaction, 1)
+    }
+
+    /// Records `count` interactions of one kind (threats and signature
+    /// failures always come one at a time).
+    fn record_interactions_locked(
+        &self,
+        node_id: &str,
+        interaction: Interaction,
+        count: u64,
+    ) -> Result<TrustOutcome> {
         let now = self.now();
-        let mut recent_threats = 0;
-        let updated = self.store.update_peer(node_id, |r| {
+        let updated = self.store.update_peer(node_id, move |r| {
             let m = &mut r.metrics;
             match interaction {
                 Interaction::Success => {
-                    m.interactions += 1;
-                    m.successes += 1;
+                    m.interactions += count;
+                    m.successes += count;
                 }
                 Interaction::Failure => {
-                    m.interactions += 1;
-                    m.failures += 1;
+                    m.interactions += count;
+                    m.failures += count;
                 }
-                Interaction::Threat => recent_threats = m.record_threat(now),
+                Interaction::Threat => {
+                    m.record_threat(now);
+                }
                 Interaction::SignatureFailure => {
-                    m.signature_failures += 1;
-                    m.signature_failures_since_level += 1;
+                    m.signature_failures += count;
+                    m.signature_failures_since_level += count;
                 }
             }
             let checked = m.interactions.max(m.signature_failures);
@@ -1144,6 +1241,7 @@ impl Coordinator {
             r.last_seen_ms = now;
         })?;
         let record = updated.ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))?;
+        let recent_threats = record.metrics.recent_threats_ms.len();
         let threat_rule = match interaction {
             Interaction::SignatureFailure => Some("signature failure"),
             Interaction::Threat if recent_threats >= 2 => {
@@ -1390,11 +1488,12 @@ impl Coordinator {
     ) -> Result<BreakerChange> {
         let now = self.now();
         let correlation = correlation_id();
-        self.store.update_peer(record.node_id(), |r| {
+        let (why, id) = (reason.to_string(), correlation.clone());
+        self.store.update_peer(record.node_id(), move |r| {
             r.breaker = BreakerInfo {
                 state: to,
-                reason: Some(reason.to_string()),
-                correlation_id: Some(correlation.clone()),
+                reason: Some(why.clone()),
+                correlation_id: Some(id.clone()),
                 since_ms: now,
                 failures_since_suspend: 0,
             };
@@ -1535,6 +1634,7 @@ impl Coordinator {
                 &count_list,
             ))?;
             if direction == Direction::Inbound {
+                let _guard = self.lock_decisions();
                 let _ = self.record_interaction_locked(peer, Interaction::Threat)?;
             }
             return Err(CoordError::PiiBlocked { types: blocking });
@@ -1574,29 +1674,88 @@ impl Coordinator {
     /// capability gate, budget, PII, signature; the signed frame is
     /// committed to the outbox before this returns.
     pub fn send(&self, request: SendRequest) -> Result<SendReceipt> {
+        Ok(self.queue(request)?.0)
+    }
+
+    /// [`Coordinator::send`], also returning the queued outbox entry so
+    /// the delivery worker can send it at once instead of finding it in
+    /// the table.
+    pub fn queue(&self, request: SendRequest) -> Result<(SendReceipt, OutboxEntry)> {
         let message_type = request.message_type.clone();
         let (receipt, frame) = self.prepare_envelope(request)?;
-        self.store.outbox_put(&OutboxEntry {
+        let entry = OutboxEntry {
             envelope_id: receipt.envelope_id.clone(),
             target: receipt.peer.clone(),
             bytes: frame,
             attempts: 0,
             next_attempt_ms: self.now(),
-        })?;
-        self.record(
-            AuditEvent::new(
-                EventType::MessageSent,
-                format!("{message_type} queued for {}", receipt.peer),
-            )
-            .with_peer(&receipt.peer)
-            .with_details(json!({
-                "envelope_id": receipt.envelope_id,
-                "message_type": message_type,
-                "bytes": receipt.frame_bytes,
-                "state": "queued",
-            })),
+        };
+        crate::store::check_outbox_entry(&entry)?;
+        let queued = AuditEvent::new(
+            EventType::MessageSent,
+            format!("{message_type} queued for {}", receipt.peer),
+        )
+        .with_peer(&receipt.peer)
+        .with_details(json!({
+            "envelope_id": receipt.envelope_id,
+            "message_type": message_type,
+            "bytes": receipt.frame_bytes,
+            "state": "queued",
+        }));
+        // The entry and its `message_sent` record commit together.
+        let job_entry = entry.clone();
+        self.audit.commit_with(
+            move |txn| Ok((outbox_put_in(txn, &job_entry)?, true)),
+            vec![queued],
         )?;
-        Ok(receipt)
+        Ok((receipt, entry))
+    }
+
+    /// An outbox entry was acknowledged by its target: removes it and
+    /// audits the delivery in one commit, and notes the success. Returns
+    /// `false` (and records nothing) when the entry was already gone, e.g.
+    /// acknowledged through another attempt.
+    pub fn delivered(&self, entry: &OutboxEntry, status: AckStatus) -> Result<bool> {
+        let (peer, id) = (entry.target.as_str(), entry.envelope_id.clone());
+        let event = AuditEvent::new(EventType::MessageSent, format!("{id} delivered to {peer}"))
+            .with_peer(peer)
+            .with_details(json!({
+                "envelope_id": id,
+                "state": "delivered",
+                "status": status,
+                "attempts": entry.attempts + 1,
+            }));
+        let (existed, _) = self.audit.commit_with(
+            move |txn| {
+                let existed = outbox_remove_in(txn, &id)?;
+                Ok((existed, existed))
+            },
+            vec![event],
+        )?;
+        if existed && status != AckStatus::Rejected {
+            self.note_success(peer);
+        }
+        Ok(existed)
+    }
+
+    /// An outbox entry was refused for good by its target (`code`):
+    /// removes it and audits the refusal in one commit.
+    pub fn refused_for_good(&self, entry: &OutboxEntry, code: &str) -> Result<bool> {
+        let (peer, id) = (entry.target.as_str(), entry.envelope_id.clone());
+        let event = AuditEvent::new(
+            EventType::MessageRejected,
+            format!("{id} refused by {peer}: {code}; not retried"),
+        )
+        .with_peer(peer)
+        .with_details(json!({"envelope_id": id, "reason": code, "final": true}));
+        let (existed, _) = self.audit.commit_with(
+            move |txn| {
+                let existed = outbox_remove_in(txn, &id)?;
+                Ok((existed, existed))
+            },
+            vec![event],
+        )?;
+        Ok(existed)
     }
 
     // ---- plugins ----
@@ -1891,7 +2050,6 @@ impl Coordinator {
         if envelope.hop_count > envelope.budget.max_hops() {
             return Ok(Err(R::HopLimitExceeded));
         }
-        let _guard = self.lock_decisions();
         let mut payload = envelope.payload.clone();
         match self.scan_payload(
             session_peer,
@@ -1970,26 +2128,35 @@ impl Coordinator {
             }
         };
         let ack_bytes = serde_json::to_vec(&ack).expect("acks serialise");
-        match self.store.commit_inbound(
+        // The dedupe entry, the inbox message, the stored acknowledgement
+        // and the `message_received` record commit together (group
+        // commit): after a crash, all of them are there or none.
+        let record = InboundRecord::new(
             session_peer,
             &envelope.id,
             now,
             inbox.as_deref(),
             &ack_bytes,
-        )? {
-            crate::store::InboundCommit::Duplicate { ack: Some(stored) } => {
+        )?;
+        let received = AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
+            .with_peer(session_peer)
+            .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status}));
+        let (outcome, _) = self.audit.commit_with(
+            move |txn| {
+                let outcome = commit_inbound_in(txn, &record)?;
+                let fresh = matches!(outcome, InboundCommit::Fresh { .. });
+                Ok((outcome, fresh))
+            },
+            vec![received],
+        )?;
+        match outcome {
+            InboundCommit::Duplicate { ack: Some(stored) } => {
                 return Ok(Ok(serde_json::from_slice(&stored).unwrap_or(ack)));
             }
-            crate::store::InboundCommit::Duplicate { ack: None }
-            | crate::store::InboundCommit::Fresh { .. } => {}
+            InboundCommit::Duplicate { ack: None } | InboundCommit::Fresh { .. } => {}
         }
-        self.record(
-            AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
-                .with_peer(session_peer)
-                .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status})),
-        )?;
         if ack.status != AckStatus::Rejected {
-            self.record_interaction_locked(session_peer, Interaction::Success)?;
+            self.note_success(session_peer);
         }
         Ok(Ok(ack))
     }
@@ -2109,7 +2276,8 @@ impl Coordinator {
             )?;
             self.refresh_live_counts()?;
         } else {
-            self.store.update_peer(&node_id, |r| r.last_seen_ms = now)?;
+            self.store
+                .update_peer(&node_id, move |r| r.last_seen_ms = now)?;
         }
         self.record(
             AuditEvent::new(
@@ -2150,16 +2318,13 @@ impl Coordinator {
         };
         let budget = budget.next_hop()?;
         let mut payload = request.payload;
-        let pii = {
-            let _guard = self.lock_decisions();
-            self.scan_payload(
-                &request.peer,
-                record.trust_level,
-                Direction::Outbound,
-                &request.message_type,
-                &mut payload,
-            )?
-        };
+        let pii = self.scan_payload(
+            &request.peer,
+            record.trust_level,
+            Direction::Outbound,
+            &request.message_type,
+            &mut payload,
+        )?;
         let envelope = Envelope {
             id: envelope::random_id(),
             source: self.node_id().to_string(),

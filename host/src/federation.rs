@@ -43,7 +43,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use crate::audit::{AuditEvent, EventType};
 use crate::config::{NodeConfig, TransportSection};
 use crate::control::ErrorBody;
-use crate::coordinator::{Ack, AckStatus, Admission, Coordinator, Interaction, SendRequest};
+use crate::coordinator::{Ack, Admission, Coordinator, Interaction, SendRequest};
 use crate::identity::{Identity, SignedManifest};
 use crate::store::OutboxEntry;
 use crate::transport::handshake::UNKNOWN_PEER;
@@ -74,10 +74,15 @@ pub const JOIN_NOT_CONFIRMED: &str = "JOIN_NOT_CONFIRMED";
 
 /// Frames larger than this are delivered on the bulk priority class.
 pub const BULK_THRESHOLD: usize = 64 * 1024;
-/// Most deliveries in flight at once (all peers).
-pub const DELIVERY_WINDOW: usize = 64;
+/// Most deliveries in flight at once (all peers). Deep enough that the
+/// receiver's group commits see many envelopes per `fdatasync`.
+pub const DELIVERY_WINDOW: usize = 256;
 /// Most inbound envelopes processed at once per session.
-pub const INBOUND_CONCURRENCY: usize = 16;
+pub const INBOUND_CONCURRENCY: usize = 256;
+/// Most inbound envelope bytes processed at once per session, in KiB
+/// (every envelope counts at least 1 KiB): many small envelopes run
+/// concurrently, a few large ones are enough to fill it.
+pub const INBOUND_BUDGET_KIB: usize = 64 * 1024;
 /// Outbox entries read per delivery pass.
 const OUTBOX_BATCH: usize = 4096;
 /// Period of the maintenance pass (reconnects, renewals, standing).
@@ -179,9 +184,14 @@ pub struct Federation {
     left: Arc<Mutex<HashSet<String>>>,
     wanted: Mutex<HashSet<String>>,
     wanted_path: PathBuf,
+    /// Outbox entries handed to the delivery worker (queued for it or in
+    /// flight): the periodic outbox scan skips them.
     in_flight: Mutex<HashSet<String>>,
     window: Arc<Semaphore>,
     outbox_wake: Notify,
+    /// Fresh entries from `send`, delivered without scanning the outbox.
+    fresh_tx: tokio::sync::mpsc::UnboundedSender<OutboxEntry>,
+    fresh_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OutboxEntry>>>,
     listen_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -328,6 +338,7 @@ impl Federation {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let me = coordinator.node_id().to_string();
+        let (fresh_tx, fresh_rx) = tokio::sync::mpsc::unbounded_channel();
         let fed = Arc::new(Federation {
             coordinator: coordinator.clone(),
             node,
@@ -343,6 +354,8 @@ impl Federation {
             in_flight: Mutex::new(HashSet::new()),
             window: Arc::new(Semaphore::new(DELIVERY_WINDOW)),
             outbox_wake: Notify::new(),
+            fresh_tx,
+            fresh_rx: Mutex::new(Some(fresh_rx)),
             listen_addr: Mutex::new(None),
         });
 
@@ -409,9 +422,22 @@ impl Federation {
         *lock(&self.listen_addr)
     }
 
-    /// Wakes the delivery worker (after a `send` queued something).
+    /// Wakes the delivery worker to scan the outbox (e.g. when a session
+    /// comes up).
     pub fn wake_outbox(&self) {
         self.outbox_wake.notify_one();
+    }
+
+    /// Hands an entry that `send` just committed to the outbox to the
+    /// delivery worker, which sends it at once when its target has a
+    /// session (otherwise the outbox scan finds it later).
+    pub fn enqueue(&self, entry: OutboxEntry) {
+        if lock(&self.in_flight).insert(entry.envelope_id.clone()) {
+            let id = entry.envelope_id.clone();
+            if self.fresh_tx.send(entry).is_err() {
+                lock(&self.in_flight).remove(&id);
+            }
+        }
     }
 
     fn live_handle(&self, peer: &str) -> Option<ConnectionHandle> {
@@ -678,8 +704,17 @@ impl Federation {
 
     async fn reader(self: Arc<Self>, peer: String, mut incoming: Incoming) {
         let slots = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+        let budget = Arc::new(Semaphore::new(INBOUND_BUDGET_KIB));
         while let Some(mut message) = incoming.recv().await {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            let kib = message
+                .data
+                .len()
+                .div_ceil(1024)
+                .clamp(1, INBOUND_BUDGET_KIB) as u32;
+            let (Ok(permit), Ok(bytes_permit)) = (
+                slots.clone().acquire_owned().await,
+                budget.clone().acquire_many_owned(kib).await,
+            ) else {
                 return;
             };
             let responder = message.take_responder();
@@ -720,7 +755,7 @@ impl Federation {
                     }
                     fed.revoke(&peer, code).await;
                 }
-                drop(permit);
+                drop((permit, bytes_permit));
             });
         }
     }
@@ -945,11 +980,35 @@ impl Federation {
     // ---- delivery ----
 
     async fn delivery_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(mut fresh) = lock(&self.fresh_rx).take() else {
+            return;
+        };
         loop {
-            tokio::select! {
-                _ = self.outbox_wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            let scan = tokio::select! {
+                entry = fresh.recv() => match entry {
+                    Some(entry) => {
+                        // Already marked in flight by `enqueue`.
+                        match self.live_handle(&entry.target) {
+                            Some(handle) => {
+                                if !self.clone().dispatch(entry, handle).await {
+                                    return;
+                                }
+                            }
+                            None => {
+                                // No session: the outbox scan takes it later.
+                                lock(&self.in_flight).remove(&entry.envelope_id);
+                            }
+                        }
+                        false
+                    }
+                    None => return,
+                },
+                _ = self.outbox_wake.notified() => true,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => true,
                 _ = crate::control::server::stopped(&mut stop) => return,
+            };
+            if !scan {
+                continue;
             }
             let now = self.coordinator.clock().now_ms();
             let due = match self
@@ -963,25 +1022,30 @@ impl Federation {
                 if *stop.borrow() {
                     return;
                 }
-                if lock(&self.in_flight).contains(&entry.envelope_id) {
-                    continue;
-                }
                 let Some(handle) = self.live_handle(&entry.target) else {
                     continue; // waits for a session; untouched
-                };
-                let Ok(permit) = self.window.clone().acquire_owned().await else {
-                    return;
                 };
                 if !lock(&self.in_flight).insert(entry.envelope_id.clone()) {
                     continue;
                 }
-                let fed = self.clone();
-                tokio::spawn(async move {
-                    fed.deliver(entry, handle).await;
-                    drop(permit);
-                });
+                if !self.clone().dispatch(entry, handle).await {
+                    return;
+                }
             }
         }
+    }
+
+    /// Starts delivering `entry` (already marked in flight) once the
+    /// window has room; `false` when the federation is shutting down.
+    async fn dispatch(self: Arc<Self>, entry: OutboxEntry, handle: ConnectionHandle) -> bool {
+        let Ok(permit) = self.window.clone().acquire_owned().await else {
+            return false;
+        };
+        tokio::spawn(async move {
+            self.deliver(entry, handle).await;
+            drop(permit);
+        });
+        true
     }
 
     async fn deliver(self: Arc<Self>, entry: OutboxEntry, handle: ConnectionHandle) {
@@ -1342,7 +1406,6 @@ fn settle(
     result: Result<Vec<u8>, TransportError>,
 ) -> crate::coordinator::Result<()> {
     let peer = entry.target.as_str();
-    let id = entry.envelope_id.as_str();
     let reply = match result {
         Ok(bytes) => serde_json::from_slice::<WireReply>(&bytes)
             .unwrap_or(WireReply::Refused("MALFORMED_REPLY".into())),
@@ -1355,32 +1418,11 @@ fn settle(
     };
     match reply {
         WireReply::Ack(ack) => {
-            c.store().outbox_remove(id)?;
-            c.audit_event(
-                AuditEvent::new(EventType::MessageSent, format!("{id} delivered to {peer}"))
-                    .with_peer(peer)
-                    .with_details(json!({
-                        "envelope_id": id,
-                        "state": "delivered",
-                        "status": ack.status,
-                        "attempts": entry.attempts + 1,
-                    })),
-            )?;
-            if ack.status != AckStatus::Rejected {
-                let _ = c.record_interaction(peer, Interaction::Success);
-            }
+            c.delivered(entry, ack.status)?;
             Ok(())
         }
         WireReply::Refused(code) if FINAL_REFUSALS.contains(&code.as_str()) => {
-            c.store().outbox_remove(id)?;
-            c.audit_event(
-                AuditEvent::new(
-                    EventType::MessageRejected,
-                    format!("{id} refused by {peer}: {code}; not retried"),
-                )
-                .with_peer(peer)
-                .with_details(json!({"envelope_id": id, "reason": code, "final": true})),
-            )?;
+            c.refused_for_good(entry, &code)?;
             Ok(())
         }
         WireReply::Refused(code) => {

@@ -11,7 +11,9 @@
 //! * [`identity`]: keys, the signed manifest, mesh addresses.
 //! * [`model`]: domain types shared by the store and the coordinator.
 //! * [`store`]: persistent state in one redb file, and the home lock.
-//! * [`audit`]: the hash-chained, group-committed audit log.
+//! * [`journal`]: group commit: the one writer thread of the state file,
+//!   committing concurrent state changes and audit records together.
+//! * [`audit`]: the hash-chained audit log.
 //! * [`trust`]: capabilities per trust level.
 //! * [`breaker`]: legal circuit-breaker transitions and send gates.
 //! * [`budget`]: per-envelope budgets.
@@ -51,6 +53,7 @@ pub mod envelope;
 pub mod federation;
 pub mod home;
 pub mod identity;
+pub mod journal;
 pub mod model;
 pub mod pii;
 pub mod plugin;

@@ -21,11 +21,13 @@
 //! not self-describing, so every added field would need a migration. Hot
 //! binary data (outbox envelopes) uses redb's native tuple encoding.
 //!
-//! Every mutating method runs one redb write transaction with
-//! [`redb::Durability::Immediate`] and commits it before returning: once it
-//! returns `Ok`, the change is on disk. Do not call these methods while
-//! holding another write transaction on the same database (redb admits one
-//! writer at a time, so that would deadlock).
+//! Every mutating method hands its change to the store's writer thread
+//! ([`crate::journal`]), which group-commits the changes of concurrent
+//! callers in one redb write transaction with
+//! [`redb::Durability::Immediate`]; the method returns once that
+//! transaction is committed: once it returns `Ok`, the change is on disk.
+//! The `*_in` functions are the same changes applied to a caller's
+//! transaction, for jobs that combine them (e.g. with audit records).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -40,6 +42,7 @@ use redb::{
     StorageError, TableDefinition, WriteTransaction,
 };
 
+use crate::journal::Journal;
 use crate::model::{PeerRecord, SpendSample, SpendWindow};
 
 /// Schema version this build writes and understands.
@@ -131,6 +134,21 @@ pub enum StoreError {
     /// A value refused before writing (e.g. non-finite USD, oversize key).
     #[error("state store: invalid value: {0}")]
     InvalidValue(&'static str),
+    /// The store's writer thread is gone (store closed, or it panicked).
+    #[error("state store is closed")]
+    Closed,
+    /// The writer thread could not be started.
+    #[error("cannot start the state store's writer thread: {source}")]
+    Thread {
+        /// OS error.
+        source: io::Error,
+    },
+    /// Audit records were written before an audit log was opened.
+    #[error("state store: no audit log is open on this store")]
+    AuditNotOpen,
+    /// The group commit this change was part of failed.
+    #[error("{0}")]
+    Batch(Arc<StoreError>),
 }
 
 macro_rules! redb_from {
@@ -170,6 +188,7 @@ pub struct OutboxEntry {
 /// The node's state database.
 pub struct Store {
     db: Arc<Database>,
+    journal: Arc<Journal>,
     path: PathBuf,
     audit_claimed: Arc<AtomicBool>,
 }
@@ -191,55 +210,59 @@ impl Store {
     /// [`StoreError::Corrupt`], never a panic), creates missing tables,
     /// records [`SCHEMA_VERSION`] in `meta` and refuses a newer one.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = open_database(path)?;
-        let store = Store {
-            db: Arc::new(db),
+        let db = Arc::new(open_database(path)?);
+        init_schema(&db, path)?;
+        Ok(Store {
+            journal: Arc::new(Journal::start(Arc::clone(&db))?),
+            db,
             path: path.to_path_buf(),
             audit_claimed: Arc::new(AtomicBool::new(false)),
-        };
-        store.init_schema()?;
-        Ok(store)
-    }
-
-    fn init_schema(&self) -> Result<()> {
-        let txn = self.write_txn()?;
-        let found = {
-            let mut meta = txn.open_table(META)?;
-            let found = match meta.get(SCHEMA_KEY)? {
-                Some(v) => Some(decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?),
-                None => None,
-            };
-            if found.is_none() {
-                meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
-            }
-            found
-        };
-        if let Some(found) = found.filter(|&v| v > SCHEMA_VERSION) {
-            txn.abort()?;
-            return Err(StoreError::SchemaTooNew {
-                path: self.path.clone(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        txn.open_table(PEERS)?;
-        txn.open_table(SPEND)?;
-        txn.open_table(SPEND_INDEX)?;
-        txn.open_table(OUTBOX)?;
-        txn.open_table(DEDUPE)?;
-        txn.open_table(DEDUPE_BY_TIME)?;
-        txn.open_table(AUDIT)?;
-        txn.open_table(INBOX)?;
-        txn.open_table(INBOUND_ACKS)?;
-        txn.commit()?;
-        Ok(())
+        })
     }
 
     /// The file path.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
+/// Creates missing tables and checks the schema version (before the
+/// writer thread starts).
+fn init_schema(db: &Database, path: &Path) -> Result<()> {
+    let txn = begin_durable_write(db)?;
+    let found = {
+        let mut meta = txn.open_table(META)?;
+        let found = match meta.get(SCHEMA_KEY)? {
+            Some(v) => Some(decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?),
+            None => None,
+        };
+        if found.is_none() {
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+        }
+        found
+    };
+    if let Some(found) = found.filter(|&v| v > SCHEMA_VERSION) {
+        txn.abort()?;
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    txn.open_table(PEERS)?;
+    txn.open_table(SPEND)?;
+    txn.open_table(SPEND_INDEX)?;
+    txn.open_table(OUTBOX)?;
+    txn.open_table(DEDUPE)?;
+    txn.open_table(DEDUPE_BY_TIME)?;
+    txn.open_table(AUDIT)?;
+    txn.open_table(INBOX)?;
+    txn.open_table(INBOUND_ACKS)?;
+    txn.commit()?;
+    Ok(())
+}
+
+impl Store {
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;
@@ -265,22 +288,39 @@ impl Store {
             .map(|_| Arc::clone(&self.audit_claimed))
     }
 
-    fn write_txn(&self) -> Result<WriteTransaction> {
-        begin_durable_write(&self.db)
+    /// The store's writer thread (group commit), for jobs that combine
+    /// state changes with audit records.
+    pub(crate) fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Applies `change` in the next group commit and returns its value
+    /// once the commit is durable. `change` may run more than once (see
+    /// [`crate::journal`]) and must touch nothing but the transaction.
+    fn write<R, F>(&self, mut change: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<R> + Send + 'static,
+    {
+        let (value, _) = self
+            .journal
+            .write(move |txn| Ok((change(txn)?, false)), Vec::new())?;
+        Ok(value)
     }
 
     // --- peers -------------------------------------------------------------
 
     /// Inserts or replaces the record of `record.node_id()`.
     pub fn upsert_peer(&self, record: &PeerRecord) -> Result<()> {
-        let id = record.node_id();
-        check_key(id)?;
+        let id = record.node_id().to_string();
+        check_key(&id)?;
         let bytes = serde_json::to_vec(record)
             .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
-        let txn = self.write_txn()?;
-        txn.open_table(PEERS)?.insert(id, bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.write(move |txn| {
+            txn.open_table(PEERS)?
+                .insert(id.as_str(), bytes.as_slice())?;
+            Ok(())
+        })
     }
 
     /// The record of `node_id`, if known.
@@ -306,42 +346,20 @@ impl Store {
     /// Reads, modifies and writes back the record of `node_id` in one
     /// transaction. Returns the updated record, or `None` if unknown (then
     /// nothing is written). `f` must not change the node id.
-    pub fn update_peer<F>(&self, node_id: &str, f: F) -> Result<Option<PeerRecord>>
+    pub fn update_peer<F>(&self, node_id: &str, mut f: F) -> Result<Option<PeerRecord>>
     where
-        F: FnOnce(&mut PeerRecord),
+        F: FnMut(&mut PeerRecord) + Send + 'static,
     {
-        let txn = self.write_txn()?;
-        let updated = {
-            let mut table = txn.open_table(PEERS)?;
-            let current: Option<PeerRecord> = match table.get(node_id)? {
-                Some(v) => Some(decode_json(v.value(), "peers")?),
-                None => None,
-            };
-            match current {
-                None => None,
-                Some(mut record) => {
-                    f(&mut record);
-                    if record.node_id() != node_id {
-                        return Err(StoreError::InvalidValue(
-                            "update_peer must not change the node id",
-                        ));
-                    }
-                    let bytes = serde_json::to_vec(&record)
-                        .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
-                    table.insert(node_id, bytes.as_slice())?;
-                    Some(record)
-                }
-            }
-        };
-        txn.commit()?;
-        Ok(updated)
+        let node_id = node_id.to_string();
+        self.write(move |txn| update_peer_in(txn, &node_id, &mut f))
     }
 
     /// Removes a peer and its spend samples. Returns whether it existed.
     pub fn remove_peer(&self, node_id: &str) -> Result<bool> {
-        let txn = self.write_txn()?;
-        let existed = txn.open_table(PEERS)?.remove(node_id)?.is_some();
-        {
+        let node_id = node_id.to_string();
+        self.write(move |txn| {
+            let node_id = node_id.as_str();
+            let existed = txn.open_table(PEERS)?.remove(node_id)?.is_some();
             let mut spend = txn.open_table(SPEND)?;
             let keys: Vec<(u64, u64)> = spend
                 .range((node_id, 0u64, 0u64)..=(node_id, u64::MAX, u64::MAX))?
@@ -351,9 +369,8 @@ impl Store {
                 spend.remove((node_id, ts, seq))?;
             }
             txn.open_table(SPEND_INDEX)?.remove(node_id)?;
-        }
-        txn.commit()?;
-        Ok(existed)
+            Ok(existed)
+        })
     }
 
     // --- spend ---------------------------------------------------------------
@@ -371,12 +388,14 @@ impl Store {
         }
         let bytes = serde_json::to_vec(sample)
             .map_err(|_| StoreError::InvalidValue("spend sample does not serialize"))?;
-        let txn = self.write_txn()?;
-        {
+        let peer = peer.to_string();
+        let ts_ms = sample.ts_ms;
+        self.write(move |txn| {
+            let peer = peer.as_str();
             let mut index = txn.open_table(SPEND_INDEX)?;
             let (mut count, next_seq) = index.get(peer)?.map(|v| v.value()).unwrap_or((0, 0));
             let mut spend = txn.open_table(SPEND)?;
-            spend.insert((peer, sample.ts_ms, next_seq), bytes.as_slice())?;
+            spend.insert((peer, ts_ms, next_seq), bytes.as_slice())?;
             count += 1;
             while count > SPEND_RING_CAPACITY {
                 let oldest = spend
@@ -389,9 +408,8 @@ impl Store {
                 count -= 1;
             }
             index.insert(peer, (count, next_seq.wrapping_add(1)))?;
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Spend samples of `peer` with `ts_ms >= since_ms`, oldest first.
@@ -435,20 +453,9 @@ impl Store {
 
     /// Inserts or replaces an outbox entry.
     pub fn outbox_put(&self, entry: &OutboxEntry) -> Result<()> {
-        check_key(&entry.envelope_id)?;
-        check_key(&entry.target)?;
-        let txn = self.write_txn()?;
-        txn.open_table(OUTBOX)?.insert(
-            entry.envelope_id.as_str(),
-            (
-                entry.attempts,
-                entry.next_attempt_ms,
-                entry.target.as_str(),
-                entry.bytes.as_slice(),
-            ),
-        )?;
-        txn.commit()?;
-        Ok(())
+        check_outbox_entry(entry)?;
+        let entry = entry.clone();
+        self.write(move |txn| outbox_put_in(txn, &entry))
     }
 
     /// The outbox entry for `envelope_id`.
@@ -461,10 +468,8 @@ impl Store {
 
     /// Removes an entry (on acknowledgement). Returns whether it existed.
     pub fn outbox_remove(&self, envelope_id: &str) -> Result<bool> {
-        let txn = self.write_txn()?;
-        let existed = txn.open_table(OUTBOX)?.remove(envelope_id)?.is_some();
-        txn.commit()?;
-        Ok(existed)
+        let envelope_id = envelope_id.to_string();
+        self.write(move |txn| outbox_remove_in(txn, &envelope_id))
     }
 
     /// Up to `limit` entries whose `next_attempt_ms <= now_ms`, earliest due first.
@@ -492,14 +497,15 @@ impl Store {
         envelope_id: &str,
         next_attempt_ms: u64,
     ) -> Result<Option<u32>> {
-        let txn = self.write_txn()?;
-        let attempts = {
+        let envelope_id = envelope_id.to_string();
+        self.write(move |txn| {
+            let envelope_id = envelope_id.as_str();
             let mut table = txn.open_table(OUTBOX)?;
             let current = table.get(envelope_id)?.map(|v| {
                 let (attempts, _, target, bytes) = v.value();
                 (attempts, target.to_string(), bytes.to_vec())
             });
-            match current {
+            Ok(match current {
                 None => None,
                 Some((attempts, target, bytes)) => {
                     let attempts = attempts.saturating_add(1);
@@ -509,10 +515,8 @@ impl Store {
                     )?;
                     Some(attempts)
                 }
-            }
-        };
-        txn.commit()?;
-        Ok(attempts)
+            })
+        })
     }
 
     /// Number of queued entries.
@@ -528,20 +532,18 @@ impl Store {
     pub fn dedupe_insert(&self, sender: &str, envelope_id: &str, seen_ms: u64) -> Result<bool> {
         check_key(sender)?;
         check_key(envelope_id)?;
-        let txn = self.write_txn()?;
-        let fresh = {
+        let (sender, envelope_id) = (sender.to_string(), envelope_id.to_string());
+        self.write(move |txn| {
+            let key = (sender.as_str(), envelope_id.as_str());
             let mut primary = txn.open_table(DEDUPE)?;
-            if primary.get((sender, envelope_id))?.is_some() {
-                false
-            } else {
-                primary.insert((sender, envelope_id), seen_ms)?;
-                txn.open_table(DEDUPE_BY_TIME)?
-                    .insert((seen_ms, sender, envelope_id), ())?;
-                true
+            if primary.get(key)?.is_some() {
+                return Ok(false);
             }
-        };
-        txn.commit()?;
-        Ok(fresh)
+            primary.insert(key, seen_ms)?;
+            txn.open_table(DEDUPE_BY_TIME)?
+                .insert((seen_ms, key.0, key.1), ())?;
+            Ok(true)
+        })
     }
 
     /// Whether `(sender, envelope_id)` was seen (and not yet pruned).
@@ -555,8 +557,7 @@ impl Store {
 
     /// Forgets entries seen strictly before `cutoff_ms`. Returns how many.
     pub fn dedupe_prune_older_than(&self, cutoff_ms: u64) -> Result<u64> {
-        let txn = self.write_txn()?;
-        let removed = {
+        self.write(move |txn| {
             let mut by_time = txn.open_table(DEDUPE_BY_TIME)?;
             let mut primary = txn.open_table(DEDUPE)?;
             let old: Vec<(u64, String, String)> = by_time
@@ -574,10 +575,8 @@ impl Store {
                 primary.remove((s.as_str(), e.as_str()))?;
                 acks.remove((s.as_str(), e.as_str()))?;
             }
-            old.len() as u64
-        };
-        txn.commit()?;
-        Ok(removed)
+            Ok(old.len() as u64)
+        })
     }
 
     /// Records a processed inbound envelope in one transaction: the dedupe
@@ -593,29 +592,8 @@ impl Store {
         inbox_message: Option<&[u8]>,
         ack: &[u8],
     ) -> Result<InboundCommit> {
-        check_key(sender)?;
-        check_key(envelope_id)?;
-        let txn = self.write_txn()?;
-        let outcome = {
-            let mut dedupe = txn.open_table(DEDUPE)?;
-            let mut acks = txn.open_table(INBOUND_ACKS)?;
-            if dedupe.get((sender, envelope_id))?.is_some() {
-                let stored = acks.get((sender, envelope_id))?.map(|v| v.value().to_vec());
-                InboundCommit::Duplicate { ack: stored }
-            } else {
-                dedupe.insert((sender, envelope_id), seen_ms)?;
-                txn.open_table(DEDUPE_BY_TIME)?
-                    .insert((seen_ms, sender, envelope_id), ())?;
-                acks.insert((sender, envelope_id), ack)?;
-                let inbox_seq = match inbox_message {
-                    Some(message) => Some(push_inbox(&txn, message)?),
-                    None => None,
-                };
-                InboundCommit::Fresh { inbox_seq }
-            }
-        };
-        txn.commit()?;
-        Ok(outcome)
+        let record = InboundRecord::new(sender, envelope_id, seen_ms, inbox_message, ack)?;
+        self.write(move |txn| commit_inbound_in(txn, &record))
     }
 
     /// The acknowledgement stored for an inbound envelope, if it was
@@ -634,10 +612,8 @@ impl Store {
     /// are never reused, even after the newest message is removed (the
     /// counter lives in `meta` under `inbox_next_seq`).
     pub fn inbox_push(&self, message: &[u8]) -> Result<u64> {
-        let txn = self.write_txn()?;
-        let seq = push_inbox(&txn, message)?;
-        txn.commit()?;
-        Ok(seq)
+        let message = message.to_vec();
+        self.write(move |txn| push_inbox(txn, &message))
     }
 
     /// Up to `limit` messages with `seq > after_seq`, in order.
@@ -654,11 +630,120 @@ impl Store {
 
     /// Removes message `seq`. Returns whether it existed.
     pub fn inbox_remove(&self, seq: u64) -> Result<bool> {
-        let txn = self.write_txn()?;
-        let existed = txn.open_table(INBOX)?.remove(seq)?.is_some();
-        txn.commit()?;
-        Ok(existed)
+        self.write(move |txn| Ok(txn.open_table(INBOX)?.remove(seq)?.is_some()))
     }
+}
+
+// ---------------------------------------------------------------------------
+// Changes inside a caller's transaction (for combined journal jobs)
+// ---------------------------------------------------------------------------
+
+/// Reads, modifies and writes back a peer record inside `txn`
+/// ([`Store::update_peer`]).
+pub(crate) fn update_peer_in(
+    txn: &WriteTransaction,
+    node_id: &str,
+    f: &mut dyn FnMut(&mut PeerRecord),
+) -> Result<Option<PeerRecord>> {
+    let mut table = txn.open_table(PEERS)?;
+    let current: Option<PeerRecord> = match table.get(node_id)? {
+        Some(v) => Some(decode_json(v.value(), "peers")?),
+        None => None,
+    };
+    let Some(mut record) = current else {
+        return Ok(None);
+    };
+    f(&mut record);
+    if record.node_id() != node_id {
+        return Err(StoreError::InvalidValue(
+            "update_peer must not change the node id",
+        ));
+    }
+    let bytes = serde_json::to_vec(&record)
+        .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
+    table.insert(node_id, bytes.as_slice())?;
+    Ok(Some(record))
+}
+
+/// Refuses an outbox entry whose keys are out of bounds (before queueing
+/// it for the writer).
+pub(crate) fn check_outbox_entry(entry: &OutboxEntry) -> Result<()> {
+    check_key(&entry.envelope_id)?;
+    check_key(&entry.target)
+}
+
+/// Inserts or replaces an outbox entry inside `txn` (checked first with
+/// [`check_outbox_entry`]).
+pub(crate) fn outbox_put_in(txn: &WriteTransaction, entry: &OutboxEntry) -> Result<()> {
+    txn.open_table(OUTBOX)?.insert(
+        entry.envelope_id.as_str(),
+        (
+            entry.attempts,
+            entry.next_attempt_ms,
+            entry.target.as_str(),
+            entry.bytes.as_slice(),
+        ),
+    )?;
+    Ok(())
+}
+
+/// Removes an outbox entry inside `txn`; whether it existed.
+pub(crate) fn outbox_remove_in(txn: &WriteTransaction, envelope_id: &str) -> Result<bool> {
+    Ok(txn.open_table(OUTBOX)?.remove(envelope_id)?.is_some())
+}
+
+/// What [`commit_inbound_in`] records (owned, so a journal job can keep it).
+#[derive(Debug, Clone)]
+pub(crate) struct InboundRecord {
+    sender: String,
+    envelope_id: String,
+    seen_ms: u64,
+    inbox_message: Option<Vec<u8>>,
+    ack: Vec<u8>,
+}
+
+impl InboundRecord {
+    /// Checks the keys and copies the values.
+    pub(crate) fn new(
+        sender: &str,
+        envelope_id: &str,
+        seen_ms: u64,
+        inbox_message: Option<&[u8]>,
+        ack: &[u8],
+    ) -> Result<InboundRecord> {
+        check_key(sender)?;
+        check_key(envelope_id)?;
+        Ok(InboundRecord {
+            sender: sender.to_string(),
+            envelope_id: envelope_id.to_string(),
+            seen_ms,
+            inbox_message: inbox_message.map(<[u8]>::to_vec),
+            ack: ack.to_vec(),
+        })
+    }
+}
+
+/// [`Store::commit_inbound`] inside `txn`.
+pub(crate) fn commit_inbound_in(
+    txn: &WriteTransaction,
+    record: &InboundRecord,
+) -> Result<InboundCommit> {
+    let key = (record.sender.as_str(), record.envelope_id.as_str());
+    let mut dedupe = txn.open_table(DEDUPE)?;
+    let mut acks = txn.open_table(INBOUND_ACKS)?;
+    if dedupe.get(key)?.is_some() {
+        let stored = acks.get(key)?.map(|v| v.value().to_vec());
+        return Ok(InboundCommit::Duplicate { ack: stored });
+    }
+    dedupe.insert(key, record.seen_ms)?;
+    txn.open_table(DEDUPE_BY_TIME)?
+        .insert((record.seen_ms, key.0, key.1), ())?;
+    acks.insert(key, record.ack.as_slice())?;
+    let inbox_seq = match &record.inbox_message {
+        Some(message) => Some(push_inbox(txn, message)?),
+        None => None,
+    };
+    Ok(InboundCommit::Fresh { inbox_seq })
 }
 
 /// Begins a write transaction that commits with `Durability::Immediate`.
@@ -1088,19 +1173,17 @@ mod tests {
         let total = SPEND_RING_CAPACITY + 5;
         // Batch through the public API would take 10k commits; write the
         // first CAPACITY rows through one transaction with the same layout.
-        {
-            let txn = store.write_txn()?;
-            {
-                let mut spend = txn.open_table(SPEND)?;
-                for i in 0..SPEND_RING_CAPACITY {
-                    let bytes = serde_json::to_vec(&sample(i, 1, 0.0, true))?;
-                    spend.insert(("p", i, i), bytes.as_slice())?;
-                }
-                txn.open_table(SPEND_INDEX)?
-                    .insert("p", (SPEND_RING_CAPACITY, SPEND_RING_CAPACITY))?;
+        store.write(|txn| {
+            let mut spend = txn.open_table(SPEND)?;
+            for i in 0..SPEND_RING_CAPACITY {
+                let bytes = serde_json::to_vec(&sample(i, 1, 0.0, true))
+                    .map_err(|_| StoreError::InvalidValue("sample"))?;
+                spend.insert(("p", i, i), bytes.as_slice())?;
             }
-            txn.commit()?;
-        }
+            txn.open_table(SPEND_INDEX)?
+                .insert("p", (SPEND_RING_CAPACITY, SPEND_RING_CAPACITY))?;
+            Ok(())
+        })?;
         for i in SPEND_RING_CAPACITY..total {
             store.record_spend("p", &sample(i, 1, 0.0, true))?;
         }

@@ -194,14 +194,14 @@ impl Dispatcher {
             }
             "send" => {
                 let p: SendParams = decode(method, params)?;
-                let receipt = c.send(SendRequest {
+                let (receipt, entry) = c.queue(SendRequest {
                     peer: p.peer,
                     message_type: p.message_type,
                     payload: p.payload,
                     budget: p.budget,
                 })?;
                 if let Some(federation) = &self.federation {
-                    federation.wake_outbox();
+                    federation.enqueue(entry);
                 }
                 to_value(receipt)
             }
@@ -637,18 +637,39 @@ async fn connection(
         let _ = write.shutdown().await;
         return;
     }
+    // Requests run concurrently (up to PIPELINE_DEPTH per connection);
+    // the writer answers them strictly in request order.
+    let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel::<Pending>(PIPELINE_DEPTH);
+    let writer = tokio::spawn(async move {
+        while let Some(pending) = pending_rx.recv().await {
+            let response = match pending {
+                Pending::Ready(response) => response,
+                Pending::Running(task) => task.await.unwrap_or_else(|e| {
+                    tracing::error!("control handler failed: {e}");
+                    Response::err(
+                        Value::Null,
+                        ErrorBody::new(codes::INTERNAL, "the request handler failed", false),
+                    )
+                }),
+            };
+            if let Err(e) = write.write_all(&response.to_line()).await {
+                tracing::debug!("control connection write failed: {e}");
+                return;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
     let mut reader = BufReader::new(read);
-    let mut line = Vec::with_capacity(1024);
     loop {
         if *shutdown.borrow() {
             break;
         }
-        line.clear();
+        let mut line = Vec::with_capacity(1024);
         let read = tokio::select! {
             read = read_line(&mut reader, &mut line) => read,
             _ = stopped(&mut shutdown) => break,
         };
-        match read {
+        let pending = match read {
             Ok(LineRead::Eof) => break,
             Ok(LineRead::TooLarge) => {
                 let error = ErrorBody::new(
@@ -656,43 +677,37 @@ async fn connection(
                     format!("request line exceeds {MAX_REQUEST_BYTES} bytes"),
                     true,
                 );
-                let _ = write
-                    .write_all(&Response::err(Value::Null, error).to_line())
+                let _ = pending_tx
+                    .send(Pending::Ready(Response::err(Value::Null, error)))
                     .await;
                 break;
             }
-            Ok(LineRead::Line) => {}
+            Ok(LineRead::Line) => {
+                let worker = dispatcher.clone();
+                Pending::Running(tokio::task::spawn_blocking(move || {
+                    worker.handle_line(trim_newline(&line))
+                }))
+            }
             Err(e) => {
                 tracing::debug!("control connection read failed: {e}");
                 break;
             }
-        }
-        let request = std::mem::take(&mut line);
-        let worker = dispatcher.clone();
-        let response = match tokio::task::spawn_blocking(move || {
-            let response = worker.handle_line(trim_newline(&request));
-            (response, request)
-        })
-        .await
-        {
-            Ok((response, buffer)) => {
-                line = buffer;
-                response
-            }
-            Err(e) => {
-                tracing::error!("control handler failed: {e}");
-                Response::err(
-                    Value::Null,
-                    ErrorBody::new(codes::INTERNAL, "the request handler failed", false),
-                )
-            }
         };
-        if let Err(e) = write.write_all(&response.to_line()).await {
-            tracing::debug!("control connection write failed: {e}");
-            break;
+        if pending_tx.send(pending).await.is_err() {
+            break; // the writer is gone (client stopped reading)
         }
     }
-    let _ = write.shutdown().await;
+    drop(pending_tx);
+    let _ = writer.await;
+}
+
+/// Most requests of one connection in progress at once (pipelining).
+pub const PIPELINE_DEPTH: usize = 64;
+
+/// A response in the making, in request order.
+enum Pending {
+    Ready(Response),
+    Running(tokio::task::JoinHandle<Response>),
 }
 
 /// Resolves once `stop` is true (or its sender is gone).

@@ -1,0 +1,335 @@
+//! Group commit for the state store: the one thread that writes
+//! `state.redb`.
+//!
+//! redb admits one write transaction at a time and every durable commit
+//! costs an `fdatasync`. Committing each change on its own would cap a
+//! node at a few hundred durable changes per second and make concurrent
+//! callers queue behind each other's flushes. Instead every change to the
+//! store ([`crate::store::Store`]'s mutating methods, state changes made
+//! together with their audit records, and plain audit appends from
+//! [`crate::audit::AuditLog`]) becomes a *job* on one writer thread:
+//!
+//! 1. the writer takes everything queued (at most [`MAX_BATCH_JOBS`]);
+//! 2. applies each job's state change to one write transaction, then
+//!    chains and writes the job's audit records (if the change asked for
+//!    them) — so a state change and its audit records are atomic;
+//! 3. commits with `Durability::Immediate` (one `fdatasync` for the whole
+//!    batch) and hands the batch to a notifier thread, which wakes every
+//!    waiter while the writer already applies the next batch.
+//!
+//! A job whose change fails (say, an undecodable row) is answered with its
+//! error and the transaction is rolled back and redone without it, so one
+//! bad job never takes its neighbours down and never leaves a partial
+//! write. Changes are therefore `FnMut`: they may run more than once and
+//! must touch nothing but the transaction. A failed commit answers every
+//! job of the batch with the error; nothing of it is on disk and the audit
+//! chain head does not advance. A job that returned `Ok` is on disk.
+//!
+//! A change runs on the writer thread, so it must never wait for another
+//! job (that would deadlock the writer).
+
+use std::any::Any;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability, WriteTransaction};
+
+use crate::audit::{self, AuditRecord, ChainHead, PreparedEvent, Sealed};
+use crate::store::StoreError;
+
+/// Most jobs committed in one transaction.
+pub const MAX_BATCH_JOBS: usize = 8192;
+
+/// A state change: applied to the batch's transaction; returns its value
+/// and whether the job's audit records are to be written with it.
+pub(crate) type Change =
+    Box<dyn FnMut(&WriteTransaction) -> Result<(Box<dyn Any + Send>, bool), StoreError> + Send>;
+
+enum Job {
+    /// Apply `change` (if any) and append `events` (if asked to).
+    Write {
+        change: Option<Change>,
+        events: Vec<PreparedEvent>,
+        reply: mpsc::SyncSender<Reply>,
+    },
+    /// The audit log opened: continue the chain from `head`.
+    InstallHead(ChainHead),
+}
+
+/// What a job produced.
+pub(crate) struct Done {
+    /// The change's value (`None` for a pure audit append).
+    pub value: Option<Box<dyn Any + Send>>,
+    /// The committed audit records (empty when the change declined them).
+    pub records: Vec<AuditRecord>,
+}
+
+type Reply = Result<Done, StoreError>;
+
+/// A queued job; [`Ticket::wait`] blocks until it is committed.
+pub(crate) struct Ticket {
+    rx: mpsc::Receiver<Reply>,
+}
+
+impl Ticket {
+    /// Blocks until the job is durably committed (or failed).
+    pub(crate) fn wait(self) -> Result<Done, StoreError> {
+        self.rx.recv().map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The writer thread of one database (see the module docs).
+pub(crate) struct Journal {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Journal {
+    /// Starts the writer and notifier threads for `db`.
+    pub(crate) fn start(db: Arc<Database>) -> Result<Journal, StoreError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (done_tx, done_rx) = mpsc::channel::<Completion>();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|source| StoreError::Thread { source })
+        };
+        let notifier = spawn(
+            "agentfed-commit-notify",
+            Box::new(move || notifier_loop(&done_rx)),
+        )?;
+        let writer = spawn(
+            "agentfed-commit",
+            Box::new(move || writer_loop(&db, &rx, &done_tx)),
+        )?;
+        Ok(Journal {
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(vec![writer, notifier]),
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(job)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a job without waiting for its commit.
+    pub(crate) fn submit(
+        &self,
+        change: Option<Change>,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Ticket, StoreError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(Job::Write {
+            change,
+            events,
+            reply,
+        })?;
+        Ok(Ticket { rx })
+    }
+
+    /// Applies `change` in the next group commit and waits for it; its
+    /// `bool` says whether `events` are appended to the audit log with it.
+    pub(crate) fn write<R, F>(
+        &self,
+        mut change: F,
+        events: Vec<PreparedEvent>,
+    ) -> Result<(R, Vec<AuditRecord>), StoreError>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
+    {
+        let boxed: Change = Box::new(move |txn| {
+            let (value, audit) = change(txn)?;
+            Ok((Box::new(value) as Box<dyn Any + Send>, audit))
+        });
+        let done = self.submit(Some(boxed), events)?.wait()?;
+        let value = done
+            .value
+            .and_then(|v| v.downcast::<R>().ok())
+            .ok_or(StoreError::Closed)?;
+        Ok((*value, done.records))
+    }
+
+    /// Continues the audit chain from `head` (called when the audit log
+    /// opens, after it recovered the head from the table).
+    pub(crate) fn install_head(&self, head: ChainHead) -> Result<(), StoreError> {
+        self.send(Job::InstallHead(head))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain what is queued and
+        // exit; it then drops the completion sender and the notifier exits.
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        for thread in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner())) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A write job as the writer holds it.
+struct Pending {
+    change: Option<Change>,
+    events: Vec<PreparedEvent>,
+    reply: mpsc::SyncSender<Reply>,
+}
+
+/// One job's result inside a committed batch.
+enum Outcome {
+    Applied {
+        value: Option<Box<dyn Any + Send>>,
+        sealed: Vec<Sealed>,
+    },
+    Failed(StoreError),
+}
+
+/// A committed (or failed) batch on its way to the notifier thread.
+struct Completion {
+    batch: Vec<Pending>,
+    outcome: Result<Vec<Outcome>, Arc<StoreError>>,
+}
+
+fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, done: &mpsc::Sender<Completion>) {
+    let mut head: Option<ChainHead> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::InstallHead(h) => {
+                    // Jobs queued before the install are committed first.
+                    if !batch.is_empty() {
+                        commit_and_notify(db, &mut head, std::mem::take(&mut batch), done);
+                    }
+                    head = Some(h);
+                }
+                Job::Write {
+                    change,
+                    events,
+                    reply,
+                } => batch.push(Pending {
+                    change,
+                    events,
+                    reply,
+                }),
+            }
+            if batch.len() < MAX_BATCH_JOBS {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() && !commit_and_notify(db, &mut head, batch, done) {
+            return;
+        }
+    }
+}
+
+/// Commits `batch` and hands it to the notifier; `false` once the notifier
+/// is gone.
+fn commit_and_notify(
+    db: &Database,
+    head: &mut Option<ChainHead>,
+    mut batch: Vec<Pending>,
+    done: &mpsc::Sender<Completion>,
+) -> bool {
+    let outcome = commit_batch(db, head, &mut batch).map_err(Arc::new);
+    done.send(Completion { batch, outcome }).is_ok()
+}
+
+/// Applies and commits one batch (module docs). The chain head advances
+/// only when the commit succeeds.
+fn commit_batch(
+    db: &Database,
+    head: &mut Option<ChainHead>,
+    batch: &mut [Pending],
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
+    'attempt: loop {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut chain = head.clone();
+        let ts_ms = audit::now_ms().max(chain.as_ref().map_or(0, |h| h.ts_ms));
+        let mut results: Vec<Option<(Option<Box<dyn Any + Send>>, Vec<Sealed>)>> =
+            Vec::with_capacity(batch.len());
+        for (job, failure) in batch.iter_mut().zip(failed.iter_mut()) {
+            if failure.is_some() {
+                results.push(None);
+                continue;
+            }
+            let (value, audit) = match job.change.as_mut() {
+                None => (None, true),
+                Some(change) => match change(&txn) {
+                    Ok((value, audit)) => (Some(value), audit),
+                    Err(e) => {
+                        *failure = Some(e);
+                        let _ = txn.abort();
+                        continue 'attempt;
+                    }
+                },
+            };
+            let sealed = if audit && !job.events.is_empty() {
+                let Some(chain) = chain.as_mut() else {
+                    *failure = Some(StoreError::AuditNotOpen);
+                    let _ = txn.abort();
+                    continue 'attempt;
+                };
+                audit::write_chained(&txn, chain, &job.events, ts_ms)?
+            } else {
+                Vec::new()
+            };
+            results.push(Some((value, sealed)));
+        }
+        if let Some(chain) = chain.as_ref()
+            && chain.seq != head.as_ref().map_or(0, |h| h.seq)
+        {
+            audit::write_head(&txn, chain)?;
+        }
+        txn.commit()?;
+        *head = chain;
+        return Ok(results
+            .into_iter()
+            .zip(failed)
+            .map(|(result, failure)| match (result, failure) {
+                (Some((value, sealed)), _) => Outcome::Applied { value, sealed },
+                (None, Some(e)) => Outcome::Failed(e),
+                (None, None) => Outcome::Failed(StoreError::Closed),
+            })
+            .collect());
+    }
+}
+
+fn notifier_loop(rx: &mpsc::Receiver<Completion>) {
+    while let Ok(Completion { batch, outcome }) = rx.recv() {
+        match outcome {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let reply = match outcome {
+                        Outcome::Applied { value, sealed } => Ok(Done {
+                            value,
+                            records: job
+                                .events
+                                .into_iter()
+                                .zip(sealed)
+                                .map(|(event, seal)| event.into_record(seal))
+                                .collect(),
+                        }),
+                        Outcome::Failed(e) => Err(e),
+                    };
+                    // A waiter that gave up is fine: the job is committed.
+                    let _ = job.reply.send(reply);
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Batch(Arc::clone(&e))));
+                }
+            }
+        }
+    }
+}
