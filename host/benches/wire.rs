@@ -246,6 +246,16 @@ fn drain_inbox(c: &mut Client, cursor: &mut u64, mut f: impl FnMut(&Value)) -> u
     }
 }
 
+/// `(commits, jobs)` of a daemon's state file so far.
+fn commit_stats(c: &mut Client) -> (u64, u64) {
+    let status = c.call("status", json!({})).expect("status");
+    let stats = &status["store_commits"];
+    (
+        stats["commits"].as_u64().expect("commits"),
+        stats["jobs"].as_u64().expect("jobs"),
+    )
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -322,6 +332,7 @@ fn main() {
     });
 
     // ---- (a) sustained throughput ----
+    let commits_before = [commit_stats(&mut a), commit_stats(&mut b)];
     let started = Instant::now();
     let per = n_total / SENDERS;
     let n = per * SENDERS;
@@ -367,6 +378,14 @@ fn main() {
         Duration::from_secs(120),
         || alpha.outbox(&mut a) == 0,
     );
+    let commits_after = [commit_stats(&mut a), commit_stats(&mut b)];
+    let batching: Vec<(u64, f64)> = (0..2)
+        .map(|i| {
+            let commits = commits_after[i].0 - commits_before[i].0;
+            let jobs = commits_after[i].1 - commits_before[i].1;
+            (commits, jobs as f64 / commits.max(1) as f64)
+        })
+        .collect();
     let throughput = n as f64 / delivered.as_secs_f64();
     let enqueue_rate = n as f64 / queued.as_secs_f64();
 
@@ -550,6 +569,10 @@ fn main() {
     println!(
         "| (a) sender accepts (`send`: PII + sign + outbox commit) | {enqueue_rate:.0} messages/s ({:.2} s to queue all) |",
         queued.as_secs_f64()
+    );
+    println!(
+        "| (a) group commits: sender / receiver | {} / {} durable commits, {:.1} / {:.1} jobs per commit |",
+        batching[0].0, batching[1].0, batching[0].1, batching[1].1
     );
     println!(
         "| (b) send → receiver inbox at {rate:.0}/s offered ({achieved:.0}/s scheduled, {count} messages) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",

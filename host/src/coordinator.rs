@@ -443,6 +443,9 @@ pub struct StatusView {
     pub audit_records: u64,
     /// Envelopes waiting in the outbox.
     pub outbox: u64,
+    /// Durable commits of the state file since the daemon started, and
+    /// the state changes and audit records they carried (group commit).
+    pub store_commits: crate::journal::CommitStats,
     /// Loaded plugins.
     pub plugins: Vec<PluginInfo>,
 }
@@ -804,6 +807,7 @@ impl Coordinator {
             by_breaker_state,
             audit_records: self.audit.len()?,
             outbox: self.store.outbox_len()?,
+            store_commits: self.store.commit_stats(),
             plugins: self.plugins(),
         })
     }

@@ -29,6 +29,7 @@
 //! job (that would deadlock the writer).
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -79,10 +80,26 @@ impl Ticket {
     }
 }
 
+/// How much group commit has happened since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitStats {
+    /// Durable transactions committed (one `fdatasync` each).
+    pub commits: u64,
+    /// Jobs (state changes and audit appends) they carried.
+    pub jobs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    jobs: AtomicU64,
+}
+
 /// The writer thread of one database (see the module docs).
 pub(crate) struct Journal {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    counters: Arc<Counters>,
 }
 
 impl Journal {
@@ -90,6 +107,8 @@ impl Journal {
     pub(crate) fn start(db: Arc<Database>) -> Result<Journal, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (done_tx, done_rx) = mpsc::channel::<Completion>();
+        let counters = Arc::new(Counters::default());
+        let writer_counters = Arc::clone(&counters);
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -102,12 +121,21 @@ impl Journal {
         )?;
         let writer = spawn(
             "agentfed-commit",
-            Box::new(move || writer_loop(&db, &rx, &done_tx)),
+            Box::new(move || writer_loop(&db, &rx, &done_tx, &writer_counters)),
         )?;
         Ok(Journal {
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![writer, notifier]),
+            counters,
         })
+    }
+
+    /// Commits and jobs so far.
+    pub(crate) fn stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            jobs: self.counters.jobs.load(Ordering::Relaxed),
+        }
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -196,7 +224,12 @@ struct Completion {
     outcome: Result<Vec<Outcome>, Arc<StoreError>>,
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, done: &mpsc::Sender<Completion>) {
+fn writer_loop(
+    db: &Database,
+    rx: &mpsc::Receiver<Job>,
+    done: &mpsc::Sender<Completion>,
+    counters: &Counters,
+) {
     let mut head: Option<ChainHead> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
@@ -206,7 +239,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, done: &mpsc::Sender<Comp
                 Job::InstallHead(h) => {
                     // Jobs queued before the install are committed first.
                     if !batch.is_empty() {
-                        commit_and_notify(db, &mut head, std::mem::take(&mut batch), done);
+                        commit_and_notify(db, &mut head, std::mem::take(&mut batch), done, counters);
                     }
                     head = Some(h);
                 }
@@ -224,7 +257,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, done: &mpsc::Sender<Comp
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() && !commit_and_notify(db, &mut head, batch, done) {
+        if !batch.is_empty() && !commit_and_notify(db, &mut head, batch, done, counters) {
             return;
         }
     }
@@ -237,8 +270,13 @@ fn commit_and_notify(
     head: &mut Option<ChainHead>,
     mut batch: Vec<Pending>,
     done: &mpsc::Sender<Completion>,
+    counters: &Counters,
 ) -> bool {
     let outcome = commit_batch(db, head, &mut batch).map_err(Arc::new);
+    if outcome.is_ok() {
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
     done.send(Completion { batch, outcome }).is_ok()
 }
 

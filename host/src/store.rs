@@ -294,6 +294,11 @@ impl Store {
         &self.journal
     }
 
+    /// Group-commit counters since the store opened.
+    pub fn commit_stats(&self) -> crate::journal::CommitStats {
+        self.journal.stats()
+    }
+
     /// Applies `change` in the next group commit and returns its value
     /// once the commit is durable. `change` may run more than once (see
     /// [`crate::journal`]) and must touch nothing but the transaction.
