@@ -1130,50 +1130,34 @@ impl Coordinator {
         self.record_interaction_locked(node_id, interaction)
     }
 
-    /// Notes one successful exchange with `node_id` without waiting for
-    /// its record to be rewritten. Successes are the per-message case
-    /// (every delivered or accepted envelope): they are coalesced and
-    /// applied as one peer update and one trust evaluation per peer and
-    /// burst, by whichever caller finds no one else applying them. Reads
-    /// of peer state ([`Coordinator::peers`], [`Coordinator::peer`],
-    /// trust and breaker decisions) apply what is pending first, so they
-    /// never see a stale count. A crash can lose successes noted in the
-    /// last moments; they are trust evidence, not acknowledged data.
+    /// Notes one successful exchange with `node_id` without touching its
+    /// record. Successes are the per-message case (every delivered or
+    /// accepted envelope): they are counted in memory and applied as one
+    /// peer update and one trust evaluation per peer by
+    /// [`Coordinator::apply_pending_successes`] (the daemon calls it every
+    /// second) or by the next decision or read of peer state
+    /// ([`Coordinator::peers`], [`Coordinator::peer`], trust and breaker
+    /// decisions), which apply what is pending first, so they never see a
+    /// stale count. The message path thus never waits for a peer-record
+    /// commit. A crash loses at most the successes noted since the last
+    /// application; they are trust evidence, not acknowledged data.
     pub fn note_success(&self, node_id: &str) {
-        {
-            let mut pending = self
-                .pending_successes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match pending.get_mut(node_id) {
-                Some(n) => *n += 1,
-                None => {
-                    pending.insert(node_id.to_string(), 1);
-                }
+        let mut pending = self
+            .pending_successes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match pending.get_mut(node_id) {
+            Some(n) => *n += 1,
+            None => {
+                pending.insert(node_id.to_string(), 1);
             }
         }
-        // Whoever holds the decision lock applies what is pending before
-        // it releases it (see `apply_pending_successes_locked`) or will
-        // find it on its next pass; only take the lock when it is free.
-        loop {
-            let guard = match self.decisions.try_lock() {
-                Ok(guard) => guard,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            };
-            self.apply_pending_successes_locked();
-            drop(guard);
-            // A success noted while we held the lock, by a caller that
-            // found it taken, would otherwise wait for the next caller.
-            if self
-                .pending_successes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-            {
-                return;
-            }
-        }
+    }
+
+    /// Applies the successes noted since the last call (see
+    /// [`Coordinator::note_success`]).
+    pub fn apply_pending_successes(&self) {
+        drop(self.lock_decisions());
     }
 
     /// Applies the coalesced successes of [`Coordinator::note_success`]

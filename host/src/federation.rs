@@ -733,7 +733,14 @@ impl Federation {
                                 WireReply::Refused("INTERNAL_ERROR".into())
                             }
                         };
-                        (reply, standing(c, &p))
+                        // Only a refusal (bad signature, blocked PII) can
+                        // cost the sender its standing here; other changes
+                        // are caught by the maintenance pass.
+                        let standing = match reply {
+                            WireReply::Refused(_) => standing(c, &p),
+                            WireReply::Ack(_) => None,
+                        };
+                        (reply, standing)
                     })
                     .await;
                 let (reply, standing) = match outcome {
@@ -916,6 +923,9 @@ impl Federation {
     }
 
     async fn maintain(self: Arc<Self>) {
+        // Successes counted since the last pass reach the peer records
+        // (and the trust plugin) before standing is checked.
+        let _ = self.blocking(|c| c.apply_pending_successes()).await;
         // Standing and renewal of live sessions.
         let live: Vec<(String, ConnectionHandle)> = lock(&self.sessions)
             .iter()

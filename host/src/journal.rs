@@ -239,7 +239,13 @@ fn writer_loop(
                 Job::InstallHead(h) => {
                     // Jobs queued before the install are committed first.
                     if !batch.is_empty() {
-                        commit_and_notify(db, &mut head, std::mem::take(&mut batch), done, counters);
+                        commit_and_notify(
+                            db,
+                            &mut head,
+                            std::mem::take(&mut batch),
+                            done,
+                            counters,
+                        );
                     }
                     head = Some(h);
                 }
@@ -275,7 +281,9 @@ fn commit_and_notify(
     let outcome = commit_batch(db, head, &mut batch).map_err(Arc::new);
     if outcome.is_ok() {
         counters.commits.fetch_add(1, Ordering::Relaxed);
-        counters.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters
+            .jobs
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
     done.send(Completion { batch, outcome }).is_ok()
 }

@@ -191,6 +191,48 @@ pub struct Store {
     journal: Arc<Journal>,
     path: PathBuf,
     audit_claimed: Arc<AtomicBool>,
+    peers: PeerCache,
+}
+
+/// Decoded peer records, so the per-message path (every envelope reads
+/// its sender's record) does not decode JSON each time. Every write of a
+/// peer goes through [`Store`], which drops the entry once its commit is
+/// over; the generation keeps a reader that raced with a write from
+/// caching what it read before the write.
+#[derive(Default)]
+struct PeerCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, PeerRecord>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl PeerCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, PeerRecord>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, node_id: &str) -> Option<PeerRecord> {
+        self.lock().get(node_id).cloned()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches what a reader read, unless a write happened since it took
+    /// `generation` (its snapshot may predate that write).
+    fn fill(&self, generation: u64, record: &PeerRecord) {
+        let mut entries = self.lock();
+        if self.generation() == generation {
+            entries.insert(record.node_id().to_string(), record.clone());
+        }
+    }
+
+    /// After a write of `node_id` (committed or failed).
+    fn invalidate(&self, node_id: &str) {
+        let mut entries = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.remove(node_id);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -217,6 +259,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             audit_claimed: Arc::new(AtomicBool::new(false)),
+            peers: PeerCache::default(),
         })
     }
 
@@ -321,19 +364,31 @@ impl Store {
         check_key(&id)?;
         let bytes = serde_json::to_vec(record)
             .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
-        self.write(move |txn| {
+        let key = id.clone();
+        let written = self.write(move |txn| {
             txn.open_table(PEERS)?
                 .insert(id.as_str(), bytes.as_slice())?;
             Ok(())
-        })
+        });
+        self.peers.invalidate(&key);
+        written
     }
 
     /// The record of `node_id`, if known.
     pub fn get_peer(&self, node_id: &str) -> Result<Option<PeerRecord>> {
+        if let Some(record) = self.peers.get(node_id) {
+            return Ok(Some(record));
+        }
+        let generation = self.peers.generation();
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PEERS)?;
         let row = table.get(node_id)?;
-        row.map(|v| decode_json(v.value(), "peers")).transpose()
+        let record: Option<PeerRecord> =
+            row.map(|v| decode_json(v.value(), "peers")).transpose()?;
+        if let Some(record) = &record {
+            self.peers.fill(generation, record);
+        }
+        Ok(record)
     }
 
     /// Every peer record, ordered by node id.
@@ -355,15 +410,17 @@ impl Store {
     where
         F: FnMut(&mut PeerRecord) + Send + 'static,
     {
-        let node_id = node_id.to_string();
-        self.write(move |txn| update_peer_in(txn, &node_id, &mut f))
+        let key = node_id.to_string();
+        let updated = self.write(move |txn| update_peer_in(txn, &key, &mut f));
+        self.peers.invalidate(node_id);
+        updated
     }
 
     /// Removes a peer and its spend samples. Returns whether it existed.
     pub fn remove_peer(&self, node_id: &str) -> Result<bool> {
-        let node_id = node_id.to_string();
-        self.write(move |txn| {
-            let node_id = node_id.as_str();
+        let key = node_id.to_string();
+        let removed = self.write(move |txn| {
+            let node_id = key.as_str();
             let existed = txn.open_table(PEERS)?.remove(node_id)?.is_some();
             let mut spend = txn.open_table(SPEND)?;
             let keys: Vec<(u64, u64)> = spend
@@ -375,7 +432,9 @@ impl Store {
             }
             txn.open_table(SPEND_INDEX)?.remove(node_id)?;
             Ok(existed)
-        })
+        });
+        self.peers.invalidate(node_id);
+        removed
     }
 
     // --- spend ---------------------------------------------------------------
