@@ -73,6 +73,11 @@ pub fn status(home: &Path, out: JsonFlag) -> CliResult {
     println!("  by breaker  {}", counts(&s["by_breaker_state"]));
     println!("audit records {}", text(&s["audit_records"]));
     println!("outbox        {}", text(&s["outbox"]));
+    println!(
+        "commits       {} durable, carrying {} changes",
+        text(&s["store_commits"]["commits"]),
+        text(&s["store_commits"]["jobs"])
+    );
     if let Some(plugins) = s["plugins"].as_array() {
         for p in plugins {
             println!(

@@ -5,7 +5,9 @@
 //! # Framing
 //!
 //! Newline-delimited JSON, one request per line, one response line per
-//! request, in order. A connection may carry many requests.
+//! request, in request order. A connection may carry many requests and
+//! may pipeline them: up to [`server::PIPELINE_DEPTH`] run concurrently,
+//! so two pipelined requests can take effect in either order.
 //!
 //! ```text
 //! → {"v":1,"id":7,"method":"peers.list","params":{}}
