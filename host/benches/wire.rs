@@ -246,13 +246,14 @@ fn drain_inbox(c: &mut Client, cursor: &mut u64, mut f: impl FnMut(&Value)) -> u
     }
 }
 
-/// `(commits, jobs)` of a daemon's state file so far.
-fn commit_stats(c: &mut Client) -> (u64, u64) {
+/// `(commits, jobs, busy µs)` of a daemon's state file so far.
+fn commit_stats(c: &mut Client) -> (u64, u64, u64) {
     let status = c.call("status", json!({})).expect("status");
     let stats = &status["store_commits"];
     (
         stats["commits"].as_u64().expect("commits"),
         stats["jobs"].as_u64().expect("jobs"),
+        stats["busy_us"].as_u64().expect("busy_us"),
     )
 }
 
@@ -379,11 +380,16 @@ fn main() {
         || alpha.outbox(&mut a) == 0,
     );
     let commits_after = [commit_stats(&mut a), commit_stats(&mut b)];
-    let batching: Vec<(u64, f64)> = (0..2)
+    let batching: Vec<(u64, f64, f64)> = (0..2)
         .map(|i| {
             let commits = commits_after[i].0 - commits_before[i].0;
             let jobs = commits_after[i].1 - commits_before[i].1;
-            (commits, jobs as f64 / commits.max(1) as f64)
+            let busy = commits_after[i].2 - commits_before[i].2;
+            (
+                commits,
+                jobs as f64 / commits.max(1) as f64,
+                busy as f64 / 1000.0 / commits.max(1) as f64,
+            )
         })
         .collect();
     let throughput = n as f64 / delivered.as_secs_f64();
@@ -401,10 +407,12 @@ fn main() {
             .map(|i| t0 + Duration::from_secs_f64(i as f64 / rate))
             .collect(),
     );
+    let send_ms = Arc::new(Mutex::new(Vec::with_capacity(count)));
     let threads: Vec<_> = (0..RATE_SENDERS)
         .map(|t| {
             let home = alpha.home.clone();
             let schedule = schedule.clone();
+            let send_ms = send_ms.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&home).expect("control connection");
                 let mut i = t;
@@ -414,7 +422,12 @@ fn main() {
                     if at > now {
                         std::thread::sleep(at - now);
                     }
+                    let started = Instant::now();
                     send(&mut c, 2_000_000 + i, i as u64);
+                    send_ms
+                        .lock()
+                        .unwrap()
+                        .push(started.elapsed().as_secs_f64() * 1000.0);
                     i += RATE_SENDERS;
                 }
             })
@@ -444,11 +457,20 @@ fn main() {
     for t in threads {
         t.join().expect("sender thread");
     }
+    let rate_commits = commit_stats(&mut a);
     let mut lat: Vec<f64> = seen_at
         .iter()
         .map(|(i, at)| at.saturating_duration_since(schedule[*i]).as_secs_f64() * 1000.0)
         .collect();
     lat.sort_by(f64::total_cmp);
+    let mut send_lat = send_ms.lock().unwrap().clone();
+    let rate_before = commits_after[0];
+    let rate_commit_ms = (rate_commits.2 - rate_before.2) as f64
+        / 1000.0
+        / (rate_commits.0 - rate_before.0).max(1) as f64;
+    let rate_jobs =
+        (rate_commits.1 - rate_before.1) as f64 / (rate_commits.0 - rate_before.0).max(1) as f64;
+    send_lat.sort_by(f64::total_cmp);
     let achieved = count as f64 / (schedule[count - 1] - schedule[0]).as_secs_f64().max(1e-9);
     wait_until(
         "the sender's outbox to drain",
@@ -571,14 +593,19 @@ fn main() {
         queued.as_secs_f64()
     );
     println!(
-        "| (a) group commits: sender / receiver | {} / {} durable commits, {:.1} / {:.1} jobs per commit |",
-        batching[0].0, batching[1].0, batching[0].1, batching[1].1
+        "| (a) group commits: sender / receiver | {} / {} durable commits, {:.1} / {:.1} jobs and {:.2} / {:.2} ms each |",
+        batching[0].0, batching[1].0, batching[0].1, batching[1].1, batching[0].2, batching[1].2
     );
     println!(
         "| (b) send → receiver inbox at {rate:.0}/s offered ({achieved:.0}/s scheduled, {count} messages) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
         pct(&lat, 0.5),
         pct(&lat, 0.99),
         pct(&lat, 1.0)
+    );
+    println!(
+        "| (b) of which the `send` call (PII, sign, durable outbox commit) | p50 {:.2} ms, p99 {:.2} ms (sender commits: {rate_jobs:.1} jobs, {rate_commit_ms:.2} ms each) |",
+        pct(&send_lat, 0.5),
+        pct(&send_lat, 0.99)
     );
     println!(
         "| (c) `query ping` idle (n={}) | p50 {:.2} ms, p99 {:.2} ms |",

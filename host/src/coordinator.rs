@@ -2313,14 +2313,15 @@ impl Coordinator {
             &request.message_type,
             &mut payload,
         )?;
+        let now = self.now();
         let envelope = Envelope {
-            id: envelope::random_id(),
+            id: envelope::ordered_id(now),
             source: self.node_id().to_string(),
             target: request.peer.clone(),
             session: None,
             message_type: request.message_type.clone(),
             payload,
-            timestamp_ms: self.now(),
+            timestamp_ms: now,
             nonce: envelope::random_id(),
             hop_count: budget.hop_count(),
             budget,

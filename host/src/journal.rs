@@ -87,12 +87,15 @@ pub struct CommitStats {
     pub commits: u64,
     /// Jobs (state changes and audit appends) they carried.
     pub jobs: u64,
+    /// Time spent applying and committing batches, in microseconds.
+    pub busy_us: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     commits: AtomicU64,
     jobs: AtomicU64,
+    busy_us: AtomicU64,
 }
 
 /// The writer thread of one database (see the module docs).
@@ -135,6 +138,7 @@ impl Journal {
         CommitStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
+            busy_us: self.counters.busy_us.load(Ordering::Relaxed),
         }
     }
 
@@ -278,7 +282,10 @@ fn commit_and_notify(
     done: &mpsc::Sender<Completion>,
     counters: &Counters,
 ) -> bool {
+    let started = std::time::Instant::now();
     let outcome = commit_batch(db, head, &mut batch).map_err(Arc::new);
+    let busy = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    counters.busy_us.fetch_add(busy, Ordering::Relaxed);
     if outcome.is_ok() {
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters
