@@ -1097,7 +1097,10 @@ fn verify_chain(db: &Database) -> Result<u64, AuditError> {
 // Preparing events: bounds, compliance, canonical JSON
 // ---------------------------------------------------------------------------
 
-fn prepare(event: AuditEvent, mode: ComplianceMode) -> Result<PreparedEvent, AuditError> {
+pub(crate) fn prepare(
+    event: AuditEvent,
+    mode: ComplianceMode,
+) -> Result<PreparedEvent, AuditError> {
     let (summary, mut details) = match mode {
         ComplianceMode::Standard => (event.summary, event.details),
         ComplianceMode::Hipaa => (

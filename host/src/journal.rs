@@ -386,3 +386,144 @@ fn notifier_loop(rx: &mpsc::Receiver<Completion>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use redb::{ReadableDatabase, TableDefinition};
+
+    use super::*;
+    use crate::audit::{AuditConfig, AuditEvent, AuditLog, AuditQuery, EventType};
+    use crate::store::Store;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const SCRATCH: TableDefinition<u64, u64> = TableDefinition::new("journal_test_scratch");
+
+    fn put(key: u64) -> Change {
+        Box::new(move |txn| {
+            txn.open_table(SCRATCH)?.insert(key, key)?;
+            Ok((Box::new(key) as Box<dyn Any + Send>, true))
+        })
+    }
+
+    fn keys(store: &Store) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
+        let txn = store.database().begin_read()?;
+        let table = match txn.open_table(SCRATCH) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in redb::ReadableTable::iter(&table)? {
+            out.push(row?.0.value());
+        }
+        Ok(out)
+    }
+
+    /// Holds the writer in a change (returning once it is held) so the
+    /// next jobs queue up and land in one batch together.
+    fn stall(journal: &Journal) -> Result<Ticket, StoreError> {
+        let (started_tx, started) = mpsc::channel();
+        let ticket = journal.submit(
+            Some(Box::new(move |_txn| {
+                let _ = started_tx.send(());
+                std::thread::sleep(Duration::from_millis(100));
+                Ok((Box::new(()) as Box<dyn Any + Send>, false))
+            })),
+            Vec::new(),
+        )?;
+        started.recv().map_err(|_| StoreError::Closed)?;
+        Ok(ticket)
+    }
+
+    #[test]
+    fn a_failing_change_is_rolled_back_alone_and_its_batch_commits() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let journal = Arc::clone(store.journal());
+        let before = journal.stats();
+        let stalled = stall(&journal)?;
+        let first = journal.submit(Some(put(1)), Vec::new())?;
+        // Writes, then fails: its write must not survive.
+        let failing = journal.submit(
+            Some(Box::new(|txn| {
+                txn.open_table(SCRATCH)?.insert(99, 99)?;
+                Err(StoreError::InvalidValue("refused on purpose"))
+            })),
+            Vec::new(),
+        )?;
+        let third = journal.submit(Some(put(3)), Vec::new())?;
+        stalled.wait()?;
+        assert_eq!(
+            first
+                .wait()?
+                .value
+                .and_then(|v| v.downcast::<u64>().ok())
+                .map(|v| *v),
+            Some(1)
+        );
+        assert!(matches!(failing.wait(), Err(StoreError::InvalidValue(_))));
+        assert!(third.wait().is_ok());
+        assert_eq!(keys(&store)?, vec![1, 3]);
+        // The stall, then one batch for the other three jobs.
+        let after = journal.stats();
+        assert_eq!(after.commits - before.commits, 2, "{before:?} -> {after:?}");
+        assert_eq!(after.jobs - before.jobs, 4);
+        Ok(())
+    }
+
+    #[test]
+    fn a_change_commits_with_its_audit_records_or_declines_them() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let log = AuditLog::open(&store, AuditConfig::default())?;
+        let event = |s: &str| AuditEvent::new(EventType::MessageReceived, s.to_string());
+        let (value, records) = log.commit_with(
+            |txn| {
+                txn.open_table(SCRATCH)?.insert(7, 7)?;
+                Ok((7u64, true))
+            },
+            vec![event("kept")],
+        )?;
+        assert_eq!(value, 7);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].summary, "kept");
+        let (_, declined) = log.commit_with(
+            |txn| {
+                txn.open_table(SCRATCH)?.insert(8, 8)?;
+                Ok(((), false))
+            },
+            vec![event("declined")],
+        )?;
+        assert!(declined.is_empty());
+        assert_eq!(keys(&store)?, vec![7, 8]);
+        let summaries: Vec<String> = log
+            .query(&AuditQuery::default())?
+            .into_iter()
+            .map(|r| r.summary)
+            .collect();
+        assert_eq!(summaries, vec!["kept".to_string()]);
+        assert_eq!(log.verify()?, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn audit_records_without_an_open_log_are_refused_not_written() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let prepared = crate::audit::prepare(
+            AuditEvent::new(EventType::MessageReceived, "x"),
+            crate::audit::ComplianceMode::Standard,
+        )?;
+        let outcome = store.journal().submit(Some(put(5)), vec![prepared])?.wait();
+        assert!(
+            matches!(outcome, Err(StoreError::AuditNotOpen)),
+            "{:?}",
+            outcome.err()
+        );
+        assert!(keys(&store)?.is_empty());
+        Ok(())
+    }
+}

@@ -1173,6 +1173,56 @@ mod tests {
     }
 
     #[test]
+    fn cached_peer_reads_never_go_back_in_time_under_concurrent_updates() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        store.upsert_peer(&PeerRecord::new(manifest("alpha")?, 10))?;
+        let (writers, updates) = (4u64, 50u64);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| -> TestResult {
+            let readers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| -> Result<(), String> {
+                        let mut last = 0;
+                        while !done.load(Ordering::Acquire) {
+                            let seen = store
+                                .get_peer("alpha")
+                                .map_err(|e| e.to_string())?
+                                .map_or(0, |p| p.metrics.interactions);
+                            if seen < last {
+                                return Err(format!("read {seen} after {last}"));
+                            }
+                            last = seen;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let writers: Vec<_> = (0..writers)
+                .map(|_| {
+                    s.spawn(|| {
+                        for _ in 0..updates {
+                            store.update_peer("alpha", |p| p.metrics.interactions += 1)?;
+                        }
+                        Ok::<(), StoreError>(())
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().expect("writer thread")?;
+            }
+            done.store(true, Ordering::Release);
+            for r in readers {
+                r.join().expect("reader thread")?;
+            }
+            Ok(())
+        })?;
+        let interactions = store.get_peer("alpha")?.map(|p| p.metrics.interactions);
+        assert_eq!(interactions, Some(writers * updates));
+        Ok(())
+    }
+
+    #[test]
     fn state_survives_reopen() -> TestResult {
         let dir = tempfile::tempdir()?;
         {

@@ -563,6 +563,9 @@ fn frame(from: &Node, to_id: &str, message_type: &str, payload: serde_json::Valu
 fn inbound_envelopes_are_processed_exactly_once() {
     use agentfed::coordinator::AckStatus;
     let (alpha, beta) = pair();
+    let interactions =
+        |n: &Node, peer: &str| n.coordinator.peer(peer).unwrap().metrics.interactions;
+    let received_before = interactions(&alpha, "beta");
     let bytes = frame(
         &beta,
         "alpha",
@@ -584,7 +587,38 @@ fn inbound_envelopes_are_processed_exactly_once() {
     assert_eq!(ack.status, AckStatus::Replied);
     assert_eq!(ack.reply.unwrap()["type"], "pong");
     assert_eq!(alpha.coordinator.inbox(0, 10).unwrap().len(), 1);
+    // Two envelopes processed (the retransmission is not an interaction);
+    // the coalesced successes are applied before the peer is read.
+    assert_eq!(interactions(&alpha, "beta"), received_before + 2);
+    // The sender settles a delivery once, however many acks arrive.
+    let entry = beta
+        .coordinator
+        .store()
+        .outbox_due(u64::MAX, 10)
+        .unwrap()
+        .remove(0);
+    let delivered_before = interactions(&beta, "alpha");
+    assert!(
+        beta.coordinator
+            .delivered(&entry, AckStatus::Accepted)
+            .unwrap()
+    );
+    assert!(
+        !beta
+            .coordinator
+            .delivered(&entry, AckStatus::Accepted)
+            .unwrap()
+    );
+    assert_eq!(interactions(&beta, "alpha"), delivered_before + 1);
+    assert!(
+        beta.coordinator
+            .store()
+            .outbox_get(&entry.envelope_id)
+            .unwrap()
+            .is_none()
+    );
     assert!(alpha.coordinator.audit().verify().is_ok());
+    assert!(beta.coordinator.audit().verify().is_ok());
 }
 
 #[test]

@@ -943,6 +943,25 @@ fn control_protocol_errors_are_precise() {
         (json!("a"), true, json!("b"), true)
     );
     assert_eq!(b.result, Some(json!([])));
+    // Deep pipelining (more than the 64 handled at once), mixing methods
+    // and errors: every answer comes back, in request order.
+    let mut burst = Vec::new();
+    for i in 0..200 {
+        let line = match i % 3 {
+            0 => format!("{{\"v\":1,\"id\":{i},\"method\":\"status\"}}\n"),
+            1 => format!("{{\"v\":1,\"id\":{i},\"method\":\"peers.list\"}}\n"),
+            _ => format!(
+                "{{\"v\":1,\"id\":{i},\"method\":\"peers.show\",\"params\":{{\"peer\":\"nobody\"}}}}\n"
+            ),
+        };
+        burst.extend_from_slice(line.as_bytes());
+    }
+    client.send_raw(&burst).unwrap();
+    for i in 0..200 {
+        let r = client.read_response().unwrap();
+        assert_eq!(r.id, json!(i), "answers out of request order");
+        assert_eq!(r.ok, i % 3 != 2, "request {i}: {r:?}");
+    }
     let mut huge = vec![b'x'; agentfed::control::MAX_REQUEST_BYTES + 16];
     huge.push(b'\n');
     // The daemon may close before reading it all; a write error is fine.
