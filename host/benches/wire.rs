@@ -166,6 +166,19 @@ impl Daemon {
             .to_string()
     }
 
+    /// CPU time the daemon process has used so far (user + system).
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self._guard.0.id()))
+            .expect("reading /proc/<pid>/stat");
+        // Fields after the parenthesised command name; utime and stime
+        // are fields 14 and 15 (1-based), in clock ticks.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ: 100 on Linux for every architecture's user ABI.
+        Duration::from_millis(ticks * 10)
+    }
+
     fn outbox(&self, c: &mut Client) -> u64 {
         c.call("status", json!({})).expect("status")["outbox"]
             .as_u64()
@@ -334,6 +347,7 @@ fn main() {
 
     // ---- (a) sustained throughput ----
     let commits_before = [commit_stats(&mut a), commit_stats(&mut b)];
+    let cpu_before = [alpha.cpu(), beta.cpu()];
     let started = Instant::now();
     let per = n_total / SENDERS;
     let n = per * SENDERS;
@@ -380,6 +394,11 @@ fn main() {
         || alpha.outbox(&mut a) == 0,
     );
     let commits_after = [commit_stats(&mut a), commit_stats(&mut b)];
+    let cpu_per_message: Vec<f64> = [alpha.cpu(), beta.cpu()]
+        .iter()
+        .zip(cpu_before)
+        .map(|(after, before)| (*after - before).as_secs_f64() * 1e6 / n as f64)
+        .collect();
     let batching: Vec<(u64, f64, f64)> = (0..2)
         .map(|i| {
             let commits = commits_after[i].0 - commits_before[i].0;
@@ -591,6 +610,10 @@ fn main() {
     println!(
         "| (a) sender accepts (`send`: PII + sign + outbox commit) | {enqueue_rate:.0} messages/s ({:.2} s to queue all) |",
         queued.as_secs_f64()
+    );
+    println!(
+        "| (a) CPU per message: sender / receiver daemon | {:.0} / {:.0} µs |",
+        cpu_per_message[0], cpu_per_message[1]
     );
     println!(
         "| (a) group commits: sender / receiver | {} / {} durable commits, {:.1} / {:.1} jobs and {:.2} / {:.2} ms each |",
