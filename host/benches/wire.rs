@@ -14,15 +14,17 @@
 //!
 //! Measured:
 //! (a) sustained throughput: `AGENTFED_BENCH_N` messages (default 20,000)
-//!     queued by 4 kept-open control connections at once; time until the
-//!     receiver's inbox holds them all (and, separately, how fast the
-//!     sender accepts them);
+//!     queued by 4 control connections pipelining their requests; time
+//!     until the receiver's inbox holds them all (and, separately, how
+//!     fast the sender accepts them), the CPU each daemon used per message
+//!     and the group commits of each state file;
 //! (b) latency from the `send` call to the message being visible in the
 //!     receiver's inbox, at a fixed offered rate (1,000/s, or 80% of the
 //!     throughput from (a) when that is lower; `AGENTFED_BENCH_RATE`
 //!     overrides), open loop: measured from each message's scheduled send
 //!     time, so falling behind shows. The inbox is polled every ~0.5 ms
-//!     (resolution);
+//!     (resolution); 16 threads send, and the `send` call's own latency
+//!     is reported too;
 //! (c) `query ping` round trips idle and while 16 context-shares of ~1 MB
 //!     each (16 MB in all) are in flight. A single 16 MB context-share
 //!     cannot be submitted: control requests are capped at 1 MiB
