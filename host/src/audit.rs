@@ -87,6 +87,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::breaker::Actor as BreakerActor;
+use crate::clock::Clock;
 use crate::journal::{Journal, Ticket};
 use crate::model::{BreakerState, TrustLevel};
 use crate::store::{AUDIT, META, Store, StoreError};
@@ -787,10 +788,23 @@ pub enum ComplianceMode {
 }
 
 /// Audit log settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub struct AuditConfig {
     /// Compliance filtering.
     pub compliance: ComplianceMode,
+    /// Where record timestamps come from (the node's clock, so a daemon
+    /// on a fake clock stamps its records with it); the system clock when
+    /// `None`. Timestamps never go backwards along the chain either way.
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("compliance", &self.compliance)
+            .field("clock", &self.clock.as_ref().map(|_| "node clock"))
+            .finish()
+    }
 }
 
 /// The end of the chain: the last record's seq, hash and timestamp.
@@ -854,7 +868,7 @@ impl AuditLog {
         let head = recover_head(&db).map_err(release)?;
         let journal = Arc::clone(store.journal());
         journal
-            .install_head(head)
+            .install_head(head, config.clock.clone())
             .map_err(journal_error)
             .map_err(release)?;
         Ok(AuditLog {
@@ -2023,7 +2037,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let config = AuditConfig {
             compliance: ComplianceMode::Hipaa,
-            ..Default::default()
+            clock: None,
         };
         let (_store, log) = open_with(dir.path(), config)?;
         let r = log.append(

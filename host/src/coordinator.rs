@@ -524,7 +524,7 @@ impl Coordinator {
             &store,
             AuditConfig {
                 compliance,
-                ..AuditConfig::default()
+                clock: Some(options.clock.clone()),
             },
         )?;
         let cache_dir = options
@@ -1040,10 +1040,9 @@ impl Coordinator {
         // Most evaluations change nothing; skipping the write saves a
         // durable commit (an fsync) per interaction.
         if record.score != score || record.score_components != components || newly_recommended {
-            let components = components.clone();
             self.store.update_peer(node_id, move |r| {
                 r.score = score;
-                r.score_components = components.clone();
+                r.score_components = components;
                 if recommend {
                     r.privileged_recommended = true;
                 }

@@ -37,6 +37,7 @@ use std::thread::JoinHandle;
 use redb::{Database, Durability, WriteTransaction};
 
 use crate::audit::{self, AuditRecord, ChainHead, PreparedEvent, Sealed};
+use crate::clock::Clock;
 use crate::store::StoreError;
 
 /// Most jobs committed in one transaction.
@@ -54,8 +55,9 @@ enum Job {
         events: Vec<PreparedEvent>,
         reply: mpsc::SyncSender<Reply>,
     },
-    /// The audit log opened: continue the chain from `head`.
-    InstallHead(ChainHead),
+    /// The audit log opened: continue the chain from `head`, stamping
+    /// records with `clock` (the system clock when `None`).
+    InstallHead(ChainHead, Option<Arc<dyn Clock>>),
 }
 
 /// What a job produced.
@@ -190,8 +192,12 @@ impl Journal {
 
     /// Continues the audit chain from `head` (called when the audit log
     /// opens, after it recovered the head from the table).
-    pub(crate) fn install_head(&self, head: ChainHead) -> Result<(), StoreError> {
-        self.send(Job::InstallHead(head))
+    pub(crate) fn install_head(
+        &self,
+        head: ChainHead,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Result<(), StoreError> {
+        self.send(Job::InstallHead(head, clock))
     }
 }
 
@@ -212,6 +218,9 @@ struct Pending {
     events: Vec<PreparedEvent>,
     reply: mpsc::SyncSender<Reply>,
 }
+
+/// A job applied in the current attempt: its value and its records' seals.
+type Applied = (Option<Box<dyn Any + Send>>, Vec<Sealed>);
 
 /// One job's result inside a committed batch.
 enum Outcome {
@@ -235,23 +244,26 @@ fn writer_loop(
     counters: &Counters,
 ) {
     let mut head: Option<ChainHead> = None;
+    let mut clock: Option<Arc<dyn Clock>> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::InstallHead(h) => {
+                Job::InstallHead(h, c) => {
                     // Jobs queued before the install are committed first.
                     if !batch.is_empty() {
                         commit_and_notify(
                             db,
                             &mut head,
+                            clock.as_deref(),
                             std::mem::take(&mut batch),
                             done,
                             counters,
                         );
                     }
                     head = Some(h);
+                    clock = c;
                 }
                 Job::Write {
                     change,
@@ -267,7 +279,9 @@ fn writer_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() && !commit_and_notify(db, &mut head, batch, done, counters) {
+        if !batch.is_empty()
+            && !commit_and_notify(db, &mut head, clock.as_deref(), batch, done, counters)
+        {
             return;
         }
     }
@@ -278,12 +292,13 @@ fn writer_loop(
 fn commit_and_notify(
     db: &Database,
     head: &mut Option<ChainHead>,
+    clock: Option<&dyn Clock>,
     mut batch: Vec<Pending>,
     done: &mpsc::Sender<Completion>,
     counters: &Counters,
 ) -> bool {
     let started = std::time::Instant::now();
-    let outcome = commit_batch(db, head, &mut batch).map_err(Arc::new);
+    let outcome = commit_batch(db, head, clock, &mut batch).map_err(Arc::new);
     let busy = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     counters.busy_us.fetch_add(busy, Ordering::Relaxed);
     if outcome.is_ok() {
@@ -300,6 +315,7 @@ fn commit_and_notify(
 fn commit_batch(
     db: &Database,
     head: &mut Option<ChainHead>,
+    clock: Option<&dyn Clock>,
     batch: &mut [Pending],
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
@@ -307,9 +323,9 @@ fn commit_batch(
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut chain = head.clone();
-        let ts_ms = audit::now_ms().max(chain.as_ref().map_or(0, |h| h.ts_ms));
-        let mut results: Vec<Option<(Option<Box<dyn Any + Send>>, Vec<Sealed>)>> =
-            Vec::with_capacity(batch.len());
+        let now = clock.map_or_else(audit::now_ms, |c| c.now_ms());
+        let ts_ms = now.max(chain.as_ref().map_or(0, |h| h.ts_ms));
+        let mut results: Vec<Option<Applied>> = Vec::with_capacity(batch.len());
         for (job, failure) in batch.iter_mut().zip(failed.iter_mut()) {
             if failure.is_some() {
                 results.push(None);

@@ -1010,3 +1010,40 @@ fn control_protocol_errors_are_precise() {
     node.stop();
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn audit_records_are_stamped_by_the_node_clock() {
+    let (node, _beta) = node_with_peer("stamped");
+    let first = node.audit_records();
+    let started = first
+        .iter()
+        .rfind(|r| r["event_type"] == "daemon_started")
+        .expect("daemon_started");
+    let started_ts = started["ts_ms"].as_u64().unwrap();
+    // The daemon's first record is stamped with the fake clock's start.
+    assert!(started_ts >= crate::harness::FAKE_START_MS, "{started_ts}");
+    advance(&node, 24 * HOUR_MS);
+    node.run(&[
+        "trust",
+        "set",
+        "beta",
+        "attested",
+        "--reason",
+        "clock check",
+    ])
+    .ok();
+    let records = node.audit_records();
+    let last = records.last().expect("a record");
+    assert_eq!(last["event_type"], "trust_level_changed", "{last}");
+    assert_eq!(
+        last["ts_ms"].as_u64().unwrap(),
+        crate::harness::FAKE_START_MS + 24 * HOUR_MS,
+        "{last}"
+    );
+    // Timestamps never go backwards along the chain.
+    let stamps: Vec<u64> = records
+        .iter()
+        .map(|r| r["ts_ms"].as_u64().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+}
