@@ -88,7 +88,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::breaker::Actor as BreakerActor;
 use crate::clock::Clock;
-use crate::journal::{Journal, Ticket};
+use crate::journal::{Journal, Ticket, TypedTicket};
 use crate::model::{BreakerState, TrustLevel};
 use crate::store::{AUDIT, META, Store, StoreError};
 
@@ -909,11 +909,29 @@ impl AuditLog {
         R: Send + 'static,
         F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
     {
+        self.submit_with(change, events)?
+            .wait()
+            .map_err(journal_error)
+    }
+
+    /// [`AuditLog::commit_with`] without waiting: a thread can queue many
+    /// changes and wait for them together (they share commits).
+    pub(crate) fn submit_with<R, F>(
+        &self,
+        change: F,
+        events: Vec<AuditEvent>,
+    ) -> Result<TypedTicket<R>, AuditError>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
+    {
         let prepared = events
             .into_iter()
             .map(|e| prepare(e, self.config.compliance))
             .collect::<Result<Vec<_>, _>>()?;
-        self.journal.write(change, prepared).map_err(journal_error)
+        self.journal
+            .submit_typed(change, prepared)
+            .map_err(journal_error)
     }
 
     /// Records matching `query` (see [`AuditQuery`]).
@@ -967,7 +985,7 @@ impl Drop for AuditLog {
     }
 }
 
-fn journal_error(e: StoreError) -> AuditError {
+pub(crate) fn journal_error(e: StoreError) -> AuditError {
     match e {
         StoreError::Closed => AuditError::Closed,
         other => AuditError::Store(other.to_string()),

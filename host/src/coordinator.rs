@@ -1703,6 +1703,45 @@ impl Coordinator {
     /// `false` (and records nothing) when the entry was already gone, e.g.
     /// acknowledged through another attempt.
     pub fn delivered(&self, entry: &OutboxEntry, status: AckStatus) -> Result<bool> {
+        let ticket = self.submit_delivered(entry, status)?;
+        self.conclude_delivered(entry, status, ticket)
+    }
+
+    /// [`Coordinator::delivered`] for many acknowledged entries: all
+    /// removals are queued first and share group commits. One result per
+    /// entry, in order.
+    pub fn delivered_many(&self, entries: &[(OutboxEntry, AckStatus)]) -> Vec<Result<bool>> {
+        let tickets: Vec<_> = entries
+            .iter()
+            .map(|(entry, status)| self.submit_delivered(entry, *status))
+            .collect();
+        entries
+            .iter()
+            .zip(tickets)
+            .map(|((entry, status), ticket)| self.conclude_delivered(entry, *status, ticket?))
+            .collect()
+    }
+
+    fn conclude_delivered(
+        &self,
+        entry: &OutboxEntry,
+        status: AckStatus,
+        ticket: crate::journal::TypedTicket<bool>,
+    ) -> Result<bool> {
+        let (existed, _) = ticket.wait().map_err(crate::audit::journal_error)?;
+        if existed && status != AckStatus::Rejected {
+            self.note_success(&entry.target);
+        }
+        Ok(existed)
+    }
+
+    /// Queues the removal of an acknowledged entry with its `delivered`
+    /// record (written only if the entry was still there).
+    fn submit_delivered(
+        &self,
+        entry: &OutboxEntry,
+        status: AckStatus,
+    ) -> Result<crate::journal::TypedTicket<bool>> {
         let (peer, id) = (entry.target.as_str(), entry.envelope_id.clone());
         let event = AuditEvent::new(EventType::MessageSent, format!("{id} delivered to {peer}"))
             .with_peer(peer)
@@ -1712,17 +1751,13 @@ impl Coordinator {
                 "status": status,
                 "attempts": entry.attempts + 1,
             }));
-        let (existed, _) = self.audit.commit_with(
+        Ok(self.audit.submit_with(
             move |txn| {
                 let existed = outbox_remove_in(txn, &id)?;
                 Ok((existed, existed))
             },
             vec![event],
-        )?;
-        if existed && status != AckStatus::Rejected {
-            self.note_success(peer);
-        }
-        Ok(existed)
+        )?)
     }
 
     /// An outbox entry was refused for good by its target (`code`):
@@ -1943,6 +1978,18 @@ pub enum InboundRefusal {
     PluginFailed,
 }
 
+/// An inbound envelope past its checks.
+enum Processed {
+    /// A retransmission of an envelope already processed: its stored
+    /// acknowledgement.
+    Answered(Ack),
+    /// Handled; its records are queued for the next group commit.
+    Committing {
+        ack: Ack,
+        ticket: crate::journal::TypedTicket<InboundCommit>,
+    },
+}
+
 impl Coordinator {
     // ---- inbound messages ----
 
@@ -1956,8 +2003,51 @@ impl Coordinator {
         session_peer: &str,
         frame: &[u8],
     ) -> Result<std::result::Result<Ack, InboundRefusal>> {
-        match self.receive_checked(session_peer, frame)? {
-            Ok(ack) => Ok(Ok(ack)),
+        let processed = self.receive_checked(session_peer, frame);
+        self.conclude(session_peer, processed)
+    }
+
+    /// [`Coordinator::receive`] for a burst of frames from one peer, with
+    /// one answer per frame in order. Every frame is checked and handled
+    /// first and all their commits are queued together, then awaited: the
+    /// burst shares group commits and costs one wait instead of one per
+    /// frame.
+    pub fn receive_many(
+        &self,
+        session_peer: &str,
+        frames: &[Vec<u8>],
+    ) -> Vec<Result<std::result::Result<Ack, InboundRefusal>>> {
+        let processed: Vec<_> = frames
+            .iter()
+            .map(|frame| self.receive_checked(session_peer, frame))
+            .collect();
+        processed
+            .into_iter()
+            .map(|p| self.conclude(session_peer, p))
+            .collect()
+    }
+
+    /// Waits for a processed envelope's commit, or audits its refusal.
+    fn conclude(
+        &self,
+        session_peer: &str,
+        processed: Result<std::result::Result<Processed, InboundRefusal>>,
+    ) -> Result<std::result::Result<Ack, InboundRefusal>> {
+        match processed? {
+            Ok(Processed::Answered(ack)) => Ok(Ok(ack)),
+            Ok(Processed::Committing { ack, ticket }) => {
+                let (outcome, _) = ticket.wait().map_err(crate::audit::journal_error)?;
+                if let InboundCommit::Duplicate { ack: Some(stored) } = outcome {
+                    // Processed meanwhile through another attempt.
+                    return Ok(Ok(serde_json::from_slice(&stored).unwrap_or(ack)));
+                }
+                if matches!(outcome, InboundCommit::Fresh { .. })
+                    && ack.status != AckStatus::Rejected
+                {
+                    self.note_success(session_peer);
+                }
+                Ok(Ok(ack))
+            }
             Err(refusal) => {
                 self.record(
                     AuditEvent::new(
@@ -1972,11 +2062,12 @@ impl Coordinator {
         }
     }
 
+    /// Checks, scans and handles one frame and queues its commit.
     fn receive_checked(
         &self,
         session_peer: &str,
         frame: &[u8],
-    ) -> Result<std::result::Result<Ack, InboundRefusal>> {
+    ) -> Result<std::result::Result<Processed, InboundRefusal>> {
         use InboundRefusal as R;
         if frame.len() > MAX_FRAME_BYTES {
             return Ok(Err(R::MessageTooLarge));
@@ -2012,7 +2103,7 @@ impl Coordinator {
         if let Some(ack) = self.store.inbound_ack(session_peer, &envelope.id)?
             && let Ok(ack) = serde_json::from_slice::<Ack>(&ack)
         {
-            return Ok(Ok(ack));
+            return Ok(Ok(Processed::Answered(ack)));
         }
         let now = self.now();
         if envelope.timestamp_ms.abs_diff(now) > MAX_CLOCK_SKEW_MS {
@@ -2128,7 +2219,7 @@ impl Coordinator {
         let received = AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
             .with_peer(session_peer)
             .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status}));
-        let (outcome, _) = self.audit.commit_with(
+        let ticket = self.audit.submit_with(
             move |txn| {
                 let outcome = commit_inbound_in(txn, &record)?;
                 let fresh = matches!(outcome, InboundCommit::Fresh { .. });
@@ -2136,16 +2227,7 @@ impl Coordinator {
             },
             vec![received],
         )?;
-        match outcome {
-            InboundCommit::Duplicate { ack: Some(stored) } => {
-                return Ok(Ok(serde_json::from_slice(&stored).unwrap_or(ack)));
-            }
-            InboundCommit::Duplicate { ack: None } | InboundCommit::Fresh { .. } => {}
-        }
-        if ack.status != AckStatus::Rejected {
-            self.note_success(session_peer);
-        }
-        Ok(Ok(ack))
+        Ok(Ok(Processed::Committing { ack, ticket }))
     }
 
     /// Messages in the local inbox after `after_seq`, oldest first.

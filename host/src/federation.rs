@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::audit::{AuditEvent, EventType};
 use crate::config::{NodeConfig, TransportSection};
@@ -79,10 +79,15 @@ pub const BULK_THRESHOLD: usize = 64 * 1024;
 pub const DELIVERY_WINDOW: usize = 256;
 /// Most inbound envelopes processed at once per session.
 pub const INBOUND_CONCURRENCY: usize = 256;
+/// Most inbound envelopes handled together in one blocking hand-off (those
+/// that arrived while the previous burst was being taken).
+pub const INBOUND_BURST: usize = 32;
 /// Most inbound envelope bytes processed at once per session, in KiB
 /// (every envelope counts at least 1 KiB): many small envelopes run
 /// concurrently, a few large ones are enough to fill it.
 pub const INBOUND_BUDGET_KIB: usize = 64 * 1024;
+/// Most delivery outcomes recorded together in one blocking hand-off.
+const SETTLE_BURST: usize = 64;
 /// Outbox entries read per delivery pass.
 const OUTBOX_BATCH: usize = 4096;
 /// Period of the maintenance pass (reconnects, renewals, standing).
@@ -192,6 +197,9 @@ pub struct Federation {
     /// Fresh entries from `send`, delivered without scanning the outbox.
     fresh_tx: tokio::sync::mpsc::UnboundedSender<OutboxEntry>,
     fresh_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OutboxEntry>>>,
+    /// Delivery outcomes on their way to be recorded.
+    settle_tx: tokio::sync::mpsc::UnboundedSender<Settlement>,
+    settle_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Settlement>>>,
     listen_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -339,6 +347,7 @@ impl Federation {
             .unwrap_or_default();
         let me = coordinator.node_id().to_string();
         let (fresh_tx, fresh_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel();
         let fed = Arc::new(Federation {
             coordinator: coordinator.clone(),
             node,
@@ -356,6 +365,8 @@ impl Federation {
             outbox_wake: Notify::new(),
             fresh_tx,
             fresh_rx: Mutex::new(Some(fresh_rx)),
+            settle_tx,
+            settle_rx: Mutex::new(Some(settle_rx)),
             listen_addr: Mutex::new(None),
         });
 
@@ -405,6 +416,7 @@ impl Federation {
             });
         }
         tokio::spawn(fed.clone().delivery_loop(stop.clone()));
+        tokio::spawn(fed.clone().settle_loop(stop.clone()));
         tokio::spawn(fed.clone().maintenance_loop(stop));
         Ok(fed)
     }
@@ -705,55 +717,73 @@ impl Federation {
     async fn reader(self: Arc<Self>, peer: String, mut incoming: Incoming) {
         let slots = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
         let budget = Arc::new(Semaphore::new(INBOUND_BUDGET_KIB));
-        while let Some(mut message) = incoming.recv().await {
-            let kib = message
-                .data
-                .len()
-                .div_ceil(1024)
-                .clamp(1, INBOUND_BUDGET_KIB) as u32;
+        while let Some(first) = incoming.recv().await {
+            // Whatever else has already arrived is processed with it: one
+            // blocking hand-off and one commit wait per burst.
+            let mut burst = vec![first];
+            let mut kib = burst[0].data.len().div_ceil(1024).max(1);
+            while burst.len() < INBOUND_BURST && kib < INBOUND_BUDGET_KIB / 4 {
+                let Some(next) = incoming.try_recv() else {
+                    break;
+                };
+                kib += next.data.len().div_ceil(1024).max(1);
+                burst.push(next);
+            }
+            let kib = kib.min(INBOUND_BUDGET_KIB) as u32;
             let (Ok(permit), Ok(bytes_permit)) = (
-                slots.clone().acquire_owned().await,
+                slots.clone().acquire_many_owned(burst.len() as u32).await,
                 budget.clone().acquire_many_owned(kib).await,
             ) else {
                 return;
             };
-            let responder = message.take_responder();
-            let (_, _, data) = message.into_parts();
+            let (responders, frames): (Vec<_>, Vec<_>) = burst
+                .into_iter()
+                .map(|mut message| {
+                    let responder = message.take_responder();
+                    (responder, message.into_parts().2)
+                })
+                .unzip();
             let fed = self.clone();
             let peer = peer.clone();
             tokio::spawn(async move {
                 let p = peer.clone();
+                let count = frames.len();
                 let outcome = fed
                     .blocking(move |c| {
-                        let reply = match c.receive(&p, &data) {
-                            Ok(Ok(ack)) => WireReply::Ack(ack),
-                            Ok(Err(refusal)) => WireReply::Refused(refusal.to_string()),
-                            Err(e) => {
-                                tracing::warn!(code = e.code(), "inbound envelope failed: {e}");
-                                WireReply::Refused("INTERNAL_ERROR".into())
-                            }
-                        };
+                        let replies: Vec<WireReply> = c
+                            .receive_many(&p, &frames)
+                            .into_iter()
+                            .map(|result| match result {
+                                Ok(Ok(ack)) => WireReply::Ack(ack),
+                                Ok(Err(refusal)) => WireReply::Refused(refusal.to_string()),
+                                Err(e) => {
+                                    tracing::warn!(code = e.code(), "inbound envelope failed: {e}");
+                                    WireReply::Refused("INTERNAL_ERROR".into())
+                                }
+                            })
+                            .collect();
                         // Only a refusal (bad signature, blocked PII) can
                         // cost the sender its standing here; other changes
                         // are caught by the maintenance pass.
-                        let standing = match reply {
-                            WireReply::Refused(_) => standing(c, &p),
-                            WireReply::Ack(_) => None,
-                        };
-                        (reply, standing)
+                        let refused = replies.iter().any(|r| matches!(r, WireReply::Refused(_)));
+                        let standing = if refused { standing(c, &p) } else { None };
+                        (replies, standing)
                     })
                     .await;
-                let (reply, standing) = match outcome {
+                let (replies, standing) = match outcome {
                     Ok(pair) => pair,
-                    Err(_) => (WireReply::Refused("INTERNAL_ERROR".into()), None),
+                    Err(_) => (
+                        vec![WireReply::Refused("INTERNAL_ERROR".into()); count],
+                        None,
+                    ),
                 };
-                let replied = match responder {
-                    Some(responder) => {
+                let mut replied = false;
+                for (responder, reply) in responders.into_iter().zip(replies) {
+                    if let Some(responder) = responder {
                         let bytes = serde_json::to_vec(&reply).unwrap_or_default();
-                        responder.reply(bytes).await.is_ok()
+                        replied |= responder.reply(bytes).await.is_ok();
                     }
-                    None => false,
-                };
+                }
                 if let Some(code) = standing {
                     // Closing drops frames still queued for the writer: let
                     // the refusal (e.g. BAD_SIGNATURE) reach the peer first.
@@ -1051,14 +1081,18 @@ impl Federation {
         let Ok(permit) = self.window.clone().acquire_owned().await else {
             return false;
         };
-        tokio::spawn(async move {
-            self.deliver(entry, handle).await;
-            drop(permit);
-        });
+        tokio::spawn(self.deliver(entry, handle, permit));
         true
     }
 
-    async fn deliver(self: Arc<Self>, entry: OutboxEntry, handle: ConnectionHandle) {
+    /// Sends one entry and hands the outcome to the settlement worker (the
+    /// window slot travels with it until the outcome is recorded).
+    async fn deliver(
+        self: Arc<Self>,
+        entry: OutboxEntry,
+        handle: ConnectionHandle,
+        permit: OwnedSemaphorePermit,
+    ) {
         let priority = if entry.bytes.len() > BULK_THRESHOLD {
             Priority::Bulk
         } else {
@@ -1067,14 +1101,72 @@ impl Federation {
         let timeout = Duration::from_millis(self.settings.request_timeout_ms);
         let result = handle.request(priority, entry.bytes.clone(), timeout).await;
         let id = entry.envelope_id.clone();
+        let settlement = Settlement {
+            entry,
+            result,
+            permit,
+        };
+        if self.settle_tx.send(settlement).is_err() {
+            // Shutting down: the entry stays in the outbox for next time.
+            lock(&self.in_flight).remove(&id);
+        }
+    }
+
+    /// Records delivery outcomes as they come in, a burst at a time: one
+    /// blocking hand-off per burst, whose outbox removals share commits.
+    async fn settle_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(mut rx) = lock(&self.settle_rx).take() else {
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                settlement = rx.recv() => match settlement {
+                    Some(settlement) => settlement,
+                    None => return,
+                },
+                _ = crate::control::server::stopped(&mut stop) => return,
+            };
+            let mut burst = vec![first];
+            while burst.len() < SETTLE_BURST {
+                match rx.try_recv() {
+                    Ok(settlement) => burst.push(settlement),
+                    Err(_) => break,
+                }
+            }
+            tokio::spawn(self.clone().settle_burst(burst));
+        }
+    }
+
+    async fn settle_burst(self: Arc<Self>, burst: Vec<Settlement>) {
+        let mut permits = Vec::with_capacity(burst.len());
+        let mut outcomes = Vec::with_capacity(burst.len());
+        for Settlement {
+            entry,
+            result,
+            permit,
+        } in burst
+        {
+            permits.push(permit);
+            outcomes.push((entry, result));
+        }
+        let ids: Vec<String> = outcomes
+            .iter()
+            .map(|(e, _)| e.envelope_id.clone())
+            .collect();
         let settings = self.settings.clone();
-        let outcome = self
-            .blocking(move |c| settle(c, &settings, &entry, result))
-            .await;
-        if !matches!(outcome, Ok(Ok(()))) {
+        let failed = self
+            .blocking(move |c| settle_many(c, &settings, outcomes))
+            .await
+            .unwrap_or_else(|_| ids.clone());
+        for id in &failed {
             tracing::warn!(envelope = %id, "cannot record a delivery outcome; it will be retried");
         }
-        lock(&self.in_flight).remove(&id);
+        let mut in_flight = lock(&self.in_flight);
+        for id in &ids {
+            in_flight.remove(id);
+        }
+        drop(in_flight);
+        drop(permits);
     }
 
     // ---- control API ----
@@ -1408,13 +1500,46 @@ fn standing(c: &Coordinator, peer: &str) -> Option<&'static str> {
     }
 }
 
-/// Records a delivery attempt's outcome in the outbox and the audit log.
+/// A delivery attempt's outcome on its way to be recorded.
+struct Settlement {
+    entry: OutboxEntry,
+    result: Result<Vec<u8>, TransportError>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Records a burst of delivery outcomes; the ids whose outcome could not
+/// be recorded (they stay in the outbox and are retried).
+fn settle_many(
+    c: &Coordinator,
+    settings: &TransportSection,
+    outcomes: Vec<(OutboxEntry, Result<Vec<u8>, TransportError>)>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    let mut acked = Vec::new();
+    for (entry, result) in outcomes {
+        match settle(c, settings, &entry, result) {
+            Ok(Some(status)) => acked.push((entry, status)),
+            Ok(None) => {}
+            Err(_) => failed.push(entry.envelope_id),
+        }
+    }
+    for ((entry, _), result) in acked.iter().zip(c.delivered_many(&acked)) {
+        if result.is_err() {
+            failed.push(entry.envelope_id.clone());
+        }
+    }
+    failed
+}
+
+/// Records a delivery attempt's outcome in the outbox and the audit log,
+/// except an acknowledgement, whose status is returned for
+/// [`Coordinator::delivered_many`].
 fn settle(
     c: &Coordinator,
     settings: &TransportSection,
     entry: &OutboxEntry,
     result: Result<Vec<u8>, TransportError>,
-) -> crate::coordinator::Result<()> {
+) -> crate::coordinator::Result<Option<crate::coordinator::AckStatus>> {
     let peer = entry.target.as_str();
     let reply = match result {
         Ok(bytes) => serde_json::from_slice::<WireReply>(&bytes)
@@ -1423,23 +1548,20 @@ fn settle(
             if matches!(e, TransportError::RequestTimeout) {
                 let _ = c.record_interaction(peer, Interaction::Failure);
             }
-            return retry(c, settings, entry, e.code());
+            return retry(c, settings, entry, e.code()).map(|()| None);
         }
     };
     match reply {
-        WireReply::Ack(ack) => {
-            c.delivered(entry, ack.status)?;
-            Ok(())
-        }
+        WireReply::Ack(ack) => Ok(Some(ack.status)),
         WireReply::Refused(code) if FINAL_REFUSALS.contains(&code.as_str()) => {
             c.refused_for_good(entry, &code)?;
-            Ok(())
+            Ok(None)
         }
         WireReply::Refused(code) => {
             let code = crate::transport::handshake::RejectCode::new(&code)
                 .map(|c| c.as_str().to_string())
                 .unwrap_or_else(|| "REFUSED".into());
-            retry(c, settings, entry, &code)
+            retry(c, settings, entry, &code).map(|()| None)
         }
     }
 }

@@ -100,6 +100,25 @@ struct Counters {
     busy_us: AtomicU64,
 }
 
+/// A queued change whose value has type `R`.
+pub(crate) struct TypedTicket<R> {
+    ticket: Ticket,
+    _value: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: 'static> TypedTicket<R> {
+    /// Blocks until the change is durably committed (or failed); its value
+    /// and the audit records committed with it.
+    pub(crate) fn wait(self) -> Result<(R, Vec<AuditRecord>), StoreError> {
+        let done = self.ticket.wait()?;
+        let value = done
+            .value
+            .and_then(|v| v.downcast::<R>().ok())
+            .ok_or(StoreError::Closed)?;
+        Ok((*value, done.records))
+    }
+}
+
 /// The writer thread of one database (see the module docs).
 pub(crate) struct Journal {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
@@ -167,13 +186,13 @@ impl Journal {
         Ok(Ticket { rx })
     }
 
-    /// Applies `change` in the next group commit and waits for it; its
+    /// Queues `change` for the next group commit without waiting; its
     /// `bool` says whether `events` are appended to the audit log with it.
-    pub(crate) fn write<R, F>(
+    pub(crate) fn submit_typed<R, F>(
         &self,
         mut change: F,
         events: Vec<PreparedEvent>,
-    ) -> Result<(R, Vec<AuditRecord>), StoreError>
+    ) -> Result<TypedTicket<R>, StoreError>
     where
         R: Send + 'static,
         F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
@@ -182,12 +201,23 @@ impl Journal {
             let (value, audit) = change(txn)?;
             Ok((Box::new(value) as Box<dyn Any + Send>, audit))
         });
-        let done = self.submit(Some(boxed), events)?.wait()?;
-        let value = done
-            .value
-            .and_then(|v| v.downcast::<R>().ok())
-            .ok_or(StoreError::Closed)?;
-        Ok((*value, done.records))
+        Ok(TypedTicket {
+            ticket: self.submit(Some(boxed), events)?,
+            _value: std::marker::PhantomData,
+        })
+    }
+
+    /// [`Journal::submit_typed`], then waits for the commit.
+    pub(crate) fn write<R, F>(
+        &self,
+        change: F,
+        events: Vec<PreparedEvent>,
+    ) -> Result<(R, Vec<AuditRecord>), StoreError>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
+    {
+        self.submit_typed(change, events)?.wait()
     }
 
     /// Continues the audit chain from `head` (called when the audit log

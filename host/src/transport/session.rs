@@ -647,6 +647,11 @@ impl Incoming {
     pub async fn recv(&mut self) -> Option<IncomingMessage> {
         self.rx.recv().await
     }
+
+    /// A message that has already arrived, without waiting.
+    pub fn try_recv(&mut self) -> Option<IncomingMessage> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl futures::Stream for Incoming {
