@@ -48,9 +48,9 @@ use crate::identity::{Identity, SignedManifest};
 use crate::store::OutboxEntry;
 use crate::transport::handshake::UNKNOWN_PEER;
 use crate::transport::{
-    Accepted, Backoff, ConnectionHandle, EventKind, HandshakePolicy, Incoming, Listener, LocalNode,
-    PeerContext, Pin, PinOutcome, Priority, Rejection, Role, TransportConfig, TransportError,
-    connect,
+    Accepted, Backoff, ConnectionHandle, EventKind, HandshakePolicy, Incoming, IncomingMessage,
+    Listener, LocalNode, PeerContext, Pin, PinOutcome, Priority, Rejection, Role, TransportConfig,
+    TransportError, connect,
 };
 
 /// Refusal code of a handshake with a peer this node left (`leave`).
@@ -717,15 +717,31 @@ impl Federation {
     async fn reader(self: Arc<Self>, peer: String, mut incoming: Incoming) {
         let slots = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
         let budget = Arc::new(Semaphore::new(INBOUND_BUDGET_KIB));
-        while let Some(first) = incoming.recv().await {
-            // Whatever else has already arrived is processed with it: one
-            // blocking hand-off and one commit wait per burst.
+        let mut carried: Option<IncomingMessage> = None;
+        loop {
+            let first = match carried.take() {
+                Some(message) => message,
+                None => match incoming.recv().await {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            // Small envelopes that have already arrived are processed with
+            // it: one blocking hand-off and one commit wait per burst. A
+            // large one (bulk) goes alone, so a ping never waits behind
+            // the PII scan of a big context-share.
+            let is_bulk = |m: &IncomingMessage| m.data.len() > BULK_THRESHOLD;
+            let mut kib = first.data.len().div_ceil(1024).max(1);
+            let alone = is_bulk(&first);
             let mut burst = vec![first];
-            let mut kib = burst[0].data.len().div_ceil(1024).max(1);
-            while burst.len() < INBOUND_BURST && kib < INBOUND_BUDGET_KIB / 4 {
+            while !alone && burst.len() < INBOUND_BURST {
                 let Some(next) = incoming.try_recv() else {
                     break;
                 };
+                if is_bulk(&next) {
+                    carried = Some(next);
+                    break;
+                }
                 kib += next.data.len().div_ceil(1024).max(1);
                 burst.push(next);
             }
