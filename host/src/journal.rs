@@ -363,14 +363,20 @@ fn commit_batch(
             }
             let (value, audit) = match job.change.as_mut() {
                 None => (None, true),
-                Some(change) => match change(&txn) {
-                    Ok((value, audit)) => (Some(value), audit),
-                    Err(e) => {
-                        *failure = Some(e);
-                        let _ = txn.abort();
-                        continue 'attempt;
+                // A panicking change fails its own job only: the writer
+                // thread must outlive it, or every later write would fail.
+                Some(change) => {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change(&txn)))
+                        .unwrap_or(Err(StoreError::InvalidValue("a state change panicked")))
+                    {
+                        Ok((value, audit)) => (Some(value), audit),
+                        Err(e) => {
+                            *failure = Some(e);
+                            let _ = txn.abort();
+                            continue 'attempt;
+                        }
                     }
-                },
+                }
             };
             let sealed = if audit && !job.events.is_empty() {
                 let Some(chain) = chain.as_mut() else {
@@ -517,6 +523,29 @@ mod tests {
         let after = journal.stats();
         assert_eq!(after.commits - before.commits, 2, "{before:?} -> {after:?}");
         assert_eq!(after.jobs - before.jobs, 4);
+        Ok(())
+    }
+
+    #[test]
+    fn a_panicking_change_fails_alone_and_the_writer_lives_on() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let journal = Arc::clone(store.journal());
+        let stalled = stall(&journal)?;
+        let panicking = journal.submit(
+            Some(Box::new(|txn| {
+                txn.open_table(SCRATCH)?.insert(13, 13)?;
+                panic!("a bug in a state change");
+            })),
+            Vec::new(),
+        )?;
+        let neighbour = journal.submit(Some(put(2)), Vec::new())?;
+        stalled.wait()?;
+        assert!(matches!(panicking.wait(), Err(StoreError::InvalidValue(_))));
+        assert!(neighbour.wait().is_ok());
+        // Later jobs still commit.
+        journal.submit(Some(put(4)), Vec::new())?.wait()?;
+        assert_eq!(keys(&store)?, vec![2, 4]);
         Ok(())
     }
 
