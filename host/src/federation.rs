@@ -86,6 +86,17 @@ pub const INBOUND_BURST: usize = 32;
 /// (every envelope counts at least 1 KiB): many small envelopes run
 /// concurrently, a few large ones are enough to fill it.
 pub const INBOUND_BUDGET_KIB: usize = 64 * 1024;
+/// Failed inbound handshakes recorded one by one per remote address and
+/// failure code in each [`FAILURE_AUDIT_WINDOW`]; the rest are counted and
+/// recorded as one summary when the window ends.
+pub const FAILURE_AUDIT_BURST: u32 = 10;
+/// See [`FAILURE_AUDIT_BURST`].
+pub const FAILURE_AUDIT_WINDOW: Duration = Duration::from_secs(60);
+/// Most (address, code) windows tracked; beyond it, new addresses share
+/// one window (the unspecified address), so memory stays bounded under a
+/// scan from many addresses.
+const FAILURE_AUDIT_TRACKED: usize = 4096;
+
 /// Most delivery outcomes recorded together in one blocking hand-off.
 const SETTLE_BURST: usize = 64;
 /// Outbox entries read per delivery pass.
@@ -201,6 +212,8 @@ pub struct Federation {
     settle_tx: tokio::sync::mpsc::UnboundedSender<Settlement>,
     settle_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Settlement>>>,
     listen_addr: Mutex<Option<SocketAddr>>,
+    /// Bounds what failed inbound handshakes may write to the audit log.
+    failure_audit: Mutex<FailureThrottle>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -368,6 +381,7 @@ impl Federation {
             settle_tx,
             settle_rx: Mutex::new(Some(settle_rx)),
             listen_addr: Mutex::new(None),
+            failure_audit: Mutex::new(FailureThrottle::default()),
         });
 
         let endpoint = coordinator.identity().endpoint().to_string();
@@ -524,6 +538,17 @@ impl Federation {
                 }
                 Some(Accepted::Failed(failure)) => {
                     let code = failure.error.code();
+                    // A scan or a flood of garbage must not fill the audit
+                    // log: past a burst per address and kind, failures are
+                    // counted and summarised (see `FailureThrottle`).
+                    let admitted = lock(&self.failure_audit).admit(
+                        failure.remote_addr.ip(),
+                        code,
+                        Instant::now(),
+                    );
+                    if !admitted {
+                        continue;
+                    }
                     let event_type = match &failure.error {
                         TransportError::Rejected { .. } => EventType::HandshakeRejected,
                         _ => EventType::HandshakeFailed,
@@ -972,6 +997,25 @@ impl Federation {
         // Successes counted since the last pass reach the peer records
         // (and the trust plugin) before standing is checked.
         let _ = self.blocking(|c| c.apply_pending_successes()).await;
+        // Failed inbound handshakes that were counted, not recorded.
+        let suppressed = lock(&self.failure_audit).expire(Instant::now());
+        for (ip, code, count) in suppressed {
+            self.audit(
+                AuditEvent::new(
+                    EventType::HandshakeFailed,
+                    format!(
+                        "{count} more inbound handshakes from {ip} failed ({code}); not recorded one by one"
+                    ),
+                )
+                .with_details(json!({
+                    "remote_addr": ip.to_string(),
+                    "code": code,
+                    "suppressed": count,
+                    "window_secs": FAILURE_AUDIT_WINDOW.as_secs(),
+                })),
+            )
+            .await;
+        }
         // Standing and renewal of live sessions.
         let live: Vec<(String, ConnectionHandle)> = lock(&self.sessions)
             .iter()
@@ -1516,6 +1560,60 @@ fn standing(c: &Coordinator, peer: &str) -> Option<&'static str> {
     }
 }
 
+/// Rate limit for auditing failed inbound handshakes (see
+/// [`FAILURE_AUDIT_BURST`]).
+#[derive(Default)]
+struct FailureThrottle {
+    windows: HashMap<(std::net::IpAddr, &'static str), FailureWindow>,
+}
+
+struct FailureWindow {
+    started: Instant,
+    recorded: u32,
+    suppressed: u32,
+}
+
+impl FailureThrottle {
+    /// Whether this failure is recorded in full (`false`: counted only).
+    fn admit(&mut self, ip: std::net::IpAddr, code: &'static str, now: Instant) -> bool {
+        let key = if self.windows.len() >= FAILURE_AUDIT_TRACKED
+            && !self.windows.contains_key(&(ip, code))
+        {
+            (std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), code)
+        } else {
+            (ip, code)
+        };
+        let window = self.windows.entry(key).or_insert(FailureWindow {
+            started: now,
+            recorded: 0,
+            suppressed: 0,
+        });
+        if window.recorded < FAILURE_AUDIT_BURST {
+            window.recorded += 1;
+            true
+        } else {
+            window.suppressed += 1;
+            false
+        }
+    }
+
+    /// Ends the windows older than [`FAILURE_AUDIT_WINDOW`]; returns the
+    /// failures each of them counted without recording.
+    fn expire(&mut self, now: Instant) -> Vec<(std::net::IpAddr, &'static str, u32)> {
+        let mut summaries = Vec::new();
+        self.windows.retain(|(ip, code), w| {
+            if now.saturating_duration_since(w.started) < FAILURE_AUDIT_WINDOW {
+                return true;
+            }
+            if w.suppressed > 0 {
+                summaries.push((*ip, *code, w.suppressed));
+            }
+            false
+        });
+        summaries
+    }
+}
+
 /// A delivery attempt's outcome on its way to be recorded.
 struct Settlement {
     entry: OutboxEntry,
@@ -1621,4 +1719,51 @@ fn retry(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    #[test]
+    fn failed_handshakes_past_the_burst_are_counted_then_summarised() {
+        let mut throttle = FailureThrottle::default();
+        let start = Instant::now();
+        let scanner = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8));
+        let recorded = (0..25)
+            .filter(|_| throttle.admit(scanner, "TLS_ERROR", start))
+            .count();
+        assert_eq!(recorded as u32, FAILURE_AUDIT_BURST);
+        // Another kind of failure, or another address, has its own burst.
+        assert!(throttle.admit(scanner, "HANDSHAKE_TIMEOUT", start));
+        assert!(throttle.admit(other, "TLS_ERROR", start));
+        // Nothing to summarise before the window ends.
+        assert!(throttle.expire(start + Duration::from_secs(1)).is_empty());
+        let later = start + FAILURE_AUDIT_WINDOW;
+        assert_eq!(throttle.expire(later), vec![(scanner, "TLS_ERROR", 15)]);
+        // A new window starts from scratch.
+        assert!(throttle.admit(scanner, "TLS_ERROR", later));
+    }
+
+    #[test]
+    fn tracked_windows_are_bounded_under_a_scan_from_many_addresses() {
+        let mut throttle = FailureThrottle::default();
+        let now = Instant::now();
+        for i in 0..(FAILURE_AUDIT_TRACKED as u32 + 5_000) {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) + 1));
+            throttle.admit(ip, "TLS_ERROR", now);
+        }
+        assert_eq!(throttle.windows.len(), FAILURE_AUDIT_TRACKED + 1);
+        let summaries = throttle.expire(now + FAILURE_AUDIT_WINDOW);
+        // The shared window recorded its burst and counted the rest.
+        let shared = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        assert_eq!(
+            summaries,
+            vec![(shared, "TLS_ERROR", 5_000 - FAILURE_AUDIT_BURST)]
+        );
+        assert!(throttle.windows.is_empty());
+    }
 }

@@ -736,6 +736,53 @@ async fn upgraded_raw_stream(
 }
 
 #[test]
+fn a_flood_of_failed_handshakes_cannot_fill_the_audit_log() {
+    use agentfed::federation::FAILURE_AUDIT_BURST;
+    let arena = Arena::new();
+    let rt = runtime();
+    let addr = arena.addr();
+    let mark = arena.audit_mark();
+    // Forty connections of garbage from one address, one after another.
+    let flood = 40;
+    block(&rt, "a flood of garbage connections", async {
+        for _ in 0..flood {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+            let _ = tcp.write_all(b"\x00\x01garbage, not a TLS record").await;
+            read_to_close(&mut tcp).await;
+        }
+    });
+    let count = || {
+        arena
+            .target
+            .run(&[
+                "audit",
+                "query",
+                "--json",
+                "--type",
+                "handshake_failed",
+                "--limit",
+                "1000",
+            ])
+            .json()
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter(|r| {
+                r["seq"].as_u64().unwrap_or(0) > mark && r["details"]["code"] == "TLS_ERROR"
+            })
+            .count()
+    };
+    // The first burst is recorded one by one, then failures are only
+    // counted (their summary is written when the minute ends).
+    wait_until("the recorded burst", Duration::from_secs(30), || {
+        count() >= FAILURE_AUDIT_BURST as usize
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(), FAILURE_AUDIT_BURST as usize);
+    arena.still_serves("a flood of failed handshakes");
+}
+
+#[test]
 fn envelope_level_attacks_over_a_real_session_are_refused_and_audited() {
     let arena = Arena::new();
     let rt = runtime();
