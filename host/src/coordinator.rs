@@ -1668,6 +1668,19 @@ impl Coordinator {
     /// the delivery worker can send it at once instead of finding it in
     /// the table.
     pub fn queue(&self, request: SendRequest) -> Result<(SendReceipt, OutboxEntry)> {
+        let (receipt, entry, ticket) = self.queue_submit(request)?;
+        ticket.wait()?;
+        Ok((receipt, entry))
+    }
+
+    /// [`Coordinator::queue`] without waiting for the commit: the entry is
+    /// durable (and may be delivered) only once the ticket resolves `Ok`.
+    /// A caller with many sends queues them all, then waits: they share
+    /// group commits.
+    pub fn queue_submit(
+        &self,
+        request: SendRequest,
+    ) -> Result<(SendReceipt, OutboxEntry, QueuedTicket)> {
         let message_type = request.message_type.clone();
         let (receipt, frame) = self.prepare_envelope(request)?;
         let entry = OutboxEntry {
@@ -1691,11 +1704,11 @@ impl Coordinator {
         }));
         // The entry and its `message_sent` record commit together.
         let job_entry = entry.clone();
-        self.audit.commit_with(
+        let ticket = self.audit.submit_with(
             move |txn| Ok((outbox_put_in(txn, &job_entry)?, true)),
             vec![queued],
         )?;
-        Ok((receipt, entry))
+        Ok((receipt, entry, QueuedTicket(ticket)))
     }
 
     /// An outbox entry was acknowledged by its target: removes it and
@@ -1976,6 +1989,23 @@ pub enum InboundRefusal {
     /// A plugin failed; failing closed.
     #[error("PLUGIN_FAILED")]
     PluginFailed,
+}
+
+/// The pending commit of a queued envelope ([`Coordinator::queue_submit`]).
+pub struct QueuedTicket(crate::journal::TypedTicket<()>);
+
+impl std::fmt::Debug for QueuedTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedTicket").finish_non_exhaustive()
+    }
+}
+
+impl QueuedTicket {
+    /// Blocks until the entry and its audit record are durable.
+    pub fn wait(self) -> Result<()> {
+        self.0.wait().map_err(crate::audit::journal_error)?;
+        Ok(())
+    }
 }
 
 /// An inbound envelope past its checks.

@@ -1047,3 +1047,66 @@ fn audit_records_are_stamped_by_the_node_clock() {
         .collect();
     assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
 }
+
+#[test]
+fn pipelined_sends_are_answered_in_order_each_with_its_own_outcome() {
+    let (node, _beta) = node_with_peer("piper");
+    node.run(&["trust", "set", "beta", "attested", "--reason", "pipelining"])
+        .ok();
+    let mut client = Client::connect(&node.home).unwrap();
+    // Sends (good, to an unknown peer, with bad params), a status in the
+    // middle, more sends: written at once, so runs of sends are handled
+    // as bursts.
+    let send = |id: usize, peer: &str| {
+        format!(
+            "{{\"v\":1,\"id\":{id},\"method\":\"send\",\"params\":{{\"peer\":\"{peer}\",\"message_type\":\"task-assignment\",\"payload\":{{\"n\":{id}}}}}}}\n"
+        )
+    };
+    let mut lines = String::new();
+    let mut expected = Vec::new();
+    for id in 0..60 {
+        let (line, outcome) = match id % 10 {
+            3 => (send(id, "nobody"), Some("UNKNOWN_PEER")),
+            7 => (
+                format!(
+                    "{{\"v\":1,\"id\":{id},\"method\":\"send\",\"params\":{{\"peer\":\"beta\"}}}}\n"
+                ),
+                Some("INVALID_PARAMS"),
+            ),
+            9 => (
+                format!("{{\"v\":1,\"id\":{id},\"method\":\"status\"}}\n"),
+                None,
+            ),
+            _ => (send(id, "beta"), None),
+        };
+        lines.push_str(&line);
+        expected.push(outcome);
+    }
+    client.send_raw(lines.as_bytes()).unwrap();
+    let mut queued = 0;
+    for (id, outcome) in expected.iter().enumerate() {
+        let r = client.read_response().unwrap();
+        assert_eq!(r.id, json!(id), "answers out of request order");
+        match outcome {
+            Some(code) => assert_eq!(
+                r.error.as_ref().map(|e| e.code.as_str()),
+                Some(*code),
+                "{r:?}"
+            ),
+            None => {
+                assert!(r.ok, "request {id}: {r:?}");
+                if id % 10 != 9 {
+                    assert!(
+                        r.result.as_ref().unwrap()["envelope_id"].is_string(),
+                        "{r:?}"
+                    );
+                    queued += 1;
+                }
+            }
+        }
+    }
+    // Every acknowledged send is in the outbox (beta has no session).
+    let status = client.call("status", json!({})).unwrap();
+    assert_eq!(status["outbox"], queued);
+    assert_eq!(queued, 42);
+}

@@ -99,24 +99,58 @@ impl Dispatcher {
     /// Handles one request line (without its newline). Blocking: call it
     /// from a blocking thread.
     pub fn handle_line(&self, line: &[u8]) -> Response {
-        let request = match parse_request(line) {
+        self.handle_parsed(parse_request(line))
+    }
+
+    fn handle_parsed(&self, request: Parsed) -> Response {
+        let (id, method, params) = match request {
             Ok(request) => request,
             Err((id, error)) => return Response::err(id, error),
         };
-        let (id, method, params) = request;
         let started = std::time::Instant::now();
         let outcome = self.call(&method, params);
-        let elapsed_us = started.elapsed().as_micros() as u64;
-        match outcome {
-            Ok(result) => {
-                tracing::debug!(method = %method, elapsed_us, "control request ok");
-                Response::ok(id, result)
-            }
-            Err(error) => {
-                tracing::info!(method = %method, code = %error.code, elapsed_us, "control request failed: {}", error.message);
-                Response::err(id, error)
-            }
-        }
+        respond(id, &method, outcome, started)
+    }
+
+    /// Handles a run of pipelined `send` requests (`(id, params)` each):
+    /// every envelope is checked, scanned, signed and queued first, then
+    /// their commits are awaited together, so the run shares group commits
+    /// and one blocking hand-off. Answers in request order.
+    fn handle_send_burst(&self, sends: Vec<(Value, Value)>) -> Vec<Response> {
+        let started = std::time::Instant::now();
+        let (ids, params): (Vec<Value>, Vec<Value>) = sends.into_iter().unzip();
+        ids.into_iter()
+            .zip(self.send_many(params))
+            .map(|(id, outcome)| respond(id, "send", outcome, started))
+            .collect()
+    }
+
+    /// `send` for each of `params`: all queued first, then all awaited.
+    fn send_many(&self, params: Vec<Value>) -> Vec<ApiResult> {
+        let c = &*self.coordinator;
+        let queued: Vec<_> = params
+            .into_iter()
+            .map(|params| {
+                let p: SendParams = decode("send", params)?;
+                Ok(c.queue_submit(SendRequest {
+                    peer: p.peer,
+                    message_type: p.message_type,
+                    payload: p.payload,
+                    budget: p.budget,
+                })?)
+            })
+            .collect::<Vec<Result<_, ErrorBody>>>();
+        queued
+            .into_iter()
+            .map(|queued| {
+                let (receipt, entry, ticket) = queued?;
+                ticket.wait()?;
+                if let Some(federation) = &self.federation {
+                    federation.enqueue(entry);
+                }
+                to_value(receipt)
+            })
+            .collect()
     }
 
     /// Runs `method` with `params`.
@@ -192,19 +226,10 @@ impl Dispatcher {
                     success: p.success,
                 })?)
             }
-            "send" => {
-                let p: SendParams = decode(method, params)?;
-                let (receipt, entry) = c.queue(SendRequest {
-                    peer: p.peer,
-                    message_type: p.message_type,
-                    payload: p.payload,
-                    budget: p.budget,
-                })?;
-                if let Some(federation) = &self.federation {
-                    federation.enqueue(entry);
-                }
-                to_value(receipt)
-            }
+            "send" => self
+                .send_many(vec![params])
+                .pop()
+                .unwrap_or_else(|| Err(ErrorBody::new(codes::INTERNAL, "no answer", false))),
             "join" => {
                 let p: JoinRequest = decode(method, params)?;
                 let (f, rt) = self.federation()?;
@@ -314,9 +339,28 @@ impl Dispatcher {
     }
 }
 
+/// A parsed request line: `(id, method, params)`, or the id to answer
+/// with and the error.
+type Parsed = Result<(Value, String, Value), (Value, ErrorBody)>;
+
+/// The response to a handled request, logged.
+fn respond(id: Value, method: &str, outcome: ApiResult, started: std::time::Instant) -> Response {
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match outcome {
+        Ok(result) => {
+            tracing::debug!(method = %method, elapsed_us, "control request ok");
+            Response::ok(id, result)
+        }
+        Err(error) => {
+            tracing::info!(method = %method, code = %error.code, elapsed_us, "control request failed: {}", error.message);
+            Response::err(id, error)
+        }
+    }
+}
+
 /// Parses the request envelope; on failure, the id to answer with (if one
 /// could be read) and the error.
-fn parse_request(line: &[u8]) -> Result<(Value, String, Value), (Value, ErrorBody)> {
+fn parse_request(line: &[u8]) -> Parsed {
     let invalid = |id: Value, msg: String| (id, ErrorBody::new(codes::INVALID_REQUEST, msg, true));
     let value: Value = serde_json::from_slice(line).map_err(|e| {
         invalid(
@@ -641,25 +685,36 @@ async fn connection(
     // the writer answers them strictly in request order.
     let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel::<Pending>(PIPELINE_DEPTH);
     let writer = tokio::spawn(async move {
+        let failed = |e: tokio::task::JoinError| {
+            tracing::error!("control handler failed: {e}");
+            Response::err(
+                Value::Null,
+                ErrorBody::new(codes::INTERNAL, "the request handler failed", false),
+            )
+        };
         while let Some(pending) = pending_rx.recv().await {
-            let response = match pending {
-                Pending::Ready(response) => response,
-                Pending::Running(task) => task.await.unwrap_or_else(|e| {
-                    tracing::error!("control handler failed: {e}");
-                    Response::err(
-                        Value::Null,
-                        ErrorBody::new(codes::INTERNAL, "the request handler failed", false),
-                    )
+            let responses = match pending {
+                Pending::Ready(response) => vec![response],
+                Pending::Running(task) => vec![task.await.unwrap_or_else(failed)],
+                Pending::Burst(count, task) => task.await.unwrap_or_else(|e| {
+                    let response = failed(e);
+                    vec![response; count]
                 }),
             };
-            if let Err(e) = write.write_all(&response.to_line()).await {
+            let mut out = Vec::with_capacity(responses.len() * 128);
+            for response in &responses {
+                out.extend_from_slice(&response.to_line());
+            }
+            if let Err(e) = write.write_all(&out).await {
                 tracing::debug!("control connection write failed: {e}");
                 return;
             }
         }
         let _ = write.shutdown().await;
     });
-    let mut reader = BufReader::new(read);
+    // Large enough to hold a few dozen pipelined 1 KB requests, which are
+    // then gathered into one burst.
+    let mut reader = BufReader::with_capacity(64 * 1024, read);
     loop {
         if *shutdown.borrow() {
             break;
@@ -683,10 +738,34 @@ async fn connection(
                 break;
             }
             Ok(LineRead::Line) => {
+                let parsed = parse_request(trim_newline(&line));
                 let worker = dispatcher.clone();
-                Pending::Running(tokio::task::spawn_blocking(move || {
-                    worker.handle_line(trim_newline(&line))
-                }))
+                match into_send(parsed) {
+                    Ok(first) => {
+                        // `send` requests already buffered behind this one
+                        // join it (see `Dispatcher::handle_send_burst`).
+                        let mut sends = vec![first];
+                        while sends.len() < SEND_BURST {
+                            let Some(end) = memchr_newline(reader.buffer()) else {
+                                break;
+                            };
+                            let next = parse_request(trim_newline(&reader.buffer()[..=end]));
+                            let Ok(send) = into_send(next) else {
+                                break; // left in the buffer for the next round
+                            };
+                            sends.push(send);
+                            std::pin::Pin::new(&mut reader).consume(end + 1);
+                        }
+                        let count = sends.len();
+                        Pending::Burst(
+                            count,
+                            tokio::task::spawn_blocking(move || worker.handle_send_burst(sends)),
+                        )
+                    }
+                    Err(parsed) => Pending::Running(tokio::task::spawn_blocking(move || {
+                        worker.handle_parsed(*parsed)
+                    })),
+                }
             }
             Err(e) => {
                 tracing::debug!("control connection read failed: {e}");
@@ -704,10 +783,23 @@ async fn connection(
 /// Most requests of one connection in progress at once (pipelining).
 pub const PIPELINE_DEPTH: usize = 64;
 
-/// A response in the making, in request order.
+/// Most pipelined `send` requests handled as one burst.
+const SEND_BURST: usize = 32;
+
+/// A response (or, for a burst, responses) in the making, in request order.
 enum Pending {
     Ready(Response),
     Running(tokio::task::JoinHandle<Response>),
+    /// A run of `send` requests: how many, and their answers.
+    Burst(usize, tokio::task::JoinHandle<Vec<Response>>),
+}
+
+/// `(id, params)` of a well-formed `send` request; anything else back.
+fn into_send(parsed: Parsed) -> Result<(Value, Value), Box<Parsed>> {
+    match parsed {
+        Ok((id, method, params)) if method == "send" => Ok((id, params)),
+        other => Err(Box::new(other)),
+    }
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
