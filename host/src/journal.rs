@@ -17,10 +17,10 @@
 //!    batch) and hands the batch to a notifier thread, which wakes every
 //!    waiter while the writer already applies the next batch.
 //!
-//! A job whose change fails (say, an undecodable row) is answered with its
-//! error and the transaction is rolled back and redone without it, so one
-//! bad job never takes its neighbours down and never leaves a partial
-//! write. Changes are therefore `FnMut`: they may run more than once and
+//! A job whose change fails (say, an undecodable row) or panics is answered
+//! with an error and the transaction is rolled back and redone without it,
+//! so one bad job never takes its neighbours (or the writer thread) down
+//! and never leaves a partial write. Changes are therefore `FnMut`: they may run more than once and
 //! must touch nothing but the transaction. A failed commit answers every
 //! job of the batch with the error; nothing of it is on disk and the audit
 //! chain head does not advance. A job that returned `Ok` is on disk.
