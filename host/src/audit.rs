@@ -47,7 +47,7 @@
 //! error and the chain head does not advance.
 //! [`AuditLog::submit`] queues without waiting and returns an
 //! [`AppendTicket`], so one thread can keep many appends in flight.
-//! [`AuditLog::commit_with`] commits a state change together with its
+//! `AuditLog::commit_with` (crate-internal) commits a state change with its
 //! records, so the two cannot disagree after a crash.
 //!
 //! # Compliance mode `hipaa`
