@@ -196,42 +196,61 @@ pub struct Store {
 
 /// Decoded peer records, so the per-message path (every envelope reads
 /// its sender's record) does not decode JSON each time. Every write of a
-/// peer goes through [`Store`], which drops the entry once its commit is
-/// over; the generation keeps a reader that raced with a write from
-/// caching what it read before the write.
+/// peer goes through [`Store`], which announces it before queueing it and
+/// drops the entry once its commit is over. A reader caches what it read
+/// only if no peer write was in progress and none ended since it started:
+/// its snapshot may predate a commit whose entry was not dropped yet, and
+/// caching it would let a later reader see an older record than an
+/// earlier one did.
 #[derive(Default)]
 struct PeerCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, PeerRecord>>,
-    generation: std::sync::atomic::AtomicU64,
+    state: std::sync::Mutex<PeerCacheState>,
+}
+
+#[derive(Default)]
+struct PeerCacheState {
+    entries: std::collections::HashMap<String, PeerRecord>,
+    /// Peer writes announced and not yet over.
+    writing: u64,
+    /// Peer writes over so far.
+    generation: u64,
 }
 
 impl PeerCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, PeerRecord>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerCacheState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get(&self, node_id: &str) -> Option<PeerRecord> {
-        self.lock().get(node_id).cloned()
+        self.lock().entries.get(node_id).cloned()
     }
 
+    /// Taken by a reader before it opens its read transaction.
     fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.lock().generation
     }
 
-    /// Caches what a reader read, unless a write happened since it took
-    /// `generation` (its snapshot may predate that write).
+    /// Caches what a reader read (see the type's docs for when).
     fn fill(&self, generation: u64, record: &PeerRecord) {
-        let mut entries = self.lock();
-        if self.generation() == generation {
-            entries.insert(record.node_id().to_string(), record.clone());
+        let mut state = self.lock();
+        if state.writing == 0 && state.generation == generation {
+            state
+                .entries
+                .insert(record.node_id().to_string(), record.clone());
         }
     }
 
+    /// Before a write of a peer is queued.
+    fn begin_write(&self) {
+        self.lock().writing += 1;
+    }
+
     /// After a write of `node_id` (committed or failed).
-    fn invalidate(&self, node_id: &str) {
-        let mut entries = self.lock();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        entries.remove(node_id);
+    fn end_write(&self, node_id: &str) {
+        let mut state = self.lock();
+        state.writing -= 1;
+        state.generation += 1;
+        state.entries.remove(node_id);
     }
 }
 
@@ -365,12 +384,13 @@ impl Store {
         let bytes = serde_json::to_vec(record)
             .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
         let key = id.clone();
+        self.peers.begin_write();
         let written = self.write(move |txn| {
             txn.open_table(PEERS)?
                 .insert(id.as_str(), bytes.as_slice())?;
             Ok(())
         });
-        self.peers.invalidate(&key);
+        self.peers.end_write(&key);
         written
     }
 
@@ -411,14 +431,16 @@ impl Store {
         F: FnMut(&mut PeerRecord) + Send + 'static,
     {
         let key = node_id.to_string();
+        self.peers.begin_write();
         let updated = self.write(move |txn| update_peer_in(txn, &key, &mut f));
-        self.peers.invalidate(node_id);
+        self.peers.end_write(node_id);
         updated
     }
 
     /// Removes a peer and its spend samples. Returns whether it existed.
     pub fn remove_peer(&self, node_id: &str) -> Result<bool> {
         let key = node_id.to_string();
+        self.peers.begin_write();
         let removed = self.write(move |txn| {
             let node_id = key.as_str();
             let existed = txn.open_table(PEERS)?.remove(node_id)?.is_some();
@@ -433,7 +455,7 @@ impl Store {
             txn.open_table(SPEND_INDEX)?.remove(node_id)?;
             Ok(existed)
         });
-        self.peers.invalidate(node_id);
+        self.peers.end_write(node_id);
         removed
     }
 
