@@ -481,7 +481,7 @@ mod tests {
         let ticket = journal.submit(
             Some(Box::new(move |_txn| {
                 let _ = started_tx.send(());
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(300));
                 Ok((Box::new(()) as Box<dyn Any + Send>, false))
             })),
             Vec::new(),

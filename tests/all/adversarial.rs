@@ -768,7 +768,10 @@ fn a_flood_of_failed_handshakes_cannot_fill_the_audit_log() {
             .expect("records")
             .iter()
             .filter(|r| {
-                r["seq"].as_u64().unwrap_or(0) > mark && r["details"]["code"] == "TLS_ERROR"
+                r["seq"].as_u64().unwrap_or(0) > mark
+                    && r["details"]["code"] == "TLS_ERROR"
+                    // not a per-minute summary (a slow run may reach one)
+                    && r["details"]["suppressed"].is_null()
             })
             .count()
     };
