@@ -981,6 +981,11 @@ impl AuditLog {
 
 impl Drop for AuditLog {
     fn drop(&mut self) {
+        // Appends queued by this log are committed before another log may
+        // open on the store (it recovers the chain head from the table).
+        if let Ok(barrier) = self.journal.submit(None, Vec::new()) {
+            let _ = barrier.wait();
+        }
         self.claim.store(false, Ordering::Release);
     }
 }

@@ -1162,23 +1162,20 @@ impl Coordinator {
     /// Applies the coalesced successes of [`Coordinator::note_success`]
     /// (the caller holds the decision lock).
     fn apply_pending_successes_locked(&self) {
-        loop {
-            let pending = std::mem::take(
-                &mut *self
-                    .pending_successes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            if pending.is_empty() {
-                return;
-            }
-            for (peer, count) in pending {
-                if let Err(e) = self.record_interactions_locked(&peer, Interaction::Success, count)
-                {
-                    // The peer was removed meanwhile, or the store failed:
-                    // the evidence is dropped, nothing else depends on it.
-                    tracing::debug!(peer = %peer, "cannot apply coalesced successes: {e}");
-                }
+        // One pass over what is pending now: successes noted meanwhile wait
+        // for the next call, so a steady stream of them cannot keep the
+        // decision lock held.
+        let pending = std::mem::take(
+            &mut *self
+                .pending_successes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (peer, count) in pending {
+            if let Err(e) = self.record_interactions_locked(&peer, Interaction::Success, count) {
+                // The peer was removed meanwhile, or the store failed: the
+                // evidence is dropped, nothing else depends on it.
+                tracing::debug!(peer = %peer, "cannot apply coalesced successes: {e}");
             }
         }
     }

@@ -97,6 +97,12 @@ pub const FAILURE_AUDIT_WINDOW: Duration = Duration::from_secs(60);
 /// scan from many addresses.
 const FAILURE_AUDIT_TRACKED: usize = 4096;
 
+/// Fresh entries waiting for the delivery worker; beyond it, the outbox
+/// scan picks them up.
+const FRESH_QUEUE: usize = 4096;
+/// Period of the outbox scan (retries, entries queued without a session).
+const OUTBOX_SCAN_PERIOD: Duration = Duration::from_millis(500);
+
 /// Most delivery outcomes recorded together in one blocking hand-off.
 const SETTLE_BURST: usize = 64;
 /// Outbox entries read per delivery pass.
@@ -206,8 +212,8 @@ pub struct Federation {
     window: Arc<Semaphore>,
     outbox_wake: Notify,
     /// Fresh entries from `send`, delivered without scanning the outbox.
-    fresh_tx: tokio::sync::mpsc::UnboundedSender<OutboxEntry>,
-    fresh_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OutboxEntry>>>,
+    fresh_tx: tokio::sync::mpsc::Sender<OutboxEntry>,
+    fresh_rx: Mutex<Option<tokio::sync::mpsc::Receiver<OutboxEntry>>>,
     /// Delivery outcomes on their way to be recorded.
     settle_tx: tokio::sync::mpsc::UnboundedSender<Settlement>,
     settle_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Settlement>>>,
@@ -359,7 +365,7 @@ impl Federation {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let me = coordinator.node_id().to_string();
-        let (fresh_tx, fresh_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (fresh_tx, fresh_rx) = tokio::sync::mpsc::channel(FRESH_QUEUE);
         let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel();
         let fed = Arc::new(Federation {
             coordinator: coordinator.clone(),
@@ -460,7 +466,10 @@ impl Federation {
     pub fn enqueue(&self, entry: OutboxEntry) {
         if lock(&self.in_flight).insert(entry.envelope_id.clone()) {
             let id = entry.envelope_id.clone();
-            if self.fresh_tx.send(entry).is_err() {
+            // Full (the peer is slow to acknowledge): the entry is durable
+            // in the outbox, and the scan delivers it later; memory stays
+            // bounded however fast clients send.
+            if self.fresh_tx.try_send(entry).is_err() {
                 lock(&self.in_flight).remove(&id);
             }
         }
@@ -1083,6 +1092,11 @@ impl Federation {
         let Some(mut fresh) = lock(&self.fresh_rx).take() else {
             return;
         };
+        // One timer for the whole loop: a steady stream of fresh entries
+        // must not keep postponing the scan that finds retries and entries
+        // whose peer had no session.
+        let mut scan_timer = tokio::time::interval(OUTBOX_SCAN_PERIOD);
+        scan_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let scan = tokio::select! {
                 entry = fresh.recv() => match entry {
@@ -1104,7 +1118,7 @@ impl Federation {
                     None => return,
                 },
                 _ = self.outbox_wake.notified() => true,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => true,
+                _ = scan_timer.tick() => true,
                 _ = crate::control::server::stopped(&mut stop) => return,
             };
             if !scan {

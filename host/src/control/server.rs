@@ -613,14 +613,16 @@ pub async fn serve(
 ) {
     let mut connections = JoinSet::new();
     let for_connections = shutdown.clone();
+    let running = Arc::new(tokio::sync::Semaphore::new(CONTROL_CONCURRENCY));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let dispatcher = dispatcher.clone();
                     let shutdown = for_connections.clone();
+                    let running = running.clone();
                     connections.spawn(async move {
-                        connection(stream, dispatcher, allowed_uid, shutdown).await;
+                        connection(stream, dispatcher, allowed_uid, shutdown, running).await;
                     });
                 }
                 Err(e) => {
@@ -652,6 +654,7 @@ async fn connection(
     dispatcher: Dispatcher,
     allowed_uid: u32,
     mut shutdown: watch::Receiver<bool>,
+    running: Arc<tokio::sync::Semaphore>,
 ) {
     let (read, mut write) = stream.into_split();
     let peer = match write.as_ref().peer_cred() {
@@ -738,6 +741,12 @@ async fn connection(
                 break;
             }
             Ok(LineRead::Line) => {
+                // A slot among all connections' running handlers first: they
+                // run on tokio's blocking pool, which federation calls also
+                // need (see `CONTROL_CONCURRENCY`).
+                let Ok(slot) = running.clone().acquire_owned().await else {
+                    break;
+                };
                 let parsed = parse_request(trim_newline(&line));
                 let worker = dispatcher.clone();
                 match into_send(parsed) {
@@ -759,10 +768,14 @@ async fn connection(
                         let count = sends.len();
                         Pending::Burst(
                             count,
-                            tokio::task::spawn_blocking(move || worker.handle_send_burst(sends)),
+                            tokio::task::spawn_blocking(move || {
+                                let _slot = slot;
+                                worker.handle_send_burst(sends)
+                            }),
                         )
                     }
                     Err(parsed) => Pending::Running(tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
                         worker.handle_parsed(*parsed)
                     })),
                 }
@@ -782,6 +795,13 @@ async fn connection(
 
 /// Most requests of one connection in progress at once (pipelining).
 pub const PIPELINE_DEPTH: usize = 64;
+
+/// Most control handlers running at once over all connections. Handlers
+/// run on tokio's blocking pool (512 threads), and some (`join`, `query`,
+/// `broadcast`) wait for federation work that needs a blocking thread of
+/// its own: capping handlers well below the pool keeps threads free for
+/// that work however many requests clients pipeline.
+pub const CONTROL_CONCURRENCY: usize = 128;
 
 /// Most pipelined `send` requests handled as one burst.
 const SEND_BURST: usize = 32;
