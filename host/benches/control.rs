@@ -9,37 +9,14 @@
 //! call, (c) a whole `agentfed status --json` process, and (d) a mutating
 //! call (`spend.report`, several fsyncs) for comparison.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use agentfed::control::client::Client;
 use serde_json::json;
 
-struct DaemonGuard(Child);
-
-impl Drop for DaemonGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agentfed(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentfed"));
-    cmd.arg("--home").arg(home).env_remove("RUST_LOG");
-    cmd
-}
+mod support;
+use support::{DaemonGuard, agentfed};
 
 fn report(label: &str, mut samples_us: Vec<u64>) {
     samples_us.sort_unstable();

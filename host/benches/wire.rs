@@ -32,13 +32,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentfed::control::client::Client;
 use serde_json::{Value, json};
+
+mod support;
+use support::{DaemonGuard, agentfed};
 
 /// Control connections queueing in parallel in (a); each pipelines its
 /// requests (the control API answers in order, up to 64 in progress).
@@ -50,31 +53,6 @@ const RATE_RUN: Duration = Duration::from_secs(10);
 /// Context-shares in (c) and the size of each payload string.
 const SHARES: usize = 16;
 const SHARE_BYTES: usize = 1_000_000;
-
-struct DaemonGuard(Child);
-
-impl Drop for DaemonGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agentfed(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentfed"));
-    cmd.arg("--home").arg(home).env_remove("RUST_LOG");
-    cmd
-}
 
 fn cli(home: &Path, args: &[&str]) -> String {
     let out = agentfed(home)

@@ -186,10 +186,7 @@ pub fn peers(home: &Path, args: PeersArgs) -> CliResult {
 }
 
 fn print_peers(peers: &Value) {
-    let rows: Vec<Vec<String>> = peers
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(peers)
         .iter()
         .map(|p| {
             vec![
@@ -260,19 +257,13 @@ pub enum TrustCommand {
 pub fn trust(home: &Path, command: TrustCommand) -> CliResult {
     match command {
         TrustCommand::Show { peer, json } => {
-            let params = match &peer {
-                Some(p) => json!({"peer": p}),
-                None => json!({}),
-            };
+            let params = peer_filter(peer.as_deref());
             let views = call(home, "trust.show", params)?;
             if json {
                 print_json(&views);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = views
-                .as_array()
-                .map(|a| a.as_slice())
-                .unwrap_or_default()
+            let rows: Vec<Vec<String>> = items(&views)
                 .iter()
                 .map(|v| {
                     vec![
@@ -389,19 +380,13 @@ pub enum BreakerCommand {
 /// `agentfed breaker …`.
 pub fn breaker(home: &Path, command: BreakerCommand) -> CliResult {
     let BreakerCommand::Status { peer, json } = command;
-    let params = match &peer {
-        Some(p) => json!({"peer": p}),
-        None => json!({}),
-    };
+    let params = peer_filter(peer.as_deref());
     let views = call(home, "breaker.status", params)?;
     if json {
         print_json(&views);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = views
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(&views)
         .iter()
         .map(|v| {
             vec![
@@ -779,10 +764,7 @@ pub fn audit(home: &Path, command: AuditCommand) -> CliResult {
                 print_json(&records);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = records
-                .as_array()
-                .map(|a| a.as_slice())
-                .unwrap_or_default()
+            let rows: Vec<Vec<String>> = items(&records)
                 .iter()
                 .map(|r| {
                     vec![
@@ -924,7 +906,7 @@ pub fn plugin_reload(home: &Path, kind: Option<String>, json: bool) -> CliResult
         print_json(&plugins);
         return Ok(());
     }
-    for p in plugins.as_array().map(|a| a.as_slice()).unwrap_or_default() {
+    for p in items(&plugins) {
         let kind_name = text(&p["kind"]);
         if kind
             .as_deref()
@@ -946,6 +928,19 @@ pub fn plugin_reload(home: &Path, kind: Option<String>, json: bool) -> CliResult
 // ---------------------------------------------------------------------------
 
 /// A JSON scalar as plain text (`-` for null).
+/// The elements of a JSON array (none for anything else).
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Params selecting one peer, or all when `peer` is `None`.
+fn peer_filter(peer: Option<&str>) -> Value {
+    match peer {
+        Some(p) => json!({"peer": p}),
+        None => json!({}),
+    }
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
