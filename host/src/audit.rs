@@ -47,7 +47,7 @@
 //! error and the chain head does not advance.
 //! [`AuditLog::submit`] queues without waiting and returns an
 //! [`AppendTicket`], so one thread can keep many appends in flight.
-//! `AuditLog::commit_with` (crate-internal) commits a state change with its
+//! `AuditLog::submit_with` (crate-internal) commits a state change with its
 //! records, so the two cannot disagree after a crash.
 //!
 //! # Compliance mode `hipaa`
@@ -88,7 +88,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::breaker::Actor as BreakerActor;
 use crate::clock::Clock;
-use crate::journal::{Journal, Ticket, TypedTicket};
+use crate::journal::{Journal, Persist, Ticket, TypedTicket};
 use crate::model::{BreakerState, TrustLevel};
 use crate::store::{AUDIT, META, Store, StoreError};
 
@@ -894,27 +894,12 @@ impl AuditLog {
         Ok(AppendTicket { ticket })
     }
 
-    /// Applies `change` to the store and appends `events` in the same
-    /// durable transaction (group-committed with concurrent callers), then
-    /// returns `change`'s value and the committed records. `change`
-    /// returns whether the events are to be recorded at all (e.g. not for
-    /// a duplicate); it may run more than once and must touch nothing but
-    /// the transaction (see [`crate::journal`]).
-    pub(crate) fn commit_with<R, F>(
-        &self,
-        change: F,
-        events: Vec<AuditEvent>,
-    ) -> Result<(R, Vec<AuditRecord>), AuditError>
-    where
-        R: Send + 'static,
-        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
-    {
-        self.submit_with(change, events)?
-            .wait()
-            .map_err(journal_error)
-    }
-
-    /// [`AuditLog::commit_with`] without waiting: a thread can queue many
+    /// Queues `change` to the store and `events` for the same durable
+    /// transaction (group-committed with concurrent callers); the ticket
+    /// yields `change`'s value and the committed records. `change` returns
+    /// whether the events are to be recorded at all (e.g. not for a
+    /// duplicate); it may run more than once and must touch nothing but
+    /// the transaction (see [`crate::journal`]). A thread can queue many
     /// changes and wait for them together (they share commits).
     pub(crate) fn submit_with<R, F>(
         &self,
@@ -925,12 +910,30 @@ impl AuditLog {
         R: Send + 'static,
         F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
     {
+        self.submit_with_hook(change, events, None::<fn(&R)>, Persist::Durable)
+    }
+
+    /// [`AuditLog::submit_with`], running `on_commit` with the change's
+    /// value once it is committed (see [`crate::journal::OnCommit`]), with
+    /// the given [`Persist`].
+    pub(crate) fn submit_with_hook<R, F, H>(
+        &self,
+        change: F,
+        events: Vec<AuditEvent>,
+        on_commit: Option<H>,
+        persist: Persist,
+    ) -> Result<TypedTicket<R>, AuditError>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
         let prepared = events
             .into_iter()
             .map(|e| prepare(e, self.config.compliance))
             .collect::<Result<Vec<_>, _>>()?;
         self.journal
-            .submit_typed(change, prepared)
+            .submit_typed_hooked(change, prepared, on_commit, persist)
             .map_err(journal_error)
     }
 

@@ -34,6 +34,7 @@ use crate::envelope::{self, Envelope};
 use crate::identity::{
     Identity, IdentityError, ManifestError, ManifestParams, MeshSubnet, SignedManifest,
 };
+use crate::journal::Persist;
 use crate::model::{
     BreakerInfo, BreakerState, InteractionMetrics, PeerRecord, ScoreComponents, SpendSample,
     TrustLevel,
@@ -497,6 +498,10 @@ pub struct Coordinator {
     decisions: std::sync::Mutex<()>,
     /// Successes noted per peer and not yet applied (`note_success`).
     pending_successes: std::sync::Mutex<HashMap<String, u64>>,
+    /// Decompressed peer keys by their manifest encoding: decompressing an
+    /// Ed25519 key costs about as much as a third of a verification, and
+    /// every inbound envelope needs its sender's.
+    peer_keys: std::sync::Mutex<HashMap<String, ed25519_dalek::VerifyingKey>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -569,6 +574,7 @@ impl Coordinator {
             live,
             decisions: std::sync::Mutex::new(()),
             pending_successes: std::sync::Mutex::new(HashMap::new()),
+            peer_keys: std::sync::Mutex::new(HashMap::new()),
         };
         for info in coordinator.plugins() {
             coordinator.record(
@@ -1701,9 +1707,11 @@ impl Coordinator {
         }));
         // The entry and its `message_sent` record commit together.
         let job_entry = entry.clone();
-        let ticket = self.audit.submit_with(
+        let ticket = self.audit.submit_with_hook(
             move |txn| Ok((outbox_put_in(txn, &job_entry)?, true)),
             vec![queued],
+            Some(self.store.outbox_put_hook(&entry)),
+            Persist::Durable,
         )?;
         Ok((receipt, entry, QueuedTicket(ticket)))
     }
@@ -1761,12 +1769,16 @@ impl Coordinator {
                 "status": status,
                 "attempts": entry.attempts + 1,
             }));
-        Ok(self.audit.submit_with(
+        Ok(self.audit.submit_with_hook(
             move |txn| {
                 let existed = outbox_remove_in(txn, &id)?;
                 Ok((existed, existed))
             },
             vec![event],
+            Some(self.store.outbox_remove_hook(&entry.envelope_id)),
+            // Safe to redo: lost in a crash, the entry is sent again and
+            // the receiver answers with its stored acknowledgement.
+            Persist::Lazy,
         )?)
     }
 
@@ -1780,13 +1792,19 @@ impl Coordinator {
         )
         .with_peer(peer)
         .with_details(json!({"envelope_id": id, "reason": code, "final": true}));
-        let (existed, _) = self.audit.commit_with(
-            move |txn| {
-                let existed = outbox_remove_in(txn, &id)?;
-                Ok((existed, existed))
-            },
-            vec![event],
-        )?;
+        let (existed, _) = self
+            .audit
+            .submit_with_hook(
+                move |txn| {
+                    let existed = outbox_remove_in(txn, &id)?;
+                    Ok((existed, existed))
+                },
+                vec![event],
+                Some(self.store.outbox_remove_hook(&entry.envelope_id)),
+                Persist::Durable,
+            )?
+            .wait()
+            .map_err(crate::audit::journal_error)?;
         Ok(existed)
     }
 
@@ -2089,6 +2107,26 @@ impl Coordinator {
         }
     }
 
+    /// The decompressed key of `manifest` (cached), or `None` when it is
+    /// not a valid Ed25519 key.
+    fn peer_key(
+        &self,
+        manifest: &crate::identity::Manifest,
+    ) -> Option<ed25519_dalek::VerifyingKey> {
+        /// Enough for any federation; past it the cache starts over.
+        const MAX_CACHED_KEYS: usize = 4096;
+        let mut keys = self.peer_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = keys.get(&manifest.public_key) {
+            return Some(*key);
+        }
+        let key = manifest.verifying_key().ok()?;
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(manifest.public_key.clone(), key);
+        Some(key)
+    }
+
     /// Checks, scans and handles one frame and queues its commit.
     fn receive_checked(
         &self,
@@ -2110,9 +2148,8 @@ impl Coordinator {
             BreakerState::Evicted => return Ok(Err(R::PeerEvicted)),
             BreakerState::Active => {}
         }
-        let key = match record.manifest.manifest.verifying_key() {
-            Ok(key) => key.to_bytes(),
-            Err(_) => return Ok(Err(R::UnknownSender)),
+        let Some(key) = self.peer_key(&record.manifest.manifest) else {
+            return Ok(Err(R::UnknownSender));
         };
         let envelope = match signed.open(&key) {
             Ok(envelope) => envelope,

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::budget::Budget;
-use crate::identity::{Identity, verify_ed25519};
+use ed25519_dalek::VerifyingKey;
+
+use crate::identity::Identity;
 use crate::trust::Capability;
 
 /// Prefix of every signed envelope, so an envelope signature can never be
@@ -135,9 +137,15 @@ impl SignedEnvelope {
         })
     }
 
-    /// Verifies the signature with the sender's public key, then parses.
-    pub fn open(&self, sender_key: &[u8; 32]) -> Result<Envelope, EnvelopeError> {
-        if !verify_ed25519(sender_key, &signing_input(&self.bytes), &self.signature) {
+    /// Verifies the signature (`verify_strict`) with the sender's public
+    /// key, then parses. The key is taken decompressed: receivers keep it
+    /// per peer instead of decompressing it for every envelope.
+    pub fn open(&self, sender_key: &VerifyingKey) -> Result<Envelope, EnvelopeError> {
+        let signature = ed25519_dalek::Signature::from_bytes(&self.signature);
+        if sender_key
+            .verify_strict(&signing_input(&self.bytes), &signature)
+            .is_err()
+        {
             return Err(EnvelopeError::BadSignature);
         }
         serde_json::from_slice(&self.bytes).map_err(|_| EnvelopeError::MalformedEnvelope)
@@ -211,7 +219,7 @@ mod tests {
         let id = Identity::generate(&NodeId::parse("a").unwrap(), "wss://127.0.0.1:9100").unwrap();
         let signed = envelope().sign(&id);
         let back = SignedEnvelope::from_frame(&signed.to_frame()).unwrap();
-        let key = id.verifying_key().to_bytes();
+        let key = id.verifying_key();
         assert_eq!(
             back.open(&key).unwrap(),
             serde_json::from_slice(&signed.bytes).unwrap()
@@ -221,7 +229,7 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let id = Identity::generate(&NodeId::parse("a").unwrap(), "wss://127.0.0.1:9100").unwrap();
-        let key = id.verifying_key().to_bytes();
+        let key = id.verifying_key();
         let mut frame = envelope().sign(&id).to_frame();
         let last = frame.len() - 2;
         frame[last] ^= 1;

@@ -1125,8 +1125,21 @@ impl Federation {
                 continue;
             }
             let now = self.coordinator.clock().now_ms();
+            // Only entries that can go now are read: not in flight (the
+            // fresh path or an earlier scan has them) and for a peer with
+            // a session.
+            let live: HashSet<String> = lock(&self.sessions)
+                .iter()
+                .filter(|(_, l)| !l.handle.is_closed())
+                .map(|(peer, _)| peer.clone())
+                .collect();
+            let fed = Arc::clone(&self);
             let due = match self
-                .blocking(move |c| c.store().outbox_due(now, OUTBOX_BATCH))
+                .blocking(move |c| {
+                    c.store().outbox_due_where(now, OUTBOX_BATCH, |id, target| {
+                        live.contains(target) && !lock(&fed.in_flight).contains(id)
+                    })
+                })
                 .await
             {
                 Ok(Ok(due)) => due,

@@ -43,16 +43,42 @@ use crate::store::StoreError;
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH_JOBS: usize = 8192;
 
+/// Longest a [`Persist::Lazy`] job waits for a durable job to share its
+/// commit before it is committed on its own.
+pub const LAZY_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How soon a job must be committed. Either way it is durable when its
+/// ticket resolves; the difference is whom it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Persist {
+    /// Committed with the next batch.
+    Durable,
+    /// Rides the next batch that holds a durable job, or is committed
+    /// [`LAZY_FLUSH`] after it was queued. For work nobody is waiting on
+    /// with a deadline, such as removing an acknowledged outbox entry:
+    /// a sender's deliveries then add no commits (and `fdatasync`s) of
+    /// their own to the ones its `send`s need.
+    Lazy,
+}
+
 /// A state change: applied to the batch's transaction; returns its value
 /// and whether the job's audit records are to be written with it.
 pub(crate) type Change =
     Box<dyn FnMut(&WriteTransaction) -> Result<(Box<dyn Any + Send>, bool), StoreError> + Send>;
+
+/// Runs once a job's change is committed, with the change's value, before
+/// its waiter is woken. Hooks run on the notifier thread in commit order,
+/// whether or not anybody waits for the job, so in-memory mirrors of a
+/// table (the outbox index) follow the committed state exactly.
+pub(crate) type OnCommit = Box<dyn FnOnce(&(dyn Any + Send)) + Send>;
 
 enum Job {
     /// Apply `change` (if any) and append `events` (if asked to).
     Write {
         change: Option<Change>,
         events: Vec<PreparedEvent>,
+        on_commit: Option<OnCommit>,
+        persist: Persist,
         reply: mpsc::SyncSender<Reply>,
     },
     /// The audit log opened: continue the chain from `head`, stamping
@@ -177,10 +203,23 @@ impl Journal {
         change: Option<Change>,
         events: Vec<PreparedEvent>,
     ) -> Result<Ticket, StoreError> {
+        self.submit_hooked(change, events, None, Persist::Durable)
+    }
+
+    /// [`Journal::submit`] with a hook run once the change is committed.
+    pub(crate) fn submit_hooked(
+        &self,
+        change: Option<Change>,
+        events: Vec<PreparedEvent>,
+        on_commit: Option<OnCommit>,
+        persist: Persist,
+    ) -> Result<Ticket, StoreError> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.send(Job::Write {
             change,
             events,
+            on_commit,
+            persist,
             reply,
         })?;
         Ok(Ticket { rx })
@@ -190,19 +229,44 @@ impl Journal {
     /// `bool` says whether `events` are appended to the audit log with it.
     pub(crate) fn submit_typed<R, F>(
         &self,
-        mut change: F,
+        change: F,
         events: Vec<PreparedEvent>,
     ) -> Result<TypedTicket<R>, StoreError>
     where
         R: Send + 'static,
         F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
     {
+        self.submit_typed_hooked(change, events, None::<fn(&R)>, Persist::Durable)
+    }
+
+    /// [`Journal::submit_typed`] with `on_commit` run (on the notifier
+    /// thread, in commit order) with the change's value once it is
+    /// committed (see [`OnCommit`]), and the given [`Persist`].
+    pub(crate) fn submit_typed_hooked<R, F, H>(
+        &self,
+        mut change: F,
+        events: Vec<PreparedEvent>,
+        on_commit: Option<H>,
+        persist: Persist,
+    ) -> Result<TypedTicket<R>, StoreError>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
         let boxed: Change = Box::new(move |txn| {
             let (value, audit) = change(txn)?;
             Ok((Box::new(value) as Box<dyn Any + Send>, audit))
         });
+        let hook = on_commit.map(|hook| -> OnCommit {
+            Box::new(move |value: &(dyn Any + Send)| {
+                if let Some(value) = value.downcast_ref::<R>() {
+                    hook(value);
+                }
+            })
+        });
         Ok(TypedTicket {
-            ticket: self.submit(Some(boxed), events)?,
+            ticket: self.submit_hooked(Some(boxed), events, hook, persist)?,
             _value: std::marker::PhantomData,
         })
     }
@@ -246,6 +310,8 @@ impl Drop for Journal {
 struct Pending {
     change: Option<Change>,
     events: Vec<PreparedEvent>,
+    on_commit: Option<OnCommit>,
+    persist: Persist,
     reply: mpsc::SyncSender<Reply>,
 }
 
@@ -273,35 +339,58 @@ fn writer_loop(
     done: &mpsc::Sender<Completion>,
     counters: &Counters,
 ) {
-    let mut head: Option<ChainHead> = None;
-    let mut clock: Option<Arc<dyn Clock>> = None;
-    while let Ok(first) = rx.recv() {
+    let mut writer = Writer {
+        db,
+        done,
+        counters,
+        head: None,
+        clock: None,
+        deferred: Vec::new(),
+        deferred_since: None,
+    };
+    loop {
+        // Deferred jobs wait for company at most until LAZY_FLUSH is over.
+        let first = match writer.deferred_since {
+            Some(since) => match rx.recv_timeout(LAZY_FLUSH.saturating_sub(since.elapsed())) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !writer.commit(Vec::new()) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
                 Job::InstallHead(h, c) => {
                     // Jobs queued before the install are committed first.
-                    if !batch.is_empty() {
-                        commit_and_notify(
-                            db,
-                            &mut head,
-                            clock.as_deref(),
-                            std::mem::take(&mut batch),
-                            done,
-                            counters,
-                        );
+                    if (!batch.is_empty() || !writer.deferred.is_empty())
+                        && !writer.commit(std::mem::take(&mut batch))
+                    {
+                        return;
                     }
-                    head = Some(h);
-                    clock = c;
+                    writer.head = Some(h);
+                    writer.clock = c;
                 }
                 Job::Write {
                     change,
                     events,
+                    on_commit,
+                    persist,
                     reply,
                 } => batch.push(Pending {
                     change,
                     events,
+                    on_commit,
+                    persist,
                     reply,
                 }),
             }
@@ -309,11 +398,58 @@ fn writer_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty()
-            && !commit_and_notify(db, &mut head, clock.as_deref(), batch, done, counters)
-        {
+        let lazy = batch.iter().all(|job| job.persist == Persist::Lazy);
+        if lazy && batch.len() + writer.deferred.len() < MAX_BATCH_JOBS {
+            writer.defer(batch);
+        } else if !writer.commit(batch) {
             return;
         }
+    }
+    // Closing: deferred jobs are committed before the thread ends.
+    if !writer.deferred.is_empty() {
+        writer.commit(Vec::new());
+    }
+}
+
+/// The writer thread's state between batches.
+struct Writer<'a> {
+    db: &'a Database,
+    done: &'a mpsc::Sender<Completion>,
+    counters: &'a Counters,
+    head: Option<ChainHead>,
+    clock: Option<Arc<dyn Clock>>,
+    /// [`Persist::Lazy`] jobs waiting to ride the next commit, oldest first.
+    deferred: Vec<Pending>,
+    /// When the oldest deferred job arrived.
+    deferred_since: Option<std::time::Instant>,
+}
+
+impl Writer<'_> {
+    fn defer(&mut self, batch: Vec<Pending>) {
+        if !batch.is_empty() {
+            self.deferred_since
+                .get_or_insert_with(std::time::Instant::now);
+            self.deferred.extend(batch);
+        }
+    }
+
+    /// Commits the deferred jobs, then `batch`, in one transaction; `false`
+    /// once the notifier is gone.
+    fn commit(&mut self, batch: Vec<Pending>) -> bool {
+        let mut all = std::mem::take(&mut self.deferred);
+        self.deferred_since = None;
+        all.extend(batch);
+        if all.is_empty() {
+            return true;
+        }
+        commit_and_notify(
+            self.db,
+            &mut self.head,
+            self.clock.as_deref(),
+            all,
+            self.done,
+            self.counters,
+        )
     }
 }
 
@@ -415,15 +551,25 @@ fn notifier_loop(rx: &mpsc::Receiver<Completion>) {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let reply = match outcome {
-                        Outcome::Applied { value, sealed } => Ok(Done {
-                            value,
-                            records: job
-                                .events
-                                .into_iter()
-                                .zip(sealed)
-                                .map(|(event, seal)| event.into_record(seal))
-                                .collect(),
-                        }),
+                        Outcome::Applied { value, sealed } => {
+                            if let (Some(hook), Some(value)) = (job.on_commit, value.as_deref()) {
+                                // A panicking hook must not take the
+                                // notifier (and every later waiter) down.
+                                let _ =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        hook(value)
+                                    }));
+                            }
+                            Ok(Done {
+                                value,
+                                records: job
+                                    .events
+                                    .into_iter()
+                                    .zip(sealed)
+                                    .map(|(event, seal)| event.into_record(seal))
+                                    .collect(),
+                            })
+                        }
                         Outcome::Failed(e) => Err(e),
                     };
                     // A waiter that gave up is fine: the job is committed.
@@ -527,6 +673,109 @@ mod tests {
     }
 
     #[test]
+    fn commit_hooks_run_in_commit_order_only_for_committed_jobs() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let journal = Arc::clone(store.journal());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hook = |seen: &Arc<Mutex<Vec<u64>>>| {
+            let seen = Arc::clone(seen);
+            Some(move |v: &u64| seen.lock().unwrap_or_else(|p| p.into_inner()).push(*v))
+        };
+        let stalled = stall(&journal)?;
+        // Nobody waits for these two: their hooks run all the same.
+        drop(journal.submit_typed_hooked(
+            |txn| {
+                txn.open_table(SCRATCH)?.insert(5, 5)?;
+                Ok((5u64, false))
+            },
+            Vec::new(),
+            hook(&seen),
+            Persist::Durable,
+        )?);
+        let failing = journal.submit_typed_hooked(
+            |_txn| Err::<(u64, bool), _>(StoreError::InvalidValue("refused on purpose")),
+            Vec::new(),
+            hook(&seen),
+            Persist::Durable,
+        )?;
+        drop(journal.submit_typed_hooked(
+            |txn| {
+                txn.open_table(SCRATCH)?.insert(6, 6)?;
+                Ok((6u64, false))
+            },
+            Vec::new(),
+            hook(&seen),
+            Persist::Durable,
+        )?);
+        stalled.wait()?;
+        assert!(failing.wait().is_err());
+        // A later job's reply comes after the earlier hooks ran.
+        journal.submit(Some(put(7)), Vec::new())?.wait()?;
+        assert_eq!(*seen.lock().unwrap_or_else(|p| p.into_inner()), vec![5, 6]);
+        assert_eq!(keys(&store)?, vec![5, 6, 7]);
+        Ok(())
+    }
+
+    fn lazy_put(journal: &Journal, key: u64) -> Result<TypedTicket<u64>, StoreError> {
+        journal.submit_typed_hooked(
+            move |txn| {
+                txn.open_table(SCRATCH)?.insert(key, key)?;
+                Ok((key, false))
+            },
+            Vec::new(),
+            None::<fn(&u64)>,
+            Persist::Lazy,
+        )
+    }
+
+    #[test]
+    fn lazy_jobs_ride_the_next_durable_commit_or_wait_at_most_the_flush_delay() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let journal = Arc::clone(store.journal());
+        // Alone: committed on its own once LAZY_FLUSH is over.
+        let before = journal.stats();
+        let started = std::time::Instant::now();
+        lazy_put(&journal, 1)?.wait()?;
+        assert!(
+            started.elapsed() >= LAZY_FLUSH / 2,
+            "{:?}",
+            started.elapsed()
+        );
+        let alone = journal.stats();
+        assert_eq!(
+            (alone.commits - before.commits, alone.jobs - before.jobs),
+            (1, 1)
+        );
+        // With a durable job behind it: one commit for both.
+        let lazy = lazy_put(&journal, 2)?;
+        journal.submit(Some(put(3)), Vec::new())?.wait()?;
+        lazy.wait()?;
+        let after = journal.stats();
+        assert_eq!(
+            (after.commits - alone.commits, after.jobs - alone.jobs),
+            (1, 2),
+            "{alone:?} -> {after:?}"
+        );
+        assert_eq!(keys(&store)?, vec![1, 2, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn closing_the_store_commits_deferred_jobs() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let store = Store::open_in_home(dir.path())?;
+            // Nobody waits: closing must not drop it.
+            drop(lazy_put(store.journal(), 9)?);
+        }
+        let store = Store::open_in_home(dir.path())?;
+        assert_eq!(keys(&store)?, vec![9]);
+        Ok(())
+    }
+
+    #[test]
     fn a_panicking_change_fails_alone_and_the_writer_lives_on() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = Store::open_in_home(dir.path())?;
@@ -555,23 +804,27 @@ mod tests {
         let store = Store::open_in_home(dir.path())?;
         let log = AuditLog::open(&store, AuditConfig::default())?;
         let event = |s: &str| AuditEvent::new(EventType::MessageReceived, s.to_string());
-        let (value, records) = log.commit_with(
-            |txn| {
-                txn.open_table(SCRATCH)?.insert(7, 7)?;
-                Ok((7u64, true))
-            },
-            vec![event("kept")],
-        )?;
+        let (value, records) = log
+            .submit_with(
+                |txn| {
+                    txn.open_table(SCRATCH)?.insert(7, 7)?;
+                    Ok((7u64, true))
+                },
+                vec![event("kept")],
+            )?
+            .wait()?;
         assert_eq!(value, 7);
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].summary, "kept");
-        let (_, declined) = log.commit_with(
-            |txn| {
-                txn.open_table(SCRATCH)?.insert(8, 8)?;
-                Ok(((), false))
-            },
-            vec![event("declined")],
-        )?;
+        let (_, declined) = log
+            .submit_with(
+                |txn| {
+                    txn.open_table(SCRATCH)?.insert(8, 8)?;
+                    Ok(((), false))
+                },
+                vec![event("declined")],
+            )?
+            .wait()?;
         assert!(declined.is_empty());
         assert_eq!(keys(&store)?, vec![7, 8]);
         let summaries: Vec<String> = log

@@ -192,6 +192,105 @@ pub struct Store {
     path: PathBuf,
     audit_claimed: Arc<AtomicBool>,
     peers: PeerCache,
+    outbox: Arc<OutboxIndex>,
+}
+
+/// Which outbox entries are committed, for which peer, and when each is
+/// next due. The delivery worker's periodic scan looks here and then reads
+/// only the entries it will send: reading every queued envelope twice a
+/// second made a backlog of tens of thousands most of a sender's CPU.
+/// Built from the table when the store opens; afterwards changed only by
+/// commit hooks ([`crate::journal::OnCommit`]), which run in commit order,
+/// so it follows the committed table exactly (a moment behind).
+#[derive(Default)]
+pub(crate) struct OutboxIndex {
+    state: std::sync::Mutex<OutboxIndexState>,
+}
+
+#[derive(Default)]
+struct OutboxIndexState {
+    /// `(next_attempt_ms, envelope id)`, earliest first.
+    by_due: std::collections::BTreeSet<(u64, String)>,
+    /// Envelope id → (next_attempt_ms, target).
+    entries: std::collections::HashMap<String, (u64, String)>,
+}
+
+impl OutboxIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxIndexState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An entry was committed (inserted or replaced).
+    pub(crate) fn put(&self, envelope_id: &str, next_attempt_ms: u64, target: &str) {
+        let mut state = self.lock();
+        if let Some((due, _)) = state.entries.insert(
+            envelope_id.to_string(),
+            (next_attempt_ms, target.to_string()),
+        ) {
+            state.by_due.remove(&(due, envelope_id.to_string()));
+        }
+        state
+            .by_due
+            .insert((next_attempt_ms, envelope_id.to_string()));
+    }
+
+    /// An existing entry was rescheduled.
+    fn reschedule(&self, envelope_id: &str, next_attempt_ms: u64) {
+        let mut state = self.lock();
+        let Some(entry) = state.entries.get_mut(envelope_id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.0, next_attempt_ms);
+        state.by_due.remove(&(old, envelope_id.to_string()));
+        state
+            .by_due
+            .insert((next_attempt_ms, envelope_id.to_string()));
+    }
+
+    /// An entry was removed.
+    pub(crate) fn remove(&self, envelope_id: &str) {
+        let mut state = self.lock();
+        if let Some((due, _)) = state.entries.remove(envelope_id) {
+            state.by_due.remove(&(due, envelope_id.to_string()));
+        }
+    }
+
+    /// Ids of up to `limit` entries due at `now_ms` for which
+    /// `wanted(id, target)` holds, earliest due first.
+    fn due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        mut wanted: impl FnMut(&str, &str) -> bool,
+    ) -> Vec<String> {
+        let state = self.lock();
+        state
+            .by_due
+            .iter()
+            .take_while(|(due, _)| *due <= now_ms)
+            .filter(|(_, id)| {
+                state
+                    .entries
+                    .get(id)
+                    .is_some_and(|(_, target)| wanted(id, target))
+            })
+            .map(|(_, id)| id.clone())
+            .take(limit)
+            .collect()
+    }
+
+    /// `(id, next_attempt_ms, target)` of every entry, in id order.
+    #[cfg(test)]
+    fn snapshot(&self) -> Vec<(String, u64, String)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .entries
+            .iter()
+            .map(|(id, (due, target))| (id.clone(), *due, target.clone()))
+            .collect();
+        all.sort();
+        all
+    }
 }
 
 /// Decoded peer records, so the per-message path (every envelope reads
@@ -273,12 +372,14 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let db = Arc::new(open_database(path)?);
         init_schema(&db, path)?;
+        let outbox = Arc::new(index_outbox(&db)?);
         Ok(Store {
             journal: Arc::new(Journal::start(Arc::clone(&db))?),
             db,
             path: path.to_path_buf(),
             audit_claimed: Arc::new(AtomicBool::new(false)),
             peers: PeerCache::default(),
+            outbox,
         })
     }
 
@@ -286,6 +387,18 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The outbox index of what is committed (before the writer thread starts).
+fn index_outbox(db: &Database) -> Result<OutboxIndex> {
+    let index = OutboxIndex::default();
+    let txn = db.begin_read()?;
+    for row in txn.open_table(OUTBOX)?.iter()? {
+        let (k, v) = row?;
+        let (_, next_attempt_ms, target, _) = v.value();
+        index.put(k.value(), next_attempt_ms, target);
+    }
+    Ok(index)
 }
 
 /// Creates missing tables and checks the schema version (before the
@@ -372,6 +485,26 @@ impl Store {
         let (value, _) = self
             .journal
             .write(move |txn| Ok((change(txn)?, false)), Vec::new())?;
+        Ok(value)
+    }
+
+    /// [`Store::write`], running `on_commit` with the value once the
+    /// change is committed (see [`crate::journal::OnCommit`]).
+    fn write_hooked<R, F, H>(&self, on_commit: H, mut change: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<R> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
+        let (value, _) = self
+            .journal
+            .submit_typed_hooked(
+                move |txn| Ok((change(txn)?, false)),
+                Vec::new(),
+                Some(on_commit),
+                crate::journal::Persist::Durable,
+            )?
+            .wait()?;
         Ok(value)
     }
 
@@ -540,8 +673,32 @@ impl Store {
     /// Inserts or replaces an outbox entry.
     pub fn outbox_put(&self, entry: &OutboxEntry) -> Result<()> {
         check_outbox_entry(entry)?;
+        let hook = self.outbox_put_hook(entry);
         let entry = entry.clone();
-        self.write(move |txn| outbox_put_in(txn, &entry))
+        self.write_hooked(hook, move |txn| outbox_put_in(txn, &entry))
+    }
+
+    /// The commit hook that indexes `entry` once its insertion commits
+    /// (for jobs that put outbox entries together with audit records).
+    pub(crate) fn outbox_put_hook(&self, entry: &OutboxEntry) -> impl FnOnce(&()) + Send + use<> {
+        let index = Arc::clone(&self.outbox);
+        let (id, due, target) = (
+            entry.envelope_id.clone(),
+            entry.next_attempt_ms,
+            entry.target.clone(),
+        );
+        move |_: &()| index.put(&id, due, &target)
+    }
+
+    /// The commit hook that unindexes `envelope_id` once its removal
+    /// commits.
+    pub(crate) fn outbox_remove_hook(
+        &self,
+        envelope_id: &str,
+    ) -> impl FnOnce(&bool) + Send + use<> {
+        let index = Arc::clone(&self.outbox);
+        let id = envelope_id.to_string();
+        move |_: &bool| index.remove(&id)
     }
 
     /// The outbox entry for `envelope_id`.
@@ -554,25 +711,42 @@ impl Store {
 
     /// Removes an entry (on acknowledgement). Returns whether it existed.
     pub fn outbox_remove(&self, envelope_id: &str) -> Result<bool> {
+        let hook = self.outbox_remove_hook(envelope_id);
         let envelope_id = envelope_id.to_string();
-        self.write(move |txn| outbox_remove_in(txn, &envelope_id))
+        self.write_hooked(hook, move |txn| outbox_remove_in(txn, &envelope_id))
     }
 
     /// Up to `limit` entries whose `next_attempt_ms <= now_ms`, earliest due first.
     pub fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        self.outbox_due_where(now_ms, limit, |_, _| true)
+    }
+
+    /// [`Store::outbox_due`] restricted to entries for which
+    /// `wanted(envelope_id, target)` holds (say, not already in flight and
+    /// for a peer with a session). Decided from the in-memory index, so
+    /// only the entries returned are read from the table.
+    pub fn outbox_due_where(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        wanted: impl FnMut(&str, &str) -> bool,
+    ) -> Result<Vec<OutboxEntry>> {
+        let ids = self.outbox.due(now_ms, limit, wanted);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(OUTBOX)?;
-        let mut due = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            if v.value().1 <= now_ms {
-                due.push(outbox_entry(k.value(), v.value()));
+        let mut due = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Gone or rescheduled since the index was read: its commit
+            // hook is about to update the index.
+            if let Some(row) = table.get(id.as_str())?
+                && row.value().1 <= now_ms
+            {
+                due.push(outbox_entry(&id, row.value()));
             }
         }
-        due.sort_by(|a, b| {
-            (a.next_attempt_ms, &a.envelope_id).cmp(&(b.next_attempt_ms, &b.envelope_id))
-        });
-        due.truncate(limit);
         Ok(due)
     }
 
@@ -583,8 +757,15 @@ impl Store {
         envelope_id: &str,
         next_attempt_ms: u64,
     ) -> Result<Option<u32>> {
+        let index = Arc::clone(&self.outbox);
+        let hook_id = envelope_id.to_string();
+        let hook = move |attempts: &Option<u32>| {
+            if attempts.is_some() {
+                index.reschedule(&hook_id, next_attempt_ms);
+            }
+        };
         let envelope_id = envelope_id.to_string();
-        self.write(move |txn| {
+        self.write_hooked(hook, move |txn| {
             let envelope_id = envelope_id.as_str();
             let mut table = txn.open_table(OUTBOX)?;
             let current = table.get(envelope_id)?.map(|v| {
@@ -1349,6 +1530,67 @@ mod tests {
         assert_eq!(samples.len() as u64, SPEND_RING_CAPACITY);
         assert_eq!(samples.first().map(|s| s.ts_ms), Some(5));
         assert_eq!(samples.last().map(|s| s.ts_ms), Some(total - 1));
+        Ok(())
+    }
+
+    /// `(id, next_attempt_ms, target)` of an outbox entry.
+    type OutboxRow = (String, u64, String);
+
+    /// Every outbox row, in id order.
+    fn outbox_rows(store: &Store) -> Result<Vec<OutboxRow>, Box<dyn std::error::Error>> {
+        let txn = store.db.begin_read()?;
+        let mut rows = Vec::new();
+        for row in txn.open_table(OUTBOX)?.iter()? {
+            let (k, v) = row?;
+            let (_, due, target, _) = v.value();
+            rows.push((k.value().to_string(), due, target.to_string()));
+        }
+        Ok(rows)
+    }
+
+    #[test]
+    fn the_outbox_index_follows_the_table_and_is_rebuilt_on_open() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let store = Store::open_in_home(dir.path())?;
+            for (id, next, target) in [
+                ("e1", 300, "beta"),
+                ("e2", 100, "gamma"),
+                ("e3", 900, "beta"),
+            ] {
+                store.outbox_put(&OutboxEntry {
+                    envelope_id: id.into(),
+                    target: target.into(),
+                    bytes: id.as_bytes().to_vec(),
+                    attempts: 0,
+                    next_attempt_ms: next,
+                })?;
+            }
+            assert_eq!(store.outbox.snapshot(), outbox_rows(&store)?);
+            assert_eq!(store.outbox_reschedule("e2", 1000)?, Some(1));
+            assert!(store.outbox_remove("e1")?);
+            assert_eq!(store.outbox_reschedule("e1", 5)?, None);
+            assert!(!store.outbox_remove("e1")?);
+            let rows = outbox_rows(&store)?;
+            assert_eq!(rows.len(), 2);
+            assert_eq!(store.outbox.snapshot(), rows);
+            let ids = |due: Vec<OutboxEntry>| -> Vec<String> {
+                due.into_iter().map(|e| e.envelope_id).collect()
+            };
+            assert_eq!(ids(store.outbox_due(1000, 10)?), ["e3", "e2"]);
+            assert_eq!(
+                ids(store.outbox_due_where(1000, 10, |_, target| target == "gamma")?),
+                ["e2"]
+            );
+            assert_eq!(
+                ids(store.outbox_due_where(1000, 10, |id, _| id != "e3")?),
+                ["e2"]
+            );
+            assert!(store.outbox_due(99, 10)?.is_empty());
+        }
+        let store = Store::open_in_home(dir.path())?;
+        assert_eq!(store.outbox.snapshot(), outbox_rows(&store)?);
+        assert_eq!(store.outbox.snapshot().len(), 2);
         Ok(())
     }
 

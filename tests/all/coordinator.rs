@@ -414,7 +414,7 @@ fn sends_pass_gates_budget_and_pii_before_the_outbox() {
         "{text}"
     );
     let signed = agentfed::envelope::SignedEnvelope::from_frame(&entry.bytes).unwrap();
-    let key = n.coordinator.identity().verifying_key().to_bytes();
+    let key = n.coordinator.identity().verifying_key();
     assert_eq!(signed.open(&key).unwrap().target, "beta");
     // The audit names types and counts, never values.
     let records = n.coordinator.audit().query(&Default::default()).unwrap();

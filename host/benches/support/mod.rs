@@ -26,9 +26,13 @@ impl Drop for DaemonGuard {
     }
 }
 
-/// `agentfed --home HOME` (release build of this package), quiet logs.
+/// `agentfed --home HOME` (release build of this package, or the binary
+/// named by `AGENTFED_BENCH_BIN` to compare another build on the same
+/// machine state), quiet logs.
 pub fn agentfed(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentfed"));
+    let bin = std::env::var_os("AGENTFED_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_agentfed").into());
+    let mut cmd = Command::new(bin);
     cmd.arg("--home").arg(home).env_remove("RUST_LOG");
     cmd
 }
