@@ -148,8 +148,35 @@ impl SignedEnvelope {
         {
             return Err(EnvelopeError::BadSignature);
         }
+        self.parse_verified()
+    }
+
+    /// Parses an envelope whose signature [`verify_batch`] accepted.
+    pub(crate) fn parse_verified(&self) -> Result<Envelope, EnvelopeError> {
         serde_json::from_slice(&self.bytes).map_err(|_| EnvelopeError::MalformedEnvelope)
     }
+}
+
+/// Verifies the signatures of several envelopes from one sender at once
+/// (Ed25519 batch verification: one multiscalar multiplication for the
+/// whole batch, roughly half the cost per signature of verifying them one
+/// by one). `true` only if every signature is valid; on `false` the
+/// caller verifies them one at a time ([`SignedEnvelope::open`]) to find
+/// which are not.
+///
+/// Batch verification does not refuse a small-order `R` the way
+/// `verify_strict` does; only the holder of the sender's key can make such
+/// a signature, and it changes nothing about what was signed. The key
+/// itself must not be weak (receivers refuse weak keys before this).
+pub fn verify_batch(envelopes: &[&SignedEnvelope], sender_key: &VerifyingKey) -> bool {
+    let inputs: Vec<Vec<u8>> = envelopes.iter().map(|e| signing_input(&e.bytes)).collect();
+    let messages: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let signatures: Vec<ed25519_dalek::Signature> = envelopes
+        .iter()
+        .map(|e| ed25519_dalek::Signature::from_bytes(&e.signature))
+        .collect();
+    let keys = vec![*sender_key; envelopes.len()];
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
 }
 
 fn signing_input(bytes: &[u8]) -> Vec<u8> {
@@ -224,6 +251,25 @@ mod tests {
             back.open(&key).unwrap(),
             serde_json::from_slice(&signed.bytes).unwrap()
         );
+    }
+
+    #[test]
+    fn batches_verify_only_when_every_signature_does() {
+        let id = Identity::generate(&NodeId::parse("a").unwrap(), "wss://127.0.0.1:9100").unwrap();
+        let other =
+            Identity::generate(&NodeId::parse("b").unwrap(), "wss://127.0.0.1:9101").unwrap();
+        let key = id.verifying_key();
+        let mut signed: Vec<SignedEnvelope> = (0..8).map(|_| envelope().sign(&id)).collect();
+        assert!(verify_batch(&signed.iter().collect::<Vec<_>>(), &key));
+        // One tampered byte, or one envelope signed by someone else,
+        // fails the whole batch.
+        signed[3].bytes[10] ^= 1;
+        assert!(!verify_batch(&signed.iter().collect::<Vec<_>>(), &key));
+        signed[3] = envelope().sign(&other);
+        assert!(!verify_batch(&signed.iter().collect::<Vec<_>>(), &key));
+        signed[3] = envelope().sign(&id);
+        signed[5].signature[0] ^= 1;
+        assert!(!verify_batch(&signed.iter().collect::<Vec<_>>(), &key));
     }
 
     #[test]

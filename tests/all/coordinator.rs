@@ -622,6 +622,46 @@ fn inbound_envelopes_are_processed_exactly_once() {
 }
 
 #[test]
+fn a_burst_is_verified_together_and_a_bad_signature_in_it_is_still_found() {
+    use agentfed::coordinator::{AckStatus, InboundRefusal};
+    let (alpha, beta) = pair();
+    let burst = |n: usize| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| frame(&beta, "alpha", "task-assignment", json!({"task": i})))
+            .collect()
+    };
+    // All good: every envelope is accepted (batch-verified).
+    let good = burst(6);
+    let results = alpha.coordinator.receive_many("beta", &good);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(Ok(ack)) if ack.status == AckStatus::Accepted)),
+        "{results:?}"
+    );
+    assert_eq!(alpha.coordinator.inbox(0, 100).unwrap().len(), 6);
+    // One flipped payload byte: the batch fails, each envelope is then
+    // verified alone, and only the tampered one is refused.
+    let mut mixed = burst(5);
+    let last = mixed[2].len() - 3;
+    mixed[2][last] ^= 1;
+    let results = alpha.coordinator.receive_many("beta", &mixed);
+    assert!(
+        matches!(results[2], Ok(Err(InboundRefusal::BadSignature))),
+        "{results:?}"
+    );
+    for (i, r) in results.iter().enumerate() {
+        if i < 2 {
+            assert!(matches!(r, Ok(Ok(_))), "{i}: {r:?}");
+        }
+    }
+    // The envelopes before the bad one were taken in.
+    let taken = alpha.coordinator.inbox(0, 100).unwrap();
+    assert!(taken.len() >= 8, "{}", taken.len());
+    assert!(alpha.coordinator.audit().verify().is_ok());
+}
+
+#[test]
 fn inbound_refusals_have_constant_codes() {
     use agentfed::coordinator::InboundRefusal as R;
     let (alpha, beta) = pair();
