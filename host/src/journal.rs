@@ -27,6 +27,19 @@
 //!
 //! A change runs on the writer thread, so it must never wait for another
 //! job (that would deadlock the writer).
+//!
+//! Two refinements:
+//!
+//! * A job may carry a commit hook ([`OnCommit`]), run on the notifier
+//!   thread in commit order once the job is committed, whether or not
+//!   anybody waits for it. In-memory mirrors of a table (the outbox index in
+//!   [`crate::store`]) are kept this way, so they follow the committed
+//!   state exactly.
+//! * A job may be [`Persist::Lazy`]: it waits (at most [`LAZY_FLUSH`]) to
+//!   ride the next batch that holds a durable job instead of causing a
+//!   commit of its own. It is still durable when its ticket resolves. A
+//!   sender's outbox removals are lazy, so its deliveries add almost no
+//!   commits to the ones its `send`s need.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,8 +57,11 @@ use crate::store::StoreError;
 pub const MAX_BATCH_JOBS: usize = 8192;
 
 /// Longest a [`Persist::Lazy`] job waits for a durable job to share its
-/// commit before it is committed on its own.
-pub const LAZY_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+/// commit before it is committed on its own: long enough for the next
+/// `send` at any useful rate to come along, short enough that a delivery
+/// window whose slots wait for these commits turns over quickly when only
+/// acknowledgements are being recorded.
+pub const LAZY_FLUSH: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How soon a job must be committed. Either way it is durable when its
 /// ticket resolves; the difference is whom it waits for.
