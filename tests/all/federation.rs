@@ -7,6 +7,8 @@
 //! removed on drop.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentfed::control::client::Client;
@@ -431,4 +433,88 @@ fn every_message_arrives_exactly_once_across_kill_9_of_receiver_and_sender() {
     );
     verify_audit(&alpha);
     verify_audit(&beta);
+}
+
+/// The periodic outbox scan (which now looks in an in-memory index, see
+/// `Store::outbox_due_where`) must still find messages queued for a peer
+/// that was down, and must not be starved by a steady stream of fresh
+/// sends to another peer.
+#[test]
+fn messages_for_a_returning_peer_are_delivered_while_traffic_to_another_flows() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    let (mut gamma, gamma_ep) = fed_node("gamma");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    join_pair((&alpha, "alpha", &alpha_ep), (&gamma, "gamma", &gamma_ep));
+    for (node, peer) in [
+        (&alpha, "beta"),
+        (&beta, "alpha"),
+        (&alpha, "gamma"),
+        (&gamma, "alpha"),
+    ] {
+        node.run(&["trust", "set", peer, "attested", "--reason", "scan test"])
+            .ok();
+    }
+    gamma.kill9();
+    wait_until("alpha to notice gamma is gone", SETTLE_TIMEOUT, || {
+        !session_peers(&alpha).iter().any(|p| p == "gamma")
+    });
+
+    // A steady stream to beta for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let alpha_home = alpha.home.clone();
+    let stream_stop = Arc::clone(&stop);
+    let stream = std::thread::spawn(move || {
+        let mut client = Client::connect(&alpha_home).expect("connecting to alpha");
+        let mut sent = 0usize;
+        while !stream_stop.load(Ordering::SeqCst) {
+            client
+                .call(
+                    "send",
+                    json!({"peer": "beta", "message_type": "task-assignment", "payload": {"n": sent}}),
+                )
+                .expect("send to beta");
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    });
+
+    // Queued for gamma while it is down: only the scan can deliver these.
+    let mut client = Client::connect(&alpha.home).expect("connecting to alpha");
+    for i in 0..20 {
+        client
+            .call(
+                "send",
+                json!({"peer": "gamma", "message_type": "task-assignment", "payload": {"g": i}}),
+            )
+            .expect("send to gamma");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    gamma.start(&[]);
+    wait_until(
+        "gamma to receive all 20 while beta's stream flows",
+        SETTLE_TIMEOUT,
+        || inbox_len(&gamma) == 20,
+    );
+    assert!(
+        !stream.is_finished(),
+        "the stream to beta stopped before gamma caught up"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let sent = stream.join().expect("stream thread");
+    assert!(sent > 0);
+    wait_until("alpha's outbox to drain", SETTLE_TIMEOUT, || {
+        outbox(&alpha) == 0
+    });
+    assert_eq!(inbox_len(&beta), sent);
+    let mut got: Vec<u64> = inbox_all(&gamma)
+        .iter()
+        .map(|m| m["payload"]["g"].as_u64().expect("g"))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..20).collect::<Vec<u64>>());
+    for node in [&alpha, &beta, &gamma] {
+        verify_audit(node);
+    }
 }
