@@ -1689,7 +1689,7 @@ impl Coordinator {
         let entry = OutboxEntry {
             envelope_id: receipt.envelope_id.clone(),
             target: receipt.peer.clone(),
-            bytes: frame,
+            bytes: frame.into(),
             attempts: 0,
             next_attempt_ms: self.now(),
         };
@@ -2048,7 +2048,7 @@ impl Coordinator {
         session_peer: &str,
         frame: &[u8],
     ) -> Result<std::result::Result<Ack, InboundRefusal>> {
-        let processed = self.receive_checked(session_peer, frame, false);
+        let processed = self.receive_checked(session_peer, frame, None);
         self.conclude(session_peer, processed)
     }
 
@@ -2132,20 +2132,24 @@ impl Coordinator {
     }
 
     /// Batch-verifies the signatures of a burst of frames from
-    /// `session_peer`: for each frame, whether its signature is known to be
-    /// valid. All `false` when the batch does not verify (then each frame
-    /// is verified alone, which finds the bad ones) or is too small to
-    /// gain from it.
-    fn verify_burst(&self, session_peer: &str, frames: &[Vec<u8>]) -> Vec<bool> {
-        let unverified = vec![false; frames.len()];
+    /// `session_peer`: for each frame, its parsed form if its signature is
+    /// known to be valid. All `None` when the batch does not verify (then
+    /// each frame is verified alone, which finds the bad ones) or is too
+    /// small to gain from it.
+    fn verify_burst(
+        &self,
+        session_peer: &str,
+        frames: &[Vec<u8>],
+    ) -> Vec<Option<envelope::SignedEnvelope>> {
+        let unverified = || frames.iter().map(|_| None).collect();
         if frames.len() < 2 {
-            return unverified;
+            return unverified();
         }
         let Ok(Some(record)) = self.store.get_peer(session_peer) else {
-            return unverified;
+            return unverified();
         };
         let Some(key) = self.peer_key(&record.manifest.manifest) else {
-            return unverified;
+            return unverified();
         };
         let signed: Vec<Option<envelope::SignedEnvelope>> = frames
             .iter()
@@ -2157,25 +2161,27 @@ impl Coordinator {
             .collect();
         let batch: Vec<&envelope::SignedEnvelope> = signed.iter().flatten().collect();
         if batch.len() < 2 || !envelope::verify_batch(&batch, &key) {
-            return unverified;
+            return unverified();
         }
-        signed.iter().map(Option::is_some).collect()
+        signed
     }
 
     /// Checks, scans and handles one frame and queues its commit;
-    /// `verified` when [`Coordinator::verify_burst`] already verified its
-    /// signature.
+    /// `verified` is the frame parsed by [`Coordinator::verify_burst`]
+    /// when that already verified its signature.
     fn receive_checked(
         &self,
         session_peer: &str,
         frame: &[u8],
-        verified: bool,
+        verified: Option<envelope::SignedEnvelope>,
     ) -> Result<std::result::Result<Processed, InboundRefusal>> {
         use InboundRefusal as R;
         if frame.len() > MAX_FRAME_BYTES {
             return Ok(Err(R::MessageTooLarge));
         }
-        let Ok(signed) = envelope::SignedEnvelope::from_frame(frame) else {
+        let is_verified = verified.is_some();
+        let Some(signed) = verified.or_else(|| envelope::SignedEnvelope::from_frame(frame).ok())
+        else {
             return Ok(Err(R::MalformedFrame));
         };
         let Some(record) = self.store.get_peer(session_peer)? else {
@@ -2189,7 +2195,7 @@ impl Coordinator {
         let Some(key) = self.peer_key(&record.manifest.manifest) else {
             return Ok(Err(R::UnknownSender));
         };
-        let opened = if verified {
+        let opened = if is_verified {
             signed.parse_verified()
         } else {
             signed.open(&key)

@@ -177,8 +177,9 @@ pub struct OutboxEntry {
     pub envelope_id: String,
     /// Target node id.
     pub target: String,
-    /// The exact signed bytes to send.
-    pub bytes: Vec<u8>,
+    /// The exact signed bytes to send (shared, not copied, between the
+    /// outbox write, the delivery worker and the transport).
+    pub bytes: bytes::Bytes,
     /// Delivery attempts so far.
     pub attempts: u32,
     /// Earliest time of the next attempt (ms since the Unix epoch).
@@ -948,7 +949,7 @@ pub(crate) fn outbox_put_in(txn: &WriteTransaction, entry: &OutboxEntry) -> Resu
             entry.attempts,
             entry.next_attempt_ms,
             entry.target.as_str(),
-            entry.bytes.as_slice(),
+            &entry.bytes[..],
         ),
     )?;
     Ok(())
@@ -1090,7 +1091,7 @@ fn outbox_entry(id: &str, (attempts, next, target, bytes): (u32, u64, &str, &[u8
     OutboxEntry {
         envelope_id: id.to_string(),
         target: target.to_string(),
-        bytes: bytes.to_vec(),
+        bytes: bytes::Bytes::copy_from_slice(bytes),
         attempts,
         next_attempt_ms: next,
     }
@@ -1457,7 +1458,7 @@ mod tests {
             store.outbox_put(&OutboxEntry {
                 envelope_id: "env-9".into(),
                 target: "alpha".into(),
-                bytes: vec![1, 2, 3],
+                bytes: vec![1, 2, 3].into(),
                 attempts: 0,
                 next_attempt_ms: 50,
             })?;
@@ -1468,7 +1469,7 @@ mod tests {
         assert_eq!(store.spend_window("alpha", 0)?.failures, 1);
         assert!(store.dedupe_contains("alpha", "env-1")?);
         assert_eq!(
-            store.outbox_get("env-9")?.map(|e| e.bytes),
+            store.outbox_get("env-9")?.map(|e| e.bytes.to_vec()),
             Some(vec![1, 2, 3])
         );
         assert_eq!(store.inbox_list(0, 10)?, vec![(1, b"hello".to_vec())]);
@@ -1561,7 +1562,7 @@ mod tests {
                 store.outbox_put(&OutboxEntry {
                     envelope_id: id.into(),
                     target: target.into(),
-                    bytes: id.as_bytes().to_vec(),
+                    bytes: id.as_bytes().to_vec().into(),
                     attempts: 0,
                     next_attempt_ms: next,
                 })?;
@@ -1602,7 +1603,7 @@ mod tests {
             store.outbox_put(&OutboxEntry {
                 envelope_id: id.into(),
                 target: "beta".into(),
-                bytes: id.as_bytes().to_vec(),
+                bytes: id.as_bytes().to_vec().into(),
                 attempts: 0,
                 next_attempt_ms: next,
             })?;
@@ -1622,7 +1623,7 @@ mod tests {
             e2.as_ref().map(|e| (e.attempts, e.next_attempt_ms)),
             Some((2, 2000))
         );
-        assert_eq!(e2.map(|e| e.bytes), Some(b"e2".to_vec()));
+        assert_eq!(e2.map(|e| e.bytes.to_vec()), Some(b"e2".to_vec()));
         assert!(store.outbox_remove("e1")?);
         assert!(!store.outbox_remove("e1")?);
         assert_eq!(store.outbox_len()?, 2);

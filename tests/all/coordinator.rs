@@ -557,6 +557,7 @@ fn frame(from: &Node, to_id: &str, message_type: &str, payload: serde_json::Valu
         .unwrap()
         .unwrap()
         .bytes
+        .to_vec()
 }
 
 #[test]
