@@ -16,8 +16,9 @@
 //! (a) sustained throughput: `AGENTFED_BENCH_N` messages (default 20,000)
 //!     queued by 4 control connections pipelining their requests; time
 //!     until the receiver's inbox holds them all (and, separately, how
-//!     fast the sender accepts them), the CPU each daemon used per message
-//!     and the group commits of each state file;
+//!     fast the sender accepts them), the CPU each daemon used per message,
+//!     its threads' context switches per message, and the group commits of
+//!     each state file;
 //! (b) latency from the `send` call to the message being visible in the
 //!     receiver's inbox, at a fixed offered rate (1,000/s, or 80% of the
 //!     throughput from (a) when that is lower; `AGENTFED_BENCH_RATE`
@@ -157,6 +158,25 @@ impl Daemon {
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
         // USER_HZ: 100 on Linux for every architecture's user ABI.
         Duration::from_millis(ticks * 10)
+    }
+
+    /// Context switches (voluntary + involuntary) of every thread alive
+    /// now: each is a thread hand-off or a preemption.
+    fn switches(&self) -> u64 {
+        let tasks = format!("/proc/{}/task", self._guard.0.id());
+        let Ok(dir) = std::fs::read_dir(&tasks) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
     }
 
     fn outbox(&self, c: &mut Client) -> u64 {
@@ -328,6 +348,7 @@ fn main() {
     // ---- (a) sustained throughput ----
     let commits_before = [commit_stats(&mut a), commit_stats(&mut b)];
     let cpu_before = [alpha.cpu(), beta.cpu()];
+    let switches_before = [alpha.switches(), beta.switches()];
     let started = Instant::now();
     let per = n_total / SENDERS;
     let n = per * SENDERS;
@@ -374,6 +395,12 @@ fn main() {
         || alpha.outbox(&mut a) == 0,
     );
     let commits_after = [commit_stats(&mut a), commit_stats(&mut b)];
+    // Threads that ended during the run are not counted (undercounts).
+    let switches_per_message: Vec<f64> = [alpha.switches(), beta.switches()]
+        .iter()
+        .zip(switches_before)
+        .map(|(after, before)| after.saturating_sub(before) as f64 / n as f64)
+        .collect();
     let cpu_per_message: Vec<f64> = [alpha.cpu(), beta.cpu()]
         .iter()
         .zip(cpu_before)
@@ -594,6 +621,10 @@ fn main() {
     println!(
         "| (a) CPU per message: sender / receiver daemon | {:.0} / {:.0} µs |",
         cpu_per_message[0], cpu_per_message[1]
+    );
+    println!(
+        "| (a) context switches per message: sender / receiver daemon | {:.1} / {:.1} |",
+        switches_per_message[0], switches_per_message[1]
     );
     println!(
         "| (a) group commits: sender / receiver | {} / {} durable commits, {:.1} / {:.1} jobs and {:.2} / {:.2} ms each |",

@@ -2023,6 +2023,13 @@ impl QueuedTicket {
     }
 }
 
+/// A frame whose signature a batch verification accepted, and the key it
+/// was verified with.
+struct Verified {
+    signed: envelope::SignedEnvelope,
+    key: ed25519_dalek::VerifyingKey,
+}
+
 /// An inbound envelope past its checks.
 enum Processed {
     /// A retransmission of an envelope already processed: its stored
@@ -2132,15 +2139,11 @@ impl Coordinator {
     }
 
     /// Batch-verifies the signatures of a burst of frames from
-    /// `session_peer`: for each frame, its parsed form if its signature is
-    /// known to be valid. All `None` when the batch does not verify (then
-    /// each frame is verified alone, which finds the bad ones) or is too
-    /// small to gain from it.
-    fn verify_burst(
-        &self,
-        session_peer: &str,
-        frames: &[Vec<u8>],
-    ) -> Vec<Option<envelope::SignedEnvelope>> {
+    /// `session_peer`: for each frame, its parsed form and the key it was
+    /// verified with, if its signature is known to be valid. All `None`
+    /// when the batch does not verify (then each frame is verified alone,
+    /// which finds the bad ones) or is too small to gain from it.
+    fn verify_burst(&self, session_peer: &str, frames: &[Vec<u8>]) -> Vec<Option<Verified>> {
         let unverified = || frames.iter().map(|_| None).collect();
         if frames.len() < 2 {
             return unverified();
@@ -2164,25 +2167,30 @@ impl Coordinator {
             return unverified();
         }
         signed
+            .into_iter()
+            .map(|s| s.map(|signed| Verified { signed, key }))
+            .collect()
     }
 
     /// Checks, scans and handles one frame and queues its commit;
-    /// `verified` is the frame parsed by [`Coordinator::verify_burst`]
-    /// when that already verified its signature.
+    /// `verified` is the frame as [`Coordinator::verify_burst`] verified
+    /// it, if it did.
     fn receive_checked(
         &self,
         session_peer: &str,
         frame: &[u8],
-        verified: Option<envelope::SignedEnvelope>,
+        verified: Option<Verified>,
     ) -> Result<std::result::Result<Processed, InboundRefusal>> {
         use InboundRefusal as R;
         if frame.len() > MAX_FRAME_BYTES {
             return Ok(Err(R::MessageTooLarge));
         }
-        let is_verified = verified.is_some();
-        let Some(signed) = verified.or_else(|| envelope::SignedEnvelope::from_frame(frame).ok())
-        else {
-            return Ok(Err(R::MalformedFrame));
+        let (signed, verified_with) = match verified {
+            Some(Verified { signed, key }) => (signed, Some(key)),
+            None => match envelope::SignedEnvelope::from_frame(frame) {
+                Ok(signed) => (signed, None),
+                Err(_) => return Ok(Err(R::MalformedFrame)),
+            },
         };
         let Some(record) = self.store.get_peer(session_peer)? else {
             return Ok(Err(R::UnknownSender));
@@ -2195,7 +2203,9 @@ impl Coordinator {
         let Some(key) = self.peer_key(&record.manifest.manifest) else {
             return Ok(Err(R::UnknownSender));
         };
-        let opened = if is_verified {
+        // The batch counts only if the peer's key is still the one it
+        // was verified with (the manifest may have changed meanwhile).
+        let opened = if verified_with == Some(key) {
             signed.parse_verified()
         } else {
             signed.open(&key)

@@ -1136,9 +1136,12 @@ impl Federation {
             let fed = Arc::clone(&self);
             let due = match self
                 .blocking(move |c| {
-                    c.store().outbox_due_where(now, OUTBOX_BATCH, |id, target| {
-                        live.contains(target) && !lock(&fed.in_flight).contains(id)
-                    })
+                    c.store().outbox_due_where(
+                        now,
+                        OUTBOX_BATCH,
+                        |target| live.contains(target),
+                        |id| !lock(&fed.in_flight).contains(id),
+                    )
                 })
                 .await
             {

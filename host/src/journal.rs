@@ -415,10 +415,26 @@ fn writer_loop(
             }
         }
         let lazy = batch.iter().all(|job| job.persist == Persist::Lazy);
-        if lazy && batch.len() + writer.deferred.len() < MAX_BATCH_JOBS {
+        let fits = batch.len() + writer.deferred.len() <= MAX_BATCH_JOBS;
+        if lazy && fits {
             writer.defer(batch);
-        } else if !writer.commit(batch) {
-            return;
+            // A steady trickle of lazy jobs must not postpone the oldest
+            // past its deadline (the timeout above only fires when idle).
+            if writer
+                .deferred_since
+                .is_some_and(|since| since.elapsed() >= LAZY_FLUSH)
+                && !writer.commit(Vec::new())
+            {
+                return;
+            }
+        } else {
+            // Deferred jobs first, on their own if both would exceed a batch.
+            if !fits && !writer.commit(Vec::new()) {
+                return;
+            }
+            if !writer.commit(batch) {
+                return;
+            }
         }
     }
     // Closing: deferred jobs are committed before the thread ends.
@@ -764,15 +780,20 @@ mod tests {
             (alone.commits - before.commits, alone.jobs - before.jobs),
             (1, 1)
         );
-        // With a durable job behind it: one commit for both.
+        // With a durable job behind it: one commit for both (queued while
+        // the writer is held, so they are picked up together).
+        let stalled = stall(&journal)?;
+        let held = journal.stats();
         let lazy = lazy_put(&journal, 2)?;
-        journal.submit(Some(put(3)), Vec::new())?.wait()?;
+        let durable = journal.submit(Some(put(3)), Vec::new())?;
+        stalled.wait()?;
+        durable.wait()?;
         lazy.wait()?;
         let after = journal.stats();
         assert_eq!(
-            (after.commits - alone.commits, after.jobs - alone.jobs),
-            (1, 2),
-            "{alone:?} -> {after:?}"
+            (after.commits - held.commits, after.jobs - held.jobs),
+            (2, 3),
+            "the stall, then one commit for both: {held:?} -> {after:?}"
         );
         assert_eq!(keys(&store)?, vec![1, 2, 3]);
         Ok(())

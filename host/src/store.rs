@@ -210,10 +210,30 @@ pub(crate) struct OutboxIndex {
 
 #[derive(Default)]
 struct OutboxIndexState {
-    /// `(next_attempt_ms, envelope id)`, earliest first.
-    by_due: std::collections::BTreeSet<(u64, String)>,
+    /// Per target, `(next_attempt_ms, envelope id)`, earliest first: a scan
+    /// walks only the peers it can deliver to now, so a backlog for an
+    /// absent peer costs nothing.
+    by_target: std::collections::HashMap<String, std::collections::BTreeSet<(u64, String)>>,
     /// Envelope id → (next_attempt_ms, target).
     entries: std::collections::HashMap<String, (u64, String)>,
+}
+
+impl OutboxIndexState {
+    fn unlink(&mut self, envelope_id: &str, due: u64, target: &str) {
+        if let Some(set) = self.by_target.get_mut(target) {
+            set.remove(&(due, envelope_id.to_string()));
+            if set.is_empty() {
+                self.by_target.remove(target);
+            }
+        }
+    }
+
+    fn link(&mut self, envelope_id: &str, due: u64, target: &str) {
+        self.by_target
+            .entry(target.to_string())
+            .or_default()
+            .insert((due, envelope_id.to_string()));
+    }
 }
 
 impl OutboxIndex {
@@ -224,60 +244,65 @@ impl OutboxIndex {
     /// An entry was committed (inserted or replaced).
     pub(crate) fn put(&self, envelope_id: &str, next_attempt_ms: u64, target: &str) {
         let mut state = self.lock();
-        if let Some((due, _)) = state.entries.insert(
+        if let Some((due, old_target)) = state.entries.insert(
             envelope_id.to_string(),
             (next_attempt_ms, target.to_string()),
         ) {
-            state.by_due.remove(&(due, envelope_id.to_string()));
+            state.unlink(envelope_id, due, &old_target);
         }
-        state
-            .by_due
-            .insert((next_attempt_ms, envelope_id.to_string()));
+        state.link(envelope_id, next_attempt_ms, target);
     }
 
     /// An existing entry was rescheduled.
     fn reschedule(&self, envelope_id: &str, next_attempt_ms: u64) {
         let mut state = self.lock();
-        let Some(entry) = state.entries.get_mut(envelope_id) else {
+        let Some((due, target)) = state.entries.get_mut(envelope_id).map(|entry| {
+            let old = std::mem::replace(&mut entry.0, next_attempt_ms);
+            (old, entry.1.clone())
+        }) else {
             return;
         };
-        let old = std::mem::replace(&mut entry.0, next_attempt_ms);
-        state.by_due.remove(&(old, envelope_id.to_string()));
-        state
-            .by_due
-            .insert((next_attempt_ms, envelope_id.to_string()));
+        state.unlink(envelope_id, due, &target);
+        state.link(envelope_id, next_attempt_ms, &target);
     }
 
     /// An entry was removed.
     pub(crate) fn remove(&self, envelope_id: &str) {
         let mut state = self.lock();
-        if let Some((due, _)) = state.entries.remove(envelope_id) {
-            state.by_due.remove(&(due, envelope_id.to_string()));
+        if let Some((due, target)) = state.entries.remove(envelope_id) {
+            state.unlink(envelope_id, due, &target);
         }
     }
 
-    /// Ids of up to `limit` entries due at `now_ms` for which
-    /// `wanted(id, target)` holds, earliest due first.
+    /// Ids of up to `limit` entries due at `now_ms` whose target passes
+    /// `deliverable` and whose id passes `wanted`, earliest due first.
     fn due(
         &self,
         now_ms: u64,
         limit: usize,
-        mut wanted: impl FnMut(&str, &str) -> bool,
+        deliverable: impl Fn(&str) -> bool,
+        mut wanted: impl FnMut(&str) -> bool,
     ) -> Vec<String> {
         let state = self.lock();
-        state
-            .by_due
+        let mut picked: Vec<(u64, String)> = Vec::new();
+        for (_, queued) in state
+            .by_target
             .iter()
-            .take_while(|(due, _)| *due <= now_ms)
-            .filter(|(_, id)| {
-                state
-                    .entries
-                    .get(id)
-                    .is_some_and(|(_, target)| wanted(id, target))
-            })
-            .map(|(_, id)| id.clone())
-            .take(limit)
-            .collect()
+            .filter(|(target, _)| deliverable(target))
+        {
+            picked.extend(
+                queued
+                    .iter()
+                    .take_while(|(due, _)| *due <= now_ms)
+                    .filter(|(_, id)| wanted(id))
+                    .take(limit)
+                    .cloned(),
+            );
+        }
+        drop(state);
+        picked.sort_unstable();
+        picked.truncate(limit);
+        picked.into_iter().map(|(_, id)| id).collect()
     }
 
     /// `(id, next_attempt_ms, target)` of every entry, in id order.
@@ -719,20 +744,22 @@ impl Store {
 
     /// Up to `limit` entries whose `next_attempt_ms <= now_ms`, earliest due first.
     pub fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
-        self.outbox_due_where(now_ms, limit, |_, _| true)
+        self.outbox_due_where(now_ms, limit, |_| true, |_| true)
     }
 
-    /// [`Store::outbox_due`] restricted to entries for which
-    /// `wanted(envelope_id, target)` holds (say, not already in flight and
-    /// for a peer with a session). Decided from the in-memory index, so
-    /// only the entries returned are read from the table.
+    /// [`Store::outbox_due`] restricted to entries whose target passes
+    /// `deliverable` (say, has a session) and whose id passes `wanted`
+    /// (say, is not already in flight). Decided from the in-memory index,
+    /// so only the entries returned are read from the table, and entries
+    /// for other targets are not even looked at.
     pub fn outbox_due_where(
         &self,
         now_ms: u64,
         limit: usize,
-        wanted: impl FnMut(&str, &str) -> bool,
+        deliverable: impl Fn(&str) -> bool,
+        wanted: impl FnMut(&str) -> bool,
     ) -> Result<Vec<OutboxEntry>> {
-        let ids = self.outbox.due(now_ms, limit, wanted);
+        let ids = self.outbox.due(now_ms, limit, deliverable, wanted);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1580,12 +1607,16 @@ mod tests {
             };
             assert_eq!(ids(store.outbox_due(1000, 10)?), ["e3", "e2"]);
             assert_eq!(
-                ids(store.outbox_due_where(1000, 10, |_, target| target == "gamma")?),
+                ids(store.outbox_due_where(1000, 10, |target| target == "gamma", |_| true)?),
                 ["e2"]
             );
             assert_eq!(
-                ids(store.outbox_due_where(1000, 10, |id, _| id != "e3")?),
+                ids(store.outbox_due_where(1000, 10, |_| true, |id| id != "e3")?),
                 ["e2"]
+            );
+            assert_eq!(
+                ids(store.outbox_due_where(1000, 1, |_| true, |_| true)?),
+                ["e3"]
             );
             assert!(store.outbox_due(99, 10)?.is_empty());
         }

@@ -647,18 +647,27 @@ fn a_burst_is_verified_together_and_a_bad_signature_in_it_is_still_found() {
     let last = mixed[2].len() - 3;
     mixed[2][last] ^= 1;
     let results = alpha.coordinator.receive_many("beta", &mixed);
-    assert!(
-        matches!(results[2], Ok(Err(InboundRefusal::BadSignature))),
-        "{results:?}"
+    let outcome: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(Ok(ack)) => format!("{:?}", ack.status),
+            Ok(Err(refusal)) => format!("{refusal:?}"),
+            Err(e) => format!("error {e}"),
+        })
+        .collect();
+    // The bad signature also demotes beta below what a task-assignment
+    // needs, so the envelopes after it are refused for that.
+    assert_eq!(
+        outcome,
+        [
+            "Accepted",
+            "Accepted",
+            "BadSignature",
+            "CapabilityDenied",
+            "CapabilityDenied"
+        ]
     );
-    for (i, r) in results.iter().enumerate() {
-        if i < 2 {
-            assert!(matches!(r, Ok(Ok(_))), "{i}: {r:?}");
-        }
-    }
-    // The envelopes before the bad one were taken in.
-    let taken = alpha.coordinator.inbox(0, 100).unwrap();
-    assert!(taken.len() >= 8, "{}", taken.len());
+    assert_eq!(alpha.coordinator.inbox(0, 100).unwrap().len(), 8);
     assert!(alpha.coordinator.audit().verify().is_ok());
 }
 
