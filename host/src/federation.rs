@@ -103,8 +103,14 @@ const FRESH_QUEUE: usize = 4096;
 /// Period of the outbox scan (retries, entries queued without a session).
 const OUTBOX_SCAN_PERIOD: Duration = Duration::from_millis(500);
 
-/// Most delivery outcomes recorded together in one blocking hand-off.
-const SETTLE_BURST: usize = 64;
+/// Most delivery outcomes recorded together in one blocking hand-off (as
+/// many as can be in flight).
+const SETTLE_BURST: usize = DELIVERY_WINDOW;
+
+/// Bursts of delivery outcomes being recorded at once. While they wait for
+/// their commits, the next outcomes gather into one larger burst instead
+/// of each taking a blocking thread (and its wake-ups) of its own.
+const SETTLE_CONCURRENCY: usize = 2;
 /// Outbox entries read per delivery pass.
 const OUTBOX_BATCH: usize = 4096;
 /// Period of the maintenance pass (reconnects, renewals, standing).
@@ -1208,7 +1214,11 @@ impl Federation {
         let Some(mut rx) = lock(&self.settle_rx).take() else {
             return;
         };
+        let slots = Arc::new(tokio::sync::Semaphore::new(SETTLE_CONCURRENCY));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let first = tokio::select! {
                 settlement = rx.recv() => match settlement {
                     Some(settlement) => settlement,
@@ -1223,7 +1233,11 @@ impl Federation {
                     Err(_) => break,
                 }
             }
-            tokio::spawn(self.clone().settle_burst(burst));
+            let fed = self.clone();
+            tokio::spawn(async move {
+                fed.settle_burst(burst).await;
+                drop(slot);
+            });
         }
     }
 

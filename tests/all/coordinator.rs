@@ -624,7 +624,7 @@ fn inbound_envelopes_are_processed_exactly_once() {
 
 #[test]
 fn a_burst_is_verified_together_and_a_bad_signature_in_it_is_still_found() {
-    use agentfed::coordinator::{AckStatus, InboundRefusal};
+    use agentfed::coordinator::AckStatus;
     let (alpha, beta) = pair();
     let burst = |n: usize| -> Vec<Vec<u8>> {
         (0..n)
