@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -421,6 +421,16 @@ pub struct PluginInfo {
     pub memory_mib: u64,
 }
 
+/// How inbound envelope signatures were verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureStats {
+    /// Verified as part of a batch (a burst from one session).
+    pub batched: u64,
+    /// Verified one at a time (a lone envelope, or a burst whose batch
+    /// failed).
+    pub alone: u64,
+}
+
 /// The node at a glance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
@@ -447,6 +457,9 @@ pub struct StatusView {
     /// Durable commits of the state file since the daemon started, and
     /// the state changes and audit records they carried (group commit).
     pub store_commits: crate::journal::CommitStats,
+    /// Inbound envelope signatures verified since the daemon started.
+    #[serde(default)]
+    pub signatures: SignatureStats,
     /// Loaded plugins.
     pub plugins: Vec<PluginInfo>,
 }
@@ -502,6 +515,9 @@ pub struct Coordinator {
     /// Ed25519 key costs about as much as a third of a verification, and
     /// every inbound envelope needs its sender's.
     peer_keys: std::sync::Mutex<HashMap<String, ed25519_dalek::VerifyingKey>>,
+    /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
+    verified_batched: AtomicU64,
+    verified_alone: AtomicU64,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -575,6 +591,8 @@ impl Coordinator {
             decisions: std::sync::Mutex::new(()),
             pending_successes: std::sync::Mutex::new(HashMap::new()),
             peer_keys: std::sync::Mutex::new(HashMap::new()),
+            verified_batched: AtomicU64::new(0),
+            verified_alone: AtomicU64::new(0),
         };
         for info in coordinator.plugins() {
             coordinator.record(
@@ -814,6 +832,10 @@ impl Coordinator {
             audit_records: self.audit.len()?,
             outbox: self.store.outbox_len()?,
             store_commits: self.store.commit_stats(),
+            signatures: SignatureStats {
+                batched: self.verified_batched.load(Ordering::Relaxed),
+                alone: self.verified_alone.load(Ordering::Relaxed),
+            },
             plugins: self.plugins(),
         })
     }
@@ -2206,9 +2228,14 @@ impl Coordinator {
         // The batch counts only if the peer's key is still the one it
         // was verified with (the manifest may have changed meanwhile).
         let opened = if verified_with == Some(key) {
+            self.verified_batched.fetch_add(1, Ordering::Relaxed);
             signed.parse_verified()
         } else {
-            signed.open(&key)
+            let opened = signed.open(&key);
+            if !matches!(opened, Err(envelope::EnvelopeError::BadSignature)) {
+                self.verified_alone.fetch_add(1, Ordering::Relaxed);
+            }
+            opened
         };
         let envelope = match opened {
             Ok(envelope) => envelope,

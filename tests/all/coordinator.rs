@@ -631,9 +631,16 @@ fn a_burst_is_verified_together_and_a_bad_signature_in_it_is_still_found() {
             .map(|i| frame(&beta, "alpha", "task-assignment", json!({"task": i})))
             .collect()
     };
-    // All good: every envelope is accepted (batch-verified).
+    // All good: every envelope is accepted, verified as one batch.
+    let signatures = |n: &Node| n.coordinator.status().unwrap().signatures;
+    let before = signatures(&alpha);
     let good = burst(6);
     let results = alpha.coordinator.receive_many("beta", &good);
+    let after = signatures(&alpha);
+    assert_eq!(
+        (after.batched - before.batched, after.alone - before.alone),
+        (6, 0)
+    );
     assert!(
         results
             .iter()
@@ -647,6 +654,10 @@ fn a_burst_is_verified_together_and_a_bad_signature_in_it_is_still_found() {
     let last = mixed[2].len() - 3;
     mixed[2][last] ^= 1;
     let results = alpha.coordinator.receive_many("beta", &mixed);
+    // The batch failed: each was verified alone (the bad one not counted).
+    let mixed_after = signatures(&alpha);
+    assert_eq!(mixed_after.batched, after.batched);
+    assert_eq!(mixed_after.alone - after.alone, 4);
     let outcome: Vec<String> = results
         .iter()
         .map(|r| match r {

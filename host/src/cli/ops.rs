@@ -78,6 +78,11 @@ pub fn status(home: &Path, out: JsonFlag) -> CliResult {
         text(&s["store_commits"]["commits"]),
         text(&s["store_commits"]["jobs"])
     );
+    println!(
+        "signatures    {} verified in batches, {} alone",
+        text(&s["signatures"]["batched"]),
+        text(&s["signatures"]["alone"])
+    );
     if let Some(plugins) = s["plugins"].as_array() {
         for p in plugins {
             println!(
