@@ -1,7 +1,7 @@
 //! A loaded plugin: its pre-instantiated component, a pool of warm
 //! instances, and the typed calls of its world.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, Trap};
@@ -13,7 +13,7 @@ use super::bindings::{
 };
 use super::cache::CacheOutcome;
 use super::error::PluginError;
-use super::runtime::{EPOCH_TICK, PluginSource};
+use super::runtime::{EPOCH_TICK, EpochDemand, PluginSource};
 use super::sandbox::{self, HostContext, Limits, StoreState};
 
 /// The pre-instantiated component of one world.
@@ -79,6 +79,7 @@ pub struct LoadedPlugin {
     metadata: PluginMetadata,
     pre: WorldPre,
     engine: Engine,
+    epoch: Arc<EpochDemand>,
     host: HostContext,
     limits: Limits,
     idle: Mutex<Vec<Instance>>,
@@ -105,6 +106,7 @@ impl LoadedPlugin {
         cache_outcome: CacheOutcome,
         pre: WorldPre,
         engine: Engine,
+        epoch: Arc<EpochDemand>,
         host: HostContext,
         limits: Limits,
     ) -> Result<Self, PluginError> {
@@ -121,6 +123,7 @@ impl LoadedPlugin {
             cache_outcome,
             pre,
             engine,
+            epoch,
             host,
             limits,
             idle: Mutex::new(Vec::new()),
@@ -243,8 +246,10 @@ impl LoadedPlugin {
             None => self.instantiate()?,
         };
         instance.store.data_mut().begin_call();
+        let running = self.epoch.enter();
         instance.store.set_epoch_deadline(deadline_ticks);
         let result = call(&mut instance.store, &instance.world);
+        drop(running);
         let panic_message = self.forward_guest_output(&instance.store);
         match result {
             Ok(value) => {
@@ -264,6 +269,7 @@ impl LoadedPlugin {
             StoreState::new(self.host.clone(), &self.limits),
         );
         store.limiter(sandbox::limiter);
+        let _running = self.epoch.enter();
         store.set_epoch_deadline(self.load_deadline_ticks());
         match self.pre.instantiate(&mut store) {
             Ok(world) => Ok(Instance { store, world }),

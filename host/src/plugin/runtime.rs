@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -66,25 +66,69 @@ pub struct ComponentInfo {
     pub exports: Vec<String>,
 }
 
-/// Advances the engine's epoch on a background thread; stops on drop.
+/// How many Wasm executions (calls, instantiations) are in progress. The
+/// ticker advances the epoch only while there is one: an idle node must
+/// not wake a thread a thousand times a second (laptops, battery).
+#[derive(Default)]
+pub(crate) struct EpochDemand {
+    running: AtomicUsize,
+    ticker: std::sync::OnceLock<std::thread::Thread>,
+    /// Epoch increments so far (for tests and diagnostics).
+    ticks: std::sync::atomic::AtomicU64,
+}
+
+impl EpochDemand {
+    /// Marks a Wasm execution in progress until the guard drops. Deadlines
+    /// are set after this (relative to the epoch at that moment), so time
+    /// spent parked never counts against a call.
+    pub(crate) fn enter(&self) -> EpochGuard<'_> {
+        if self.running.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(ticker) = self.ticker.get()
+        {
+            ticker.unpark();
+        }
+        EpochGuard(self)
+    }
+}
+
+/// See [`EpochDemand::enter`].
+pub(crate) struct EpochGuard<'a>(&'a EpochDemand);
+
+impl Drop for EpochGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Advances the engine's epoch on a background thread while Wasm runs
+/// ([`EpochDemand`]); stops on drop.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: Engine, demand: Arc<EpochDemand>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let waiting = demand.clone();
         let thread = std::thread::Builder::new()
             .name("agentfed-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
+                    // An `unpark` between the check and `park` is not lost:
+                    // `park` then returns at once.
+                    if waiting.running.load(Ordering::SeqCst) == 0 {
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    waiting.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .expect("spawning the epoch thread");
+        let _ = demand.ticker.set(thread.thread().clone());
         EpochTicker {
             stop,
             thread: Some(thread),
@@ -96,6 +140,7 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -106,6 +151,7 @@ pub struct PluginRuntime {
     engine: Engine,
     linkers: [Linker<StoreState>; 4],
     cache: Option<ArtifactCache>,
+    epoch_demand: Arc<EpochDemand>,
     _ticker: EpochTicker,
 }
 
@@ -132,8 +178,10 @@ impl PluginRuntime {
             Self::linker(&engine, PluginKind::Spend)?,
             Self::linker(&engine, PluginKind::Handler)?,
         ];
+        let epoch_demand = Arc::new(EpochDemand::default());
         Ok(PluginRuntime {
-            _ticker: EpochTicker::start(engine.clone()),
+            _ticker: EpochTicker::start(engine.clone(), epoch_demand.clone()),
+            epoch_demand,
             engine,
             linkers,
             cache: options.cache_dir.map(ArtifactCache::new),
@@ -276,6 +324,7 @@ impl PluginRuntime {
             cache_outcome,
             pre,
             self.engine.clone(),
+            self.epoch_demand.clone(),
             host,
             limits,
         )?;
@@ -372,4 +421,46 @@ fn describe_non_component(bytes: &[u8]) -> String {
 fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default();
     super::host_api::truncate_on_char_boundary(line, 400).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn ticks(demand: &EpochDemand) -> u64 {
+        demand.ticks.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_epoch_ticks_only_while_wasm_runs() {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).expect("engine");
+        let demand = Arc::new(EpochDemand::default());
+        let ticker = EpochTicker::start(engine, demand.clone());
+        // Idle: parked, not one tick (it used to tick every millisecond).
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(ticks(&demand), 0);
+        // A call in progress: ticking.
+        let running = demand.enter();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ticks(&demand) < 5 {
+            assert!(Instant::now() < deadline, "no ticks while wasm runs");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(running);
+        // Idle again: at most the tick that was under way, then parked.
+        std::thread::sleep(Duration::from_millis(20));
+        let after = ticks(&demand);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            ticks(&demand) <= after + 1,
+            "{} > {after} + 1",
+            ticks(&demand)
+        );
+        // Dropping the ticker stops its thread even while parked.
+        drop(ticker);
+    }
 }
