@@ -1791,6 +1791,21 @@ impl Coordinator {
                 "status": status,
                 "attempts": entry.attempts + 1,
             }));
+        // Nobody waits on it with a deadline: it rides the next commit a
+        // `send` or an inbound envelope needs.
+        self.submit_removal(entry, event, Persist::Lazy)
+    }
+
+    /// Queues the removal of `entry` from the outbox with `event`, which is
+    /// recorded only if the entry was still there; the ticket yields
+    /// whether it was.
+    fn submit_removal(
+        &self,
+        entry: &OutboxEntry,
+        event: AuditEvent,
+        persist: Persist,
+    ) -> Result<crate::journal::TypedTicket<bool>> {
+        let id = entry.envelope_id.clone();
         Ok(self.audit.submit_with_hook(
             move |txn| {
                 let existed = outbox_remove_in(txn, &id)?;
@@ -1798,9 +1813,7 @@ impl Coordinator {
             },
             vec![event],
             Some(self.store.outbox_remove_hook(&entry.envelope_id)),
-            // Safe to redo: lost in a crash, the entry is sent again and
-            // the receiver answers with its stored acknowledgement.
-            Persist::Lazy,
+            persist,
         )?)
     }
 
@@ -1815,16 +1828,7 @@ impl Coordinator {
         .with_peer(peer)
         .with_details(json!({"envelope_id": id, "reason": code, "final": true}));
         let (existed, _) = self
-            .audit
-            .submit_with_hook(
-                move |txn| {
-                    let existed = outbox_remove_in(txn, &id)?;
-                    Ok((existed, existed))
-                },
-                vec![event],
-                Some(self.store.outbox_remove_hook(&entry.envelope_id)),
-                Persist::Durable,
-            )?
+            .submit_removal(entry, event, Persist::Durable)?
             .wait()
             .map_err(crate::audit::journal_error)?;
         Ok(existed)

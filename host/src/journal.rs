@@ -388,9 +388,7 @@ fn writer_loop(
             match job {
                 Job::InstallHead(h, c) => {
                     // Jobs queued before the install are committed first.
-                    if (!batch.is_empty() || !writer.deferred.is_empty())
-                        && !writer.commit(std::mem::take(&mut batch))
-                    {
+                    if !writer.commit(std::mem::take(&mut batch)) {
                         return;
                     }
                     writer.head = Some(h);
@@ -438,9 +436,7 @@ fn writer_loop(
         }
     }
     // Closing: deferred jobs are committed before the thread ends.
-    if !writer.deferred.is_empty() {
-        writer.commit(Vec::new());
-    }
+    writer.commit(Vec::new());
 }
 
 /// The writer thread's state between batches.
@@ -465,8 +461,8 @@ impl Writer<'_> {
         }
     }
 
-    /// Commits the deferred jobs, then `batch`, in one transaction; `false`
-    /// once the notifier is gone.
+    /// Commits the deferred jobs, then `batch`, in one transaction (nothing
+    /// when both are empty); `false` once the notifier is gone.
     fn commit(&mut self, batch: Vec<Pending>) -> bool {
         let mut all = std::mem::take(&mut self.deferred);
         self.deferred_since = None;
@@ -716,30 +712,14 @@ mod tests {
         };
         let stalled = stall(&journal)?;
         // Nobody waits for these two: their hooks run all the same.
-        drop(journal.submit_typed_hooked(
-            |txn| {
-                txn.open_table(SCRATCH)?.insert(5, 5)?;
-                Ok((5u64, false))
-            },
-            Vec::new(),
-            hook(&seen),
-            Persist::Durable,
-        )?);
+        drop(put_typed(&journal, 5, hook(&seen), Persist::Durable)?);
         let failing = journal.submit_typed_hooked(
             |_txn| Err::<(u64, bool), _>(StoreError::InvalidValue("refused on purpose")),
             Vec::new(),
             hook(&seen),
             Persist::Durable,
         )?;
-        drop(journal.submit_typed_hooked(
-            |txn| {
-                txn.open_table(SCRATCH)?.insert(6, 6)?;
-                Ok((6u64, false))
-            },
-            Vec::new(),
-            hook(&seen),
-            Persist::Durable,
-        )?);
+        drop(put_typed(&journal, 6, hook(&seen), Persist::Durable)?);
         stalled.wait()?;
         assert!(failing.wait().is_err());
         // A later job's reply comes after the earlier hooks ran.
@@ -749,16 +729,26 @@ mod tests {
         Ok(())
     }
 
-    fn lazy_put(journal: &Journal, key: u64) -> Result<TypedTicket<u64>, StoreError> {
+    /// Queues an insert of `key` into the scratch table, yielding `key`.
+    fn put_typed(
+        journal: &Journal,
+        key: u64,
+        hook: Option<impl FnOnce(&u64) + Send + 'static>,
+        persist: Persist,
+    ) -> Result<TypedTicket<u64>, StoreError> {
         journal.submit_typed_hooked(
             move |txn| {
                 txn.open_table(SCRATCH)?.insert(key, key)?;
                 Ok((key, false))
             },
             Vec::new(),
-            None::<fn(&u64)>,
-            Persist::Lazy,
+            hook,
+            persist,
         )
+    }
+
+    fn lazy_put(journal: &Journal, key: u64) -> Result<TypedTicket<u64>, StoreError> {
+        put_typed(journal, key, None::<fn(&u64)>, Persist::Lazy)
     }
 
     #[test]

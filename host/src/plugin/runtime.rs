@@ -81,7 +81,7 @@ const EPOCH_LINGER_TICKS: u32 = 100;
 pub(crate) struct EpochDemand {
     running: AtomicUsize,
     ticker: std::sync::OnceLock<std::thread::Thread>,
-    /// Epoch increments so far (for tests and diagnostics).
+    /// Epoch increments so far (what the tests observe).
     ticks: std::sync::atomic::AtomicU64,
 }
 
