@@ -16,16 +16,19 @@
 //! (a) sustained throughput: `AGENTFED_BENCH_N` messages (default 20,000)
 //!     queued by 4 control connections pipelining their requests; time
 //!     until the receiver's inbox holds them all (and, separately, how
-//!     fast the sender accepts them), the CPU each daemon used per message,
-//!     its threads' context switches per message, and the group commits of
-//!     each state file;
+//!     fast the sender accepts them), the CPU each daemon and this
+//!     benchmark's own clients used per message (all three share the
+//!     cores, so their sum bounds the throughput), the daemons' threads'
+//!     context switches per message, and the group commits of each state
+//!     file;
 //! (b) latency from the `send` call to the message being visible in the
 //!     receiver's inbox, at a fixed offered rate (1,000/s, or 80% of the
 //!     throughput from (a) when that is lower; `AGENTFED_BENCH_RATE`
 //!     overrides), open loop: measured from each message's scheduled send
 //!     time, so falling behind shows. The inbox is polled every ~0.5 ms
 //!     (resolution); 16 threads send, and the `send` call's own latency
-//!     is reported too;
+//!     is reported too. `AGENTFED_BENCH_DUMP=FILE` writes each message's
+//!     scheduled offset and latency (ms) to FILE, to look for stalls;
 //! (c) `query ping` round trips idle and while 16 context-shares of ~1 MB
 //!     each (16 MB in all) are in flight. A single 16 MB context-share
 //!     cannot be submitted: control requests are capped at 1 MiB
@@ -149,15 +152,7 @@ impl Daemon {
 
     /// CPU time the daemon process has used so far (user + system).
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self._guard.0.id()))
-            .expect("reading /proc/<pid>/stat");
-        // Fields after the parenthesised command name; utime and stime
-        // are fields 14 and 15 (1-based), in clock ticks.
-        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // USER_HZ: 100 on Linux for every architecture's user ABI.
-        Duration::from_millis(ticks * 10)
+        process_cpu(&self._guard.0.id().to_string())
     }
 
     /// Context switches (voluntary + involuntary) of every thread alive
@@ -270,6 +265,24 @@ fn commit_stats(c: &mut Client) -> (u64, u64, u64) {
     )
 }
 
+/// CPU time (user + system) process `pid` has used so far; `self` for
+/// this benchmark's own process (the load generator).
+fn process_cpu(pid: &str) -> Duration {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/<pid>/stat");
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 (1-based), in clock ticks.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ: 100 on Linux for every architecture's user ABI.
+    Duration::from_millis(ticks * 10)
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -348,6 +361,7 @@ fn main() {
     // ---- (a) sustained throughput ----
     let commits_before = [commit_stats(&mut a), commit_stats(&mut b)];
     let cpu_before = [alpha.cpu(), beta.cpu()];
+    let client_cpu_before = process_cpu("self");
     let switches_before = [alpha.switches(), beta.switches()];
     let started = Instant::now();
     let per = n_total / SENDERS;
@@ -401,6 +415,10 @@ fn main() {
         .zip(switches_before)
         .map(|(after, before)| after.saturating_sub(before) as f64 / n as f64)
         .collect();
+    // The clients below (JSON encoding of every request, reading every
+    // response, polling the receiver's inbox) share the two cores.
+    let client_cpu_per_message =
+        (process_cpu("self") - client_cpu_before).as_secs_f64() * 1e6 / n as f64;
     let cpu_per_message: Vec<f64> = [alpha.cpu(), beta.cpu()]
         .iter()
         .zip(cpu_before)
@@ -488,6 +506,21 @@ fn main() {
         .iter()
         .map(|(i, at)| at.saturating_duration_since(schedule[*i]).as_secs_f64() * 1000.0)
         .collect();
+    if let Ok(path) = std::env::var("AGENTFED_BENCH_DUMP") {
+        // One line per message: scheduled offset (ms), latency (ms).
+        let mut rows: Vec<(f64, f64)> = seen_at
+            .iter()
+            .map(|(i, at)| {
+                (
+                    (schedule[*i] - schedule[0]).as_secs_f64() * 1000.0,
+                    at.saturating_duration_since(schedule[*i]).as_secs_f64() * 1000.0,
+                )
+            })
+            .collect();
+        rows.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let text: String = rows.iter().map(|(t, l)| format!("{t:.3} {l:.3}\n")).collect();
+        std::fs::write(&path, text).expect("writing AGENTFED_BENCH_DUMP");
+    }
     lat.sort_by(f64::total_cmp);
     let mut send_lat = send_ms.lock().unwrap().clone();
     let rate_before = commits_after[0];
@@ -621,6 +654,12 @@ fn main() {
     println!(
         "| (a) CPU per message: sender / receiver daemon | {:.0} / {:.0} µs |",
         cpu_per_message[0], cpu_per_message[1]
+    );
+    let all_cpu = cpu_per_message[0] + cpu_per_message[1] + client_cpu_per_message;
+    println!(
+        "| (a) CPU per message: this benchmark's clients (request encoding, inbox polling) | {client_cpu_per_message:.0} µs; all three processes {all_cpu:.0} µs, i.e. at most {:.0} messages/s on {} cores |",
+        available_cores() as f64 * 1e6 / all_cpu.max(1.0),
+        available_cores()
     );
     println!(
         "| (a) context switches per message: sender / receiver daemon | {:.1} / {:.1} |",
