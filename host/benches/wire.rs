@@ -518,7 +518,10 @@ fn main() {
             })
             .collect();
         rows.sort_by(|x, y| x.0.total_cmp(&y.0));
-        let text: String = rows.iter().map(|(t, l)| format!("{t:.3} {l:.3}\n")).collect();
+        let text: String = rows
+            .iter()
+            .map(|(t, l)| format!("{t:.3} {l:.3}\n"))
+            .collect();
         std::fs::write(&path, text).expect("writing AGENTFED_BENCH_DUMP");
     }
     lat.sort_by(f64::total_cmp);

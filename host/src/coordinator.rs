@@ -473,6 +473,9 @@ pub struct TickReport {
     pub trust_changes: usize,
     /// Breaker changes.
     pub breaker_changes: usize,
+    /// Processed envelope ids forgotten because they left the dedupe
+    /// window ([`DEDUPE_WINDOW_MS`]).
+    pub dedupe_pruned: u64,
 }
 
 /// Peer counts shared with the handler plugins' `node.status` import.
@@ -515,6 +518,9 @@ pub struct Coordinator {
     /// Ed25519 key costs about as much as a third of a verification, and
     /// every inbound envelope needs its sender's.
     peer_keys: std::sync::Mutex<HashMap<String, ed25519_dalek::VerifyingKey>>,
+    /// `(sender, envelope id)` of inbound envelopes past their checks and
+    /// not yet committed: a copy arriving meanwhile waits for their ack.
+    inbound_pending: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
@@ -591,6 +597,7 @@ impl Coordinator {
             decisions: std::sync::Mutex::new(()),
             pending_successes: std::sync::Mutex::new(HashMap::new()),
             peer_keys: std::sync::Mutex::new(HashMap::new()),
+            inbound_pending: Arc::default(),
             verified_batched: AtomicU64::new(0),
             verified_alone: AtomicU64::new(0),
         };
@@ -1905,7 +1912,8 @@ impl Coordinator {
 
     // ---- timers ----
 
-    /// Periodic work: trust and breaker evaluation for every peer.
+    /// Periodic work: trust and breaker evaluation for every peer, and
+    /// forgetting envelope ids that left the dedupe window.
     pub fn tick(&self) -> Result<TickReport> {
         let peers = self.store.list_peers()?;
         let mut report = TickReport {
@@ -1921,6 +1929,7 @@ impl Coordinator {
                 report.breaker_changes += 1;
             }
         }
+        report.dedupe_pruned = self.prune_dedupe()?;
         Ok(report)
     }
 }
@@ -1937,6 +1946,7 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 4096;
 /// How long processed envelope ids are remembered. Must exceed the skew
 /// window, so a replay is either remembered or stale.
 pub const DEDUPE_WINDOW_MS: u64 = 24 * HOUR_MS;
+const _: () = assert!(DEDUPE_WINDOW_MS > 2 * MAX_CLOCK_SKEW_MS);
 
 /// The acknowledgement a receiver sends for an envelope, committed before
 /// it is sent.
@@ -2030,6 +2040,46 @@ pub enum InboundRefusal {
     /// A plugin failed; failing closed.
     #[error("PLUGIN_FAILED")]
     PluginFailed,
+    /// Another copy of this envelope is being processed right now; a
+    /// retry gets its acknowledgement. (Without this, a retransmission
+    /// racing a slow commit could be refused `STALE_TIMESTAMP`, a final
+    /// refusal, for an envelope that is in fact processed.)
+    #[error("IN_PROGRESS")]
+    InProgress,
+}
+
+/// Marks an inbound envelope as being processed until dropped.
+struct PendingInbound {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl PendingInbound {
+    /// `None` when a copy of the envelope is already being processed.
+    fn claim(
+        set: &Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+        sender: &str,
+        envelope_id: &str,
+    ) -> Option<PendingInbound> {
+        let key = (sender.to_string(), envelope_id.to_string());
+        let fresh = set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        fresh.then(|| PendingInbound {
+            set: Arc::clone(set),
+            key,
+        })
+    }
+}
+
+impl Drop for PendingInbound {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// The pending commit of a queued envelope ([`Coordinator::queue_submit`]).
@@ -2065,6 +2115,8 @@ enum Processed {
     Committing {
         ack: Ack,
         ticket: crate::journal::TypedTicket<InboundCommit>,
+        /// Held until the commit is waited for.
+        _pending: PendingInbound,
     },
 }
 
@@ -2115,7 +2167,7 @@ impl Coordinator {
     ) -> Result<std::result::Result<Ack, InboundRefusal>> {
         match processed? {
             Ok(Processed::Answered(ack)) => Ok(Ok(ack)),
-            Ok(Processed::Committing { ack, ticket }) => {
+            Ok(Processed::Committing { ack, ticket, .. }) => {
                 let (outcome, _) = ticket.wait().map_err(crate::audit::journal_error)?;
                 if let InboundCommit::Duplicate { ack: Some(stored) } = outcome {
                     // Processed meanwhile through another attempt.
@@ -2128,6 +2180,8 @@ impl Coordinator {
                 }
                 Ok(Ok(ack))
             }
+            // Not a refusal of the envelope: its first copy is recorded.
+            Err(InboundRefusal::InProgress) => Ok(Err(InboundRefusal::InProgress)),
             Err(refusal) => {
                 self.record(
                     AuditEvent::new(
@@ -2253,12 +2307,23 @@ impl Coordinator {
         if envelope.source != session_peer || envelope.target != self.node_id() {
             return Ok(Err(R::WrongAddress));
         }
+        // The id keys the dedupe and acknowledgement tables: refuse one
+        // they cannot hold before any work is done (a storage error here
+        // would tell the sender to retry forever).
+        if envelope.id.is_empty() || envelope.id.len() > crate::store::MAX_KEY_BYTES {
+            return Ok(Err(R::MalformedFrame));
+        }
         // A retransmission: answer as before, process nothing.
         if let Some(ack) = self.store.inbound_ack(session_peer, &envelope.id)?
             && let Ok(ack) = serde_json::from_slice::<Ack>(&ack)
         {
             return Ok(Ok(Processed::Answered(ack)));
         }
+        let Some(pending) =
+            PendingInbound::claim(&self.inbound_pending, session_peer, &envelope.id)
+        else {
+            return Ok(Err(R::InProgress));
+        };
         let now = self.now();
         if envelope.timestamp_ms.abs_diff(now) > MAX_CLOCK_SKEW_MS {
             return Ok(Err(R::StaleTimestamp));
@@ -2381,7 +2446,11 @@ impl Coordinator {
             },
             vec![received],
         )?;
-        Ok(Ok(Processed::Committing { ack, ticket }))
+        Ok(Ok(Processed::Committing {
+            ack,
+            ticket,
+            _pending: pending,
+        }))
     }
 
     /// Messages in the local inbox after `after_seq`, oldest first.
@@ -2398,11 +2467,25 @@ impl Coordinator {
             .collect()
     }
 
-    /// Forgets envelope ids older than the dedupe window.
+    /// Forgets envelope ids (and their stored acknowledgements) older than
+    /// the dedupe window, a bounded transaction at a time so that inbound
+    /// commits are not held up behind one large prune. Returns how many.
+    ///
+    /// Safe because the window is far longer than the timestamp skew
+    /// accepted: a replay that passes the skew check was first received at
+    /// most `2 × MAX_CLOCK_SKEW_MS` earlier, so its id is still remembered.
     pub fn prune_dedupe(&self) -> Result<u64> {
-        Ok(self
-            .store
-            .dedupe_prune_older_than(self.now().saturating_sub(DEDUPE_WINDOW_MS))?)
+        /// Ids forgotten per transaction.
+        const PRUNE_BATCH: usize = 10_000;
+        let cutoff = self.now().saturating_sub(DEDUPE_WINDOW_MS);
+        let mut pruned = 0;
+        loop {
+            let n = self.store.dedupe_prune_older_than(cutoff, PRUNE_BATCH)?;
+            pruned += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 }
 

@@ -9,8 +9,12 @@
 //! 3. remove a stale `control.sock` (safe: we hold the lock) and bind a
 //!    fresh one, mode 0600; the socket existing means "ready";
 //! 4. start the federation layer ([`crate::federation`]: listener on the
-//!    node's endpoint, sessions, delivery worker; a listener that cannot
-//!    bind is logged and the node only dials out);
+//!    node's endpoint, sessions, delivery worker). A listen address that
+//!    cannot be bound stops the daemon (exit 1, naming the address and the
+//!    OS error); it is checked before anything else opens. The one
+//!    exception is an endpoint address that is not on this host (e.g. a
+//!    public address behind NAT, without `[transport] listen`): that is
+//!    logged and the node only dials out;
 //! 5. run the timer (trust and breaker evaluation, `[timers]`) and serve
 //!    the control API until SIGINT or SIGTERM.
 //!
@@ -24,6 +28,7 @@
 //! Coordinator calls are synchronous (an fsync, a plugin call): they run
 //! on tokio's blocking pool, sharing one `Arc<Coordinator>`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +69,16 @@ pub enum DaemonError {
         home = .0.display()
     )]
     NoHome(PathBuf),
+    /// The federation listener cannot bind its address.
+    #[error(
+        "cannot listen for peers on {addr}: {source} (free the port, or change the endpoint or [transport] listen in agentfed.toml)"
+    )]
+    Listen {
+        /// The address the listener was to bind.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Socket or runtime failure.
     #[error("{action} {path}: {source}", path = path.display())]
     Io {
@@ -95,7 +110,13 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     let lock = HomeLock::acquire(home)?;
     // Validate the config first: a clear message, before plugins compile.
     let config = NodeConfig::load(home)?;
-    check_identity_matches(home, &config)?;
+    let endpoint = check_identity_matches(home, &config)?;
+    // Refuse a listen address that cannot be bound before opening anything
+    // (nothing served, nothing audited).
+    let listen = match listen_target(&config, &endpoint) {
+        Some(target) => check_listen(target)?,
+        None => None,
+    };
     let fake_clock = options.fake_clock_ms.is_some();
     let clock: Arc<dyn Clock> = match options.fake_clock_ms {
         Some(start) => Arc::new(ManualClock::new(start)),
@@ -125,6 +146,7 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
         Arc::clone(&coordinator),
         &config,
         fake_clock,
+        listen,
     ));
     // Every task is done; the blocking pool may still hold a finished
     // job's clone for a moment, so shut the runtime down first.
@@ -155,8 +177,9 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
 /// `node.json` (written by `init`, signed into the manifest) is
 /// authoritative for the node id and endpoint. A config naming another
 /// node id is refused; another endpoint is only warned about (a config
-/// without the key yields the default endpoint).
-fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<(), DaemonError> {
+/// without the key yields the default endpoint). Returns the endpoint
+/// from `node.json`.
+fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<String, DaemonError> {
     let identity = crate::identity::Identity::load(home)
         .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
     let path = home.join(crate::config::CONFIG_FILE);
@@ -177,7 +200,54 @@ fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<(), Daemon
             "[node] endpoint in agentfed.toml differs from node.json; node.json is what peers see"
         );
     }
-    Ok(())
+    Ok(identity.endpoint().to_string())
+}
+
+/// The address the federation listener will bind, and whether a failure
+/// to bind it must stop the daemon.
+#[derive(Debug, Clone, Copy)]
+struct ListenTarget {
+    addr: SocketAddr,
+    /// From `[transport] listen` (every bind failure is fatal) rather than
+    /// from the endpoint (an address that is not on this host is not).
+    explicit: bool,
+}
+
+/// Where the federation layer will listen, decided as it does: `[transport]
+/// listen`, else the host and port of the endpoint (resolved if it is a
+/// name). `None` when it will not listen at all (a `ws://` endpoint without
+/// `allow_plaintext`, or an endpoint that does not resolve); the
+/// federation layer logs those cases.
+fn listen_target(config: &NodeConfig, endpoint: &str) -> Option<ListenTarget> {
+    if endpoint.starts_with("ws://") && !config.transport.allow_plaintext {
+        return None;
+    }
+    Some(ListenTarget {
+        addr: crate::federation::listen_address(config, endpoint)?,
+        explicit: config.transport.listen.is_some(),
+    })
+}
+
+/// Binds (and releases) the listen address to find out early whether the
+/// federation listener can use it: `Some(addr)` when it can (the listener
+/// must then come up), an error naming the address and the OS error when
+/// it cannot. An endpoint address that is not on this host is only logged
+/// (`None`: the node then only dials out).
+fn check_listen(target: ListenTarget) -> Result<Option<SocketAddr>, DaemonError> {
+    match std::net::TcpListener::bind(target.addr) {
+        Ok(_) => Ok(Some(target.addr)),
+        Err(e) if !target.explicit && e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            tracing::warn!(
+                addr = %target.addr,
+                "the endpoint's address is not on this host ({e}); not listening for peers, this node can only dial out (set [transport] listen to listen on a local address)"
+            );
+            Ok(None)
+        }
+        Err(source) => Err(DaemonError::Listen {
+            addr: target.addr,
+            source,
+        }),
+    }
 }
 
 async fn serve(
@@ -186,6 +256,7 @@ async fn serve(
     coordinator: Arc<Coordinator>,
     config: &NodeConfig,
     fake_clock: bool,
+    listen: Option<SocketAddr>,
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let io = |action: &'static str, path: &Path| {
@@ -239,6 +310,21 @@ async fn serve(
     .await
     {
         Ok(federation) => {
+            // The address was free at start-up; if the listener still did
+            // not come up (taken since), stop rather than run deaf.
+            if let Some(addr) = listen
+                && federation.listen_addr().is_none()
+            {
+                let source = match std::net::TcpListener::bind(addr) {
+                    Err(e) => e,
+                    Ok(_) => std::io::Error::other(
+                        "the federation listener did not start (see the log above)",
+                    ),
+                };
+                let _ = stop_tx.send(true);
+                federation.shutdown().await;
+                return Err(DaemonError::Listen { addr, source });
+            }
             dispatcher = dispatcher.with_federation(Arc::clone(&federation));
             Some(federation)
         }

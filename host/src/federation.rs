@@ -60,6 +60,8 @@ pub const SESSION_LEFT: &str = "SESSION_LEFT";
 pub const DUPLICATE_SESSION: &str = "DUPLICATE_SESSION";
 /// Close code of `leave`.
 pub const LEFT: &str = "LEFT";
+/// Close code when the operator removes the peer (`peers remove`).
+pub const PEER_REMOVED: &str = "PEER_REMOVED";
 /// Close code when a peer's breaker or trust no longer allows a session.
 pub const STANDING_REVOKED: &str = "STANDING_REVOKED";
 
@@ -315,8 +317,8 @@ impl HandshakePolicy for JoinPolicy {
 }
 
 /// Where the listener binds: `[transport] listen`, else the host and port
-/// of the endpoint (resolved if it is a name).
-async fn listen_address(config: &NodeConfig, endpoint: &str) -> Option<SocketAddr> {
+/// of the endpoint (resolved if it is a name; this may block on DNS).
+pub fn listen_address(config: &NodeConfig, endpoint: &str) -> Option<SocketAddr> {
     if let Some(listen) = &config.transport.listen {
         return listen.parse().ok();
     }
@@ -327,13 +329,16 @@ async fn listen_address(config: &NodeConfig, endpoint: &str) -> Option<SocketAdd
     if let Ok(addr) = authority.parse() {
         return Some(addr);
     }
-    tokio::net::lookup_host(authority).await.ok()?.next()
+    std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .ok()?
+        .next()
 }
 
 impl Federation {
     /// Starts the federation layer: the listener on the node's endpoint
-    /// (a failure to bind is logged, not fatal: the node can still dial
-    /// out), the delivery worker, the maintenance pass and the event
+    /// (a failure to bind is logged here; the daemon checks the address
+    /// before it starts and refuses to run without it, see
+    /// [`crate::daemon`]), the delivery worker, the maintenance pass and the event
     /// handler. Everything stops when `stop` turns true.
     pub async fn start(
         home: &Path,
@@ -398,7 +403,14 @@ impl Federation {
 
         let endpoint = coordinator.identity().endpoint().to_string();
         let plaintext = endpoint.starts_with("ws://");
-        match listen_address(config, &endpoint).await {
+        let listen = {
+            let (config, endpoint) = (config.clone(), endpoint.clone());
+            tokio::task::spawn_blocking(move || listen_address(&config, &endpoint))
+                .await
+                .ok()
+                .flatten()
+        };
+        match listen {
             None => tracing::warn!(%endpoint, "no listen address for the endpoint; not listening"),
             Some(_) if plaintext && !fed.settings.allow_plaintext => tracing::warn!(
                 "endpoint is ws:// but [transport] allow_plaintext is false; not listening"
@@ -890,14 +902,23 @@ impl Federation {
                 )
                 .await;
             }
-            EventKind::StreamRefused { stream_id, code } => {
+            EventKind::StreamRefused {
+                stream_id,
+                code,
+                unreported,
+            } => {
                 self.audit(
                     AuditEvent::new(
                         EventType::MessageRejected,
                         format!("inbound stream from {peer} refused: {code}"),
                     )
                     .with_peer(&peer)
-                    .with_details(json!({"session_id": event.session_id, "stream_id": stream_id, "reason": code})),
+                    .with_details(json!({
+                        "session_id": event.session_id,
+                        "stream_id": stream_id,
+                        "reason": code,
+                        "unreported_refusals": unreported,
+                    })),
                 )
                 .await;
             }
@@ -1334,6 +1355,12 @@ impl Federation {
         let seen = lock(&policy.seen).take();
         match result {
             Ok(conn) => {
+                // What the operator can compare out of band (protocol.md
+                // §8), above all after `--accept-new`.
+                let session = conn.handle().session();
+                let tls_fingerprint = session
+                    .peer_cert_fingerprint
+                    .unwrap_or_else(|| session.peer.manifest.tls_fingerprint.clone());
                 let view = self.register(conn).await?;
                 let peer = view.peer.clone();
                 let p = peer.clone();
@@ -1347,6 +1374,7 @@ impl Federation {
                     "joined": true,
                     "session": view,
                     "trust_level": level,
+                    "tls_fingerprint": tls_fingerprint,
                 }))
             }
             Err(TransportError::Rejected {
@@ -1453,6 +1481,25 @@ impl Federation {
         Ok(json!({"peer": peer, "session_closed": closed}))
     }
 
+    /// `peers.remove`: forgets `peer`, closes its session (a peer no
+    /// longer known keeps none) and stops redialing it. Forgetting comes
+    /// first, so a redial racing with this finds the peer unknown.
+    pub async fn forget(&self, peer: &str) -> Result<Value, ErrorBody> {
+        let p = peer.to_string();
+        self.blocking(move |c| c.remove_peer(&p)).await??;
+        self.want(peer, false);
+        let closed = match self.take_session(peer, None) {
+            Some(handle) => {
+                let id = handle.session_id().to_string();
+                self.terminate(peer, &handle, PEER_REMOVED, true).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), handle.closed()).await;
+                Some(id)
+            }
+            None => None,
+        };
+        Ok(json!({"removed": peer, "session_closed": closed}))
+    }
+
     /// `sessions`: the live sessions, by peer.
     pub fn sessions(&self) -> Vec<SessionView> {
         let mut out: Vec<SessionView> = lock(&self.sessions)
@@ -1474,6 +1521,8 @@ impl Federation {
         payload: Value,
         timeout: Duration,
     ) -> Result<Value, ErrorBody> {
+        let p = peer.to_string();
+        self.blocking(move |c| c.peer(&p)).await??;
         let handle = self.live_handle(peer).ok_or_else(|| {
             err(
                 "NO_SESSION",
@@ -1732,18 +1781,21 @@ fn retry(
     entry: &OutboxEntry,
     code: &str,
 ) -> crate::coordinator::Result<()> {
-    let attempts = entry.attempts.saturating_add(1);
-    let delay = settings
-        .retry_base_ms
-        .saturating_mul(1u64 << (attempts - 1).min(30))
-        .min(settings.retry_max_ms);
-    let next = c.clock().now_ms().saturating_add(delay);
-    if c.store()
-        .outbox_reschedule(&entry.envelope_id, next)?
-        .is_none()
-    {
+    let (base, max) = (settings.retry_base_ms, settings.retry_max_ms);
+    let now = c.clock().now_ms();
+    let backoff = move |attempts: u32| {
+        base.saturating_mul(1u64 << (attempts.max(1) - 1).min(30))
+            .min(max)
+    };
+    let Some((attempts, next)) = c
+        .store()
+        .outbox_reschedule(&entry.envelope_id, move |attempts| {
+            now.saturating_add(backoff(attempts))
+        })?
+    else {
         return Ok(()); // already removed
-    }
+    };
+    let delay = next.saturating_sub(now);
     if attempts.is_power_of_two() {
         c.audit_event(
             AuditEvent::new(

@@ -778,18 +778,21 @@ impl Store {
         Ok(due)
     }
 
-    /// Records a failed attempt: increments `attempts` and sets
-    /// `next_attempt_ms`. Returns the new attempt count, or `None` if absent.
+    /// Counts a failed attempt of a queued entry and schedules the next
+    /// one at `next_attempt(attempts)`, where `attempts` is the stored
+    /// count after this failure (so the backoff follows the table, not a
+    /// possibly stale in-memory copy). Returns `(attempts, next attempt
+    /// ms)`, or `None` (nothing changed) when the entry is gone.
     pub fn outbox_reschedule(
         &self,
         envelope_id: &str,
-        next_attempt_ms: u64,
-    ) -> Result<Option<u32>> {
+        next_attempt: impl Fn(u32) -> u64 + Send + 'static,
+    ) -> Result<Option<(u32, u64)>> {
         let index = Arc::clone(&self.outbox);
         let hook_id = envelope_id.to_string();
-        let hook = move |attempts: &Option<u32>| {
-            if attempts.is_some() {
-                index.reschedule(&hook_id, next_attempt_ms);
+        let hook = move |scheduled: &Option<(u32, u64)>| {
+            if let Some((_, next_attempt_ms)) = scheduled {
+                index.reschedule(&hook_id, *next_attempt_ms);
             }
         };
         let envelope_id = envelope_id.to_string();
@@ -804,11 +807,12 @@ impl Store {
                 None => None,
                 Some((attempts, target, bytes)) => {
                     let attempts = attempts.saturating_add(1);
+                    let next_attempt_ms = next_attempt(attempts);
                     table.insert(
                         envelope_id,
                         (attempts, next_attempt_ms, target.as_str(), bytes.as_slice()),
                     )?;
-                    Some(attempts)
+                    Some((attempts, next_attempt_ms))
                 }
             })
         })
@@ -850,13 +854,16 @@ impl Store {
             .is_some())
     }
 
-    /// Forgets entries seen strictly before `cutoff_ms`. Returns how many.
-    pub fn dedupe_prune_older_than(&self, cutoff_ms: u64) -> Result<u64> {
+    /// Forgets at most `limit` entries seen strictly before `cutoff_ms`
+    /// (oldest first), with their stored acknowledgements, in one
+    /// transaction. Returns how many.
+    pub fn dedupe_prune_older_than(&self, cutoff_ms: u64, limit: usize) -> Result<u64> {
         self.write(move |txn| {
             let mut by_time = txn.open_table(DEDUPE_BY_TIME)?;
             let mut primary = txn.open_table(DEDUPE)?;
             let old: Vec<(u64, String, String)> = by_time
                 .range(..(cutoff_ms, "", ""))?
+                .take(limit)
                 .map(|row| {
                     row.map(|(k, _)| {
                         let (t, s, e) = k.value();
@@ -1595,9 +1602,9 @@ mod tests {
                 })?;
             }
             assert_eq!(store.outbox.snapshot(), outbox_rows(&store)?);
-            assert_eq!(store.outbox_reschedule("e2", 1000)?, Some(1));
+            assert_eq!(store.outbox_reschedule("e2", |_| 1000)?, Some((1, 1000)));
             assert!(store.outbox_remove("e1")?);
-            assert_eq!(store.outbox_reschedule("e1", 5)?, None);
+            assert_eq!(store.outbox_reschedule("e1", |_| 5)?, None);
             assert!(!store.outbox_remove("e1")?);
             let rows = outbox_rows(&store)?;
             assert_eq!(rows.len(), 2);
@@ -1646,9 +1653,12 @@ mod tests {
             .collect();
         assert_eq!(due, ["e2", "e1"]);
         assert_eq!(store.outbox_due(500, 1)?.len(), 1);
-        assert_eq!(store.outbox_reschedule("e2", 1000)?, Some(1));
-        assert_eq!(store.outbox_reschedule("e2", 2000)?, Some(2));
-        assert_eq!(store.outbox_reschedule("nope", 1)?, None);
+        assert_eq!(store.outbox_reschedule("e2", |_| 1000)?, Some((1, 1000)));
+        assert_eq!(
+            store.outbox_reschedule("e2", |n| 1000 * u64::from(n))?,
+            Some((2, 2000))
+        );
+        assert_eq!(store.outbox_reschedule("nope", |_| 1)?, None);
         let e2 = store.outbox_get("e2")?;
         assert_eq!(
             e2.as_ref().map(|e| (e.attempts, e.next_attempt_ms)),
@@ -1669,11 +1679,16 @@ mod tests {
         assert!(!store.dedupe_insert("alpha", "e1", 150)?);
         assert!(store.dedupe_insert("beta", "e1", 200)?);
         assert!(store.dedupe_insert("alpha", "e2", 300)?);
-        assert_eq!(store.dedupe_prune_older_than(200)?, 1);
+        assert_eq!(store.dedupe_prune_older_than(200, 100)?, 1);
         assert!(!store.dedupe_contains("alpha", "e1")?);
         assert!(store.dedupe_contains("beta", "e1")?);
         assert!(store.dedupe_contains("alpha", "e2")?);
-        assert_eq!(store.dedupe_prune_older_than(1_000)?, 2);
+        // At most `limit` per call, oldest first.
+        assert_eq!(store.dedupe_prune_older_than(1_000, 1)?, 1);
+        assert!(!store.dedupe_contains("beta", "e1")?);
+        assert!(store.dedupe_contains("alpha", "e2")?);
+        assert_eq!(store.dedupe_prune_older_than(1_000, 100)?, 1);
+        assert_eq!(store.dedupe_prune_older_than(1_000, 100)?, 0);
         assert!(store.dedupe_insert("alpha", "e1", 1_000)?);
         assert!(matches!(
             store.dedupe_insert("", "e", 1),

@@ -35,7 +35,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::harness::Node;
+use crate::harness::{Node, wait_until};
 
 /// Longest wait for sessions, audit records and replies.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -52,16 +52,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -132,15 +122,17 @@ impl Arena {
     fn new() -> Arena {
         let (target, endpoint) = fed_node("alpha");
         let (legit, legit_ep) = fed_node("beta");
-        let first = target
-            .run(&[
-                "join",
-                &legit_ep,
-                "--fingerprint",
-                &fingerprint(&legit),
-                "--json",
-            ])
-            .json();
+        // beta does not know alpha yet: refused (exit 1), result on stdout.
+        let first = target.run(&[
+            "join",
+            &legit_ep,
+            "--fingerprint",
+            &fingerprint(&legit),
+            "--json",
+        ]);
+        first.fails(1, &["refused the session"]);
+        let first: serde_json::Value =
+            serde_json::from_str(&first.stdout).expect("join result JSON");
         assert_eq!(first["peer"], "beta", "{first}");
         let second = legit
             .run(&[

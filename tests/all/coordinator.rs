@@ -750,3 +750,94 @@ fn inbound_refusals_have_constant_codes() {
     assert!(alpha.coordinator.inbox(0, 10).unwrap().is_empty());
     assert!(alpha.coordinator.audit().verify().is_ok());
 }
+
+#[test]
+fn processed_ids_are_forgotten_after_the_dedupe_window_and_replays_stay_refused() {
+    use agentfed::coordinator::{DEDUPE_WINDOW_MS, InboundRefusal as R};
+    let (alpha, beta) = pair();
+    let bytes = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
+    alpha.coordinator.receive("beta", &bytes).unwrap().unwrap();
+    // Inside the window the tick forgets nothing.
+    alpha.clock.advance(DEDUPE_WINDOW_MS - 1);
+    assert_eq!(alpha.coordinator.tick().unwrap().dedupe_pruned, 0);
+    // Past it the id is forgotten...
+    alpha.clock.advance(2);
+    assert_eq!(alpha.coordinator.tick().unwrap().dedupe_pruned, 1);
+    assert_eq!(alpha.coordinator.tick().unwrap().dedupe_pruned, 0);
+    // ...and a replay is still refused: its timestamp is far outside the
+    // skew window (the window is much longer than the skew).
+    assert_eq!(
+        alpha
+            .coordinator
+            .receive("beta", &bytes)
+            .unwrap()
+            .unwrap_err(),
+        R::StaleTimestamp
+    );
+    assert_eq!(alpha.coordinator.inbox(0, 10).unwrap().len(), 1);
+    assert!(alpha.coordinator.audit().verify().is_ok());
+}
+
+#[test]
+fn envelope_ids_the_store_cannot_key_are_refused_as_malformed() {
+    use agentfed::coordinator::InboundRefusal as R;
+    let (alpha, beta) = pair();
+    for id in [String::new(), "x".repeat(257)] {
+        let envelope = agentfed::envelope::Envelope {
+            id,
+            source: "beta".into(),
+            target: "alpha".into(),
+            session: None,
+            message_type: "task-assignment".into(),
+            payload: json!({"task": "x"}),
+            timestamp_ms: beta.clock.now_ms(),
+            nonce: agentfed::envelope::random_id(),
+            hop_count: 1,
+            budget: agentfed::budget::Budget::with_default_hops(100, 1.0).unwrap(),
+        };
+        let bytes = envelope.sign(beta.coordinator.identity()).to_frame();
+        // A final refusal, not an internal error the sender would retry.
+        assert_eq!(
+            alpha
+                .coordinator
+                .receive("beta", &bytes)
+                .unwrap()
+                .unwrap_err(),
+            R::MalformedFrame
+        );
+    }
+    assert!(alpha.coordinator.inbox(0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn a_copy_arriving_while_the_first_is_processed_is_told_to_retry() {
+    use agentfed::coordinator::{AckStatus, InboundRefusal as R};
+    let (alpha, beta) = pair();
+    let bytes = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
+    // Two copies in one burst: the second arrives while the first is
+    // between its checks and its commit.
+    let results = alpha
+        .coordinator
+        .receive_many("beta", &[bytes.clone(), bytes.clone()]);
+    assert_eq!(results.len(), 2);
+    let first = results[0].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(first.status, AckStatus::Accepted);
+    assert_eq!(
+        results[1].as_ref().unwrap().as_ref().unwrap_err(),
+        &R::InProgress
+    );
+    // The retry gets the stored acknowledgement; processed once.
+    let again = alpha.coordinator.receive("beta", &bytes).unwrap().unwrap();
+    assert_eq!(&again, first);
+    assert_eq!(alpha.coordinator.inbox(0, 10).unwrap().len(), 1);
+    // Not audited as a refusal.
+    let rejected = alpha
+        .coordinator
+        .audit()
+        .query(&agentfed::audit::AuditQuery {
+            event_types: vec![agentfed::audit::EventType::MessageRejected],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+}

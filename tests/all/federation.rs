@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use agentfed::control::client::Client;
 use serde_json::{Value, json};
 
-use crate::harness::Node;
+use crate::harness::{Node, wait_until};
 
 /// Longest wait for sessions, deliveries and inbox contents.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,16 +61,6 @@ fn fingerprint(node: &Node) -> String {
         .to_string()
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn session_peers(node: &Node) -> Vec<String> {
     let sessions = node.run(&["sessions", "--json"]).json();
     sessions
@@ -86,16 +76,18 @@ fn session_peers(node: &Node) -> Vec<String> {
 fn join_pair(a: (&Node, &str, &str), b: (&Node, &str, &str)) {
     let (a_node, a_name, a_endpoint) = a;
     let (b_node, b_name, b_endpoint) = b;
-    let first = a_node
-        .run(&[
-            "join",
-            b_endpoint,
-            "--fingerprint",
-            &fingerprint(b_node),
-            "--json",
-        ])
-        .json();
+    // Refused by the peer: exit 1, the result (with the hint) on stdout.
+    let first = a_node.run(&[
+        "join",
+        b_endpoint,
+        "--fingerprint",
+        &fingerprint(b_node),
+        "--json",
+    ]);
+    first.fails(1, &["refused the session", "UNKNOWN_PEER"]);
+    let first: Value = serde_json::from_str(&first.stdout).expect("join result JSON");
     assert_eq!(first["peer"], b_name, "{first}");
+    assert_eq!(first["joined"], false, "{first}");
     let second = b_node
         .run(&[
             "join",
@@ -517,4 +509,41 @@ fn messages_for_a_returning_peer_are_delivered_while_traffic_to_another_flows() 
     for node in [&alpha, &beta, &gamma] {
         verify_audit(node);
     }
+}
+
+#[test]
+fn removing_a_peer_closes_its_session_and_queries_name_the_unknown_peer() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    let removed = alpha.run(&["peers", "remove", "beta", "--json"]).json();
+    assert_eq!(removed["removed"], "beta", "{removed}");
+    assert!(removed["session_closed"].is_string(), "{removed}");
+    // No session survives on either side, and alpha does not redial.
+    assert!(session_peers(&alpha).is_empty());
+    wait_until("beta to see the session closed", SETTLE_TIMEOUT, || {
+        session_peers(&beta).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(session_peers(&alpha).is_empty());
+    // Every command about beta now names the unknown peer (exit 2).
+    for args in [
+        &["query", "beta", "ping"][..],
+        &["leave", "beta"][..],
+        &["peers", "remove", "beta"][..],
+    ] {
+        alpha.run(args).fails(2, &["UNKNOWN_PEER"]);
+    }
+    verify_audit(&alpha);
+    let closed = alpha
+        .run(&["audit", "query", "--type", "session_terminated", "--json"])
+        .json();
+    assert!(
+        closed
+            .as_array()
+            .expect("records")
+            .iter()
+            .any(|r| r["details"]["code"] == "PEER_REMOVED"),
+        "{closed}"
+    );
 }

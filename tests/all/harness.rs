@@ -430,3 +430,15 @@ pub fn within_thread<T>(handle: std::thread::JoinHandle<T>, what: &str) -> T {
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
+
+/// Polls `ok` every 50 ms until it holds; panics naming `what` after
+/// `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

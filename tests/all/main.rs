@@ -5,6 +5,7 @@
 
 mod adversarial;
 mod cli;
+mod cli_errors;
 mod coordinator;
 mod daemon;
 mod demo;

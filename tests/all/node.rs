@@ -65,7 +65,8 @@ fn init_creates_keys_config_and_a_verifiable_manifest() {
     let file = dir.path().join("m.json");
     std::fs::write(&file, &manifest_text).unwrap();
     let verified = agentfed(&home, &["manifest", "verify", file.to_str().unwrap()]);
-    let line = verified.ok().trim().to_string();
+    let out = verified.ok().to_string();
+    let line = out.lines().next().unwrap_or_default().trim().to_string();
     assert!(line.contains("node lab-1"), "{line}");
     let fingerprint = line.rsplit(' ').next().unwrap();
     assert!(fingerprint.starts_with("sha256:"), "{line}");
@@ -73,6 +74,11 @@ fn init_creates_keys_config_and_a_verifiable_manifest() {
         text.contains(fingerprint),
         "init printed {text}, verify {line}"
     );
+    // Verify also shows the TLS fingerprint (what `join --fingerprint`
+    // takes), exactly as init printed it.
+    let tls = format!("tls fingerprint {}", manifest.manifest.tls_fingerprint);
+    assert!(out.contains(&tls), "verify printed {out}");
+    assert!(text.contains(&tls), "init printed {text}");
 }
 
 #[test]
@@ -153,6 +159,8 @@ fn loose_key_permissions_are_refused_naming_the_file_and_fix() {
     let path = key.display().to_string();
     assert!(log.contains(&path), "{log}");
     assert!(log.contains(&format!("chmod 600 {path}")), "{log}");
+    // Said once, not repeated by the error's cause.
+    assert_eq!(log.matches("Fix with: chmod 600").count(), 1, "{log}");
     assert!(!node.socket().exists());
     // Every command that loads the identity refuses too.
     node.run(&["manifest"]).fails(1, &[&path, "chmod 600"]);

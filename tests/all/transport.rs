@@ -158,6 +158,17 @@ async fn read_to_close(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<
     }
 }
 
+/// A well-behaved client still gets a session from `listener` (after a
+/// misbehaving one was refused).
+async fn assert_still_serving(server: &LocalNode, client: &LocalNode, listener: &mut Listener) {
+    let (c, s) = tokio::join!(
+        dial(wss(listener), pin_of(server), client, config()),
+        established(listener)
+    );
+    let c = c.expect("a well-behaved client is still served");
+    close_all(&[&c, &s]).await;
+}
+
 /// Runs the client side of the handshake by hand over a raw WebSocket,
 /// with a fixed nonce; returns the AUTH signature it sent and the reply
 /// after it.
@@ -380,7 +391,8 @@ async fn manifest_naming_another_certificate_is_refused_under_every_pin() {
         );
         assert_eq!(res.err(), Some(TransportError::CertMismatch), "{pin:?}");
         assert_eq!(fail.error.code(), "REJECTED", "{pin:?}");
-        assert_eq!(fail.peer_node_id.as_deref(), Some("client"));
+        // The client refused before its AUTH: its node id is unproven.
+        assert_eq!(fail.peer_node_id, None);
     }
     listener.shutdown().await;
 }
@@ -485,7 +497,8 @@ async fn auth_replayed_on_another_tls_session_is_refused() {
     );
     let fail = failure(&mut listener).await;
     assert_eq!(fail.error, TransportError::BadSignature);
-    assert_eq!(fail.peer_node_id.as_deref(), Some("client"));
+    // A replayed HELLO + AUTH must not pin the failure on the real client.
+    assert_eq!(fail.peer_node_id, None);
 
     first.close("NORMAL").await;
     within("server session ends", s1.closed()).await;
@@ -613,13 +626,7 @@ async fn garbage_and_non_websocket_traffic_is_dropped_and_the_listener_keeps_ser
     );
     assert_eq!(failure(&mut listener).await.error.code(), "PROTOCOL_ERROR");
 
-    // Still serving.
-    let (c, s) = tokio::join!(
-        dial(wss(&listener), pin_of(&server), &client, config()),
-        established(&mut listener)
-    );
-    let c = c.expect("connects after garbage");
-    close_all(&[&c, &s]).await;
+    assert_still_serving(&server, &client, &mut listener).await;
     listener.shutdown().await;
 }
 
@@ -1124,6 +1131,142 @@ async fn unanswered_requests_are_refused_or_time_out() {
     );
     assert_eq!(r.err(), Some(TransportError::RequestTimeout));
     drop(held);
+    close_all(&[&c, &s]).await;
+    listener.shutdown().await;
+}
+
+/// TLS and the WebSocket upgrade by hand (no handshake messages yet): a
+/// raw stream to misbehave on.
+async fn raw_upgraded(
+    server: &LocalNode,
+    listener: &Listener,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let addr = listener.local_addr();
+    let mut stream = tls::connect_tls("127.0.0.1", addr.port(), &pin_of(server))
+        .await
+        .expect("tls");
+    let request = format!(
+        "GET {WS_PATH} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: agentfed.v1\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("upgrade");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        within("upgrade response", stream.read_exact(&mut b))
+            .await
+            .expect("read");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_before_the_handshake_is_refused_at_once() {
+    let server = node("server");
+    let mut listener = listen(&server, config(), Arc::new(AcceptAll)).await;
+    let mut stream = raw_upgraded(&server, &listener).await;
+    // Each ping would queue a pong the server never writes during the
+    // handshake; past a few the attempt fails, long before its timeout.
+    let started = Instant::now();
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        flood.extend_from_slice(&ws_frame(0x9, false, b""));
+    }
+    stream.write_all(&flood).await.expect("pings");
+    let fail = failure(&mut listener).await;
+    assert_eq!(fail.error.code(), "PROTOCOL_ERROR", "{fail:?}");
+    assert_eq!(fail.peer_node_id, None);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(stream);
+
+    assert_still_serving(&server, &node("client"), &mut listener).await;
+    listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_flood_closes_the_session_with_flood() {
+    use agentfed::transport::session::MAX_RENEWALS_PER_WINDOW;
+    let renewals = Arc::new(AtomicUsize::new(0));
+    let seen = renewals.clone();
+    let server_cfg = TransportConfig {
+        on_event: Some(Arc::new(move |e| {
+            if let EventKind::Renewed { .. } = e.kind {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })),
+        ..config()
+    };
+    let (listener, c, s) = pair(server_cfg, config()).await;
+    // An honest client renews about once an hour; these all count.
+    for _ in 0..MAX_RENEWALS_PER_WINDOW {
+        within("renewal", c.renew()).await.expect("renewal granted");
+    }
+    // One more within the window: the server closes the session instead
+    // of answering (and auditing) without end.
+    assert!(within("flooding renewal", c.renew()).await.is_err());
+    let server_end = within("server closes", s.closed()).await;
+    assert_eq!(
+        (server_end.code.as_str(), server_end.by_peer),
+        ("FLOOD", false)
+    );
+    let client_end = within("client sees the close", c.closed()).await;
+    assert_eq!(client_end.code, "FLOOD");
+    assert_eq!(
+        renewals.load(Ordering::SeqCst),
+        MAX_RENEWALS_PER_WINDOW as usize
+    );
+    listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_messages_not_yet_taken_count_against_the_inbound_byte_limit() {
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let seen = refused.clone();
+    let server_cfg = TransportConfig {
+        max_message_size: 1 << 20,
+        max_inbound_buffered: 3 << 20,
+        on_event: Some(Arc::new(move |e| {
+            if let EventKind::StreamRefused { code, .. } = e.kind {
+                seen.lock().expect("lock").push(code);
+            }
+        })),
+        ..config()
+    };
+    let (listener, c, mut s) = pair(server_cfg, config()).await;
+    // Nobody reads on the server side: three complete 1 MiB messages
+    // fill the 3 MiB limit though none of them is partial any more. They
+    // go at the interactive priority, so every chunk of theirs is written
+    // before the bulk request below starts.
+    let big = vec![7u8; 1 << 20];
+    for _ in 0..3 {
+        c.send_message(Priority::Interactive, big.clone())
+            .await
+            .expect("within the limit");
+    }
+    let err = c.request(Priority::Bulk, big.clone(), WAIT).await;
+    assert_eq!(
+        err.err(),
+        Some(TransportError::StreamReset("RESOURCE_EXHAUSTED"))
+    );
+    assert_eq!(
+        refused.lock().expect("lock").as_slice(),
+        &["RESOURCE_EXHAUSTED"]
+    );
+    // Taking the messages frees the room again.
+    for _ in 0..3 {
+        let m = within("queued message", s.recv()).await.expect("message");
+        assert_eq!(m.into_parts().2.len(), 1 << 20);
+    }
+    c.send_message(Priority::Bulk, big)
+        .await
+        .expect("room again");
+    let m = within("message after room", s.recv())
+        .await
+        .expect("message");
+    assert_eq!(m.data.len(), 1 << 20);
     close_all(&[&c, &s]).await;
     listener.shutdown().await;
 }

@@ -8,7 +8,8 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::{CliError, CliResult};
+use super::ops::parse_payload;
+use super::{CliError, CliResult, MESSAGE_TYPES_HELP};
 use crate::control::client;
 
 fn call(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
@@ -30,38 +31,24 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn parse_payload(raw: &str) -> Result<Value, CliError> {
-    let text = match raw.strip_prefix('@') {
-        Some(path) => {
-            let bytes =
-                super::node::read_limited(Path::new(path), 1 << 20).map_err(CliError::usage)?;
-            String::from_utf8(bytes)
-                .map_err(|_| CliError::usage(anyhow!("--payload file is not UTF-8")))?
-        }
-        None => raw.to_string(),
-    };
-    serde_json::from_str(&text).map_err(|e| {
-        CliError::usage(anyhow!(
-            "--payload is not valid JSON ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })
-}
-
 /// `agentfed join` arguments.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
     /// The peer's endpoint, e.g. wss://192.0.2.10:9100.
     pub endpoint: String,
-    /// Expected TLS certificate fingerprint (64 hex digits; `:` allowed).
+    /// Expected TLS certificate fingerprint of the peer: 64 hex digits (`:`
+    /// allowed), shown as "tls fingerprint" by `init` and `manifest verify`
+    /// and as `tls_fingerprint` in the manifest. Not the `sha256:…` identity
+    /// fingerprint (to pin the identity key, use --public-key).
     #[arg(long, value_name = "HEX", conflicts_with_all = ["public_key", "accept_new"])]
     pub fingerprint: Option<String>,
-    /// Expected Ed25519 public key (base64, as in the peer's manifest).
+    /// Expected Ed25519 public key: standard base64 of 32 bytes (44
+    /// characters), shown as "public key" by `init` and `manifest verify`
+    /// and as `public_key` in the manifest.
     #[arg(long, value_name = "B64", conflicts_with = "accept_new")]
     pub public_key: Option<String>,
-    /// Trust the certificate the peer's signed manifest names (first use).
+    /// Trust the certificate the peer's signed manifest names (first use);
+    /// the fingerprint trusted is printed, to compare out of band.
     #[arg(long)]
     pub accept_new: bool,
     /// Print JSON.
@@ -69,19 +56,56 @@ pub struct JoinArgs {
     pub json: bool,
 }
 
-/// `agentfed join`.
+/// Checks `--fingerprint` locally: 64 hex digits (`:` allowed). A
+/// `sha256:…` identity fingerprint is refused with what to use instead.
+fn check_fingerprint(raw: &str) -> Result<(), CliError> {
+    let trimmed = raw.trim();
+    if trimmed.len() >= 7 && trimmed[..7].eq_ignore_ascii_case("sha256:") {
+        return Err(CliError::usage(anyhow!(
+            "--fingerprint takes the peer's TLS certificate fingerprint (64 hex digits, shown as `tls fingerprint` by `agentfed init` and `agentfed manifest verify`, `tls_fingerprint` in its manifest); `sha256:…` is its identity key fingerprint, which join does not take (to pin the identity key, pass --public-key B64)"
+        )));
+    }
+    let hex: String = trimmed.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::usage(anyhow!(
+            "--fingerprint must be the peer's TLS certificate fingerprint: 64 hex digits (`:` allowed), shown as `tls fingerprint` by `agentfed init` and `agentfed manifest verify`"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `--public-key` locally: standard padded base64 of 32 bytes.
+fn check_public_key(raw: &str) -> Result<(), CliError> {
+    crate::identity::decode_key32("public_key", raw.trim()).map_err(|_| {
+        CliError::usage(anyhow!(
+            "--public-key is not a valid Ed25519 public key: expected the standard base64 (padded, 44 characters) of 32 bytes, shown as `public key` by `agentfed init` and `agentfed manifest verify` and as `public_key` in the manifest"
+        ))
+    })?;
+    Ok(())
+}
+
+/// `agentfed join`: exit 0 when a session came up; exit 1 when the peer
+/// refused it (the output says what its operator must do).
 pub fn join(home: &Path, args: JoinArgs) -> CliResult {
-    let mut params = json!({"endpoint": args.endpoint, "accept_new": args.accept_new});
     if let Some(fp) = &args.fingerprint {
-        params["fingerprint"] = json!(fp);
+        check_fingerprint(fp)?;
     }
     if let Some(key) = &args.public_key {
-        params["public_key"] = json!(key);
+        check_public_key(key)?;
     }
-    let result = call(home, "join", params)?;
-    if args.json {
-        print_json(&result);
-    } else if result["joined"] == json!(true) {
+    let mut params = json!({"endpoint": args.endpoint, "accept_new": args.accept_new});
+    if let Some(fp) = &args.fingerprint {
+        params["fingerprint"] = json!(fp.trim());
+    }
+    if let Some(key) = &args.public_key {
+        params["public_key"] = json!(key.trim());
+    }
+    let mut result = call(home, "join", params)?;
+    if result["joined"] == json!(true) {
+        if args.json {
+            print_json(&result);
+            return Ok(());
+        }
         println!(
             "joined {} (session {}, {}; trust level {})",
             text(&result["peer"]),
@@ -89,15 +113,83 @@ pub fn join(home: &Path, args: JoinArgs) -> CliResult {
             text(&result["session"]["role"]),
             text(&result["trust_level"]),
         );
-    } else {
-        println!(
-            "{} refused the session: {}",
-            text(&result["peer"]),
-            text(&result["refused_by_peer"])
-        );
-        println!("  {}", text(&result["hint"]));
+        if args.accept_new {
+            println!(
+                "trusted TLS certificate fingerprint {} (compare it with the peer's operator out of band)",
+                text(&result["tls_fingerprint"])
+            );
+        }
+        return Ok(());
     }
-    Ok(())
+    let peer = text(&result["peer"]);
+    let code = text(&result["refused_by_peer"]);
+    let hint = refusal_hint(home, &result);
+    if args.json {
+        result["hint"] = json!(hint);
+        print_json(&result);
+    } else {
+        println!("{peer} refused the session: {code}");
+        println!("  {hint}");
+    }
+    Err(CliError::failed(anyhow!(
+        "{peer} refused the session: {code}"
+    )))
+}
+
+/// What the peer's operator must do after the peer refused a session,
+/// matched to the refusal code, and whether the peer is new here.
+fn refusal_hint(home: &Path, result: &Value) -> String {
+    let peer = text(&result["peer"]);
+    let code = text(&result["refused_by_peer"]);
+    // This node's id, endpoint and certificate, as peers see them.
+    let ours = call(home, "manifest", json!({})).ok();
+    let field = |name: &str| {
+        ours.as_ref()
+            .and_then(|m| m["manifest"][name].as_str())
+            .map(str::to_string)
+    };
+    let (Some(me), Some(endpoint), Some(tls)) = (
+        field("node_id"),
+        field("endpoint"),
+        field("tls_fingerprint"),
+    ) else {
+        // Cannot tell more than the daemon did, but do not claim the peer
+        // is new here when it was not.
+        let hint = text(&result["hint"]);
+        return match result["added"].as_bool() {
+            Some(false) => hint.replace(
+                &format!("{peer} is known here now, but it"),
+                &format!("{peer} was already known here; it"),
+            ),
+            _ => hint,
+        };
+    };
+    let known = match result["added"].as_bool() {
+        Some(true) => format!("{peer} is known here now (its manifest was verified). "),
+        Some(false) => format!("{peer} was already known here. "),
+        None => String::new(),
+    };
+    let todo = match code.as_str() {
+        "PEER_EVICTED" | "PEER_SUSPENDED" => format!(
+            "{peer} has this node ({me}) {}; its operator must reactivate it there: agentfed reactivate {me} --reason \"…\"",
+            if code == "PEER_EVICTED" {
+                "EVICTED"
+            } else {
+                "SUSPENDED"
+            }
+        ),
+        "KEY_MISMATCH" => format!(
+            "{peer} has a node {me} on record with another identity key (was this node re-initialised?); its operator must remove that record first: agentfed peers remove {me}, then: agentfed join {endpoint} --fingerprint {tls}"
+        ),
+        "UNTRUSTED" => format!(
+            "{peer} has this node ({me}) at UNTRUSTED; its operator must raise it: agentfed trust set {me} verified --reason \"…\""
+        ),
+        _ => format!(
+            "{peer} does not admit this node yet ({code}); ask its operator to run: agentfed join {endpoint} --fingerprint {tls}"
+        ),
+    };
+    // The command comes last, so it can be copied as it is.
+    format!("{known}This node keeps retrying. {todo}")
 }
 
 /// `agentfed leave` arguments.
@@ -159,12 +251,12 @@ pub struct QueryArgs {
     /// Target peer (needs a live session).
     pub peer: String,
     /// Message type, e.g. ping.
-    #[arg(value_name = "TYPE")]
+    #[arg(value_name = "TYPE", help = MESSAGE_TYPES_HELP)]
     pub message_type: String,
-    /// The payload: JSON text, or @FILE.
-    #[arg(long, value_name = "JSON|@FILE", default_value = "{}")]
+    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
+    #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]
     pub payload: String,
-    /// How long to wait for the reply, ms.
+    /// How long to wait for the reply, ms: 1-600000 (default 10000).
     #[arg(long, value_name = "N")]
     pub timeout_ms: Option<u64>,
     /// Print JSON.
@@ -202,12 +294,13 @@ pub fn query(home: &Path, args: QueryArgs) -> CliResult {
 #[derive(Debug, Args)]
 pub struct BroadcastArgs {
     /// Message type, e.g. status-broadcast.
-    #[arg(value_name = "TYPE")]
+    #[arg(value_name = "TYPE", help = MESSAGE_TYPES_HELP)]
     pub message_type: String,
-    /// The payload: JSON text, or @FILE.
-    #[arg(long, value_name = "JSON|@FILE", default_value = "{}")]
+    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
+    #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]
     pub payload: String,
-    /// How long to wait for each acknowledgement, ms.
+    /// How long to wait for each acknowledgement, ms: 1-600000 (default
+    /// 10000).
     #[arg(long, value_name = "N")]
     pub timeout_ms: Option<u64>,
     /// Print JSON.

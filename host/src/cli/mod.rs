@@ -81,7 +81,9 @@ pub enum Command {
     /// A narrated tour: three nodes on loopback in temporary homes join,
     /// raise trust, exchange messages (PII handled per trust level), run a
     /// query, hit a budget and a breaker, and verify their audit logs.
-    /// Everything is cleaned up afterwards.
+    /// Everything is cleaned up afterwards. The demo always creates its own
+    /// temporary homes: it never touches a real node, and `--home` is
+    /// refused (exit 2).
     Demo {
         /// Keep the node homes (the daemons are still stopped).
         #[arg(long)]
@@ -108,6 +110,13 @@ pub enum Command {
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
 }
+
+/// Help text for the TYPE argument of `send`, `query` and `broadcast`: the
+/// message types of [`crate::envelope::MESSAGE_TYPES`] (a test keeps the
+/// two in step).
+pub const MESSAGE_TYPES_HELP: &str = "Message type, one of: task-assignment, agent-handoff, claim-event, \
+     memory-query, memory-response, context-share, status, status-broadcast, ping, heartbeat, \
+     agent-spawn, trust-change, topology-change (each needs a trust level that allows it)";
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]
@@ -151,10 +160,29 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {:#}", err.error);
+            eprintln!("error: {}", error_line(&err.error));
             ExitCode::from(err.code)
         }
     }
+}
+
+/// The error and its causes on one line (`outer: cause: …`), leaving out a
+/// cause whose text the message before it already contains (errors that
+/// wrap another with `#[error("{0}")]` would otherwise print it twice).
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line.push_str(&text);
+        } else if !text.is_empty() && !previous.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    line
 }
 
 /// Runs a parsed command line.
@@ -173,6 +201,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Spend(command) => ops::spend(&home, command),
         Command::Send(args) => ops::send(&home, args),
         Command::Audit(command) => ops::audit(&home, command),
+        Command::Demo { .. } if cli.home.is_some() => Err(CliError::usage(anyhow::anyhow!(
+            "demo always runs in fresh temporary homes and never uses --home (add --keep to keep them afterwards)"
+        ))),
         Command::Demo { keep } => crate::demo::run(keep).map_err(CliError::failed),
         Command::Join(args) => fed::join(&home, args),
         Command::Leave(args) => fed::leave(&home, args),
@@ -204,4 +235,34 @@ fn init_logging(format: LogFormat, verbose: u8, quiet_level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_types_help_lists_every_message_type() {
+        for (name, _) in crate::envelope::MESSAGE_TYPES {
+            let listed = MESSAGE_TYPES_HELP
+                .split(|c: char| c == ',' || c == ':' || c.is_whitespace())
+                .any(|word| word == *name);
+            assert!(listed, "{name} missing from MESSAGE_TYPES_HELP");
+        }
+    }
+
+    #[test]
+    fn error_line_does_not_repeat_a_wrapped_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("key file x is readable; chmod 600 x")]
+        struct Inner;
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Outer(#[from] Inner);
+        let err = anyhow::Error::new(Outer(Inner));
+        assert_eq!(error_line(&err), "key file x is readable; chmod 600 x");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(io).context("cannot read y");
+        assert_eq!(error_line(&err), "cannot read y: no such file");
+    }
 }

@@ -13,6 +13,7 @@ use crate::identity::{
     HASH_KEY_FILE, IDENTITY_KEY_FILE, Identity, IdentityError, ManifestParams, NODE_FILE, NodeId,
     SignedManifest, TLS_CERT_FILE, TLS_KEY_FILE, WIREGUARD_KEY_FILE,
 };
+use crate::store::{HomeLock, LockError};
 
 /// `agentfed init` arguments.
 #[derive(Debug, Args)]
@@ -46,8 +47,10 @@ pub struct ManifestArgs {
 #[derive(Debug, Subcommand)]
 pub enum ManifestCommand {
     /// Check a signed manifest: field grammars, then the Ed25519 signature.
-    /// Prints the node id and key fingerprint; exit 2 with the reason if
-    /// it is not valid.
+    /// Prints the node id, endpoint, public key, identity fingerprint
+    /// (`sha256:…`) and TLS certificate fingerprint (`tls fingerprint`, the
+    /// value `join --fingerprint` takes); exit 2 with the reason if it is
+    /// not valid.
     Verify {
         /// The manifest JSON file (`-` for stdin).
         file: PathBuf,
@@ -119,6 +122,10 @@ pub fn init(home: &Path, args: InitArgs) -> CliResult {
     config
         .validate()
         .map_err(|m| CliError::usage(anyhow!("invalid option: {m}")))?;
+    // Hold the daemon lock for the whole init: never replace keys, config
+    // or certificate under a running daemon, and keep one from starting
+    // half-way through.
+    let _lock = lock_for_init(home)?;
     let config_path = home.join(CONFIG_FILE);
     if !args.force && config_path.exists() {
         return Err(CliError::failed(anyhow!(
@@ -161,6 +168,27 @@ pub fn init(home: &Path, args: InitArgs) -> CliResult {
         home.display()
     );
     Ok(())
+}
+
+/// Takes the home's daemon lock (`daemon.lock`) when the home exists, so
+/// `init` refuses (exit 1, nothing changed) while a daemon runs there. A
+/// home that does not exist yet has no daemon; nothing is created for it.
+fn lock_for_init(home: &Path) -> Result<Option<HomeLock>, CliError> {
+    if !home.is_dir() {
+        return Ok(None);
+    }
+    match HomeLock::acquire(home) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Held { pid, .. }) => Err(CliError::failed(anyhow!(
+            "the agentfed daemon for {} is running ({}); stop it before running init (init --force would replace the keys, config and TLS certificate it is using); nothing was changed",
+            home.display(),
+            match pid {
+                Some(p) => format!("pid {p}"),
+                None => "pid unknown".to_string(),
+            }
+        ))),
+        Err(e) => Err(CliError::failed(e)),
+    }
 }
 
 /// Writes the config atomically (temp file, fsync, rename), mode 0644.
@@ -227,6 +255,9 @@ fn verify(file: &Path) -> CliResult {
         "valid manifest: node {} fingerprint {fingerprint}",
         manifest.manifest.node_id
     );
+    println!("endpoint        {}", manifest.manifest.endpoint);
+    println!("public key      {}", manifest.manifest.public_key);
+    println!("tls fingerprint {}", manifest.manifest.tls_fingerprint);
     Ok(())
 }
 

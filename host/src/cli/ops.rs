@@ -547,18 +547,23 @@ pub struct SendArgs {
     /// Target peer.
     pub peer: String,
     /// Message type, e.g. task-assignment.
-    #[arg(value_name = "TYPE")]
+    #[arg(value_name = "TYPE", help = super::MESSAGE_TYPES_HELP)]
     pub message_type: String,
-    /// The payload: JSON text, or @FILE (@- for stdin).
-    #[arg(long, value_name = "JSON|@FILE")]
+    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
+    #[arg(long, value_name = "JSON|@FILE|@-")]
     pub payload: String,
-    /// Budget: most tokens the task may spend.
+    /// Budget: most tokens the task may spend, a whole number from 0 to
+    /// 1000000000 (default 1000000000).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_tokens: Option<String>,
-    /// Budget: most US dollars the task may spend.
+    /// Budget: most US dollars the task may spend, from 0 to 1000000
+    /// (default 1000000).
     #[arg(long, value_name = "X", allow_hyphen_values = true)]
     pub max_usd: Option<String>,
-    /// Budget: most hops (0 = no remote delegation; default 8, at most 64).
+    /// Budget: most hops the envelope may travel, 0-64 (default 8). The
+    /// delivery to PEER is the first hop: 1 lets PEER act but not delegate
+    /// further; 0 allows no hop at all, so the send is refused with
+    /// HOP_LIMIT_EXCEEDED.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_hops: Option<String>,
     /// Print JSON.
@@ -566,17 +571,38 @@ pub struct SendArgs {
     pub json: bool,
 }
 
-/// `agentfed send`.
-pub fn send(home: &Path, args: SendArgs) -> CliResult {
-    let payload_text = read_json_arg("--payload", &args.payload).map_err(CliError::usage)?;
-    let payload: Value = serde_json::from_str(&payload_text).map_err(|e| {
+/// A budget flag as a number within `0..=max`, checked before anything is
+/// sent: the daemon's `INVALID_BUDGET` is a constant code that does not say
+/// which field is wrong. `whole` also refuses fractions.
+fn budget_value(flag: &str, raw: &str, max: f64, whole: bool) -> Result<f64, CliError> {
+    let value = finite(flag, raw)?;
+    let in_range = (0.0..=max).contains(&value) && (!whole || value.fract() == 0.0);
+    if in_range {
+        return Ok(value);
+    }
+    Err(CliError::usage(anyhow!(
+        "INVALID_BUDGET: {flag} must be {} from 0 to {max}",
+        if whole { "a whole number" } else { "a number" }
+    )))
+}
+
+/// Parses `--payload`: JSON text, `@FILE` or `@-` (stdin), at most 1 MiB.
+/// Shared by `send`, `query` and `broadcast`.
+pub(super) fn parse_payload(raw: &str) -> Result<Value, CliError> {
+    let text = read_json_arg("--payload", raw).map_err(CliError::usage)?;
+    serde_json::from_str(&text).map_err(|e| {
         CliError::usage(anyhow!(
             "--payload is not valid JSON ({:?} error at line {} column {})",
             e.classify(),
             e.line(),
             e.column()
         ))
-    })?;
+    })
+}
+
+/// `agentfed send`.
+pub fn send(home: &Path, args: SendArgs) -> CliResult {
+    let payload = parse_payload(&args.payload)?;
     let mut params = json!({
         "peer": args.peer,
         "message_type": args.message_type,
@@ -584,18 +610,20 @@ pub fn send(home: &Path, args: SendArgs) -> CliResult {
     });
     if args.max_tokens.is_some() || args.max_usd.is_some() || args.max_hops.is_some() {
         let mut budget = Map::new();
+        use crate::budget::{MAX_HOPS_CEILING, MAX_TOKENS_CEILING, MAX_USD_CEILING};
         let tokens = match &args.max_tokens {
-            Some(raw) => finite("--max-tokens", raw)?,
-            None => crate::budget::MAX_TOKENS_CEILING as f64,
+            Some(raw) => budget_value("--max-tokens", raw, MAX_TOKENS_CEILING as f64, true)?,
+            None => MAX_TOKENS_CEILING as f64,
         };
         let usd = match &args.max_usd {
-            Some(raw) => finite("--max-usd", raw)?,
-            None => crate::budget::MAX_USD_CEILING,
+            Some(raw) => budget_value("--max-usd", raw, MAX_USD_CEILING, false)?,
+            None => MAX_USD_CEILING,
         };
-        budget.insert("max_tokens".into(), json!(tokens));
+        budget.insert("max_tokens".into(), json!(tokens as u64));
         budget.insert("max_usd".into(), json!(usd));
         if let Some(raw) = &args.max_hops {
-            budget.insert("max_hops".into(), json!(finite("--max-hops", raw)?));
+            let hops = budget_value("--max-hops", raw, f64::from(MAX_HOPS_CEILING), true)?;
+            budget.insert("max_hops".into(), json!(hops as u64));
         }
         params["budget"] = Value::Object(budget);
     }

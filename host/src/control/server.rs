@@ -185,8 +185,14 @@ impl Dispatcher {
             }
             "peers.remove" => {
                 let p: PeerParams = decode(method, params)?;
-                c.remove_peer(&p.peer)?;
-                Ok(json!({"removed": p.peer}))
+                match self.federation() {
+                    Ok((f, rt)) => rt.block_on(f.forget(&p.peer)),
+                    // No federation layer, so no session to close.
+                    Err(_) => {
+                        c.remove_peer(&p.peer)?;
+                        Ok(json!({"removed": p.peer, "session_closed": null}))
+                    }
+                }
             }
             "trust.show" => {
                 let p: OptionalPeerParams = decode(method, params)?;

@@ -45,7 +45,9 @@ pub struct HandshakeFailure {
     pub remote_addr: SocketAddr,
     /// Why it failed (constant code via [`TransportError::code`]).
     pub error: TransportError,
-    /// The node id the peer claimed in a parseable, verified `HELLO`.
+    /// The peer's node id, when the failure came after its `AUTH`
+    /// signature verified (e.g. a policy refusal); a failure before that
+    /// names no node, since a `HELLO` can carry a replayed manifest.
     pub peer_node_id: Option<String>,
 }
 

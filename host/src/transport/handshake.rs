@@ -558,6 +558,16 @@ pub(crate) async fn client_handshake(
         )
         .await;
     }
+    // The server's clock may differ from ours, but not by more than the
+    // skew envelopes tolerate: a server granting more than our own limits
+    // (e.g. a cap of u64::MAX, so the session would never need a fresh
+    // handshake and trust check) is clamped to them.
+    let now = config.clock.now_ms();
+    let max_expires_at_ms = max_expires_at_ms
+        .min(now.saturating_add(config.session_max_ms + SERVER_CLOCK_ALLOWANCE_MS));
+    let expires_at_ms = expires_at_ms
+        .min(now.saturating_add(config.session_ttl_ms + SERVER_CLOCK_ALLOWANCE_MS))
+        .min(max_expires_at_ms);
     Ok(Session {
         session_id: hex::encode(id),
         role: Role::Client,
@@ -574,7 +584,11 @@ pub(crate) async fn client_handshake(
     })
 }
 
-/// A server-side failure, with the peer's claimed node id when known.
+/// How far a server's session times may run ahead of this client's own
+/// limits (clock difference), as for envelope timestamps.
+pub(crate) const SERVER_CLOCK_ALLOWANCE_MS: u64 = 5 * 60_000;
+
+/// A server-side failure, with the peer's node id once its AUTH verified.
 pub(crate) struct ServerFailure {
     pub error: TransportError,
     pub peer_node_id: Option<String>,
@@ -620,7 +634,6 @@ async fn server_steps(
         Ok(_) => return fail(ws, TransportError::ProtocolError("expected HELLO")).await,
         Err(e) => return fail(ws, e).await,
     };
-    *peer_node_id = Some(client_manifest.manifest.node_id.clone());
 
     let server_nonce = random_bytes::<32>()?;
     let server_json = local.manifest_json();
@@ -653,6 +666,9 @@ async fn server_steps(
     if !verify_ed25519(&key, &theirs, &client_sig) {
         return fail(ws, TransportError::BadSignature).await;
     }
+    // Only now is the node id proven: anyone can replay a public manifest
+    // in HELLO, so failures before this point name no peer.
+    *peer_node_id = Some(client_manifest.manifest.node_id.clone());
     let outcome = PinOutcome::Inbound;
     let ctx = PeerContext {
         local_role: Role::Server,

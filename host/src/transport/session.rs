@@ -19,7 +19,7 @@ use std::fmt;
 use std::future::{Future as _, poll_fn};
 use std::ops::Deref;
 use std::pin::Pin as StdPin;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,6 +46,25 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Progress steps per poll before the driver yields to other tasks.
 const POLL_BUDGET: usize = 64;
+
+/// Length of the windows in which a peer's control traffic is counted.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(60);
+/// Session renewals (server) or session updates (client) a peer may cause
+/// per [`FLOOD_WINDOW`]; each costs a reply and an audit record, and an
+/// honest client renews about once an hour. Past it the connection closes
+/// with `FLOOD`.
+pub const MAX_RENEWALS_PER_WINDOW: u32 = 10;
+/// WebSocket pings a peer may send per [`FLOOD_WINDOW`] (each queues a
+/// pong; agentfed pings every 30 s). Past it the connection closes with
+/// `FLOOD`.
+pub const MAX_PINGS_PER_WINDOW: u32 = 120;
+/// Refused inbound streams reported (and so audited) one by one per
+/// [`FLOOD_WINDOW`]; the rest are counted into the next report.
+pub const MAX_REFUSALS_REPORTED_PER_WINDOW: u32 = 16;
+/// Frames the driver itself owes the peer (resets, session updates, pings)
+/// that may wait unwritten; more means the peer sends without reading, and
+/// the connection closes with `FLOOD`.
+pub const MAX_QUEUED_CONTROL_FRAMES: usize = 1024;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +109,10 @@ pub enum EventKind {
         stream_id: u32,
         /// Why.
         code: &'static str,
+        /// Refusals on this connection not reported since the previous
+        /// report (at most [`MAX_REFUSALS_REPORTED_PER_WINDOW`] are
+        /// reported per [`FLOOD_WINDOW`]).
+        unreported: u32,
     },
     /// The connection closed.
     Closed(CloseReason),
@@ -104,6 +127,57 @@ pub struct IncomingMessage {
     /// The message bytes.
     pub data: Vec<u8>,
     responder: Option<Responder>,
+    /// Counts `data` against the connection's inbound byte limit until the
+    /// consumer takes the bytes ([`IncomingMessage::into_parts`]).
+    _held: HeldBytes,
+}
+
+/// Bytes of complete inbound messages that the consumer has not taken yet;
+/// released on drop.
+struct HeldBytes {
+    count: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl HeldBytes {
+    fn new(count: &Arc<AtomicUsize>, bytes: usize) -> HeldBytes {
+        count.fetch_add(bytes, Ordering::SeqCst);
+        HeldBytes {
+            count: count.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// Counts events of one kind in [`FLOOD_WINDOW`]s of the connection's
+/// clock.
+#[derive(Default)]
+struct WindowCount {
+    started_ms: Option<u64>,
+    count: u32,
+}
+
+impl WindowCount {
+    /// Counts one event at `now_ms`; returns how many fell in the current
+    /// window, this one included.
+    fn note(&mut self, now_ms: u64) -> u32 {
+        let window_ms = FLOOD_WINDOW.as_millis() as u64;
+        if self
+            .started_ms
+            .is_none_or(|started| now_ms.saturating_sub(started) >= window_ms)
+        {
+            self.started_ms = Some(now_ms);
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count
+    }
 }
 
 impl fmt::Debug for IncomingMessage {
@@ -129,7 +203,8 @@ impl IncomingMessage {
         self.responder.take()
     }
 
-    /// `(stream_id, priority, data)`.
+    /// `(stream_id, priority, data)`; the bytes stop counting against the
+    /// connection's inbound limit.
     pub fn into_parts(self) -> (u32, Priority, Vec<u8>) {
         (self.stream_id, self.priority, self.data)
     }
@@ -745,6 +820,11 @@ pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Co
         inbound: HashMap::new(),
         peer_partials: 0,
         buffered: 0,
+        held: Arc::new(AtomicUsize::new(0)),
+        renewals: WindowCount::default(),
+        pings: WindowCount::default(),
+        refusals: WindowCount::default(),
+        unreported_refusals: 0,
         max_peer_id: 0,
         pending_delivery: None,
         incoming: PollSender::new(in_tx),
@@ -985,7 +1065,14 @@ struct Driver {
     needs_flush: bool,
     inbound: HashMap<u32, Partial>,
     peer_partials: usize,
+    /// Bytes of partial inbound messages.
     buffered: usize,
+    /// Bytes of complete inbound messages not yet taken by the consumer.
+    held: Arc<AtomicUsize>,
+    renewals: WindowCount,
+    pings: WindowCount,
+    refusals: WindowCount,
+    unreported_refusals: u32,
     max_peer_id: u32,
     pending_delivery: Option<IncomingMessage>,
     incoming: PollSender<IncomingMessage>,
@@ -1234,13 +1321,27 @@ impl Driver {
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), Fail> {
+        self.handle_frame(frame)?;
+        if self.internal.len() + self.raw_out.len() > MAX_QUEUED_CONTROL_FRAMES {
+            return Err(Fail::local("FLOOD"));
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), Fail> {
         match frame.opcode() {
             OpCode::Binary => {
                 let mux =
                     MuxFrame::decode(frame.into_payload()).map_err(|e| Fail::from_error(&e))?;
                 self.on_mux(mux)
             }
-            OpCode::Ping => Ok(()),
+            // yawc queues the pong itself.
+            OpCode::Ping => {
+                if self.pings.note(self.shared.now_ms()) > MAX_PINGS_PER_WINDOW {
+                    return Err(Fail::local("FLOOD"));
+                }
+                Ok(())
+            }
             OpCode::Pong => {
                 if let Some((seq, sent)) = self.ping_outstanding
                     && frame.payload().as_ref() == seq.to_be_bytes()
@@ -1263,9 +1364,14 @@ impl Driver {
 
     fn refuse(&mut self, stream_id: u32, code: ResetCode) {
         self.internal.push_back(MuxFrame::Reset { stream_id, code });
+        if self.refusals.note(self.shared.now_ms()) > MAX_REFUSALS_REPORTED_PER_WINDOW {
+            self.unreported_refusals = self.unreported_refusals.saturating_add(1);
+            return;
+        }
         self.shared.emit(EventKind::StreamRefused {
             stream_id,
             code: code.name(),
+            unreported: std::mem::take(&mut self.unreported_refusals),
         });
     }
 
@@ -1303,6 +1409,9 @@ impl Driver {
                 if self.shared.expired() {
                     return Err(Fail::local("SESSION_EXPIRED"));
                 }
+                if self.renewals.note(self.shared.now_ms()) > MAX_RENEWALS_PER_WINDOW {
+                    return Err(Fail::local("FLOOD"));
+                }
                 self.grant();
                 Ok(())
             }
@@ -1312,6 +1421,13 @@ impl Driver {
                 {
                     return Err(Fail::local("PROTOCOL_ERROR"));
                 }
+                if self.renewals.note(self.shared.now_ms()) > MAX_RENEWALS_PER_WINDOW {
+                    return Err(Fail::local("FLOOD"));
+                }
+                // Never more than our own TTL from now (see the handshake).
+                let expires_at_ms = expires_at_ms.min(self.shared.now_ms().saturating_add(
+                    self.shared.config.session_ttl_ms + super::handshake::SERVER_CLOCK_ALLOWANCE_MS,
+                ));
                 self.shared
                     .expires_at_ms
                     .store(expires_at_ms, Ordering::SeqCst);
@@ -1380,7 +1496,7 @@ impl Driver {
         let current = self.inbound.get(&id).map_or(0, |p| p.data.len());
         let refusal = if current + payload.len() > max_message {
             Some(ResetCode::MESSAGE_TOO_LARGE)
-        } else if self.buffered + payload.len() > max_buffered {
+        } else if self.buffered + self.held.load(Ordering::SeqCst) + payload.len() > max_buffered {
             Some(ResetCode::RESOURCE_EXHAUSTED)
         } else {
             None
@@ -1418,6 +1534,7 @@ impl Driver {
         let msg = IncomingMessage {
             stream_id: id,
             priority: partial.priority,
+            _held: HeldBytes::new(&self.held, partial.data.len()),
             data: partial.data,
             responder,
         };

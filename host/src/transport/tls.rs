@@ -84,12 +84,16 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, Transport
     let cert = CertificateDer::from(identity.tls_cert_der().to_vec());
     let key = PrivateKeyDer::from_pem_slice(identity.tls_key_pem().as_bytes())
         .map_err(|_| TransportError::Config("TLS key is not a PEM private key"))?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|_| TransportError::Config("TLS 1.3 unsupported by the provider"))?
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .map_err(|_| TransportError::Config("TLS certificate and key do not match"))?;
+    // No resumption: a resumed session presents no certificate, and every
+    // connection must show the one its manifest names (protocol.md §1).
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 

@@ -224,14 +224,26 @@ impl WsConn {
             .map_err(map_ws_error)
     }
 
-    /// The next binary message (pings and pongs are skipped; a close
-    /// becomes [`TransportError::ConnectionClosed`] with the peer's code).
+    /// The next binary message (up to [`MAX_HANDSHAKE_PINGS`] pings and
+    /// pongs before it are skipped; a close becomes
+    /// [`TransportError::ConnectionClosed`] with the peer's code).
     pub async fn recv(&mut self) -> Result<Bytes, TransportError> {
+        let mut skipped = 0;
         loop {
             let frame = self.ws.next_frame().await.map_err(map_ws_error)?;
             match frame.opcode() {
                 OpCode::Binary => return Ok(frame.into_payload()),
-                OpCode::Ping | OpCode::Pong => continue,
+                // Each ping queues a pong that is written only with our
+                // next message: a stream of them would grow without bound.
+                OpCode::Ping | OpCode::Pong if skipped < MAX_HANDSHAKE_PINGS => {
+                    skipped += 1;
+                    continue;
+                }
+                OpCode::Ping | OpCode::Pong => {
+                    return Err(TransportError::ProtocolError(
+                        "too many WebSocket pings during the handshake",
+                    ));
+                }
                 OpCode::Close => {
                     // Let yawc flush its echo of the close; best effort.
                     let _ = self.ws.flush().await;
@@ -254,6 +266,9 @@ impl WsConn {
         let _ = self.ws.close().await;
     }
 }
+
+/// Pings and pongs tolerated before each handshake message.
+pub const MAX_HANDSHAKE_PINGS: usize = 4;
 
 /// The WebSocket close code used for an agentfed close code.
 pub(crate) fn close_numeric(code: &str) -> CloseCode {
