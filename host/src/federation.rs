@@ -962,6 +962,19 @@ impl Federation {
             Ok(conn) => {
                 let _ = self.register(conn).await;
             }
+            // The peer's operator left this node: redialing cannot succeed
+            // until they join it again, which dials from their side.
+            Err(
+                ref e @ TransportError::Rejected {
+                    ref code,
+                    by_peer: true,
+                },
+            ) if code.as_str() == SESSION_LEFT => {
+                self.want(&peer, false);
+                lock(&self.redial).remove(&peer);
+                self.audit_dial_failure(&peer, &view.endpoint, e, None)
+                    .await;
+            }
             Err(e) => {
                 let delay = {
                     let mut redial = lock(&self.redial);

@@ -547,3 +547,48 @@ fn removing_a_peer_closes_its_session_and_queries_name_the_unknown_peer() {
         "{closed}"
     );
 }
+
+#[test]
+fn a_node_the_peer_left_stops_redialing_it_after_one_refusal() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    beta.run(&["leave", "alpha"]).ok();
+    let refusals = || {
+        alpha
+            .run(&[
+                "audit",
+                "query",
+                "--type",
+                "handshake_rejected",
+                "--peer",
+                "beta",
+                "--json",
+            ])
+            .json()
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter(|r| {
+                r["details"]["code"] == "REJECTED"
+                    && r["summary"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("SESSION_LEFT"))
+            })
+            .count()
+    };
+    wait_until("alpha's redial to be refused", SETTLE_TIMEOUT, || {
+        refusals() == 1
+    });
+    // Retries would come every second here (retry_max_ms = 1000); none do.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(refusals(), 1);
+    assert!(session_peers(&alpha).is_empty());
+    // Joining again (from beta) brings the session back.
+    beta.run(&["join", &alpha_ep, "--fingerprint", &fingerprint(&alpha)])
+        .ok();
+    wait_until("the session to return", SETTLE_TIMEOUT, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+    verify_audit(&alpha);
+}
