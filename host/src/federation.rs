@@ -1398,6 +1398,9 @@ impl Federation {
                     return Err(internal("probe saw no manifest"));
                 };
                 let m = &manifest.manifest;
+                if let Some(conflict) = self.join_conflict(&request.endpoint, m).await {
+                    return Err(conflict);
+                }
                 let fingerprint = cert.unwrap_or_else(|| m.tls_fingerprint.clone());
                 Err(err(
                     "CONFIRMATION_REQUIRED",
@@ -1465,6 +1468,16 @@ impl Federation {
             Err(e) => {
                 self.audit_dial_failure("-", &request.endpoint, &e, None)
                     .await;
+                // Our own admission refused the node we reached: say why
+                // in the operator's terms.
+                if let (TransportError::Rejected { by_peer: false, .. }, Some((manifest, _))) =
+                    (&e, &seen)
+                    && let Some(conflict) = self
+                        .join_conflict(&request.endpoint, &manifest.manifest)
+                        .await
+                {
+                    return Err(conflict);
+                }
                 Err(err(
                     e.code(),
                     format!("join {} failed: {e}", request.endpoint),
@@ -1472,6 +1485,48 @@ impl Federation {
                 ))
             }
         }
+    }
+
+    /// Why joining the node that presented `m` at `endpoint` cannot work
+    /// as asked: it is this node, or a node on record here with another
+    /// key (re-initialised, or an impostor). `None` when neither.
+    async fn join_conflict(
+        &self,
+        endpoint: &str,
+        m: &crate::identity::Manifest,
+    ) -> Option<ErrorBody> {
+        if m.node_id == self.node.manifest().manifest.node_id {
+            return Some(err(
+                "INVALID_INPUT",
+                format!(
+                    "{endpoint} is this node's own endpoint (node id {}); join another node",
+                    m.node_id
+                ),
+                true,
+            ));
+        }
+        let p = m.node_id.clone();
+        let known = self
+            .blocking(move |c| c.store().get_peer(&p))
+            .await
+            .ok()?
+            .ok()??;
+        let on_record = &known.manifest.manifest.public_key;
+        (on_record != &m.public_key).then(|| {
+            err(
+                "KEY_MISMATCH",
+                format!(
+                    "{endpoint} presents node id {} with public key {}, but {} is on record here with public key {on_record}; nothing was changed. If its operator re-initialised it, run `agentfed peers remove {}` and join again; otherwise this is not the node you know",
+                    m.node_id, m.public_key, m.node_id, m.node_id
+                ),
+                false,
+            )
+            .with_details(json!({
+                "node_id": m.node_id,
+                "public_key": m.public_key,
+                "public_key_on_record": on_record,
+            }))
+        })
     }
 
     /// `leave`: closes the session with `peer` (audited as an operator

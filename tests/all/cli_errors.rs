@@ -283,6 +283,20 @@ fn join_refusals_exit_1_with_a_hint_matching_the_code() {
         "{}",
         mismatch.stdout
     );
+    // From beta's side the new key does not match its record of alpha: the
+    // probe (no pin) and a join pinning the new certificate both say so,
+    // with the way out, instead of suggesting a pin that cannot work.
+    for args in [
+        vec!["join", alpha_ep.as_str()],
+        vec!["join", alpha_ep.as_str(), "--fingerprint", new_fp.as_str()],
+    ] {
+        let out = beta
+            .run(&args)
+            .fails(1, &["KEY_MISMATCH", "agentfed peers remove alpha"]);
+        assert!(!out.contains("rerun with --fingerprint"), "{out}");
+    }
+    // A node's own endpoint is named as such at once.
+    beta.run(&["join", &beta_ep]).fails(2, &["own endpoint"]);
     alpha.stop();
     beta.stop();
 }
