@@ -304,16 +304,19 @@ fn main() {
     let alpha = Daemon::start(dir.path(), "alpha", &cache);
     let beta = Daemon::start(dir.path(), "beta", &cache);
 
-    // Join both ways, pinned; raise trust to ATTESTED both ways.
-    cli(
-        &alpha.home,
-        &[
-            "join",
-            &beta.endpoint,
-            "--fingerprint",
-            &beta.fingerprint(),
-            "--json",
-        ],
+    // Join both ways, pinned; raise trust to ATTESTED both ways. beta does
+    // not know alpha yet, so the first join is refused (exit 1), but alpha
+    // now knows beta; the second completes the session.
+    let first = agentfed(&alpha.home)
+        .args(["join", &beta.endpoint, "--fingerprint", &beta.fingerprint()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running agentfed join");
+    assert!(
+        first.status.code() == Some(1)
+            && String::from_utf8_lossy(&first.stderr).contains("refused the session"),
+        "first join: {}",
+        String::from_utf8_lossy(&first.stderr)
     );
     cli(
         &beta.home,
