@@ -1828,12 +1828,26 @@ impl Coordinator {
     /// removes it and audits the refusal in one commit.
     pub fn refused_for_good(&self, entry: &OutboxEntry, code: &str) -> Result<bool> {
         let (peer, id) = (entry.target.as_str(), entry.envelope_id.clone());
-        let event = AuditEvent::new(
-            EventType::MessageRejected,
-            format!("{id} refused by {peer}: {code}; not retried"),
-        )
-        .with_peer(peer)
-        .with_details(json!({"envelope_id": id, "reason": code, "final": true}));
+        // A stale envelope refused after earlier attempts may have been
+        // processed by one of them (its acknowledgement lost, and the
+        // receiver's record of it since forgotten): say so, not "refused".
+        let outcome_unknown = code == "STALE_TIMESTAMP" && entry.attempts > 0;
+        let summary = if outcome_unknown {
+            format!(
+                "{id} expired undelivered to {peer} ({code} after {} attempts; an earlier attempt may have been processed); not retried",
+                entry.attempts
+            )
+        } else {
+            format!("{id} refused by {peer}: {code}; not retried")
+        };
+        let event = AuditEvent::new(EventType::MessageRejected, summary)
+            .with_peer(peer)
+            .with_details(json!({
+                "envelope_id": id,
+                "reason": code,
+                "final": true,
+                "outcome_unknown": outcome_unknown,
+            }));
         let (existed, _) = self
             .submit_removal(entry, event, Persist::Durable)?
             .wait()
@@ -1943,9 +1957,12 @@ fn clip_reason(reason: &str) -> String {
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60_000;
 /// Largest envelope frame accepted (the transport caps messages too).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 4096;
-/// How long processed envelope ids are remembered. Must exceed the skew
-/// window, so a replay is either remembered or stale.
-pub const DEDUPE_WINDOW_MS: u64 = 24 * HOUR_MS;
+/// How long processed envelope ids (and their acknowledgements) are
+/// remembered. Must exceed the skew window, so a replay is either
+/// remembered or stale; a week, so that a sender that was offline for
+/// days and retries an envelope whose acknowledgement it lost still gets
+/// that acknowledgement rather than `STALE_TIMESTAMP`.
+pub const DEDUPE_WINDOW_MS: u64 = 7 * 24 * HOUR_MS;
 const _: () = assert!(DEDUPE_WINDOW_MS > 2 * MAX_CLOCK_SKEW_MS);
 
 /// The acknowledgement a receiver sends for an envelope, committed before
@@ -2475,17 +2492,21 @@ impl Coordinator {
     /// accepted: a replay that passes the skew check was first received at
     /// most `2 × MAX_CLOCK_SKEW_MS` earlier, so its id is still remembered.
     pub fn prune_dedupe(&self) -> Result<u64> {
-        /// Ids forgotten per transaction.
+        /// Ids forgotten per transaction, and transactions per call (the
+        /// rest waits for the next tick, so a large backlog cannot hold
+        /// up a shutdown).
         const PRUNE_BATCH: usize = 10_000;
+        const PRUNE_BATCHES_PER_CALL: usize = 10;
         let cutoff = self.now().saturating_sub(DEDUPE_WINDOW_MS);
         let mut pruned = 0;
-        loop {
+        for _ in 0..PRUNE_BATCHES_PER_CALL {
             let n = self.store.dedupe_prune_older_than(cutoff, PRUNE_BATCH)?;
             pruned += n;
             if n < PRUNE_BATCH as u64 {
-                return Ok(pruned);
+                break;
             }
         }
+        Ok(pruned)
     }
 }
 

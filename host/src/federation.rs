@@ -922,6 +922,22 @@ impl Federation {
                 )
                 .await;
             }
+            EventKind::RefusalsUnreported { count } => {
+                self.audit(
+                    AuditEvent::new(
+                        EventType::MessageRejected,
+                        format!(
+                            "{count} more inbound streams from {peer} were refused; not recorded one by one"
+                        ),
+                    )
+                    .with_peer(&peer)
+                    .with_details(json!({
+                        "session_id": event.session_id,
+                        "unreported_refusals": count,
+                    })),
+                )
+                .await;
+            }
             EventKind::Closed(_) => {}
         }
     }
@@ -1435,14 +1451,20 @@ impl Federation {
                     })
                     .await??;
                 lock(&self.left).remove(&peer);
-                self.want(&peer, true);
-                lock(&self.redial).insert(
-                    peer.clone(),
-                    Redial {
-                        backoff: self.backoff(),
-                        next: Instant::now() + Duration::from_millis(self.settings.retry_base_ms),
-                    },
-                );
+                // A peer that left this node refuses every redial until its
+                // operator joins again (from their side): keep dialing the
+                // others only.
+                if code.as_str() != SESSION_LEFT {
+                    self.want(&peer, true);
+                    lock(&self.redial).insert(
+                        peer.clone(),
+                        Redial {
+                            backoff: self.backoff(),
+                            next: Instant::now()
+                                + Duration::from_millis(self.settings.retry_base_ms),
+                        },
+                    );
+                }
                 self.audit_dial_failure(
                     &peer,
                     &request.endpoint,
@@ -1460,8 +1482,14 @@ impl Federation {
                     "added": added,
                     "refused_by_peer": code.to_string(),
                     "hint": format!(
-                        "{peer} is known here now, but it does not admit this node yet ({code}); ask its operator to run: agentfed join {} --fingerprint {}. This node keeps retrying.",
-                        ours.endpoint, ours.tls_fingerprint
+                        "{peer} is known here now, but it does not admit this node yet ({code}); ask its operator to run: agentfed join {} --fingerprint {}. {}",
+                        ours.endpoint,
+                        ours.tls_fingerprint,
+                        if code.as_str() == SESSION_LEFT {
+                            "This node does not redial it meanwhile (it left this node)."
+                        } else {
+                            "This node keeps retrying."
+                        }
                     ),
                 }))
             }

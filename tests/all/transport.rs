@@ -1222,51 +1222,94 @@ async fn a_renewal_flood_closes_the_session_with_flood() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn complete_messages_not_yet_taken_count_against_the_inbound_byte_limit() {
-    let refused = Arc::new(Mutex::new(Vec::new()));
-    let seen = refused.clone();
+async fn complete_messages_not_yet_taken_hold_back_reading_at_the_byte_limit() {
     let server_cfg = TransportConfig {
         max_message_size: 1 << 20,
         max_inbound_buffered: 3 << 20,
-        on_event: Some(Arc::new(move |e| {
-            if let EventKind::StreamRefused { code, .. } = e.kind {
-                seen.lock().expect("lock").push(code);
-            }
-        })),
         ..config()
     };
-    let (listener, c, mut s) = pair(server_cfg, config()).await;
-    // Nobody reads on the server side: three complete 1 MiB messages
-    // fill the 3 MiB limit though none of them is partial any more. They
-    // go at the interactive priority, so every chunk of theirs is written
-    // before the bulk request below starts.
+    let (listener, mut c, mut s) = pair(server_cfg, config()).await;
+    // Nobody takes messages on the server side: three complete 1 MiB
+    // messages fill its 3 MiB limit though none of them is partial.
     let big = vec![7u8; 1 << 20];
     for _ in 0..3 {
         c.send_message(Priority::Interactive, big.clone())
             .await
             .expect("within the limit");
     }
-    let err = c.request(Priority::Bulk, big.clone(), WAIT).await;
-    assert_eq!(
-        err.err(),
-        Some(TransportError::StreamReset("RESOURCE_EXHAUSTED"))
-    );
-    assert_eq!(
-        refused.lock().expect("lock").as_slice(),
-        &["RESOURCE_EXHAUSTED"]
-    );
-    // Taking the messages frees the room again.
+    let client = tokio::spawn(async move {
+        // Answers the server's request below, and sends one more message.
+        let m = within("server's request", c.recv()).await.expect("request");
+        let mut m = m;
+        let r = m.take_responder().expect("a request");
+        r.reply(b"answer".to_vec()).await.expect("reply queued");
+        c.send_message(Priority::Bulk, vec![8u8; 1 << 20])
+            .await
+            .expect("queued");
+        c
+    });
+    // The server stops reading the socket instead of refusing streams or
+    // growing: even the reply to its own request waits.
+    let held_back = s
+        .request(
+            Priority::Interactive,
+            b"question".to_vec(),
+            Duration::from_secs(1),
+        )
+        .await;
+    assert_eq!(held_back.err(), Some(TransportError::RequestTimeout));
+    // Taking the messages frees the room: reading resumes and the next
+    // message arrives, nothing was refused.
     for _ in 0..3 {
         let m = within("queued message", s.recv()).await.expect("message");
-        assert_eq!(m.into_parts().2.len(), 1 << 20);
+        assert_eq!(m.into_parts().2, big);
     }
-    c.send_message(Priority::Bulk, big)
-        .await
-        .expect("room again");
-    let m = within("message after room", s.recv())
+    let next = within("message after room", s.recv())
         .await
         .expect("message");
-    assert_eq!(m.data.len(), 1 << 20);
+    assert_eq!(next.data, vec![8u8; 1 << 20]);
+    let c = client.await.expect("client task");
+    // And a fresh request round trip works again.
+    let (reply, c) = tokio::join!(
+        s.request(Priority::Interactive, b"again".to_vec(), WAIT),
+        async {
+            let mut c = c;
+            let mut m = within("second request", c.recv()).await.expect("request");
+            m.take_responder()
+                .expect("a request")
+                .reply(b"ok".to_vec())
+                .await
+                .expect("reply");
+            c
+        }
+    );
+    assert_eq!(reply.expect("reply"), b"ok");
+    close_all(&[&c, &s]).await;
+    listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_renewals_share_one_renew_frame() {
+    use agentfed::transport::session::MAX_RENEWALS_PER_WINDOW;
+    let renewals = Arc::new(AtomicUsize::new(0));
+    let seen = renewals.clone();
+    let server_cfg = TransportConfig {
+        on_event: Some(Arc::new(move |e| {
+            if let EventKind::Renewed { .. } = e.kind {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })),
+        ..config()
+    };
+    let (listener, c, s) = pair(server_cfg, config()).await;
+    // Far more asks than the server allows per window (e.g. a maintenance
+    // pass asking every second while the server is slow to answer): they
+    // wait for one answer instead of each sending a RENEW.
+    let asks = (0..3 * MAX_RENEWALS_PER_WINDOW).map(|_| c.renew());
+    let granted = within("renewals", futures::future::join_all(asks)).await;
+    assert!(granted.iter().all(Result::is_ok), "{granted:?}");
+    assert!(renewals.load(Ordering::SeqCst) <= MAX_RENEWALS_PER_WINDOW as usize);
+    assert!(!s.is_closed());
     close_all(&[&c, &s]).await;
     listener.shutdown().await;
 }

@@ -60,7 +60,10 @@ pub struct JoinArgs {
 /// `sha256:…` identity fingerprint is refused with what to use instead.
 fn check_fingerprint(raw: &str) -> Result<(), CliError> {
     let trimmed = raw.trim();
-    if trimmed.len() >= 7 && trimmed[..7].eq_ignore_ascii_case("sha256:") {
+    if trimmed
+        .get(..7)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("sha256:"))
+    {
         return Err(CliError::usage(anyhow!(
             "--fingerprint takes the peer's TLS certificate fingerprint (64 hex digits, shown as `tls fingerprint` by `agentfed init` and `agentfed manifest verify`, `tls_fingerprint` in its manifest); `sha256:…` is its identity key fingerprint, which join does not take (to pin the identity key, pass --public-key B64)"
         )));
@@ -189,7 +192,12 @@ fn refusal_hint(home: &Path, result: &Value) -> String {
         ),
     };
     // The command comes last, so it can be copied as it is.
-    format!("{known}This node keeps retrying. {todo}")
+    let retrying = if code == "SESSION_LEFT" {
+        format!("{peer} left this node, so this node does not redial it.")
+    } else {
+        "This node keeps retrying.".to_string()
+    };
+    format!("{known}{retrying} {todo}")
 }
 
 /// `agentfed leave` arguments.

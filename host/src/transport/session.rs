@@ -61,9 +61,10 @@ pub const MAX_PINGS_PER_WINDOW: u32 = 120;
 /// Refused inbound streams reported (and so audited) one by one per
 /// [`FLOOD_WINDOW`]; the rest are counted into the next report.
 pub const MAX_REFUSALS_REPORTED_PER_WINDOW: u32 = 16;
-/// Frames the driver itself owes the peer (resets, session updates, pings)
-/// that may wait unwritten; more means the peer sends without reading, and
-/// the connection closes with `FLOOD`.
+/// Frames the driver itself owes the peer (resets, session updates, its
+/// own pings) that may wait unwritten; past it the driver stops reading
+/// until the peer reads them (a peer that never does then hits the idle
+/// timeout).
 pub const MAX_QUEUED_CONTROL_FRAMES: usize = 1024;
 
 /// Why a connection ended.
@@ -114,6 +115,13 @@ pub enum EventKind {
         /// reported per [`FLOOD_WINDOW`]).
         unreported: u32,
     },
+    /// The connection closed with refusals that were counted but not yet
+    /// reported one by one (see [`EventKind::StreamRefused`]); sent just
+    /// before [`EventKind::Closed`].
+    RefusalsUnreported {
+        /// How many.
+        count: u32,
+    },
     /// The connection closed.
     Closed(CloseReason),
 }
@@ -132,18 +140,26 @@ pub struct IncomingMessage {
     _held: HeldBytes,
 }
 
-/// Bytes of complete inbound messages that the consumer has not taken yet;
-/// released on drop.
+/// Bytes of complete inbound messages the consumer has not taken yet, and
+/// the driver to wake when they fall (it stops reading the socket while
+/// they are at the limit).
+#[derive(Default)]
+struct Held {
+    bytes: AtomicUsize,
+    driver: futures::task::AtomicWaker,
+}
+
+/// One message's share of [`Held`]; released on drop.
 struct HeldBytes {
-    count: Arc<AtomicUsize>,
+    held: Arc<Held>,
     bytes: usize,
 }
 
 impl HeldBytes {
-    fn new(count: &Arc<AtomicUsize>, bytes: usize) -> HeldBytes {
-        count.fetch_add(bytes, Ordering::SeqCst);
+    fn new(held: &Arc<Held>, bytes: usize) -> HeldBytes {
+        held.bytes.fetch_add(bytes, Ordering::SeqCst);
         HeldBytes {
-            count: count.clone(),
+            held: held.clone(),
             bytes,
         }
     }
@@ -151,7 +167,8 @@ impl HeldBytes {
 
 impl Drop for HeldBytes {
     fn drop(&mut self) {
-        self.count.fetch_sub(self.bytes, Ordering::SeqCst);
+        self.held.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        self.held.driver.wake();
     }
 }
 
@@ -820,7 +837,7 @@ pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Co
         inbound: HashMap::new(),
         peer_partials: 0,
         buffered: 0,
-        held: Arc::new(AtomicUsize::new(0)),
+        held: Arc::new(Held::default()),
         renewals: WindowCount::default(),
         pings: WindowCount::default(),
         refusals: WindowCount::default(),
@@ -1068,7 +1085,7 @@ struct Driver {
     /// Bytes of partial inbound messages.
     buffered: usize,
     /// Bytes of complete inbound messages not yet taken by the consumer.
-    held: Arc<AtomicUsize>,
+    held: Arc<Held>,
     renewals: WindowCount,
     pings: WindowCount,
     refusals: WindowCount,
@@ -1089,6 +1106,11 @@ struct Driver {
 impl Driver {
     async fn run(mut self) -> CloseReason {
         let reason = poll_fn(|cx| self.poll_run(cx)).await;
+        if self.unreported_refusals > 0 {
+            self.shared.emit(EventKind::RefusalsUnreported {
+                count: self.unreported_refusals,
+            });
+        }
         for waiter in self.renew_waiters.drain(..) {
             let _ = waiter.send(Err(TransportError::ConnectionClosed(reason.code.clone())));
         }
@@ -1182,7 +1204,12 @@ impl Driver {
 
         if self.idle.as_mut().poll(cx).is_ready() {
             let deadline = self.last_rx + self.shared.config.idle_timeout;
-            if self.pending_delivery.is_none() && Instant::now() >= deadline {
+            // Not reading because our consumer is behind is not the
+            // peer's silence.
+            if self.pending_delivery.is_none()
+                && !self.consumer_behind()
+                && Instant::now() >= deadline
+            {
                 return Err(Fail::local("IDLE_TIMEOUT"));
             }
             let next = deadline.max(Instant::now() + Duration::from_millis(10));
@@ -1208,7 +1235,7 @@ impl Driver {
             }
         }
 
-        if self.pending_delivery.is_none() {
+        if self.pending_delivery.is_none() && self.may_read(cx) {
             match self.ws.poll_next_frame(cx) {
                 Poll::Ready(Ok(frame)) => {
                     self.touch();
@@ -1274,7 +1301,11 @@ impl Driver {
                 }
                 match self.shared.role() {
                     Role::Client => {
-                        self.internal.push_back(MuxFrame::Renew);
+                        // One RENEW at a time: its answer serves every
+                        // waiter (repeated asks must not look like a flood).
+                        if self.renew_waiters.is_empty() {
+                            self.internal.push_back(MuxFrame::Renew);
+                        }
                         self.renew_waiters.push_back(tx);
                     }
                     Role::Server => {
@@ -1308,6 +1339,28 @@ impl Driver {
         granted
     }
 
+    /// Whether complete inbound messages the consumer has not taken fill
+    /// the inbound byte limit.
+    fn consumer_behind(&self) -> bool {
+        self.held.bytes.load(Ordering::SeqCst) >= self.shared.config.max_inbound_buffered
+    }
+
+    /// Whether to read the next frame now. Reading pauses (TCP flow
+    /// control then holds the peer back) while the consumer has not taken
+    /// a limit's worth of complete messages, and while the peer has not
+    /// read the control frames we owe it: each frame read may add to them.
+    fn may_read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.internal.len() + self.raw_out.len() > MAX_QUEUED_CONTROL_FRAMES {
+            return false; // woken when the socket takes our frames
+        }
+        if !self.consumer_behind() {
+            return true;
+        }
+        self.held.driver.register(cx.waker());
+        // Taken meanwhile: its wake-up may have come before the register.
+        !self.consumer_behind()
+    }
+
     fn on_heartbeat(&mut self) -> Result<(), Fail> {
         if self.shared.expired() {
             return Err(Fail::local("SESSION_EXPIRED"));
@@ -1321,14 +1374,6 @@ impl Driver {
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), Fail> {
-        self.handle_frame(frame)?;
-        if self.internal.len() + self.raw_out.len() > MAX_QUEUED_CONTROL_FRAMES {
-            return Err(Fail::local("FLOOD"));
-        }
-        Ok(())
-    }
-
-    fn handle_frame(&mut self, frame: Frame) -> Result<(), Fail> {
         match frame.opcode() {
             OpCode::Binary => {
                 let mux =
@@ -1416,18 +1461,20 @@ impl Driver {
                 Ok(())
             }
             MuxFrame::SessionUpdate { expires_at_ms } => {
-                if self.shared.role() != Role::Client
-                    || expires_at_ms > self.shared.session.max_expires_at_ms
-                {
+                if self.shared.role() != Role::Client {
                     return Err(Fail::local("PROTOCOL_ERROR"));
                 }
                 if self.renewals.note(self.shared.now_ms()) > MAX_RENEWALS_PER_WINDOW {
                     return Err(Fail::local("FLOOD"));
                 }
-                // Never more than our own TTL from now (see the handshake).
-                let expires_at_ms = expires_at_ms.min(self.shared.now_ms().saturating_add(
-                    self.shared.config.session_ttl_ms + super::handshake::SERVER_CLOCK_ALLOWANCE_MS,
-                ));
+                // Never more than our own TTL from now, nor past the cap
+                // (both as clamped at the handshake).
+                let expires_at_ms = expires_at_ms
+                    .min(self.shared.now_ms().saturating_add(
+                        self.shared.config.session_ttl_ms
+                            + super::handshake::SERVER_CLOCK_ALLOWANCE_MS,
+                    ))
+                    .min(self.shared.session.max_expires_at_ms);
                 self.shared
                     .expires_at_ms
                     .store(expires_at_ms, Ordering::SeqCst);
@@ -1496,7 +1543,7 @@ impl Driver {
         let current = self.inbound.get(&id).map_or(0, |p| p.data.len());
         let refusal = if current + payload.len() > max_message {
             Some(ResetCode::MESSAGE_TOO_LARGE)
-        } else if self.buffered + self.held.load(Ordering::SeqCst) + payload.len() > max_buffered {
+        } else if self.buffered + payload.len() > max_buffered {
             Some(ResetCode::RESOURCE_EXHAUSTED)
         } else {
             None
