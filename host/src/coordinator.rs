@@ -2470,6 +2470,13 @@ impl Coordinator {
         }))
     }
 
+    /// Removes the inbox messages numbered up to `through_seq` (the
+    /// consumer has processed them); returns how many. Their receipt
+    /// stays in the audit log.
+    pub fn inbox_remove_through(&self, through_seq: u64) -> Result<u64> {
+        Ok(self.store.inbox_remove_through(through_seq)?)
+    }
+
     /// Messages in the local inbox after `after_seq`, oldest first.
     pub fn inbox(&self, after_seq: u64, limit: usize) -> Result<Vec<InboxMessage>> {
         self.store

@@ -934,6 +934,30 @@ impl Store {
     pub fn inbox_remove(&self, seq: u64) -> Result<bool> {
         self.write(move |txn| remove_inbox(txn, seq))
     }
+
+    /// Removes every message numbered up to `through_seq` in one
+    /// transaction; their numbers are never handed out again. Returns how
+    /// many were removed.
+    pub fn inbox_remove_through(&self, through_seq: u64) -> Result<u64> {
+        self.write(move |txn| {
+            let mut inbox = txn.open_table(INBOX)?;
+            let seqs: Vec<u64> = inbox
+                .range(..=through_seq)?
+                .map(|row| row.map(|(k, _)| k.value()))
+                .collect::<std::result::Result<_, _>>()?;
+            for seq in &seqs {
+                inbox.remove(*seq)?;
+            }
+            drop(inbox);
+            if let Some(&last) = seqs.last()
+                && last >= inbox_floor(txn)?
+            {
+                txn.open_table(META)?
+                    .insert(INBOX_NEXT_KEY, (last + 1).to_be_bytes().as_slice())?;
+            }
+            Ok(seqs.len() as u64)
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1723,6 +1747,19 @@ mod tests {
         drop(store);
         let store = Store::open_in_home(dir.path())?;
         assert_eq!(store.inbox_push(b"f")?, 6);
+        // Removing through a number clears everything up to it, and the
+        // numbers stay used even when the newest went too.
+        assert_eq!(store.inbox_remove_through(5)?, 3);
+        let seqs: Vec<u64> = store
+            .inbox_list(0, 10)?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(seqs, [6]);
+        assert_eq!(store.inbox_remove_through(100)?, 1);
+        assert_eq!(store.inbox_remove_through(100)?, 0);
+        assert!(store.inbox_list(0, 10)?.is_empty());
+        assert_eq!(store.inbox_push(b"g")?, 7);
         Ok(())
     }
 

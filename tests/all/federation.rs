@@ -592,3 +592,45 @@ fn a_node_the_peer_left_stops_redialing_it_after_one_refusal() {
     });
     verify_audit(&alpha);
 }
+
+#[test]
+fn processed_inbox_messages_can_be_removed_through_a_number() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&["trust", "set", peer, "attested", "--reason", "inbox test"])
+            .ok();
+    }
+    for n in 0..3 {
+        alpha
+            .run(&[
+                "send",
+                "beta",
+                "task-assignment",
+                "--payload",
+                &format!(r#"{{"n":{n}}}"#),
+            ])
+            .ok();
+    }
+    wait_until("beta's inbox to hold 3", SETTLE_TIMEOUT, || {
+        inbox(&beta).len() == 3
+    });
+    let seqs: Vec<u64> = inbox(&beta)
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    let removed = beta
+        .run(&["inbox", "--remove-through", &seqs[1].to_string(), "--json"])
+        .json();
+    assert_eq!(removed["removed"], 2, "{removed}");
+    let left = inbox(&beta);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["seq"].as_u64(), Some(seqs[2]));
+    // Listing and removing at once is refused before anything happens.
+    let both = beta.run(&["inbox", "--remove-through", "1", "--after", "0"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    assert!(both.stderr.contains("--remove-through"), "{}", both.stderr);
+    assert_eq!(inbox(&beta).len(), 1);
+    verify_audit(&beta);
+}

@@ -361,6 +361,11 @@ pub struct InboxArgs {
     /// At most N messages (1-10000).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: usize,
+    /// Instead of listing: remove the messages numbered up to and
+    /// including SEQ, once they are processed (their receipt stays in the
+    /// audit log; their numbers are never reused).
+    #[arg(long, value_name = "SEQ", conflicts_with_all = ["after", "limit"])]
+    pub remove_through: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -368,6 +373,18 @@ pub struct InboxArgs {
 
 /// `agentfed inbox`.
 pub fn inbox(home: &Path, args: InboxArgs) -> CliResult {
+    if let Some(through) = args.remove_through {
+        let result = call(home, "inbox.remove", json!({"through": through}))?;
+        if args.json {
+            print_json(&result);
+        } else {
+            println!(
+                "removed {} inbox messages (through #{through})",
+                text(&result["removed"])
+            );
+        }
+        return Ok(());
+    }
     let result = call(
         home,
         "inbox",

@@ -221,6 +221,7 @@ pub const METHODS: &[MethodInfo] = &[
     m("query", "federation_query", true),
     m("broadcast", "federation_broadcast", true),
     m("inbox", "federation_inbox", false),
+    m("inbox.remove", "federation_inbox", true),
     m("audit.query", "federation_audit", false),
     m("audit.export", "federation_audit", false),
     m("audit.verify", "federation_audit", false),
@@ -360,6 +361,14 @@ pub struct BroadcastParams {
     /// How long to wait for each acknowledgement (default 10 000 ms).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+}
+
+/// `inbox.remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxRemoveParams {
+    /// Remove messages numbered up to and including this.
+    pub through: u64,
 }
 
 /// `inbox`.

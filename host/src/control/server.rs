@@ -20,7 +20,7 @@ use super::{
     OptionalPeerParams, PROTOCOL_VERSION, PeerParams, ReloadParams, Response, SendParams,
     SpendParams, TrustSetParams, VerifyResult, clip, codes,
 };
-use super::{BroadcastParams, InboxParams, QueryParams};
+use super::{BroadcastParams, InboxParams, InboxRemoveParams, QueryParams};
 use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
 use crate::coordinator::{CoordError, Coordinator, PeerView, SendRequest, SpendReport};
 use crate::federation::{Federation, JoinRequest};
@@ -271,6 +271,10 @@ impl Dispatcher {
                     Some(_) => return Err(invalid_params(method, "limit must be 1..=10000")),
                 };
                 to_value(c.inbox(p.after, limit)?)
+            }
+            "inbox.remove" => {
+                let p: InboxRemoveParams = decode(method, params)?;
+                Ok(json!({"removed": c.inbox_remove_through(p.through)?}))
             }
             "audit.query" => {
                 let p: AuditFilter = decode(method, params)?;
