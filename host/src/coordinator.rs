@@ -520,7 +520,7 @@ pub struct Coordinator {
     peer_keys: std::sync::Mutex<HashMap<String, ed25519_dalek::VerifyingKey>>,
     /// `(sender, envelope id)` of inbound envelopes past their checks and
     /// not yet committed: a copy arriving meanwhile waits for their ack.
-    inbound_pending: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    inbound_pending: PendingSet,
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
@@ -2065,19 +2065,18 @@ pub enum InboundRefusal {
     InProgress,
 }
 
+/// `(sender, envelope id)` of inbound envelopes being processed.
+type PendingSet = Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>;
+
 /// Marks an inbound envelope as being processed until dropped.
 struct PendingInbound {
-    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    set: PendingSet,
     key: (String, String),
 }
 
 impl PendingInbound {
     /// `None` when a copy of the envelope is already being processed.
-    fn claim(
-        set: &Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
-        sender: &str,
-        envelope_id: &str,
-    ) -> Option<PendingInbound> {
+    fn claim(set: &PendingSet, sender: &str, envelope_id: &str) -> Option<PendingInbound> {
         let key = (sender.to_string(), envelope_id.to_string());
         let fresh = set
             .lock()

@@ -315,12 +315,9 @@ async fn serve(
             if let Some(addr) = listen
                 && federation.listen_addr().is_none()
             {
-                let source = match std::net::TcpListener::bind(addr) {
-                    Err(e) => e,
-                    Ok(_) => std::io::Error::other(
-                        "the federation listener did not start (see the log above)",
-                    ),
-                };
+                let source = std::io::Error::other(
+                    "taken since the start-up check; the federation listener did not start (see the log above)",
+                );
                 let _ = stop_tx.send(true);
                 federation.shutdown().await;
                 return Err(DaemonError::Listen { addr, source });

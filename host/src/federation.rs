@@ -316,6 +316,43 @@ impl HandshakePolicy for JoinPolicy {
     }
 }
 
+/// What the operator of `peer`, which refused this node's `join` with
+/// `code`, must do (the command last, so it can be copied as it is);
+/// `added` says whether `join` just added `peer` here.
+fn refusal_hint(peer: &str, code: &str, added: bool, ours: &crate::identity::Manifest) -> String {
+    let (me, endpoint, tls) = (&ours.node_id, &ours.endpoint, &ours.tls_fingerprint);
+    let known = if added {
+        format!("{peer} is known here now (its manifest was verified).")
+    } else {
+        format!("{peer} was already known here.")
+    };
+    let retrying = if code == SESSION_LEFT {
+        format!("{peer} left this node, so this node does not redial it.")
+    } else {
+        "This node keeps retrying.".to_string()
+    };
+    let todo = match code {
+        "PEER_EVICTED" | "PEER_SUSPENDED" => format!(
+            "{peer} has this node ({me}) {}; its operator must reactivate it there: agentfed reactivate {me} --reason \"…\"",
+            if code == "PEER_EVICTED" {
+                "EVICTED"
+            } else {
+                "SUSPENDED"
+            }
+        ),
+        "KEY_MISMATCH" => format!(
+            "{peer} has a node {me} on record with another identity key (was this node re-initialised?); its operator must remove that record first: agentfed peers remove {me}, then: agentfed join {endpoint} --fingerprint {tls}"
+        ),
+        "UNTRUSTED" => format!(
+            "{peer} has this node ({me}) at UNTRUSTED; its operator must raise it: agentfed trust set {me} verified --reason \"…\""
+        ),
+        _ => format!(
+            "{peer} does not admit this node yet ({code}); ask its operator to run: agentfed join {endpoint} --fingerprint {tls}"
+        ),
+    };
+    format!("{known} {retrying} {todo}")
+}
+
 /// Where the listener binds: `[transport] listen`, else the host and port
 /// of the endpoint (resolved if it is a name; this may block on DNS).
 pub fn listen_address(config: &NodeConfig, endpoint: &str) -> Option<SocketAddr> {
@@ -1475,22 +1512,12 @@ impl Federation {
                     None,
                 )
                 .await;
-                let ours = &self.node.manifest().manifest;
                 Ok(json!({
                     "peer": peer,
                     "joined": false,
                     "added": added,
                     "refused_by_peer": code.to_string(),
-                    "hint": format!(
-                        "{peer} is known here now, but it does not admit this node yet ({code}); ask its operator to run: agentfed join {} --fingerprint {}. {}",
-                        ours.endpoint,
-                        ours.tls_fingerprint,
-                        if code.as_str() == SESSION_LEFT {
-                            "This node does not redial it meanwhile (it left this node)."
-                        } else {
-                            "This node keeps retrying."
-                        }
-                    ),
+                    "hint": refusal_hint(&peer, code.as_str(), added, &self.node.manifest().manifest),
                 }))
             }
             Err(e) => {
@@ -1565,15 +1592,7 @@ impl Federation {
         self.blocking(move |c| c.peer(&p)).await??;
         lock(&self.left).insert(peer.to_string());
         self.want(peer, false);
-        let closed = match self.take_session(peer, None) {
-            Some(handle) => {
-                let id = handle.session_id().to_string();
-                self.terminate(peer, &handle, LEFT, true).await;
-                let _ = tokio::time::timeout(Duration::from_secs(5), handle.closed()).await;
-                Some(id)
-            }
-            None => None,
-        };
+        let closed = self.close_by_operator(peer, LEFT).await;
         Ok(json!({"peer": peer, "session_closed": closed}))
     }
 
@@ -1584,16 +1603,18 @@ impl Federation {
         let p = peer.to_string();
         self.blocking(move |c| c.remove_peer(&p)).await??;
         self.want(peer, false);
-        let closed = match self.take_session(peer, None) {
-            Some(handle) => {
-                let id = handle.session_id().to_string();
-                self.terminate(peer, &handle, PEER_REMOVED, true).await;
-                let _ = tokio::time::timeout(Duration::from_secs(5), handle.closed()).await;
-                Some(id)
-            }
-            None => None,
-        };
+        let closed = self.close_by_operator(peer, PEER_REMOVED).await;
         Ok(json!({"removed": peer, "session_closed": closed}))
+    }
+
+    /// Closes `peer`'s session, if any, with `code` as an operator action
+    /// (audited) and waits briefly for it to end; its id.
+    async fn close_by_operator(&self, peer: &str, code: &str) -> Option<String> {
+        let handle = self.take_session(peer, None)?;
+        let id = handle.session_id().to_string();
+        self.terminate(peer, &handle, code, true).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle.closed()).await;
+        Some(id)
     }
 
     /// `sessions`: the live sessions, by peer.

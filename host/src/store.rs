@@ -949,11 +949,8 @@ impl Store {
                 inbox.remove(*seq)?;
             }
             drop(inbox);
-            if let Some(&last) = seqs.last()
-                && last >= inbox_floor(txn)?
-            {
-                txn.open_table(META)?
-                    .insert(INBOX_NEXT_KEY, (last + 1).to_be_bytes().as_slice())?;
+            if let Some(&last) = seqs.last() {
+                raise_inbox_floor_past(txn, last)?;
             }
             Ok(seqs.len() as u64)
         })
@@ -1205,11 +1202,20 @@ fn inbox_floor(txn: &WriteTransaction) -> Result<u64> {
 /// its number is never handed out again.
 fn remove_inbox(txn: &WriteTransaction, seq: u64) -> Result<bool> {
     let existed = txn.open_table(INBOX)?.remove(seq)?.is_some();
-    if existed && seq >= inbox_floor(txn)? {
+    if existed {
+        raise_inbox_floor_past(txn, seq)?;
+    }
+    Ok(existed)
+}
+
+/// Makes sure inbox number `seq` (removed) is never handed out again, even
+/// when it was the newest.
+fn raise_inbox_floor_past(txn: &WriteTransaction, seq: u64) -> Result<()> {
+    if seq >= inbox_floor(txn)? {
         txn.open_table(META)?
             .insert(INBOX_NEXT_KEY, (seq + 1).to_be_bytes().as_slice())?;
     }
-    Ok(existed)
+    Ok(())
 }
 
 /// Failure to take the daemon lock.

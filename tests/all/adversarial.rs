@@ -35,17 +35,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::harness::{Node, wait_until};
+use crate::harness::{Node, fed_node, fingerprint, free_port, session_peers, wait_until};
 
 /// Longest wait for sessions, audit records and replies.
 const SETTLE: Duration = Duration::from_secs(60);
 /// The daemon's handshake deadline (transport default, not configurable).
 const DAEMON_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -69,43 +64,6 @@ fn block<T>(rt: &tokio::runtime::Runtime, what: &str, fut: impl Future<Output = 
             .await
             .unwrap_or_else(|_| panic!("timed out after {SETTLE:?} waiting for {what}"))
     })
-}
-
-fn fingerprint(node: &Node) -> String {
-    let manifest: Value = serde_json::from_str(node.run(&["manifest"]).ok()).expect("manifest");
-    manifest["manifest"]["tls_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_string()
-}
-
-fn session_peers(node: &Node) -> Vec<String> {
-    let sessions = node.run(&["sessions", "--json"]).json();
-    sessions
-        .as_array()
-        .expect("sessions array")
-        .iter()
-        .map(|s| s["peer"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// A node on a loopback endpoint with fast retries, daemon started.
-fn fed_node(name: &str) -> (Node, String) {
-    let endpoint = format!("wss://127.0.0.1:{}", free_port());
-    let mut node = Node::init_at(name, &endpoint);
-    let path = node.home.join("agentfed.toml");
-    let config = std::fs::read_to_string(&path).expect("reading the config");
-    let config = config
-        .replace("retry_base_ms = 500", "retry_base_ms = 100")
-        .replace("retry_max_ms = 60000", "retry_max_ms = 1000");
-    assert!(config.contains("retry_max_ms = 1000"), "{config}");
-    assert!(
-        config.contains("accept_new_peers = false"),
-        "unknown peers must not be admitted by default: {config}"
-    );
-    std::fs::write(&path, config).expect("writing the config");
-    node.start(&[]);
-    (node, endpoint)
 }
 
 /// The daemon under attack and a legitimate peer with a live session to it.

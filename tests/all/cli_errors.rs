@@ -10,50 +10,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{CLI_TIMEOUT, Node, START_TIMEOUT, bin, run_with_timeout, wait_until};
+use crate::harness::{
+    CLI_TIMEOUT, Node, START_TIMEOUT, bin, fast_retries, fed_node, manifest_field,
+    run_with_timeout, session_peers, wait_until,
+};
 
 /// Longest wait for a session to come up or go down.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A node on a loopback endpoint with fast retries, daemon started.
-fn fed_node(name: &str) -> (Node, String) {
-    let endpoint = format!("wss://127.0.0.1:{}", free_port());
-    let mut node = Node::init_at(name, &endpoint);
-    fast_retries(&node);
-    node.start(&[]);
-    (node, endpoint)
-}
-
-fn fast_retries(node: &Node) {
-    let path = node.home.join("agentfed.toml");
-    let config = std::fs::read_to_string(&path).expect("reading the config");
-    let config = config
-        .replace("retry_base_ms = 500", "retry_base_ms = 100")
-        .replace("retry_max_ms = 60000", "retry_max_ms = 1000");
-    std::fs::write(&path, config).expect("writing the config");
-}
-
-fn manifest_field(node: &Node, field: &str) -> String {
-    let manifest: Value = serde_json::from_str(node.run(&["manifest"]).ok()).expect("manifest");
-    manifest["manifest"][field]
-        .as_str()
-        .expect("manifest field")
-        .to_string()
-}
-
-fn has_session(node: &Node, peer: &str) -> bool {
-    let sessions = node.run(&["sessions", "--json"]).json();
-    sessions
-        .as_array()
-        .expect("sessions array")
-        .iter()
-        .any(|s| s["peer"] == peer)
-}
 
 /// Runs `agentfed --home HOME args…` with `stdin` as standard input.
 fn with_stdin(node: &Node, args: &[&str], stdin: &str) -> (i32, String) {
@@ -223,14 +186,14 @@ fn join_refusals_exit_1_with_a_hint_matching_the_code() {
         "{out}"
     );
     wait_until("alpha's session with beta", SETTLE_TIMEOUT, || {
-        has_session(&alpha, "beta")
+        session_peers(&alpha).iter().any(|p| p == "beta")
     });
 
     // beta evicts alpha: alpha's join is refused with PEER_EVICTED, and
     // the hint says beta's operator must reactivate alpha.
     beta.run(&["evict", "alpha", "--reason", "cli test"]).ok();
     wait_until("alpha to lose its session", SETTLE_TIMEOUT, || {
-        !has_session(&alpha, "beta")
+        !session_peers(&alpha).iter().any(|p| p == "beta")
     });
     let evicted = alpha.run(&["join", &beta_ep, "--fingerprint", &beta_fp, "--json"]);
     evicted.fails(1, &["beta refused the session: PEER_EVICTED"]);

@@ -560,6 +560,25 @@ fn frame(from: &Node, to_id: &str, message_type: &str, payload: serde_json::Valu
         .to_vec()
 }
 
+/// A task-assignment from beta to alpha signed directly, past beta's own
+/// outbound checks (a misbehaving or foreign sender).
+fn signed_by_beta(beta: &Node, id: String, payload: serde_json::Value) -> Vec<u8> {
+    agentfed::envelope::Envelope {
+        id,
+        source: "beta".into(),
+        target: "alpha".into(),
+        session: None,
+        message_type: "task-assignment".into(),
+        payload,
+        timestamp_ms: beta.clock.now_ms(),
+        nonce: agentfed::envelope::random_id(),
+        hop_count: 1,
+        budget: agentfed::budget::Budget::with_default_hops(100, 1.0).unwrap(),
+    }
+    .sign(beta.coordinator.identity())
+    .to_frame()
+}
+
 #[test]
 fn inbound_envelopes_are_processed_exactly_once() {
     use agentfed::coordinator::AckStatus;
@@ -717,23 +736,13 @@ fn inbound_refusals_have_constant_codes() {
         .coordinator
         .set_trust("beta", "attested", "probation over")
         .unwrap();
-    let ssn = {
-        // beta's own outbound scan blocks an SSN at every level, so a
-        // misbehaving sender is simulated by signing as beta directly.
-        let envelope = agentfed::envelope::Envelope {
-            id: agentfed::envelope::random_id(),
-            source: "beta".into(),
-            target: "alpha".into(),
-            session: None,
-            message_type: "task-assignment".into(),
-            payload: json!({"note": "ssn 123-45-6789"}),
-            timestamp_ms: beta.clock.now_ms(),
-            nonce: agentfed::envelope::random_id(),
-            hop_count: 1,
-            budget: agentfed::budget::Budget::with_default_hops(100, 1.0).unwrap(),
-        };
-        envelope.sign(beta.coordinator.identity()).to_frame()
-    };
+    // beta's own outbound scan blocks an SSN at every level, so a
+    // misbehaving sender is simulated by signing as beta directly.
+    let ssn = signed_by_beta(
+        &beta,
+        agentfed::envelope::random_id(),
+        json!({"note": "ssn 123-45-6789"}),
+    );
     assert_eq!(refuse("beta", &ssn), R::PiiBlocked);
     // A tampered envelope is a signature failure: beta drops to UNTRUSTED.
     let mut tampered = frame(&beta, "alpha", "task-assignment", json!({"task": "y"}));
@@ -783,19 +792,7 @@ fn envelope_ids_the_store_cannot_key_are_refused_as_malformed() {
     use agentfed::coordinator::InboundRefusal as R;
     let (alpha, beta) = pair();
     for id in [String::new(), "x".repeat(257)] {
-        let envelope = agentfed::envelope::Envelope {
-            id,
-            source: "beta".into(),
-            target: "alpha".into(),
-            session: None,
-            message_type: "task-assignment".into(),
-            payload: json!({"task": "x"}),
-            timestamp_ms: beta.clock.now_ms(),
-            nonce: agentfed::envelope::random_id(),
-            hop_count: 1,
-            budget: agentfed::budget::Budget::with_default_hops(100, 1.0).unwrap(),
-        };
-        let bytes = envelope.sign(beta.coordinator.identity()).to_frame();
+        let bytes = signed_by_beta(&beta, id, json!({"task": "x"}));
         // A final refusal, not an internal error the sender would retry.
         assert_eq!(
             alpha

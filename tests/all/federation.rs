@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use agentfed::control::client::Client;
 use serde_json::{Value, json};
 
-use crate::harness::{Node, wait_until};
+use crate::harness::{Node, fed_node, fingerprint, session_peers, wait_until};
 
 /// Longest wait for sessions, deliveries and inbox contents.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,44 +31,6 @@ fn reliability_n() -> usize {
         .and_then(|s| s.parse().ok())
         .filter(|n| *n >= 10)
         .unwrap_or(10_000)
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A node on a loopback endpoint with fast retries, daemon started.
-fn fed_node(name: &str) -> (Node, String) {
-    let endpoint = format!("wss://127.0.0.1:{}", free_port());
-    let mut node = Node::init_at(name, &endpoint);
-    let path = node.home.join("agentfed.toml");
-    let config = std::fs::read_to_string(&path).expect("reading the config");
-    let config = config
-        .replace("retry_base_ms = 500", "retry_base_ms = 100")
-        .replace("retry_max_ms = 60000", "retry_max_ms = 1000");
-    assert!(config.contains("retry_max_ms = 1000"), "{config}");
-    std::fs::write(&path, config).expect("writing the config");
-    node.start(&[]);
-    (node, endpoint)
-}
-
-fn fingerprint(node: &Node) -> String {
-    let manifest: Value = serde_json::from_str(node.run(&["manifest"]).ok()).expect("manifest");
-    manifest["manifest"]["tls_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_string()
-}
-
-fn session_peers(node: &Node) -> Vec<String> {
-    let sessions = node.run(&["sessions", "--json"]).json();
-    sessions
-        .as_array()
-        .expect("sessions array")
-        .iter()
-        .map(|s| s["peer"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Mutual join: `a` joins `b` (b does not know a yet: refused, but a now

@@ -442,3 +442,59 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A node on a loopback endpoint with fast retries, daemon started.
+pub fn fed_node(name: &str) -> (Node, String) {
+    let endpoint = format!("wss://127.0.0.1:{}", free_port());
+    let mut node = Node::init_at(name, &endpoint);
+    fast_retries(&node);
+    node.start(&[]);
+    (node, endpoint)
+}
+
+/// Retries every 100 ms to 1 s instead of 500 ms to 60 s (outbox and
+/// redials), so tests do not wait on backoff.
+pub fn fast_retries(node: &Node) {
+    let path = node.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("reading the config");
+    let config = config
+        .replace("retry_base_ms = 500", "retry_base_ms = 100")
+        .replace("retry_max_ms = 60000", "retry_max_ms = 1000");
+    assert!(config.contains("retry_max_ms = 1000"), "{config}");
+    assert!(
+        config.contains("accept_new_peers = false"),
+        "unknown peers must not be admitted by default: {config}"
+    );
+    std::fs::write(&path, config).expect("writing the config");
+}
+
+/// A field of the node's signed manifest (`agentfed manifest`).
+pub fn manifest_field(node: &Node, field: &str) -> String {
+    let manifest: Value = serde_json::from_str(node.run(&["manifest"]).ok()).expect("manifest");
+    manifest["manifest"][field]
+        .as_str()
+        .expect("manifest field")
+        .to_string()
+}
+
+/// The node's TLS certificate fingerprint, as `join --fingerprint` takes it.
+pub fn fingerprint(node: &Node) -> String {
+    manifest_field(node, "tls_fingerprint")
+}
+
+/// The peers the node has a live session with.
+pub fn session_peers(node: &Node) -> Vec<String> {
+    let sessions = node.run(&["sessions", "--json"]).json();
+    sessions
+        .as_array()
+        .expect("sessions array")
+        .iter()
+        .map(|s| s["peer"].as_str().unwrap().to_string())
+        .collect()
+}

@@ -1186,12 +1186,11 @@ async fn a_ping_flood_before_the_handshake_is_refused_at_once() {
     listener.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_renewal_flood_closes_the_session_with_flood() {
-    use agentfed::transport::session::MAX_RENEWALS_PER_WINDOW;
+/// A server config that counts the renewals it grants.
+fn counting_renewals() -> (Arc<AtomicUsize>, TransportConfig) {
     let renewals = Arc::new(AtomicUsize::new(0));
     let seen = renewals.clone();
-    let server_cfg = TransportConfig {
+    let cfg = TransportConfig {
         on_event: Some(Arc::new(move |e| {
             if let EventKind::Renewed { .. } = e.kind {
                 seen.fetch_add(1, Ordering::SeqCst);
@@ -1199,6 +1198,13 @@ async fn a_renewal_flood_closes_the_session_with_flood() {
         })),
         ..config()
     };
+    (renewals, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_flood_closes_the_session_with_flood() {
+    use agentfed::transport::session::MAX_RENEWALS_PER_WINDOW;
+    let (renewals, server_cfg) = counting_renewals();
     let (listener, c, s) = pair(server_cfg, config()).await;
     // An honest client renews about once an hour; these all count.
     for _ in 0..MAX_RENEWALS_PER_WINDOW {
@@ -1291,16 +1297,7 @@ async fn complete_messages_not_yet_taken_hold_back_reading_at_the_byte_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_renewals_share_one_renew_frame() {
     use agentfed::transport::session::MAX_RENEWALS_PER_WINDOW;
-    let renewals = Arc::new(AtomicUsize::new(0));
-    let seen = renewals.clone();
-    let server_cfg = TransportConfig {
-        on_event: Some(Arc::new(move |e| {
-            if let EventKind::Renewed { .. } = e.kind {
-                seen.fetch_add(1, Ordering::SeqCst);
-            }
-        })),
-        ..config()
-    };
+    let (renewals, server_cfg) = counting_renewals();
     let (listener, c, s) = pair(server_cfg, config()).await;
     // Far more asks than the server allows per window (e.g. a maintenance
     // pass asking every second while the server is slow to answer): they

@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::ops::parse_payload;
-use super::{CliError, CliResult, MESSAGE_TYPES_HELP};
+use super::{CliError, CliResult, message_types_help};
 use crate::control::client;
 
 fn call(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
@@ -103,7 +103,7 @@ pub fn join(home: &Path, args: JoinArgs) -> CliResult {
     if let Some(key) = &args.public_key {
         params["public_key"] = json!(key.trim());
     }
-    let mut result = call(home, "join", params)?;
+    let result = call(home, "join", params)?;
     if result["joined"] == json!(true) {
         if args.json {
             print_json(&result);
@@ -126,9 +126,8 @@ pub fn join(home: &Path, args: JoinArgs) -> CliResult {
     }
     let peer = text(&result["peer"]);
     let code = text(&result["refused_by_peer"]);
-    let hint = refusal_hint(home, &result);
+    let hint = text(&result["hint"]);
     if args.json {
-        result["hint"] = json!(hint);
         print_json(&result);
     } else {
         println!("{peer} refused the session: {code}");
@@ -137,67 +136,6 @@ pub fn join(home: &Path, args: JoinArgs) -> CliResult {
     Err(CliError::failed(anyhow!(
         "{peer} refused the session: {code}"
     )))
-}
-
-/// What the peer's operator must do after the peer refused a session,
-/// matched to the refusal code, and whether the peer is new here.
-fn refusal_hint(home: &Path, result: &Value) -> String {
-    let peer = text(&result["peer"]);
-    let code = text(&result["refused_by_peer"]);
-    // This node's id, endpoint and certificate, as peers see them.
-    let ours = call(home, "manifest", json!({})).ok();
-    let field = |name: &str| {
-        ours.as_ref()
-            .and_then(|m| m["manifest"][name].as_str())
-            .map(str::to_string)
-    };
-    let (Some(me), Some(endpoint), Some(tls)) = (
-        field("node_id"),
-        field("endpoint"),
-        field("tls_fingerprint"),
-    ) else {
-        // Cannot tell more than the daemon did, but do not claim the peer
-        // is new here when it was not.
-        let hint = text(&result["hint"]);
-        return match result["added"].as_bool() {
-            Some(false) => hint.replace(
-                &format!("{peer} is known here now, but it"),
-                &format!("{peer} was already known here; it"),
-            ),
-            _ => hint,
-        };
-    };
-    let known = match result["added"].as_bool() {
-        Some(true) => format!("{peer} is known here now (its manifest was verified). "),
-        Some(false) => format!("{peer} was already known here. "),
-        None => String::new(),
-    };
-    let todo = match code.as_str() {
-        "PEER_EVICTED" | "PEER_SUSPENDED" => format!(
-            "{peer} has this node ({me}) {}; its operator must reactivate it there: agentfed reactivate {me} --reason \"…\"",
-            if code == "PEER_EVICTED" {
-                "EVICTED"
-            } else {
-                "SUSPENDED"
-            }
-        ),
-        "KEY_MISMATCH" => format!(
-            "{peer} has a node {me} on record with another identity key (was this node re-initialised?); its operator must remove that record first: agentfed peers remove {me}, then: agentfed join {endpoint} --fingerprint {tls}"
-        ),
-        "UNTRUSTED" => format!(
-            "{peer} has this node ({me}) at UNTRUSTED; its operator must raise it: agentfed trust set {me} verified --reason \"…\""
-        ),
-        _ => format!(
-            "{peer} does not admit this node yet ({code}); ask its operator to run: agentfed join {endpoint} --fingerprint {tls}"
-        ),
-    };
-    // The command comes last, so it can be copied as it is.
-    let retrying = if code == "SESSION_LEFT" {
-        format!("{peer} left this node, so this node does not redial it.")
-    } else {
-        "This node keeps retrying.".to_string()
-    };
-    format!("{known}{retrying} {todo}")
 }
 
 /// `agentfed leave` arguments.
@@ -259,7 +197,7 @@ pub struct QueryArgs {
     /// Target peer (needs a live session).
     pub peer: String,
     /// Message type, e.g. ping.
-    #[arg(value_name = "TYPE", help = MESSAGE_TYPES_HELP)]
+    #[arg(value_name = "TYPE", help = message_types_help())]
     pub message_type: String,
     /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
     #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]
@@ -302,7 +240,7 @@ pub fn query(home: &Path, args: QueryArgs) -> CliResult {
 #[derive(Debug, Args)]
 pub struct BroadcastArgs {
     /// Message type, e.g. status-broadcast.
-    #[arg(value_name = "TYPE", help = MESSAGE_TYPES_HELP)]
+    #[arg(value_name = "TYPE", help = message_types_help())]
     pub message_type: String,
     /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
     #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]

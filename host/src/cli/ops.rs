@@ -547,7 +547,7 @@ pub struct SendArgs {
     /// Target peer.
     pub peer: String,
     /// Message type, e.g. task-assignment.
-    #[arg(value_name = "TYPE", help = super::MESSAGE_TYPES_HELP)]
+    #[arg(value_name = "TYPE", help = super::message_types_help())]
     pub message_type: String,
     /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
     #[arg(long, value_name = "JSON|@FILE|@-")]

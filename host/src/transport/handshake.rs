@@ -565,9 +565,7 @@ pub(crate) async fn client_handshake(
     let now = config.clock.now_ms();
     let max_expires_at_ms = max_expires_at_ms
         .min(now.saturating_add(config.session_max_ms + SERVER_CLOCK_ALLOWANCE_MS));
-    let expires_at_ms = expires_at_ms
-        .min(now.saturating_add(config.session_ttl_ms + SERVER_CLOCK_ALLOWANCE_MS))
-        .min(max_expires_at_ms);
+    let expires_at_ms = client_expiry(config, now, expires_at_ms, max_expires_at_ms);
     Ok(Session {
         session_id: hex::encode(id),
         role: Role::Client,
@@ -586,7 +584,21 @@ pub(crate) async fn client_handshake(
 
 /// How far a server's session times may run ahead of this client's own
 /// limits (clock difference), as for envelope timestamps.
-pub(crate) const SERVER_CLOCK_ALLOWANCE_MS: u64 = 5 * 60_000;
+const SERVER_CLOCK_ALLOWANCE_MS: u64 = 5 * 60_000;
+
+/// The expiry a client accepts from its server at `now_ms`: at most its
+/// own TTL from now (plus the clock allowance) and at most the (clamped)
+/// cap.
+pub(crate) fn client_expiry(
+    config: &TransportConfig,
+    now_ms: u64,
+    granted_ms: u64,
+    max_expires_at_ms: u64,
+) -> u64 {
+    granted_ms
+        .min(now_ms.saturating_add(config.session_ttl_ms + SERVER_CLOCK_ALLOWANCE_MS))
+        .min(max_expires_at_ms)
+}
 
 /// A server-side failure, with the peer's node id once its AUTH verified.
 pub(crate) struct ServerFailure {

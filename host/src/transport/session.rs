@@ -1468,13 +1468,13 @@ impl Driver {
                     return Err(Fail::local("FLOOD"));
                 }
                 // Never more than our own TTL from now, nor past the cap
-                // (both as clamped at the handshake).
-                let expires_at_ms = expires_at_ms
-                    .min(self.shared.now_ms().saturating_add(
-                        self.shared.config.session_ttl_ms
-                            + super::handshake::SERVER_CLOCK_ALLOWANCE_MS,
-                    ))
-                    .min(self.shared.session.max_expires_at_ms);
+                // (as clamped at the handshake).
+                let expires_at_ms = super::handshake::client_expiry(
+                    &self.shared.config,
+                    self.shared.now_ms(),
+                    expires_at_ms,
+                    self.shared.session.max_expires_at_ms,
+                );
                 self.shared
                     .expires_at_ms
                     .store(expires_at_ms, Ordering::SeqCst);
