@@ -25,8 +25,10 @@
 //!     receiver's inbox, at a fixed offered rate (1,000/s, or 80% of the
 //!     throughput from (a) when that is lower; `AGENTFED_BENCH_RATE`
 //!     overrides), open loop: measured from each message's scheduled send
-//!     time, so falling behind shows. The inbox is polled every ~0.5 ms
-//!     (resolution); 16 threads send, and the `send` call's own latency
+//!     time, so falling behind shows. The inbox is read with a long-poll
+//!     (`inbox` with `wait_ms`: the daemon answers as soon as a message
+//!     commits), so no polling interval adds to the latency or loads the
+//!     receiver; 16 threads send, and the `send` call's own latency
 //!     is reported too. `AGENTFED_BENCH_DUMP=FILE` writes each message's
 //!     scheduled offset and latency (ms) to FILE, to look for stalls;
 //! (c) `query ping` round trips idle and while 16 context-shares of ~1 MB
@@ -235,12 +237,21 @@ fn send_pipelined(home: &Path, ks: std::ops::Range<usize>) {
     requests.join().expect("request writer");
 }
 
-/// Reads the receiver's inbox after `cursor`; calls `f` on every message.
+/// How long one inbox read waits for a message when there is none
+/// (`wait_ms`, a long-poll: the daemon answers as soon as one commits).
+const INBOX_WAIT_MS: u64 = 1_000;
+
+/// Reads the receiver's inbox after `cursor`, first waiting (long-poll) for
+/// a message if there is none yet; calls `f` on every message.
 fn drain_inbox(c: &mut Client, cursor: &mut u64, mut f: impl FnMut(&Value)) -> usize {
     let mut count = 0;
     loop {
+        let wait_ms = if count == 0 { INBOX_WAIT_MS } else { 0 };
         let page = c
-            .call("inbox", json!({"after": *cursor, "limit": 10_000}))
+            .call(
+                "inbox",
+                json!({"after": *cursor, "limit": 10_000, "wait_ms": wait_ms}),
+            )
             .expect("inbox");
         let page = page.as_array().cloned().unwrap_or_default();
         if page.is_empty() {
@@ -393,7 +404,6 @@ fn main() {
             last_progress.elapsed() < Duration::from_secs(60),
             "no delivery progress for 60 s ({received}/{n})"
         );
-        std::thread::sleep(Duration::from_millis(20));
     }
     let delivered = started.elapsed();
     for t in threads {
@@ -499,7 +509,6 @@ fn main() {
             }
         }
         assert!(Instant::now() < deadline, "fixed-rate run did not complete");
-        std::thread::sleep(Duration::from_micros(500));
     }
     for t in threads {
         t.join().expect("sender thread");
@@ -618,15 +627,16 @@ fn main() {
     let deadline = Instant::now() + Duration::from_secs(600);
     while shares_in < SHARES {
         let page = b
-            .call("inbox", json!({"after": cursor, "limit": 1}))
+            .call(
+                "inbox",
+                json!({"after": cursor, "limit": 1, "wait_ms": INBOX_WAIT_MS}),
+            )
             .expect("inbox");
         if let Some(m) = page.as_array().and_then(|p| p.first()) {
             cursor = m["seq"].as_u64().unwrap();
             if m["message_type"] == "context-share" {
                 shares_in += 1;
             }
-        } else {
-            std::thread::sleep(Duration::from_millis(5));
         }
         assert!(Instant::now() < deadline, "context-shares not delivered");
     }

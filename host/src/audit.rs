@@ -47,7 +47,7 @@
 //! error and the chain head does not advance.
 //! [`AuditLog::submit`] queues without waiting and returns an
 //! [`AppendTicket`], so one thread can keep many appends in flight.
-//! `AuditLog::submit_with` (crate-internal) commits a state change with its
+//! `AuditLog::submit_with_hook` (crate-internal) commits a state change with its
 //! records, so the two cannot disagree after a crash.
 //!
 //! # Compliance mode `hipaa`
@@ -901,21 +901,8 @@ impl AuditLog {
     /// duplicate); it may run more than once and must touch nothing but
     /// the transaction (see [`crate::journal`]). A thread can queue many
     /// changes and wait for them together (they share commits).
-    pub(crate) fn submit_with<R, F>(
-        &self,
-        change: F,
-        events: Vec<AuditEvent>,
-    ) -> Result<TypedTicket<R>, AuditError>
-    where
-        R: Send + 'static,
-        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
-    {
-        self.submit_with_hook(change, events, None::<fn(&R)>, Persist::Durable)
-    }
-
-    /// [`AuditLog::submit_with`], running `on_commit` with the change's
-    /// value once it is committed (see [`crate::journal::OnCommit`]), with
-    /// the given [`Persist`].
+    /// `on_commit` runs with the change's value once it is committed (see
+    /// [`crate::journal::OnCommit`]); `persist` says how soon.
     pub(crate) fn submit_with_hook<R, F, H>(
         &self,
         change: F,

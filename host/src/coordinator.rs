@@ -2454,13 +2454,15 @@ impl Coordinator {
         let received = AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
             .with_peer(session_peer)
             .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status}));
-        let ticket = self.audit.submit_with(
+        let ticket = self.audit.submit_with_hook(
             move |txn| {
                 let outcome = commit_inbound_in(txn, &record)?;
                 let fresh = matches!(outcome, InboundCommit::Fresh { .. });
                 Ok((outcome, fresh))
             },
             vec![received],
+            Some(self.store.inbound_commit_hook()),
+            Persist::Durable,
         )?;
         Ok(Ok(Processed::Committing {
             ack,

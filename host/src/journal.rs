@@ -832,24 +832,28 @@ mod tests {
         let log = AuditLog::open(&store, AuditConfig::default())?;
         let event = |s: &str| AuditEvent::new(EventType::MessageReceived, s.to_string());
         let (value, records) = log
-            .submit_with(
+            .submit_with_hook(
                 |txn| {
                     txn.open_table(SCRATCH)?.insert(7, 7)?;
                     Ok((7u64, true))
                 },
                 vec![event("kept")],
+                None::<fn(&u64)>,
+                Persist::Durable,
             )?
             .wait()?;
         assert_eq!(value, 7);
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].summary, "kept");
         let (_, declined) = log
-            .submit_with(
+            .submit_with_hook(
                 |txn| {
                     txn.open_table(SCRATCH)?.insert(8, 8)?;
                     Ok(((), false))
                 },
                 vec![event("declined")],
+                None::<fn(&())>,
+                Persist::Durable,
             )?
             .wait()?;
         assert!(declined.is_empty());

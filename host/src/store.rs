@@ -194,6 +194,7 @@ pub struct Store {
     audit_claimed: Arc<AtomicBool>,
     peers: PeerCache,
     outbox: Arc<OutboxIndex>,
+    inbox_tip: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Which outbox entries are committed, for which peer, and when each is
@@ -399,7 +400,9 @@ impl Store {
         let db = Arc::new(open_database(path)?);
         init_schema(&db, path)?;
         let outbox = Arc::new(index_outbox(&db)?);
+        let inbox_tip = Arc::new(tokio::sync::watch::Sender::new(last_inbox_seq(&db)?));
         Ok(Store {
+            inbox_tip,
             journal: Arc::new(Journal::start(Arc::clone(&db))?),
             db,
             path: path.to_path_buf(),
@@ -895,7 +898,9 @@ impl Store {
         ack: &[u8],
     ) -> Result<InboundCommit> {
         let record = InboundRecord::new(sender, envelope_id, seen_ms, inbox_message, ack)?;
-        self.write(move |txn| commit_inbound_in(txn, &record))
+        self.write_hooked(self.inbound_commit_hook(), move |txn| {
+            commit_inbound_in(txn, &record)
+        })
     }
 
     /// The acknowledgement stored for an inbound envelope, if it was
@@ -915,7 +920,32 @@ impl Store {
     /// floor below which numbers are taken lives in `meta` under `inbox_next_seq`).
     pub fn inbox_push(&self, message: &[u8]) -> Result<u64> {
         let message = message.to_vec();
-        self.write(move |txn| push_inbox(txn, &message))
+        let tip = Arc::clone(&self.inbox_tip);
+        self.write_hooked(
+            move |seq: &u64| raise_inbox_tip(&tip, *seq),
+            move |txn| push_inbox(txn, &message),
+        )
+    }
+
+    /// Watches the number of the newest committed inbox message: it
+    /// changes once a message is committed (never before, so a reader woken
+    /// by it finds the message). Long-polling `inbox` waits on this.
+    pub fn inbox_tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inbox_tip.subscribe()
+    }
+
+    /// The commit hook that announces an inbound record's inbox message
+    /// (see [`Store::inbox_tip`]).
+    pub(crate) fn inbound_commit_hook(&self) -> impl FnOnce(&InboundCommit) + Send + use<> {
+        let tip = Arc::clone(&self.inbox_tip);
+        move |outcome: &InboundCommit| {
+            if let InboundCommit::Fresh {
+                inbox_seq: Some(seq),
+            } = outcome
+            {
+                raise_inbox_tip(&tip, *seq);
+            }
+        }
     }
 
     /// Up to `limit` messages with `seq > after_seq`, in order.
@@ -1186,6 +1216,25 @@ fn push_inbox(txn: &WriteTransaction, message: &[u8]) -> Result<u64> {
     let seq = floor.max(after_last);
     inbox.insert(seq, message)?;
     Ok(seq)
+}
+
+/// Raises the announced inbox tip to `seq` (hooks run in commit order,
+/// but a tip never moves back).
+fn raise_inbox_tip(tip: &tokio::sync::watch::Sender<u64>, seq: u64) {
+    tip.send_if_modified(|current| {
+        let raised = seq > *current;
+        if raised {
+            *current = seq;
+        }
+        raised
+    });
+}
+
+/// The number of the newest inbox message (0 when the inbox is empty).
+fn last_inbox_seq(db: &Database) -> Result<u64> {
+    let txn = db.begin_read()?;
+    let inbox = txn.open_table(INBOX)?;
+    Ok(inbox.last()?.map_or(0, |(k, _)| k.value()))
 }
 
 /// The lowest inbox number not yet handed out as far as removals know.
@@ -1735,9 +1784,14 @@ mod tests {
     fn inbox_sequence() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = Store::open_in_home(dir.path())?;
+        let tip = store.inbox_tip();
+        assert_eq!(*tip.borrow(), 0);
         assert_eq!(store.inbox_push(b"a")?, 1);
         assert_eq!(store.inbox_push(b"b")?, 2);
         assert_eq!(store.inbox_push(b"c")?, 3);
+        // Announced once committed (before the push returns).
+        assert!(tip.has_changed()?);
+        assert_eq!(*tip.borrow(), 3);
         assert_eq!(store.inbox_list(1, 1)?, vec![(2, b"b".to_vec())]);
         assert!(store.inbox_remove(2)?);
         let seqs: Vec<u64> = store
@@ -1750,8 +1804,10 @@ mod tests {
         // Removing the newest message does not make its number reusable.
         assert!(store.inbox_remove(4)?);
         assert_eq!(store.inbox_push(b"e")?, 5);
-        drop(store);
+        drop((tip, store));
         let store = Store::open_in_home(dir.path())?;
+        // The tip starts at the newest message kept.
+        assert_eq!(*store.inbox_tip().borrow(), 5);
         assert_eq!(store.inbox_push(b"f")?, 6);
         // Removing through a number clears everything up to it, and the
         // numbers stay used even when the newest went too.

@@ -596,3 +596,101 @@ fn processed_inbox_messages_can_be_removed_through_a_number() {
     assert_eq!(inbox(&beta).len(), 1);
     verify_audit(&beta);
 }
+
+#[test]
+fn waiting_inbox_reads_wake_on_commit_and_follow_streams_new_messages() {
+    use std::io::BufRead;
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&["trust", "set", peer, "attested", "--reason", "inbox test"])
+            .ok();
+    }
+    let send = |n: u32| {
+        alpha
+            .run(&[
+                "send",
+                "beta",
+                "task-assignment",
+                "--payload",
+                &format!(r#"{{"n":{n}}}"#),
+            ])
+            .ok();
+    };
+
+    // Nothing arrives: the wait ends with an empty list.
+    let empty = beta.run(&["inbox", "--wait", "1", "--json"]).json();
+    assert_eq!(empty, json!([]));
+
+    // A waiting read is answered by the commit, long before its wait ends.
+    let home = beta.home.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut client = Client::connect(&home).expect("control connection");
+        let started = Instant::now();
+        let page = client
+            .call("inbox", json!({"after": 0, "wait_ms": 60_000}))
+            .expect("waiting inbox read");
+        (page, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    send(1);
+    let (page, waited) = waiter.join().expect("waiter");
+    assert_eq!(page.as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page[0]["payload"]["n"], 1);
+    assert!(
+        waited < Duration::from_secs(45),
+        "answered only at the end of its wait: {waited:?}"
+    );
+    let first = page[0]["seq"].as_u64().expect("seq");
+
+    // --follow prints messages as they come, one JSON object per line.
+    let mut follower = std::process::Command::new(crate::harness::bin())
+        .arg("--home")
+        .arg(&beta.home)
+        .args(["inbox", "--follow", "--json", "--after", &first.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning inbox --follow");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    send(2);
+    send(3);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match lines_rx.recv_timeout(SETTLE_TIMEOUT) {
+            Ok(line) => {
+                let m: Value = serde_json::from_str(&line).expect("one JSON object per line");
+                got.push(m["payload"]["n"].as_u64().expect("n"));
+            }
+            Err(e) => {
+                let _ = follower.kill();
+                panic!("--follow printed {got:?}, then nothing: {e}");
+            }
+        }
+    }
+    follower.kill().expect("stopping --follow");
+    follower.wait().expect("reaping --follow");
+    reader.join().expect("reader");
+    assert_eq!(got, vec![2, 3]);
+
+    // A wait past the cap is refused, through the API and the CLI.
+    let mut client = Client::connect(&beta.home).expect("control connection");
+    let refused = client
+        .call("inbox", json!({"after": 0, "wait_ms": 60_001}))
+        .expect_err("a wait past the cap");
+    assert!(refused.to_string().contains("wait_ms"), "{refused}");
+    let cli = beta.run(&["inbox", "--wait", "61"]);
+    assert_eq!(cli.code, 2, "{}", cli.stderr);
+    verify_audit(&beta);
+}

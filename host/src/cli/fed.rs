@@ -299,15 +299,27 @@ pub struct InboxArgs {
     /// At most N messages (1-10000).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: usize,
+    /// When no message is there yet, wait up to SECS seconds (1-60) for
+    /// one to arrive before answering.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub wait: Option<u64>,
+    /// Keep printing messages as they arrive (after those already there)
+    /// until interrupted; with --json, one JSON object per line.
+    #[arg(long, conflicts_with = "wait")]
+    pub follow: bool,
     /// Instead of listing: remove the messages numbered up to and
     /// including SEQ, once they are processed (their receipt stays in the
     /// audit log; their numbers are never reused).
-    #[arg(long, value_name = "SEQ", conflicts_with_all = ["after", "limit"])]
+    #[arg(long, value_name = "SEQ", conflicts_with_all = ["after", "limit", "wait", "follow"])]
     pub remove_through: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
+
+/// How long each `inbox` call of `--follow` waits for a message: well
+/// under the daemon's cap, so a stopped daemon is noticed soon.
+const FOLLOW_WAIT_MS: u64 = 30_000;
 
 /// `agentfed inbox`.
 pub fn inbox(home: &Path, args: InboxArgs) -> CliResult {
@@ -323,10 +335,16 @@ pub fn inbox(home: &Path, args: InboxArgs) -> CliResult {
         }
         return Ok(());
     }
+    if args.follow {
+        return follow_inbox(home, &args);
+    }
+    // The client's response timeout (client::DEFAULT_TIMEOUT) is longer
+    // than the longest wait the daemon allows.
+    let wait_ms = args.wait.map_or(0, |secs| secs * 1000);
     let result = call(
         home,
         "inbox",
-        json!({"after": args.after, "limit": args.limit}),
+        json!({"after": args.after, "limit": args.limit, "wait_ms": wait_ms}),
     )?;
     if args.json {
         print_json(&result);
@@ -336,14 +354,41 @@ pub fn inbox(home: &Path, args: InboxArgs) -> CliResult {
     if list.is_empty() {
         println!("inbox empty");
     }
-    for m in list {
-        println!(
-            "#{} from {} {} {}",
-            text(&m["seq"]),
-            text(&m["from"]),
-            text(&m["message_type"]),
-            m["payload"]
-        );
+    for m in &list {
+        print_inbox_message(m);
     }
     Ok(())
+}
+
+/// `agentfed inbox --follow`: long-polls the inbox until interrupted (or
+/// the daemon goes away), printing each message once, in order.
+fn follow_inbox(home: &Path, args: &InboxArgs) -> CliResult {
+    let mut client = client::Client::connect(home)?;
+    let mut after = args.after;
+    loop {
+        let result = client.call(
+            "inbox",
+            json!({"after": after, "limit": args.limit, "wait_ms": FOLLOW_WAIT_MS}),
+        )?;
+        for m in result.as_array().map(Vec::as_slice).unwrap_or_default() {
+            if args.json {
+                println!("{m}");
+            } else {
+                print_inbox_message(m);
+            }
+            after = after.max(m["seq"].as_u64().unwrap_or(after));
+        }
+        // Whoever reads the pipe sees each message as it comes.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
+}
+
+fn print_inbox_message(m: &Value) {
+    println!(
+        "#{} from {} {} {}",
+        text(&m["seq"]),
+        text(&m["from"]),
+        text(&m["message_type"]),
+        m["payload"]
+    );
 }

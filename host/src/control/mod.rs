@@ -381,7 +381,16 @@ pub struct InboxParams {
     /// At most this many (default 100, at most 10 000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// When no message is there yet, wait up to this many milliseconds
+    /// (at most [`MAX_INBOX_WAIT_MS`]) for one to be committed, then
+    /// answer (an empty list when none came). Default 0: answer at once.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
 }
+
+/// Longest `inbox` long-poll (`wait_ms`): a minute, so a client notices a
+/// dead daemon within that time even without a read timeout of its own.
+pub const MAX_INBOX_WAIT_MS: u64 = 60_000;
 
 /// Filters of `audit.query` and `audit.export`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use super::{
     OptionalPeerParams, PROTOCOL_VERSION, PeerParams, ReloadParams, Response, SendParams,
     SpendParams, TrustSetParams, VerifyResult, clip, codes,
 };
-use super::{BroadcastParams, InboxParams, InboxRemoveParams, QueryParams};
+use super::{BroadcastParams, InboxParams, InboxRemoveParams, MAX_INBOX_WAIT_MS, QueryParams};
 use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
 use crate::coordinator::{CoordError, Coordinator, PeerView, SendRequest, SpendReport};
 use crate::federation::{Federation, JoinRequest};
@@ -270,6 +270,14 @@ impl Dispatcher {
                     Some(n) if (1..=10_000).contains(&n) => n,
                     Some(_) => return Err(invalid_params(method, "limit must be 1..=10000")),
                 };
+                // The waiting itself happens in `wait_for_inbox`, off the
+                // blocking pool; here it is only checked.
+                if p.wait_ms.is_some_and(|ms| ms > MAX_INBOX_WAIT_MS) {
+                    return Err(invalid_params(
+                        method,
+                        &format!("wait_ms must be 0..={MAX_INBOX_WAIT_MS}"),
+                    ));
+                }
                 to_value(c.inbox(p.after, limit)?)
             }
             "inbox.remove" => {
@@ -759,6 +767,20 @@ async fn connection(
                 };
                 let parsed = parse_request(trim_newline(&line));
                 let worker = dispatcher.clone();
+                if let Some(wait) = inbox_wait(&parsed) {
+                    // Waits without a handler slot; takes one per read.
+                    drop(slot);
+                    let waiting =
+                        wait_for_inbox(worker, parsed, wait, running.clone(), shutdown.clone());
+                    if pending_tx
+                        .send(Pending::Running(tokio::spawn(waiting)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 match into_send(parsed) {
                     Ok(first) => {
                         // `send` requests already buffered behind this one
@@ -801,6 +823,79 @@ async fn connection(
     }
     drop(pending_tx);
     let _ = writer.await;
+}
+
+/// How long an `inbox` request asks to wait for a message (`wait_ms`),
+/// when it is a well-formed long-poll; anything else is answered by the
+/// ordinary path (which also reports a bad `wait_ms`).
+fn inbox_wait(parsed: &Parsed) -> Option<Duration> {
+    let Ok((_, method, params)) = parsed else {
+        return None;
+    };
+    if method != "inbox" {
+        return None;
+    }
+    let ms = params.get("wait_ms")?.as_u64()?;
+    (1..=MAX_INBOX_WAIT_MS)
+        .contains(&ms)
+        .then(|| Duration::from_millis(ms))
+}
+
+/// Answers an `inbox` long-poll: at once when messages are there, else
+/// once one is committed ([`crate::store::Store::inbox_tip`]), the wait is
+/// over or the daemon stops. While it waits it holds neither a blocking
+/// thread nor a handler slot, so followers cannot starve other requests.
+async fn wait_for_inbox(
+    dispatcher: Dispatcher,
+    request: Parsed,
+    wait: Duration,
+    running: Arc<tokio::sync::Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + wait;
+    let id = request
+        .as_ref()
+        .map_or(Value::Null, |(id, _, _)| id.clone());
+    // Subscribed before the first read: a message committed between the
+    // read and the wait still wakes it.
+    let mut tip = dispatcher.coordinator().store().inbox_tip();
+    loop {
+        tip.borrow_and_update();
+        let Ok(slot) = running.clone().acquire_owned().await else {
+            let error = ErrorBody::new(codes::INTERNAL, "the daemon is stopping", true);
+            return Response::err(id, error);
+        };
+        let (worker, read) = (dispatcher.clone(), request.clone());
+        let response = match tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            worker.handle_parsed(read)
+        })
+        .await
+        {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!("control handler failed: {e}");
+                let error = ErrorBody::new(codes::INTERNAL, "the request handler failed", false);
+                return Response::err(id, error);
+            }
+        };
+        let empty = response.ok
+            && response
+                .result
+                .as_ref()
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty);
+        if !empty || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
+            return response;
+        }
+        tokio::select! {
+            changed = tip.changed() => if changed.is_err() {
+                return response;
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stopped(&mut shutdown) => return response,
+        }
+    }
 }
 
 /// Most requests of one connection in progress at once (pipelining).
