@@ -176,6 +176,22 @@ impl Daemon {
             .sum()
     }
 
+    /// CPU time used so far by the daemon's state-file writer thread
+    /// (`agentfed-commit`: applies each batch to redb, commits it, waits
+    /// for its `fdatasync`).
+    fn writer_cpu(&self) -> Duration {
+        let tasks = format!("/proc/{}/task", self._guard.0.id());
+        std::fs::read_dir(tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|name| name.trim() == "agentfed-commit")
+            })
+            .map_or(Duration::ZERO, |t| stat_cpu(&t.path().join("stat")))
+    }
+
     fn outbox(&self, c: &mut Client) -> u64 {
         c.call("status", json!({})).expect("status")["outbox"]
             .as_u64()
@@ -279,8 +295,13 @@ fn commit_stats(c: &mut Client) -> (u64, u64, u64) {
 /// CPU time (user + system) process `pid` has used so far; `self` for
 /// this benchmark's own process (the load generator).
 fn process_cpu(pid: &str) -> Duration {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/<pid>/stat");
+    stat_cpu(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// CPU time (user + system) from a `/proc/…/stat` file (a process's or a
+/// thread's).
+fn stat_cpu(path: &Path) -> Duration {
+    let stat = std::fs::read_to_string(path).expect("reading /proc/…/stat");
     // Fields after the parenthesised command name; utime and stime are
     // fields 14 and 15 (1-based), in clock ticks.
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
@@ -288,6 +309,75 @@ fn process_cpu(pid: &str) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // USER_HZ: 100 on Linux for every architecture's user ABI.
     Duration::from_millis(ticks * 10)
+}
+
+/// The work every message needs whatever the implementation around it,
+/// measured in this process on one thread, in µs per message: an Ed25519
+/// signature of a 1.2 KB envelope, its share of a 32-envelope batch
+/// verification (the receiver's best case), and the two PII scans of the
+/// payload (sender and receiver) by the default Wasm policy.
+fn necessary_work(cache: &Path) -> (f64, f64, f64) {
+    use agentfed::plugin::{
+        Direction, HostContext, Limits, PluginKind, PluginRuntime, PluginSource, RuntimeOptions,
+        ScanRequest, StringValue, TrustLevel,
+    };
+    use ed25519_dalek::{Signer, SigningKey};
+    const ROUNDS: usize = 2_048;
+    let per_message = |started: Instant| started.elapsed().as_secs_f64() * 1e6 / ROUNDS as f64;
+
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let envelopes: Vec<Vec<u8>> = (0..ROUNDS)
+        .map(|i| {
+            let text = payload(i, i as u64)["text"].to_string();
+            json!({"id": i, "type": "task-assignment", "payload": {"text": text}})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let started = Instant::now();
+    let signatures: Vec<_> = envelopes.iter().map(|e| key.sign(e)).collect();
+    let sign = per_message(started);
+    let keys = vec![key.verifying_key(); 32];
+    let started = Instant::now();
+    for (chunk, sigs) in envelopes.chunks(32).zip(signatures.chunks(32)) {
+        let messages: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        ed25519_dalek::verify_batch(&messages, sigs, &keys[..chunk.len()]).expect("valid");
+    }
+    let verify = per_message(started);
+
+    let runtime = PluginRuntime::new(RuntimeOptions {
+        cache_dir: Some(cache.to_path_buf()),
+    })
+    .expect("plugin runtime");
+    let pii = runtime
+        .load(
+            PluginKind::Pii,
+            PluginSource::Embedded(agentfed::embedded::default_name(PluginKind::Pii)),
+            HostContext::standalone("bench", Default::default(), [9; 32]),
+            Limits::default(),
+        )
+        .expect("loading the PII policy");
+    let requests: Vec<ScanRequest> = (0..ROUNDS)
+        .map(|i| ScanRequest {
+            direction: if i % 2 == 0 {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            },
+            peer_level: TrustLevel::Attested,
+            message_type: "task-assignment".into(),
+            values: vec![StringValue {
+                path: "/text".into(),
+                value: payload(i, i as u64)["text"].as_str().unwrap_or("").into(),
+            }],
+        })
+        .collect();
+    let started = Instant::now();
+    for request in &requests {
+        pii.scan_pii(request).expect("scan");
+    }
+    let scans = 2.0 * per_message(started);
+    (sign, verify, scans)
 }
 
 fn available_cores() -> usize {
@@ -377,6 +467,7 @@ fn main() {
     let cpu_before = [alpha.cpu(), beta.cpu()];
     let client_cpu_before = process_cpu("self");
     let switches_before = [alpha.switches(), beta.switches()];
+    let writer_cpu_before = [alpha.writer_cpu(), beta.writer_cpu()];
     let started = Instant::now();
     let per = n_total / SENDERS;
     let n = per * SENDERS;
@@ -432,6 +523,11 @@ fn main() {
     // response, polling the receiver's inbox) share the two cores.
     let client_cpu_per_message =
         (process_cpu("self") - client_cpu_before).as_secs_f64() * 1e6 / n as f64;
+    let writer_cpu_per_message: Vec<f64> = [alpha.writer_cpu(), beta.writer_cpu()]
+        .iter()
+        .zip(writer_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64() * 1e6 / n as f64)
+        .collect();
     let cpu_per_message: Vec<f64> = [alpha.cpu(), beta.cpu()]
         .iter()
         .zip(cpu_before)
@@ -514,6 +610,7 @@ fn main() {
         t.join().expect("sender thread");
     }
     let rate_commits = commit_stats(&mut a);
+    let receiver_rate_commits = commit_stats(&mut b);
     let mut lat: Vec<f64> = seen_at
         .iter()
         .map(|(i, at)| at.saturating_duration_since(schedule[*i]).as_secs_f64() * 1000.0)
@@ -544,6 +641,11 @@ fn main() {
         / (rate_commits.0 - rate_before.0).max(1) as f64;
     let rate_jobs =
         (rate_commits.1 - rate_before.1) as f64 / (rate_commits.0 - rate_before.0).max(1) as f64;
+    let receiver_before = commits_after[1];
+    let receiver_commits = (receiver_rate_commits.0 - receiver_before.0).max(1) as f64;
+    let receiver_commit_ms =
+        (receiver_rate_commits.2 - receiver_before.2) as f64 / 1000.0 / receiver_commits;
+    let receiver_jobs = (receiver_rate_commits.1 - receiver_before.1) as f64 / receiver_commits;
     send_lat.sort_by(f64::total_cmp);
     let achieved = count as f64 / (schedule[count - 1] - schedule[0]).as_secs_f64().max(1e-9);
     wait_until(
@@ -652,6 +754,9 @@ fn main() {
         .collect();
     during.sort_by(f64::total_cmp);
     let bulk_secs = (bulk_end - bulk_start).as_secs_f64();
+    // Measured with the daemons idle, after the runs.
+    let (sign_us, verify_us, scans_us) = necessary_work(&cache);
+    let floor_us = sign_us + verify_us + scans_us + writer_cpu_per_message.iter().sum::<f64>();
 
     println!();
     println!("wire benchmark: two daemons on 127.0.0.1, TLS 1.3, 1 KB task-assignments");
@@ -678,6 +783,16 @@ fn main() {
         available_cores()
     );
     println!(
+        "| (a) of which the state-file writer thread (redb apply + commit + fdatasync): sender / receiver | {:.0} / {:.0} µs |",
+        writer_cpu_per_message[0], writer_cpu_per_message[1]
+    );
+    println!(
+        "| (a) floor: Ed25519 sign + batch verify + PII scan ×2 (this process, one thread) + the two writer threads | {sign_us:.0} + {verify_us:.0} + {scans_us:.0} + {:.0} = {floor_us:.0} µs, i.e. at most {:.0} messages/s on {} cores if nothing else cost anything |",
+        writer_cpu_per_message.iter().sum::<f64>(),
+        available_cores() as f64 * 1e6 / floor_us.max(1.0),
+        available_cores()
+    );
+    println!(
         "| (a) context switches per message: sender / receiver daemon | {:.1} / {:.1} |",
         switches_per_message[0], switches_per_message[1]
     );
@@ -695,6 +810,9 @@ fn main() {
         "| (b) of which the `send` call (PII, sign, durable outbox commit) | p50 {:.2} ms, p99 {:.2} ms (sender commits: {rate_jobs:.1} jobs, {rate_commit_ms:.2} ms each) |",
         pct(&send_lat, 0.5),
         pct(&send_lat, 0.99)
+    );
+    println!(
+        "| (b) the receiver's commits (inbox, dedupe, acknowledgement, audit record) | {receiver_jobs:.1} jobs, {receiver_commit_ms:.2} ms each |"
     );
     println!(
         "| (c) `query ping` idle (n={}) | p50 {:.2} ms, p99 {:.2} ms |",

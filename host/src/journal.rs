@@ -181,8 +181,10 @@ impl Journal {
                 .spawn(f)
                 .map_err(|source| StoreError::Thread { source })
         };
+        // Linux keeps 15 bytes of a thread's name (top, perf, /proc show
+        // those): the two names must differ within them.
         let notifier = spawn(
-            "agentfed-commit-notify",
+            "agentfed-notify",
             Box::new(move || notifier_loop(&done_rx)),
         )?;
         let writer = spawn(
