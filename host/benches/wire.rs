@@ -314,12 +314,13 @@ fn stat_cpu(path: &Path) -> Duration {
 /// The work every message needs whatever the implementation around it,
 /// measured in this process on one thread, in µs per message: an Ed25519
 /// signature of a 1.2 KB envelope, its share of a 32-envelope batch
-/// verification (the receiver's best case), and the two PII scans of the
-/// payload (sender and receiver) by the default Wasm policy.
+/// verification (the receiver's best case), and the plugin calls: two PII
+/// scans of the payload (sender and receiver) and the receiver's handler,
+/// by the default Wasm policies.
 fn necessary_work(cache: &Path) -> (f64, f64, f64) {
     use agentfed::plugin::{
-        Direction, HostContext, Limits, PluginKind, PluginRuntime, PluginSource, RuntimeOptions,
-        ScanRequest, StringValue, TrustLevel,
+        Direction, HostContext, Limits, MessageView, PluginKind, PluginRuntime, PluginSource,
+        RuntimeOptions, ScanRequest, StringValue, TrustLevel,
     };
     use ed25519_dalek::{Signer, SigningKey};
     const ROUNDS: usize = 2_048;
@@ -349,14 +350,17 @@ fn necessary_work(cache: &Path) -> (f64, f64, f64) {
         cache_dir: Some(cache.to_path_buf()),
     })
     .expect("plugin runtime");
-    let pii = runtime
-        .load(
-            PluginKind::Pii,
-            PluginSource::Embedded(agentfed::embedded::default_name(PluginKind::Pii)),
-            HostContext::standalone("bench", Default::default(), [9; 32]),
-            Limits::default(),
-        )
-        .expect("loading the PII policy");
+    let load = |kind| {
+        runtime
+            .load(
+                kind,
+                PluginSource::Embedded(agentfed::embedded::default_name(kind)),
+                HostContext::standalone("bench", Default::default(), [9; 32]),
+                Limits::default(),
+            )
+            .expect("loading a default policy")
+    };
+    let (pii, handler) = (load(PluginKind::Pii), load(PluginKind::Handler));
     let requests: Vec<ScanRequest> = (0..ROUNDS)
         .map(|i| ScanRequest {
             direction: if i % 2 == 0 {
@@ -377,7 +381,23 @@ fn necessary_work(cache: &Path) -> (f64, f64, f64) {
         pii.scan_pii(request).expect("scan");
     }
     let scans = 2.0 * per_message(started);
-    (sign, verify, scans)
+    let views: Vec<MessageView> = (0..ROUNDS)
+        .map(|i| MessageView {
+            id: format!("{i:032x}"),
+            source: "alpha".into(),
+            message_type: "task-assignment".into(),
+            payload_json: payload(i, i as u64).to_string(),
+            sender_level: TrustLevel::Attested,
+            hop_count: 0,
+            sent_at_ms: 1_700_000_000_000,
+        })
+        .collect();
+    let started = Instant::now();
+    for view in &views {
+        handler.handle_message(view).expect("handler");
+    }
+    let plugins = scans + per_message(started);
+    (sign, verify, plugins)
 }
 
 fn available_cores() -> usize {
@@ -755,8 +775,12 @@ fn main() {
     during.sort_by(f64::total_cmp);
     let bulk_secs = (bulk_end - bulk_start).as_secs_f64();
     // Measured with the daemons idle, after the runs.
-    let (sign_us, verify_us, scans_us) = necessary_work(&cache);
-    let floor_us = sign_us + verify_us + scans_us + writer_cpu_per_message.iter().sum::<f64>();
+    let (sign_us, verify_us, plugins_us) = necessary_work(&cache);
+    let floor_us = sign_us
+        + verify_us
+        + plugins_us
+        + writer_cpu_per_message.iter().sum::<f64>()
+        + client_cpu_per_message;
 
     println!();
     println!("wire benchmark: two daemons on 127.0.0.1, TLS 1.3, 1 KB task-assignments");
@@ -787,7 +811,7 @@ fn main() {
         writer_cpu_per_message[0], writer_cpu_per_message[1]
     );
     println!(
-        "| (a) floor: Ed25519 sign + batch verify + PII scan ×2 (this process, one thread) + the two writer threads | {sign_us:.0} + {verify_us:.0} + {scans_us:.0} + {:.0} = {floor_us:.0} µs, i.e. at most {:.0} messages/s on {} cores if nothing else cost anything |",
+        "| (a) floor: Ed25519 sign + batch verify + plugins (PII scan ×2, handler; this process, one thread) + the two writer threads + this benchmark's clients | {sign_us:.0} + {verify_us:.0} + {plugins_us:.0} + {:.0} + {client_cpu_per_message:.0} = {floor_us:.0} µs, i.e. at most {:.0} messages/s on {} cores if TLS, sockets, JSON, the control API and scheduling cost nothing |",
         writer_cpu_per_message.iter().sum::<f64>(),
         available_cores() as f64 * 1e6 / floor_us.max(1.0),
         available_cores()

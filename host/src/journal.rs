@@ -183,10 +183,7 @@ impl Journal {
         };
         // Linux keeps 15 bytes of a thread's name (top, perf, /proc show
         // those): the two names must differ within them.
-        let notifier = spawn(
-            "agentfed-notify",
-            Box::new(move || notifier_loop(&done_rx)),
-        )?;
+        let notifier = spawn("agentfed-notify", Box::new(move || notifier_loop(&done_rx)))?;
         let writer = spawn(
             "agentfed-commit",
             Box::new(move || writer_loop(&db, &rx, &done_tx, &writer_counters)),
