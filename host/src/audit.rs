@@ -193,6 +193,7 @@ event_types! {
     PeerAdded => "peer_added", Identity, Info;
     PeerRemoved => "peer_removed", Identity, Info;
     PeerExcluded => "peer_excluded", Identity, Warning;
+    PeerManifestUpdated => "peer_manifest_updated", Identity, Info;
     ManifestPublished => "manifest_published", Identity, Info;
     HandshakeInitiated => "handshake_initiated", Identity, Debug;
     HandshakeCompleted => "handshake_completed", Identity, Info;

@@ -278,6 +278,25 @@ impl NodeConfig {
         }
     }
 
+    /// Whether `home/agentfed.toml` sets `[node] endpoint` itself (rather
+    /// than leaving it to the default): only then does it move the node.
+    pub fn sets_endpoint(home: &Path) -> Result<bool, ConfigError> {
+        let path = home.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.clone(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Ok(table
+            .get("node")
+            .and_then(|node| node.get("endpoint"))
+            .is_some())
+    }
+
     /// Parses and validates config text; `path` is only used in error
     /// messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -416,6 +435,14 @@ impl NodeConfig {
         line(
             w,
             "# Federation endpoint peers connect to: ws:// or wss://host:port[/path].",
+        );
+        line(
+            w,
+            "# Changing it moves the node: the daemon applies it at its next start, and",
+        );
+        line(
+            w,
+            "# peers learn it from the next handshake (docs/operations.md).",
         );
         kv(w, "endpoint", &self.node.endpoint);
         line(

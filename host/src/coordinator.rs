@@ -2555,6 +2555,49 @@ impl Coordinator {
         Ok(admission_of(&record, manifest))
     }
 
+    /// Audits that a known peer presented a manifest that differs from the
+    /// stored one (which it now replaces): which fields changed, with the
+    /// old and new endpoint.
+    fn audit_manifest_update(&self, old: &SignedManifest, new: &SignedManifest) -> Result<()> {
+        let (old, new) = (&old.manifest, &new.manifest);
+        let changed: Vec<&str> = [
+            ("endpoint", old.endpoint != new.endpoint),
+            (
+                "tls_fingerprint",
+                old.tls_fingerprint != new.tls_fingerprint,
+            ),
+            ("agent_types", old.agent_types != new.agent_types),
+            ("capabilities", old.capabilities != new.capabilities),
+            (
+                "protocol_version",
+                old.protocol_version != new.protocol_version,
+            ),
+            ("wg_public_key", old.wg_public_key != new.wg_public_key),
+            ("mesh_ip", old.mesh_ip != new.mesh_ip),
+            ("wg_endpoint", old.wg_endpoint != new.wg_endpoint),
+        ]
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect();
+        self.record(
+            AuditEvent::new(
+                EventType::PeerManifestUpdated,
+                format!(
+                    "{} presented an updated manifest ({})",
+                    new.node_id,
+                    changed.join(", ")
+                ),
+            )
+            .with_peer(&new.node_id)
+            .with_details(json!({
+                "changed": changed,
+                "endpoint": new.endpoint,
+                "previous_endpoint": old.endpoint,
+                "tls_fingerprint": new.tls_fingerprint,
+            })),
+        )
+    }
+
     /// Records a completed handshake: an unknown peer is added as VERIFIED
     /// (its signed manifest verified, its key proven over this TLS
     /// session), then `handshake_completed` and `session_created` are
@@ -2571,13 +2614,15 @@ impl Coordinator {
         manifest.verify()?;
         let node_id = manifest.manifest.node_id.clone();
         let _guard = self.lock_decisions();
-        let admission = if node_id == self.node_id() {
-            Admission::Refused(ADMIT_SELF)
+        let known = if node_id == self.node_id() {
+            None
         } else {
-            match self.store.get_peer(&node_id)? {
-                Some(record) => admission_of(&record, manifest),
-                None => Admission::Unknown,
-            }
+            self.store.get_peer(&node_id)?
+        };
+        let admission = match &known {
+            _ if node_id == self.node_id() => Admission::Refused(ADMIT_SELF),
+            Some(record) => admission_of(record, manifest),
+            None => Admission::Unknown,
         };
         if let Admission::Refused(code) = admission {
             self.record(
@@ -2611,8 +2656,19 @@ impl Coordinator {
             )?;
             self.refresh_live_counts()?;
         } else {
-            self.store
-                .update_peer(&node_id, move |r| r.last_seen_ms = now)?;
+            // The manifest it just proved its key with is its current one:
+            // a node that moved (or changed what it offers) is redialed at
+            // its new endpoint from now on.
+            let presented = manifest.clone();
+            self.store.update_peer(&node_id, move |r| {
+                r.last_seen_ms = now;
+                if manifest_changed(&r.manifest, &presented) {
+                    r.manifest = presented.clone();
+                }
+            })?;
+            if let Some(old) = known.filter(|r| manifest_changed(&r.manifest, manifest)) {
+                self.audit_manifest_update(&old.manifest, manifest)?;
+            }
         }
         self.record(
             AuditEvent::new(
@@ -2690,6 +2746,14 @@ impl Coordinator {
     pub fn audit_event(&self, event: AuditEvent) -> Result<()> {
         self.record(event)
     }
+}
+
+/// Whether `presented` says something other than `stored` (the signing
+/// time aside: every handshake presents a freshly signed manifest).
+fn manifest_changed(stored: &SignedManifest, presented: &SignedManifest) -> bool {
+    let mut presented = presented.manifest.clone();
+    presented.timestamp_ms = stored.manifest.timestamp_ms;
+    presented != stored.manifest
 }
 
 fn admission_of(record: &PeerRecord, manifest: &SignedManifest) -> Admission {

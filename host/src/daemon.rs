@@ -110,7 +110,7 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     let lock = HomeLock::acquire(home)?;
     // Validate the config first: a clear message, before plugins compile.
     let config = NodeConfig::load(home)?;
-    let endpoint = check_identity_matches(home, &config)?;
+    let (endpoint, moved_from) = check_identity_matches(home, &config)?;
     // Refuse a listen address that cannot be bound before opening anything
     // (nothing served, nothing audited).
     let listen = match listen_target(&config, &endpoint) {
@@ -129,6 +129,9 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
             ..CoordinatorOptions::default()
         },
     )?);
+    if let Some(old) = moved_from {
+        audit_endpoint_move(&coordinator, &old, &endpoint);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("agentfed-daemon")
@@ -174,12 +177,17 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     result
 }
 
-/// `node.json` (written by `init`, signed into the manifest) is
-/// authoritative for the node id and endpoint. A config naming another
-/// node id is refused; another endpoint is only warned about (a config
-/// without the key yields the default endpoint). Returns the endpoint
-/// from `node.json`.
-fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<String, DaemonError> {
+/// `node.json` (written by `init`, signed into the manifest) holds the
+/// node id and endpoint. A config naming another node id is refused. A
+/// config that sets `[node] endpoint` to another endpoint moves the node:
+/// `node.json` is rewritten with it, and peers learn it from the manifest
+/// of the next handshake (docs/protocol.md §10.3). A config without the key
+/// (the default endpoint) changes nothing. Returns the endpoint, and the
+/// one it replaced when the node moved.
+fn check_identity_matches(
+    home: &Path,
+    config: &NodeConfig,
+) -> Result<(String, Option<String>), DaemonError> {
     let identity = crate::identity::Identity::load(home)
         .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
     let path = home.join(crate::config::CONFIG_FILE);
@@ -193,14 +201,38 @@ fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<String, Da
             ),
         }));
     }
-    if config.node.endpoint != identity.endpoint() {
-        tracing::warn!(
-            config = %config.node.endpoint,
-            node_json = %identity.endpoint(),
-            "[node] endpoint in agentfed.toml differs from node.json; node.json is what peers see"
-        );
+    if config.node.endpoint == identity.endpoint() {
+        return Ok((identity.endpoint().to_string(), None));
     }
-    Ok(identity.endpoint().to_string())
+    if !NodeConfig::sets_endpoint(home)? {
+        tracing::warn!(
+            node_json = %identity.endpoint(),
+            "agentfed.toml does not set [node] endpoint; using the one in node.json"
+        );
+        return Ok((identity.endpoint().to_string(), None));
+    }
+    let old = identity.endpoint().to_string();
+    let moved = crate::identity::Identity::set_endpoint(home, &config.node.endpoint)
+        .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
+    tracing::info!(
+        from = %old,
+        to = %moved.endpoint(),
+        "[node] endpoint changed in agentfed.toml: node.json updated; peers learn it at their next handshake with this node"
+    );
+    Ok((moved.endpoint().to_string(), Some(old)))
+}
+
+/// Audits that this node moved to `endpoint` (its manifest now says so).
+fn audit_endpoint_move(coordinator: &Coordinator, old: &str, endpoint: &str) {
+    let event = AuditEvent::new(
+        EventType::ManifestPublished,
+        format!("endpoint changed from {old} to {endpoint} (agentfed.toml)"),
+    )
+    .with_actor(crate::audit::ACTOR_OPERATOR)
+    .with_details(serde_json::json!({"endpoint": endpoint, "previous_endpoint": old}));
+    if let Err(e) = coordinator.audit().append(event) {
+        tracing::warn!("cannot audit the endpoint change: {e}");
+    }
 }
 
 /// The address the federation listener will bind, and whether a failure
@@ -377,5 +409,45 @@ async fn timer(coordinator: Arc<Coordinator>, period: Duration, mut stop: watch:
             Ok(Err(e)) => tracing::warn!(code = e.code(), "timer tick failed: {e}"),
             Err(e) => tracing::error!("timer tick panicked: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Identity, NodeId};
+
+    const FIRST: &str = "wss://192.0.2.1:9100";
+    const MOVED: &str = "wss://192.0.2.2:9200";
+
+    fn home_with_config(config: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = NodeId::parse("alpha").expect("node id");
+        Identity::init(dir.path(), &node, FIRST, false).expect("init");
+        std::fs::write(dir.path().join(crate::config::CONFIG_FILE), config).expect("config");
+        dir
+    }
+
+    #[test]
+    fn an_endpoint_set_in_the_config_moves_the_node() {
+        let dir = home_with_config(&format!("[node]\nendpoint = \"{MOVED}\"\n"));
+        let config = NodeConfig::load(dir.path()).expect("config");
+        let (endpoint, moved_from) = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(endpoint, MOVED);
+        assert_eq!(moved_from.as_deref(), Some(FIRST));
+        assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), MOVED);
+        // Applied once: the next start finds them agreeing.
+        let (_, again) = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(again, None);
+    }
+
+    #[test]
+    fn a_config_without_an_endpoint_leaves_node_json_alone() {
+        let dir = home_with_config("[node]\n");
+        let config = NodeConfig::load(dir.path()).expect("config");
+        assert_ne!(config.node.endpoint, FIRST, "the default differs");
+        let (endpoint, moved_from) = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!((endpoint.as_str(), moved_from), (FIRST, None));
+        assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), FIRST);
     }
 }

@@ -934,6 +934,23 @@ impl Identity {
             self.tls.cert_pem.as_bytes(),
             0o644,
         )?;
+        self.write_node_file(home)?;
+        sync_dir(home)
+    }
+
+    /// Moves the node to `endpoint`: rewrites `node.json` with it
+    /// (atomically). Keys and certificate stay, so peers keep trusting the
+    /// node; they learn the endpoint from its next signed manifest.
+    pub fn set_endpoint(home: &Path, endpoint: &str) -> Result<Identity, IdentityError> {
+        validate_endpoint(endpoint)?;
+        let mut identity = Identity::load(home)?;
+        identity.endpoint = endpoint.to_string();
+        identity.write_node_file(home)?;
+        sync_dir(home)?;
+        Ok(identity)
+    }
+
+    fn write_node_file(&self, home: &Path) -> Result<(), IdentityError> {
         let node = NodeFile {
             node_id: self.node_id.to_string(),
             endpoint: self.endpoint.clone(),
@@ -942,8 +959,7 @@ impl Identity {
             path: home.join(NODE_FILE),
             reason: "node file does not serialize",
         })?;
-        write_file(&home.join(NODE_FILE), &json, 0o644)?;
-        sync_dir(home)
+        write_file(&home.join(NODE_FILE), &json, 0o644)
     }
 
     /// This node's id.

@@ -694,3 +694,82 @@ fn waiting_inbox_reads_wake_on_commit_and_follow_streams_new_messages() {
     assert_eq!(cli.code, 2, "{}", cli.stderr);
     verify_audit(&beta);
 }
+
+#[test]
+fn a_node_that_moves_is_found_at_its_new_endpoint() {
+    let (mut alpha, alpha_ep) = fed_node("alpha");
+    let (mut beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&["trust", "set", peer, "attested", "--reason", "move test"])
+            .ok();
+    }
+
+    // beta moves: a new port in agentfed.toml, applied at its next start.
+    beta.stop();
+    let moved_ep = format!("wss://127.0.0.1:{}", crate::harness::free_port());
+    let config_path = beta.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    let moved = config.replace(
+        &format!("endpoint = \"{beta_ep}\""),
+        &format!("endpoint = \"{moved_ep}\""),
+    );
+    assert_ne!(moved, config, "the config names beta's endpoint");
+    std::fs::write(&config_path, moved).expect("config");
+    beta.start(&[]);
+    assert_eq!(crate::harness::manifest_field(&beta, "endpoint"), moved_ep);
+    let published = beta
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event_type"] == "manifest_published")
+        .expect("the move is audited");
+    assert_eq!(published["details"]["previous_endpoint"], beta_ep.as_str());
+
+    // beta redials alpha; the manifest it proves its key with replaces the
+    // stored one.
+    wait_until("alpha to learn beta's new endpoint", SETTLE_TIMEOUT, || {
+        alpha.peer("beta")["endpoint"] == moved_ep.as_str()
+    });
+    let updated = alpha
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event_type"] == "peer_manifest_updated")
+        .expect("the update is audited");
+    assert_eq!(
+        updated["details"]["changed"],
+        json!(["endpoint"]),
+        "{updated}"
+    );
+    assert_eq!(updated["details"]["previous_endpoint"], beta_ep.as_str());
+
+    // alpha now dials the new endpoint itself: beta no longer dials out
+    // (its list of peers to reconnect to is emptied while it is stopped).
+    beta.stop();
+    alpha.stop();
+    std::fs::write(
+        beta.home.join(agentfed::federation::WANTED_FILE),
+        b"[]".as_slice(),
+    )
+    .expect("emptying beta's reconnect list");
+    beta.start(&[]);
+    alpha.start(&[]);
+    wait_until("alpha's redial to reach beta", SETTLE_TIMEOUT, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+    alpha
+        .run(&[
+            "send",
+            "beta",
+            "task-assignment",
+            "--payload",
+            r#"{"after":"the move"}"#,
+        ])
+        .ok();
+    wait_until("the message at the new endpoint", SETTLE_TIMEOUT, || {
+        inbox(&beta)
+            .iter()
+            .any(|m| m["payload"]["after"] == "the move")
+    });
+    verify_audit(&alpha);
+    verify_audit(&beta);
+}
