@@ -32,7 +32,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Compliance, ConfigError, NodeConfig};
 use crate::envelope::{self, Envelope};
 use crate::identity::{
-    Identity, IdentityError, ManifestError, ManifestParams, MeshSubnet, SignedManifest,
+    Identity, IdentityError, Manifest, ManifestError, ManifestParams, MeshSubnet, SignedManifest,
 };
 use crate::journal::Persist;
 use crate::model::{
@@ -2555,47 +2555,64 @@ impl Coordinator {
         Ok(admission_of(&record, manifest))
     }
 
-    /// Audits that a known peer presented a manifest that differs from the
-    /// stored one (which it now replaces): which fields changed, with the
-    /// old and new endpoint.
-    fn audit_manifest_update(&self, old: &SignedManifest, new: &SignedManifest) -> Result<()> {
-        let (old, new) = (&old.manifest, &new.manifest);
-        let changed: Vec<&str> = [
-            ("endpoint", old.endpoint != new.endpoint),
-            (
-                "tls_fingerprint",
-                old.tls_fingerprint != new.tls_fingerprint,
-            ),
-            ("agent_types", old.agent_types != new.agent_types),
-            ("capabilities", old.capabilities != new.capabilities),
-            (
-                "protocol_version",
-                old.protocol_version != new.protocol_version,
-            ),
-            ("wg_public_key", old.wg_public_key != new.wg_public_key),
-            ("mesh_ip", old.mesh_ip != new.mesh_ip),
-            ("wg_endpoint", old.wg_endpoint != new.wg_endpoint),
-        ]
-        .into_iter()
-        .filter_map(|(field, differs)| differs.then_some(field))
-        .collect();
-        self.record(
-            AuditEvent::new(
-                EventType::PeerManifestUpdated,
-                format!(
-                    "{} presented an updated manifest ({})",
-                    new.node_id,
-                    changed.join(", ")
-                ),
-            )
-            .with_peer(&new.node_id)
-            .with_details(json!({
-                "changed": changed,
-                "endpoint": new.endpoint,
-                "previous_endpoint": old.endpoint,
-                "tls_fingerprint": new.tls_fingerprint,
-            })),
-        )
+    /// After a completed handshake with a known peer: notes that it was
+    /// seen, and adopts the manifest it just proved its key with when it
+    /// differs from the stored one (a node that moved, or changed what it
+    /// offers, is redialed at its new endpoint from then on), with a
+    /// `peer_manifest_updated` record in the same commit. A manifest
+    /// naming another TLS certificate is adopted only when this node
+    /// dialed (`role` "client") and so saw that certificate; over an
+    /// inbound session the certificate is not shown, and the pin stays
+    /// an operator's decision (`join --fingerprint`).
+    fn note_presented_manifest(
+        &self,
+        known: Option<&PeerRecord>,
+        presented: &SignedManifest,
+        role: &str,
+        now: u64,
+    ) -> Result<()> {
+        let node_id = presented.manifest.node_id.clone();
+        let Some(stored) = known
+            .map(|r| &r.manifest)
+            .filter(|m| manifest_changed(m, presented))
+        else {
+            self.store
+                .update_peer(&node_id, move |r| r.last_seen_ms = now)?;
+            return Ok(());
+        };
+        let new_certificate = stored.manifest.tls_fingerprint != presented.manifest.tls_fingerprint;
+        if new_certificate && role != "client" {
+            self.store
+                .update_peer(&node_id, move |r| r.last_seen_ms = now)?;
+            return self.record(
+                AuditEvent::new(
+                    EventType::PeerManifestUpdated,
+                    format!(
+                        "{node_id} presented a manifest naming another TLS certificate over an inbound session; kept the stored one (join it with --fingerprint to accept the new one)"
+                    ),
+                )
+                .with_peer(&node_id)
+                .with_severity(crate::audit::Severity::Warning)
+                .with_details(json!({
+                    "adopted": false,
+                    "tls_fingerprint": presented.manifest.tls_fingerprint,
+                    "stored_tls_fingerprint": stored.manifest.tls_fingerprint,
+                    "endpoint": presented.manifest.endpoint,
+                })),
+            );
+        }
+        let event = manifest_update_event(&stored.manifest, &presented.manifest);
+        let adopted = presented.clone();
+        self.store.update_peer_recorded(
+            &self.audit,
+            &node_id,
+            move |r| {
+                r.last_seen_ms = now;
+                r.manifest = adopted.clone();
+            },
+            vec![event],
+        )?;
+        Ok(())
     }
 
     /// Records a completed handshake: an unknown peer is added as VERIFIED
@@ -2656,19 +2673,7 @@ impl Coordinator {
             )?;
             self.refresh_live_counts()?;
         } else {
-            // The manifest it just proved its key with is its current one:
-            // a node that moved (or changed what it offers) is redialed at
-            // its new endpoint from now on.
-            let presented = manifest.clone();
-            self.store.update_peer(&node_id, move |r| {
-                r.last_seen_ms = now;
-                if manifest_changed(&r.manifest, &presented) {
-                    r.manifest = presented.clone();
-                }
-            })?;
-            if let Some(old) = known.filter(|r| manifest_changed(&r.manifest, manifest)) {
-                self.audit_manifest_update(&old.manifest, manifest)?;
-            }
+            self.note_presented_manifest(known.as_ref(), manifest, role, now)?;
         }
         self.record(
             AuditEvent::new(
@@ -2746,6 +2751,59 @@ impl Coordinator {
     pub fn audit_event(&self, event: AuditEvent) -> Result<()> {
         self.record(event)
     }
+}
+
+/// The `peer_manifest_updated` record of a known peer's manifest going
+/// from `old` to `new`: which fields changed (the destructuring makes a
+/// new manifest field a compile error here until it is listed), with the
+/// old and new endpoint and certificate fingerprint.
+fn manifest_update_event(old: &Manifest, new: &Manifest) -> AuditEvent {
+    let Manifest {
+        node_id: _,
+        public_key: _,
+        endpoint,
+        tls_fingerprint,
+        agent_types,
+        capabilities,
+        protocol_version,
+        wg_public_key,
+        mesh_ip,
+        wg_endpoint,
+        timestamp_ms: _,
+    } = new;
+    let changed: Vec<&str> = [
+        ("endpoint", *endpoint != old.endpoint),
+        ("tls_fingerprint", *tls_fingerprint != old.tls_fingerprint),
+        ("agent_types", *agent_types != old.agent_types),
+        ("capabilities", *capabilities != old.capabilities),
+        (
+            "protocol_version",
+            *protocol_version != old.protocol_version,
+        ),
+        ("wg_public_key", *wg_public_key != old.wg_public_key),
+        ("mesh_ip", *mesh_ip != old.mesh_ip),
+        ("wg_endpoint", *wg_endpoint != old.wg_endpoint),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect();
+    AuditEvent::new(
+        EventType::PeerManifestUpdated,
+        format!(
+            "{} presented an updated manifest ({})",
+            new.node_id,
+            changed.join(", ")
+        ),
+    )
+    .with_peer(&new.node_id)
+    .with_details(json!({
+        "adopted": true,
+        "changed": changed,
+        "endpoint": endpoint,
+        "previous_endpoint": old.endpoint,
+        "tls_fingerprint": tls_fingerprint,
+        "previous_tls_fingerprint": old.tls_fingerprint,
+    }))
 }
 
 /// Whether `presented` says something other than `stored` (the signing

@@ -110,9 +110,10 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     let lock = HomeLock::acquire(home)?;
     // Validate the config first: a clear message, before plugins compile.
     let config = NodeConfig::load(home)?;
-    let (endpoint, moved_from) = check_identity_matches(home, &config)?;
+    let endpoints = check_identity_matches(home, &config)?;
+    let endpoint = endpoints.effective().to_string();
     // Refuse a listen address that cannot be bound before opening anything
-    // (nothing served, nothing audited).
+    // (nothing served, nothing audited, the node not moved).
     let listen = match listen_target(&config, &endpoint) {
         Some(target) => check_listen(target)?,
         None => None,
@@ -122,6 +123,9 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
         Some(start) => Arc::new(ManualClock::new(start)),
         None => Arc::new(SystemClock),
     };
+    if let Some(to) = &endpoints.moving_to {
+        move_endpoint(home, &config, &clock, &endpoints.current, to)?;
+    }
     let coordinator = Arc::new(Coordinator::open(
         home,
         CoordinatorOptions {
@@ -129,9 +133,6 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
             ..CoordinatorOptions::default()
         },
     )?);
-    if let Some(old) = moved_from {
-        audit_endpoint_move(&coordinator, &old, &endpoint);
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("agentfed-daemon")
@@ -177,17 +178,29 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     result
 }
 
+/// The endpoint in `node.json`, and the one the config moves the node to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoints {
+    /// `node.json`'s endpoint (what the manifest says now).
+    current: String,
+    /// The config's `[node] endpoint`, when it sets one that differs.
+    moving_to: Option<String>,
+}
+
+impl Endpoints {
+    /// The endpoint the daemon runs with.
+    fn effective(&self) -> &str {
+        self.moving_to.as_deref().unwrap_or(&self.current)
+    }
+}
+
 /// `node.json` (written by `init`, signed into the manifest) holds the
 /// node id and endpoint. A config naming another node id is refused. A
-/// config that sets `[node] endpoint` to another endpoint moves the node:
-/// `node.json` is rewritten with it, and peers learn it from the manifest
-/// of the next handshake (docs/protocol.md §10.3). A config without the key
-/// (the default endpoint) changes nothing. Returns the endpoint, and the
-/// one it replaced when the node moved.
-fn check_identity_matches(
-    home: &Path,
-    config: &NodeConfig,
-) -> Result<(String, Option<String>), DaemonError> {
+/// config that sets `[node] endpoint` to another endpoint moves the node
+/// ([`move_endpoint`], once the new address is known to be usable); a
+/// config without the key (the default endpoint) changes nothing. Reads
+/// only.
+fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<Endpoints, DaemonError> {
     let identity = crate::identity::Identity::load(home)
         .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
     let path = home.join(crate::config::CONFIG_FILE);
@@ -201,38 +214,75 @@ fn check_identity_matches(
             ),
         }));
     }
-    if config.node.endpoint == identity.endpoint() {
-        return Ok((identity.endpoint().to_string(), None));
+    let current = identity.endpoint().to_string();
+    if config.node.endpoint == current {
+        return Ok(Endpoints {
+            current,
+            moving_to: None,
+        });
     }
     if !NodeConfig::sets_endpoint(home)? {
         tracing::warn!(
-            node_json = %identity.endpoint(),
+            node_json = %current,
             "agentfed.toml does not set [node] endpoint; using the one in node.json"
         );
-        return Ok((identity.endpoint().to_string(), None));
+        return Ok(Endpoints {
+            current,
+            moving_to: None,
+        });
     }
-    let old = identity.endpoint().to_string();
-    let moved = crate::identity::Identity::set_endpoint(home, &config.node.endpoint)
-        .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
-    tracing::info!(
-        from = %old,
-        to = %moved.endpoint(),
-        "[node] endpoint changed in agentfed.toml: node.json updated; peers learn it at their next handshake with this node"
-    );
-    Ok((moved.endpoint().to_string(), Some(old)))
+    Ok(Endpoints {
+        current,
+        moving_to: Some(config.node.endpoint.clone()),
+    })
 }
 
-/// Audits that this node moved to `endpoint` (its manifest now says so).
-fn audit_endpoint_move(coordinator: &Coordinator, old: &str, endpoint: &str) {
-    let event = AuditEvent::new(
-        EventType::ManifestPublished,
-        format!("endpoint changed from {old} to {endpoint} (agentfed.toml)"),
+/// Moves the node from `from` to `to`: audits `manifest_published` first
+/// (durably, with the previous endpoint), then rewrites `node.json`. In
+/// that order a crash or failure in between leaves a record of a move
+/// that the next start completes (and records again), never a move
+/// without a record. Peers learn the endpoint from the manifest of the
+/// next handshake (docs/protocol.md §10.3).
+fn move_endpoint(
+    home: &Path,
+    config: &NodeConfig,
+    clock: &Arc<dyn Clock>,
+    from: &str,
+    to: &str,
+) -> Result<(), DaemonError> {
+    let opened = |e| DaemonError::Coordinator(CoordError::from(e));
+    let store = crate::store::Store::open_in_home(home).map_err(opened)?;
+    let compliance = match config.audit.compliance {
+        crate::config::Compliance::Standard => crate::audit::ComplianceMode::Standard,
+        crate::config::Compliance::Hipaa => crate::audit::ComplianceMode::Hipaa,
+    };
+    let audit = crate::audit::AuditLog::open(
+        &store,
+        crate::audit::AuditConfig {
+            compliance,
+            clock: Some(clock.clone()),
+        },
     )
-    .with_actor(crate::audit::ACTOR_OPERATOR)
-    .with_details(serde_json::json!({"endpoint": endpoint, "previous_endpoint": old}));
-    if let Err(e) = coordinator.audit().append(event) {
-        tracing::warn!("cannot audit the endpoint change: {e}");
-    }
+    .map_err(|e| DaemonError::Coordinator(CoordError::from(e)))?;
+    audit
+        .append(
+            AuditEvent::new(
+                EventType::ManifestPublished,
+                format!("endpoint changed from {from} to {to} (agentfed.toml)"),
+            )
+            .with_actor(crate::audit::ACTOR_OPERATOR)
+            .with_details(serde_json::json!({"endpoint": to, "previous_endpoint": from})),
+        )
+        .map_err(|e| DaemonError::Coordinator(CoordError::from(e)))?;
+    drop((audit, store));
+    crate::identity::Identity::set_endpoint(home, to)
+        .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
+    tracing::info!(
+        from = %from,
+        to = %to,
+        "[node] endpoint changed in agentfed.toml: node.json updated; peers learn it at their next handshake with this node"
+    );
+    Ok(())
 }
 
 /// The address the federation listener will bind, and whether a failure
@@ -432,13 +482,24 @@ mod tests {
     fn an_endpoint_set_in_the_config_moves_the_node() {
         let dir = home_with_config(&format!("[node]\nendpoint = \"{MOVED}\"\n"));
         let config = NodeConfig::load(dir.path()).expect("config");
-        let (endpoint, moved_from) = check_identity_matches(dir.path(), &config).expect("checked");
-        assert_eq!(endpoint, MOVED);
-        assert_eq!(moved_from.as_deref(), Some(FIRST));
+        let endpoints = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(endpoints.current, FIRST);
+        assert_eq!(endpoints.effective(), MOVED);
+        // Checking moves nothing; moving audits, then rewrites node.json.
+        assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), FIRST);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        move_endpoint(dir.path(), &config, &clock, FIRST, MOVED).expect("moved");
         assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), MOVED);
+        let store = crate::store::Store::open_in_home(dir.path()).expect("store");
+        let audit = crate::audit::AuditLog::open(&store, Default::default()).expect("audit");
+        let records = audit.query(&Default::default()).expect("query");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].event_type, EventType::ManifestPublished);
+        assert_eq!(records[0].details["previous_endpoint"], FIRST);
+        drop((audit, store));
         // Applied once: the next start finds them agreeing.
-        let (_, again) = check_identity_matches(dir.path(), &config).expect("checked");
-        assert_eq!(again, None);
+        let again = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(again.moving_to, None);
     }
 
     #[test]
@@ -446,8 +507,9 @@ mod tests {
         let dir = home_with_config("[node]\n");
         let config = NodeConfig::load(dir.path()).expect("config");
         assert_ne!(config.node.endpoint, FIRST, "the default differs");
-        let (endpoint, moved_from) = check_identity_matches(dir.path(), &config).expect("checked");
-        assert_eq!((endpoint.as_str(), moved_from), (FIRST, None));
+        let endpoints = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(endpoints.effective(), FIRST);
+        assert_eq!(endpoints.moving_to, None);
         assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), FIRST);
     }
 }

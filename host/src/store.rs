@@ -599,6 +599,43 @@ impl Store {
         updated
     }
 
+    /// [`Store::update_peer`] with `events` recorded in `audit` in the same
+    /// transaction (group-committed): after a crash the change and its
+    /// records are both there or neither is. The events are recorded only
+    /// if the peer is known.
+    pub(crate) fn update_peer_recorded<F>(
+        &self,
+        audit: &crate::audit::AuditLog,
+        node_id: &str,
+        mut f: F,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> std::result::Result<Option<PeerRecord>, crate::audit::AuditError>
+    where
+        F: FnMut(&mut PeerRecord) + Send + 'static,
+    {
+        let key = node_id.to_string();
+        self.peers.begin_write();
+        let updated = audit
+            .submit_with_hook(
+                move |txn| {
+                    let updated = update_peer_in(txn, &key, &mut f)?;
+                    let known = updated.is_some();
+                    Ok((updated, known))
+                },
+                events,
+                None::<fn(&Option<PeerRecord>)>,
+                crate::journal::Persist::Durable,
+            )
+            .and_then(|ticket| {
+                ticket
+                    .wait()
+                    .map(|(updated, _)| updated)
+                    .map_err(crate::audit::journal_error)
+            });
+        self.peers.end_write(node_id);
+        updated
+    }
+
     /// Removes a peer and its spend samples. Returns whether it existed.
     pub fn remove_peer(&self, node_id: &str) -> Result<bool> {
         let key = node_id.to_string();

@@ -388,3 +388,35 @@ fn help_texts_say_what_the_commands_accept() {
         "demo touched --home"
     );
 }
+
+#[test]
+fn a_move_to_a_taken_port_changes_nothing() {
+    let first = format!("wss://127.0.0.1:{}", crate::harness::free_port());
+    let mut node = Node::init_at("mover", &first);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    let addr = taken.local_addr().expect("local addr");
+    let path = node.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("reading the config");
+    let moved = config.replace(
+        &format!("endpoint = \"{first}\""),
+        &format!("endpoint = \"wss://{addr}\""),
+    );
+    assert_ne!(moved, config, "the config names the endpoint");
+    std::fs::write(&path, moved).expect("writing the config");
+    let mut daemon = node.spawn_daemon(&[]);
+    let status = daemon.wait_exit("the daemon to refuse a taken port", START_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "log:\n{}", daemon.log());
+    // Not moved, and nothing recorded: the address was checked first.
+    assert_eq!(manifest_field(&node, "endpoint"), first);
+    drop(taken);
+    node.start(&[]);
+    assert_eq!(manifest_field(&node, "endpoint"), format!("wss://{addr}"));
+    let moves: Vec<_> = node
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event_type"] == "manifest_published")
+        .collect();
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert_eq!(moves[0]["details"]["previous_endpoint"], first.as_str());
+    node.stop();
+}

@@ -838,3 +838,84 @@ fn a_copy_arriving_while_the_first_is_processed_is_told_to_retry() {
         .unwrap();
     assert!(rejected.is_empty(), "{rejected:?}");
 }
+
+/// beta's manifest re-signed with `change` applied (same key).
+fn resigned(
+    base: &agentfed::identity::SignedManifest,
+    key: &ed25519_dalek::SigningKey,
+    change: impl FnOnce(&mut agentfed::identity::Manifest),
+) -> agentfed::identity::SignedManifest {
+    let mut manifest = base.manifest.clone();
+    change(&mut manifest);
+    manifest.timestamp_ms += 1;
+    agentfed::identity::SignedManifest::sign(manifest, key).expect("signing")
+}
+
+#[test]
+fn a_known_peer_s_new_manifest_is_adopted_but_a_new_certificate_only_when_seen() {
+    use agentfed::audit::{AuditQuery, EventType, Order};
+    use base64::Engine as _;
+    let n = node("alpha");
+    let c = &n.coordinator;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let beta = agentfed::identity::SignedManifest::from_json(peer_manifest("beta").as_bytes())
+        .expect("parse");
+    let beta = resigned(&beta, &key, |m| {
+        m.public_key =
+            base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
+    });
+    c.add_peer(&String::from_utf8(beta.to_json()).unwrap())
+        .expect("add beta");
+    let updates = || {
+        c.audit()
+            .query(&AuditQuery {
+                event_types: vec![EventType::PeerManifestUpdated],
+                order: Order::NewestFirst,
+                ..AuditQuery::default()
+            })
+            .expect("query")
+    };
+
+    // Nothing new: nothing recorded.
+    c.peer_connected(&resigned(&beta, &key, |_| {}), "s0", "server", "stored")
+        .expect("connected")
+        .expect("admitted");
+    assert!(updates().is_empty());
+
+    // Moved: adopted whichever side dialed, with its record.
+    let moved = resigned(&beta, &key, |m| m.endpoint = "wss://192.0.2.30:9300".into());
+    c.peer_connected(&moved, "s1", "server", "stored")
+        .expect("connected")
+        .expect("admitted");
+    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://192.0.2.30:9300");
+    let records = updates();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].details["changed"], json!(["endpoint"]));
+    assert_eq!(records[0].details["adopted"], true);
+
+    // Another certificate over an inbound session: not adopted, warned.
+    let recertified = resigned(&moved, &key, |m| m.tls_fingerprint = "ab".repeat(32));
+    c.peer_connected(&recertified, "s2", "server", "stored")
+        .expect("connected")
+        .expect("admitted");
+    let stored = |c: &Coordinator| {
+        c.store()
+            .get_peer("beta")
+            .unwrap()
+            .expect("beta")
+            .manifest
+            .manifest
+            .tls_fingerprint
+    };
+    assert_eq!(stored(c), moved.manifest.tls_fingerprint);
+    let records = updates();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].details["adopted"], false, "{:?}", records[0]);
+    // Dialed by us (the certificate was seen and pinned): adopted.
+    c.peer_connected(&recertified, "s3", "client", "fingerprint")
+        .expect("connected")
+        .expect("admitted");
+    assert_eq!(stored(c), "ab".repeat(32));
+    assert_eq!(updates().len(), 3);
+    assert!(c.audit().verify().is_ok());
+}

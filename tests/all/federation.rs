@@ -601,7 +601,7 @@ fn processed_inbox_messages_can_be_removed_through_a_number() {
 fn waiting_inbox_reads_wake_on_commit_and_follow_streams_new_messages() {
     use std::io::BufRead;
     let (alpha, alpha_ep) = fed_node("alpha");
-    let (beta, beta_ep) = fed_node("beta");
+    let (mut beta, beta_ep) = fed_node("beta");
     join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
     for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
         node.run(&["trust", "set", peer, "attested", "--reason", "inbox test"])
@@ -664,25 +664,65 @@ fn waiting_inbox_reads_wake_on_commit_and_follow_streams_new_messages() {
             }
         }
     });
-    send(2);
-    send(3);
     let mut got = Vec::new();
-    while got.len() < 2 {
-        match lines_rx.recv_timeout(SETTLE_TIMEOUT) {
-            Ok(line) => {
-                let m: Value = serde_json::from_str(&line).expect("one JSON object per line");
-                got.push(m["payload"]["n"].as_u64().expect("n"));
-            }
-            Err(e) => {
-                let _ = follower.kill();
-                panic!("--follow printed {got:?}, then nothing: {e}");
+    let expect = |count: usize, got: &mut Vec<u64>, follower: &mut std::process::Child| {
+        while got.len() < count {
+            match lines_rx.recv_timeout(SETTLE_TIMEOUT) {
+                Ok(line) => {
+                    let m: Value = serde_json::from_str(&line).expect("one JSON object per line");
+                    got.push(m["payload"]["n"].as_u64().expect("n"));
+                }
+                Err(e) => {
+                    let _ = follower.kill();
+                    panic!("--follow printed {got:?}, then nothing: {e}");
+                }
             }
         }
-    }
+    };
+    send(2);
+    send(3);
+    expect(2, &mut got, &mut follower);
+    // The daemon restarts: --follow waits for it and goes on.
+    beta.stop();
+    beta.start(&[]);
+    wait_until("the session to come back", SETTLE_TIMEOUT, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+    send(4);
+    expect(3, &mut got, &mut follower);
     follower.kill().expect("stopping --follow");
     follower.wait().expect("reaping --follow");
     reader.join().expect("reader");
-    assert_eq!(got, vec![2, 3]);
+    assert_eq!(got, vec![2, 3, 4]);
+
+    // Nobody reading its output any more (`| head -1`): it ends quietly.
+    let mut follower = std::process::Command::new(crate::harness::bin())
+        .arg("--home")
+        .arg(&beta.home)
+        .args(["inbox", "--follow"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning inbox --follow");
+    let mut first = String::new();
+    std::io::BufReader::new(follower.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    assert!(first.starts_with('#'), "{first}");
+    // The read end is closed now; the next messages meet a broken pipe.
+    send(5);
+    send(6);
+    let mut status = None;
+    wait_until("--follow to end on a closed pipe", SETTLE_TIMEOUT, || {
+        status = follower.try_wait().expect("polling --follow");
+        status.is_some()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     // A wait past the cap is refused, through the API and the CLI.
     let mut client = Client::connect(&beta.home).expect("control connection");

@@ -2,6 +2,7 @@
 //! `broadcast`, `inbox`. Each makes one control-API call to the daemon and
 //! prints text (or the JSON result with `--json`).
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::anyhow;
@@ -303,8 +304,10 @@ pub struct InboxArgs {
     /// one to arrive before answering.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=60))]
     pub wait: Option<u64>,
-    /// Keep printing messages as they arrive (after those already there)
-    /// until interrupted; with --json, one JSON object per line.
+    /// Keep printing messages as they arrive until interrupted: first those
+    /// after --after (default 0: everything already there), then each new
+    /// one; across daemon restarts it waits and goes on. With --json, one
+    /// JSON object per line.
     #[arg(long, conflicts_with = "wait")]
     pub follow: bool,
     /// Instead of listing: remove the messages numbered up to and
@@ -355,40 +358,73 @@ pub fn inbox(home: &Path, args: InboxArgs) -> CliResult {
         println!("inbox empty");
     }
     for m in &list {
-        print_inbox_message(m);
+        println!("{}", inbox_line(m));
     }
     Ok(())
 }
 
-/// `agentfed inbox --follow`: long-polls the inbox until interrupted (or
-/// the daemon goes away), printing each message once, in order.
+/// `agentfed inbox --follow`: long-polls the inbox until interrupted,
+/// printing each message once, in order. When the daemon goes away (say,
+/// a restart) it waits for it to come back and goes on from the last
+/// message printed; when whoever reads its output goes away (`| head`),
+/// it ends quietly.
 fn follow_inbox(home: &Path, args: &InboxArgs) -> CliResult {
     let mut client = client::Client::connect(home)?;
+    let mut out = std::io::stdout().lock();
     let mut after = args.after;
     loop {
-        let result = client.call(
+        let page = match client.call(
             "inbox",
             json!({"after": after, "limit": args.limit, "wait_ms": FOLLOW_WAIT_MS}),
-        )?;
-        for m in result.as_array().map(Vec::as_slice).unwrap_or_default() {
-            if args.json {
-                println!("{m}");
+        ) {
+            Ok(page) => page,
+            Err(
+                e @ (client::CallError::Remote(_) | client::CallError::PermissionDenied { .. }),
+            ) => {
+                return Err(e.into());
+            }
+            Err(lost) => {
+                eprintln!("agentfed: lost the daemon ({lost}); waiting for it to come back");
+                client = reconnect(home)?;
+                continue;
+            }
+        };
+        for m in page.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let written = if args.json {
+                writeln!(out, "{m}")
             } else {
-                print_inbox_message(m);
+                writeln!(out, "{}", inbox_line(m))
+            };
+            if written.is_err() {
+                return Ok(()); // nobody reads any more
             }
             after = after.max(m["seq"].as_u64().unwrap_or(after));
         }
         // Whoever reads the pipe sees each message as it comes.
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        if out.flush().is_err() {
+            return Ok(());
+        }
     }
 }
 
-fn print_inbox_message(m: &Value) {
-    println!(
+/// Connects again once the daemon answers (every second until then).
+fn reconnect(home: &Path) -> Result<client::Client, CliError> {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        match client::Client::connect(home) {
+            Ok(client) => return Ok(client),
+            Err(client::CallError::NotRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn inbox_line(m: &Value) -> String {
+    format!(
         "#{} from {} {} {}",
         text(&m["seq"]),
         text(&m["from"]),
         text(&m["message_type"]),
         m["payload"]
-    );
+    )
 }
