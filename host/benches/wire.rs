@@ -312,7 +312,8 @@ fn stat_cpu(path: &Path) -> Duration {
 }
 
 /// The work every message needs whatever the implementation around it,
-/// measured in this process on one thread, in µs per message: an Ed25519
+/// measured in this process on one thread (best of five passes), in µs
+/// per message: an Ed25519
 /// signature of a 1.2 KB envelope, its share of a 32-envelope batch
 /// verification (the receiver's best case), and the plugin calls: two PII
 /// scans of the payload (sender and receiver) and the receiver's handler,
@@ -323,8 +324,19 @@ fn necessary_work(cache: &Path) -> (f64, f64, f64) {
         RuntimeOptions, ScanRequest, StringValue, TrustLevel,
     };
     use ed25519_dalek::{Signer, SigningKey};
-    const ROUNDS: usize = 2_048;
-    let per_message = |started: Instant| started.elapsed().as_secs_f64() * 1e6 / ROUNDS as f64;
+    const ROUNDS: usize = 1_024;
+    /// The best of a few passes: a floor, so other activity on the shared
+    /// VM during one pass must not raise it.
+    const PASSES: usize = 5;
+    let per_message = |mut pass: Box<dyn FnMut() + '_>| {
+        (0..PASSES)
+            .map(|_| {
+                let started = Instant::now();
+                pass();
+                started.elapsed().as_secs_f64() * 1e6 / ROUNDS as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
 
     let key = SigningKey::from_bytes(&[7; 32]);
     let envelopes: Vec<Vec<u8>> = (0..ROUNDS)
@@ -335,16 +347,19 @@ fn necessary_work(cache: &Path) -> (f64, f64, f64) {
                 .into_bytes()
         })
         .collect();
-    let started = Instant::now();
     let signatures: Vec<_> = envelopes.iter().map(|e| key.sign(e)).collect();
-    let sign = per_message(started);
+    let sign = per_message(Box::new(|| {
+        for e in &envelopes {
+            std::hint::black_box(key.sign(e));
+        }
+    }));
     let keys = vec![key.verifying_key(); 32];
-    let started = Instant::now();
-    for (chunk, sigs) in envelopes.chunks(32).zip(signatures.chunks(32)) {
-        let messages: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-        ed25519_dalek::verify_batch(&messages, sigs, &keys[..chunk.len()]).expect("valid");
-    }
-    let verify = per_message(started);
+    let verify = per_message(Box::new(|| {
+        for (chunk, sigs) in envelopes.chunks(32).zip(signatures.chunks(32)) {
+            let messages: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            ed25519_dalek::verify_batch(&messages, sigs, &keys[..chunk.len()]).expect("valid");
+        }
+    }));
 
     let runtime = PluginRuntime::new(RuntimeOptions {
         cache_dir: Some(cache.to_path_buf()),
@@ -376,11 +391,12 @@ fn necessary_work(cache: &Path) -> (f64, f64, f64) {
             }],
         })
         .collect();
-    let started = Instant::now();
-    for request in &requests {
-        pii.scan_pii(request).expect("scan");
-    }
-    let scans = 2.0 * per_message(started);
+    let scans = 2.0
+        * per_message(Box::new(|| {
+            for request in &requests {
+                pii.scan_pii(request).expect("scan");
+            }
+        }));
     let views: Vec<MessageView> = (0..ROUNDS)
         .map(|i| MessageView {
             id: format!("{i:032x}"),
@@ -392,11 +408,12 @@ fn necessary_work(cache: &Path) -> (f64, f64, f64) {
             sent_at_ms: 1_700_000_000_000,
         })
         .collect();
-    let started = Instant::now();
-    for view in &views {
-        handler.handle_message(view).expect("handler");
-    }
-    let plugins = scans + per_message(started);
+    let handled = per_message(Box::new(|| {
+        for view in &views {
+            handler.handle_message(view).expect("handler");
+        }
+    }));
+    let plugins = scans + handled;
     (sign, verify, plugins)
 }
 
