@@ -14,7 +14,7 @@
 //! | `[node]` | node id, endpoint, agent types, advertised capabilities, mesh subnet |
 //! | `[audit]` | compliance mode (`standard` or `hipaa`) |
 //! | `[timers]` | periods of the trust and breaker evaluation timers |
-//! | `[transport]` | listen address, plaintext opt-in, heartbeats, timeouts, new-peer admission, retry backoff |
+//! | `[transport]` | listen address, plaintext opt-in, heartbeats, timeouts, new-peer admission, retry backoff, message types that need consensus |
 //! | `[plugins.<kind>]` | component path, sandbox limits, policy config (trust and spend thresholds live in `[plugins.trust.config]` / `[plugins.spend.config]`) |
 
 use std::collections::BTreeMap;
@@ -210,7 +210,16 @@ pub struct TransportSection {
     pub retry_base_ms: u64,
     /// Longest retry delay, ms.
     pub retry_max_ms: u64,
+    /// Message types among [`CONSENSUS_OPTIONAL`] (`agent-handoff`,
+    /// `claim-event`) that also need the consensus capability
+    /// (`collaborative-task`, TRUSTED and above), whether this node sends
+    /// or receives them. `trust-change` and `topology-change` always need
+    /// it. Default: none.
+    pub consensus_for: Vec<String>,
 }
+
+/// The message types `[transport] consensus_for` may list.
+pub const CONSENSUS_OPTIONAL: &[&str] = &["agent-handoff", "claim-event"];
 
 impl Default for TransportSection {
     fn default() -> Self {
@@ -224,6 +233,7 @@ impl Default for TransportSection {
             accept_new_peers: false,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+            consensus_for: Vec::new(),
         }
     }
 }
@@ -395,6 +405,17 @@ impl NodeConfig {
         if t.idle_timeout_secs <= t.heartbeat_secs {
             return Err("transport.idle_timeout_secs: must exceed transport.heartbeat_secs".into());
         }
+        for (i, message_type) in t.consensus_for.iter().enumerate() {
+            if !CONSENSUS_OPTIONAL.contains(&message_type.as_str()) {
+                return Err(format!(
+                    "transport.consensus_for: entries must be {} (trust-change and topology-change always need consensus)",
+                    CONSENSUS_OPTIONAL.join(" or ")
+                ));
+            }
+            if t.consensus_for[..i].contains(message_type) {
+                return Err("transport.consensus_for: an entry is listed twice".into());
+            }
+        }
         Ok(())
     }
 
@@ -536,6 +557,15 @@ impl NodeConfig {
         );
         kv(w, "retry_base_ms", &t.retry_base_ms);
         kv(w, "retry_max_ms", &t.retry_max_ms);
+        line(
+            w,
+            "# Message types that also need consensus (collaborative-task: TRUSTED and above),",
+        );
+        line(
+            w,
+            "# sent or received: any of \"agent-handoff\", \"claim-event\". Default none.",
+        );
+        kv(w, "consensus_for", &t.consensus_for);
         for kind in PluginKind::ALL {
             plugin_section(w, kind, self.plugins.get(kind));
         }
@@ -736,6 +766,7 @@ mod tests {
         config.node.wg_endpoint = Some("192.0.2.7:51820".into());
         config.audit.compliance = Compliance::Hipaa;
         config.timers.trust_eval_secs = 5;
+        config.transport.consensus_for = vec!["claim-event".into(), "agent-handoff".into()];
         config.plugins.spend.path = Some(PathBuf::from("plugins/my \"spend\".wasm"));
         config
             .plugins
@@ -762,6 +793,14 @@ mod tests {
             ("[node]\nwg_endpoint = \"x y\"", "node.wg_endpoint"),
             ("[timers]\ntrust_eval_secs = 0", "timers.trust_eval_secs"),
             ("[audit]\ncompliance = \"sox\"", "compliance"),
+            (
+                "[transport]\nconsensus_for = [\"trust-change\"]",
+                "transport.consensus_for",
+            ),
+            (
+                "[transport]\nconsensus_for = [\"claim-event\", \"claim-event\"]",
+                "transport.consensus_for",
+            ),
         ] {
             let err = NodeConfig::parse(Path::new("c.toml"), text)
                 .unwrap_err()

@@ -2344,7 +2344,7 @@ impl Coordinator {
         if envelope.timestamp_ms.abs_diff(now) > MAX_CLOCK_SKEW_MS {
             return Ok(Err(R::StaleTimestamp));
         }
-        let Some(required) = envelope::required_capabilities(&envelope.message_type) else {
+        let Some(required) = self.message_capabilities(&envelope.message_type) else {
             return Ok(Err(R::UnknownMessageType));
         };
         let receive = [Capability::Receive];
@@ -2694,6 +2694,27 @@ impl Coordinator {
         Ok(Ok(admission))
     }
 
+    /// The capabilities a peer needs here for `message_type` (sent to it
+    /// or received from it): the type's own
+    /// ([`envelope::required_capabilities`]), plus the consensus capability
+    /// (`collaborative-task`) when `[transport] consensus_for` lists the
+    /// type. `None` for an unknown type.
+    fn message_capabilities(&self, message_type: &str) -> Option<Vec<Capability>> {
+        let mut capabilities = envelope::required_capabilities(message_type)?.to_vec();
+        let consensus = Capability::CollaborativeTask;
+        if self
+            .config
+            .transport
+            .consensus_for
+            .iter()
+            .any(|t| t == message_type)
+            && !capabilities.contains(&consensus)
+        {
+            capabilities.push(consensus);
+        }
+        Some(capabilities)
+    }
+
     /// The outbound pipeline of [`Coordinator::send`] (breaker gate,
     /// capability gate, budget, PII, signature) without the outbox: returns
     /// the signed frame for a synchronous request (`query`, `broadcast`).
@@ -2702,9 +2723,10 @@ impl Coordinator {
         // Order matters: the breaker gate comes before any other work.
         let record = self.peer_record(&request.peer)?;
         breaker::check_gate(record.breaker.state)?;
-        let capabilities = envelope::required_capabilities(&request.message_type)
+        let capabilities = self
+            .message_capabilities(&request.message_type)
             .ok_or_else(|| CoordError::UnknownMessageType(clip(&request.message_type)))?;
-        check_gates(&record, capabilities)?;
+        check_gates(&record, &capabilities)?;
         let budget = match &request.budget {
             Some(value) => Budget::from_json_value(value)?,
             None => Budget::with_default_hops(

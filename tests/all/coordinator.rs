@@ -32,8 +32,16 @@ fn init_home(home: &Path, node_id: &str) {
 }
 
 fn node(node_id: &str) -> Node {
+    node_with_config(node_id, None)
+}
+
+/// A node whose `agentfed.toml` is `config` (the defaults without one).
+fn node_with_config(node_id: &str, config: Option<&str>) -> Node {
     let home = tempfile::tempdir().unwrap();
     init_home(home.path(), node_id);
+    if let Some(config) = config {
+        std::fs::write(home.path().join("agentfed.toml"), config).expect("config");
+    }
     let clock = Arc::new(ManualClock::new(START_MS));
     let coordinator = Coordinator::open(
         home.path(),
@@ -918,4 +926,50 @@ fn a_known_peer_s_new_manifest_is_adopted_but_a_new_certificate_only_when_seen()
     assert_eq!(stored(c), "ab".repeat(32));
     assert_eq!(updates().len(), 3);
     assert!(c.audit().verify().is_ok());
+}
+
+#[test]
+fn configured_message_types_also_need_consensus_both_ways() {
+    use agentfed::coordinator::{AckStatus, InboundRefusal as R};
+    let consensus = "[transport]\nconsensus_for = [\"agent-handoff\"]\n";
+    let alpha = node_with_config("alpha", Some(consensus));
+    let beta = node("beta");
+    for (a, b, b_id) in [(&alpha, &beta, "beta"), (&beta, &alpha, "alpha")] {
+        let manifest = String::from_utf8(b.coordinator.manifest().unwrap().to_json()).unwrap();
+        a.coordinator.add_peer(&manifest).unwrap();
+        a.coordinator
+            .set_trust(b_id, "attested", "bootstrap")
+            .unwrap();
+    }
+    let send = |from: &Node, to: &str, message_type: &str| {
+        from.coordinator.send(SendRequest {
+            peer: to.into(),
+            message_type: message_type.into(),
+            payload: json!({"task": "x"}),
+            budget: None,
+        })
+    };
+    // alpha's own gate: beta is ATTESTED, consensus needs TRUSTED.
+    let err = send(&alpha, "beta", "agent-handoff").unwrap_err();
+    assert_eq!(err.code(), "CAPABILITY_DENIED");
+    assert!(err.to_string().contains("collaborative-task"), "{err}");
+    send(&alpha, "beta", "claim-event").expect("not configured: send is enough");
+    // beta requires no consensus, but alpha refuses it on receipt.
+    let handoff = frame(&beta, "alpha", "agent-handoff", json!({"task": "x"}));
+    let refused = alpha.coordinator.receive("beta", &handoff).unwrap();
+    assert_eq!(refused.unwrap_err(), R::CapabilityDenied);
+    // At TRUSTED both ways it goes through.
+    alpha
+        .coordinator
+        .set_trust("beta", "trusted", "joint work")
+        .unwrap();
+    send(&alpha, "beta", "agent-handoff").expect("TRUSTED allows consensus");
+    let handoff = frame(&beta, "alpha", "agent-handoff", json!({"task": "y"}));
+    let ack = alpha
+        .coordinator
+        .receive("beta", &handoff)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.status, AckStatus::Accepted);
+    assert!(alpha.coordinator.audit().verify().is_ok());
 }
