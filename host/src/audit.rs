@@ -206,6 +206,7 @@ event_types! {
     MessageSent => "message_sent", Messaging, Debug;
     MessageReceived => "message_received", Messaging, Debug;
     MessageRejected => "message_rejected", Messaging, Warning;
+    MessageDuplicate => "message_duplicate", Messaging, Info;
     MessageTimeout => "message_timeout", Messaging, Warning;
     PiiDetected => "pii_detected", Pii, Info;
     PiiStripped => "pii_stripped", Pii, Info;

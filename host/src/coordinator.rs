@@ -2329,10 +2329,27 @@ impl Coordinator {
         if envelope.id.is_empty() || envelope.id.len() > crate::store::MAX_KEY_BYTES {
             return Ok(Err(R::MalformedFrame));
         }
-        // A retransmission: answer as before, process nothing.
+        // A retransmission (the sender lost our acknowledgement) or a
+        // replay: answer as before, process nothing, and record it (a
+        // sender can cause no more of these records than of any others).
         if let Some(ack) = self.store.inbound_ack(session_peer, &envelope.id)?
             && let Ok(ack) = serde_json::from_slice::<Ack>(&ack)
         {
+            self.record(
+                AuditEvent::new(
+                    EventType::MessageDuplicate,
+                    format!(
+                        "{} from {session_peer} again (replay or retransmission): answered with the stored acknowledgement, not processed again",
+                        envelope.id
+                    ),
+                )
+                .with_peer(session_peer)
+                .with_details(json!({
+                    "envelope_id": envelope.id,
+                    "reason": "REPLAY",
+                    "status": ack.status,
+                })),
+            )?;
             return Ok(Ok(Processed::Answered(ack)));
         }
         let Some(pending) =

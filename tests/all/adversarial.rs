@@ -9,8 +9,8 @@
 //! removed on drop.
 //!
 //! Notes on what is driven where:
-//! * The daemon's handshake timeout is the transport default (10 s): the
-//!   `[transport]` config section has no knob for it, so the half-open and
+//! * The daemon's handshake timeout is left at its default
+//!   (`[transport] handshake_timeout_secs = 10`), so the half-open and
 //!   slow clients take ~10 s to be dropped.
 //! * An oversized logical message over an established session is refused
 //!   per stream (`MESSAGE_TOO_LARGE`, the session lives on); an oversized
@@ -811,6 +811,29 @@ fn envelope_level_attacks_over_a_real_session_are_refused_and_audited() {
         received.as_array().unwrap().len(),
         1,
         "one message_received for three deliveries: {received}"
+    );
+    let replays = arena
+        .target
+        .run(&[
+            "audit",
+            "query",
+            "--json",
+            "--type",
+            "message_duplicate",
+            "--peer",
+            "mallory-replay",
+            "--limit",
+            "100",
+        ])
+        .json();
+    let replays = replays.as_array().unwrap();
+    assert_eq!(replays.len(), 2, "each replay recorded: {replays:?}");
+    assert!(
+        replays
+            .iter()
+            .all(|r| r["details"]["reason"] == "REPLAY"
+                && r["details"]["envelope_id"] == id.as_str()),
+        "{replays:?}"
     );
     arena.still_serves("a replayed envelope");
 
