@@ -761,7 +761,19 @@ fn inbound_refusals_have_constant_codes() {
         alpha.coordinator.peer("beta").unwrap().trust_level,
         TrustLevel::Untrusted
     );
-    // Suspended senders are refused before anything else.
+    // Suspended and evicted senders are refused before anything else.
+    for i in 0..50 {
+        // More than half of the hour's 50 spend samples failed: SUSPENDED.
+        alpha
+            .coordinator
+            .report_spend(spend("beta", 0.0, i % 4 == 0))
+            .unwrap();
+    }
+    assert_eq!(
+        alpha.coordinator.peer("beta").unwrap().breaker.state,
+        BreakerState::Suspended
+    );
+    assert_eq!(refuse("beta", &good), R::PeerSuspended);
     alpha.coordinator.evict("beta", "compromised").unwrap();
     assert_eq!(refuse("beta", &good), R::PeerEvicted);
     assert!(alpha.coordinator.inbox(0, 10).unwrap().is_empty());

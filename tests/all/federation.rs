@@ -813,3 +813,55 @@ fn a_node_that_moves_is_found_at_its_new_endpoint() {
     verify_audit(&alpha);
     verify_audit(&beta);
 }
+
+#[test]
+fn joins_pinned_by_public_key_and_heartbeats_count_as_interactions() {
+    let (mut alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    // Heartbeats every second on alpha's side of the session.
+    alpha.stop();
+    let path = alpha.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let faster = config.replace("heartbeat_secs = 30", "heartbeat_secs = 1");
+    assert_ne!(faster, config, "the config names heartbeat_secs");
+    std::fs::write(&path, faster).expect("config");
+    alpha.start(&[]);
+
+    // Pinned by the Ed25519 key instead of the certificate fingerprint.
+    let alpha_key = crate::harness::manifest_field(&alpha, "public_key");
+    let beta_key = crate::harness::manifest_field(&beta, "public_key");
+    alpha
+        .run(&["join", &beta_ep, "--public-key", &beta_key])
+        .fails(1, &["refused the session", "UNKNOWN_PEER"]);
+    let joined = beta
+        .run(&["join", &alpha_ep, "--public-key", &alpha_key, "--json"])
+        .json();
+    assert_eq!(joined["joined"], true, "{joined}");
+    // A key that is not the peer's is refused before anything is trusted.
+    alpha
+        .run(&["join", &beta_ep, "--public-key", &alpha_key])
+        .fails(1, &["PIN_MISMATCH"]);
+    wait_until("alpha to see its session with beta", SETTLE_TIMEOUT, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+
+    // No messages: answered heartbeats alone raise alpha's interaction
+    // count for beta.
+    let interactions = || {
+        alpha.peer("beta")["metrics"]["interactions"]
+            .as_u64()
+            .expect("interactions")
+    };
+    let before = interactions();
+    wait_until(
+        "heartbeats to count as interactions",
+        SETTLE_TIMEOUT,
+        || interactions() >= before + 3,
+    );
+    assert_eq!(
+        alpha.peer("beta")["metrics"]["failures"].as_u64(),
+        Some(0),
+        "answered heartbeats are successes"
+    );
+    verify_audit(&alpha);
+}
