@@ -899,6 +899,64 @@ async fn a_bulk_transfer_in_flight_does_not_hold_back_pings() {
     listener.shutdown().await;
 }
 
+/// The query case of the same rule: a node answering a query while it is
+/// itself sending a 16 MiB context-share to the asker. The reply travels
+/// the same way as the bulk transfer, and still arrives first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_overtakes_a_bulk_transfer_going_the_same_way() {
+    let plain = TransportConfig {
+        compression: false,
+        ..config()
+    };
+    let (listener, c, s) = pair(plain.clone(), plain).await;
+    let (sh, mut server_incoming) = s.into_parts();
+    let answering = tokio::spawn(async move {
+        while let Some(mut m) = server_incoming.recv().await {
+            if let Some(r) = m.take_responder() {
+                let _ = r.reply(b"pong".to_vec()).await;
+            }
+        }
+    });
+    let (ch, mut client_incoming) = c.into_parts();
+
+    const BULK: usize = 16 << 20;
+    let bulk = vec![0x5a_u8; BULK];
+    // The first MiB is queued before the query is asked: the bulk
+    // transfer is under way.
+    let mut tx = sh.open_stream(Priority::Bulk).await.expect("bulk stream");
+    tx.write(&bulk[..1 << 20]).await.expect("first MiB queued");
+    let rest = bulk[1 << 20..].to_vec();
+    let bulk_task = tokio::spawn(async move {
+        tx.write(&rest).await.expect("rest queued");
+        tx.finish().await.expect("finish");
+    });
+    let bulk_arrival = tokio::spawn(async move {
+        let m = client_incoming.recv().await.expect("the bulk message");
+        (m.data.len(), Instant::now(), client_incoming)
+    });
+    let reply = ch
+        .request(Priority::Interactive, b"ping".to_vec(), WAIT)
+        .await
+        .expect("reply");
+    let replied_at = Instant::now();
+    assert_eq!(reply, b"pong");
+    let (len, bulk_at, client_incoming) = within("the bulk message", bulk_arrival)
+        .await
+        .expect("task");
+    within("bulk queued", bulk_task).await.expect("task");
+    assert_eq!(len, BULK);
+    assert!(
+        replied_at < bulk_at,
+        "the reply waited for the bulk transfer"
+    );
+    drop(client_incoming);
+    ch.close("NORMAL");
+    within("client closes", ch.closed()).await;
+    within("server closes", sh.closed()).await;
+    answering.abort();
+    listener.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_concurrently_at_every_priority_are_all_delivered() {
     let (listener, c, s) = pair(config(), config()).await;
