@@ -14,7 +14,7 @@
 //! | `[node]` | node id, endpoint, agent types, advertised capabilities, mesh subnet |
 //! | `[audit]` | compliance mode (`standard` or `hipaa`) |
 //! | `[timers]` | periods of the trust and breaker evaluation timers |
-//! | `[transport]` | listen address, plaintext opt-in, heartbeats, timeouts, new-peer admission, retry backoff, message types that need consensus |
+//! | `[transport]` | listen address, plaintext opt-in, heartbeats, timeouts, new-peer admission, retry backoff, message types that need consensus, clock skew allowed |
 //! | `[plugins.<kind>]` | component path, sandbox limits, policy config (trust and spend thresholds live in `[plugins.trust.config]` / `[plugins.spend.config]`) |
 
 use std::collections::BTreeMap;
@@ -216,7 +216,19 @@ pub struct TransportSection {
     /// or receives them. `trust-change` and `topology-change` always need
     /// it. Default: none.
     pub consensus_for: Vec<String>,
+    /// How far an inbound envelope's timestamp may be from this node's
+    /// clock, seconds (1 to [`MAX_CLOCK_SKEW_SECS`]); further is refused
+    /// `STALE_TIMESTAMP`.
+    pub max_clock_skew_secs: u64,
 }
+
+/// Default `[transport] max_clock_skew_secs`: ±5 minutes.
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 300;
+
+/// Largest `[transport] max_clock_skew_secs`: a day. The receiver's
+/// de-duplication window must exceed twice the skew (a replay is then
+/// either remembered or stale); it is a week.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 86_400;
 
 /// The message types `[transport] consensus_for` may list.
 pub const CONSENSUS_OPTIONAL: &[&str] = &["agent-handoff", "claim-event"];
@@ -234,6 +246,7 @@ impl Default for TransportSection {
             retry_base_ms: 500,
             retry_max_ms: 60_000,
             consensus_for: Vec::new(),
+            max_clock_skew_secs: DEFAULT_CLOCK_SKEW_SECS,
         }
     }
 }
@@ -394,6 +407,12 @@ impl NodeConfig {
             ),
             ("transport.retry_base_ms", t.retry_base_ms, 1, 3_600_000),
             ("transport.retry_max_ms", t.retry_max_ms, 1, 86_400_000),
+            (
+                "transport.max_clock_skew_secs",
+                t.max_clock_skew_secs,
+                1,
+                MAX_CLOCK_SKEW_SECS,
+            ),
         ] {
             if value < lo || value > hi {
                 return Err(format!("{key}: must be {lo}..={hi}"));
@@ -566,6 +585,11 @@ impl NodeConfig {
             "# sent or received: any of \"agent-handoff\", \"claim-event\". Default none.",
         );
         kv(w, "consensus_for", &t.consensus_for);
+        line(
+            w,
+            "# How far an inbound envelope's timestamp may be from this clock, seconds (1-86400).",
+        );
+        kv(w, "max_clock_skew_secs", &t.max_clock_skew_secs);
         for kind in PluginKind::ALL {
             plugin_section(w, kind, self.plugins.get(kind));
         }

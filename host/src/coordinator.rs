@@ -1953,8 +1953,6 @@ fn clip_reason(reason: &str) -> String {
     crate::plugin::truncate(&clean, MAX_REASON_BYTES).to_string()
 }
 
-/// How far an envelope's timestamp may be from this node's clock.
-pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60_000;
 /// Largest envelope frame accepted (the transport caps messages too).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 4096;
 /// How long processed envelope ids (and their acknowledgements) are
@@ -1963,7 +1961,7 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 4096;
 /// days and retries an envelope whose acknowledgement it lost still gets
 /// that acknowledgement rather than `STALE_TIMESTAMP`.
 pub const DEDUPE_WINDOW_MS: u64 = 7 * 24 * HOUR_MS;
-const _: () = assert!(DEDUPE_WINDOW_MS > 2 * MAX_CLOCK_SKEW_MS);
+const _: () = assert!(DEDUPE_WINDOW_MS > 2 * crate::config::MAX_CLOCK_SKEW_SECS * 1000);
 
 /// The acknowledgement a receiver sends for an envelope, committed before
 /// it is sent.
@@ -2358,7 +2356,12 @@ impl Coordinator {
             return Ok(Err(R::InProgress));
         };
         let now = self.now();
-        if envelope.timestamp_ms.abs_diff(now) > MAX_CLOCK_SKEW_MS {
+        let skew_ms = self
+            .config
+            .transport
+            .max_clock_skew_secs
+            .saturating_mul(1000);
+        if envelope.timestamp_ms.abs_diff(now) > skew_ms {
             return Ok(Err(R::StaleTimestamp));
         }
         let Some(required) = self.message_capabilities(&envelope.message_type) else {
@@ -2515,7 +2518,8 @@ impl Coordinator {
     ///
     /// Safe because the window is far longer than the timestamp skew
     /// accepted: a replay that passes the skew check was first received at
-    /// most `2 × MAX_CLOCK_SKEW_MS` earlier, so its id is still remembered.
+    /// most twice the skew window (at most [`crate::config::MAX_CLOCK_SKEW_SECS`])
+    /// earlier, so its id is still remembered.
     pub fn prune_dedupe(&self) -> Result<u64> {
         /// Ids forgotten per transaction, and transactions per call (the
         /// rest waits for the next tick, so a large backlog cannot hold

@@ -985,3 +985,42 @@ fn configured_message_types_also_need_consensus_both_ways() {
     assert_eq!(ack.status, AckStatus::Accepted);
     assert!(alpha.coordinator.audit().verify().is_ok());
 }
+
+#[test]
+fn the_skew_window_is_the_receiver_s_setting() {
+    use agentfed::coordinator::{AckStatus, InboundRefusal as R};
+    let strict = node_with_config("alpha", Some("[transport]\nmax_clock_skew_secs = 60\n"));
+    let lenient = node("gamma");
+    let beta = node("beta");
+    for receiver in [&strict, &lenient] {
+        let manifest = String::from_utf8(beta.coordinator.manifest().unwrap().to_json()).unwrap();
+        receiver.coordinator.add_peer(&manifest).unwrap();
+        receiver
+            .coordinator
+            .set_trust("beta", "attested", "bootstrap")
+            .unwrap();
+        let own = String::from_utf8(receiver.coordinator.manifest().unwrap().to_json()).unwrap();
+        beta.coordinator.add_peer(&own).unwrap();
+    }
+    for id in ["alpha", "gamma"] {
+        beta.coordinator
+            .set_trust(id, "attested", "bootstrap")
+            .unwrap();
+    }
+    // beta's clock runs two minutes ahead of both receivers'.
+    beta.clock.advance(2 * 60_000);
+    let to_alpha = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
+    let to_gamma = frame(&beta, "gamma", "task-assignment", json!({"task": "x"}));
+    let refused = strict.coordinator.receive("beta", &to_alpha).unwrap();
+    assert_eq!(refused.unwrap_err(), R::StaleTimestamp, "60 s allowed");
+    let ack = lenient
+        .coordinator
+        .receive("beta", &to_gamma)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ack.status,
+        AckStatus::Accepted,
+        "the default allows 5 minutes"
+    );
+}
