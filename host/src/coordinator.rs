@@ -2738,9 +2738,20 @@ impl Coordinator {
 
     /// The outbound pipeline of [`Coordinator::send`] (breaker gate,
     /// capability gate, budget, PII, signature) without the outbox: returns
-    /// the signed frame for a synchronous request (`query`, `broadcast`).
-    /// Nothing is queued; the caller audits the outcome.
+    /// the signed frame. Queued envelopes carry no session (they may be
+    /// delivered on a later one).
     pub fn prepare_envelope(&self, request: SendRequest) -> Result<(SendReceipt, Vec<u8>)> {
+        self.prepare_envelope_in(request, None)
+    }
+
+    /// [`Coordinator::prepare_envelope`] for a synchronous request
+    /// (`query`, `broadcast`) over the session `session_id`, which the
+    /// envelope names. Nothing is queued; the caller audits the outcome.
+    pub fn prepare_envelope_in(
+        &self,
+        request: SendRequest,
+        session_id: Option<String>,
+    ) -> Result<(SendReceipt, Vec<u8>)> {
         // Order matters: the breaker gate comes before any other work.
         let record = self.peer_record(&request.peer)?;
         breaker::check_gate(record.breaker.state)?;
@@ -2769,7 +2780,7 @@ impl Coordinator {
             id: envelope::ordered_id(now),
             source: self.node_id().to_string(),
             target: request.peer.clone(),
-            session: None,
+            session: session_id,
             message_type: request.message_type.clone(),
             payload,
             timestamp_ms: now,

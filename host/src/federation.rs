@@ -1653,8 +1653,9 @@ impl Federation {
             payload,
             budget: None,
         };
+        let session_id = handle.session_id().to_string();
         let (receipt, frame) = self
-            .blocking(move |c| c.prepare_envelope(request))
+            .blocking(move |c| c.prepare_envelope_in(request, Some(session_id)))
             .await??;
         let priority = if frame.len() > BULK_THRESHOLD {
             Priority::Bulk

@@ -1024,3 +1024,29 @@ fn the_skew_window_is_the_receiver_s_setting() {
         "the default allows 5 minutes"
     );
 }
+
+#[test]
+fn synchronous_requests_name_their_session_and_queued_envelopes_none() {
+    let (_alpha, beta) = pair();
+    let request = || SendRequest {
+        peer: "alpha".into(),
+        message_type: "ping".into(),
+        payload: json!({}),
+        budget: None,
+    };
+    let key = beta.coordinator.identity().verifying_key();
+    let open = |frame: &[u8]| {
+        agentfed::envelope::SignedEnvelope::from_frame(frame)
+            .expect("frame")
+            .open(&key)
+            .expect("signed by beta")
+    };
+    let session = "5e".repeat(16);
+    let (_, frame) = beta
+        .coordinator
+        .prepare_envelope_in(request(), Some(session.clone()))
+        .unwrap();
+    assert_eq!(open(&frame).session, Some(session));
+    let queued = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
+    assert_eq!(open(&queued).session, None);
+}
