@@ -1042,11 +1042,11 @@ fn synchronous_requests_name_their_session_and_queued_envelopes_none() {
             .expect("signed by beta")
     };
     let session = "5e".repeat(16);
-    let (_, frame) = beta
+    let (_, synchronous) = beta
         .coordinator
         .prepare_envelope_in(request(), Some(session.clone()))
         .unwrap();
-    assert_eq!(open(&frame).session, Some(session));
+    assert_eq!(open(&synchronous).session, Some(session));
     let queued = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
     assert_eq!(open(&queued).session, None);
 }
