@@ -1533,9 +1533,10 @@ impl Federation {
                 {
                     return Err(conflict);
                 }
+                let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
                 Err(err(
                     e.code(),
-                    format!("join {} failed: {e}", request.endpoint),
+                    format!("join {} failed: {e}{detail}", request.endpoint),
                     false,
                 ))
             }

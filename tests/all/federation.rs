@@ -865,3 +865,50 @@ fn joins_pinned_by_public_key_and_heartbeats_count_as_interactions() {
     );
     verify_audit(&alpha);
 }
+
+#[test]
+fn plain_ws_only_where_the_config_allows_it() {
+    let plain_node = |name: &str, allow: bool| {
+        let endpoint = format!("ws://127.0.0.1:{}", crate::harness::free_port());
+        let mut node = Node::init_at(name, &endpoint);
+        crate::harness::fast_retries(&node);
+        if allow {
+            let path = node.home.join("agentfed.toml");
+            let config = std::fs::read_to_string(&path).expect("config");
+            let allowed = config.replace("allow_plaintext = false", "allow_plaintext = true");
+            assert_ne!(allowed, config, "the config names allow_plaintext");
+            std::fs::write(&path, allowed).expect("config");
+        }
+        node.start(&[]);
+        (node, endpoint)
+    };
+    let (alpha, alpha_ep) = plain_node("alpha", true);
+    let (beta, beta_ep) = plain_node("beta", true);
+    let (gamma, gamma_ep) = plain_node("gamma", false);
+
+    // Without the opt-in a node neither dials ws:// …
+    gamma
+        .run(&["join", &alpha_ep, "--accept-new"])
+        .fails(1, &["PLAINTEXT_NOT_ALLOWED"]);
+    // … nor listens on it.
+    alpha
+        .run(&["join", &gamma_ep, "--accept-new"])
+        .fails(1, &["IO_ERROR (connection refused)"]);
+    assert!(session_peers(&gamma).is_empty());
+
+    // With it on both sides, the whole handshake runs over ws://.
+    alpha
+        .run(&["join", &beta_ep, "--accept-new"])
+        .fails(1, &["refused the session", "UNKNOWN_PEER"]);
+    let joined = beta
+        .run(&["join", &alpha_ep, "--accept-new", "--json"])
+        .json();
+    assert_eq!(joined["joined"], true, "{joined}");
+    wait_until("alpha to see its session with beta", SETTLE_TIMEOUT, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+    let pong = alpha.run(&["query", "beta", "ping", "--json"]).json();
+    assert_eq!(pong["status"], "replied", "{pong}");
+    assert_eq!(pong["reply"]["type"], "pong", "{pong}");
+    verify_audit(&alpha);
+}

@@ -395,6 +395,20 @@ impl TransportError {
         }
     }
 
+    /// What an operator needs beyond the code, for the errors whose code
+    /// alone does not say it (e.g. `IO_ERROR` → "connection refused"):
+    /// the OS error kind or the constant detail. Never peer-supplied text.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            TransportError::Io(kind) => Some(kind.to_string()),
+            TransportError::Tls(detail) => Some(detail.clone()),
+            TransportError::BadEndpoint(detail) | TransportError::ProtocolError(detail) => {
+                Some((*detail).to_string())
+            }
+            _ => None,
+        }
+    }
+
     /// Maps a manifest verification failure: signature failures become
     /// [`TransportError::BadSignature`], everything else
     /// [`TransportError::BadManifest`].
