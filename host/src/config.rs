@@ -818,6 +818,14 @@ mod tests {
             ("[timers]\ntrust_eval_secs = 0", "timers.trust_eval_secs"),
             ("[audit]\ncompliance = \"sox\"", "compliance"),
             (
+                "[transport]\nmax_clock_skew_secs = 0",
+                "transport.max_clock_skew_secs",
+            ),
+            (
+                "[transport]\nmax_clock_skew_secs = 86401",
+                "transport.max_clock_skew_secs",
+            ),
+            (
                 "[transport]\nconsensus_for = [\"trust-change\"]",
                 "transport.consensus_for",
             ),

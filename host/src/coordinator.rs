@@ -521,6 +521,9 @@ pub struct Coordinator {
     /// `(sender, envelope id)` of inbound envelopes past their checks and
     /// not yet committed: a copy arriving meanwhile waits for their ack.
     inbound_pending: PendingSet,
+    /// Per sender, how many duplicates were audited in the current window
+    /// ([`Coordinator::audit_duplicate`]).
+    duplicate_audits: std::sync::Mutex<HashMap<String, DuplicateWindow>>,
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
@@ -598,6 +601,7 @@ impl Coordinator {
             pending_successes: std::sync::Mutex::new(HashMap::new()),
             peer_keys: std::sync::Mutex::new(HashMap::new()),
             inbound_pending: Arc::default(),
+            duplicate_audits: std::sync::Mutex::new(HashMap::new()),
             verified_batched: AtomicU64::new(0),
             verified_alone: AtomicU64::new(0),
         };
@@ -2096,6 +2100,20 @@ impl Drop for PendingInbound {
     }
 }
 
+/// Duplicates audited one by one per sender and window.
+const DUPLICATE_AUDIT_BURST: u32 = 16;
+/// The window of [`DUPLICATE_AUDIT_BURST`].
+const DUPLICATE_AUDIT_WINDOW_MS: u64 = 60_000;
+
+/// One sender's duplicate audits in the current window.
+#[derive(Debug, Default)]
+struct DuplicateWindow {
+    started_ms: u64,
+    recorded: u32,
+    /// Duplicates past the burst, reported with the next record.
+    unreported: u64,
+}
+
 /// The pending commit of a queued envelope ([`Coordinator::queue_submit`]).
 pub struct QueuedTicket(crate::journal::TypedTicket<()>);
 
@@ -2171,6 +2189,72 @@ impl Coordinator {
             .into_iter()
             .map(|p| self.conclude(session_peer, p))
             .collect()
+    }
+
+    /// The stored acknowledgement of envelope `envelope_id` from `sender`
+    /// if it was processed before; the copy is then audited as a duplicate.
+    fn processed_before(&self, sender: &str, envelope_id: &str) -> Result<Option<Ack>> {
+        let Some(stored) = self.store.inbound_ack(sender, envelope_id)? else {
+            return Ok(None);
+        };
+        let Ok(ack) = serde_json::from_slice::<Ack>(&stored) else {
+            return Ok(None);
+        };
+        self.audit_duplicate(sender, &ack);
+        Ok(Some(ack))
+    }
+
+    /// Records a duplicate (`message_duplicate`, reason `REPLAY`): the
+    /// first [`DUPLICATE_AUDIT_BURST`] per sender and minute one by one,
+    /// the rest counted into the next record (`unreported_before`). The
+    /// record rides the next commit without being waited for: answering a
+    /// duplicate stays a read, and a burst of retransmissions after a
+    /// reconnect does not turn into a series of `fdatasync`s.
+    fn audit_duplicate(&self, sender: &str, ack: &Ack) {
+        let now = self.now();
+        let unreported_before = {
+            let mut windows = self
+                .duplicate_audits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let window = windows.entry(sender.to_string()).or_default();
+            if now.saturating_sub(window.started_ms) >= DUPLICATE_AUDIT_WINDOW_MS {
+                window.started_ms = now;
+                window.recorded = 0;
+            }
+            if window.recorded >= DUPLICATE_AUDIT_BURST {
+                window.unreported += 1;
+                return;
+            }
+            window.recorded += 1;
+            std::mem::take(&mut window.unreported)
+        };
+        let mut details = json!({
+            "envelope_id": ack.envelope_id,
+            "reason": "REPLAY",
+            "status": ack.status,
+        });
+        if unreported_before > 0 {
+            details["unreported_before"] = json!(unreported_before);
+        }
+        let event = AuditEvent::new(
+            EventType::MessageDuplicate,
+            format!(
+                "{} from {sender} again (replay or retransmission): answered with the stored acknowledgement, not processed again",
+                clip(&ack.envelope_id)
+            ),
+        )
+        .with_peer(sender)
+        .with_details(details);
+        let queued = self.audit.submit_with_hook(
+            |_| Ok(((), true)),
+            vec![event],
+            None::<fn(&())>,
+            Persist::Lazy,
+        );
+        if let Err(e) = queued {
+            tracing::warn!("cannot audit a duplicate envelope: {e}");
+        }
     }
 
     /// Waits for a processed envelope's commit, or audits its refusal.
@@ -2328,26 +2412,8 @@ impl Coordinator {
             return Ok(Err(R::MalformedFrame));
         }
         // A retransmission (the sender lost our acknowledgement) or a
-        // replay: answer as before, process nothing, and record it (a
-        // sender can cause no more of these records than of any others).
-        if let Some(ack) = self.store.inbound_ack(session_peer, &envelope.id)?
-            && let Ok(ack) = serde_json::from_slice::<Ack>(&ack)
-        {
-            self.record(
-                AuditEvent::new(
-                    EventType::MessageDuplicate,
-                    format!(
-                        "{} from {session_peer} again (replay or retransmission): answered with the stored acknowledgement, not processed again",
-                        envelope.id
-                    ),
-                )
-                .with_peer(session_peer)
-                .with_details(json!({
-                    "envelope_id": envelope.id,
-                    "reason": "REPLAY",
-                    "status": ack.status,
-                })),
-            )?;
+        // replay: answer as before, process nothing.
+        if let Some(ack) = self.processed_before(session_peer, &envelope.id)? {
             return Ok(Ok(Processed::Answered(ack)));
         }
         let Some(pending) =
@@ -2355,6 +2421,11 @@ impl Coordinator {
         else {
             return Ok(Err(R::InProgress));
         };
+        // Asked again under the claim: another copy may have committed
+        // (and let go of its claim) since the first look.
+        if let Some(ack) = self.processed_before(session_peer, &envelope.id)? {
+            return Ok(Ok(Processed::Answered(ack)));
+        }
         let now = self.now();
         let skew_ms = self
             .config
@@ -2473,7 +2544,7 @@ impl Coordinator {
         )?;
         let received = AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
             .with_peer(session_peer)
-            .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status}));
+            .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status, "session": envelope.session}));
         let ticket = self.audit.submit_with_hook(
             move |txn| {
                 let outcome = commit_inbound_in(txn, &record)?;
@@ -2861,7 +2932,7 @@ fn manifest_update_event(old: &Manifest, new: &Manifest) -> AuditEvent {
 }
 
 /// Whether `presented` says something other than `stored` (the signing
-/// time aside: every handshake presents a freshly signed manifest).
+/// time aside: a node re-signs its manifest whenever its daemon starts).
 fn manifest_changed(stored: &SignedManifest, presented: &SignedManifest) -> bool {
     let mut presented = presented.manifest.clone();
     presented.timestamp_ms = stored.manifest.timestamp_ms;

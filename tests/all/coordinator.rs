@@ -1050,3 +1050,51 @@ fn synchronous_requests_name_their_session_and_queued_envelopes_none() {
     let queued = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
     assert_eq!(open(&queued).session, None);
 }
+
+#[test]
+fn duplicates_are_audited_a_burst_per_minute_then_counted() {
+    use agentfed::audit::{AuditQuery, EventType, Order};
+    use agentfed::coordinator::AckStatus;
+    let (alpha, beta) = pair();
+    let task = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
+    let first = alpha.coordinator.receive("beta", &task).unwrap().unwrap();
+    assert_eq!(first.status, AckStatus::Accepted);
+    let duplicates = || {
+        alpha
+            .coordinator
+            .audit()
+            .query(&AuditQuery {
+                event_types: vec![EventType::MessageDuplicate],
+                order: Order::OldestFirst,
+                ..AuditQuery::default()
+            })
+            .unwrap()
+    };
+    // Records ride the next commit without being waited for.
+    let settle = |count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while duplicates().len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{count} duplicate records"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    for _ in 0..20 {
+        let again = alpha.coordinator.receive("beta", &task).unwrap().unwrap();
+        assert_eq!(again, first, "answered with the stored acknowledgement");
+    }
+    settle(16);
+    // A minute later the next one says how many went unrecorded.
+    alpha.clock.advance(61_000);
+    beta.clock.advance(61_000);
+    alpha.coordinator.receive("beta", &task).unwrap().unwrap();
+    settle(17);
+    let records = duplicates();
+    assert_eq!(records.len(), 17);
+    assert_eq!(records[16].details["unreported_before"], 4);
+    assert!(records.iter().all(|r| r.details["reason"] == "REPLAY"));
+    assert_eq!(alpha.coordinator.inbox(0, 10).unwrap().len(), 1);
+    assert!(alpha.coordinator.audit().verify().is_ok());
+}

@@ -910,5 +910,16 @@ fn plain_ws_only_where_the_config_allows_it() {
     let pong = alpha.run(&["query", "beta", "ping", "--json"]).json();
     assert_eq!(pong["status"], "replied", "{pong}");
     assert_eq!(pong["reply"]["type"], "pong", "{pong}");
+    // The query's envelope named the session it travelled on.
+    let session = alpha.run(&["sessions", "--json"]).json()[0]["session_id"].clone();
+    let received = beta
+        .audit_records()
+        .into_iter()
+        .find(|r| {
+            r["event_type"] == "message_received"
+                && r["details"]["envelope_id"] == pong["envelope_id"]
+        })
+        .expect("beta recorded the query");
+    assert_eq!(received["details"]["session"], session, "{received}");
     verify_audit(&alpha);
 }
