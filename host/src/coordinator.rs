@@ -986,17 +986,12 @@ impl Coordinator {
         Ok(change)
     }
 
+    /// Applies `change` to the peer's record and records
+    /// `trust_level_changed` in the same commit: after a crash both are
+    /// there or neither is.
     fn apply_trust_change(&self, change: &TrustChange, actor: Actor) -> Result<()> {
         let now = self.now();
         let to = change.to;
-        self.store.update_peer(&change.peer, move |r| {
-            r.trust_level = to;
-            r.level_since_ms = now;
-            r.metrics.signature_failures_since_level = 0;
-            if to >= TrustLevel::Privileged || to < TrustLevel::Trusted {
-                r.privileged_recommended = false;
-            }
-        })?;
         let event = AuditEvent::trust_level_changed(
             &change.peer,
             change.from,
@@ -1005,7 +1000,19 @@ impl Coordinator {
             &change.reason,
         )
         .with_actor(change.actor.clone());
-        self.record(event)?;
+        self.store.update_peer_recorded(
+            &self.audit,
+            &change.peer,
+            move |r| {
+                r.trust_level = to;
+                r.level_since_ms = now;
+                r.metrics.signature_failures_since_level = 0;
+                if to >= TrustLevel::Privileged || to < TrustLevel::Trusted {
+                    r.privileged_recommended = false;
+                }
+            },
+            vec![event],
+        )?;
         self.refresh_live_counts()
     }
 
