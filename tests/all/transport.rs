@@ -1263,10 +1263,19 @@ fn counting_renewals() -> (Arc<AtomicUsize>, TransportConfig) {
 async fn a_renewal_flood_closes_the_session_with_flood() {
     use agentfed::transport::session::MAX_RENEWALS_PER_WINDOW;
     let (renewals, server_cfg) = counting_renewals();
-    let (listener, c, s) = pair(server_cfg, config()).await;
+    // The flooding client's clock runs fast, so its own debounce (asks
+    // within 10 s of the last renewal are answered locally) lets every
+    // ask through; the server counts them on its real clock.
+    let fast = Arc::new(ManualClock::new(SystemClock.now_ms()));
+    let client_cfg = TransportConfig {
+        clock: fast.clone(),
+        ..config()
+    };
+    let (listener, c, s) = pair(server_cfg, client_cfg).await;
     // An honest client renews about once an hour; these all count.
     for _ in 0..MAX_RENEWALS_PER_WINDOW {
         within("renewal", c.renew()).await.expect("renewal granted");
+        fast.advance(11_000);
     }
     // One more within the window: the server closes the session instead
     // of answering (and auditing) without end.
@@ -1364,6 +1373,12 @@ async fn concurrent_renewals_share_one_renew_frame() {
     let granted = within("renewals", futures::future::join_all(asks)).await;
     assert!(granted.iter().all(Result::is_ok), "{granted:?}");
     assert!(renewals.load(Ordering::SeqCst) <= MAX_RENEWALS_PER_WINDOW as usize);
+    // Asks that come just after an answer are answered from it.
+    let before = renewals.load(Ordering::SeqCst);
+    for _ in 0..3 * MAX_RENEWALS_PER_WINDOW {
+        within("late renewal", c.renew()).await.expect("answered");
+    }
+    assert_eq!(renewals.load(Ordering::SeqCst), before);
     assert!(!s.is_closed());
     close_all(&[&c, &s]).await;
     listener.shutdown().await;

@@ -41,6 +41,11 @@ use crate::identity::SignedManifest;
 /// next frame only after the flush.
 const FLUSH_BATCH: usize = 64 * 1024;
 
+/// Client: renewal asks within this long (session clock) of the last
+/// extension are answered with it instead of a new RENEW, so asks that
+/// straggle in just after an answer cannot add up to a `FLOOD`.
+const RENEW_DEBOUNCE_MS: u64 = 10_000;
+
 /// How long a closing connection waits for its close frame to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -852,6 +857,7 @@ pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Co
         idle: Box::pin(tokio::time::sleep(idle_timeout)),
         last_rx: now,
         renew_waiters: VecDeque::new(),
+        last_renewed_ms: None,
         closing: None,
     };
     let task_shared = shared.clone();
@@ -1100,6 +1106,10 @@ struct Driver {
     idle: StdPin<Box<Sleep>>,
     last_rx: Instant,
     renew_waiters: VecDeque<oneshot::Sender<Result<u64, TransportError>>>,
+    /// Client: when (session clock, ms) the server last extended the
+    /// session; asks within [`RENEW_DEBOUNCE_MS`] of it are answered from
+    /// it instead of sending another RENEW.
+    last_renewed_ms: Option<u64>,
     closing: Option<Closing>,
 }
 
@@ -1301,6 +1311,15 @@ impl Driver {
                 }
                 match self.shared.role() {
                     Role::Client => {
+                        // Just renewed: that answer serves this ask too.
+                        let now = self.shared.now_ms();
+                        if self
+                            .last_renewed_ms
+                            .is_some_and(|at| now.saturating_sub(at) < RENEW_DEBOUNCE_MS)
+                        {
+                            let _ = tx.send(Ok(self.shared.expires_at_ms.load(Ordering::SeqCst)));
+                            return Ok(());
+                        }
                         // One RENEW at a time: its answer serves every
                         // waiter (repeated asks must not look like a flood).
                         if self.renew_waiters.is_empty() {
@@ -1478,6 +1497,7 @@ impl Driver {
                 self.shared
                     .expires_at_ms
                     .store(expires_at_ms, Ordering::SeqCst);
+                self.last_renewed_ms = Some(self.shared.now_ms());
                 for waiter in self.renew_waiters.drain(..) {
                     let _ = waiter.send(Ok(expires_at_ms));
                 }
