@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::audit::{
-    AuditConfig, AuditError, AuditEvent, AuditLog, ComplianceMode, EventType, PiiOutcome, Severity,
+    AuditConfig, AuditError, AuditEvent, AuditLog, EventType, PiiOutcome, Severity,
 };
 use crate::breaker::{self, Actor, GateError};
 use crate::budget::{Budget, BudgetError};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Compliance, ConfigError, NodeConfig};
+use crate::config::{ConfigError, NodeConfig};
 use crate::envelope::{self, Envelope};
 use crate::identity::{
     Identity, IdentityError, Manifest, ManifestError, ManifestParams, MeshSubnet, SignedManifest,
@@ -546,14 +546,10 @@ impl Coordinator {
         let config = NodeConfig::load(home)?;
         let identity = Identity::load(home)?;
         let store = Store::open_in_home(home)?;
-        let compliance = match config.audit.compliance {
-            Compliance::Standard => ComplianceMode::Standard,
-            Compliance::Hipaa => ComplianceMode::Hipaa,
-        };
         let audit = AuditLog::open(
             &store,
             AuditConfig {
-                compliance,
+                compliance: config.audit.compliance.into(),
                 clock: Some(options.clock.clone()),
             },
         )?;

@@ -252,14 +252,10 @@ fn move_endpoint(
 ) -> Result<(), DaemonError> {
     let opened = |e| DaemonError::Coordinator(CoordError::from(e));
     let store = crate::store::Store::open_in_home(home).map_err(opened)?;
-    let compliance = match config.audit.compliance {
-        crate::config::Compliance::Standard => crate::audit::ComplianceMode::Standard,
-        crate::config::Compliance::Hipaa => crate::audit::ComplianceMode::Hipaa,
-    };
     let audit = crate::audit::AuditLog::open(
         &store,
         crate::audit::AuditConfig {
-            compliance,
+            compliance: config.audit.compliance.into(),
             clock: Some(clock.clone()),
         },
     )

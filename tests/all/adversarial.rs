@@ -149,37 +149,43 @@ impl Arena {
             .unwrap_or(0)
     }
 
+    /// The target's audit records of `event_type` (of `peer`, if given),
+    /// oldest first (at most 1,000).
+    fn records(&self, event_type: &str, peer: Option<&str>) -> Vec<Value> {
+        let mut args = vec![
+            "audit",
+            "query",
+            "--json",
+            "--type",
+            event_type,
+            "--limit",
+            "1000",
+            "--oldest-first",
+        ];
+        if let Some(peer) = peer {
+            args.extend(["--peer", peer]);
+        }
+        let records = self.target.run(&args).json();
+        records.as_array().cloned().expect("records array")
+    }
+
     /// Waits for an audit record after `mark` of `event_type` for which
     /// `pred` holds; returns it.
     #[track_caller]
     fn audited(&self, mark: u64, event_type: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + SETTLE;
         loop {
-            let records = self
-                .target
-                .run(&[
-                    "audit",
-                    "query",
-                    "--json",
-                    "--type",
-                    event_type,
-                    "--limit",
-                    "1000",
-                    "--oldest-first",
-                ])
-                .json();
-            let found = records.as_array().and_then(|records| {
-                records
-                    .iter()
-                    .find(|r| r["seq"].as_u64().unwrap_or(0) > mark && pred(r))
-                    .cloned()
-            });
+            let records = self.records(event_type, None);
+            let found = records
+                .iter()
+                .find(|r| r["seq"].as_u64().unwrap_or(0) > mark && pred(r))
+                .cloned();
             if let Some(record) = found {
                 return record;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no {event_type} record after seq {mark} matching the attack within {SETTLE:?}; records: {records}"
+                    "no {event_type} record after seq {mark} matching the attack within {SETTLE:?}; records: {records:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -703,19 +709,7 @@ fn a_flood_of_failed_handshakes_cannot_fill_the_audit_log() {
     });
     let count = || {
         arena
-            .target
-            .run(&[
-                "audit",
-                "query",
-                "--json",
-                "--type",
-                "handshake_failed",
-                "--limit",
-                "1000",
-            ])
-            .json()
-            .as_array()
-            .expect("records")
+            .records("handshake_failed", None)
             .iter()
             .filter(|r| {
                 r["seq"].as_u64().unwrap_or(0) > mark
@@ -793,40 +787,13 @@ fn envelope_level_attacks_over_a_real_session_are_refused_and_audited() {
         .filter(|m| m["envelope_id"] == id.as_str())
         .count();
     assert_eq!(copies, 1, "processed exactly once: {inbox}");
-    let received = arena
-        .target
-        .run(&[
-            "audit",
-            "query",
-            "--json",
-            "--type",
-            "message_received",
-            "--peer",
-            "mallory-replay",
-            "--limit",
-            "100",
-        ])
-        .json();
+    let received = arena.records("message_received", Some("mallory-replay"));
     assert_eq!(
-        received.as_array().unwrap().len(),
+        received.len(),
         1,
-        "one message_received for three deliveries: {received}"
+        "one message_received for three deliveries: {received:?}"
     );
-    let replays = arena
-        .target
-        .run(&[
-            "audit",
-            "query",
-            "--json",
-            "--type",
-            "message_duplicate",
-            "--peer",
-            "mallory-replay",
-            "--limit",
-            "100",
-        ])
-        .json();
-    let replays = replays.as_array().unwrap();
+    let replays = arena.records("message_duplicate", Some("mallory-replay"));
     assert_eq!(replays.len(), 2, "each replay recorded: {replays:?}");
     assert!(
         replays

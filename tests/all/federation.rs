@@ -68,6 +68,31 @@ fn join_pair(a: (&Node, &str, &str), b: (&Node, &str, &str)) {
     );
 }
 
+/// alpha and beta, joined, each ATTESTED in the other's view (enough for
+/// task-assignments both ways); with their endpoints.
+fn attested_pair() -> (Node, String, Node, String) {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&["trust", "set", peer, "attested", "--reason", "test pair"])
+            .ok();
+    }
+    (alpha, alpha_ep, beta, beta_ep)
+}
+
+/// `from` sends `{"n": n}` to `to` as a task-assignment.
+fn send_n(from: &Node, to: &str, n: u32) {
+    from.run(&[
+        "send",
+        to,
+        "task-assignment",
+        "--payload",
+        &format!(r#"{{"n":{n}}}"#),
+    ])
+    .ok();
+}
+
 fn outbox(node: &Node) -> u64 {
     node.run(&["status", "--json"]).json()["outbox"]
         .as_u64()
@@ -557,23 +582,9 @@ fn a_node_the_peer_left_stops_redialing_it_after_one_refusal() {
 
 #[test]
 fn processed_inbox_messages_can_be_removed_through_a_number() {
-    let (alpha, alpha_ep) = fed_node("alpha");
-    let (beta, beta_ep) = fed_node("beta");
-    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
-    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
-        node.run(&["trust", "set", peer, "attested", "--reason", "inbox test"])
-            .ok();
-    }
+    let (alpha, _, beta, _) = attested_pair();
     for n in 0..3 {
-        alpha
-            .run(&[
-                "send",
-                "beta",
-                "task-assignment",
-                "--payload",
-                &format!(r#"{{"n":{n}}}"#),
-            ])
-            .ok();
+        send_n(&alpha, "beta", n);
     }
     wait_until("beta's inbox to hold 3", SETTLE_TIMEOUT, || {
         inbox(&beta).len() == 3
@@ -600,24 +611,8 @@ fn processed_inbox_messages_can_be_removed_through_a_number() {
 #[test]
 fn waiting_inbox_reads_wake_on_commit_and_follow_streams_new_messages() {
     use std::io::BufRead;
-    let (alpha, alpha_ep) = fed_node("alpha");
-    let (mut beta, beta_ep) = fed_node("beta");
-    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
-    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
-        node.run(&["trust", "set", peer, "attested", "--reason", "inbox test"])
-            .ok();
-    }
-    let send = |n: u32| {
-        alpha
-            .run(&[
-                "send",
-                "beta",
-                "task-assignment",
-                "--payload",
-                &format!(r#"{{"n":{n}}}"#),
-            ])
-            .ok();
-    };
+    let (alpha, _, mut beta, _) = attested_pair();
+    let send = |n: u32| send_n(&alpha, "beta", n);
 
     // Nothing arrives: the wait ends with an empty list.
     let empty = beta.run(&["inbox", "--wait", "1", "--json"]).json();
@@ -737,13 +732,7 @@ fn waiting_inbox_reads_wake_on_commit_and_follow_streams_new_messages() {
 
 #[test]
 fn a_node_that_moves_is_found_at_its_new_endpoint() {
-    let (mut alpha, alpha_ep) = fed_node("alpha");
-    let (mut beta, beta_ep) = fed_node("beta");
-    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
-    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
-        node.run(&["trust", "set", peer, "attested", "--reason", "move test"])
-            .ok();
-    }
+    let (mut alpha, _, mut beta, beta_ep) = attested_pair();
 
     // beta moves: a new port in agentfed.toml, applied at its next start.
     beta.stop();

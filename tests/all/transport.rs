@@ -782,27 +782,12 @@ fn ws_frame(opcode: u8, compressed: bool, payload: &[u8]) -> Vec<u8> {
 async fn compression_bomb_is_refused_at_the_inflate_cap() {
     let server = node("server");
     let mut listener = listen(&server, config(), Arc::new(AcceptAll)).await;
-    let addr = listener.local_addr();
-    let mut stream = tls::connect_tls("127.0.0.1", addr.port(), &pin_of(&server))
-        .await
-        .expect("tls");
-    let request = format!(
-        "GET {WS_PATH} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: agentfed.v1\r\n\
-         Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("upgrade");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        within("upgrade response", stream.read_exact(&mut b))
-            .await
-            .expect("read");
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (mut stream, head) = raw_upgraded_with(
+        &server,
+        &listener,
+        "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n",
+    )
+    .await;
     assert!(head.contains("permessage-deflate"), "{head}");
 
     // 16 MiB of zeros deflate to a few KiB: far below the frame cap on the
@@ -1199,6 +1184,19 @@ async fn raw_upgraded(
     server: &LocalNode,
     listener: &Listener,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_upgraded_with(server, listener, "").await.0
+}
+
+/// [`raw_upgraded`] with `extra_headers` (each ending in CRLF) in the
+/// upgrade request; also returns the server's response head.
+async fn raw_upgraded_with(
+    server: &LocalNode,
+    listener: &Listener,
+    extra_headers: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    String,
+) {
     let addr = listener.local_addr();
     let mut stream = tls::connect_tls("127.0.0.1", addr.port(), &pin_of(server))
         .await
@@ -1206,7 +1204,7 @@ async fn raw_upgraded(
     let request = format!(
         "GET {WS_PATH} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: agentfed.v1\r\n\r\n"
+         Sec-WebSocket-Protocol: agentfed.v1\r\n{extra_headers}\r\n"
     );
     stream.write_all(request.as_bytes()).await.expect("upgrade");
     let mut head = Vec::new();
@@ -1217,8 +1215,9 @@ async fn raw_upgraded(
             .expect("read");
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    stream
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (stream, head)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
