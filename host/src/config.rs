@@ -24,8 +24,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{MeshSubnet, NodeId};
+use crate::model::{DAY_MS, HOUR_MS};
 use crate::plugin::{Limits, PluginKind};
 use crate::trust::Capability;
+use crate::trust_ledger::{EarningRules, MAX_GATE_DAYS};
 
 /// The name of the config file inside the node home.
 pub const CONFIG_FILE: &str = "agentfed.toml";
@@ -74,6 +76,8 @@ pub struct NodeConfig {
     pub audit: AuditSection,
     /// `[timers]`: periodic evaluation.
     pub timers: TimersSection,
+    /// `[trust]`: the host's earning rules, for every trust plugin.
+    pub trust: TrustSection,
     /// `[transport]`: the federation listener, sessions and delivery.
     pub transport: TransportSection,
     /// Policy plugins, one section per kind.
@@ -179,6 +183,99 @@ impl TimersSection {
     /// evaluates trust and breaker for every peer).
     pub fn tick_period(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.trust_eval_secs.min(self.breaker_eval_secs).max(1))
+    }
+}
+
+/// `[trust]`: what the host requires before any trust plugin may promote a
+/// peer, how fast interactions count, and when silent peers decay
+/// ([`crate::trust_ledger`]). These are host rules rather than keys of
+/// `[plugins.trust.config]` because they hold for every trust plugin,
+/// including ones a team writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustSection {
+    /// Successes counted toward promotion per clock hour, at most (1..=100000).
+    pub counted_per_hour: u32,
+    /// Hours at VERIFIED before ATTESTED (0..=8760).
+    pub attested_after_hours: u64,
+    /// Distinct UTC days with counted interactions at VERIFIED before ATTESTED (0..=365).
+    pub attested_active_days: u32,
+    /// Days at ATTESTED before TRUSTED (0..=365).
+    pub trusted_after_days: u64,
+    /// Distinct UTC days with counted interactions at ATTESTED before TRUSTED (0..=365).
+    pub trusted_active_days: u32,
+    /// Days without a counted interaction after which a peer loses one
+    /// earned level (0 = never; at most 3650).
+    pub decay_after_days: u64,
+}
+
+impl Default for TrustSection {
+    fn default() -> Self {
+        let d = EarningRules::default();
+        TrustSection {
+            counted_per_hour: d.counted_per_hour,
+            attested_after_hours: d.attested_after_ms / HOUR_MS,
+            attested_active_days: d.attested_active_days,
+            trusted_after_days: d.trusted_after_ms / DAY_MS,
+            trusted_active_days: d.trusted_active_days,
+            decay_after_days: d.decay_after_ms / DAY_MS,
+        }
+    }
+}
+
+impl TrustSection {
+    /// The rules these settings describe.
+    pub fn rules(&self) -> EarningRules {
+        EarningRules {
+            counted_per_hour: self.counted_per_hour,
+            attested_after_ms: self.attested_after_hours * HOUR_MS,
+            attested_active_days: self.attested_active_days,
+            trusted_after_ms: self.trusted_after_days * DAY_MS,
+            trusted_active_days: self.trusted_active_days,
+            decay_after_ms: self.decay_after_days * DAY_MS,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let max_days = u64::from(MAX_GATE_DAYS);
+        for (key, value, lo, hi) in [
+            (
+                "trust.counted_per_hour",
+                u64::from(self.counted_per_hour),
+                1,
+                100_000,
+            ),
+            (
+                "trust.attested_after_hours",
+                self.attested_after_hours,
+                0,
+                8760,
+            ),
+            (
+                "trust.attested_active_days",
+                u64::from(self.attested_active_days),
+                0,
+                max_days,
+            ),
+            (
+                "trust.trusted_after_days",
+                self.trusted_after_days,
+                0,
+                max_days,
+            ),
+            (
+                "trust.trusted_active_days",
+                u64::from(self.trusted_active_days),
+                0,
+                max_days,
+            ),
+            ("trust.decay_after_days", self.decay_after_days, 0, 3650),
+        ] {
+            if value < lo || value > hi {
+                return Err(format!("{key}: must be {lo}..={hi}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -379,6 +476,7 @@ impl NodeConfig {
                 return Err(format!("{key}: must be 1..={MAX_TIMER_SECS} seconds"));
             }
         }
+        self.trust.validate()?;
         let t = &self.transport;
         if let Some(listen) = &t.listen
             && listen.parse::<std::net::SocketAddr>().is_err()
@@ -529,6 +627,7 @@ impl NodeConfig {
             "# Seconds between breaker evaluations of every peer (the spend plugin decides).",
         );
         kv(w, "breaker_eval_secs", &self.timers.breaker_eval_secs);
+        trust_section(w, &self.trust);
         let t = &self.transport;
         line(w, "");
         line(w, "[transport]");
@@ -547,7 +646,7 @@ impl NodeConfig {
         kv(w, "allow_plaintext", &t.allow_plaintext);
         line(
             w,
-            "# Seconds between heartbeats (each answered one counts as a successful interaction).",
+            "# Seconds between heartbeats (they keep a peer seen; they never earn it trust).",
         );
         kv(w, "heartbeat_secs", &t.heartbeat_secs);
         line(
@@ -595,6 +694,45 @@ impl NodeConfig {
         }
         out
     }
+}
+
+/// The `[trust]` section of [`NodeConfig::to_documented_toml`].
+fn trust_section(w: &mut String, t: &TrustSection) {
+    line(w, "");
+    line(w, "[trust]");
+    line(
+        w,
+        "# Host rules every trust plugin is held to (docs/operations.md, \"Earned trust\").",
+    );
+    line(
+        w,
+        "# Only work this node asked of a peer and the peer fulfilled earns trust (delivered",
+    );
+    line(
+        w,
+        "# messages, answered queries, completed work reported with `spend`), at most this",
+    );
+    line(
+        w,
+        "# many per clock hour; failures and threats always count in full.",
+    );
+    kv(w, "counted_per_hour", &t.counted_per_hour);
+    line(
+        w,
+        "# VERIFIED -> ATTESTED also needs this long at VERIFIED and counted interactions",
+    );
+    line(w, "# on this many distinct UTC days since then.");
+    kv(w, "attested_after_hours", &t.attested_after_hours);
+    kv(w, "attested_active_days", &t.attested_active_days);
+    line(w, "# ATTESTED -> TRUSTED: the same, at ATTESTED.");
+    kv(w, "trusted_after_days", &t.trusted_after_days);
+    kv(w, "trusted_active_days", &t.trusted_active_days);
+    line(
+        w,
+        "# A peer that earned nothing for this many days loses one earned level (never below",
+    );
+    line(w, "# VERIFIED or the level an operator set); 0 = never.");
+    kv(w, "decay_after_days", &t.decay_after_days);
 }
 
 fn is_token(t: &str) -> bool {

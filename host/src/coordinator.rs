@@ -36,8 +36,8 @@ use crate::identity::{
 };
 use crate::journal::Persist;
 use crate::model::{
-    BreakerInfo, BreakerState, InteractionMetrics, PeerRecord, ScoreComponents, SpendSample,
-    TrustLevel,
+    BreakerInfo, BreakerState, DAY_MS, HOUR_MS, InteractionMetrics, PeerRecord, ScoreComponents,
+    SpendSample, TrustLevel,
 };
 use crate::plugin::{
     self, HostContext, Limits, LoadedPlugin, NodeStatus, NodeStatusSource, PluginError, PluginKind,
@@ -48,9 +48,8 @@ use crate::store::{
     outbox_remove_in,
 };
 use crate::trust::{self, Capability};
+use crate::trust_ledger::{self, EarningRules, OperatorLevel};
 
-const HOUR_MS: u64 = 3_600_000;
-const DAY_MS: u64 = 24 * HOUR_MS;
 /// Longest operator reason kept.
 pub const MAX_REASON_BYTES: usize = 512;
 /// Largest tokens in one spend report.
@@ -211,6 +210,8 @@ pub struct PeerView {
     pub reactivate_eligible: bool,
     /// The trust plugin recommends PRIVILEGED; an operator must confirm.
     pub privileged_recommended: bool,
+    /// The level an operator last set and whether it is pinned.
+    pub operator: Option<OperatorLevel>,
     /// Last heard from.
     pub last_seen_ms: u64,
     /// First added.
@@ -250,6 +251,40 @@ pub struct TrustChange {
     pub reason: String,
 }
 
+/// How far ahead [`Coordinator::trust_next_step`] looks for the trust
+/// plugin's bar: 90 days.
+pub const NEXT_STEP_HORIZON_MS: u64 = 90 * DAY_MS;
+
+/// What stands between a peer and its next trust level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NextStep {
+    /// The peer.
+    pub peer: String,
+    /// Its level now.
+    pub level: TrustLevel,
+    /// The level it could reach automatically; `None` when only an
+    /// operator or a handshake can move it.
+    pub to: Option<TrustLevel>,
+    /// One line for people.
+    pub summary: String,
+    /// Every condition, met or not.
+    pub requirements: Vec<trust_ledger::Requirement>,
+    /// The earliest time the promotion could happen; `None` when waiting
+    /// alone cannot bring it.
+    pub earliest_ms: Option<u64>,
+}
+
+/// A peer's level and the operator's hold on it (`trust.unpin`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrustPinView {
+    /// The peer.
+    pub peer: String,
+    /// Its level.
+    pub level: TrustLevel,
+    /// The operator's level and pin.
+    pub operator: Option<OperatorLevel>,
+}
+
 /// What a trust evaluation did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -269,6 +304,20 @@ pub enum TrustOutcome {
         score: f64,
         /// Plugin's reason.
         reason: String,
+    },
+    /// The plugin asked for a promotion that the host's earning rules
+    /// ([`crate::trust_ledger`]) do not allow yet, or that an operator's pin
+    /// forbids; nothing changed and nothing was audited (it is the normal
+    /// state of a peer still earning).
+    Held {
+        /// Score.
+        score: f64,
+        /// Plugin's reason.
+        reason: String,
+        /// The level asked for.
+        to: TrustLevel,
+        /// The first rule not met, e.g. `7 days at ATTESTED (has 2 days)`.
+        waiting_for: String,
     },
     /// The plugin's answer was refused by the host (audited).
     Refused {
@@ -392,14 +441,32 @@ pub struct PiiReport {
 /// One interaction with a peer, as the wire reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interaction {
-    /// Completed successfully.
+    /// Work this node asked of the peer, fulfilled (an acknowledged
+    /// delivery, an answered query, completed work reported with `spend`):
+    /// the only kind that earns trust, within the hourly cap.
     Success,
+    /// Something the peer did on its own initiative and this node accepted
+    /// (an envelope it sent, an answered heartbeat): it keeps the peer
+    /// seen and never earns trust.
+    Observed,
     /// Failed.
     Failure,
     /// A threat was detected in the peer's traffic.
     Threat,
     /// An envelope's signature failed.
     SignatureFailure,
+}
+
+/// Evidence about one peer noted on the message path and not yet applied
+/// to its record.
+#[derive(Debug, Clone, Copy, Default)]
+struct PendingEvidence {
+    /// Requests of ours the peer fulfilled.
+    fulfilled: u64,
+    /// Things it did on its own initiative that we accepted.
+    observed: u64,
+    /// Its envelopes refused for its own fault.
+    failed: u64,
 }
 
 /// A loaded plugin, as `plugins` lists it.
@@ -512,8 +579,11 @@ pub struct Coordinator {
     /// Serialises read-modify-write sequences on one node's state (trust
     /// and breaker evaluation read, ask a plugin, then write).
     decisions: std::sync::Mutex<()>,
-    /// Successes noted per peer and not yet applied (`note_success`).
-    pending_successes: std::sync::Mutex<HashMap<String, u64>>,
+    /// Evidence noted per peer and not yet applied
+    /// ([`Coordinator::note_fulfilled`] and its siblings).
+    pending_evidence: std::sync::Mutex<HashMap<String, PendingEvidence>>,
+    /// The host's earning rules (`[trust]`).
+    earning: EarningRules,
     /// Decompressed peer keys by their manifest encoding: decompressing an
     /// Ed25519 key costs about as much as a third of a verification, and
     /// every inbound envelope needs its sender's.
@@ -583,6 +653,7 @@ impl Coordinator {
             spend: PluginSlot::new(PluginKind::Spend, load(PluginKind::Spend)?)?,
             handler: PluginSlot::new(PluginKind::Handler, load(PluginKind::Handler)?)?,
         };
+        let earning = config.trust.rules();
         let coordinator = Coordinator {
             home: home.to_path_buf(),
             identity,
@@ -594,7 +665,8 @@ impl Coordinator {
             clock: options.clock,
             live,
             decisions: std::sync::Mutex::new(()),
-            pending_successes: std::sync::Mutex::new(HashMap::new()),
+            pending_evidence: std::sync::Mutex::new(HashMap::new()),
+            earning,
             peer_keys: std::sync::Mutex::new(HashMap::new()),
             inbound_pending: Arc::default(),
             duplicate_audits: std::sync::Mutex::new(HashMap::new()),
@@ -784,6 +856,7 @@ fn peer_view(record: &PeerRecord, now_ms: u64) -> PeerView {
         capabilities: trust::capabilities(record.trust_level),
         reactivate_eligible: breaker::reactivate_eligible(&record.breaker, now_ms),
         privileged_recommended: record.privileged_recommended,
+        operator: record.operator,
         last_seen_ms: record.last_seen_ms,
         added_ms: record.added_ms,
     }
@@ -959,16 +1032,33 @@ impl Coordinator {
 
     /// Operator sets a peer's level (audited as an operator bootstrap).
     /// This is also how a PRIVILEGED recommendation is confirmed.
-    pub fn set_trust(&self, node_id: &str, level: &str, reason: &str) -> Result<TrustChange> {
+    ///
+    /// The decision holds: with `pin` (the default of `trust set`) no
+    /// plugin promotes the peer above `level` until an operator unpins it;
+    /// pinned or not, `level` is the floor decay stops at. It also starts a
+    /// new evidence period ([`InteractionMetrics::close_period`]): the
+    /// counters the plugin scores restart from zero, so evidence older than
+    /// the decision can neither undo it (old threats, failures) nor spend
+    /// it (old successes). Setting the level a peer already has only
+    /// changes the pin, and is refused when that changes nothing.
+    pub fn set_trust(
+        &self,
+        node_id: &str,
+        level: &str,
+        reason: &str,
+        pin: bool,
+    ) -> Result<TrustChange> {
         let level: TrustLevel = level
             .parse()
             .map_err(|_| CoordError::InvalidLevel(clip(level)))?;
         let reason = validate_reason(reason)?;
         let _guard = self.lock_decisions();
         let record = self.peer_record(node_id)?;
-        if record.trust_level == level {
+        let held = record.operator.filter(|op| op.level == level);
+        if record.trust_level == level && held.is_some_and(|op| op.pinned == pin) {
             return Err(CoordError::IllegalTransition(format!(
-                "{node_id} is already {level}"
+                "{node_id} is already {level} ({}); nothing to change",
+                if pin { "pinned" } else { "not pinned" }
             )));
         }
         let change = TrustChange {
@@ -978,17 +1068,68 @@ impl Coordinator {
             actor: crate::audit::ACTOR_OPERATOR.to_string(),
             reason: format!("operator bootstrap: {reason}"),
         };
-        self.apply_trust_change(&change, Actor::Operator)?;
+        let operator = OperatorLevel {
+            level,
+            at_ms: self.now(),
+            pinned: pin,
+        };
+        self.apply_trust_change_with(&change, Actor::Operator, Some(operator))?;
         Ok(change)
+    }
+
+    /// Operator releases a pin: the peer keeps its level and may earn its
+    /// way up again; the operator's level stays the floor of decay.
+    pub fn unpin_trust(&self, node_id: &str, reason: &str) -> Result<TrustPinView> {
+        let reason = validate_reason(reason)?;
+        let _guard = self.lock_decisions();
+        let record = self.peer_record(node_id)?;
+        let Some(op) = record.operator.filter(|op| op.pinned) else {
+            return Err(CoordError::IllegalTransition(format!(
+                "{node_id} is not pinned"
+            )));
+        };
+        let unpinned = OperatorLevel {
+            pinned: false,
+            ..op
+        };
+        let event = AuditEvent::new(
+            EventType::OperatorAction,
+            format!("trust pin on {node_id} at {} released", op.level),
+        )
+        .with_peer(node_id)
+        .with_actor(crate::audit::ACTOR_OPERATOR)
+        .with_details(json!({"action": "trust_unpin", "level": op.level, "reason": reason}));
+        self.store.update_peer_recorded(
+            &self.audit,
+            node_id,
+            move |r| r.operator = Some(unpinned),
+            vec![event],
+        )?;
+        Ok(TrustPinView {
+            peer: node_id.to_string(),
+            level: record.trust_level,
+            operator: Some(unpinned),
+        })
     }
 
     /// Applies `change` to the peer's record and records
     /// `trust_level_changed` in the same commit: after a crash both are
     /// there or neither is.
     fn apply_trust_change(&self, change: &TrustChange, actor: Actor) -> Result<()> {
+        self.apply_trust_change_with(change, actor, None)
+    }
+
+    /// [`Coordinator::apply_trust_change`], and for an operator's decision
+    /// also its pin and a new evidence period.
+    fn apply_trust_change_with(
+        &self,
+        change: &TrustChange,
+        actor: Actor,
+        operator: Option<OperatorLevel>,
+    ) -> Result<()> {
         let now = self.now();
         let to = change.to;
-        let event = AuditEvent::trust_level_changed(
+        let mut event = AuditEvent::trust_level_changed(
             &change.peer,
             change.from,
             change.to,
@@ -996,6 +1137,9 @@ impl Coordinator {
             &change.reason,
         )
         .with_actor(change.actor.clone());
+        if let (Some(op), Some(details)) = (operator, event.details.as_object_mut()) {
+            details.insert("pinned".into(), json!(op.pinned));
+        }
         self.store.update_peer_recorded(
             &self.audit,
             &change.peer,
@@ -1006,10 +1150,124 @@ impl Coordinator {
                 if to >= TrustLevel::Privileged || to < TrustLevel::Trusted {
                     r.privileged_recommended = false;
                 }
+                if let Some(op) = operator {
+                    r.operator = Some(op);
+                    r.metrics.close_period();
+                }
             },
             vec![event],
         )?;
         self.refresh_live_counts()
+    }
+
+    /// What stands between a peer and its next level: the host's rules
+    /// (pin, time at level, distinct active days) and the trust plugin's
+    /// own bar, each met or not, with the earliest time the promotion could
+    /// happen. Changes nothing.
+    ///
+    /// The plugin's bar is found by asking it about the peer as it would be
+    /// after each further hour of steady work at the hourly cap (every
+    /// counted interaction a success), up to [`NEXT_STEP_HORIZON_MS`]; so
+    /// the earliest time is a lower bound that holds for any trust plugin.
+    pub fn trust_next_step(&self, node_id: &str) -> Result<NextStep> {
+        let _guard = self.lock_decisions();
+        let record = self.peer_record(node_id)?;
+        let now = self.now();
+        let level = record.trust_level;
+        let Some(gates) = trust_ledger::promotion_gates(
+            &self.earning,
+            level,
+            record.level_since_ms,
+            &record.metrics.earned,
+            record.operator.as_ref(),
+            now,
+        ) else {
+            let summary = match level {
+                TrustLevel::Untrusted => {
+                    "UNTRUSTED peers rise only through a completed handshake (VERIFIED) or an operator's `trust set`".to_string()
+                }
+                TrustLevel::Trusted => format!(
+                    "PRIVILEGED is never automatic: an operator confirms it with `agentfed trust set {node_id} privileged --reason …`{}",
+                    if record.privileged_recommended { " (the trust plugin recommends it)" } else { "" }
+                ),
+                _ => "PRIVILEGED is the top of the ladder".to_string(),
+            };
+            return Ok(NextStep {
+                peer: node_id.to_string(),
+                level,
+                to: None,
+                summary,
+                requirements: Vec::new(),
+                earliest_ms: None,
+            });
+        };
+        let plugin = self.plugins.trust.get();
+        let asks_promotion =
+            |snapshot: &plugin::PeerSnapshot| -> std::result::Result<(bool, String), String> {
+                match plugin.evaluate_trust(snapshot) {
+                    Ok(d) => Ok((
+                        matches!(d.action, plugin::TrustAction::Promote(_)),
+                        d.reason,
+                    )),
+                    Err(e) => Err(format!("the trust plugin failed ({})", e.code())),
+                }
+            };
+        let base = snapshot(&record, now);
+        let mut requirements = gates.requirements.clone();
+        let (met, reason) = asks_promotion(&base).unwrap_or_else(|e| (false, e));
+        let plugin_earliest = if met {
+            Some(now)
+        } else {
+            let per_hour = u64::from(self.earning.counted_per_hour);
+            (1..=NEXT_STEP_HORIZON_MS / HOUR_MS).find_map(|h| {
+                let mut future = base.clone();
+                future.now_ms = now + h * HOUR_MS;
+                future.metrics.interactions += h * per_hour;
+                future.metrics.successes += h * per_hour;
+                future.metrics.last_seen_ms = future.now_ms;
+                matches!(asks_promotion(&future), Ok((true, _))).then_some(future.now_ms)
+            })
+        };
+        requirements.push(trust_ledger::Requirement {
+            rule: format!(
+                "the trust plugin ({}) asks for {}",
+                plugin.metadata().name,
+                gates.to
+            ),
+            have: reason,
+            met,
+            earliest_ms: plugin_earliest,
+        });
+        let step = trust_ledger::PromotionGates {
+            to: gates.to,
+            requirements,
+        };
+        let earliest_ms = step.earliest_ms(now);
+        let summary = if step.open() {
+            format!("{} is due now: every condition is met", gates.to)
+        } else {
+            match earliest_ms {
+                Some(t) => format!(
+                    "{} at the earliest in {} (with steady work at {} counted interactions an hour)",
+                    gates.to,
+                    trust_ledger::duration_text(t.saturating_sub(now)),
+                    self.earning.counted_per_hour
+                ),
+                None => format!(
+                    "{} cannot happen by waiting (a pin, or beyond {} at the hourly cap)",
+                    gates.to,
+                    trust_ledger::duration_text(NEXT_STEP_HORIZON_MS)
+                ),
+            }
+        };
+        Ok(NextStep {
+            peer: node_id.to_string(),
+            level,
+            to: Some(gates.to),
+            summary,
+            requirements: step.requirements,
+            earliest_ms,
+        })
     }
 
     /// Asks the trust plugin about one peer and applies a legal answer.
@@ -1090,6 +1348,32 @@ impl Coordinator {
                 }
             })?;
         }
+        // A legal promotion must still pass the host's earning rules and
+        // any operator pin (checked here, for every trust plugin).
+        let verdict = match verdict {
+            Ok(Some(to)) if to > current => {
+                let gates = trust_ledger::promotion_gates(
+                    &self.earning,
+                    current,
+                    record.level_since_ms,
+                    &record.metrics.earned,
+                    record.operator.as_ref(),
+                    now,
+                );
+                match gates.as_ref().and_then(|g| g.first_unmet()) {
+                    Some(waiting_for) => {
+                        return Ok(TrustOutcome::Held {
+                            score,
+                            reason: decision.reason,
+                            to,
+                            waiting_for,
+                        });
+                    }
+                    None => Ok(Some(to)),
+                }
+            }
+            other => other,
+        };
         match verdict {
             Err(reason) => {
                 self.record(
@@ -1136,6 +1420,41 @@ impl Coordinator {
         }
     }
 
+    /// Takes a silent peer down one earned level when the decay rule says so
+    /// ([`trust_ledger::decay_target`]); audited, with the host as actor.
+    fn decay_locked(&self, node_id: &str) -> Result<Option<TrustChange>> {
+        let record = self.peer_record(node_id)?;
+        let now = self.now();
+        let Some(to) = trust_ledger::decay_target(
+            &self.earning,
+            record.trust_level,
+            record.level_since_ms,
+            &record.metrics.earned,
+            record.operator.as_ref(),
+            now,
+        ) else {
+            return Ok(None);
+        };
+        let quiet_since = record
+            .metrics
+            .earned
+            .last_counted_ms
+            .max(record.level_since_ms);
+        let change = TrustChange {
+            peer: node_id.to_string(),
+            from: record.trust_level,
+            to,
+            actor: crate::audit::ACTOR_SYSTEM.to_string(),
+            reason: format!(
+                "decay: nothing earned for {} (the limit is {}): one level down",
+                trust_ledger::duration_text(now.saturating_sub(quiet_since)),
+                trust_ledger::duration_text(self.earning.decay_after_ms)
+            ),
+        };
+        self.apply_trust_change(&change, Actor::Plugin)?;
+        Ok(Some(change))
+    }
+
     /// Audits a plugin failure and returns its code; the caller fails
     /// closed.
     fn plugin_failed(
@@ -1171,53 +1490,81 @@ impl Coordinator {
         self.record_interaction_locked(node_id, interaction)
     }
 
-    /// Notes one successful exchange with `node_id` without touching its
-    /// record. Successes are the per-message case (every delivered or
-    /// accepted envelope): they are counted in memory and applied as one
-    /// peer update and one trust evaluation per peer by
+    /// Notes one fulfilled request of ours (an acknowledged delivery)
+    /// without touching the peer's record. The per-message kinds of
+    /// evidence (fulfilled, observed, failed) are counted in memory and
+    /// applied as one peer update and one trust evaluation per peer by
     /// [`Coordinator::apply_pending_successes`] (the daemon calls it every
     /// second) or by the next decision or read of peer state
     /// ([`Coordinator::peers`], [`Coordinator::peer`], trust and breaker
     /// decisions), which apply what is pending first, so they never see a
     /// stale count. The message path thus never waits for a peer-record
-    /// commit. A crash loses at most the successes noted since the last
-    /// application; they are trust evidence, not acknowledged data.
-    pub fn note_success(&self, node_id: &str) {
+    /// commit. A crash loses at most the evidence noted since the last
+    /// application; it is trust evidence, not acknowledged data.
+    pub fn note_fulfilled(&self, node_id: &str) {
+        self.note(node_id, |p| p.fulfilled += 1);
+    }
+
+    /// Notes something `node_id` did on its own initiative that this node
+    /// accepted (an inbound envelope, an answered heartbeat): it keeps the
+    /// peer seen, and never earns trust. See [`Coordinator::note_fulfilled`].
+    pub fn note_observed(&self, node_id: &str) {
+        self.note(node_id, |p| p.observed += 1);
+    }
+
+    /// Notes an envelope from `node_id` refused for the sender's own fault:
+    /// a failure, counted in full. See [`Coordinator::note_fulfilled`].
+    pub fn note_failed(&self, node_id: &str) {
+        self.note(node_id, |p| p.failed += 1);
+    }
+
+    fn note(&self, node_id: &str, add: impl FnOnce(&mut PendingEvidence)) {
         let mut pending = self
-            .pending_successes
+            .pending_evidence
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match pending.get_mut(node_id) {
-            Some(n) => *n += 1,
+            Some(p) => add(p),
             None => {
-                pending.insert(node_id.to_string(), 1);
+                let mut p = PendingEvidence::default();
+                add(&mut p);
+                pending.insert(node_id.to_string(), p);
             }
         }
     }
 
-    /// Applies the successes noted since the last call (see
-    /// [`Coordinator::note_success`]).
+    /// Applies the evidence noted since the last call (see
+    /// [`Coordinator::note_fulfilled`]).
     pub fn apply_pending_successes(&self) {
         drop(self.lock_decisions());
     }
 
-    /// Applies the coalesced successes of [`Coordinator::note_success`]
-    /// (the caller holds the decision lock).
+    /// Applies the coalesced evidence of [`Coordinator::note_fulfilled`]
+    /// and its siblings (the caller holds the decision lock).
     fn apply_pending_successes_locked(&self) {
-        // One pass over what is pending now: successes noted meanwhile wait
-        // for the next call, so a steady stream of them cannot keep the
+        // One pass over what is pending now: evidence noted meanwhile waits
+        // for the next call, so a steady stream of it cannot keep the
         // decision lock held.
         let pending = std::mem::take(
             &mut *self
-                .pending_successes
+                .pending_evidence
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for (peer, count) in pending {
-            if let Err(e) = self.record_interactions_locked(&peer, Interaction::Success, count) {
-                // The peer was removed meanwhile, or the store failed: the
-                // evidence is dropped, nothing else depends on it.
-                tracing::debug!(peer = %peer, "cannot apply coalesced successes: {e}");
+        for (peer, evidence) in pending {
+            for (interaction, count) in [
+                (Interaction::Observed, evidence.observed),
+                (Interaction::Failure, evidence.failed),
+                (Interaction::Success, evidence.fulfilled),
+            ] {
+                if count == 0 {
+                    continue;
+                }
+                if let Err(e) = self.record_interactions_locked(&peer, interaction, count) {
+                    // The peer was removed meanwhile, or the store failed:
+                    // the evidence is dropped, nothing else depends on it.
+                    tracing::debug!(peer = %peer, "cannot apply coalesced evidence: {e}");
+                }
             }
         }
     }
@@ -1231,7 +1578,8 @@ impl Coordinator {
     }
 
     /// Records `count` interactions of one kind (threats and signature
-    /// failures always come one at a time).
+    /// failures always come one at a time). Successes count toward
+    /// promotion only within the hourly cap of [`EarningRules`].
     fn record_interactions_locked(
         &self,
         node_id: &str,
@@ -1239,12 +1587,17 @@ impl Coordinator {
         count: u64,
     ) -> Result<TrustOutcome> {
         let now = self.now();
+        let cap = self.earning.counted_per_hour;
         let updated = self.store.update_peer(node_id, move |r| {
             let m = &mut r.metrics;
             match interaction {
                 Interaction::Success => {
-                    m.interactions += count;
-                    m.successes += count;
+                    let counted = m.earned.credit(now, count, cap);
+                    m.interactions += counted;
+                    m.successes += counted;
+                }
+                Interaction::Observed => {
+                    m.observed = m.observed.saturating_add(count);
                 }
                 Interaction::Failure => {
                     m.interactions += count;
@@ -1418,7 +1771,11 @@ impl Coordinator {
     fn spend_request(&self, record: &PeerRecord, now: u64) -> Result<plugin::SpendRequest> {
         let node_id = record.node_id();
         let window = |span: u64| -> Result<plugin::SpendWindow> {
-            let w = self.store.spend_window(node_id, now.saturating_sub(span))?;
+            let w = self.store.spend_window(
+                node_id,
+                now.saturating_sub(span),
+                record.breaker.counts_from_seq,
+            )?;
             Ok(plugin::SpendWindow {
                 window_ms: span,
                 samples: w.samples.min(u64::from(u32::MAX)) as u32,
@@ -1515,6 +1872,17 @@ impl Coordinator {
         let now = self.now();
         let correlation = correlation_id();
         let (why, id) = (reason.to_string(), correlation.clone());
+        // An operator's reactivation starts the spend windows afresh: spend
+        // reported before it cannot trip the breaker again, only new spend
+        // can. Every other change keeps where the windows count from.
+        let counts_from = if actor == Actor::Operator && to == BreakerState::Active {
+            (now, self.store.spend_next_seq(record.node_id())?)
+        } else {
+            (
+                record.breaker.counts_from_ms,
+                record.breaker.counts_from_seq,
+            )
+        };
         self.store.update_peer(record.node_id(), move |r| {
             r.breaker = BreakerInfo {
                 state: to,
@@ -1522,6 +1890,8 @@ impl Coordinator {
                 correlation_id: Some(id.clone()),
                 since_ms: now,
                 failures_since_suspend: 0,
+                counts_from_ms: counts_from.0,
+                counts_from_seq: counts_from.1,
             };
         })?;
         self.record(
@@ -1580,12 +1950,13 @@ impl Coordinator {
         records
             .iter()
             .map(|r| {
-                let hour = self
-                    .store
-                    .spend_window(r.node_id(), now.saturating_sub(HOUR_MS))?;
+                let from = r.breaker.counts_from_seq;
+                let hour =
+                    self.store
+                        .spend_window(r.node_id(), now.saturating_sub(HOUR_MS), from)?;
                 let day = self
                     .store
-                    .spend_window(r.node_id(), now.saturating_sub(DAY_MS))?;
+                    .spend_window(r.node_id(), now.saturating_sub(DAY_MS), from)?;
                 Ok(BreakerView {
                     node_id: r.node_id().to_string(),
                     breaker: r.breaker.clone(),
@@ -1784,7 +2155,7 @@ impl Coordinator {
     ) -> Result<bool> {
         let (existed, _) = ticket.wait().map_err(crate::audit::journal_error)?;
         if existed && status != AckStatus::Rejected {
-            self.note_success(&entry.target);
+            self.note_fulfilled(&entry.target);
         }
         Ok(existed)
     }
@@ -1943,6 +2314,9 @@ impl Coordinator {
         };
         for peer in peers {
             let _guard = self.lock_decisions();
+            if self.decay_locked(peer.node_id())?.is_some() {
+                report.trust_changes += 1;
+            }
             if let TrustOutcome::Changed(_) = self.evaluate_trust_locked(peer.node_id())? {
                 report.trust_changes += 1;
             }
@@ -2068,6 +2442,24 @@ pub enum InboundRefusal {
     /// refusal, for an envelope that is in fact processed.)
     #[error("IN_PROGRESS")]
     InProgress,
+}
+
+impl InboundRefusal {
+    /// Whether the refusal shows the sender misbehaving (a failure counted
+    /// in full against its trust), rather than this node's state, its
+    /// clock, a plugin of ours, or a race. Bad signatures and PII blocks
+    /// count separately, as signature failures and threats.
+    pub fn is_senders_fault(&self) -> bool {
+        matches!(
+            self,
+            InboundRefusal::MalformedFrame
+                | InboundRefusal::MessageTooLarge
+                | InboundRefusal::WrongAddress
+                | InboundRefusal::UnknownMessageType
+                | InboundRefusal::CapabilityDenied
+                | InboundRefusal::HopLimitExceeded
+        )
+    }
 }
 
 /// `(sender, envelope id)` of inbound envelopes being processed.
@@ -2277,13 +2669,18 @@ impl Coordinator {
                 if matches!(outcome, InboundCommit::Fresh { .. })
                     && ack.status != AckStatus::Rejected
                 {
-                    self.note_success(session_peer);
+                    // The peer's own initiative: it keeps the peer seen
+                    // and never earns trust (only work we ask for does).
+                    self.note_observed(session_peer);
                 }
                 Ok(Ok(ack))
             }
             // Not a refusal of the envelope: its first copy is recorded.
             Err(InboundRefusal::InProgress) => Ok(Err(InboundRefusal::InProgress)),
             Err(refusal) => {
+                if refusal.is_senders_fault() {
+                    self.note_failed(session_peer);
+                }
                 self.record(
                     AuditEvent::new(
                         EventType::MessageRejected,

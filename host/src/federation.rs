@@ -917,7 +917,9 @@ impl Federation {
                 let p = peer.clone();
                 let outcome = self
                     .blocking(move |c| {
-                        let _ = c.record_interaction(&p, Interaction::Success);
+                        // An answered heartbeat keeps the peer seen; it
+                        // never earns trust (only work we ask for does).
+                        c.note_observed(&p);
                         standing(c, &p)
                     })
                     .await;

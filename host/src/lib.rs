@@ -15,6 +15,8 @@
 //!   committing concurrent state changes and audit records together.
 //! * [`audit`]: the hash-chained audit log.
 //! * [`trust`]: capabilities per trust level.
+//! * [`trust_ledger`]: what counts as earned trust, promotion gates,
+//!   operator pins and decay.
 //! * [`breaker`]: legal circuit-breaker transitions and send gates.
 //! * [`budget`]: per-envelope budgets.
 //! * [`coordinator`]: the node's business logic over store, audit and plugins.
@@ -61,3 +63,4 @@ pub mod scaffold;
 pub mod store;
 pub mod transport;
 pub mod trust;
+pub mod trust_ledger;

@@ -11,9 +11,14 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::SignedManifest;
+use crate::trust_ledger::{EarnedLedger, OperatorLevel};
 
 /// One hour in milliseconds: the window for "two threats within an hour".
 pub const HOUR_MS: u64 = 60 * 60 * 1000;
+
+/// One day in milliseconds: the spend window, and the unit of the trust
+/// rules' "distinct days".
+pub const DAY_MS: u64 = 24 * HOUR_MS;
 
 /// The local view of how far a peer is trusted. Ordered: `Untrusted` is the
 /// lowest, `Privileged` the highest, so `level >= TrustLevel::Attested`
@@ -157,20 +162,31 @@ impl FromStr for BreakerState {
 
 /// Counters and health inputs the trust policy scores a peer on.
 ///
+/// The counters the policy scores (`interactions`, `successes`,
+/// `failures`, `threats`, `signature_failures`) cover the current *evidence
+/// period*: an operator's `trust set` closes the period, adding them to
+/// [`InteractionMetrics::archived`] and starting again from zero, so
+/// evidence older than an operator's decision never undoes it.
+///
 /// New fields must carry `#[serde(default)]` so older stored records still
 /// decode.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InteractionMetrics {
-    /// All completed interactions (messages exchanged with an outcome).
+    /// Interactions with an outcome that count: counted successes plus
+    /// every failure.
     pub interactions: u64,
-    /// Interactions that succeeded.
+    /// Successes counted toward promotion: work this node asked of the
+    /// peer and the peer fulfilled, within the hourly cap
+    /// ([`crate::trust_ledger`]).
     pub successes: u64,
-    /// Interactions that failed.
+    /// Failures, counted in full: our requests that timed out, work
+    /// reported failed, envelopes from the peer refused for its own fault.
     pub failures: u64,
-    /// Threat detections attributed to this peer, ever.
+    /// Threat detections attributed to this peer in this period.
     pub threats: u64,
-    /// Envelopes from this peer whose signature did not verify, ever.
+    /// Envelopes from this peer whose signature did not verify, in this
+    /// period.
     pub signature_failures: u64,
     /// Observed availability in `[0, 1]`.
     pub uptime: f64,
@@ -184,6 +200,33 @@ pub struct InteractionMetrics {
     /// an operator's re-admission is not undone by an old failure.
     #[serde(default)]
     pub signature_failures_since_level: u64,
+    /// What the peer did on its own initiative and we accepted (envelopes
+    /// it sent, heartbeats it answered): it keeps the peer seen, and never
+    /// earns trust.
+    pub observed: u64,
+    /// When counted successes were earned: the hourly cap's state and the
+    /// per-day history the promotion rules read.
+    pub earned: EarnedLedger,
+    /// The counters of earlier evidence periods, closed by operator
+    /// decisions.
+    pub archived: ArchivedEvidence,
+}
+
+/// Totals of evidence periods an operator closed (kept for people; no rule
+/// reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ArchivedEvidence {
+    /// Interactions.
+    pub interactions: u64,
+    /// Counted successes.
+    pub successes: u64,
+    /// Failures.
+    pub failures: u64,
+    /// Threat detections.
+    pub threats: u64,
+    /// Signature failures.
+    pub signature_failures: u64,
 }
 
 impl InteractionMetrics {
@@ -201,6 +244,29 @@ impl InteractionMetrics {
     pub fn prune_threats(&mut self, now_ms: u64) {
         let cutoff = now_ms.saturating_sub(HOUR_MS);
         self.recent_threats_ms.retain(|&t| t >= cutoff);
+    }
+
+    /// Closes the current evidence period (an operator decided): its
+    /// counters move to [`InteractionMetrics::archived`] and restart from
+    /// zero; threats within the last hour are forgotten and integrity
+    /// starts again at 1. Uptime, what was observed and the earned-day
+    /// history stay (the promotion rules only read days since the level
+    /// was reached, which the decision resets).
+    pub fn close_period(&mut self) {
+        let a = &mut self.archived;
+        a.interactions = a.interactions.saturating_add(self.interactions);
+        a.successes = a.successes.saturating_add(self.successes);
+        a.failures = a.failures.saturating_add(self.failures);
+        a.threats = a.threats.saturating_add(self.threats);
+        a.signature_failures = a.signature_failures.saturating_add(self.signature_failures);
+        self.interactions = 0;
+        self.successes = 0;
+        self.failures = 0;
+        self.threats = 0;
+        self.signature_failures = 0;
+        self.signature_failures_since_level = 0;
+        self.recent_threats_ms.clear();
+        self.integrity = 1.0;
     }
 
     /// Success ratio in `[0, 1]`; `0` when there were no interactions.
@@ -241,6 +307,13 @@ pub struct BreakerInfo {
     pub since_ms: u64,
     /// Failures reported while SUSPENDED (drives eviction).
     pub failures_since_suspend: u64,
+    /// Spend windows count only samples reported from this instant on (ms
+    /// since the Unix epoch): the operator's last reactivation, so spend
+    /// before it cannot trip the breaker again. 0: every sample counts.
+    pub counts_from_ms: u64,
+    /// The first spend sample (by the peer's report sequence) that counts;
+    /// what [`BreakerInfo::counts_from_ms`] means, exactly.
+    pub counts_from_seq: u64,
 }
 
 /// Everything this node remembers about one peer.
@@ -275,6 +348,9 @@ pub struct PeerRecord {
     /// for an operator to confirm with `trust set PEER PRIVILEGED`.
     #[serde(default)]
     pub privileged_recommended: bool,
+    /// The level an operator last set, and whether it is pinned.
+    #[serde(default)]
+    pub operator: Option<OperatorLevel>,
 }
 
 impl PeerRecord {
@@ -301,6 +377,7 @@ impl PeerRecord {
             last_seen_ms: now_ms,
             added_ms: now_ms,
             privileged_recommended: false,
+            operator: None,
         }
     }
 

@@ -699,22 +699,37 @@ impl Store {
 
     /// Spend samples of `peer` with `ts_ms >= since_ms`, oldest first.
     pub fn spend_samples(&self, peer: &str, since_ms: u64) -> Result<Vec<SpendSample>> {
+        self.spend_samples_from(peer, since_ms, 0)
+    }
+
+    /// [`Store::spend_samples`] with a report sequence number of at least
+    /// `from_seq`.
+    fn spend_samples_from(
+        &self,
+        peer: &str,
+        since_ms: u64,
+        from_seq: u64,
+    ) -> Result<Vec<SpendSample>> {
         let txn = self.db.begin_read()?;
         let spend = txn.open_table(SPEND)?;
         let mut out = Vec::new();
         for row in spend.range((peer, since_ms, 0u64)..=(peer, u64::MAX, u64::MAX))? {
-            let (_, v) = row?;
-            out.push(decode_json(v.value(), "spend")?);
+            let (k, v) = row?;
+            if k.value().2 >= from_seq {
+                out.push(decode_json(v.value(), "spend")?);
+            }
         }
         Ok(out)
     }
 
-    /// Aggregates `peer`'s samples with `ts_ms >= since_ms`; each sample's
-    /// tokens and USD are clamped to `>= 0` before summing (no credit
-    /// inflation by negative reports).
-    pub fn spend_window(&self, peer: &str, since_ms: u64) -> Result<SpendWindow> {
+    /// Aggregates `peer`'s samples with `ts_ms >= since_ms` and a report
+    /// sequence number of at least `from_seq` ([`Store::spend_next_seq`]
+    /// at an operator's reactivation; 0 for all); each sample's tokens and
+    /// USD are clamped to `>= 0` before summing (no credit inflation by
+    /// negative reports).
+    pub fn spend_window(&self, peer: &str, since_ms: u64, from_seq: u64) -> Result<SpendWindow> {
         let mut window = SpendWindow::default();
-        for s in self.spend_samples(peer, since_ms)? {
+        for s in self.spend_samples_from(peer, since_ms, from_seq)? {
             window.samples += 1;
             if !s.success {
                 window.failures += 1;
@@ -725,6 +740,14 @@ impl Store {
             }
         }
         Ok(window)
+    }
+
+    /// The sequence number `peer`'s next spend report will get: reports
+    /// from now on have at least this one.
+    pub fn spend_next_seq(&self, peer: &str) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(SPEND_INDEX)?;
+        Ok(index.get(peer)?.map(|v| v.value().1).unwrap_or(0))
     }
 
     /// Number of samples kept for `peer`.
@@ -1616,7 +1639,7 @@ mod tests {
         }
         let store = Store::open_in_home(dir.path())?;
         assert!(store.get_peer("alpha")?.is_some());
-        assert_eq!(store.spend_window("alpha", 0)?.failures, 1);
+        assert_eq!(store.spend_window("alpha", 0, 0)?.failures, 1);
         assert!(store.dedupe_contains("alpha", "env-1")?);
         assert_eq!(
             store.outbox_get("env-9")?.map(|e| e.bytes.to_vec()),
@@ -1634,12 +1657,18 @@ mod tests {
         store.record_spend("p", &sample(200, -500, -3.0, false))?;
         store.record_spend("p", &sample(300, 10, 0.25, false))?;
         store.record_spend("q", &sample(300, 99, 9.0, false))?;
-        let all = store.spend_window("p", 0)?;
+        let all = store.spend_window("p", 0, 0)?;
         assert_eq!(all.samples, 3);
         assert_eq!(all.failures, 2);
         assert_eq!(all.tokens, 1010);
         assert!((all.usd - 1.75).abs() < 1e-12);
-        let recent = store.spend_window("p", 200)?;
+        // Counting from a report sequence number (an operator's
+        // reactivation) leaves out the earlier reports.
+        let next = store.spend_next_seq("p")?;
+        assert_eq!(next, 3);
+        assert_eq!(store.spend_window("p", 0, 2)?.samples, 1);
+        assert_eq!(store.spend_window("p", 0, next)?.samples, 0);
+        let recent = store.spend_window("p", 200, 0)?;
         assert_eq!((recent.samples, recent.failures, recent.tokens), (2, 2, 10));
         assert!((recent.usd - 0.25).abs() < 1e-12);
         // Raw values are kept as reported.

@@ -138,18 +138,29 @@ fn tampered_and_malformed_manifests_change_nothing() {
 }
 
 #[test]
-fn trust_is_earned_through_interactions_at_the_default_thresholds() {
+fn trust_is_earned_through_fulfilled_work_and_time_at_the_default_thresholds() {
     let n = with_peer("alpha", "beta");
-    for i in 0..49 {
+    for i in 0..60 {
         let out = n
             .coordinator
             .report_spend(spend("beta", 0.001, true))
             .unwrap();
-        assert!(
-            !matches!(out.trust, TrustOutcome::Changed(_)),
-            "promoted early at {i}"
-        );
+        match out.trust {
+            TrustOutcome::Changed(c) => panic!("promoted on the first day at {i}: {c:?}"),
+            // From the 50th on the plugin asks; the host holds it back.
+            TrustOutcome::Held {
+                to, waiting_for, ..
+            } => {
+                assert!(i >= 49, "held at {i}");
+                assert_eq!(to, TrustLevel::Attested);
+                assert!(waiting_for.contains("1 day at VERIFIED"), "{waiting_for}");
+            }
+            _ => assert!(i < 49, "not held at {i}"),
+        }
     }
+    // A day later, one more completed task: 24 h at VERIFIED, two active
+    // days, 61 counted interactions.
+    n.clock.advance(24 * 3_600_000);
     let out = n
         .coordinator
         .report_spend(spend("beta", 0.001, true))
@@ -162,7 +173,7 @@ fn trust_is_earned_through_interactions_at_the_default_thresholds() {
             );
             assert!(change.actor.starts_with("plugin:"), "{}", change.actor);
         }
-        other => panic!("expected a promotion at 50 interactions, got {other:?}"),
+        other => panic!("expected a promotion on the second day, got {other:?}"),
     }
     assert_eq!(
         n.coordinator.peer("beta").unwrap().trust_level,
@@ -174,21 +185,39 @@ fn trust_is_earned_through_interactions_at_the_default_thresholds() {
 fn operator_sets_trust_with_a_reason_and_bad_input_changes_nothing() {
     let n = with_peer("alpha", "beta");
     let before = state(&n.coordinator);
-    let cases: [(&str, &str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str, &str); 4] = [
         ("beta", "sideways", "because", "INVALID_LEVEL"),
         ("beta", "attested", "", "INVALID_INPUT"),
         ("beta", "attested", "two\nlines", "INVALID_INPUT"),
-        ("beta", "VERIFIED", "already", "ILLEGAL_TRANSITION"),
         ("gamma", "attested", "who?", "UNKNOWN_PEER"),
     ];
     for (peer, level, reason, code) in cases {
-        let err = n.coordinator.set_trust(peer, level, reason).unwrap_err();
+        let err = n
+            .coordinator
+            .set_trust(peer, level, reason, true)
+            .unwrap_err();
         assert_eq!(err.code(), code, "{peer} {level} {reason:?}: {err}");
     }
     assert_eq!(state(&n.coordinator), before);
+    // The level it has, pinned: only the pin changes; again, nothing does.
     let change = n
         .coordinator
-        .set_trust("beta", "privileged", "lab machine")
+        .set_trust("beta", "VERIFIED", "hold it here", true)
+        .unwrap();
+    assert_eq!(
+        (change.from, change.to),
+        (TrustLevel::Verified, TrustLevel::Verified)
+    );
+    let after_pin = state(&n.coordinator);
+    let err = n
+        .coordinator
+        .set_trust("beta", "verified", "again", true)
+        .unwrap_err();
+    assert_eq!(err.code(), "ILLEGAL_TRANSITION", "{err}");
+    assert_eq!(state(&n.coordinator), after_pin);
+    let change = n
+        .coordinator
+        .set_trust("beta", "privileged", "lab machine", true)
         .unwrap();
     assert_eq!(change.to, TrustLevel::Privileged);
     assert_eq!(change.actor, "operator");
@@ -204,7 +233,7 @@ fn operator_sets_trust_with_a_reason_and_bad_input_changes_nothing() {
 fn plugins_cannot_promote_untrusted_peers() {
     let n = with_peer("alpha", "beta");
     n.coordinator
-        .set_trust("beta", "untrusted", "testing")
+        .set_trust("beta", "untrusted", "testing", true)
         .unwrap();
     for _ in 0..60 {
         n.coordinator
@@ -221,7 +250,7 @@ fn plugins_cannot_promote_untrusted_peers() {
 fn breaker_lifecycle_suspend_refuse_evict_reactivate() {
     let n = with_peer("alpha", "beta");
     n.coordinator
-        .set_trust("beta", "attested", "bootstrap")
+        .set_trust("beta", "attested", "bootstrap", true)
         .unwrap();
     // 50 samples in the hour, more than half failed → SUSPENDED.
     let mut suspended = false;
@@ -364,7 +393,7 @@ fn sends_pass_gates_budget_and_pii_before_the_outbox() {
     let err = send("task-assignment", json!({"task": "x"}), None).unwrap_err();
     assert_eq!(err.code(), "CAPABILITY_DENIED");
     n.coordinator
-        .set_trust("beta", "attested", "bootstrap")
+        .set_trust("beta", "attested", "bootstrap", true)
         .unwrap();
     let before_outbox = n.coordinator.store().outbox_len().unwrap();
     for (budget, code) in [
@@ -435,7 +464,7 @@ fn sends_pass_gates_budget_and_pii_before_the_outbox() {
 fn threats_and_signature_failures_drop_to_untrusted() {
     let n = with_peer("alpha", "beta");
     n.coordinator
-        .set_trust("beta", "trusted", "bootstrap")
+        .set_trust("beta", "trusted", "bootstrap", true)
         .unwrap();
     let mut payload = json!({"secret": "ssn 123-45-6789"});
     let level = TrustLevel::Trusted;
@@ -459,7 +488,7 @@ fn threats_and_signature_failures_drop_to_untrusted() {
 
     let n = with_peer("alpha", "gamma");
     n.coordinator
-        .set_trust("gamma", "attested", "bootstrap")
+        .set_trust("gamma", "attested", "bootstrap", true)
         .unwrap();
     n.coordinator
         .record_interaction("gamma", Interaction::SignatureFailure)
@@ -470,7 +499,7 @@ fn threats_and_signature_failures_drop_to_untrusted() {
     );
     // The operator may re-admit; the old failure does not undo it.
     n.coordinator
-        .set_trust("gamma", "verified", "key rotated, re-verified")
+        .set_trust("gamma", "verified", "key rotated, re-verified", true)
         .unwrap();
     n.coordinator
         .record_interaction("gamma", Interaction::Success)
@@ -517,7 +546,7 @@ fn state_survives_reopening() {
     {
         let c = Coordinator::open(home.path(), options()).unwrap();
         c.add_peer(&manifest).unwrap();
-        c.set_trust("beta", "attested", "bootstrap").unwrap();
+        c.set_trust("beta", "attested", "bootstrap", true).unwrap();
         c.report_spend(spend("beta", 6.0, true)).unwrap();
     }
     let c = Coordinator::open(home.path(), options()).unwrap();
@@ -540,10 +569,10 @@ fn pair() -> (Node, Node) {
     beta.coordinator.add_peer(&alpha_manifest).unwrap();
     alpha
         .coordinator
-        .set_trust("beta", "attested", "bootstrap")
+        .set_trust("beta", "attested", "bootstrap", true)
         .unwrap();
     beta.coordinator
-        .set_trust("alpha", "attested", "bootstrap")
+        .set_trust("alpha", "attested", "bootstrap", true)
         .unwrap();
     (alpha, beta)
 }
@@ -593,7 +622,9 @@ fn inbound_envelopes_are_processed_exactly_once() {
     let (alpha, beta) = pair();
     let interactions =
         |n: &Node, peer: &str| n.coordinator.peer(peer).unwrap().metrics.interactions;
-    let received_before = interactions(&alpha, "beta");
+    let observed = |n: &Node, peer: &str| n.coordinator.peer(peer).unwrap().metrics.observed;
+    let received_before = observed(&alpha, "beta");
+    let counted_before = interactions(&alpha, "beta");
     let bytes = frame(
         &beta,
         "alpha",
@@ -615,9 +646,11 @@ fn inbound_envelopes_are_processed_exactly_once() {
     assert_eq!(ack.status, AckStatus::Replied);
     assert_eq!(ack.reply.unwrap()["type"], "pong");
     assert_eq!(alpha.coordinator.inbox(0, 10).unwrap().len(), 1);
-    // Two envelopes processed (the retransmission is not an interaction);
-    // the coalesced successes are applied before the peer is read.
-    assert_eq!(interactions(&alpha, "beta"), received_before + 2);
+    // Two envelopes processed (the retransmission is not counted); the
+    // coalesced evidence is applied before the peer is read. They were
+    // beta's initiative: observed, and no interaction that earns trust.
+    assert_eq!(observed(&alpha, "beta"), received_before + 2);
+    assert_eq!(interactions(&alpha, "beta"), counted_before);
     // The sender settles a delivery once, however many acks arrive.
     let entry = beta
         .coordinator
@@ -637,6 +670,7 @@ fn inbound_envelopes_are_processed_exactly_once() {
             .delivered(&entry, AckStatus::Accepted)
             .unwrap()
     );
+    // A delivery beta asked for and alpha fulfilled: counted.
     assert_eq!(interactions(&beta, "alpha"), delivered_before + 1);
     assert!(
         beta.coordinator
@@ -724,7 +758,7 @@ fn inbound_refusals_have_constant_codes() {
         String::from_utf8(gamma.coordinator.manifest().unwrap().to_json()).unwrap();
     beta.coordinator.add_peer(&gamma_manifest).unwrap();
     beta.coordinator
-        .set_trust("gamma", "attested", "bootstrap")
+        .set_trust("gamma", "attested", "bootstrap", true)
         .unwrap();
     let misaddressed = frame(&beta, "gamma", "task-assignment", json!({"task": "x"}));
     assert_eq!(refuse("beta", &misaddressed), R::WrongAddress);
@@ -735,14 +769,14 @@ fn inbound_refusals_have_constant_codes() {
     // Capability: alpha sees beta only as VERIFIED.
     alpha
         .coordinator
-        .set_trust("beta", "verified", "probation")
+        .set_trust("beta", "verified", "probation", true)
         .unwrap();
     let task = frame(&beta, "alpha", "task-assignment", json!({"task": "x"}));
     assert_eq!(refuse("beta", &task), R::CapabilityDenied);
     // Inbound PII that blocks counts as a threat.
     alpha
         .coordinator
-        .set_trust("beta", "attested", "probation over")
+        .set_trust("beta", "attested", "probation over", true)
         .unwrap();
     // beta's own outbound scan blocks an SSN at every level, so a
     // misbehaving sender is simulated by signing as beta directly.
@@ -950,7 +984,7 @@ fn configured_message_types_also_need_consensus_both_ways() {
         let manifest = String::from_utf8(b.coordinator.manifest().unwrap().to_json()).unwrap();
         a.coordinator.add_peer(&manifest).unwrap();
         a.coordinator
-            .set_trust(b_id, "attested", "bootstrap")
+            .set_trust(b_id, "attested", "bootstrap", true)
             .unwrap();
     }
     let send = |from: &Node, to: &str, message_type: &str| {
@@ -973,7 +1007,7 @@ fn configured_message_types_also_need_consensus_both_ways() {
     // At TRUSTED both ways it goes through.
     alpha
         .coordinator
-        .set_trust("beta", "trusted", "joint work")
+        .set_trust("beta", "trusted", "joint work", true)
         .unwrap();
     send(&alpha, "beta", "agent-handoff").expect("TRUSTED allows consensus");
     let handoff = frame(&beta, "alpha", "agent-handoff", json!({"task": "y"}));
@@ -997,14 +1031,14 @@ fn the_skew_window_is_the_receiver_s_setting() {
         receiver.coordinator.add_peer(&manifest).unwrap();
         receiver
             .coordinator
-            .set_trust("beta", "attested", "bootstrap")
+            .set_trust("beta", "attested", "bootstrap", true)
             .unwrap();
         let own = String::from_utf8(receiver.coordinator.manifest().unwrap().to_json()).unwrap();
         beta.coordinator.add_peer(&own).unwrap();
     }
     for id in ["alpha", "gamma"] {
         beta.coordinator
-            .set_trust(id, "attested", "bootstrap")
+            .set_trust(id, "attested", "bootstrap", true)
             .unwrap();
     }
     // beta's clock runs two minutes ahead of both receivers'.

@@ -804,7 +804,7 @@ fn a_node_that_moves_is_found_at_its_new_endpoint() {
 }
 
 #[test]
-fn joins_pinned_by_public_key_and_heartbeats_count_as_interactions() {
+fn joins_pinned_by_public_key_and_heartbeats_are_observed_but_earn_nothing() {
     let (mut alpha, alpha_ep) = fed_node("alpha");
     let (beta, beta_ep) = fed_node("beta");
     // Heartbeats every second on alpha's side of the session.
@@ -834,24 +834,20 @@ fn joins_pinned_by_public_key_and_heartbeats_count_as_interactions() {
         session_peers(&alpha).iter().any(|p| p == "beta")
     });
 
-    // No messages: answered heartbeats alone raise alpha's interaction
-    // count for beta.
-    let interactions = || {
-        alpha.peer("beta")["metrics"]["interactions"]
+    // No messages: answered heartbeats keep beta seen (observed), and
+    // earn it nothing toward promotion.
+    let metric = |name: &str| {
+        alpha.peer("beta")["metrics"][name]
             .as_u64()
-            .expect("interactions")
+            .unwrap_or_else(|| panic!("metrics.{name}"))
     };
-    let before = interactions();
-    wait_until(
-        "heartbeats to count as interactions",
-        SETTLE_TIMEOUT,
-        || interactions() >= before + 3,
-    );
-    assert_eq!(
-        alpha.peer("beta")["metrics"]["failures"].as_u64(),
-        Some(0),
-        "answered heartbeats are successes"
-    );
+    let before = metric("observed");
+    wait_until("heartbeats to be observed", SETTLE_TIMEOUT, || {
+        metric("observed") >= before + 3
+    });
+    assert_eq!(metric("interactions"), 0, "heartbeats earn nothing");
+    assert_eq!(metric("successes"), 0);
+    assert_eq!(metric("failures"), 0, "answered heartbeats are no failures");
     verify_audit(&alpha);
 }
 

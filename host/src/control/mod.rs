@@ -209,6 +209,7 @@ pub const METHODS: &[MethodInfo] = &[
     m("peers.remove", "federation_peers", true),
     m("trust.show", "federation_trust", false),
     m("trust.set", "federation_trust", true),
+    m("trust.unpin", "federation_trust", true),
     m("trust.evaluate", "federation_trust", true),
     m("breaker.status", "federation_breaker_status", false),
     m("breaker.evict", "federation_evict", true),
@@ -283,12 +284,17 @@ pub struct TrustSetParams {
     pub level: String,
     /// Why (audited; required).
     pub reason: String,
+    /// Set the level without pinning it: plugins may promote the peer
+    /// above it again. By default the level is pinned.
+    #[serde(default)]
+    pub unpin: bool,
 }
 
-/// `breaker.evict` and `breaker.reactivate`.
+/// `{peer, reason}`: `trust.unpin`, `breaker.evict` and
+/// `breaker.reactivate`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BreakerParams {
+pub struct ReasonParams {
     /// Peer node id.
     pub peer: String,
     /// Why (audited; required).

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{
-    AddPeerParams, AdvanceParams, AuditFilter, BreakerParams, DEFAULT_AUDIT_QUERY_LIMIT, ErrorBody,
-    ExportParams, ExportResult, MAX_AUDIT_LIMIT, MAX_ID_BYTES, MAX_REQUEST_BYTES, NoParams,
-    OptionalPeerParams, PROTOCOL_VERSION, PeerParams, ReloadParams, Response, SendParams,
-    SpendParams, TrustSetParams, VerifyResult, clip, codes,
+    AddPeerParams, AdvanceParams, AuditFilter, DEFAULT_AUDIT_QUERY_LIMIT, ErrorBody, ExportParams,
+    ExportResult, MAX_AUDIT_LIMIT, MAX_ID_BYTES, MAX_REQUEST_BYTES, NoParams, OptionalPeerParams,
+    PROTOCOL_VERSION, PeerParams, ReasonParams, ReloadParams, Response, SendParams, SpendParams,
+    TrustSetParams, VerifyResult, clip, codes,
 };
 use super::{BroadcastParams, InboxParams, InboxRemoveParams, MAX_INBOX_WAIT_MS, QueryParams};
 use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
@@ -196,15 +196,23 @@ impl Dispatcher {
             }
             "trust.show" => {
                 let p: OptionalPeerParams = decode(method, params)?;
-                let peers = match &p.peer {
-                    Some(peer) => vec![c.peer(peer)?],
-                    None => c.peers()?,
-                };
-                Ok(Value::Array(peers.iter().map(trust_view).collect()))
+                match &p.peer {
+                    // One peer: also what stands between it and its next level.
+                    Some(peer) => {
+                        let mut view = trust_view(&c.peer(peer)?);
+                        view["next"] = to_value(c.trust_next_step(peer)?)?;
+                        Ok(Value::Array(vec![view]))
+                    }
+                    None => Ok(Value::Array(c.peers()?.iter().map(trust_view).collect())),
+                }
             }
             "trust.set" => {
                 let p: TrustSetParams = decode(method, params)?;
-                to_value(c.set_trust(&p.peer, &p.level, &p.reason)?)
+                to_value(c.set_trust(&p.peer, &p.level, &p.reason, !p.unpin)?)
+            }
+            "trust.unpin" => {
+                let p: ReasonParams = decode(method, params)?;
+                to_value(c.unpin_trust(&p.peer, &p.reason)?)
             }
             "trust.evaluate" => {
                 let p: PeerParams = decode(method, params)?;
@@ -215,11 +223,11 @@ impl Dispatcher {
                 to_value(c.breaker_status(p.peer.as_deref())?)
             }
             "breaker.evict" => {
-                let p: BreakerParams = decode(method, params)?;
+                let p: ReasonParams = decode(method, params)?;
                 to_value(c.evict(&p.peer, &p.reason)?)
             }
             "breaker.reactivate" => {
-                let p: BreakerParams = decode(method, params)?;
+                let p: ReasonParams = decode(method, params)?;
                 to_value(c.reactivate(&p.peer, &p.reason)?)
             }
             "spend.report" => {
@@ -505,6 +513,9 @@ fn trust_view(p: &PeerView) -> Value {
         "failures": p.metrics.failures,
         "threats": p.metrics.threats,
         "signature_failures": p.metrics.signature_failures,
+        "observed": p.metrics.observed,
+        "over_cap": p.metrics.earned.over_cap,
+        "operator": p.operator,
         "capabilities": p.capabilities,
         "privileged_recommended": p.privileged_recommended,
     })
