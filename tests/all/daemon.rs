@@ -547,7 +547,7 @@ fn trust_promotion_at_the_default_thresholds_on_the_expected_days() {
     let mut client = Client::connect(&node.home).unwrap();
     let task = std::cell::Cell::new(0u32);
     let work_hour = |client: &mut Client| -> Vec<(u32, Value)> {
-        let outcomes = (0..40)
+        (0..40)
             .map(|_| {
                 task.set(task.get() + 1);
                 let task = task.get();
@@ -560,8 +560,7 @@ fn trust_promotion_at_the_default_thresholds_on_the_expected_days() {
                 client.call("clock.advance", json!({"ms": 90_000})).unwrap();
                 (task, out["trust"].clone())
             })
-            .collect();
-        outcomes
+            .collect()
     };
     // (day, level) whenever the level read after a working hour changed;
     // the daemon's timer may promote between reports, so the level is
