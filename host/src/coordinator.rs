@@ -1250,7 +1250,8 @@ impl Coordinator {
                 Some(t) => format!(
                     "{} at the earliest in {} (with steady work at {} counted interactions an hour)",
                     gates.to,
-                    trust_ledger::duration_text(t.saturating_sub(now)),
+                    // Rounded up to the minute: "in 7 days", not "6 days 23 h".
+                    trust_ledger::duration_text(t.saturating_sub(now).div_ceil(60_000) * 60_000),
                     self.earning.counted_per_hour
                 ),
                 None => format!(

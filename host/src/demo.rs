@@ -270,7 +270,7 @@ pub fn run(keep: bool) -> Result<()> {
     step(
         5,
         "Raise trust with operator reasons",
-        "Peers start VERIFIED (status and ping only). Operators raise them, with a reason\nthat goes to the audit log: bob and alice ATTESTED each other, carol and alice TRUSTED.",
+        "Peers start VERIFIED (status and ping only). Operators raise them, with a reason\nthat goes to the audit log: bob and alice ATTESTED each other, carol and alice TRUSTED.\nA level an operator sets is pinned (no plugin promotes above it) unless --unpin says\nthe peer may earn more, as alice says of bob.",
     );
     cluster.show(
         "alice",
@@ -279,6 +279,7 @@ pub fn run(keep: bool) -> Result<()> {
             "set",
             "bob",
             "attested",
+            "--unpin",
             "--reason",
             "demo: bob is the team build server",
         ],
@@ -321,6 +322,10 @@ pub fn run(keep: bool) -> Result<()> {
         true,
     )?;
     cluster.show("alice", &["peers"], true)?;
+    println!(
+        "\n  How would bob earn TRUSTED in alice's view? Only by doing work alice asks of it\n  (deliveries it acknowledges, queries it answers), at most 60 counted an hour, on 5\n  distinct days, after 7 days at ATTESTED; messages bob sends and heartbeats earn\n  nothing. `trust show` says what is met and the earliest it could happen:"
+    );
+    cluster.show("alice", &["trust", "show", "bob"], true)?;
 
     step(
         6,
@@ -433,6 +438,10 @@ pub fn run(keep: bool) -> Result<()> {
         ],
         true,
     )?;
+    println!(
+        "\n  The reactivation holds: spend windows now count from it (COUNTS FROM), so the $6.20\n  reported before cannot suspend bob again at the next tick; only new spend can."
+    );
+    cluster.show("alice", &["breaker", "status", "bob"], true)?;
     cluster.show(
         "alice",
         &[

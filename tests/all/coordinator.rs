@@ -15,10 +15,10 @@ use serde_json::json;
 
 const START_MS: u64 = 1_800_000_000_000;
 
-struct Node {
+pub(crate) struct Node {
     _home: tempfile::TempDir,
-    clock: Arc<ManualClock>,
-    coordinator: Coordinator,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) coordinator: Coordinator,
 }
 
 fn init_home(home: &Path, node_id: &str) {
@@ -31,12 +31,12 @@ fn init_home(home: &Path, node_id: &str) {
     .expect("init identity");
 }
 
-fn node(node_id: &str) -> Node {
+pub(crate) fn node(node_id: &str) -> Node {
     node_with_config(node_id, None)
 }
 
 /// A node whose `agentfed.toml` is `config` (the defaults without one).
-fn node_with_config(node_id: &str, config: Option<&str>) -> Node {
+pub(crate) fn node_with_config(node_id: &str, config: Option<&str>) -> Node {
     let home = tempfile::tempdir().unwrap();
     init_home(home.path(), node_id);
     if let Some(config) = config {
@@ -72,17 +72,17 @@ fn options() -> CoordinatorOptions {
 }
 
 /// A second node's signed manifest, as `agentfed manifest` would print it.
-fn peer_manifest(node_id: &str) -> String {
+pub(crate) fn peer_manifest(node_id: &str) -> String {
     String::from_utf8(node(node_id).coordinator.manifest().unwrap().to_json()).unwrap()
 }
 
-fn with_peer(node_id: &str, peer: &str) -> Node {
+pub(crate) fn with_peer(node_id: &str, peer: &str) -> Node {
     let n = node(node_id);
     n.coordinator.add_peer(&peer_manifest(peer)).unwrap();
     n
 }
 
-fn spend(peer: &str, usd: f64, success: bool) -> SpendReport {
+pub(crate) fn spend(peer: &str, usd: f64, success: bool) -> SpendReport {
     SpendReport {
         peer: peer.into(),
         task_id: "task-1".into(),

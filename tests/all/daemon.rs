@@ -1153,3 +1153,87 @@ fn pipelined_sends_are_answered_in_order_each_with_its_own_outcome() {
     assert_eq!(status["outbox"], queued);
     assert_eq!(queued, 42);
 }
+
+#[test]
+fn an_operators_reactivation_holds_through_the_following_ticks() {
+    // The demo's breaker scene, continued past the timer tick it skips.
+    let (mut node, _beta) = node_with_peer("keeper");
+    let report = |task: &str, usd: &str| {
+        node.run(&[
+            "spend", "report", "beta", "--task", task, "--tokens", "100", "--usd", usd, "--json",
+        ])
+        .json()
+    };
+    let out = report("big-job", "5.70");
+    assert_eq!(out["breaker"]["to"], "SUSPENDED", "{out}");
+    advance(&node, 31 * 60 * 1000);
+    node.run(&[
+        "reactivate",
+        "beta",
+        "--reason",
+        "limit discussed with finance",
+    ])
+    .ok();
+    let reactivated = node.run(&["breaker", "status", "beta", "--json"]).json();
+    let counts_from = reactivated[0]["counts_from_ms"].as_u64().unwrap();
+    assert!(counts_from > 0, "{reactivated}");
+    assert_eq!(reactivated[0]["usd_last_day"], 0.0, "{reactivated}");
+    // Ticks over the next hour, the old $5.70 still inside the 24 h window.
+    let mut client = Client::connect(&node.home).unwrap();
+    for _ in 0..6 {
+        client
+            .call("clock.advance", json!({"ms": 10 * 60 * 1000, "tick": true}))
+            .unwrap();
+        assert_eq!(breaker_state(&node, "beta"), "ACTIVE");
+    }
+    let text = node.run(&["breaker", "status", "beta"]);
+    assert!(text.ok().contains("COUNTS FROM"), "{}", text.stdout);
+    // New spend over the limit trips it again.
+    report("next-1", "3.00");
+    assert_eq!(breaker_state(&node, "beta"), "ACTIVE");
+    let out = report("next-2", "2.50");
+    assert_eq!(out["breaker"]["to"], "SUSPENDED", "{out}");
+    node.stop();
+}
+
+#[test]
+fn trust_show_explains_the_next_step_and_pins_are_set_shown_and_released() {
+    let (mut node, _beta) = node_with_peer("explainer");
+    node.run(&[
+        "trust", "set", "beta", "attested", "--reason", "pilot", "--unpin",
+    ])
+    .ok();
+    let shown = node.run(&["trust", "show", "beta"]);
+    let text = shown.ok();
+    assert!(text.contains("ATTESTED (floor)"), "{text}");
+    assert!(text.contains("TRUSTED at the earliest in 7 days"), "{text}");
+    assert!(text.contains("missing 7 days at ATTESTED"), "{text}");
+    assert!(
+        text.contains("missing counted interactions on 5 distinct days"),
+        "{text}"
+    );
+    let json = node.run(&["trust", "show", "beta", "--json"]).json();
+    let next = &json[0]["next"];
+    assert_eq!(next["to"], "TRUSTED");
+    assert_eq!(next["requirements"].as_array().unwrap().len(), 3, "{next}");
+    assert_eq!(json[0]["operator"]["pinned"], false);
+
+    // Pinned: shown in `peers`, and waiting cannot lift it.
+    let set = node.run(&["trust", "set", "beta", "attested", "--reason", "hold"]);
+    assert!(set.ok().contains("pinned"), "{}", set.stdout);
+    let peers = node.run(&["peers"]);
+    assert!(peers.ok().contains("PIN"), "{}", peers.stdout);
+    let text = node.run(&["trust", "show", "beta"]).stdout;
+    assert!(text.contains("cannot happen by waiting"), "{text}");
+    assert!(text.contains("not pinned"), "{text}");
+    node.run(&["trust", "set", "beta", "attested", "--reason", "hold"])
+        .fails(2, &["already ATTESTED (pinned)"]);
+    node.run(&["trust", "unpin", "beta", "--reason", "pilot over"])
+        .ok();
+    node.run(&["trust", "unpin", "beta", "--reason", "again"])
+        .fails(2, &["not pinned"]);
+    let json = node.run(&["trust", "show", "beta", "--json"]).json();
+    assert_eq!(json[0]["operator"]["pinned"], false);
+    assert_eq!(json[0]["operator"]["level"], "ATTESTED");
+    node.stop();
+}

@@ -908,3 +908,58 @@ fn plain_ws_only_where_the_config_allows_it() {
     assert_eq!(received["details"]["session"], session, "{received}");
     verify_audit(&alpha);
 }
+
+#[test]
+fn a_burst_of_700_tasks_leaves_both_peers_attested() {
+    // The farming attempt from the issue: two nodes ATTESTED in each
+    // other's view (not pinned, so only the earning rules hold them), then
+    // 700 task-assignments in a loop. Before the rules, both sides were
+    // TRUSTED about two seconds later.
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&[
+            "trust",
+            "set",
+            peer,
+            "attested",
+            "--unpin",
+            "--reason",
+            "burst test",
+        ])
+        .ok();
+    }
+    let mut client = Client::connect(&alpha.home).expect("alpha's control socket");
+    for n in 0..700 {
+        client
+            .call(
+                "send",
+                json!({"peer": "beta", "message_type": "task-assignment", "payload": {"n": n}}),
+            )
+            .expect("send");
+    }
+    wait_until("the burst to be delivered", SETTLE_TIMEOUT, || {
+        outbox(&alpha) == 0 && inbox_len(&beta) == 700
+    });
+    let metrics = |node: &Node, peer: &str| node.peer(peer)["metrics"].clone();
+    // alpha asked, beta fulfilled: counted, but at most the hourly cap (a
+    // run straddling a clock hour may see two hours' worth).
+    let earned = metrics(&alpha, "beta");
+    let counted = earned["successes"].as_u64().unwrap();
+    assert!((60..=120).contains(&counted), "{earned}");
+    assert_eq!(
+        counted + earned["earned"]["over_cap"].as_u64().unwrap(),
+        700,
+        "{earned}"
+    );
+    // beta only received: observed, nothing earned.
+    let observed = metrics(&beta, "alpha");
+    assert!(observed["observed"].as_u64().unwrap() >= 700, "{observed}");
+    assert_eq!(observed["successes"], 0, "{observed}");
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&["trust", "evaluate", peer]).ok();
+        assert_eq!(node.peer(peer)["trust_level"], "ATTESTED");
+    }
+    verify_audit(&alpha);
+}

@@ -9,6 +9,7 @@ mod cli_errors;
 mod coordinator;
 mod daemon;
 mod demo;
+mod earned_trust;
 mod federation;
 mod harness;
 mod hostile;

@@ -197,6 +197,7 @@ fn print_peers(peers: &Value) {
             vec![
                 text(&p["node_id"]),
                 text(&p["trust_level"]),
+                pin_text(&p["operator"]),
                 score_text(&p["score"]),
                 text(&p["metrics"]["interactions"]),
                 text(&p["breaker"]["state"]),
@@ -209,6 +210,7 @@ fn print_peers(peers: &Value) {
         &[
             "PEER",
             "TRUST",
+            "PIN",
             "SCORE",
             "INTERACTIONS",
             "BREAKER",
@@ -226,7 +228,9 @@ fn print_peers(peers: &Value) {
 /// `agentfed trust` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TrustCommand {
-    /// Trust level, score and interaction counts of one peer or all.
+    /// Trust level, score and interaction counts of one peer or all. For
+    /// one peer, also what stands between it and its next level: each
+    /// condition met or missing, and the earliest time it could happen.
     Show {
         /// Peer node id (default: every peer).
         peer: Option<String>,
@@ -236,11 +240,35 @@ pub enum TrustCommand {
     },
     /// Set a peer's trust level (operator bootstrap, audited with the
     /// reason). This is also how a PRIVILEGED recommendation is confirmed.
+    ///
+    /// The level is pinned: the trust plugin may demote the peer on new
+    /// evidence but never promotes it above this level until you unpin it
+    /// (`--unpin` here, or `agentfed trust unpin`). It is also the floor
+    /// that decay stops at. Setting a level starts a new evidence period:
+    /// the interaction, success, failure, threat and signature-failure
+    /// counts the plugin scores restart from zero (earlier totals are kept
+    /// under `archived` in `peers show`), so evidence older than your
+    /// decision can neither undo it nor be spent on a promotion.
     Set {
         /// Peer node id.
         peer: String,
         /// UNTRUSTED, VERIFIED, ATTESTED, TRUSTED or PRIVILEGED (any case).
         level: String,
+        /// Why (written to the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Do not pin: the peer may earn its way above this level.
+        #[arg(long)]
+        unpin: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release the pin `trust set` put on a peer: it keeps its level and
+    /// may earn its way up again (the level stays the floor of decay).
+    Unpin {
+        /// Peer node id.
+        peer: String,
         /// Why (written to the audit log).
         #[arg(long)]
         reason: String,
@@ -274,6 +302,7 @@ pub fn trust(home: &Path, command: TrustCommand) -> CliResult {
                     vec![
                         text(&v["node_id"]),
                         text(&v["trust_level"]),
+                        pin_text(&v["operator"]),
                         score_text(&v["score"]),
                         text(&v["interactions"]),
                         text(&v["successes"]),
@@ -291,6 +320,7 @@ pub fn trust(home: &Path, command: TrustCommand) -> CliResult {
                 &[
                     "PEER",
                     "TRUST",
+                    "PIN",
                     "SCORE",
                     "INTERACTIONS",
                     "SUCCESSES",
@@ -300,28 +330,50 @@ pub fn trust(home: &Path, command: TrustCommand) -> CliResult {
                 ],
                 &rows,
             );
+            for view in items(&views) {
+                print_next_step(view);
+            }
+            Ok(())
+        }
+        TrustCommand::Unpin { peer, reason, json } => {
+            let view = call(home, "trust.unpin", json!({"peer": peer, "reason": reason}))?;
+            if json {
+                print_json(&view);
+            } else {
+                println!(
+                    "{}: unpinned at {}; it may earn its way up again",
+                    text_of(&view, "peer"),
+                    text_of(&view, "level")
+                );
+            }
             Ok(())
         }
         TrustCommand::Set {
             peer,
             level,
             reason,
+            unpin,
             json,
         } => {
             let change = call(
                 home,
                 "trust.set",
-                json!({"peer": peer, "level": level, "reason": reason}),
+                json!({"peer": peer, "level": level, "reason": reason, "unpin": unpin}),
             )?;
             if json {
                 print_json(&change);
             } else {
                 println!(
-                    "{}: {} -> {} ({})",
+                    "{}: {} -> {} ({}); {}",
                     text_of(&change, "peer"),
                     text_of(&change, "from"),
                     text_of(&change, "to"),
-                    text_of(&change, "reason")
+                    text_of(&change, "reason"),
+                    if unpin {
+                        "not pinned: it may earn its way up"
+                    } else {
+                        "pinned: no promotion above it until `agentfed trust unpin`"
+                    }
                 );
             }
             Ok(())
@@ -335,6 +387,46 @@ pub fn trust(home: &Path, command: TrustCommand) -> CliResult {
             }
             Ok(())
         }
+    }
+}
+
+/// `ATTESTED` (pinned), `ATTESTED (floor)` (set, not pinned) or empty.
+fn pin_text(operator: &Value) -> String {
+    match operator["pinned"].as_bool() {
+        Some(true) => text(&operator["level"]),
+        Some(false) => format!("{} (floor)", text(&operator["level"])),
+        None => String::new(),
+    }
+}
+
+/// The explanation `trust show PEER` prints under the table.
+fn print_next_step(view: &Value) {
+    let next = &view["next"];
+    if next.is_null() {
+        return;
+    }
+    println!();
+    println!("{}: {}", text(&view["node_id"]), text(&next["summary"]));
+    for r in items(&next["requirements"]) {
+        let status = if r["met"] == Value::Bool(true) {
+            "met    "
+        } else {
+            "missing"
+        };
+        let when = match r["earliest_ms"].as_u64() {
+            Some(_) if r["met"] == Value::Bool(true) => String::new(),
+            Some(_) => format!("; earliest {}", time_text(&r["earliest_ms"])),
+            None if r["met"] == Value::Bool(true) => String::new(),
+            None => "; not by waiting".to_string(),
+        };
+        println!(
+            "  {status} {} (has: {}{when})",
+            text(&r["rule"]),
+            text(&r["have"])
+        );
+    }
+    if next["earliest_ms"].is_u64() {
+        println!("  earliest: {}", time_text(&next["earliest_ms"]));
     }
 }
 
@@ -358,6 +450,12 @@ fn outcome_text(o: &Value) -> String {
             "PRIVILEGED recommended (score {}); confirm with: agentfed trust set PEER PRIVILEGED --reason …",
             score_text(&o["score"])
         ),
+        "held" => format!(
+            "held at its level (score {}; the plugin asks for {}, which waits for: {})",
+            score_text(&o["score"]),
+            text(&o["to"]),
+            text(&o["waiting_for"])
+        ),
         "refused" => format!("plugin decision refused: {}", text(&o["reason"])),
         "plugin_failed" => format!("plugin failed ({}); nothing changed", text(&o["code"])),
         _ => o.to_string(),
@@ -371,8 +469,10 @@ fn outcome_text(o: &Value) -> String {
 /// `agentfed breaker` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BreakerCommand {
-    /// Breaker state of one peer or all: state, since when, why, and
-    /// whether an operator may reactivate it.
+    /// Breaker state of one peer or all: state, since when, why, whether
+    /// an operator may reactivate it, and from when its spend windows count
+    /// (an operator's reactivation starts them afresh: spend reported
+    /// before it cannot trip the breaker again).
     Status {
         /// Peer node id (default: every peer).
         peer: Option<String>,
@@ -404,6 +504,7 @@ pub fn breaker(home: &Path, command: BreakerCommand) -> CliResult {
                     "no".into()
                 },
                 format!("{:.2}", v["usd_last_day"].as_f64().unwrap_or(0.0)),
+                time_text(&v["counts_from_ms"]),
                 format!(
                     "{}/{}",
                     text(&v["failures_last_hour"]),
@@ -420,6 +521,7 @@ pub fn breaker(home: &Path, command: BreakerCommand) -> CliResult {
             "SINCE",
             "REACTIVATE OK",
             "USD 24H",
+            "COUNTS FROM",
             "FAIL/SAMPLES 1H",
             "REASON",
         ],
