@@ -963,3 +963,129 @@ fn a_burst_of_700_tasks_leaves_both_peers_attested() {
     }
     verify_audit(&alpha);
 }
+
+#[test]
+fn a_pair_on_fake_clocks_earns_trusted_on_the_expected_day_and_not_before() {
+    // Two daemons on fake clocks moved together, ten days of a realistic
+    // pattern in alpha's view of beta:
+    // * days 0-1, beta VERIFIED: alpha asks beta 30 `ping` queries a day,
+    //   which beta answers (ATTESTED needs 24 h, 2 active days, 50);
+    // * from day 1, beta ATTESTED: alpha delivers 80 task-assignments a day
+    //   in two working hours (TRUSTED needs 7 days at ATTESTED, 5 active
+    //   days, 500).
+    let start = crate::harness::FAKE_START_MS.to_string();
+    let fake = |name: &str| {
+        let endpoint = format!("wss://127.0.0.1:{}", crate::harness::free_port());
+        let mut node = Node::init_at(name, &endpoint);
+        crate::harness::fast_retries(&node);
+        node.start(&["--fake-clock-ms", &start]);
+        (node, endpoint)
+    };
+    let (alpha, alpha_ep) = fake("alpha");
+    let (beta, beta_ep) = fake("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    // beta lets alpha send it work; alpha raises nobody: beta must earn it.
+    beta.run(&[
+        "trust",
+        "set",
+        "alpha",
+        "attested",
+        "--reason",
+        "alpha's tasks welcome",
+    ])
+    .ok();
+    let mut clients: Vec<Client> = [&alpha, &beta]
+        .iter()
+        .map(|n| Client::connect(&n.home).expect("control socket"))
+        .collect();
+    let mut advance = |ms: u64| {
+        for client in clients.iter_mut() {
+            client
+                .call("clock.advance", json!({"ms": ms, "tick": true}))
+                .expect("clock.advance");
+        }
+    };
+    let level = || {
+        alpha.peer("beta")["trust_level"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut alpha_client = Client::connect(&alpha.home).expect("control socket");
+    let mut history = Vec::new();
+    let mut sent = 0u64;
+    for day in 0..10u64 {
+        if level() == "VERIFIED" {
+            for _ in 0..30 {
+                // Sessions live on the fake clock: a jump can expire one,
+                // and the nodes redial; a query meanwhile is retried.
+                let deadline = Instant::now() + SETTLE_TIMEOUT;
+                let reply = loop {
+                    match alpha_client.call(
+                        "query",
+                        json!({"peer": "beta", "message_type": "ping", "payload": {}}),
+                    ) {
+                        Ok(reply) => break reply,
+                        Err(e) if Instant::now() < deadline => {
+                            eprintln!("query retried: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) => panic!("ping query: {e}"),
+                    }
+                };
+                assert_eq!(reply["status"], "replied", "{reply}");
+                advance(60_000);
+            }
+        } else {
+            for _hour in 0..2 {
+                for n in 0..40 {
+                    alpha_client
+                        .call(
+                            "send",
+                            json!({"peer": "beta", "message_type": "task-assignment", "payload": {"day": day, "n": n}}),
+                        )
+                        .expect("send");
+                }
+                sent += 40;
+                // Retries are due on the fake clock: nudge it (both
+                // clocks, a second at a time) while delivery catches up.
+                let deadline = Instant::now() + SETTLE_TIMEOUT;
+                let mut nudged = 0;
+                while outbox(&alpha) > 0 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the hour's tasks were not delivered"
+                    );
+                    advance(1_000);
+                    nudged += 1_000;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                advance(3_600_000_u64.saturating_sub(nudged));
+            }
+        }
+        history.push((day, level()));
+        // The rest of the day, in hours, the timers ticking.
+        let used = if day == 0 || history.iter().all(|(_, l)| l == "VERIFIED") {
+            30 * 60_000
+        } else {
+            2 * 3_600_000
+        };
+        let mut rest = 24 * 3_600_000 - used;
+        while rest > 0 {
+            let step = rest.min(3_600_000);
+            advance(step);
+            rest -= step;
+        }
+    }
+    assert!(sent >= 500, "{sent}");
+    let first = |wanted: &str| history.iter().find(|(_, l)| l == wanted).map(|(d, _)| *d);
+    assert_eq!(first("ATTESTED"), Some(1), "{history:?}");
+    assert_eq!(first("TRUSTED"), Some(8), "{history:?}");
+    // beta's view of alpha: held by its operator, and alpha never did work
+    // for beta, so nothing was earned there.
+    let beta_view = beta.peer("alpha");
+    assert_eq!(beta_view["trust_level"], "ATTESTED");
+    assert_eq!(beta_view["metrics"]["successes"], 0, "{beta_view}");
+    verify_audit(&alpha);
+    verify_audit(&beta);
+}
