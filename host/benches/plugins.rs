@@ -17,6 +17,8 @@ use agentfed::plugin::{
     SpendWindow, StringValue, TrustLevel,
 };
 
+use agentfed::trust_ledger::{EarnedLedger, EarningRules, promotion_gates};
+
 const REFERENCE: &str = "contact me at bob@example.com or 555-123-4567, ssn 123-45-6789 ";
 
 fn main() {
@@ -84,6 +86,29 @@ fn main() {
         "trust decision, warm",
         per_call(rounds, || {
             trust.evaluate_trust(&peer).expect("trust");
+        }),
+        Some(Duration::from_micros(5)),
+    );
+    // What the host adds to a promotion: its earning rules over a peer with
+    // a full ledger (400 active days), and the plugin call together.
+    let rules = EarningRules::default();
+    let mut ledger = EarnedLedger::default();
+    for day in 0..400u64 {
+        ledger.credit(day * 86_400_000, 30, rules.counted_per_hour);
+    }
+    let now = 400 * 86_400_000;
+    report(
+        "trust decision with the host's earning rules, warm",
+        per_call(rounds, || {
+            trust.evaluate_trust(&peer).expect("trust");
+            std::hint::black_box(promotion_gates(
+                &rules,
+                agentfed::model::TrustLevel::Attested,
+                now - 8 * 86_400_000,
+                &ledger,
+                None,
+                now,
+            ));
         }),
         Some(Duration::from_micros(5)),
     );
