@@ -105,6 +105,9 @@ pub enum CoordError {
         /// The types that blocked it (never values).
         types: Vec<String>,
     },
+    /// A peer's answer is larger than this node hands to a caller.
+    #[error("REPLY_TOO_LARGE: the reply is larger than {0} bytes")]
+    ReplyTooLarge(usize),
     /// A plugin failed; the operation failed closed.
     #[error("plugin failed, failing closed: {0}")]
     Plugin(#[from] PluginError),
@@ -138,6 +141,7 @@ impl CoordError {
             CoordError::CapabilityDenied { .. } => "CAPABILITY_DENIED",
             CoordError::Budget(e) => e.code(),
             CoordError::PiiBlocked { .. } => "PII_BLOCKED",
+            CoordError::ReplyTooLarge(_) => "REPLY_TOO_LARGE",
             CoordError::Plugin(_) => "PLUGIN_FAILED",
             CoordError::Store(_) => "STORAGE",
             CoordError::Audit(_) => "AUDIT",
@@ -1972,6 +1976,45 @@ impl Coordinator {
 
     // ---- PII ----
 
+    /// Checks a query's answer from `peer` before the caller sees it: the
+    /// reply at most [`MAX_REPLY_BYTES`] as JSON, the reason one clipped
+    /// line without control characters, and both through the inbound PII
+    /// scan at the peer's level (a block counts as a threat, as for any
+    /// inbound payload). Returns them as the caller may see them.
+    pub fn check_reply(
+        &self,
+        peer: &str,
+        message_type: &str,
+        reply: Option<Value>,
+        reason: Option<String>,
+    ) -> Result<(Option<Value>, Option<String>)> {
+        let record = self.peer_record(peer)?;
+        if let Some(reply) = &reply {
+            let size = serde_json::to_vec(reply)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_REPLY_BYTES {
+                return Err(CoordError::ReplyTooLarge(MAX_REPLY_BYTES));
+            }
+        }
+        let mut answer = json!({
+            "reply": reply,
+            "reason": reason.as_deref().map(clip_reason),
+        });
+        self.scan_payload(
+            peer,
+            record.trust_level,
+            Direction::Inbound,
+            message_type,
+            &mut answer,
+        )?;
+        let reason = answer["reason"].as_str().map(str::to_string);
+        Ok((
+            Some(answer["reply"].take()).filter(|r| !r.is_null()),
+            reason,
+        ))
+    }
+
     /// Runs the PII plugin over a payload's string values and applies its
     /// answer: rewrites in place, or `PII_BLOCKED`. Audits types and
     /// counts only. A plugin failure blocks the message. A blocked inbound
@@ -2333,6 +2376,24 @@ impl Coordinator {
 fn clip_reason(reason: &str) -> String {
     let clean: String = reason.chars().filter(|c| !c.is_control()).collect();
     crate::plugin::truncate(&clean, MAX_REASON_BYTES).to_string()
+}
+
+/// The acknowledgement's reason when a handler accepted a message into the
+/// inbox from a sender whose level does not allow `receive`.
+pub const RECEIVE_DENIED_REASON: &str = "RECEIVE_DENIED: not stored; the sender's trust level does not allow receive (ATTESTED and above)";
+
+/// The acknowledgement's reason when the outbound PII scan blocked a
+/// handler's reply.
+pub const REPLY_BLOCKED_REASON: &str =
+    "PII_BLOCKED: the reply was blocked by this node's PII policy";
+
+/// Largest query reply handed to a caller, as JSON: 1 MiB, the control
+/// API's request size.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+/// Whether `s` is a session id: 32 lowercase hex digits.
+fn is_session_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Largest envelope frame accepted (the transport caps messages too).
@@ -2812,6 +2873,15 @@ impl Coordinator {
         if envelope.id.is_empty() || envelope.id.len() > crate::store::MAX_KEY_BYTES {
             return Ok(Err(R::MalformedFrame));
         }
+        // The session field is recorded in `message_received`: only its
+        // grammar (absent, null, or a session id) may reach the audit log.
+        if envelope
+            .session
+            .as_deref()
+            .is_some_and(|s| !is_session_id(s))
+        {
+            return Ok(Err(R::MalformedFrame));
+        }
         // A retransmission (the sender lost our acknowledgement) or a
         // replay: answer as before, process nothing.
         if let Some(ack) = self.processed_before(session_peer, &envelope.id)? {
@@ -2884,6 +2954,37 @@ impl Coordinator {
                 self.plugin_failed(&handler, Some(session_peer), err)?;
                 return Ok(Err(R::PluginFailed));
             }
+        };
+        // Writing into the local agent's inbox needs `receive`, whatever
+        // the handler says: a peer below ATTESTED (which may still send
+        // ping, status, heartbeat and status-broadcast) must not put text
+        // in front of the agent.
+        let decision = match decision {
+            plugin::HandlerDecision::Accept
+                if !trust::allowed(record.trust_level, Capability::Receive) =>
+            {
+                plugin::HandlerDecision::Reject(RECEIVE_DENIED_REASON.to_string())
+            }
+            // What a handler answers leaves this node: the outbound PII
+            // scan applies to it as to any payload we send this peer.
+            plugin::HandlerDecision::Reply(text) => {
+                let mut reply = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                match self.scan_payload(
+                    session_peer,
+                    record.trust_level,
+                    Direction::Outbound,
+                    &envelope.message_type,
+                    &mut reply,
+                ) {
+                    Ok(_) => plugin::HandlerDecision::Reply(reply.to_string()),
+                    Err(CoordError::PiiBlocked { .. }) => {
+                        plugin::HandlerDecision::Reject(REPLY_BLOCKED_REASON.to_string())
+                    }
+                    Err(CoordError::Plugin(_)) => return Ok(Err(R::PluginFailed)),
+                    Err(other) => return Err(other),
+                }
+            }
+            other => other,
         };
         let (ack, inbox) = match decision {
             plugin::HandlerDecision::Accept => {

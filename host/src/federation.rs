@@ -1698,29 +1698,43 @@ impl Federation {
         match reply {
             WireReply::Ack(ack) => {
                 let status = ack.status;
-                let _ = self
+                // The reply and reason are the peer's text: checked like
+                // any inbound payload before the caller sees them.
+                let checked = self
                     .blocking(move |c| {
-                        let _ = c.record_interaction(&peer_s, Interaction::Success);
-                        c.audit_event(
+                        let checked = c.check_reply(&peer_s, &mtype, ack.reply, ack.reason);
+                        let fulfilled = checked.is_ok() && status != crate::coordinator::AckStatus::Rejected;
+                        if fulfilled {
+                            let _ = c.record_interaction(&peer_s, Interaction::Success);
+                        }
+                        let _ = c.audit_event(
                             AuditEvent::new(
                                 EventType::MessageSent,
                                 format!("{mtype} query answered by {peer_s}"),
                             )
                             .with_peer(&peer_s)
                             .with_details(json!({"envelope_id": id, "message_type": mtype, "state": "answered", "status": status})),
-                        )
+                        );
+                        checked
                     })
-                    .await;
+                    .await?;
+                let (reply, reason) = checked
+                    .map_err(|e| err(e.code(), format!("the reply from {peer}: {e}"), false))?;
                 Ok(json!({
                     "peer": peer,
                     "envelope_id": receipt.envelope_id,
-                    "status": ack.status,
-                    "reply": ack.reply,
-                    "reason": ack.reason,
+                    "status": status,
+                    "reply": reply,
+                    "reason": reason,
                     "pii": receipt.pii,
                 }))
             }
             WireReply::Refused(code) => {
+                // Validated before anything records it: a peer's refusal
+                // code is a constant of the protocol or nothing.
+                let code = crate::transport::handshake::RejectCode::new(&code)
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| "REFUSED".into());
                 let c2 = code.clone();
                 let _ = self
                     .blocking(move |c| {
@@ -1736,9 +1750,6 @@ impl Federation {
                         )
                     })
                     .await;
-                let code = crate::transport::handshake::RejectCode::new(&code)
-                    .map(|c| c.as_str().to_string())
-                    .unwrap_or_else(|| "REFUSED".into());
                 Err(err(
                     &code,
                     format!("{peer} refused the query: {code}"),

@@ -1152,3 +1152,98 @@ fn suspended_and_evicted_senders_are_refused_per_message_and_at_the_handshake() 
     let v = arena.target.run(&["audit", "verify", "--json"]).json();
     assert_eq!(v["ok"], true, "{v}");
 }
+
+#[test]
+fn hostile_query_answers_are_scanned_escaped_and_never_recorded_raw() {
+    use agentfed::coordinator::{Ack, AckStatus};
+    let arena = Arena::new();
+    let rt = runtime();
+    let liar = Raw::new("mallory-answers");
+    liar.introduce(&arena, "attested");
+    let conn = block(
+        &rt,
+        "liar session",
+        liar.connect(&arena.endpoint, arena.pin.clone()),
+    )
+    .expect("an ATTESTED peer gets a session");
+    wait_until("alpha to see the liar's session", SETTLE, || {
+        session_peers(&arena.target).contains(&"mallory-answers".to_string())
+    });
+    // The liar answers alpha's queries, in order, with these.
+    let escape = "\u{1b}[2J\u{1b}[1;1Hall good\u{9b}31m";
+    let answers: Vec<Box<dyn Fn(String) -> WireReply + Send>> = vec![
+        // 1. Personal data that blocks at ATTESTED.
+        Box::new(|id| {
+            WireReply::Ack(Ack {
+                envelope_id: id,
+                status: AckStatus::Replied,
+                reply: Some(json!({"ssn": "123-45-6789", "card": "4111 1111 1111 1111"})),
+                reason: None,
+            })
+        }),
+        // 2. Terminal escapes in a reply and a reason.
+        Box::new(move |id| {
+            WireReply::Ack(Ack {
+                envelope_id: id,
+                status: AckStatus::Replied,
+                reply: Some(json!({"note": escape})),
+                reason: Some(format!("{escape}{}", "r".repeat(3000))),
+            })
+        }),
+        // 3. A refusal "code" that is no code: escapes and 3,000 bytes.
+        Box::new(move |_| WireReply::Refused(format!("{escape}{}", "X".repeat(3000)))),
+    ];
+    let (handle, mut incoming) = conn.into_parts();
+    let responder = rt.spawn(async move {
+        for answer in answers {
+            let Some(mut message) = incoming.recv().await else {
+                return;
+            };
+            let responder = message.take_responder().expect("a query expects a reply");
+            let (_, _, frame) = message.into_parts();
+            let reply = answer(envelope_id(&frame));
+            let _ = responder
+                .reply(serde_json::to_vec(&reply).expect("reply JSON"))
+                .await;
+        }
+        // Keep the session open until the test ends.
+        let _ = incoming.recv().await;
+    });
+
+    let mark = arena.audit_mark();
+    // 1: the inbound PII scan blocks it; the caller never sees the data.
+    let blocked = arena.target.run(&["query", "mallory-answers", "status"]);
+    let line = blocked.fails(1, &["PII_BLOCKED"]);
+    assert!(!line.contains("123-45-6789") && !blocked.stdout.contains("4111"));
+    // 2: printed with the escapes written out; --json would keep them.
+    let shown = arena.target.run(&["query", "mallory-answers", "status"]);
+    let text = shown.ok();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{9b}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("\\u001b[2J") && text.contains("\\u{9b}"),
+        "{text}"
+    );
+    // 3: refused with a code nobody defined: recorded as REFUSED, no raw text.
+    let refused = arena.target.run(&["query", "mallory-answers", "status"]);
+    refused.fails(1, &["REFUSED"]);
+    assert!(!refused.stderr.contains('\u{1b}'));
+    let record = arena.audited(mark, "message_rejected", |r| r["peer"] == "mallory-answers");
+    assert_eq!(record["details"]["reason"], "REFUSED", "{record}");
+    let all = arena
+        .target
+        .run(&["audit", "query", "--json", "--limit", "1000"]);
+    let all = all.ok();
+    assert!(
+        !all.contains("\\u001b") && !all.contains("XXXXXXXX"),
+        "raw peer text in the audit log"
+    );
+    // The human-readable audit listing has no raw escapes either.
+    let listing = arena.target.run(&["audit", "query", "--limit", "50"]);
+    assert!(!listing.ok().contains('\u{1b}'));
+    handle.close("NORMAL");
+    responder.abort();
+    arena.still_serves("hostile answers");
+}

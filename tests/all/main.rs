@@ -13,6 +13,7 @@ mod earned_trust;
 mod federation;
 mod harness;
 mod hostile;
+mod inbound_checks;
 mod loading;
 mod node;
 mod policies;

@@ -7,7 +7,7 @@ mod guest_build;
 use std::fmt::Write;
 
 /// (constant name, package).
-const GUESTS: [(&str, &str); 9] = [
+const GUESTS: [(&str, &str); 10] = [
     ("ENDLESS_LOOP", "fixture-endless-loop"),
     ("MEMORY_HOG", "fixture-memory-hog"),
     ("PANICS", "fixture-panics"),
@@ -15,6 +15,7 @@ const GUESTS: [(&str, &str); 9] = [
     ("READS_ENV", "fixture-reads-env"),
     ("OPENS_SOCKET", "fixture-opens-socket"),
     ("STDOUT_FLOOD", "fixture-stdout-flood"),
+    ("LEAKY_HANDLER", "fixture-leaky-handler"),
     ("ALLOWLIST_TRUST", "allowlist-trust"),
     ("HIPAA_PII", "hipaa-pii"),
 ];

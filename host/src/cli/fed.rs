@@ -26,9 +26,9 @@ fn print_json(value: &Value) {
 
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => super::printable(s).into_owned(),
         Value::Null => "-".into(),
-        other => other.to_string(),
+        other => super::printable(&other.to_string()).into_owned(),
     }
 }
 
@@ -230,7 +230,7 @@ pub fn query(home: &Path, args: QueryArgs) -> CliResult {
             match (&result["reply"], &result["reason"]) {
                 (Value::Null, Value::Null) => "(no reply)".to_string(),
                 (Value::Null, reason) => text(reason),
-                (reply, _) => reply.to_string(),
+                (reply, _) => super::printable(&reply.to_string()).into_owned(),
             }
         );
     }
@@ -425,6 +425,6 @@ fn inbox_line(m: &Value) -> String {
         text(&m["seq"]),
         text(&m["from"]),
         text(&m["message_type"]),
-        m["payload"]
+        super::printable(&m["payload"].to_string())
     )
 }

@@ -166,10 +166,31 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", error_line(&err.error));
+            eprintln!("error: {}", printable(&error_line(&err.error)));
             ExitCode::from(err.code)
         }
     }
+}
+
+/// `text` safe to print on a terminal: every control character (C0, DEL
+/// and C1, which includes the 8-bit CSI) is written as a Rust escape
+/// (`\u{1b}`, `\n`), so text a peer supplied cannot move the cursor,
+/// recolour or rewrite what the operator sees. Human-readable output passes
+/// every peer-supplied string through this; `--json` output stays exact
+/// (JSON escapes C0 itself, and a JSON reader is not a terminal).
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The error and its causes on one line (`outer: cause: …`), leaving out a
@@ -270,5 +291,15 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
         let err = anyhow::Error::new(io).context("cannot read y");
         assert_eq!(error_line(&err), "cannot read y: no such file");
+    }
+
+    #[test]
+    fn peer_text_is_printable_with_every_control_character_written_out() {
+        assert_eq!(printable("plain text, ümlaut"), "plain text, ümlaut");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("x\r\ny\t"), "x\\r\\ny\\t");
+        assert_eq!(printable("\u{7f}\u{9b}31m"), "\\u{7f}\\u{9b}31m");
+        assert!(!printable("\u{0}\u{85}\u{8d}").chars().any(char::is_control));
     }
 }

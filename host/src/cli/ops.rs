@@ -1079,8 +1079,8 @@ fn peer_filter(peer: Option<&str>) -> Value {
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => super::printable(s).into_owned(),
+        other => super::printable(&other.to_string()).into_owned(),
     }
 }
 

@@ -26,8 +26,13 @@
 //! 4. `status` is answered with a `reply` carrying this node's status:
 //!    `{"type":"status","node":"<id>","version":"<agentfed version>",
 //!    "active_peers":<n>,"known_peers":<n>,"uptime_secs":<n>}`.
-//! 5. Every other known type, `heartbeat` included (the host records
-//!    heartbeats itself), is `accept`ed into the local inbox.
+//! 5. `heartbeat` and `status-broadcast` are answered with a `reply`
+//!    `{"type":"noted","of":"<type>","node":"<this node's id>","at_ms":<host clock>}`
+//!    and not stored: they are liveness and status signals that a VERIFIED
+//!    peer may send, and a peer below ATTESTED must not be able to write
+//!    into the local agent's inbox (the host refuses that anyway, whatever
+//!    a handler answers).
+//! 6. Every other known type is `accept`ed into the local inbox.
 //!
 //! The handler never returns `Err`. It has no configuration keys.
 //!
@@ -106,6 +111,12 @@ pub fn pong_json(node_id: &str, now_ms: u64) -> String {
     json!({ "type": "pong", "node": node_id, "at_ms": now_ms }).to_string()
 }
 
+/// The answer to a `heartbeat` or `status-broadcast`, which are noted and
+/// not stored: `{"type":"noted","of":"<type>","node":"<node id>","at_ms":<now_ms>}`.
+pub fn noted_json(message_type: &str, node_id: &str, now_ms: u64) -> String {
+    json!({ "type": "noted", "of": message_type, "node": node_id, "at_ms": now_ms }).to_string()
+}
+
 /// The answer to a `status` request: `{"type":"status","node":…,
 /// "version":…,"active_peers":…,"known_peers":…,"uptime_secs":…}`.
 pub fn status_json(status: &NodeStatus) -> String {
@@ -133,6 +144,11 @@ pub fn decide<N: NodeEnv + ?Sized>(message: &MessageView, node: &N) -> HandlerDe
     match message_type {
         "ping" => HandlerDecision::Reply(pong_json(&node.status().node_id, node.now_ms())),
         "status" => HandlerDecision::Reply(status_json(&node.status())),
+        "heartbeat" | "status-broadcast" => HandlerDecision::Reply(noted_json(
+            message_type,
+            &node.status().node_id,
+            node.now_ms(),
+        )),
         _ => HandlerDecision::Accept,
     }
 }
@@ -141,8 +157,7 @@ pub fn decide<N: NodeEnv + ?Sized>(message: &MessageView, node: &N) -> HandlerDe
 pub struct DefaultMessageHandler;
 
 impl MessageHandler for DefaultMessageHandler {
-    const DESCRIPTION: &'static str =
-        "answers ping and status, accepts the other known message types, rejects the rest";
+    const DESCRIPTION: &'static str = "answers ping and status, notes heartbeats and status broadcasts, accepts the other known message types, rejects the rest";
 
     fn handle(message: MessageView) -> Result<HandlerDecision, String> {
         Ok(decide(&message, &HostNode))
