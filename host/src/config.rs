@@ -302,6 +302,10 @@ pub struct TransportSection {
     /// Admit unknown peers that complete the handshake (as VERIFIED).
     /// Off: unknown peers are only admitted through an explicit `join`.
     pub accept_new_peers: bool,
+    /// At most this many peers admitted by `accept_new_peers` are known at
+    /// once (1..=10000); further strangers are refused `PEER_LIMIT` at the
+    /// handshake. Peers an operator added or joined do not count.
+    pub max_accepted_peers: u64,
     /// First retry delay (reconnects and redeliveries), ms; doubles per
     /// failed attempt.
     pub retry_base_ms: u64,
@@ -340,6 +344,7 @@ impl Default for TransportSection {
             handshake_timeout_secs: 10,
             request_timeout_ms: 10_000,
             accept_new_peers: false,
+            max_accepted_peers: 64,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
             consensus_for: Vec::new(),
@@ -504,6 +509,12 @@ impl NodeConfig {
                 600_000,
             ),
             ("transport.retry_base_ms", t.retry_base_ms, 1, 3_600_000),
+            (
+                "transport.max_accepted_peers",
+                t.max_accepted_peers,
+                1,
+                10_000,
+            ),
             ("transport.retry_max_ms", t.retry_max_ms, 1, 86_400_000),
             (
                 "transport.max_clock_skew_secs",
@@ -669,6 +680,15 @@ impl NodeConfig {
             "# Admit unknown peers that complete the handshake (as VERIFIED); off = only via `join`.",
         );
         kv(w, "accept_new_peers", &t.accept_new_peers);
+        line(
+            w,
+            "# At most this many peers admitted that way are known at once (PEER_LIMIT beyond);",
+        );
+        line(
+            w,
+            "# they are never redialed, and a peer an operator removed stays refused (PEER_REMOVED).",
+        );
+        kv(w, "max_accepted_peers", &t.max_accepted_peers);
         line(
             w,
             "# Retry delays (reconnects, redeliveries): first delay and cap, ms; doubles per failure.",

@@ -36,8 +36,8 @@ use crate::identity::{
 };
 use crate::journal::Persist;
 use crate::model::{
-    BreakerInfo, BreakerState, DAY_MS, HOUR_MS, InteractionMetrics, PeerRecord, ScoreComponents,
-    SpendSample, TrustLevel,
+    BreakerInfo, BreakerState, DAY_MS, HOUR_MS, InteractionMetrics, PeerOrigin, PeerRecord,
+    ScoreComponents, SpendSample, TrustLevel,
 };
 use crate::plugin::{
     self, HostContext, Limits, LoadedPlugin, NodeStatus, NodeStatusSource, PluginError, PluginKind,
@@ -985,6 +985,8 @@ impl Coordinator {
         let now = self.now();
         let mut record = PeerRecord::new(manifest, now);
         record.trust_level = TrustLevel::Verified;
+        // The operator's explicit decision lifts an earlier removal.
+        self.store.clear_removed(&node_id)?;
         self.store.upsert_peer(&record)?;
         self.record(
             AuditEvent::new(
@@ -1003,18 +1005,53 @@ impl Coordinator {
         Ok(peer_view(&record, now))
     }
 
-    /// Forgets a peer (its spend samples too).
+    /// Forgets a peer: its record, its spend samples and its queued
+    /// outbox messages (dropped, with their ids in the `peer_removed`
+    /// record). It goes on the removed list: its handshakes are refused
+    /// (`PEER_REMOVED`) until an operator adds or joins it again.
     pub fn remove_peer(&self, node_id: &str) -> Result<()> {
         let _guard = self.lock_decisions();
-        if !self.store.remove_peer(node_id)? {
+        let Some(removed) = self.store.remove_peer(node_id, self.now())? else {
             return Err(CoordError::UnknownPeer(clip(node_id)));
-        }
+        };
+        let dropped = &removed.dropped_envelopes;
         self.record(
-            AuditEvent::new(EventType::PeerRemoved, format!("peer {node_id} removed"))
-                .with_peer(node_id)
-                .with_actor(crate::audit::ACTOR_OPERATOR),
+            AuditEvent::new(
+                EventType::PeerRemoved,
+                format!(
+                    "peer {node_id} removed; {} queued message(s) dropped",
+                    dropped.len()
+                ),
+            )
+            .with_peer(node_id)
+            .with_actor(crate::audit::ACTOR_OPERATOR)
+            .with_details(json!({
+                "outbox_dropped": dropped.len(),
+                "dropped_envelope_ids": dropped.iter().take(100).collect::<Vec<_>>(),
+            })),
         )?;
         self.refresh_live_counts()
+    }
+
+    /// How many known peers were admitted by `accept_new_peers`.
+    pub fn accepted_new_peers(&self) -> Result<usize> {
+        Ok(self
+            .store
+            .list_peers()?
+            .iter()
+            .filter(|r| r.admitted == PeerOrigin::AcceptNew)
+            .count())
+    }
+
+    /// Whether this node keeps a session with `node_id` on its own (redials
+    /// it): only peers an operator added or joined. A stranger admitted by
+    /// `accept_new_peers` is never a redial target, so strangers cannot aim
+    /// this node's connections at hosts of their choosing.
+    pub fn redials(&self, node_id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .get_peer(node_id)?
+            .is_some_and(|r| r.admitted == PeerOrigin::Operator))
     }
 
     /// Takes the decision lock; successes noted meanwhile are applied
@@ -1148,6 +1185,9 @@ impl Coordinator {
             &self.audit,
             &change.peer,
             move |r| {
+                if to < r.trust_level {
+                    r.last_demoted_ms = now;
+                }
                 r.trust_level = to;
                 r.level_since_ms = now;
                 r.metrics.signature_failures_since_level = 0;
@@ -2246,15 +2286,43 @@ impl Coordinator {
         )?)
     }
 
-    /// An outbox entry was refused for good by its target (`code`):
-    /// removes it and audits the refusal in one commit.
+    /// Whether `entry` was queued before its target's level last went
+    /// down: it passed the capability gate and the PII scan for a level
+    /// the peer no longer holds, so it must not be delivered. Reads the
+    /// envelope's timestamp only for a peer that was ever demoted.
+    pub fn queued_before_demotion(&self, entry: &OutboxEntry) -> Result<bool> {
+        let Some(record) = self.store.get_peer(&entry.target)? else {
+            return Ok(false);
+        };
+        if record.last_demoted_ms == 0 {
+            return Ok(false);
+        }
+        #[derive(Deserialize)]
+        struct Stamp {
+            timestamp_ms: u64,
+        }
+        let stamp = envelope::SignedEnvelope::from_frame(&entry.bytes)
+            .ok()
+            .and_then(|signed| serde_json::from_slice::<Stamp>(&signed.bytes).ok());
+        // Our own envelope always parses; if it somehow does not, it is
+        // safer not to send it.
+        Ok(stamp.is_none_or(|s| s.timestamp_ms <= record.last_demoted_ms))
+    }
+
+    /// An outbox entry was refused for good by its target (`code`), or
+    /// dropped here ([`LEVEL_LOWERED`]): removes it and audits the refusal
+    /// in one commit.
     pub fn refused_for_good(&self, entry: &OutboxEntry, code: &str) -> Result<bool> {
         let (peer, id) = (entry.target.as_str(), entry.envelope_id.clone());
         // A stale envelope refused after earlier attempts may have been
         // processed by one of them (its acknowledgement lost, and the
         // receiver's record of it since forgotten): say so, not "refused".
         let outcome_unknown = code == "STALE_TIMESTAMP" && entry.attempts > 0;
-        let summary = if outcome_unknown {
+        let summary = if code == LEVEL_LOWERED {
+            format!(
+                "{id} to {peer} dropped: queued before {peer}'s trust level was lowered; not sent"
+            )
+        } else if outcome_unknown {
             format!(
                 "{id} expired undelivered to {peer} ({code} after {} attempts; an earlier attempt may have been processed); not retried",
                 entry.attempts
@@ -2386,6 +2454,10 @@ pub const RECEIVE_DENIED_REASON: &str = "RECEIVE_DENIED: not stored; the sender'
 /// handler's reply.
 pub const REPLY_BLOCKED_REASON: &str =
     "PII_BLOCKED: the reply was blocked by this node's PII policy";
+
+/// The local code of an outbox message dropped because its target was
+/// demoted after it was queued ([`Coordinator::queued_before_demotion`]).
+pub const LEVEL_LOWERED: &str = "LEVEL_LOWERED";
 
 /// Largest query reply handed to a caller, as JSON: 1 MiB, the control
 /// API's request size.
@@ -3117,6 +3189,12 @@ impl Coordinator {
 pub const ADMIT_SELF: &str = "SELF_CONNECTION";
 /// A known node id presented another Ed25519 key than the one on record.
 pub const ADMIT_KEY_MISMATCH: &str = "KEY_MISMATCH";
+/// An operator removed this peer; only an operator's `peers add` or `join`
+/// brings it back.
+pub const ADMIT_REMOVED: &str = "PEER_REMOVED";
+/// `accept_new_peers` admitted as many strangers as it may
+/// (`[transport] max_accepted_peers`).
+pub const ADMIT_PEER_LIMIT: &str = "PEER_LIMIT";
 
 /// Whether a peer that completed a handshake may have a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -3139,6 +3217,17 @@ impl Coordinator {
     /// peers are refused, and a known node id must present the key on
     /// record. A store read only; cheap enough for the handshake path.
     pub fn admit(&self, manifest: &SignedManifest) -> Result<Admission> {
+        match self.admit_for_join(manifest)? {
+            Admission::Unknown if self.store.removed_at(&manifest.manifest.node_id)?.is_some() => {
+                Ok(Admission::Refused(ADMIT_REMOVED))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// [`Coordinator::admit`] for an operator's explicit `join`, which may
+    /// bring back a peer an operator removed.
+    pub fn admit_for_join(&self, manifest: &SignedManifest) -> Result<Admission> {
         let node_id = manifest.manifest.node_id.as_str();
         if node_id == self.node_id() {
             return Ok(Admission::Refused(ADMIT_SELF));
@@ -3147,6 +3236,25 @@ impl Coordinator {
             return Ok(Admission::Unknown);
         };
         Ok(admission_of(&record, manifest))
+    }
+
+    /// Adopts `manifest` for a known peer after this node dialed the
+    /// manifest's endpoint and the peer's stored certificate answered
+    /// there with this manifest: the endpoint is proven, as over any
+    /// session this node dials.
+    pub fn adopt_manifest_proven_at_endpoint(&self, manifest: &SignedManifest) -> Result<()> {
+        manifest.verify()?;
+        let _guard = self.lock_decisions();
+        let node_id = manifest.manifest.node_id.as_str();
+        let Some(known) = self.store.get_peer(node_id)? else {
+            return Err(CoordError::UnknownPeer(clip(node_id)));
+        };
+        if known.manifest.manifest.public_key != manifest.manifest.public_key {
+            return Err(CoordError::InvalidInput(
+                "the manifest is signed by another key than the one on record".into(),
+            ));
+        }
+        self.note_presented_manifest(Some(&known), manifest, "client", self.now())
     }
 
     /// After a completed handshake with a known peer: notes that it was
@@ -3175,6 +3283,31 @@ impl Coordinator {
             return Ok(());
         };
         let new_certificate = stored.manifest.tls_fingerprint != presented.manifest.tls_fingerprint;
+        let new_endpoint = stored.manifest.endpoint != presented.manifest.endpoint;
+        if new_endpoint && !new_certificate && role != "client" {
+            // Where this node dials is not moved by what a peer says over
+            // a session it opened: the federation layer dials the new
+            // endpoint and adopts the manifest only if the same
+            // certificate answers there
+            // ([`Coordinator::adopt_manifest_proven_at_endpoint`]).
+            self.store
+                .update_peer(&node_id, move |r| r.last_seen_ms = now)?;
+            return self.record(
+                AuditEvent::new(
+                    EventType::PeerManifestUpdated,
+                    format!(
+                        "{node_id} presented a manifest naming a new endpoint over an inbound session; kept the stored one until the new endpoint proves the same identity"
+                    ),
+                )
+                .with_peer(&node_id)
+                .with_severity(crate::audit::Severity::Warning)
+                .with_details(json!({
+                    "adopted": false,
+                    "endpoint": presented.manifest.endpoint,
+                    "stored_endpoint": stored.manifest.endpoint,
+                })),
+            );
+        }
         if new_certificate && role != "client" {
             self.store
                 .update_peer(&node_id, move |r| r.last_seen_ms = now)?;
@@ -3247,9 +3380,38 @@ impl Coordinator {
             return Ok(Err(code));
         }
         let now = self.now();
+        // The handshake policy checks the cap of strangers first; checked
+        // again here, under the decision lock, so handshakes racing each
+        // other cannot add up past it.
+        if admission == Admission::Unknown
+            && role != "client"
+            && self.accepted_new_peers()? as u64 >= self.config.transport.max_accepted_peers
+        {
+            self.record(
+                AuditEvent::new(
+                    EventType::HandshakeRejected,
+                    format!("session with {node_id} refused: {ADMIT_PEER_LIMIT}"),
+                )
+                .with_peer(&node_id)
+                .with_details(
+                    json!({"reason": ADMIT_PEER_LIMIT, "session_id": session_id, "role": role}),
+                ),
+            )?;
+            return Ok(Err(ADMIT_PEER_LIMIT));
+        }
         if admission == Admission::Unknown {
             let mut record = PeerRecord::new(manifest.clone(), now);
             record.trust_level = TrustLevel::Verified;
+            // Dialed by this node (an operator's `join`), or a stranger
+            // that connected under `accept_new_peers`.
+            record.admitted = if role == "client" {
+                PeerOrigin::Operator
+            } else {
+                PeerOrigin::AcceptNew
+            };
+            if role == "client" {
+                self.store.clear_removed(&node_id)?;
+            }
             self.store.upsert_peer(&record)?;
             self.record(
                 AuditEvent::new(

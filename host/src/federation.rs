@@ -271,6 +271,8 @@ fn pin_name(pin: &PinOutcome) -> &'static str {
 struct Policy {
     coordinator: Arc<Coordinator>,
     accept_new: bool,
+    /// `[transport] max_accepted_peers`.
+    max_accepted: u64,
     left: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -281,7 +283,13 @@ impl HandshakePolicy for Policy {
         }
         match self.coordinator.admit(peer.manifest) {
             Ok(Admission::Known) => Ok(()),
-            Ok(Admission::Unknown) if self.accept_new => Ok(()),
+            Ok(Admission::Unknown) if self.accept_new => {
+                match self.coordinator.accepted_new_peers() {
+                    Ok(n) if (n as u64) < self.max_accepted => Ok(()),
+                    Ok(_) => Err(Rejection::new(crate::coordinator::ADMIT_PEER_LIMIT)),
+                    Err(_) => Err(Rejection::new("INTERNAL_ERROR")),
+                }
+            }
             Ok(Admission::Unknown) => Err(Rejection::new(UNKNOWN_PEER)),
             Ok(Admission::Refused(code)) => Err(Rejection::new(code)),
             Err(_) => Err(Rejection::new("INTERNAL_ERROR")),
@@ -308,7 +316,7 @@ impl HandshakePolicy for JoinPolicy {
         if self.probe {
             return Err(Rejection::new(JOIN_NOT_CONFIRMED));
         }
-        match self.coordinator.admit(peer.manifest) {
+        match self.coordinator.admit_for_join(peer.manifest) {
             Ok(Admission::Known | Admission::Unknown) => Ok(()),
             Ok(Admission::Refused(code)) => Err(Rejection::new(code)),
             Err(_) => Err(Rejection::new("INTERNAL_ERROR")),
@@ -500,6 +508,7 @@ impl Federation {
         Policy {
             coordinator: self.coordinator.clone(),
             accept_new: self.settings.accept_new_peers,
+            max_accepted: self.settings.max_accepted_peers,
             left: self.left.clone(),
         }
     }
@@ -716,8 +725,17 @@ impl Federation {
             let existing = self.live_handle(&peer);
             return Ok(existing.map(|h| self.view(&peer, &h)).unwrap_or(view));
         }
+        if role == Role::Server {
+            self.check_claimed_endpoint(&peer, &manifest);
+        }
         lock(&self.left).remove(&peer);
-        self.want(&peer, true);
+        // Keep a session with it on our own only if an operator added or
+        // joined it: a stranger admitted by `accept_new_peers` reconnects
+        // by itself or not at all.
+        let p = peer.clone();
+        if role == Role::Client || self.blocking(move |c| c.redials(&p)).await?? {
+            self.want(&peer, true);
+        }
         if let Some(r) = lock(&self.redial).get_mut(&peer) {
             r.backoff.reset();
         }
@@ -725,6 +743,66 @@ impl Federation {
         tokio::spawn(self.clone().watcher(peer.clone(), handle));
         self.wake_outbox();
         Ok(view)
+    }
+
+    /// A known peer that connected to this node presenting an endpoint
+    /// other than the one on record: dial that endpoint, pinned to the
+    /// stored certificate, and adopt the manifest only if the same node
+    /// answers there with it. Until then the redial target stays where it
+    /// was, so a peer cannot aim this node's connections elsewhere by
+    /// claiming to have moved.
+    fn check_claimed_endpoint(self: &Arc<Self>, peer: &str, presented: &SignedManifest) {
+        let this = Arc::clone(self);
+        let peer = peer.to_string();
+        let presented = presented.clone();
+        tokio::spawn(async move {
+            let p = peer.clone();
+            let Ok(Ok(stored)) = this.blocking(move |c| c.store().get_peer(&p)).await else {
+                return;
+            };
+            let Some(stored) = stored else { return };
+            let stored = &stored.manifest.manifest;
+            let claimed = &presented.manifest;
+            if stored.endpoint == claimed.endpoint
+                || stored.tls_fingerprint != claimed.tls_fingerprint
+            {
+                return;
+            }
+            let Ok(pin) = Pin::fingerprint(&stored.tls_fingerprint) else {
+                return;
+            };
+            let probe = JoinPolicy {
+                coordinator: this.coordinator.clone(),
+                probe: true,
+                seen: Mutex::new(None),
+            };
+            let result = tokio::time::timeout(
+                Duration::from_secs(this.settings.handshake_timeout_secs.max(1)),
+                connect(&claimed.endpoint, pin, &this.node, &this.transport, &probe),
+            )
+            .await;
+            let seen = lock(&probe.seen).take();
+            let proven = matches!(
+                result,
+                Ok(Err(TransportError::Rejected { ref code, by_peer: false }))
+                    if code.as_str() == JOIN_NOT_CONFIRMED
+            ) && seen.as_ref().is_some_and(|(m, _)| {
+                m.manifest.node_id == claimed.node_id
+                    && m.manifest.public_key == claimed.public_key
+                    && m.manifest.endpoint == claimed.endpoint
+            });
+            if proven {
+                let (manifest, _) = seen.expect("checked");
+                let adopted = this
+                    .blocking(move |c| c.adopt_manifest_proven_at_endpoint(&manifest))
+                    .await;
+                if let Ok(Err(e)) = adopted {
+                    tracing::warn!(%peer, "cannot adopt the proven manifest: {e}");
+                }
+            } else {
+                tracing::info!(%peer, "the endpoint it claims did not prove its identity; keeping the stored one");
+            }
+        });
     }
 
     fn view(&self, peer: &str, handle: &ConnectionHandle) -> SessionView {
@@ -1161,6 +1239,14 @@ impl Federation {
                 Ok(Ok(ref v)) if v.breaker.state == crate::model::BreakerState::Active
                     && v.trust_level >= crate::model::TrustLevel::Verified
             );
+            // A stranger admitted by `accept_new_peers` (listed by an
+            // older version) is never a redial target.
+            let p = peer.clone();
+            if !matches!(self.blocking(move |c| c.redials(&p)).await, Ok(Ok(true))) {
+                lock(&self.dialing).remove(&peer);
+                self.want(&peer, false);
+                continue;
+            }
             if !ok {
                 lock(&self.dialing).remove(&peer);
                 continue;
@@ -1231,12 +1317,23 @@ impl Federation {
             let fed = Arc::clone(&self);
             let due = match self
                 .blocking(move |c| {
-                    c.store().outbox_due_where(
+                    let due = c.store().outbox_due_where(
                         now,
                         OUTBOX_BATCH,
                         |target| live.contains(target),
                         |id| !lock(&fed.in_flight).contains(id),
-                    )
+                    )?;
+                    // Queued for a level the peer has since lost: dropped
+                    // with a record, not delivered past today's gate.
+                    let mut deliverable = Vec::with_capacity(due.len());
+                    for entry in due {
+                        if c.queued_before_demotion(&entry)? {
+                            c.refused_for_good(&entry, crate::coordinator::LEVEL_LOWERED)?;
+                        } else {
+                            deliverable.push(entry);
+                        }
+                    }
+                    Ok::<_, crate::coordinator::CoordError>(deliverable)
                 })
                 .await
             {

@@ -351,6 +351,28 @@ pub struct PeerRecord {
     /// The level an operator last set, and whether it is pinned.
     #[serde(default)]
     pub operator: Option<OperatorLevel>,
+    /// How the peer became known: by an operator (`peers add`, `join`), or
+    /// by connecting to this node under `accept_new_peers`. Only the first
+    /// kind is redialed; the second is capped in number.
+    #[serde(default)]
+    pub admitted: PeerOrigin,
+    /// When the peer's level last went down (0: never). Outbox messages
+    /// queued before it were gated and scanned for the higher level and
+    /// are dropped instead of delivered.
+    #[serde(default)]
+    pub last_demoted_ms: u64,
+}
+
+/// How a peer became known to this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerOrigin {
+    /// An operator added or joined it (every peer known before this field
+    /// existed, too).
+    #[default]
+    Operator,
+    /// It connected to this node and was admitted by `accept_new_peers`.
+    AcceptNew,
 }
 
 impl PeerRecord {
@@ -378,6 +400,8 @@ impl PeerRecord {
             added_ms: now_ms,
             privileged_recommended: false,
             operator: None,
+            admitted: PeerOrigin::Operator,
+            last_demoted_ms: 0,
         }
     }
 

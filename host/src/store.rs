@@ -75,6 +75,10 @@ const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
 /// The acknowledgement sent for each processed inbound envelope, so a
 /// retransmission gets the same answer without being processed again.
 const INBOUND_ACKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbound_acks");
+/// Peers an operator removed, and when: refused at the handshake until an
+/// operator adds or joins them again (a removed peer cannot simply
+/// reconnect, even with `accept_new_peers`).
+const REMOVED_PEERS: TableDefinition<&str, u64> = TableDefinition::new("removed_peers");
 
 const SCHEMA_KEY: &str = "schema_version";
 const INBOX_NEXT_KEY: &str = "inbox_next_seq";
@@ -462,6 +466,7 @@ fn init_schema(db: &Database, path: &Path) -> Result<()> {
     txn.open_table(AUDIT)?;
     txn.open_table(INBOX)?;
     txn.open_table(INBOUND_ACKS)?;
+    txn.open_table(REMOVED_PEERS)?;
     txn.commit()?;
     Ok(())
 }
@@ -637,12 +642,40 @@ impl Store {
     }
 
     /// Removes a peer and its spend samples. Returns whether it existed.
-    pub fn remove_peer(&self, node_id: &str) -> Result<bool> {
+    pub fn remove_peer(&self, node_id: &str, now_ms: u64) -> Result<Option<RemovedPeer>> {
         let key = node_id.to_string();
+        let index = Arc::clone(&self.outbox);
+        // The dropped entries leave the delivery worker's index once the
+        // removal commits.
+        let unindex = move |removed: &Option<RemovedPeer>| {
+            for id in removed.iter().flat_map(|r| &r.dropped_envelopes) {
+                index.remove(id);
+            }
+        };
         self.peers.begin_write();
-        let removed = self.write(move |txn| {
+        let removed = self.write_hooked(unindex, move |txn| {
             let node_id = key.as_str();
             let existed = txn.open_table(PEERS)?.remove(node_id)?.is_some();
+            if !existed {
+                return Ok(None);
+            }
+            // Its queued messages go with it: they were gated and scanned
+            // for the peer as it was, and must not reach whoever holds
+            // this node id next.
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let dropped: Vec<String> = outbox
+                .iter()?
+                .filter_map(|row| match row {
+                    Ok((k, v)) if v.value().2 == node_id => Some(Ok(k.value().to_string())),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            for id in &dropped {
+                outbox.remove(id.as_str())?;
+            }
+            drop(outbox);
+            txn.open_table(REMOVED_PEERS)?.insert(node_id, now_ms)?;
             let mut spend = txn.open_table(SPEND)?;
             let keys: Vec<(u64, u64)> = spend
                 .range((node_id, 0u64, 0u64)..=(node_id, u64::MAX, u64::MAX))?
@@ -652,10 +685,31 @@ impl Store {
                 spend.remove((node_id, ts, seq))?;
             }
             txn.open_table(SPEND_INDEX)?.remove(node_id)?;
-            Ok(existed)
+            Ok(Some(RemovedPeer {
+                dropped_envelopes: dropped,
+            }))
         });
         self.peers.end_write(node_id);
         removed
+    }
+
+    /// When an operator removed `node_id`, if it is on the removed list.
+    pub fn removed_at(&self, node_id: &str) -> Result<Option<u64>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REMOVED_PEERS)?;
+        Ok(table.get(node_id)?.map(|v| v.value()))
+    }
+
+    /// Takes `node_id` off the removed list (an operator added or joined it
+    /// again). Returns whether it was on it.
+    pub fn clear_removed(&self, node_id: &str) -> Result<bool> {
+        let key = node_id.to_string();
+        self.write(move |txn| {
+            Ok(txn
+                .open_table(REMOVED_PEERS)?
+                .remove(key.as_str())?
+                .is_some())
+        })
     }
 
     // --- spend ---------------------------------------------------------------
@@ -1103,6 +1157,13 @@ pub(crate) fn outbox_put_in(txn: &WriteTransaction, entry: &OutboxEntry) -> Resu
 /// Removes an outbox entry inside `txn`; whether it existed.
 pub(crate) fn outbox_remove_in(txn: &WriteTransaction, envelope_id: &str) -> Result<bool> {
     Ok(txn.open_table(OUTBOX)?.remove(envelope_id)?.is_some())
+}
+
+/// What [`Store::remove_peer`] removed with a peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemovedPeer {
+    /// Ids of the outbox entries for the peer that were dropped.
+    pub dropped_envelopes: Vec<String>,
 }
 
 /// What [`commit_inbound_in`] records (owned, so a journal job can keep it).
@@ -1562,8 +1623,11 @@ mod tests {
         );
 
         store.record_spend("alpha", &sample(1, 5, 0.1, true))?;
-        assert!(store.remove_peer("alpha")?);
-        assert!(!store.remove_peer("alpha")?);
+        assert!(store.remove_peer("alpha", 5)?.is_some());
+        assert!(store.remove_peer("alpha", 6)?.is_none());
+        assert_eq!(store.removed_at("alpha")?, Some(5));
+        assert!(store.clear_removed("alpha")?);
+        assert_eq!(store.removed_at("alpha")?, None);
         assert_eq!(store.get_peer("alpha")?, None);
         assert_eq!(store.spend_sample_count("alpha")?, 0);
         assert!(store.spend_samples("alpha", 0)?.is_empty());

@@ -1247,3 +1247,128 @@ fn hostile_query_answers_are_scanned_escaped_and_never_recorded_raw() {
     responder.abort();
     arena.still_serves("hostile answers");
 }
+
+#[test]
+fn strangers_are_capped_never_redialed_and_a_removed_peer_stays_out() {
+    let (mut target, endpoint) = fed_node("alpha");
+    target.stop();
+    let path = target.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let open = config
+        .replace("accept_new_peers = false", "accept_new_peers = true")
+        .replace("max_accepted_peers = 64", "max_accepted_peers = 2");
+    assert_ne!(open, config);
+    std::fs::write(&path, open).expect("config");
+    target.start(&[]);
+    let pin = Pin::Fingerprint(fingerprint(&target));
+    let rt = runtime();
+    let connect = |raw: &Raw| {
+        block(
+            &rt,
+            "a stranger's handshake",
+            raw.connect(&endpoint, pin.clone()),
+        )
+    };
+
+    // Two strangers are admitted (VERIFIED); the third is refused.
+    let strangers: Vec<Raw> = (1..=3)
+        .map(|i| Raw::new(&format!("stranger-{i}")))
+        .collect();
+    let first = connect(&strangers[0]).expect("first stranger admitted");
+    let second = connect(&strangers[1]).expect("second stranger admitted");
+    wait_until("both strangers to be known", SETTLE, || {
+        target.peers().as_array().is_some_and(|p| p.len() == 2)
+    });
+    match connect(&strangers[2]) {
+        Err(TransportError::Rejected { code, .. }) => assert_eq!(code.as_str(), "PEER_LIMIT"),
+        other => panic!("the third stranger must be refused PEER_LIMIT, got {other:?}"),
+    }
+    // They leave; their manifests name loopback ports nobody listens on.
+    // A stranger is never a redial target: no dial toward it, ever.
+    first.close("NORMAL");
+    second.close("NORMAL");
+    block(&rt, "the strangers' sessions to close", async {
+        first.closed().await;
+        second.closed().await;
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let records = target.audit_records();
+    let dialed: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("stranger"))
+                && (r["event_type"] == "handshake_initiated"
+                    || (r["event_type"] == "handshake_failed" && r["details"]["role"] == "client"))
+        })
+        .collect();
+    assert!(dialed.is_empty(), "strangers were redialed: {dialed:?}");
+    let wanted = std::fs::read_to_string(target.home.join(agentfed::federation::WANTED_FILE))
+        .unwrap_or_default();
+    assert!(!wanted.contains("stranger"), "{wanted}");
+
+    // Removed: it cannot simply reconnect, even with accept_new_peers.
+    target.run(&["peers", "remove", "stranger-1"]).ok();
+    match connect(&strangers[0]) {
+        Err(TransportError::Rejected { code, .. }) => assert_eq!(code.as_str(), "PEER_REMOVED"),
+        other => panic!("a removed peer must be refused PEER_REMOVED, got {other:?}"),
+    }
+    // Brought back by its operator: `peers add`, then it connects again.
+    let manifest = target.write_file("s1.json", &strangers[0].node.manifest().to_json());
+    target
+        .run(&["peers", "add", manifest.to_str().unwrap()])
+        .ok();
+    let again = connect(&strangers[0]).expect("re-added by the operator");
+    again.close("NORMAL");
+    target.stop();
+}
+
+#[test]
+fn removing_a_peer_drops_its_queued_messages_with_a_record() {
+    let (target, _endpoint) = fed_node("alpha");
+    let absent = Raw::new("absent-peer");
+    let path = target.write_file("absent.json", &absent.node.manifest().to_json());
+    target.run(&["peers", "add", path.to_str().unwrap()]).ok();
+    target
+        .run(&[
+            "trust",
+            "set",
+            "absent-peer",
+            "attested",
+            "--reason",
+            "test",
+        ])
+        .ok();
+    for n in 0..3 {
+        target
+            .run(&[
+                "send",
+                "absent-peer",
+                "task-assignment",
+                "--payload",
+                &format!(r#"{{"n":{n}}}"#),
+            ])
+            .ok();
+    }
+    let outbox = |node: &Node| node.run(&["status", "--json"]).json()["outbox"].as_u64();
+    assert_eq!(outbox(&target), Some(3));
+    target.run(&["peers", "remove", "absent-peer"]).ok();
+    assert_eq!(outbox(&target), Some(0), "its queue went with it");
+    let removed = target
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event_type"] == "peer_removed")
+        .expect("audited");
+    assert_eq!(removed["details"]["outbox_dropped"], 3, "{removed}");
+    assert_eq!(
+        removed["details"]["dropped_envelope_ids"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    // Added again at VERIFIED, nothing queued under its old level is left
+    // to reach it past today's gate.
+    target.run(&["peers", "add", path.to_str().unwrap()]).ok();
+    assert_eq!(outbox(&target), Some(0));
+}

@@ -936,16 +936,32 @@ fn a_known_peer_s_new_manifest_is_adopted_but_a_new_certificate_only_when_seen()
         .expect("admitted");
     assert!(updates().is_empty());
 
-    // Moved: adopted whichever side dialed, with its record.
+    // Moved, claimed over an inbound session: kept, warned; adopted once
+    // this node dialed the new endpoint and the same node answered there.
     let moved = resigned(&beta, &key, |m| m.endpoint = "wss://192.0.2.30:9300".into());
     c.peer_connected(&moved, "s1", "server", "stored")
         .expect("connected")
         .expect("admitted");
-    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://192.0.2.30:9300");
+    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://127.0.0.1:9100");
     let records = updates();
     assert_eq!(records.len(), 1);
+    assert_eq!(records[0].details["adopted"], false);
+    c.adopt_manifest_proven_at_endpoint(&moved)
+        .expect("adopted");
+    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://192.0.2.30:9300");
+    let records = updates();
+    assert_eq!(records.len(), 2);
     assert_eq!(records[0].details["changed"], json!(["endpoint"]));
     assert_eq!(records[0].details["adopted"], true);
+    // A manifest under another key is never adopted that way.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let forged = resigned(&moved, &other, |m| {
+        m.public_key =
+            base64::engine::general_purpose::STANDARD.encode(other.verifying_key().to_bytes());
+        m.endpoint = "wss://192.0.2.99:9300".into();
+    });
+    assert!(c.adopt_manifest_proven_at_endpoint(&forged).is_err());
+    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://192.0.2.30:9300");
 
     // Another certificate over an inbound session: not adopted, warned.
     let recertified = resigned(&moved, &key, |m| m.tls_fingerprint = "ab".repeat(32));
@@ -963,14 +979,14 @@ fn a_known_peer_s_new_manifest_is_adopted_but_a_new_certificate_only_when_seen()
     };
     assert_eq!(stored(c), moved.manifest.tls_fingerprint);
     let records = updates();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     assert_eq!(records[0].details["adopted"], false, "{:?}", records[0]);
     // Dialed by us (the certificate was seen and pinned): adopted.
     c.peer_connected(&recertified, "s3", "client", "fingerprint")
         .expect("connected")
         .expect("admitted");
     assert_eq!(stored(c), "ab".repeat(32));
-    assert_eq!(updates().len(), 3);
+    assert_eq!(updates().len(), 4);
     assert!(c.audit().verify().is_ok());
 }
 

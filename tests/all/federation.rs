@@ -224,14 +224,18 @@ fn three_nodes_join_send_query_broadcast_and_leave() {
         .json();
     let results = results.as_array().unwrap();
     assert_eq!(results.len(), 2, "{results:?}");
+    // A status broadcast is noted, not stored: the default handler keeps
+    // status signals out of the agent's inbox.
     for r in results {
         assert_eq!(r["ok"], true, "{r}");
-        assert_eq!(r["result"]["status"], "accepted", "{r}");
+        assert_eq!(r["result"]["status"], "replied", "{r}");
+        assert_eq!(r["result"]["reply"]["type"], "noted", "{r}");
+        assert_eq!(r["result"]["reply"]["of"], "status-broadcast", "{r}");
     }
     for (node, name) in [(&alpha, "alpha"), (&gamma, "gamma")] {
         let got = inbox(node);
         assert!(
-            got.iter()
+            !got.iter()
                 .any(|m| m["from"] == "beta" && m["message_type"] == "status-broadcast"),
             "{name}: {got:?}"
         );
@@ -759,10 +763,21 @@ fn a_node_that_moves_is_found_at_its_new_endpoint() {
     wait_until("alpha to learn beta's new endpoint", SETTLE_TIMEOUT, || {
         alpha.peer("beta")["endpoint"] == moved_ep.as_str()
     });
-    let updated = alpha
-        .audit_records()
+    // beta's claim over its inbound session is not taken at its word: alpha
+    // dialed the new endpoint, found beta's certificate there, then adopted.
+    let records = alpha.audit_records();
+    let claimed = records
+        .iter()
+        .find(|r| r["event_type"] == "peer_manifest_updated" && r["details"]["adopted"] == false)
+        .expect("the claim is audited");
+    assert_eq!(
+        claimed["details"]["endpoint"],
+        moved_ep.as_str(),
+        "{claimed}"
+    );
+    let updated = records
         .into_iter()
-        .find(|r| r["event_type"] == "peer_manifest_updated")
+        .find(|r| r["event_type"] == "peer_manifest_updated" && r["details"]["adopted"] == true)
         .expect("the update is audited");
     assert_eq!(
         updated["details"]["changed"],
@@ -1088,4 +1103,48 @@ fn a_pair_on_fake_clocks_earns_trusted_on_the_expected_day_and_not_before() {
     assert_eq!(beta_view["metrics"]["successes"], 0, "{beta_view}");
     verify_audit(&alpha);
     verify_audit(&beta);
+}
+
+#[test]
+fn messages_queued_before_a_demotion_are_dropped_not_delivered() {
+    let (alpha, _alpha_ep, mut beta, _beta_ep) = attested_pair();
+    beta.stop();
+    for n in 0..2 {
+        send_n(&alpha, "beta", n);
+    }
+    assert_eq!(outbox(&alpha), 2);
+    // alpha's operator lowers beta while the tasks wait: they were gated
+    // and scanned for ATTESTED, which beta no longer is.
+    alpha
+        .run(&[
+            "trust",
+            "set",
+            "beta",
+            "verified",
+            "--reason",
+            "under review",
+        ])
+        .ok();
+    beta.start(&[]);
+    wait_until("the stale queue to be dropped", SETTLE_TIMEOUT, || {
+        outbox(&alpha) == 0
+    });
+    let dropped: Vec<Value> = alpha
+        .audit_records()
+        .into_iter()
+        .filter(|r| {
+            r["event_type"] == "message_rejected" && r["details"]["reason"] == "LEVEL_LOWERED"
+        })
+        .collect();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    // Nothing of it reached beta, while a ping (allowed at VERIFIED) does.
+    wait_until("the session to come back", SETTLE_TIMEOUT, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+    alpha.run(&["query", "beta", "ping"]).ok();
+    assert!(
+        inbox(&beta).iter().all(|m| m["from"] != "alpha"),
+        "{:?}",
+        inbox(&beta)
+    );
 }
