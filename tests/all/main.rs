@@ -17,3 +17,4 @@ mod node;
 mod policies;
 mod support;
 mod transport;
+mod wire;
