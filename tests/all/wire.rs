@@ -4,16 +4,19 @@
 //! independent implementation written from `docs/protocol.md` sees them).
 //! Covers the closing handshake (the close code for every kind of refused
 //! frame, then TLS `close_notify`; a peer's close frame answered), the
-//! 431 for an oversized upgrade head and the ping limit of §3.2.
+//! 431 for an oversized upgrade head, the ping limit of §3.2 and a TLS
+//! client refused at once by a plaintext listener (§1.3).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentfed::transport::handshake::{HandshakeMessage, transcript};
 use agentfed::transport::session::MAX_PINGS_PER_WINDOW;
 use agentfed::transport::ws::MAX_WS_PAYLOAD;
 use agentfed::transport::{
-    AcceptAll, Connection, EXPORTER_LABEL, Listener, LocalNode, Role, WS_PATH, tls,
+    AcceptAll, Connection, EXPORTER_LABEL, Listener, LocalNode, Role, TransportConfig, WS_PATH, tls,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -399,5 +402,48 @@ async fn an_upgrade_head_over_8_kib_is_answered_431() {
         .expect("read");
     assert_eq!(&answer, b"HTTP/1.1 101");
     drop(stream);
+    listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_hello_to_a_plaintext_listener_is_refused_at_once() {
+    let server = node("server");
+    // A long handshake timeout: the refusal must not come from it.
+    let open = TransportConfig {
+        allow_plaintext: true,
+        handshake_timeout: Duration::from_secs(60),
+        ..config()
+    };
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut listener = Listener::bind_plaintext(addr, server.clone(), open, Arc::new(AcceptAll))
+        .await
+        .expect("plaintext listener");
+    let port = listener.local_addr().port();
+    let soon = Duration::from_secs(10);
+
+    // A real TLS client: its ClientHello gets an HTTP 400, not TLS.
+    let dialed = tokio::time::timeout(soon, tls::connect_tls("127.0.0.1", port, &pin_of(&server)))
+        .await
+        .expect("refused at once, not at the handshake timeout");
+    assert!(dialed.is_err());
+    let fail = tokio::time::timeout(soon, failure(&mut listener))
+        .await
+        .expect("failure reported at once");
+    assert_eq!(fail.error.code(), "PROTOCOL_ERROR");
+
+    // The same seen raw: the start of a TLS record is answered 400.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp");
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4])
+        .await
+        .expect("record start");
+    let answer = tokio::time::timeout(soon, read_to_close(&mut tcp))
+        .await
+        .expect("answered at once");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+    assert_eq!(failure(&mut listener).await.error.code(), "PROTOCOL_ERROR");
     listener.shutdown().await;
 }

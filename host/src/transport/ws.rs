@@ -465,6 +465,8 @@ pub(crate) fn ws_options(config: &TransportConfig, deflate: bool) -> yawc::Optio
 
 /// Detail of the error for an upgrade head over [`MAX_UPGRADE_HEAD`].
 const HEAD_TOO_LARGE: &str = "upgrade head too large";
+/// Detail of the error for bytes that cannot start an HTTP head.
+const NOT_HTTP: &str = "not an HTTP head";
 
 /// Reads an HTTP head (through the blank line), at most
 /// [`MAX_UPGRADE_HEAD`] bytes; returns it and any bytes read past it.
@@ -480,6 +482,12 @@ async fn read_head(io: &mut Box<dyn Io>) -> Result<(Vec<u8>, Vec<u8>), Transport
         }
         let scan_from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&tmp[..n]);
+        // An HTTP head starts with a method or "HTTP", in capitals. Anything
+        // else (e.g. a TLS ClientHello sent to a plaintext listener) would
+        // otherwise wait for a blank line that never comes.
+        if !buf[0].is_ascii_uppercase() {
+            return Err(TransportError::ProtocolError(NOT_HTTP));
+        }
         if let Some(i) = buf[scan_from..].windows(4).position(|w| w == b"\r\n\r\n") {
             let end = scan_from + i + 4;
             if end > MAX_UPGRADE_HEAD {
@@ -559,6 +567,10 @@ pub(crate) async fn server_upgrade(
         Ok(read) => read,
         Err(e @ TransportError::ProtocolError(HEAD_TOO_LARGE)) => {
             refuse(io, "431 Request Header Fields Too Large").await;
+            return Err(e);
+        }
+        Err(e @ TransportError::ProtocolError(NOT_HTTP)) => {
+            refuse(io, "400 Bad Request").await;
             return Err(e);
         }
         Err(e) => return Err(e),
