@@ -381,6 +381,33 @@ fn hop_counts_start_at_one_and_must_agree_with_the_budget() {
 }
 
 #[test]
+fn a_second_inbound_session_from_one_peer_closes_the_older_one() {
+    let (arena, rt, raw, first) = attested_raw("mallory-twice");
+    let second = block(
+        &rt,
+        "second session",
+        raw.connect(&arena.endpoint, arena.pin.clone()),
+    )
+    .expect("a second session is admitted");
+    let end = block(&rt, "the older session closes", first.closed());
+    assert_eq!(
+        (end.code.as_str(), end.by_peer),
+        ("DUPLICATE_SESSION", true)
+    );
+    // The newer one carries traffic.
+    let frame = raw.frame(
+        Some(second.session_id().to_string()),
+        now_ms(),
+        json!({"task": "x"}),
+    );
+    let reply = block(&rt, "send on the newer session", send_frame(&second, frame)).expect("reply");
+    assert!(matches!(reply, WireReply::Ack(_)), "{reply:?}");
+    assert!(!second.is_closed());
+    second.close("NORMAL");
+    block(&rt, "newer session closes", second.closed());
+}
+
+#[test]
 fn integers_are_json_integers_everywhere_in_an_envelope() {
     let (arena, rt, raw, conn) = attested_raw("mallory-numbers");
     let with = |path: &[&str], value: Value| {
