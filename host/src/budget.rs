@@ -24,9 +24,6 @@ pub const MAX_USD_CEILING: f64 = 1_000_000.0;
 /// `0.1 + 0.2` fits a budget of `0.3`.
 pub const USD_EPSILON: f64 = 1e-9;
 
-/// Largest integer a JSON float represents exactly (2⁵³).
-const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
-
 /// A budget violation, as a constant code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum BudgetError {
@@ -120,8 +117,10 @@ impl Budget {
     /// Validates a budget from untrusted JSON. It must be an object with no
     /// keys beyond the six fields; `max_tokens` and `max_usd` are required,
     /// `max_hops` defaults to 8, the rest to 0. Integer fields must be JSON
-    /// numbers with an integral value (`8` or `8.0`; not `8.5`, `"8"`,
-    /// negatives or above 2⁵³); USD fields finite, non-negative numbers.
+    /// integers (`8`; not `8.0`, `8e0`, `8.5`, `"8"` or negatives): the one
+    /// number rule of every agentfed integer (`docs/protocol.md` §9.2), so
+    /// a budget reads the same way as an envelope's `timestamp_ms`. USD
+    /// fields are finite, non-negative numbers (integer or not).
     pub fn from_json_value(value: &Value) -> Result<Budget, BudgetError> {
         const KEYS: [&str; 6] = [
             "max_hops",
@@ -242,23 +241,12 @@ impl<'de> Deserialize<'de> for Budget {
     }
 }
 
-/// A non-negative integral JSON number (`u64`, or an integral float up to 2⁵³).
+/// A JSON integer (no fraction or exponent) that fits a `u64`.
 fn int_field(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, BudgetError> {
     let Some(v) = obj.get(key) else {
         return Ok(None);
     };
-    let n = v.as_number().ok_or(BudgetError::InvalidBudget)?;
-    if let Some(u) = n.as_u64() {
-        return Ok(Some(u));
-    }
-    let f = n.as_f64().ok_or(BudgetError::InvalidBudget)?;
-    let integral = f.is_finite() && f.fract() == 0.0 && (0.0..=MAX_EXACT_FLOAT_INT).contains(&f);
-    if integral {
-        // Exact: integral and within 2^53.
-        Ok(Some(f as u64))
-    } else {
-        Err(BudgetError::InvalidBudget)
-    }
+    v.as_u64().map(Some).ok_or(BudgetError::InvalidBudget)
 }
 
 fn small_int(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, BudgetError> {
@@ -318,10 +306,10 @@ mod tests {
             "spent_tokens": 40, "spent_usd": 0.25
         }))?;
         assert_eq!(full, Budget::from_parts(3, 100, 1.0, 2, 40, 0.25)?);
-        // Integral floats count as integers (JSON has one number type).
+        // USD amounts may be written either way.
         assert_eq!(
-            parse(json!({"max_hops": 8.0, "max_tokens": 10.0, "max_usd": 0}))?.max_tokens(),
-            10
+            parse(json!({"max_tokens": 10, "max_usd": 2}))?.max_usd(),
+            2.0
         );
         // Ceilings themselves are allowed.
         let top = parse(json!({"max_hops": 64, "max_tokens": 1_000_000_000u64, "max_usd": 1e6}))?;
@@ -391,6 +379,11 @@ mod tests {
             ("max_tokens", json!(null)),
             ("max_usd", json!([1])),
             ("max_tokens", json!(1e17)),
+            // Integers are JSON integers: an integral float is not one.
+            ("max_hops", json!(8.0)),
+            ("max_tokens", json!(10.0)),
+            ("hop_count", json!(0.0)),
+            ("spent_tokens", json!(1e3)),
         ] {
             let mut obj = json!({"max_tokens": 100, "max_usd": 1});
             obj[k] = v;

@@ -456,6 +456,18 @@ impl NodeConfig {
                 "node.agent_types[{i}]: must match ^[a-z0-9][a-z0-9-]{{0,31}}$"
             ));
         }
+        // The manifest lists each entry once (its grammar refuses a
+        // repeat): say so here, naming the entry, before anything starts.
+        for (name, list) in [
+            ("agent_types", &node.agent_types),
+            ("capabilities", &node.capabilities),
+        ] {
+            if let Some(i) = (0..list.len()).find(|&i| list[..i].contains(&list[i])) {
+                return Err(format!(
+                    "node.{name}[{i}]: listed twice (each entry at most once)"
+                ));
+            }
+        }
         if let Some(i) = node
             .capabilities
             .iter()
@@ -971,6 +983,14 @@ mod tests {
             ("[node]\nendpoint = \"http://x:1\"", "node.endpoint"),
             ("[node]\nagent_types = [\"OK\"]", "node.agent_types[0]"),
             ("[node]\ncapabilities = [\"root\"]", "node.capabilities[0]"),
+            (
+                "[node]\nagent_types = [\"coder\", \"tester\", \"coder\"]",
+                "node.agent_types[2]: listed twice",
+            ),
+            (
+                "[node]\ncapabilities = [\"ping\", \"ping\"]",
+                "node.capabilities[1]: listed twice",
+            ),
             ("[node]\nmesh_subnet = \"10.0.0.0/31\"", "node.mesh_subnet"),
             ("[node]\nwg_endpoint = \"x y\"", "node.wg_endpoint"),
             ("[timers]\ntrust_eval_secs = 0", "timers.trust_eval_secs"),

@@ -69,6 +69,16 @@ pub enum DaemonError {
         home = .0.display()
     )]
     NoHome(PathBuf),
+    /// The endpoint is `ws://` but the configuration does not allow
+    /// plaintext: the node could neither listen nor be dialed, so it does
+    /// not start.
+    #[error(
+        "the endpoint {endpoint} is plaintext ws://, which needs [transport] allow_plaintext = true in agentfed.toml (only on an already-private network); set it, or use a wss:// endpoint"
+    )]
+    PlaintextEndpoint {
+        /// The node's endpoint.
+        endpoint: String,
+    },
     /// The federation listener cannot bind its address.
     #[error(
         "cannot listen for peers on {addr}: {source} (free the port, or change the endpoint or [transport] listen in agentfed.toml)"
@@ -97,7 +107,9 @@ impl DaemonError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            DaemonError::Config(_) | DaemonError::Coordinator(CoordError::Config(_))
+            DaemonError::Config(_)
+                | DaemonError::PlaintextEndpoint { .. }
+                | DaemonError::Coordinator(CoordError::Config(_))
         )
     }
 }
@@ -112,6 +124,12 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     let config = NodeConfig::load(home)?;
     let endpoints = check_identity_matches(home, &config)?;
     let endpoint = endpoints.effective().to_string();
+    // The endpoint's scheme decides whether the listener speaks TLS; a
+    // ws:// node without the opt-in would start deaf (and dial nobody
+    // over ws://), which is a configuration error, not a state to run in.
+    if endpoint.starts_with("ws://") && !config.transport.allow_plaintext {
+        return Err(DaemonError::PlaintextEndpoint { endpoint });
+    }
     // Refuse a listen address that cannot be bound before opening anything
     // (nothing served, nothing audited, the node not moved).
     let listen = match listen_target(&config, &endpoint) {
@@ -293,13 +311,10 @@ struct ListenTarget {
 
 /// Where the federation layer will listen, decided as it does: `[transport]
 /// listen`, else the host and port of the endpoint (resolved if it is a
-/// name). `None` when it will not listen at all (a `ws://` endpoint without
-/// `allow_plaintext`, or an endpoint that does not resolve); the
-/// federation layer logs those cases.
+/// name). `None` when it will not listen at all (an endpoint that does not
+/// resolve); the federation layer logs that case. (A `ws://` endpoint
+/// without `allow_plaintext` never gets here: [`run`] refuses it.)
 fn listen_target(config: &NodeConfig, endpoint: &str) -> Option<ListenTarget> {
-    if endpoint.starts_with("ws://") && !config.transport.allow_plaintext {
-        return None;
-    }
     Some(ListenTarget {
         addr: crate::federation::listen_address(config, endpoint)?,
         explicit: config.transport.listen.is_some(),

@@ -8,6 +8,11 @@
 //!
 //! Frame layout (version 1): one byte `0x01`, the 64-byte signature, then
 //! the envelope JSON.
+//!
+//! Field rules beyond the JSON types (`docs/protocol.md` §9.2): every
+//! field but `session` is required; integers (`timestamp_ms`,
+//! `hop_count`, the budget's counts) are JSON integers, never `8.0` or
+//! `8e0`; and the hop rule ([`Envelope::hops_agree`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -65,7 +70,8 @@ pub struct Envelope {
     pub source: String,
     /// Receiver node id.
     pub target: String,
-    /// Session id, once a session exists.
+    /// Session id, once a session exists; the only optional field (absent
+    /// reads as `null`).
     pub session: Option<String>,
     /// One of [`MESSAGE_TYPES`].
     pub message_type: String,
@@ -75,7 +81,8 @@ pub struct Envelope {
     pub timestamp_ms: u64,
     /// 16 random bytes, hex: makes every envelope's bytes unique.
     pub nonce: String,
-    /// Hops travelled so far (the budget carries the limit).
+    /// Hops travelled, this one included: 1 on the first hop, and always
+    /// equal to the budget's `hop_count` ([`Envelope::hops_agree`]).
     pub hop_count: u32,
     /// What the work may still cost.
     pub budget: Budget,
@@ -106,6 +113,16 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
+    /// The hop rule: the first hop is 1 (an envelope is only ever sent
+    /// with a budget that [`Budget::next_hop`] advanced), and the
+    /// top-level `hop_count` equals `budget.hop_count`. Two counts that
+    /// disagree would let a sender pass the hop limit with one while
+    /// policies and forwarders read the other. Receivers refuse an
+    /// envelope that breaks it as malformed.
+    pub fn hops_agree(&self) -> bool {
+        self.hop_count >= 1 && self.hop_count == self.budget.hop_count()
+    }
+
     /// Serialises and signs with the node's identity key.
     pub fn sign(&self, identity: &Identity) -> SignedEnvelope {
         let bytes = serde_json::to_vec(self).expect("envelopes always serialise");
@@ -151,9 +168,16 @@ impl SignedEnvelope {
         self.parse_verified()
     }
 
-    /// Parses an envelope whose signature [`verify_batch`] accepted.
+    /// Parses an envelope whose signature [`verify_batch`] accepted: the
+    /// JSON, the budget's ranges and the hop rule
+    /// ([`Envelope::hops_agree`]).
     pub(crate) fn parse_verified(&self) -> Result<Envelope, EnvelopeError> {
-        serde_json::from_slice(&self.bytes).map_err(|_| EnvelopeError::MalformedEnvelope)
+        let envelope: Envelope =
+            serde_json::from_slice(&self.bytes).map_err(|_| EnvelopeError::MalformedEnvelope)?;
+        if !envelope.hops_agree() {
+            return Err(EnvelopeError::MalformedEnvelope);
+        }
+        Ok(envelope)
     }
 }
 
@@ -237,7 +261,34 @@ mod tests {
             timestamp_ms: 1,
             nonce: random_id(),
             hop_count: 1,
-            budget: Budget::with_default_hops(1000, 1.0).unwrap(),
+            budget: Budget::with_default_hops(1000, 1.0)
+                .and_then(|b| b.next_hop())
+                .unwrap(),
+        }
+    }
+
+    #[test]
+    fn hop_counts_start_at_one_and_must_agree() {
+        let id = Identity::generate(&NodeId::parse("a").unwrap(), "wss://127.0.0.1:9100").unwrap();
+        let key = id.verifying_key();
+        let open = |e: &Envelope| SignedEnvelope::from_frame(&e.sign(&id).to_frame())?.open(&key);
+        let good = envelope();
+        assert!(good.hops_agree());
+        assert_eq!(open(&good), Ok(good.clone()));
+        let fresh = Budget::with_default_hops(1000, 1.0).unwrap();
+        for (hop_count, budget) in [
+            (0, fresh),                           // hop 0: never sent
+            (2, good.budget),                     // top level ahead of the budget
+            (1, good.budget.next_hop().unwrap()), // budget ahead of the top level
+            (1, fresh),                           // budget never advanced
+        ] {
+            let bad = Envelope {
+                hop_count,
+                budget,
+                ..good.clone()
+            };
+            assert!(!bad.hops_agree(), "{hop_count}");
+            assert_eq!(open(&bad), Err(EnvelopeError::MalformedEnvelope));
         }
     }
 

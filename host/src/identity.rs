@@ -409,10 +409,20 @@ fn check_host(host: &str) -> Result<(), &'static str> {
 }
 
 /// Checks a short token list (agent types, capabilities): at most `max`
-/// entries, each `^[a-z0-9][a-z0-9-]{0,31}$`.
+/// entries, each `^[a-z0-9][a-z0-9-]{0,31}$`, none twice. The list is a
+/// set: a repeated entry means nothing, and refusing it leaves one way to
+/// write each set (up to order, which the signer chooses and the
+/// signature covers).
 fn validate_tokens(field: &'static str, items: &[String], max: usize) -> Result<(), FieldError> {
     if items.len() > max {
         return Err(FieldError::new(field, "too many entries"));
+    }
+    if items
+        .iter()
+        .enumerate()
+        .any(|(i, t)| items[..i].contains(t))
+    {
+        return Err(FieldError::new(field, "an entry is listed twice"));
     }
     let token_ok = |t: &str| {
         let b = t.as_bytes();
@@ -1786,6 +1796,16 @@ mod tests {
         expect_invalid(&id, &base, "capabilities", |m| {
             m.capabilities = vec!["a".into(); MAX_CAPABILITIES + 1]
         });
+        // Each list is a set: a repeat is refused, any order is accepted.
+        expect_invalid(&id, &base, "agent_types", |m| {
+            m.agent_types = vec!["coder".into(), "tester".into(), "coder".into()]
+        });
+        expect_invalid(&id, &base, "capabilities", |m| {
+            m.capabilities = vec!["ping".into(), "ping".into()]
+        });
+        let mut unordered = base.clone();
+        unordered.agent_types = vec!["tester".into(), "coder".into()];
+        sign_raw(&id, unordered).verify()?;
         expect_invalid(&id, &base, "protocol_version", |m| m.protocol_version = 0);
         for bad in [
             "",

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentfed::budget::Budget;
-use agentfed::envelope::{Envelope, SignedEnvelope, random_id};
+use agentfed::envelope::{ENVELOPE_DOMAIN, Envelope, SignedEnvelope, random_id};
 use agentfed::federation::WireReply;
 use agentfed::identity::{Identity, ManifestParams, NodeId, SignedManifest};
 use agentfed::transport::handshake::{HandshakeMessage, transcript};
@@ -275,11 +275,197 @@ impl Raw {
             timestamp_ms,
             nonce: random_id(),
             hop_count: 1,
-            budget: Budget::with_default_hops(1000, 1.0).expect("budget"),
+            budget: Budget::with_default_hops(1000, 1.0)
+                .and_then(|b| b.next_hop())
+                .expect("budget"),
         }
         .sign(self.node.identity())
         .to_frame()
     }
+}
+
+impl Raw {
+    /// A frame from this node to `alpha` whose envelope JSON is written by
+    /// hand: the fields of a valid `task-assignment` (first hop), with
+    /// `edit` applied, signed over the exact bytes.
+    fn frame_json(&self, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut envelope = json!({
+            "id": random_id(),
+            "source": self.name,
+            "target": "alpha",
+            "session": null,
+            "message_type": "task-assignment",
+            "payload": {"task": "hand-written"},
+            "timestamp_ms": now_ms(),
+            "nonce": random_id(),
+            "hop_count": 1,
+            "budget": {"max_hops": 8, "max_tokens": 1000, "max_usd": 1.0, "hop_count": 1,
+                       "spent_tokens": 0, "spent_usd": 0.0},
+        });
+        edit(&mut envelope);
+        let bytes = serde_json::to_vec(&envelope).expect("json");
+        let mut input = ENVELOPE_DOMAIN.to_vec();
+        input.extend_from_slice(&bytes);
+        SignedEnvelope {
+            signature: self.node.identity().sign(&input).to_bytes(),
+            bytes,
+        }
+        .to_frame()
+    }
+}
+
+/// An ATTESTED hand-made peer of a fresh arena with a live session, and a
+/// runtime to drive it.
+fn attested_raw(name: &str) -> (Arena, tokio::runtime::Runtime, Raw, Connection) {
+    let arena = Arena::new();
+    let rt = runtime();
+    let raw = Raw::new(name);
+    raw.introduce(&arena, "attested");
+    let conn = block(
+        &rt,
+        "raw session",
+        raw.connect(&arena.endpoint, arena.pin.clone()),
+    )
+    .expect("an ATTESTED peer gets a session");
+    (arena, rt, raw, conn)
+}
+
+/// Sends `frame` and asserts the answer: an ack, or the refusal `code`
+/// (audited as `message_rejected` with it).
+#[track_caller]
+fn expect_answer(
+    arena: &Arena,
+    rt: &tokio::runtime::Runtime,
+    conn: &Connection,
+    what: &str,
+    frame: Vec<u8>,
+    code: Option<&str>,
+) {
+    let mark = arena.audit_mark();
+    let reply = block(rt, what, send_frame(conn, frame)).expect("reply");
+    match code {
+        None => assert!(matches!(reply, WireReply::Ack(_)), "{what}: {reply:?}"),
+        Some(code) => {
+            assert_eq!(reply, refused(code), "{what}");
+            arena.audited(mark, "message_rejected", |r| r["details"]["reason"] == code);
+        }
+    }
+}
+
+#[test]
+fn hop_counts_start_at_one_and_must_agree_with_the_budget() {
+    let (arena, rt, raw, conn) = attested_raw("mallory-hops");
+    let hops = |top: u64, budget: u64| {
+        raw.frame_json(|e| {
+            e["hop_count"] = json!(top);
+            e["budget"]["hop_count"] = json!(budget);
+        })
+    };
+    let cases = [
+        ("first hop, counts agree", hops(1, 1), None),
+        ("third hop, counts agree", hops(3, 3), None),
+        ("hop 0", hops(0, 0), Some("MALFORMED_FRAME")),
+        ("top level ahead", hops(2, 1), Some("MALFORMED_FRAME")),
+        ("budget ahead", hops(1, 2), Some("MALFORMED_FRAME")),
+        ("budget never advanced", hops(1, 0), Some("MALFORMED_FRAME")),
+        // Agreeing counts beyond the limit are refused the same way (the
+        // budget does not parse).
+        ("past max_hops", hops(9, 9), Some("MALFORMED_FRAME")),
+    ];
+    for (what, frame, code) in cases {
+        expect_answer(&arena, &rt, &conn, what, frame, code);
+    }
+    arena.still_serves("hop count refusals");
+    conn.close("NORMAL");
+    block(&rt, "raw session closes", conn.closed());
+}
+
+#[test]
+fn a_second_inbound_session_from_one_peer_closes_the_older_one() {
+    let (arena, rt, raw, first) = attested_raw("mallory-twice");
+    let second = block(
+        &rt,
+        "second session",
+        raw.connect(&arena.endpoint, arena.pin.clone()),
+    )
+    .expect("a second session is admitted");
+    let end = block(&rt, "the older session closes", first.closed());
+    assert_eq!(
+        (end.code.as_str(), end.by_peer),
+        ("DUPLICATE_SESSION", true)
+    );
+    // The newer one carries traffic.
+    let frame = raw.frame(
+        Some(second.session_id().to_string()),
+        now_ms(),
+        json!({"task": "x"}),
+    );
+    let reply = block(&rt, "send on the newer session", send_frame(&second, frame)).expect("reply");
+    assert!(matches!(reply, WireReply::Ack(_)), "{reply:?}");
+    assert!(!second.is_closed());
+    second.close("NORMAL");
+    block(&rt, "newer session closes", second.closed());
+}
+
+#[test]
+fn integers_are_json_integers_everywhere_in_an_envelope() {
+    let (arena, rt, raw, conn) = attested_raw("mallory-numbers");
+    let with = |path: &[&str], value: Value| {
+        raw.frame_json(|e| {
+            let (last, parents) = path.split_last().expect("path");
+            let mut at = e;
+            for p in parents {
+                at = &mut at[*p];
+            }
+            at[*last] = value;
+        })
+    };
+    let now = now_ms();
+    let cases = [
+        ("integers as integers", with(&["hop_count"], json!(1)), None),
+        // USD amounts are numbers, integral or not.
+        (
+            "integral max_usd",
+            with(&["budget", "max_usd"], json!(2)),
+            None,
+        ),
+        (
+            "float timestamp_ms",
+            with(&["timestamp_ms"], json!(now as f64)),
+            Some("MALFORMED_FRAME"),
+        ),
+        (
+            "float hop_count",
+            with(&["hop_count"], json!(1.0)),
+            Some("MALFORMED_FRAME"),
+        ),
+        (
+            "float budget max_tokens",
+            with(&["budget", "max_tokens"], json!(1000.0)),
+            Some("MALFORMED_FRAME"),
+        ),
+        (
+            "float budget max_hops",
+            with(&["budget", "max_hops"], json!(8.0)),
+            Some("MALFORMED_FRAME"),
+        ),
+        (
+            "exponent budget spent_tokens",
+            with(&["budget", "spent_tokens"], json!(1e2)),
+            Some("MALFORMED_FRAME"),
+        ),
+        (
+            "string timestamp_ms",
+            with(&["timestamp_ms"], json!(now.to_string())),
+            Some("MALFORMED_FRAME"),
+        ),
+    ];
+    for (what, frame, code) in cases {
+        expect_answer(&arena, &rt, &conn, what, frame, code);
+    }
+    arena.still_serves("number refusals");
+    conn.close("NORMAL");
+    block(&rt, "raw session closes", conn.closed());
 }
 
 fn envelope_id(frame: &[u8]) -> String {

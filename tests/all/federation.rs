@@ -870,7 +870,7 @@ fn joins_pinned_by_public_key_and_heartbeats_are_observed_but_earn_nothing() {
 fn plain_ws_only_where_the_config_allows_it() {
     let plain_node = |name: &str, allow: bool| {
         let endpoint = format!("ws://127.0.0.1:{}", crate::harness::free_port());
-        let mut node = Node::init_at(name, &endpoint);
+        let node = Node::init_at(name, &endpoint);
         crate::harness::fast_retries(&node);
         if allow {
             let path = node.home.join("agentfed.toml");
@@ -879,21 +879,25 @@ fn plain_ws_only_where_the_config_allows_it() {
             assert_ne!(allowed, config, "the config names allow_plaintext");
             std::fs::write(&path, allowed).expect("config");
         }
-        node.start(&[]);
         (node, endpoint)
     };
-    let (alpha, alpha_ep) = plain_node("alpha", true);
-    let (beta, beta_ep) = plain_node("beta", true);
-    let (gamma, gamma_ep) = plain_node("gamma", false);
+    let (mut alpha, alpha_ep) = plain_node("alpha", true);
+    let (mut beta, beta_ep) = plain_node("beta", true);
+    alpha.start(&[]);
+    beta.start(&[]);
 
-    // Without the opt-in a node neither dials ws:// …
+    // Without the opt-in a ws:// node does not start at all (it could
+    // neither listen nor be dialed): a configuration error naming the
+    // setting …
+    let (deaf, _) = plain_node("gamma", false);
+    deaf.run(&["daemon"])
+        .fails(2, &["[transport] allow_plaintext", "ws://"]);
+    assert!(!deaf.socket().exists(), "nothing was served");
+    // … and a wss:// node without it does not dial ws://.
+    let (gamma, _) = fed_node("gamma");
     gamma
         .run(&["join", &alpha_ep, "--accept-new"])
         .fails(1, &["PLAINTEXT_NOT_ALLOWED"]);
-    // … nor listens on it.
-    alpha
-        .run(&["join", &gamma_ep, "--accept-new"])
-        .fails(1, &["IO_ERROR (connection refused)"]);
     assert!(session_peers(&gamma).is_empty());
 
     // With it on both sides, the whole handshake runs over ws://.

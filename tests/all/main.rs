@@ -19,3 +19,4 @@ mod node;
 mod policies;
 mod support;
 mod transport;
+mod wire;

@@ -24,9 +24,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Generous bound for any single wait on a loaded 2-core machine.
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
@@ -45,7 +45,7 @@ fn manifest_of(id: &Identity) -> SignedManifest {
     .expect("manifest")
 }
 
-fn node(name: &str) -> LocalNode {
+pub(crate) fn node(name: &str) -> LocalNode {
     let id = identity(name);
     let manifest = manifest_of(&id);
     LocalNode::new(id, manifest).expect("local node")
@@ -70,18 +70,18 @@ fn lying_node(
     )
 }
 
-fn pin_of(n: &LocalNode) -> Pin {
+pub(crate) fn pin_of(n: &LocalNode) -> Pin {
     Pin::Fingerprint(n.identity().tls_fingerprint().to_string())
 }
 
-fn config() -> TransportConfig {
+pub(crate) fn config() -> TransportConfig {
     TransportConfig {
         handshake_timeout: Duration::from_secs(10),
         ..TransportConfig::default()
     }
 }
 
-async fn listen(
+pub(crate) async fn listen(
     n: &LocalNode,
     config: TransportConfig,
     policy: Arc<dyn HandshakePolicy>,
@@ -92,11 +92,11 @@ async fn listen(
         .expect("listener binds")
 }
 
-fn wss(l: &Listener) -> String {
+pub(crate) fn wss(l: &Listener) -> String {
     format!("wss://{}", l.local_addr())
 }
 
-async fn established(l: &mut Listener) -> Connection {
+pub(crate) async fn established(l: &mut Listener) -> Connection {
     match within("listener result", l.next()).await {
         Some(Accepted::Established(c)) => c,
         Some(Accepted::Failed(f)) => panic!("expected a session, got failure {f:?}"),
@@ -104,7 +104,7 @@ async fn established(l: &mut Listener) -> Connection {
     }
 }
 
-async fn failure(l: &mut Listener) -> HandshakeFailure {
+pub(crate) async fn failure(l: &mut Listener) -> HandshakeFailure {
     match within("listener failure", l.next()).await {
         Some(Accepted::Failed(f)) => f,
         Some(Accepted::Established(c)) => panic!("expected a failure, got {c:?}"),
@@ -147,7 +147,7 @@ async fn dial(
 }
 
 /// Reads until EOF or error; returns what was read.
-async fn read_to_close(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+pub(crate) async fn read_to_close(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -160,7 +160,11 @@ async fn read_to_close(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<
 
 /// A well-behaved client still gets a session from `listener` (after a
 /// misbehaving one was refused).
-async fn assert_still_serving(server: &LocalNode, client: &LocalNode, listener: &mut Listener) {
+pub(crate) async fn assert_still_serving(
+    server: &LocalNode,
+    client: &LocalNode,
+    listener: &mut Listener,
+) {
     let (c, s) = tokio::join!(
         dial(wss(listener), pin_of(server), client, config()),
         established(listener)
@@ -760,7 +764,7 @@ async fn oversized_messages_are_refused_with_message_too_large() {
 
 /// A WebSocket frame (client to server: masked) with RSV1 set when
 /// `compressed`.
-fn ws_frame(opcode: u8, compressed: bool, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ws_frame(opcode: u8, compressed: bool, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x80 | if compressed { 0x40 } else { 0 } | opcode];
     let len = payload.len();
     if len < 126 {
@@ -1180,7 +1184,7 @@ async fn unanswered_requests_are_refused_or_time_out() {
 
 /// TLS and the WebSocket upgrade by hand (no handshake messages yet): a
 /// raw stream to misbehave on.
-async fn raw_upgraded(
+pub(crate) async fn raw_upgraded(
     server: &LocalNode,
     listener: &Listener,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
@@ -1189,7 +1193,7 @@ async fn raw_upgraded(
 
 /// [`raw_upgraded`] with `extra_headers` (each ending in CRLF) in the
 /// upgrade request; also returns the server's response head.
-async fn raw_upgraded_with(
+pub(crate) async fn raw_upgraded_with(
     server: &LocalNode,
     listener: &Listener,
     extra_headers: &str,

@@ -399,7 +399,14 @@ async fn expect(ws: &mut WsConn, want: u8) -> Result<HandshakeMessage, Transport
 }
 
 /// Tells the peer why (unless it refused us), then returns the error.
+/// When the WebSocket layer ended the conversation (the peer's close
+/// frame, or a frame it refused) no `REJECT` can follow: only the owed
+/// close frame goes out (the answer to the peer's close, or 1009 / 1002).
 async fn fail<T>(ws: &mut WsConn, err: TransportError) -> Result<T, TransportError> {
+    if ws.owes_close() {
+        ws.close("HANDSHAKE_FAILED").await;
+        return Err(err);
+    }
     let code = match &err {
         TransportError::Rejected { by_peer: true, .. } => None,
         TransportError::Rejected { code, .. } => Some(code.clone()),

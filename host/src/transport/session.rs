@@ -33,7 +33,7 @@ use yawc::{Frame, OpCode, WebSocket, WebSocketError};
 
 use super::handshake::Session;
 use super::mux::{FLAG_END, FLAG_OPEN, FLAG_REQUEST, MuxFrame, Priority, ResetCode};
-use super::ws::{Prefixed, WsConn, close_code_of, close_numeric, is_code};
+use super::ws::{self, Prefixed, WsConn, close_answer, close_code_of, close_frame, is_code};
 use super::{Role, TransportConfig, TransportError};
 use crate::identity::SignedManifest;
 
@@ -45,9 +45,6 @@ const FLUSH_BATCH: usize = 64 * 1024;
 /// extension are answered with it instead of a new RENEW, so asks that
 /// straggle in just after an answer cannot add up to a `FLOOD`.
 const RENEW_DEBOUNCE_MS: u64 = 10_000;
-
-/// How long a closing connection waits for its close frame to go out.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Progress steps per poll before the driver yields to other tasks.
 const POLL_BUDGET: usize = 64;
@@ -797,7 +794,14 @@ impl Connection {
 }
 
 /// Starts the driver for a connection whose handshake completed.
+///
+/// # Panics
+///
+/// If `ws` was closed (the handshake never returns a session then).
 pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Connection {
+    let ws = ws
+        .into_websocket()
+        .expect("a completed handshake leaves the WebSocket open");
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -826,7 +830,7 @@ pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Co
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let now = Instant::now();
     let driver = Driver {
-        ws: ws.ws,
+        ws: Some(ws),
         shared: shared.clone(),
         sched: Scheduler {
             classes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
@@ -858,11 +862,15 @@ pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Co
         last_rx: now,
         renew_waiters: VecDeque::new(),
         last_renewed_ms: None,
-        closing: None,
     };
     let task_shared = shared.clone();
     tokio::spawn(async move {
-        let reason = driver.run().await;
+        let (reason, ws, close) = driver.run().await;
+        // The close frame, close_notify and FIN go out before anyone
+        // hears that the connection closed (bounded by CLOSE_GRACE).
+        if let (Some(ws), Some(frame)) = (ws, close) {
+            ws::end(ws, Some(frame)).await;
+        }
         finish(&task_shared, reason);
     });
     Connection {
@@ -1017,20 +1025,12 @@ struct Partial {
     request: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CloseAction {
-    /// Send our close frame, then shut down.
-    SendClose,
-    /// Flush what yawc queued (its close echo or error close), then stop.
-    FlushOnly,
-    /// The transport is gone: stop.
-    Drop,
-}
-
 struct Fail {
     code: String,
     by_peer: bool,
-    action: CloseAction,
+    /// The close frame to send before closing; `None` when the transport
+    /// is gone.
+    close: Option<Frame>,
 }
 
 impl Fail {
@@ -1038,7 +1038,7 @@ impl Fail {
         Fail {
             code: code.to_string(),
             by_peer: false,
-            action: CloseAction::SendClose,
+            close: Some(close_frame(code)),
         }
     }
 
@@ -1046,36 +1046,23 @@ impl Fail {
         Fail::local(e.code())
     }
 
+    /// A frame the WebSocket layer refused is answered with 1009 / 1002
+    /// (`docs/protocol.md` §3.2); a lost transport is just dropped.
     fn from_ws(e: WebSocketError) -> Fail {
-        match e {
-            WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => Fail {
+        match ws::ws_violation(&e) {
+            Some(code) => Fail::local(code),
+            None => Fail {
                 code: "CONNECTION_LOST".into(),
                 by_peer: true,
-                action: CloseAction::Drop,
-            },
-            WebSocketError::FrameTooLarge => Fail {
-                code: "MESSAGE_TOO_LARGE".into(),
-                by_peer: false,
-                action: CloseAction::FlushOnly,
-            },
-            _ => Fail {
-                code: "PROTOCOL_ERROR".into(),
-                by_peer: false,
-                action: CloseAction::FlushOnly,
+                close: None,
             },
         }
     }
 }
 
-struct Closing {
-    reason: CloseReason,
-    action: CloseAction,
-    sent: bool,
-    deadline: StdPin<Box<Sleep>>,
-}
-
 struct Driver {
-    ws: WebSocket<Prefixed>,
+    /// Taken by [`Driver::run`] when the connection ends, to close it.
+    ws: Option<WebSocket<Prefixed>>,
     shared: Arc<Shared>,
     sched: Scheduler,
     control_rx: mpsc::UnboundedReceiver<MuxFrame>,
@@ -1110,12 +1097,18 @@ struct Driver {
     /// session; asks within [`RENEW_DEBOUNCE_MS`] of it are answered from
     /// it instead of sending another RENEW.
     last_renewed_ms: Option<u64>,
-    closing: Option<Closing>,
 }
 
 impl Driver {
-    async fn run(mut self) -> CloseReason {
-        let reason = poll_fn(|cx| self.poll_run(cx)).await;
+    /// Drives the connection until it fails or is closed; returns why,
+    /// the WebSocket and the close frame owed to the peer (`None` when the
+    /// transport is gone).
+    async fn run(mut self) -> (CloseReason, Option<WebSocket<Prefixed>>, Option<Frame>) {
+        let fail = poll_fn(|cx| self.poll_run(cx)).await;
+        let reason = CloseReason {
+            code: fail.code,
+            by_peer: fail.by_peer,
+        };
         if self.unreported_refusals > 0 {
             self.shared.emit(EventKind::RefusalsUnreported {
                 count: self.unreported_refusals,
@@ -1124,74 +1117,30 @@ impl Driver {
         for waiter in self.renew_waiters.drain(..) {
             let _ = waiter.send(Err(TransportError::ConnectionClosed(reason.code.clone())));
         }
-        reason
+        (reason, self.ws.take(), fail.close)
     }
 
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Fail> {
         for _ in 0..POLL_BUDGET {
-            if self.closing.is_some() {
-                return self.poll_closing(cx);
-            }
             match self.step(cx) {
                 Ok(true) => continue,
                 Ok(false) => return Poll::Pending,
-                Err(fail) => self.begin_close(fail),
+                // Nothing more is read or written through yawc: what it
+                // queued itself (a pong to the ping that broke the limit,
+                // its own error close) never goes out.
+                Err(fail) => return Poll::Ready(fail),
             }
         }
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 
-    fn begin_close(&mut self, fail: Fail) {
-        self.closing = Some(Closing {
-            reason: CloseReason {
-                code: fail.code,
-                by_peer: fail.by_peer,
-            },
-            action: fail.action,
-            sent: false,
-            deadline: Box::pin(tokio::time::sleep(CLOSE_GRACE)),
-        });
-    }
-
-    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
-        let Driver { ws, closing, .. } = self;
-        let Some(c) = closing.as_mut() else {
-            return Poll::Ready(CloseReason {
-                code: "CLOSED".into(),
-                by_peer: false,
-            });
-        };
-        if c.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(c.reason.clone());
-        }
-        match c.action {
-            CloseAction::Drop => Poll::Ready(c.reason.clone()),
-            CloseAction::FlushOnly => match ws.poll_flush_unpin(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(_) => Poll::Ready(c.reason.clone()),
-            },
-            CloseAction::SendClose => {
-                if !c.sent {
-                    match ws.poll_ready_unpin(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(_)) => return Poll::Ready(c.reason.clone()),
-                        Poll::Ready(Ok(())) => {
-                            let code = c.reason.code.as_str();
-                            let frame = Frame::close(close_numeric(code), code.as_bytes());
-                            if ws.start_send_unpin(frame).is_err() {
-                                return Poll::Ready(c.reason.clone());
-                            }
-                            c.sent = true;
-                        }
-                    }
-                }
-                match ws.poll_close_unpin(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(_) => Poll::Ready(c.reason.clone()),
-                }
-            }
-        }
+    fn ws(&mut self) -> Result<&mut WebSocket<Prefixed>, Fail> {
+        self.ws.as_mut().ok_or(Fail {
+            code: "CLOSED".into(),
+            by_peer: false,
+            close: None,
+        })
     }
 
     fn touch(&mut self) {
@@ -1246,7 +1195,7 @@ impl Driver {
         }
 
         if self.pending_delivery.is_none() && self.may_read(cx) {
-            match self.ws.poll_next_frame(cx) {
+            match self.ws()?.poll_next_frame(cx) {
                 Poll::Ready(Ok(frame)) => {
                     self.touch();
                     self.on_frame(frame)?;
@@ -1258,7 +1207,7 @@ impl Driver {
         }
 
         if self.needs_flush {
-            match self.ws.poll_flush_unpin(cx) {
+            match self.ws()?.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => {
                     self.needs_flush = false;
                     self.unflushed = 0;
@@ -1268,11 +1217,11 @@ impl Driver {
             }
         }
         if self.unflushed < FLUSH_BATCH {
-            match self.ws.poll_ready_unpin(cx) {
+            match self.ws()?.poll_ready_unpin(cx) {
                 Poll::Ready(Ok(())) => {
                     if let Some(frame) = self.next_outgoing(cx) {
                         let len = frame.payload().len().max(1);
-                        self.ws.start_send_unpin(frame).map_err(Fail::from_ws)?;
+                        self.ws()?.start_send_unpin(frame).map_err(Fail::from_ws)?;
                         self.unflushed += len;
                         self.needs_flush = true;
                         progress = true;
@@ -1399,7 +1348,8 @@ impl Driver {
                     MuxFrame::decode(frame.into_payload()).map_err(|e| Fail::from_error(&e))?;
                 self.on_mux(mux)
             }
-            // yawc queues the pong itself.
+            // yawc queues the pong itself; the one past the limit is
+            // dropped with yawc's queue when the connection ends (`run`).
             OpCode::Ping => {
                 if self.pings.note(self.shared.now_ms()) > MAX_PINGS_PER_WINDOW {
                     return Err(Fail::local("FLOOD"));
@@ -1417,10 +1367,11 @@ impl Driver {
                 }
                 Ok(())
             }
+            // Answered (RFC 6455 §5.5.1) with its status code echoed.
             OpCode::Close => Err(Fail {
                 code: close_code_of(&frame),
                 by_peer: true,
-                action: CloseAction::FlushOnly,
+                close: Some(close_answer(&frame)),
             }),
             _ => Err(Fail::local("PROTOCOL_ERROR")),
         }

@@ -10,6 +10,15 @@
 //! (inflation stops at the cap, so a compression bomb costs at most that
 //! much memory and closes the connection with 1009 / `MESSAGE_TOO_LARGE`).
 //!
+//! Ending a connection ([`end`]): the close frame owed to the peer (our
+//! code, or the answer to its close frame), then TLS `close_notify` and
+//! TCP FIN, then, on a detached task and for at most [`CLOSE_GRACE`],
+//! reading and discarding whatever the peer still sends until it closes
+//! too. yawc's own queue of control frames (its error closes, whose
+//! reason is free text and whose code for a reserved opcode is 1003, and
+//! the pong to a ping that broke the flood limit) is dropped, so what goes
+//! out is always the constant code of `docs/protocol.md` §3.2.
+//!
 //! Negotiated extension (when both sides enable compression):
 //! `permessage-deflate; server_no_context_takeover; client_no_context_takeover`:
 //! every message is compressed independently, so per-connection deflate
@@ -19,6 +28,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin as StdPin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -35,6 +45,11 @@ use crate::identity::validate_endpoint;
 
 /// Largest HTTP upgrade request or response head, in bytes.
 pub const MAX_UPGRADE_HEAD: usize = 8 * 1024;
+
+/// How long ending a connection may take: sending the close frame and
+/// `close_notify`, then reading what the peer still sends until it closes
+/// too (each phase at most this long).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Hard cap of one WebSocket message's payload, on the wire or inflated:
 /// [`MAX_WS_MESSAGE`] plus 1 KiB of slack for deflate's overhead on
@@ -170,7 +185,13 @@ impl Endpoint {
 /// [`super::connect`] and the listener use it to run the handshake; tests
 /// use it directly to play misbehaving peers.
 pub struct WsConn {
-    pub(crate) ws: WebSocket<Prefixed>,
+    /// `None` once closed.
+    pub(crate) ws: Option<WebSocket<Prefixed>>,
+    /// The close frame owed to the peer once the WebSocket layer ended the
+    /// conversation: the answer to the peer's close frame, or our 1009 /
+    /// 1002 for a frame the WebSocket layer refused. [`WsConn::close`]
+    /// sends it instead of its own code (no `REJECT` can follow either).
+    pub(crate) owed_close: Option<Frame>,
     pub(crate) binding: Option<TlsBinding>,
     pub(crate) remote_addr: SocketAddr,
     pub(crate) compression: bool,
@@ -218,7 +239,10 @@ impl WsConn {
 
     /// Sends one binary message.
     pub async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
-        self.ws
+        if self.owed_close.is_some() {
+            return Err(TransportError::ConnectionClosed("CLOSING".into()));
+        }
+        self.open()?
             .send(Frame::binary(Bytes::copy_from_slice(message)))
             .await
             .map_err(map_ws_error)
@@ -226,11 +250,23 @@ impl WsConn {
 
     /// The next binary message (up to [`MAX_HANDSHAKE_PINGS`] pings and
     /// pongs before it are skipped; a close becomes
-    /// [`TransportError::ConnectionClosed`] with the peer's code).
+    /// [`TransportError::ConnectionClosed`] with the peer's code, and is
+    /// answered by [`WsConn::close`]).
     pub async fn recv(&mut self) -> Result<Bytes, TransportError> {
+        if self.owed_close.is_some() {
+            return Err(TransportError::ConnectionClosed("CLOSING".into()));
+        }
         let mut skipped = 0;
         loop {
-            let frame = self.ws.next_frame().await.map_err(map_ws_error)?;
+            let frame = match self.open()?.next_frame().await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    if let Some(code) = ws_violation(&e) {
+                        self.owed_close = Some(close_frame(code));
+                    }
+                    return Err(map_ws_error(e));
+                }
+            };
             match frame.opcode() {
                 OpCode::Binary => return Ok(frame.into_payload()),
                 // Each ping queues a pong that is written only with our
@@ -245,8 +281,7 @@ impl WsConn {
                     ));
                 }
                 OpCode::Close => {
-                    // Let yawc flush its echo of the close; best effort.
-                    let _ = self.ws.flush().await;
+                    self.owed_close = Some(close_answer(&frame));
                     return Err(TransportError::ConnectionClosed(close_code_of(&frame)));
                 }
                 _ => {
@@ -258,12 +293,33 @@ impl WsConn {
         }
     }
 
-    /// Sends a close frame carrying the constant `code` and shuts the
-    /// stream down (best effort).
+    /// Whether the WebSocket layer ended the conversation (the peer closed,
+    /// or sent a frame the WebSocket layer refused): only a close frame
+    /// may follow, which [`WsConn::close`] sends.
+    pub fn owes_close(&self) -> bool {
+        self.owed_close.is_some()
+    }
+
+    /// Ends the connection ([`end`]): sends a close frame carrying the
+    /// constant `code` (or, when one is owed, the answer to the peer's
+    /// close or our refusal of its frame), then `close_notify`, then
+    /// closes. Best effort, bounded by [`CLOSE_GRACE`].
     pub async fn close(&mut self, code: &str) {
-        let numeric = close_numeric(code);
-        let _ = self.ws.send(Frame::close(numeric, code.as_bytes())).await;
-        let _ = self.ws.close().await;
+        let frame = self.owed_close.take().unwrap_or_else(|| close_frame(code));
+        if let Some(ws) = self.ws.take() {
+            end(ws, Some(frame)).await;
+        }
+    }
+
+    fn open(&mut self) -> Result<&mut WebSocket<Prefixed>, TransportError> {
+        self.ws
+            .as_mut()
+            .ok_or_else(|| TransportError::ConnectionClosed("CLOSED".into()))
+    }
+
+    /// The WebSocket, for the established connection's driver.
+    pub(crate) fn into_websocket(self) -> Option<WebSocket<Prefixed>> {
+        self.ws
     }
 }
 
@@ -279,6 +335,78 @@ pub(crate) fn close_numeric(code: &str) -> CloseCode {
         "PROTOCOL_ERROR" => CloseCode::Protocol,
         _ => CloseCode::Policy,
     }
+}
+
+/// The close frame carrying the constant `code`.
+pub(crate) fn close_frame(code: &str) -> Frame {
+    Frame::close(close_numeric(code), code.as_bytes())
+}
+
+/// The answer to a peer's close frame (RFC 6455 §5.5.1): its status code
+/// echoed (1000 when it sent none), with the constant code it maps to as
+/// reason, never the peer's own text.
+pub(crate) fn close_answer(frame: &Frame) -> Frame {
+    let code = close_code_of(frame);
+    match frame.close_code() {
+        Some(numeric) => Frame::close(numeric, code.as_bytes()),
+        None => close_frame("NORMAL"),
+    }
+}
+
+/// The constant code for a frame the WebSocket layer refused, when the
+/// peer broke the WebSocket protocol (a close frame is then owed:
+/// `MESSAGE_TOO_LARGE` → 1009, anything else `PROTOCOL_ERROR` → 1002);
+/// `None` when the connection itself is gone.
+pub(crate) fn ws_violation(e: &WebSocketError) -> Option<&'static str> {
+    match e {
+        WebSocketError::ConnectionClosed => None,
+        // yawc reports corrupt deflate data as `InvalidInput`; the socket
+        // and TLS never do (TLS failures are `InvalidData`).
+        WebSocketError::IoError(io) if io.kind() == io::ErrorKind::InvalidInput => {
+            Some("PROTOCOL_ERROR")
+        }
+        WebSocketError::IoError(_) => None,
+        WebSocketError::FrameTooLarge => Some("MESSAGE_TOO_LARGE"),
+        _ => Some("PROTOCOL_ERROR"),
+    }
+}
+
+/// Ends a WebSocket connection in order: `frame` (if any) after the frames
+/// already buffered, then TLS `close_notify` and TCP FIN (shutting the
+/// stream down), within [`CLOSE_GRACE`]. Then a detached task reads and
+/// discards what the peer still sends until it closes too, for at most
+/// [`CLOSE_GRACE`]: closing a socket with unread data makes the kernel
+/// send a reset, which can destroy our close frame before the peer reads
+/// it. Frames yawc queued itself (pongs, its own error close) are
+/// dropped.
+pub(crate) async fn end(ws: WebSocket<Prefixed>, frame: Option<Frame>) {
+    // SAFETY: `split_stream` is `unsafe` only as a contract that the parts
+    // are not driven concurrently; the two halves are dropped at once and
+    // the framed stream is used by this task alone.
+    let (mut framed, _, _) = unsafe { ws.into_streaming().split_stream() };
+    let sent = tokio::time::timeout(CLOSE_GRACE, async {
+        if let Some(frame) = frame {
+            framed.send(frame).await?;
+        }
+        // Flushes, then shuts the stream down: close_notify, then FIN.
+        framed.close().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        linger(framed.into_inner());
+    }
+}
+
+/// Reads and discards from `io` until the peer closes, for at most
+/// [`CLOSE_GRACE`], on a detached task (see [`end`]).
+fn linger(mut io: impl AsyncRead + Send + Unpin + 'static) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut buf = [0u8; 4096];
+            while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    });
 }
 
 /// The agentfed code of a received close frame: its reason when that is a
@@ -311,13 +439,11 @@ pub(crate) fn is_code(s: &str) -> bool {
 
 /// Maps a yawc error to a constant transport error.
 pub(crate) fn map_ws_error(e: WebSocketError) -> TransportError {
-    match e {
-        WebSocketError::FrameTooLarge => TransportError::MessageTooLarge,
-        WebSocketError::ConnectionClosed => {
-            TransportError::ConnectionClosed("CONNECTION_LOST".into())
-        }
-        WebSocketError::IoError(io) => TransportError::Io(io.kind()),
-        _ => TransportError::ProtocolError("invalid WebSocket framing"),
+    match (ws_violation(&e), e) {
+        (Some("MESSAGE_TOO_LARGE"), _) => TransportError::MessageTooLarge,
+        (Some(_), _) => TransportError::ProtocolError("invalid WebSocket framing"),
+        (None, WebSocketError::IoError(io)) => TransportError::Io(io.kind()),
+        (None, _) => TransportError::ConnectionClosed("CONNECTION_LOST".into()),
     }
 }
 
@@ -337,6 +463,11 @@ pub(crate) fn ws_options(config: &TransportConfig, deflate: bool) -> yawc::Optio
     options
 }
 
+/// Detail of the error for an upgrade head over [`MAX_UPGRADE_HEAD`].
+const HEAD_TOO_LARGE: &str = "upgrade head too large";
+/// Detail of the error for bytes that cannot start an HTTP head.
+const NOT_HTTP: &str = "not an HTTP head";
+
 /// Reads an HTTP head (through the blank line), at most
 /// [`MAX_UPGRADE_HEAD`] bytes; returns it and any bytes read past it.
 async fn read_head(io: &mut Box<dyn Io>) -> Result<(Vec<u8>, Vec<u8>), TransportError> {
@@ -351,16 +482,22 @@ async fn read_head(io: &mut Box<dyn Io>) -> Result<(Vec<u8>, Vec<u8>), Transport
         }
         let scan_from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&tmp[..n]);
+        // An HTTP head starts with a method or "HTTP", in capitals. Anything
+        // else (e.g. a TLS ClientHello sent to a plaintext listener) would
+        // otherwise wait for a blank line that never comes.
+        if !buf[0].is_ascii_uppercase() {
+            return Err(TransportError::ProtocolError(NOT_HTTP));
+        }
         if let Some(i) = buf[scan_from..].windows(4).position(|w| w == b"\r\n\r\n") {
             let end = scan_from + i + 4;
             if end > MAX_UPGRADE_HEAD {
-                return Err(TransportError::ProtocolError("upgrade head too large"));
+                return Err(TransportError::ProtocolError(HEAD_TOO_LARGE));
             }
             let rest = buf.split_off(end);
             return Ok((buf, rest));
         }
         if buf.len() > MAX_UPGRADE_HEAD {
-            return Err(TransportError::ProtocolError("upgrade head too large"));
+            return Err(TransportError::ProtocolError(HEAD_TOO_LARGE));
         }
     }
 }
@@ -403,11 +540,20 @@ fn accept_key(key: &str) -> String {
     B64.encode(sha.finalize())
 }
 
-async fn refuse(io: &mut Box<dyn Io>, status: &str) {
+/// Answers an upgrade request with an HTTP error and closes: the
+/// response, `close_notify` and FIN within [`CLOSE_GRACE`], then the
+/// lingering read of [`end`] (the request may not have been read whole).
+async fn refuse(mut io: Box<dyn Io>, status: &str) {
     let response = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    let _ = io.write_all(response.as_bytes()).await;
-    let _ = io.flush().await;
-    let _ = io.shutdown().await;
+    let sent = tokio::time::timeout(CLOSE_GRACE, async {
+        io.write_all(response.as_bytes()).await?;
+        io.flush().await?;
+        io.shutdown().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        linger(io);
+    }
 }
 
 /// Server side of the upgrade on an accepted stream. Anything but a
@@ -417,16 +563,27 @@ pub(crate) async fn server_upgrade(
     mut io: Box<dyn Io>,
     config: &TransportConfig,
 ) -> Result<(WebSocket<Prefixed>, bool), TransportError> {
-    let (head, rest) = read_head(&mut io).await?;
+    let (head, rest) = match read_head(&mut io).await {
+        Ok(read) => read,
+        Err(e @ TransportError::ProtocolError(HEAD_TOO_LARGE)) => {
+            refuse(io, "431 Request Header Fields Too Large").await;
+            return Err(e);
+        }
+        Err(e @ TransportError::ProtocolError(NOT_HTTP)) => {
+            refuse(io, "400 Bad Request").await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let parsed = matches!(req.parse(&head), Ok(httparse::Status::Complete(_)));
     if !parsed || req.method != Some("GET") || req.version != Some(1) {
-        refuse(&mut io, "400 Bad Request").await;
+        refuse(io, "400 Bad Request").await;
         return Err(TransportError::ProtocolError("not an HTTP/1.1 GET request"));
     }
     if req.path != Some(WS_PATH) {
-        refuse(&mut io, "404 Not Found").await;
+        refuse(io, "404 Not Found").await;
         return Err(TransportError::ProtocolError("wrong WebSocket path"));
     }
     let key = header_values(req.headers, "sec-websocket-key")
@@ -441,11 +598,11 @@ pub(crate) async fn server_upgrade(
             .is_some_and(|v| v.trim() == "13")
         && key_ok;
     if !upgrade_ok {
-        refuse(&mut io, "400 Bad Request").await;
+        refuse(io, "400 Bad Request").await;
         return Err(TransportError::ProtocolError("not a WebSocket upgrade"));
     }
     if !has_token(req.headers, "sec-websocket-protocol", WS_SUBPROTOCOL) {
-        refuse(&mut io, "400 Bad Request").await;
+        refuse(io, "400 Bad Request").await;
         return Err(TransportError::ProtocolError(
             "missing agentfed subprotocol",
         ));
@@ -571,7 +728,8 @@ pub async fn dial(
         let binding = tls::client_binding(tls_stream.get_ref().1)?;
         let (ws, compression) = client_upgrade(Box::new(tls_stream), &ep, config).await?;
         Ok(WsConn {
-            ws,
+            ws: Some(ws),
+            owed_close: None,
             binding: Some(binding),
             remote_addr,
             compression,
@@ -581,7 +739,8 @@ pub async fn dial(
         let remote_addr = tcp.peer_addr()?;
         let (ws, compression) = client_upgrade(Box::new(tcp), &ep, config).await?;
         Ok(WsConn {
-            ws,
+            ws: Some(ws),
+            owed_close: None,
             binding: None,
             remote_addr,
             compression,
@@ -604,7 +763,8 @@ pub(crate) async fn accept(
             let binding = tls::server_binding(tls_stream.get_ref().1)?;
             let (ws, compression) = server_upgrade(Box::new(tls_stream), config).await?;
             Ok(WsConn {
-                ws,
+                ws: Some(ws),
+                owed_close: None,
                 binding: Some(binding),
                 remote_addr,
                 compression,
@@ -613,7 +773,8 @@ pub(crate) async fn accept(
         None => {
             let (ws, compression) = server_upgrade(Box::new(tcp), config).await?;
             Ok(WsConn {
-                ws,
+                ws: Some(ws),
+                owed_close: None,
                 binding: None,
                 remote_addr,
                 compression,
