@@ -306,6 +306,17 @@ pub struct TransportSection {
     /// once (1..=10000); further strangers are refused `PEER_LIMIT` at the
     /// handshake. Peers an operator added or joined do not count.
     pub max_accepted_peers: u64,
+    /// Inbound envelopes accepted per second from one peer, sustained
+    /// (bursts of two seconds' worth pass); more are refused
+    /// `RATE_LIMITED` and retried by the sender.
+    pub peer_envelopes_per_sec: u64,
+    /// Inbound bytes accepted per second from one peer, sustained.
+    pub peer_bytes_per_sec: u64,
+    /// Messages one peer may have waiting in this node's inbox; more are
+    /// refused `INBOX_FULL` until the local agent removes what it processed.
+    pub peer_inbox_messages: u64,
+    /// Bytes one peer may have waiting in this node's inbox.
+    pub peer_inbox_bytes: u64,
     /// First retry delay (reconnects and redeliveries), ms; doubles per
     /// failed attempt.
     pub retry_base_ms: u64,
@@ -345,6 +356,12 @@ impl Default for TransportSection {
             request_timeout_ms: 10_000,
             accept_new_peers: false,
             max_accepted_peers: 64,
+            // High enough for the delivery target (10,000 messages/s
+            // between two nodes); an exposed node may lower them.
+            peer_envelopes_per_sec: 20_000,
+            peer_bytes_per_sec: 64 << 20,
+            peer_inbox_messages: 100_000,
+            peer_inbox_bytes: 512 << 20,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
             consensus_for: Vec::new(),
@@ -527,6 +544,30 @@ impl NodeConfig {
                 1,
                 10_000,
             ),
+            (
+                "transport.peer_envelopes_per_sec",
+                t.peer_envelopes_per_sec,
+                1,
+                1_000_000,
+            ),
+            (
+                "transport.peer_bytes_per_sec",
+                t.peer_bytes_per_sec,
+                1024,
+                1 << 34,
+            ),
+            (
+                "transport.peer_inbox_messages",
+                t.peer_inbox_messages,
+                1,
+                100_000_000,
+            ),
+            (
+                "transport.peer_inbox_bytes",
+                t.peer_inbox_bytes,
+                1 << 20,
+                1 << 40,
+            ),
             ("transport.retry_max_ms", t.retry_max_ms, 1, 86_400_000),
             (
                 "transport.max_clock_skew_secs",
@@ -701,6 +742,18 @@ impl NodeConfig {
             "# they are never redialed, and a peer an operator removed stays refused (PEER_REMOVED).",
         );
         kv(w, "max_accepted_peers", &t.max_accepted_peers);
+        line(
+            w,
+            "# Per peer: inbound envelopes and bytes a second (sustained; RATE_LIMITED beyond),",
+        );
+        line(
+            w,
+            "# and messages and bytes waiting in this node's inbox (INBOX_FULL beyond).",
+        );
+        kv(w, "peer_envelopes_per_sec", &t.peer_envelopes_per_sec);
+        kv(w, "peer_bytes_per_sec", &t.peer_bytes_per_sec);
+        kv(w, "peer_inbox_messages", &t.peer_inbox_messages);
+        kv(w, "peer_inbox_bytes", &t.peer_inbox_bytes);
         line(
             w,
             "# Retry delays (reconnects, redeliveries): first delay and cap, ms; doubles per failure.",

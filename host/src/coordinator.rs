@@ -597,7 +597,9 @@ pub struct Coordinator {
     inbound_pending: PendingSet,
     /// Per sender, how many duplicates were audited in the current window
     /// ([`Coordinator::audit_duplicate`]).
-    duplicate_audits: std::sync::Mutex<HashMap<String, DuplicateWindow>>,
+    audit_throttle: AuditThrottle,
+    /// Per-peer inbound envelope and byte rates ([`RateLimiter`]).
+    inbound_rates: RateLimiter,
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
@@ -673,7 +675,8 @@ impl Coordinator {
             earning,
             peer_keys: std::sync::Mutex::new(HashMap::new()),
             inbound_pending: Arc::default(),
-            duplicate_audits: std::sync::Mutex::new(HashMap::new()),
+            audit_throttle: AuditThrottle::default(),
+            inbound_rates: RateLimiter::default(),
             verified_batched: AtomicU64::new(0),
             verified_alone: AtomicU64::new(0),
         };
@@ -2437,6 +2440,7 @@ impl Coordinator {
             }
         }
         report.dedupe_pruned = self.prune_dedupe()?;
+        self.flush_audit_summaries()?;
         Ok(report)
     }
 }
@@ -2576,9 +2580,42 @@ pub enum InboundRefusal {
     /// refusal, for an envelope that is in fact processed.)
     #[error("IN_PROGRESS")]
     InProgress,
+    /// The sender is over its inbound envelope or byte rate
+    /// (`[transport] peer_envelopes_per_sec`, `peer_bytes_per_sec`); a
+    /// later retry is accepted.
+    #[error("RATE_LIMITED")]
+    RateLimited,
+    /// The sender has as many messages or bytes waiting in this node's
+    /// inbox as its quota allows (`[transport] peer_inbox_messages`,
+    /// `peer_inbox_bytes`); a retry is accepted once the local agent has
+    /// removed what it processed.
+    #[error("INBOX_FULL")]
+    InboxFull,
 }
 
 impl InboundRefusal {
+    /// The constant code, as sent to the peer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InboundRefusal::MalformedFrame => "MALFORMED_FRAME",
+            InboundRefusal::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            InboundRefusal::UnknownSender => "UNKNOWN_SENDER",
+            InboundRefusal::PeerSuspended => "PEER_SUSPENDED",
+            InboundRefusal::PeerEvicted => "PEER_EVICTED",
+            InboundRefusal::BadSignature => "BAD_SIGNATURE",
+            InboundRefusal::WrongAddress => "WRONG_ADDRESS",
+            InboundRefusal::StaleTimestamp => "STALE_TIMESTAMP",
+            InboundRefusal::UnknownMessageType => "UNKNOWN_MESSAGE_TYPE",
+            InboundRefusal::CapabilityDenied => "CAPABILITY_DENIED",
+            InboundRefusal::HopLimitExceeded => "HOP_LIMIT_EXCEEDED",
+            InboundRefusal::PiiBlocked => "PII_BLOCKED",
+            InboundRefusal::PluginFailed => "PLUGIN_FAILED",
+            InboundRefusal::InProgress => "IN_PROGRESS",
+            InboundRefusal::RateLimited => "RATE_LIMITED",
+            InboundRefusal::InboxFull => "INBOX_FULL",
+        }
+    }
+
     /// Whether the refusal shows the sender misbehaving (a failure counted
     /// in full against its trust), rather than this node's state, its
     /// clock, a plugin of ours, or a race. Bad signatures and PII blocks
@@ -2592,7 +2629,53 @@ impl InboundRefusal {
                 | InboundRefusal::UnknownMessageType
                 | InboundRefusal::CapabilityDenied
                 | InboundRefusal::HopLimitExceeded
+                | InboundRefusal::RateLimited
         )
+    }
+}
+
+/// Per-peer token buckets for inbound envelopes and bytes (real time: they
+/// protect this machine's resources, whatever the decision clock says).
+/// A bucket holds two seconds' worth, so a burst passes and a sustained
+/// flood is held to the rate.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: std::sync::Mutex<HashMap<String, RateBucket>>,
+}
+
+#[derive(Debug)]
+struct RateBucket {
+    refilled: Instant,
+    envelopes: f64,
+    bytes: f64,
+}
+
+impl RateLimiter {
+    /// Takes one envelope of `bytes` from `peer`'s buckets; `false` when
+    /// either is empty (nothing is taken then).
+    fn admit(&self, peer: &str, bytes: usize, per_sec: u64, bytes_per_sec: u64) -> bool {
+        const BURST_SECS: f64 = 2.0;
+        let (cap_n, cap_b) = (per_sec as f64 * BURST_SECS, bytes_per_sec as f64 * BURST_SECS);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(peer.to_string()).or_insert(RateBucket {
+            refilled: now,
+            envelopes: cap_n,
+            bytes: cap_b,
+        });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.refilled = now;
+        bucket.envelopes = (bucket.envelopes + elapsed * per_sec as f64).min(cap_n);
+        bucket.bytes = (bucket.bytes + elapsed * bytes_per_sec as f64).min(cap_b);
+        // One envelope larger than the whole bucket can still pass when
+        // the bucket is full (the size limits bound it separately).
+        let bytes = (bytes as f64).min(cap_b);
+        if bucket.envelopes < 1.0 || bucket.bytes < bytes {
+            return false;
+        }
+        bucket.envelopes -= 1.0;
+        bucket.bytes -= bytes;
+        true
     }
 }
 
@@ -2629,18 +2712,62 @@ impl Drop for PendingInbound {
     }
 }
 
-/// Duplicates audited one by one per sender and window.
-const DUPLICATE_AUDIT_BURST: u32 = 16;
-/// The window of [`DUPLICATE_AUDIT_BURST`].
-const DUPLICATE_AUDIT_WINDOW_MS: u64 = 60_000;
+/// Duplicates and refusals audited one by one per sender, kind and
+/// window; the rest are counted into summaries.
+pub const AUDIT_BURST: u32 = 16;
+/// The window of [`AUDIT_BURST`]: one minute.
+pub const AUDIT_WINDOW_MS: u64 = 60_000;
 
-/// One sender's duplicate audits in the current window.
+/// Per `(sender, kind)` (a refusal code, or `REPLAY`), how many records
+/// were written in the current window and how many were held back. Peers
+/// control how often these events happen; the audit log must not grow one
+/// record per envelope they send.
 #[derive(Debug, Default)]
-struct DuplicateWindow {
+struct AuditThrottle {
+    windows: std::sync::Mutex<HashMap<(String, &'static str), AuditWindow>>,
+}
+
+#[derive(Debug, Default)]
+struct AuditWindow {
     started_ms: u64,
     recorded: u32,
-    /// Duplicates past the burst, reported with the next record.
+    /// Events past the burst, reported with the next record or a summary.
     unreported: u64,
+}
+
+impl AuditThrottle {
+    /// Whether to record this event now; `Some(n)` with the number of
+    /// events held back before it, `None` to count it instead.
+    fn admit(&self, sender: &str, kind: &'static str, now_ms: u64) -> Option<u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let window = windows.entry((sender.to_string(), kind)).or_default();
+        if now_ms.saturating_sub(window.started_ms) >= AUDIT_WINDOW_MS {
+            // A new window; what was held back is reported now.
+            window.started_ms = now_ms;
+            window.recorded = 0;
+        }
+        if window.recorded >= AUDIT_BURST {
+            window.unreported += 1;
+            return None;
+        }
+        window.recorded += 1;
+        Some(std::mem::take(&mut window.unreported))
+    }
+
+    /// Takes the counts held back in windows that have ended (for summary
+    /// records), and forgets idle windows.
+    fn take_expired(&self, now_ms: u64) -> Vec<(String, &'static str, u64)> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        windows.retain(|(sender, kind), w| {
+            let ended = now_ms.saturating_sub(w.started_ms) >= AUDIT_WINDOW_MS;
+            if ended && w.unreported > 0 {
+                out.push((sender.clone(), *kind, std::mem::take(&mut w.unreported)));
+            }
+            !ended
+        });
+        out
+    }
 }
 
 /// The pending commit of a queued envelope ([`Coordinator::queue_submit`]).
@@ -2734,29 +2861,15 @@ impl Coordinator {
     }
 
     /// Records a duplicate (`message_duplicate`, reason `REPLAY`): the
-    /// first [`DUPLICATE_AUDIT_BURST`] per sender and minute one by one,
+    /// first [`AUDIT_BURST`] per sender and minute one by one,
     /// the rest counted into the next record (`unreported_before`). The
     /// record rides the next commit without being waited for: answering a
     /// duplicate stays a read, and a burst of retransmissions after a
     /// reconnect does not turn into a series of `fdatasync`s.
     fn audit_duplicate(&self, sender: &str, ack: &Ack) {
         let now = self.now();
-        let unreported_before = {
-            let mut windows = self
-                .duplicate_audits
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let window = windows.entry(sender.to_string()).or_default();
-            if now.saturating_sub(window.started_ms) >= DUPLICATE_AUDIT_WINDOW_MS {
-                window.started_ms = now;
-                window.recorded = 0;
-            }
-            if window.recorded >= DUPLICATE_AUDIT_BURST {
-                window.unreported += 1;
-                return;
-            }
-            window.recorded += 1;
-            std::mem::take(&mut window.unreported)
+        let Some(unreported_before) = self.audit_throttle.admit(sender, "REPLAY", now) else {
+            return;
         };
         let mut details = json!({
             "envelope_id": ack.envelope_id,
@@ -2784,6 +2897,94 @@ impl Coordinator {
         if let Err(e) = queued {
             tracing::warn!("cannot audit a duplicate envelope: {e}");
         }
+    }
+
+    /// Records an inbound refusal (`message_rejected`): the first
+    /// [`AUDIT_BURST`] per sender, code and minute one by one, the rest
+    /// counted into the next record (`unreported_before`) or a summary the
+    /// timer writes when the minute ends. Not waited for: a refusal
+    /// acknowledges nothing, and a flood of bad frames must not turn into
+    /// a flood of `fdatasync`s.
+    fn audit_refusal(&self, sender: &str, refusal: InboundRefusal) {
+        let code: &'static str = refusal.code();
+        let Some(unreported_before) = self.audit_throttle.admit(sender, code, self.now()) else {
+            return;
+        };
+        let mut details = json!({"reason": code});
+        if unreported_before > 0 {
+            details["unreported_before"] = json!(unreported_before);
+        }
+        let event = AuditEvent::new(
+            EventType::MessageRejected,
+            format!("inbound envelope refused: {code}"),
+        )
+        .with_peer(sender)
+        .with_details(details);
+        if let Err(e) = self.audit.submit_with_hook(
+            |_| Ok(((), true)),
+            vec![event],
+            None::<fn(&())>,
+            Persist::Lazy,
+        ) {
+            tracing::warn!("cannot audit an inbound refusal: {e}");
+        }
+    }
+
+    /// Records an envelope answered with a reply (`message_received`,
+    /// status `replied`), throttled per sender like refusals
+    /// ([`Coordinator::audit_refusal`]); not waited for.
+    fn audit_reply(&self, sender: &str, envelope: &Envelope, ack: &Ack) {
+        let Some(unreported_before) = self.audit_throttle.admit(sender, "REPLIED", self.now())
+        else {
+            return;
+        };
+        let mut details = json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status, "session": envelope.session});
+        if unreported_before > 0 {
+            details["unreported_before"] = json!(unreported_before);
+        }
+        let event = AuditEvent::new(
+            EventType::MessageReceived,
+            format!("{} from {sender}: {:?}", envelope.message_type, ack.status),
+        )
+        .with_peer(sender)
+        .with_details(details);
+        if let Err(e) = self.audit.submit_with_hook(
+            |_| Ok(((), true)),
+            vec![event],
+            None::<fn(&())>,
+            Persist::Lazy,
+        ) {
+            tracing::warn!("cannot audit an answered envelope: {e}");
+        }
+    }
+
+    /// Writes one summary record per sender and kind whose throttle window
+    /// ended with events held back (the timer calls it).
+    fn flush_audit_summaries(&self) -> Result<()> {
+        for (sender, kind, count) in self.audit_throttle.take_expired(self.now()) {
+            let (event_type, summary) = if kind == "REPLAY" {
+                (
+                    EventType::MessageDuplicate,
+                    format!("{count} more duplicate envelope(s) from {sender} in the last minute, not recorded one by one"),
+                )
+            } else if kind == "REPLIED" {
+                (
+                    EventType::MessageReceived,
+                    format!("{count} more envelope(s) from {sender} answered with a reply in the last minute, not recorded one by one"),
+                )
+            } else {
+                (
+                    EventType::MessageRejected,
+                    format!("{count} more inbound envelope(s) from {sender} refused {kind} in the last minute, not recorded one by one"),
+                )
+            };
+            self.record(
+                AuditEvent::new(event_type, summary)
+                    .with_peer(&sender)
+                    .with_details(json!({"reason": kind, "summary": true, "count": count})),
+            )?;
+        }
+        Ok(())
     }
 
     /// Waits for a processed envelope's commit, or audits its refusal.
@@ -2815,14 +3016,7 @@ impl Coordinator {
                 if refusal.is_senders_fault() {
                     self.note_failed(session_peer);
                 }
-                self.record(
-                    AuditEvent::new(
-                        EventType::MessageRejected,
-                        format!("inbound envelope refused: {refusal}"),
-                    )
-                    .with_peer(session_peer)
-                    .with_details(json!({"reason": refusal.to_string()})),
-                )?;
+                self.audit_refusal(session_peer, refusal);
                 Ok(Err(refusal))
             }
         }
@@ -2896,6 +3090,15 @@ impl Coordinator {
         use InboundRefusal as R;
         if frame.len() > MAX_FRAME_BYTES {
             return Ok(Err(R::MessageTooLarge));
+        }
+        let t = &self.config.transport;
+        if !self.inbound_rates.admit(
+            session_peer,
+            frame.len(),
+            t.peer_envelopes_per_sec,
+            t.peer_bytes_per_sec,
+        ) {
+            return Ok(Err(R::RateLimited));
         }
         let (signed, verified_with) = match verified {
             Some(Verified { signed, key }) => (signed, Some(key)),
@@ -3060,6 +3263,13 @@ impl Coordinator {
         };
         let (ack, inbox) = match decision {
             plugin::HandlerDecision::Accept => {
+                let (messages, bytes) = self.store.inbox_usage(session_peer);
+                let t = &self.config.transport;
+                if messages >= t.peer_inbox_messages
+                    || bytes.saturating_add(frame.len() as u64) > t.peer_inbox_bytes
+                {
+                    return Ok(Err(R::InboxFull));
+                }
                 let message = InboxMessage {
                     seq: 0,
                     envelope_id: envelope.id.clone(),
@@ -3105,6 +3315,17 @@ impl Coordinator {
                 )
             }
         };
+        if ack.status == AckStatus::Replied {
+            // A reply changes nothing here (handlers have no side effects:
+            // their only imports are the log, the clock, config and status),
+            // so answering again is as good as a stored answer: nothing is
+            // committed, and `message_received` is throttled like refusals,
+            // so a flood of pings or heartbeats cannot grow the state file.
+            drop(pending);
+            self.note_observed(session_peer);
+            self.audit_reply(session_peer, &envelope, &ack);
+            return Ok(Ok(Processed::Answered(ack)));
+        }
         let ack_bytes = serde_json::to_vec(&ack).expect("acks serialise");
         // The dedupe entry, the inbox message, the stored acknowledgement
         // and the `message_received` record commit together (group
@@ -3126,7 +3347,10 @@ impl Coordinator {
                 Ok((outcome, fresh))
             },
             vec![received],
-            Some(self.store.inbound_commit_hook()),
+            Some(self.store.inbound_commit_hook(
+                session_peer,
+                inbox.as_ref().map_or(0, |m| m.len() as u64),
+            )),
             Persist::Durable,
         )?;
         Ok(Ok(Processed::Committing {
@@ -3170,13 +3394,21 @@ impl Coordinator {
         /// rest waits for the next tick, so a large backlog cannot hold
         /// up a shutdown).
         const PRUNE_BATCH: usize = 10_000;
-        const PRUNE_BATCHES_PER_CALL: usize = 10;
+        /// At least this many batches per call, then more while the
+        /// backlog lasts and [`PRUNE_TIME_BUDGET`] allows: so pruning keeps
+        /// up with a sustained inbound rate well above what one tick's
+        /// fixed share would cover.
+        const PRUNE_MIN_BATCHES: usize = 10;
+        const PRUNE_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
         let cutoff = self.now().saturating_sub(DEDUPE_WINDOW_MS);
+        let started = Instant::now();
         let mut pruned = 0;
-        for _ in 0..PRUNE_BATCHES_PER_CALL {
+        for batch in 0.. {
             let n = self.store.dedupe_prune_older_than(cutoff, PRUNE_BATCH)?;
             pruned += n;
-            if n < PRUNE_BATCH as u64 {
+            if n < PRUNE_BATCH as u64
+                || (batch + 1 >= PRUNE_MIN_BATCHES && started.elapsed() >= PRUNE_TIME_BUDGET)
+            {
                 break;
             }
         }

@@ -29,6 +29,7 @@
 //! The `*_in` functions are the same changes applied to a caller's
 //! transaction, for jobs that combine them (e.g. with audit records).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -41,6 +42,8 @@ use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     StorageError, TableDefinition, WriteTransaction,
 };
+
+use serde::Deserialize;
 
 use crate::journal::Journal;
 use crate::model::{PeerRecord, SpendSample, SpendWindow};
@@ -199,6 +202,64 @@ pub struct Store {
     peers: PeerCache,
     outbox: Arc<OutboxIndex>,
     inbox_tip: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Messages and bytes each sender has in the inbox (per-peer quotas).
+    inbox_usage: Arc<InboxUsage>,
+}
+
+/// How many messages, and how many bytes, each sender has in the inbox:
+/// what the per-peer inbox quota is checked against. Built from the table
+/// when the store opens; afterwards changed by commit hooks (a message
+/// stored) and by removals.
+#[derive(Debug, Default)]
+pub(crate) struct InboxUsage {
+    by_sender: std::sync::Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl InboxUsage {
+    fn add(&self, sender: &str, bytes: u64) {
+        let mut map = self.by_sender.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(sender.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += bytes;
+    }
+
+    fn sub(&self, sender: &str, bytes: u64) {
+        let mut map = self.by_sender.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = map.get_mut(sender) {
+            entry.0 = entry.0.saturating_sub(1);
+            entry.1 = entry.1.saturating_sub(bytes);
+            if entry.0 == 0 {
+                map.remove(sender);
+            }
+        }
+    }
+
+    fn get(&self, sender: &str) -> (u64, u64) {
+        let map = self.by_sender.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(sender).copied().unwrap_or_default()
+    }
+}
+
+/// The sender of a stored inbox message (its JSON's `from`).
+fn inbox_sender(message: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct From {
+        from: String,
+    }
+    serde_json::from_slice::<From>(message).ok().map(|f| f.from)
+}
+
+fn index_inbox(db: &Database) -> Result<InboxUsage> {
+    let usage = InboxUsage::default();
+    let txn = db.begin_read()?;
+    let inbox = txn.open_table(INBOX)?;
+    for row in inbox.iter()? {
+        let (_, v) = row?;
+        if let Some(sender) = inbox_sender(v.value()) {
+            usage.add(&sender, v.value().len() as u64);
+        }
+    }
+    Ok(usage)
 }
 
 /// Which outbox entries are committed, for which peer, and when each is
@@ -405,8 +466,10 @@ impl Store {
         init_schema(&db, path)?;
         let outbox = Arc::new(index_outbox(&db)?);
         let inbox_tip = Arc::new(tokio::sync::watch::Sender::new(last_inbox_seq(&db)?));
+        let inbox_usage = Arc::new(index_inbox(&db)?);
         Ok(Store {
             inbox_tip,
+            inbox_usage,
             journal: Arc::new(Journal::start(Arc::clone(&db))?),
             db,
             path: path.to_path_buf(),
@@ -1012,7 +1075,8 @@ impl Store {
         ack: &[u8],
     ) -> Result<InboundCommit> {
         let record = InboundRecord::new(sender, envelope_id, seen_ms, inbox_message, ack)?;
-        self.write_hooked(self.inbound_commit_hook(), move |txn| {
+        let hook = self.inbound_commit_hook(sender, inbox_message.map_or(0, |m| m.len() as u64));
+        self.write_hooked(hook, move |txn| {
             commit_inbound_in(txn, &record)
         })
     }
@@ -1050,16 +1114,28 @@ impl Store {
 
     /// The commit hook that announces an inbound record's inbox message
     /// (see [`Store::inbox_tip`]).
-    pub(crate) fn inbound_commit_hook(&self) -> impl FnOnce(&InboundCommit) + Send + use<> {
+    pub(crate) fn inbound_commit_hook(
+        &self,
+        sender: &str,
+        inbox_bytes: u64,
+    ) -> impl FnOnce(&InboundCommit) + Send + use<> {
         let tip = Arc::clone(&self.inbox_tip);
+        let usage = Arc::clone(&self.inbox_usage);
+        let sender = sender.to_string();
         move |outcome: &InboundCommit| {
             if let InboundCommit::Fresh {
                 inbox_seq: Some(seq),
             } = outcome
             {
+                usage.add(&sender, inbox_bytes);
                 raise_inbox_tip(&tip, *seq);
             }
         }
+    }
+
+    /// Messages and bytes `sender` has in the inbox now.
+    pub fn inbox_usage(&self, sender: &str) -> (u64, u64) {
+        self.inbox_usage.get(sender)
     }
 
     /// Up to `limit` messages with `seq > after_seq`, in order.
@@ -1083,21 +1159,38 @@ impl Store {
     /// transaction; their numbers are never handed out again. Returns how
     /// many were removed.
     pub fn inbox_remove_through(&self, through_seq: u64) -> Result<u64> {
-        self.write(move |txn| {
+        let usage = Arc::clone(&self.inbox_usage);
+        // The senders' quotas are freed once the removal commits.
+        let release = move |removed: &(u64, Vec<(String, u64)>)| {
+            for (sender, bytes) in &removed.1 {
+                usage.sub(sender, *bytes);
+            }
+        };
+        let removed = self.write_hooked(release, move |txn| {
             let mut inbox = txn.open_table(INBOX)?;
-            let seqs: Vec<u64> = inbox
+            let rows: Vec<(u64, Option<String>, u64)> = inbox
                 .range(..=through_seq)?
-                .map(|row| row.map(|(k, _)| k.value()))
+                .map(|row| {
+                    row.map(|(k, v)| {
+                        (k.value(), inbox_sender(v.value()), v.value().len() as u64)
+                    })
+                })
                 .collect::<std::result::Result<_, _>>()?;
-            for seq in &seqs {
+            for (seq, _, _) in &rows {
                 inbox.remove(*seq)?;
             }
             drop(inbox);
-            if let Some(&last) = seqs.last() {
-                raise_inbox_floor_past(txn, last)?;
+            if let Some((last, _, _)) = rows.last() {
+                raise_inbox_floor_past(txn, *last)?;
             }
-            Ok(seqs.len() as u64)
-        })
+            let count = rows.len() as u64;
+            let senders = rows
+                .into_iter()
+                .filter_map(|(_, sender, bytes)| sender.map(|s| (s, bytes)))
+                .collect::<Vec<_>>();
+            Ok((count, senders))
+        })?;
+        Ok(removed.0)
     }
 }
 

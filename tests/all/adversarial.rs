@@ -1558,3 +1558,157 @@ fn removing_a_peer_drops_its_queued_messages_with_a_record() {
     target.run(&["peers", "add", path.to_str().unwrap()]).ok();
     assert_eq!(outbox(&target), Some(0));
 }
+
+/// How long the flood test floods: `AGENTFED_FLOOD_SECS`, default 60 (the
+/// issue's minute, long enough for a throttle window to end and its
+/// summaries to be written).
+fn flood_secs() -> u64 {
+    std::env::var("AGENTFED_FLOOD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
+#[test]
+fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_quota() {
+    let (mut target, endpoint) = fed_node("alpha");
+    target.stop();
+    let path = target.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let tight = config
+        .replace("peer_envelopes_per_sec = 20000", "peer_envelopes_per_sec = 300")
+        .replace("peer_inbox_messages = 100000", "peer_inbox_messages = 40")
+        .replace("trust_eval_secs = 60", "trust_eval_secs = 5")
+        .replace("breaker_eval_secs = 30", "breaker_eval_secs = 5");
+    assert_ne!(tight, config);
+    std::fs::write(&path, tight).expect("config");
+    target.start(&[]);
+    let flooder = Raw::new("flooder");
+    let pin = Pin::Fingerprint(fingerprint(&target));
+    // Admitted as a known peer at ATTESTED (so its tasks are accepted
+    // until the quota), with no trust policy to demote it mid-test: the
+    // flood is what is measured.
+    let manifest = target.write_file("flooder.json", &flooder.node.manifest().to_json());
+    target
+        .run(&["peers", "add", manifest.to_str().unwrap()])
+        .ok();
+    target
+        .run(&["trust", "set", "flooder", "attested", "--reason", "flood test"])
+        .ok();
+    let state_before = std::fs::metadata(target.home.join("state.redb"))
+        .expect("state file")
+        .len();
+    let rt = runtime();
+    let conn = block(&rt, "the flooder's session", flooder.connect(&endpoint, pin))
+        .expect("session");
+    let frame_of = |kind: u64, n: u64| -> Vec<u8> {
+        let (message_type, payload) = match kind {
+            0 => ("task-assignment", json!({"n": n})),
+            1 => ("heartbeat", json!({"seq": n})),
+            _ => ("not-a-type", json!({})),
+        };
+        Envelope {
+            id: random_id(),
+            source: "flooder".into(),
+            target: "alpha".into(),
+            session: None,
+            message_type: message_type.into(),
+            payload,
+            timestamp_ms: now_ms(),
+            nonce: random_id(),
+            hop_count: 1,
+            budget: Budget::with_default_hops(1000, 1.0)
+                .and_then(|b| b.next_hop())
+                .expect("budget"),
+        }
+        .sign(flooder.node.identity())
+        .to_frame()
+    };
+    let flood_started = Instant::now();
+    let deadline = flood_started + Duration::from_secs(flood_secs());
+    let mut sent = 0u64;
+    let mut answers: std::collections::BTreeMap<String, u64> = Default::default();
+    while Instant::now() < deadline {
+        // Batches of 60 pipelined requests: tasks, heartbeats, junk.
+        let batch: Vec<Vec<u8>> = (0..60).map(|i| frame_of(i % 3, sent + i)).collect();
+        sent += batch.len() as u64;
+        let replies = block(&rt, "a flood batch", async {
+            futures::future::join_all(batch.into_iter().map(|f| send_frame(&conn, f))).await
+        });
+        for reply in replies {
+            let key = match reply {
+                Ok(WireReply::Ack(ack)) => format!("{:?}", ack.status),
+                Ok(WireReply::Refused(code)) => code,
+                Err(e) => format!("transport: {e}"),
+            };
+            *answers.entry(key).or_default() += 1;
+        }
+    }
+    eprintln!("flood: {sent} envelopes, answers {answers:?}");
+    assert!(answers.get("RATE_LIMITED").copied().unwrap_or(0) > 0, "{answers:?}");
+    assert!(answers.get("INBOX_FULL").copied().unwrap_or(0) > 0, "{answers:?}");
+    assert!(answers.get("UNKNOWN_MESSAGE_TYPE").copied().unwrap_or(0) > 100, "{answers:?}");
+    // The throttle windows end a minute after they began; the timer then
+    // writes the summaries of what was held back.
+    let windows_end = flood_started + Duration::from_secs(60 + 10);
+    wait_until("the refusal summaries", SETTLE + Duration::from_secs(70), || {
+        Instant::now() >= windows_end
+            || target
+                .audit_records()
+                .iter()
+                .any(|r| r["peer"] == "flooder" && r["details"]["summary"] == true)
+    });
+    wait_until("the refusal summaries", SETTLE, || {
+        target
+            .audit_records()
+            .iter()
+            .any(|r| r["peer"] == "flooder" && r["details"]["summary"] == true)
+    });
+    let refused: u64 = answers
+        .iter()
+        .filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|(_, n)| n)
+        .sum();
+    let records = target.audit_records();
+    let of_flooder: Vec<&Value> = records.iter().filter(|r| r["peer"] == "flooder").collect();
+    let rejected = of_flooder.iter().filter(|r| r["event_type"] == "message_rejected").count();
+    let received = of_flooder.iter().filter(|r| r["event_type"] == "message_received").count();
+    let minutes = flood_secs().div_ceil(60) + 1;
+    // Per code and minute: 16 records and one summary.
+    assert!(
+        (rejected as u64) <= 3 * minutes * 17,
+        "{rejected} refusal records for {refused} refusals"
+    );
+    assert!(refused > 10 * rejected as u64, "{refused} refusals, {rejected} records");
+    let summaries = of_flooder
+        .iter()
+        .filter(|r| r["details"]["summary"] == true)
+        .count();
+    assert!(summaries > 0, "held-back refusals are summarised");
+    // Heartbeats are answered without a record each; stored tasks have one.
+    let noted = answers.get("Replied").copied().unwrap_or(0);
+    assert!(noted > 100, "{answers:?}");
+    assert!(
+        (received as u64) <= 40 + minutes * 17,
+        "{received} message_received records"
+    );
+    // The inbox holds at most the quota.
+    let inbox = target.run(&["inbox", "--limit", "10000", "--json"]).json();
+    let stored = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["from"] == "flooder")
+        .count();
+    assert!(stored <= 40, "{stored} messages from the flooder in the inbox");
+    // The state file stays small: no per-envelope growth.
+    let state_after = std::fs::metadata(target.home.join("state.redb"))
+        .expect("state file")
+        .len();
+    assert!(
+        state_after < state_before + (16 << 20),
+        "state file grew from {state_before} to {state_after} bytes for {sent} envelopes"
+    );
+    conn.close("NORMAL");
+    target.stop();
+}

@@ -85,7 +85,9 @@ fn from_beta(beta: &Node, message_type: &str) -> Vec<u8> {
         timestamp_ms: beta.clock.now_ms(),
         nonce: agentfed::envelope::random_id(),
         hop_count: 1,
-        budget: agentfed::budget::Budget::with_default_hops(100, 1.0).unwrap(),
+        budget: agentfed::budget::Budget::with_default_hops(100, 1.0)
+            .and_then(|b| b.next_hop())
+            .unwrap(),
     }
     .sign(beta.coordinator.identity())
     .to_frame()
