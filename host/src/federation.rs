@@ -560,11 +560,9 @@ impl Federation {
             v.sort();
             v
         };
-        let tmp = self.wanted_path.with_extension("json.tmp");
         let ok = serde_json::to_vec(&list)
             .ok()
-            .and_then(|bytes| std::fs::write(&tmp, bytes).ok())
-            .and_then(|()| std::fs::rename(&tmp, &self.wanted_path).ok());
+            .and_then(|bytes| crate::home::write_private(&self.wanted_path, &bytes).ok());
         if ok.is_none() {
             tracing::warn!(path = %self.wanted_path.display(), "cannot save the peers to reconnect to");
         }

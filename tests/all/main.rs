@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod federation;
 mod harness;
+mod home;
 mod hostile;
 mod loading;
 mod node;
