@@ -70,6 +70,10 @@ pub trait NodeStatusSource: Send + Sync {
     fn status(&self) -> NodeStatus;
 }
 
+/// The `host.keyed-hash` secret: zeroed on drop, so a reload or shutdown
+/// leaves no copy of it in freed memory.
+pub type HashKey = zeroize::Zeroizing<[u8; 32]>;
+
 /// What the host imports of one loaded plugin see: its name (for log
 /// lines), its configuration, the node's keyed-hash secret, the clock and
 /// the node status. Shared by every instance of the plugin.
@@ -79,8 +83,9 @@ pub struct HostContext {
     pub plugin_label: Arc<str>,
     /// `[plugins.<kind>.config]` from the node config.
     pub config: Arc<BTreeMap<String, String>>,
-    /// Secret key of `host.keyed-hash` (HMAC-SHA256). Never leaves the host.
-    pub hash_key: Arc<[u8; 32]>,
+    /// Secret key of `host.keyed-hash` (HMAC-SHA256). Never leaves the
+    /// host; zeroed when the last instance using it is dropped.
+    pub hash_key: Arc<HashKey>,
     /// Clock for `host.now-ms`.
     pub clock: Arc<dyn Clock>,
     /// Source for `node.status`.
@@ -339,7 +344,7 @@ impl HostContext {
         HostContext {
             plugin_label: Arc::from(plugin_label),
             config: Arc::new(config),
-            hash_key: Arc::new(hash_key),
+            hash_key: HostContext::share_hash_key(&hash_key),
             clock: Arc::new(SystemClock),
             node_status: Arc::new(StaticNodeStatus(NodeStatus {
                 node_id: "standalone".into(),
@@ -351,9 +356,39 @@ impl HostContext {
         }
     }
 
+    /// Copies `secret` straight into a shared, zeroizing heap buffer (no
+    /// intermediate copy on the stack that would outlive this call).
+    pub fn share_hash_key(secret: &[u8; 32]) -> Arc<HashKey> {
+        let mut key = Arc::new(HashKey::new([0; 32]));
+        if let Some(buffer) = Arc::get_mut(&mut key) {
+            buffer.copy_from_slice(secret);
+        }
+        key
+    }
+
     /// A context for inspecting a component: nothing configured and an
     /// all-zero hash key (inspection never hashes real data).
     pub fn inert(plugin_label: &str) -> Self {
         Self::standalone(plugin_label, BTreeMap::new(), [0; 32])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+
+    /// The key the plugins' `host.keyed-hash` uses lives in a buffer that
+    /// zeroes itself on drop (a compile-time check on the field's type),
+    /// holding exactly the node's secret.
+    #[test]
+    fn the_keyed_hash_key_is_a_zeroizing_copy_of_the_secret() {
+        let context = HostContext::standalone("t", BTreeMap::new(), [9; 32]);
+        zeroized_on_drop(&*context.hash_key);
+        assert_eq!(**context.hash_key, [9; 32]);
+        let shared = HostContext::share_hash_key(&[3; 32]);
+        zeroized_on_drop(&*shared);
+        assert_eq!(**shared, [3; 32]);
     }
 }
