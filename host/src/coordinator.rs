@@ -748,7 +748,7 @@ fn load_plugin(
     let host = HostContext {
         plugin_label: Arc::from(source.to_string().as_str()),
         config: Arc::new(section.config.clone()),
-        hash_key: Arc::new(*identity.hash_secret()),
+        hash_key: HostContext::share_hash_key(identity.hash_secret()),
         clock: clock.clone(),
         node_status: live.clone(),
     };

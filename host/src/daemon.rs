@@ -1,6 +1,8 @@
 //! `agentfed daemon`: one long-running node process per home.
 //!
 //! Start-up, in order:
+//! 0. set the umask to 077 and refuse a home that is not a 0700 directory
+//!    owned by the daemon's user ([`crate::home::check`]);
 //! 1. take the single-daemon lock (`daemon.lock`, an `flock`; a second
 //!    daemon is refused with the holder's pid, a crashed one leaves no
 //!    lock behind);
@@ -63,6 +65,9 @@ pub enum DaemonError {
     /// The coordinator could not open (identity, store, plugins…).
     #[error(transparent)]
     Coordinator(#[from] CoordError),
+    /// The home is not private to this user (mode or owner).
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
     /// The home does not exist.
     #[error(
         "node home {home} does not exist; create a node with: agentfed --home {home} init --node-id NAME",
@@ -119,6 +124,11 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     if !home.is_dir() {
         return Err(DaemonError::NoHome(home.to_path_buf()));
     }
+    // Everything the daemon creates (the store, the lock, cache entries,
+    // files libraries create with default modes) is private from birth.
+    crate::home::private_umask();
+    // Refused before the lock file is created: nothing changes.
+    crate::home::check(home)?;
     let lock = HomeLock::acquire(home)?;
     // Validate the config first: a clear message, before plugins compile.
     let config = NodeConfig::load(home)?;
@@ -483,6 +493,13 @@ mod tests {
 
     fn home_with_config(config: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
+        // A node home must be private (tempfile's directories follow the
+        // umask).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod 700");
         let node = NodeId::parse("alpha").expect("node id");
         Identity::init(dir.path(), &node, FIRST, false).expect("init");
         std::fs::write(dir.path().join(crate::config::CONFIG_FILE), config).expect("config");

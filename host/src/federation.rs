@@ -88,10 +88,20 @@ pub const INBOUND_BURST: usize = 32;
 /// (every envelope counts at least 1 KiB): many small envelopes run
 /// concurrently, a few large ones are enough to fill it.
 pub const INBOUND_BUDGET_KIB: usize = 64 * 1024;
-/// Failed inbound handshakes recorded one by one per remote address and
-/// failure code in each [`FAILURE_AUDIT_WINDOW`]; the rest are counted and
-/// recorded as one summary when the window ends.
+/// Failed inbound handshakes recorded one by one per source and failure
+/// code in each [`FAILURE_AUDIT_WINDOW`]; the rest are counted and
+/// recorded as one summary when the window ends. A source is an IPv4
+/// address or an IPv6 /64 (one host commonly holds a whole /64, so keying
+/// on the full IPv6 address would give it 2^64 bursts).
 pub const FAILURE_AUDIT_BURST: u32 = 10;
+/// Failed inbound handshakes recorded one by one in each
+/// [`FAILURE_AUDIT_WINDOW`] from all sources together; past it, failures
+/// are only counted (a scan from many sources cannot fill the audit log).
+pub const FAILURE_AUDIT_GLOBAL: u32 = 100;
+/// Sources summarised one by one when a window ends; the failures of the
+/// others are summarised together per code (as from the unspecified
+/// address), so the summaries are bounded too.
+const FAILURE_AUDIT_SUMMARIES: usize = 32;
 /// See [`FAILURE_AUDIT_BURST`].
 pub const FAILURE_AUDIT_WINDOW: Duration = Duration::from_secs(60);
 /// Most (address, code) windows tracked; beyond it, new addresses share
@@ -569,11 +579,9 @@ impl Federation {
             v.sort();
             v
         };
-        let tmp = self.wanted_path.with_extension("json.tmp");
         let ok = serde_json::to_vec(&list)
             .ok()
-            .and_then(|bytes| std::fs::write(&tmp, bytes).ok())
-            .and_then(|()| std::fs::rename(&tmp, &self.wanted_path).ok());
+            .and_then(|bytes| crate::home::write_private(&self.wanted_path, &bytes).ok());
         if ok.is_none() {
             tracing::warn!(path = %self.wanted_path.display(), "cannot save the peers to reconnect to");
         }
@@ -1182,15 +1190,16 @@ impl Federation {
         // Failed inbound handshakes that were counted, not recorded.
         let suppressed = lock(&self.failure_audit).expire(Instant::now());
         for (ip, code, count) in suppressed {
+            let source = source_label(ip);
             self.audit(
                 AuditEvent::new(
                     EventType::HandshakeFailed,
                     format!(
-                        "{count} more inbound handshakes from {ip} failed ({code}); not recorded one by one"
+                        "{count} more inbound handshakes from {source} failed ({code}); not recorded one by one"
                     ),
                 )
                 .with_details(json!({
-                    "remote_addr": ip.to_string(),
+                    "remote_addr": source,
                     "code": code,
                     "suppressed": count,
                     "window_secs": FAILURE_AUDIT_WINDOW.as_secs(),
@@ -1883,10 +1892,35 @@ fn standing(c: &Coordinator, peer: &str) -> Option<&'static str> {
 }
 
 /// Rate limit for auditing failed inbound handshakes (see
-/// [`FAILURE_AUDIT_BURST`]).
+/// [`FAILURE_AUDIT_BURST`] and [`FAILURE_AUDIT_GLOBAL`]).
 #[derive(Default)]
 struct FailureThrottle {
     windows: HashMap<(std::net::IpAddr, &'static str), FailureWindow>,
+    /// Failures recorded one by one in the current global window, and
+    /// when it started (`None`: nothing recorded yet).
+    global_recorded: u32,
+    global_started: Option<Instant>,
+}
+
+/// The source a failure is throttled under: an IPv4 address (also when
+/// written IPv4-mapped), or the /64 an IPv6 address is in (as its first
+/// address).
+fn failure_source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
+/// How a source is named in a summary: `192.0.2.7`, `2001:db8::/64`.
+fn source_label(source: std::net::IpAddr) -> String {
+    match source {
+        std::net::IpAddr::V6(v6) if !v6.is_unspecified() => format!("{v6}/64"),
+        std::net::IpAddr::V6(_) => "other sources".to_string(),
+        v4 => v4.to_string(),
+    }
 }
 
 struct FailureWindow {
@@ -1898,6 +1932,12 @@ struct FailureWindow {
 impl FailureThrottle {
     /// Whether this failure is recorded in full (`false`: counted only).
     fn admit(&mut self, ip: std::net::IpAddr, code: &'static str, now: Instant) -> bool {
+        let ip = failure_source(ip);
+        let global_started = *self.global_started.get_or_insert(now);
+        if now.saturating_duration_since(global_started) >= FAILURE_AUDIT_WINDOW {
+            self.global_started = Some(now);
+            self.global_recorded = 0;
+        }
         let key = if self.windows.len() >= FAILURE_AUDIT_TRACKED
             && !self.windows.contains_key(&(ip, code))
         {
@@ -1910,8 +1950,9 @@ impl FailureThrottle {
             recorded: 0,
             suppressed: 0,
         });
-        if window.recorded < FAILURE_AUDIT_BURST {
+        if window.recorded < FAILURE_AUDIT_BURST && self.global_recorded < FAILURE_AUDIT_GLOBAL {
             window.recorded += 1;
+            self.global_recorded += 1;
             true
         } else {
             window.suppressed += 1;
@@ -1921,17 +1962,37 @@ impl FailureThrottle {
 
     /// Ends the windows older than [`FAILURE_AUDIT_WINDOW`]; returns the
     /// failures each of them counted without recording.
+    /// At most [`FAILURE_AUDIT_SUMMARIES`] sources are named; the rest are
+    /// added up per code under the unspecified address.
     fn expire(&mut self, now: Instant) -> Vec<(std::net::IpAddr, &'static str, u32)> {
-        let mut summaries = Vec::new();
+        let mut ended = Vec::new();
         self.windows.retain(|(ip, code), w| {
             if now.saturating_duration_since(w.started) < FAILURE_AUDIT_WINDOW {
                 return true;
             }
             if w.suppressed > 0 {
-                summaries.push((*ip, *code, w.suppressed));
+                ended.push((*ip, *code, w.suppressed));
             }
             false
         });
+        // The busiest sources are the ones worth naming.
+        ended.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        let others = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        let mut summaries: Vec<(std::net::IpAddr, &'static str, u32)> = Vec::new();
+        let mut named = 0;
+        for (ip, code, count) in ended {
+            if ip != others && named < FAILURE_AUDIT_SUMMARIES {
+                named += 1;
+                summaries.push((ip, code, count));
+            } else if let Some(sum) = summaries
+                .iter_mut()
+                .find(|(i, c, _)| *i == others && *c == code)
+            {
+                sum.2 = sum.2.saturating_add(count);
+            } else {
+                summaries.push((others, code, count));
+            }
+        }
         summaries
     }
 }
@@ -2073,21 +2134,81 @@ mod tests {
         assert!(throttle.admit(scanner, "TLS_ERROR", later));
     }
 
+    /// One IPv6 host holds a /64: its addresses share one burst (keyed on
+    /// the full address, each would get its own).
+    #[test]
+    fn an_ipv6_scan_from_one_slash_64_gets_one_burst() {
+        let mut throttle = FailureThrottle::default();
+        let now = Instant::now();
+        let base: u128 = 0x2001_0db8_0000_0007_0000_0000_0000_0000;
+        let recorded = (0..1_000u128)
+            .filter(|i| {
+                let ip = IpAddr::V6(std::net::Ipv6Addr::from(base + i * 7919 + 1));
+                throttle.admit(ip, "TLS_ERROR", now)
+            })
+            .count();
+        assert_eq!(recorded as u32, FAILURE_AUDIT_BURST);
+        // The next /64 is another source.
+        let next = IpAddr::V6(std::net::Ipv6Addr::from(base + (1 << 64)));
+        assert!(throttle.admit(next, "TLS_ERROR", now));
+        // An IPv4-mapped address is its IPv4 address.
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped());
+        for _ in 0..FAILURE_AUDIT_BURST {
+            assert!(throttle.admit(v4, "TLS_ERROR", now));
+        }
+        assert!(!throttle.admit(mapped, "TLS_ERROR", now));
+        let summaries = throttle.expire(now + FAILURE_AUDIT_WINDOW);
+        let source = failure_source(IpAddr::V6(std::net::Ipv6Addr::from(base + 5)));
+        assert!(summaries.contains(&(source, "TLS_ERROR", 1_000 - FAILURE_AUDIT_BURST)));
+        assert_eq!(source_label(source), "2001:db8:0:7::/64");
+    }
+
+    /// Many sources together record at most the global cap per window;
+    /// every other failure is counted, and the summaries are bounded.
+    #[test]
+    fn failures_from_many_sources_are_capped_globally() {
+        let mut throttle = FailureThrottle::default();
+        let now = Instant::now();
+        let sources = 2_000u32;
+        let recorded = (0..sources)
+            .filter(|i| {
+                let ip = IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i));
+                throttle.admit(ip, "TLS_ERROR", now)
+            })
+            .count();
+        assert_eq!(recorded as u32, FAILURE_AUDIT_GLOBAL);
+        let summaries = throttle.expire(now + FAILURE_AUDIT_WINDOW);
+        assert!(
+            summaries.len() <= FAILURE_AUDIT_SUMMARIES + 1,
+            "{}",
+            summaries.len()
+        );
+        let counted: u32 = summaries.iter().map(|s| s.2).sum();
+        assert_eq!(counted, sources - FAILURE_AUDIT_GLOBAL);
+        // The next window records again.
+        let later = now + FAILURE_AUDIT_WINDOW;
+        assert!(throttle.admit(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), "TLS_ERROR", later));
+    }
+
     #[test]
     fn tracked_windows_are_bounded_under_a_scan_from_many_addresses() {
         let mut throttle = FailureThrottle::default();
         let now = Instant::now();
         for i in 0..(FAILURE_AUDIT_TRACKED as u32 + 5_000) {
-            let ip = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) + 1));
+            // A different /64 each.
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from((u128::from(i) + 1) << 64));
             throttle.admit(ip, "TLS_ERROR", now);
         }
         assert_eq!(throttle.windows.len(), FAILURE_AUDIT_TRACKED + 1);
         let summaries = throttle.expire(now + FAILURE_AUDIT_WINDOW);
-        // The shared window recorded its burst and counted the rest.
-        let shared = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        // The global cap recorded the first ones; everything else is
+        // counted, in a bounded number of summaries.
+        assert!(summaries.len() <= FAILURE_AUDIT_SUMMARIES + 1);
+        let counted: u32 = summaries.iter().map(|s| s.2).sum();
         assert_eq!(
-            summaries,
-            vec![(shared, "TLS_ERROR", 5_000 - FAILURE_AUDIT_BURST)]
+            counted,
+            FAILURE_AUDIT_TRACKED as u32 + 5_000 - FAILURE_AUDIT_GLOBAL
         );
         assert!(throttle.windows.is_empty());
     }

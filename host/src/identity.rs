@@ -9,20 +9,24 @@
 //! | `wireguard.key` | X25519 private key, standard base64 + `\n` (the `wg genkey` format, clamped) | 0600 |
 //! | `hash.key` | 32 random bytes for keyed hashing (HMAC), standard base64 + `\n` | 0600 |
 //! | `tls.key` | TLS private key (ECDSA P-256), PKCS#8 PEM | 0600 |
-//! | `tls.crt` | self-signed TLS certificate, PEM; SANs = node id and `localhost` | 0644 |
-//! | `node.json` | `{"node_id": …, "endpoint": …}` | 0644 |
+//! | `tls.crt` | self-signed TLS certificate, PEM; SANs = node id and `localhost` | 0600 |
+//! | `node.json` | `{"node_id": …, "endpoint": …}` | 0600 |
+//!
+//! The public files are 0600 as well: nothing in a home is anyone else's
+//! business (docs/operations.md, "Permissions and access"); they are only
+//! refused when group or others may write them.
 //!
 //! The home directory is created with mode 0700. Secret files are created
 //! with `OpenOptions::mode(0o600)` (written to `<name>.tmp`, fsynced, then
 //! renamed into place), never chmod-ed afterwards. [`Identity::load`]
 //! refuses a secret file that group or others may access, like OpenSSH,
-//! and a home directory that group or others may write.
+//! and a home that is not private to this user ([`crate::home::check`]).
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -156,7 +160,7 @@ pub enum IdentityError {
     },
     /// A public identity file (certificate, node file) is writable by group or others.
     #[error(
-        "{path} is writable by group or others (mode {mode:04o}); refusing to use it. Fix with: chmod 644 {path}",
+        "{path} is writable by group or others (mode {mode:04o}); refusing to use it. Fix with: chmod 600 {path}",
         path = path.display()
     )]
     WritableByOthers {
@@ -165,17 +169,9 @@ pub enum IdentityError {
         /// Its permission bits.
         mode: u32,
     },
-    /// The node home is writable by group or others.
-    #[error(
-        "node home {path} is writable by group or others (mode {mode:04o}); refusing to use it. Fix with: chmod 700 {path}",
-        path = path.display()
-    )]
-    InsecureHome {
-        /// The directory.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
+    /// The node home is not private to this user ([`crate::home::check`]).
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
     /// `init` found existing identity files and `force` was not given.
     #[error(
         "{path} already exists; refusing to overwrite node keys (re-run init with force to replace them)",
@@ -925,25 +921,18 @@ impl Identity {
         write_file(
             &home.join(IDENTITY_KEY_FILE),
             key_file_text(&seed).as_bytes(),
-            0o600,
         )?;
         let wg = Zeroizing::new(self.wg_secret.to_bytes());
         write_file(
             &home.join(WIREGUARD_KEY_FILE),
             key_file_text(&wg).as_bytes(),
-            0o600,
         )?;
         write_file(
             &home.join(HASH_KEY_FILE),
             key_file_text(&self.hash_secret).as_bytes(),
-            0o600,
         )?;
-        write_file(&home.join(TLS_KEY_FILE), self.tls.key_pem.as_bytes(), 0o600)?;
-        write_file(
-            &home.join(TLS_CERT_FILE),
-            self.tls.cert_pem.as_bytes(),
-            0o644,
-        )?;
+        write_file(&home.join(TLS_KEY_FILE), self.tls.key_pem.as_bytes())?;
+        write_file(&home.join(TLS_CERT_FILE), self.tls.cert_pem.as_bytes())?;
         self.write_node_file(home)?;
         sync_dir(home)
     }
@@ -969,7 +958,7 @@ impl Identity {
             path: home.join(NODE_FILE),
             reason: "node file does not serialize",
         })?;
-        write_file(&home.join(NODE_FILE), &json, 0o644)
+        write_file(&home.join(NODE_FILE), &json)
     }
 
     /// This node's id.
@@ -1172,34 +1161,14 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Identi
     }
 }
 
-/// Creates `home` with mode 0700 if missing, then checks its permissions.
+/// Creates `home` with mode 0700 if missing, then checks that it is
+/// private to this user.
 fn ensure_home(home: &Path) -> Result<(), IdentityError> {
-    if !home.exists() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(home)
-            .map_err(io_err("creating directory", home))?;
-    }
-    check_home(home)
+    Ok(crate::home::create(home)?)
 }
 
 fn check_home(home: &Path) -> Result<(), IdentityError> {
-    let meta = fs::metadata(home).map_err(io_err("reading", home))?;
-    if !meta.is_dir() {
-        return Err(IdentityError::BadFile {
-            path: home.to_path_buf(),
-            reason: "node home is not a directory",
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(IdentityError::InsecureHome {
-            path: home.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
+    Ok(crate::home::check(home)?)
 }
 
 fn refuse_existing(home: &Path) -> Result<(), IdentityError> {
@@ -1220,26 +1189,10 @@ fn refuse_existing(home: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// Writes `contents` to `path` atomically: a fresh `<name>.tmp` created with
-/// `mode` (never chmod-ed later), fsynced, then renamed over `path`.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("removing", &tmp)(e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))?;
-    file.write_all(contents).map_err(io_err("writing", &tmp))?;
-    file.sync_all().map_err(io_err("syncing", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))
+/// Writes `contents` to `path` atomically with mode 0600
+/// ([`crate::home::write_private`]).
+fn write_file(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+    crate::home::write_private(path, contents).map_err(io_err("writing", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
@@ -1403,6 +1356,8 @@ mod tests {
             WIREGUARD_KEY_FILE,
             HASH_KEY_FILE,
             TLS_KEY_FILE,
+            TLS_CERT_FILE,
+            NODE_FILE,
         ] {
             assert_eq!(mode_of(&home.join(f)), 0o600, "{f}");
         }
@@ -1493,7 +1448,7 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(
-                msg.contains(&format!("chmod 644 {}", path.display())),
+                msg.contains(&format!("chmod 600 {}", path.display())),
                 "{msg}"
             );
         }
@@ -1507,10 +1462,7 @@ mod tests {
         Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
         fs::set_permissions(&home, fs::Permissions::from_mode(0o777))?;
         let err = Identity::load(&home).err();
-        assert!(
-            matches!(err, Some(IdentityError::InsecureHome { .. })),
-            "{err:?}"
-        );
+        assert!(matches!(err, Some(IdentityError::Home(_))), "{err:?}");
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("chmod 700"), "{msg}");
         Ok(())
@@ -1531,13 +1483,7 @@ mod tests {
         Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", true)?;
         let key = home.join(WIREGUARD_KEY_FILE);
         fs::remove_file(&key)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key)?;
-        f.write_all(b"not base64 at all\n")?;
-        drop(f);
+        crate::home::write_private(&key, b"not base64 at all\n")?;
         let err = Identity::load(&home).err();
         assert!(
             matches!(err, Some(IdentityError::BadFile { .. })),
@@ -1557,11 +1503,7 @@ mod tests {
         let home = home_in(&dir);
         Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
         let other = test_identity("beta");
-        write_file(
-            &home.join(TLS_KEY_FILE),
-            other.tls_key_pem().as_bytes(),
-            0o600,
-        )?;
+        write_file(&home.join(TLS_KEY_FILE), other.tls_key_pem().as_bytes())?;
         let err = Identity::load(&home).err();
         assert!(
             matches!(err, Some(IdentityError::BadFile { .. })),

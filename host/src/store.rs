@@ -1321,6 +1321,20 @@ pub(crate) fn begin_durable_write(db: &Database) -> Result<WriteTransaction> {
 }
 
 fn open_database(path: &Path) -> Result<Database> {
+    // The store holds inbox payloads, outbox frames and the audit log:
+    // create it 0600 whatever the process umask (redb would use 0666 minus
+    // the umask). redb initialises an empty file like a missing one.
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            action: "creating",
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut builder = Database::builder();
     builder
         .set_cache_size(CACHE_BYTES)

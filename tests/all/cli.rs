@@ -23,6 +23,16 @@ fn agentfed(home: &Path, args: &[&str]) -> Output {
         .expect("running agentfed")
 }
 
+/// A temp dir to use as the home: private (0700), as every command that
+/// opens a home requires (`plugin run` caches compiled code in it).
+fn private_home() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("temp dir")
+}
+
 fn stdout_json(output: &Output) -> Value {
     assert!(
         output.status.success(),
@@ -49,7 +59,7 @@ const REFERENCE_TEXT: &str = "contact me at bob@example.com or 555-123-4567, ssn
 
 #[test]
 fn run_default_pii_policy_on_a_payload() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let input = serde_json::json!({
         "peer_level": "attested",
         "payload": {"note": "mail bob@example.com today", "n": 3},
@@ -68,7 +78,7 @@ fn run_default_pii_policy_on_a_payload() {
 
 #[test]
 fn reference_text_is_blocked_for_its_ssn() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let input = serde_json::json!({
         "peer_level": "ATTESTED",
         "payload": {"text": REFERENCE_TEXT.repeat(20)},
@@ -90,7 +100,7 @@ fn reference_text_is_blocked_for_its_ssn() {
 
 #[test]
 fn input_can_come_from_a_file() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let file = home.path().join("input.json");
     std::fs::write(&file, r#"{"message_type": "ping", "payload": {}}"#).unwrap();
     let arg = format!("@{}", file.display());
@@ -105,7 +115,7 @@ fn input_can_come_from_a_file() {
 
 #[test]
 fn malformed_input_is_one_clear_line_and_exit_2() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let out = agentfed(
         home.path(),
         &["plugin", "run", "pii", "default", "--input", "{oops"],
@@ -145,7 +155,7 @@ fn malformed_input_is_one_clear_line_and_exit_2() {
 
 #[test]
 fn not_a_component_and_wrong_world_exit_2() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let junk = home.path().join("junk.wasm");
     std::fs::write(&junk, b"this is not wasm").unwrap();
     let out = agentfed(
@@ -184,7 +194,7 @@ fn not_a_component_and_wrong_world_exit_2() {
 
 #[test]
 fn a_trapping_plugin_exits_1() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let out = agentfed(
         home.path(),
         &[
@@ -205,7 +215,7 @@ fn a_trapping_plugin_exits_1() {
 
 #[test]
 fn plugin_config_values_reach_the_plugin() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let input =
         r#"{"node_id":"lab-7","level":"verified","metrics":{"interactions":40,"successes":40}}"#;
     let run = |allow: &str| {
@@ -231,7 +241,7 @@ fn plugin_config_values_reach_the_plugin() {
 
 #[test]
 fn inspect_reports_kind_world_and_imports() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let out = agentfed(
         home.path(),
         &["plugin", "inspect", "--json", artifacts::HIPAA_PII],
@@ -259,7 +269,7 @@ fn inspect_reports_kind_world_and_imports() {
 
 #[test]
 fn list_shows_defaults_and_configured_plugins() {
-    let home = tempfile::tempdir().unwrap();
+    let home = private_home();
     let out = agentfed(home.path(), &["plugin", "list", "--json"]);
     let rows = stdout_json(&out);
     let rows = rows.as_array().unwrap();
@@ -308,7 +318,7 @@ fn list_shows_defaults_and_configured_plugins() {
 /// target directory shared across runs.
 #[test]
 fn scaffolded_plugins_build_test_and_run() {
-    let work = tempfile::tempdir().unwrap();
+    let work = private_home();
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold-test");
     let cases = [
         (

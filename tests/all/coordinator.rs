@@ -37,7 +37,7 @@ pub(crate) fn node(node_id: &str) -> Node {
 
 /// A node whose `agentfed.toml` is `config` (the defaults without one).
 pub(crate) fn node_with_config(node_id: &str, config: Option<&str>) -> Node {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::support::private_tempdir();
     init_home(home.path(), node_id);
     if let Some(config) = config {
         std::fs::write(home.path().join("agentfed.toml"), config).expect("config");
@@ -512,7 +512,7 @@ fn threats_and_signature_failures_drop_to_untrusted() {
 
 #[test]
 fn a_bad_plugin_reload_keeps_the_previous_plugin() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::support::private_tempdir();
     init_home(home.path(), "alpha");
     let c = Coordinator::open(home.path(), options()).unwrap();
     let before = c.plugins();
@@ -540,7 +540,7 @@ fn a_bad_plugin_reload_keeps_the_previous_plugin() {
 
 #[test]
 fn state_survives_reopening() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::support::private_tempdir();
     init_home(home.path(), "alpha");
     let manifest = peer_manifest("beta");
     {

@@ -35,7 +35,7 @@ fn reliability_n() -> usize {
 
 /// Mutual join: `a` joins `b` (b does not know a yet: refused, but a now
 /// knows b), then `b` joins `a`, which completes the session.
-fn join_pair(a: (&Node, &str, &str), b: (&Node, &str, &str)) {
+pub(crate) fn join_pair(a: (&Node, &str, &str), b: (&Node, &str, &str)) {
     let (a_node, a_name, a_endpoint) = a;
     let (b_node, b_name, b_endpoint) = b;
     // Refused by the peer: exit 1, the result (with the hint) on stdout.
@@ -70,7 +70,7 @@ fn join_pair(a: (&Node, &str, &str), b: (&Node, &str, &str)) {
 
 /// alpha and beta, joined, each ATTESTED in the other's view (enough for
 /// task-assignments both ways); with their endpoints.
-fn attested_pair() -> (Node, String, Node, String) {
+pub(crate) fn attested_pair() -> (Node, String, Node, String) {
     let (alpha, alpha_ep) = fed_node("alpha");
     let (beta, beta_ep) = fed_node("beta");
     join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
@@ -82,7 +82,7 @@ fn attested_pair() -> (Node, String, Node, String) {
 }
 
 /// `from` sends `{"n": n}` to `to` as a task-assignment.
-fn send_n(from: &Node, to: &str, n: u32) {
+pub(crate) fn send_n(from: &Node, to: &str, n: u32) {
     from.run(&[
         "send",
         to,

@@ -1,13 +1,16 @@
 //! Loading components: validation with clear errors, the artifact cache,
 //! hot reload, and concurrent calls.
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agentfed::plugin::{
-    CacheOutcome, Limits, PluginError, PluginKind, PluginSlot, PluginSource, TrustAction,
-    TrustLevel,
+    CACHE_KEY_FILE, CacheOutcome, Limits, PluginError, PluginKind, PluginSlot, PluginSource,
+    TrustAction, TrustLevel,
 };
 use agentfed_test_artifacts as artifacts;
 
@@ -84,34 +87,154 @@ fn missing_file_is_a_read_error() {
     assert!(matches!(err, PluginError::Read { .. }), "{err}");
 }
 
+/// The cache directory inside a fresh temp dir (created by the cache
+/// itself, 0700) and the temp dir that holds it.
+fn cache_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("plugins");
+    (dir, cache)
+}
+
+/// The artifact files in `cache` (everything but the key).
+fn artifacts_in(cache: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Hex characters of an entry's key at the start of its file names.
+const ENTRY_KEY_LEN: usize = 40;
+
+/// Cache entries: every file (artifact, sidecar) by the entry key its name
+/// starts with.
+fn entries(cache: &Path) -> BTreeMap<String, Vec<PathBuf>> {
+    let mut found: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for entry in std::fs::read_dir(cache).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.len() > ENTRY_KEY_LEN
+            && name[..ENTRY_KEY_LEN].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            found
+                .entry(name[..ENTRY_KEY_LEN].to_string())
+                .or_default()
+                .push(path);
+        }
+    }
+    found
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
 #[test]
-fn precompiled_artifacts_are_cached_and_verified() {
-    let cache = tempfile::tempdir().unwrap();
-    let first = runtime(Some(cache.path()));
+fn precompiled_artifacts_are_cached_private_and_authenticated() {
+    let (_dir, cache) = cache_dir();
+    let first = runtime(Some(&cache));
     let plugin = load_file(&first, PluginKind::Trust, artifacts::PANICS);
     assert_eq!(plugin.cache_outcome(), CacheOutcome::Compiled);
     drop(first);
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&cache.join(CACHE_KEY_FILE)), 0o600);
+    for artifact in artifacts_in(&cache) {
+        assert_eq!(mode(&artifact), 0o600, "{}", artifact.display());
+    }
 
-    let second = runtime(Some(cache.path()));
+    let second = runtime(Some(&cache));
     let plugin = load_file(&second, PluginKind::Trust, artifacts::PANICS);
     assert_eq!(plugin.cache_outcome(), CacheOutcome::Hit);
 
     // Tamper with every artifact: the cache must refuse it and recompile.
-    for entry in std::fs::read_dir(cache.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "cwasm") {
-            let mut bytes = std::fs::read(&path).unwrap();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0xff;
-            std::fs::write(&path, bytes).unwrap();
-        }
+    for path in artifacts_in(&cache) {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
     }
-    let third = runtime(Some(cache.path()));
+    let third = runtime(Some(&cache));
     let plugin = load_file(&third, PluginKind::Trust, artifacts::PANICS);
     assert_eq!(plugin.cache_outcome(), CacheOutcome::Compiled);
     plugin
         .evaluate_trust(&peer("fine", TrustLevel::Verified, 1, 1))
         .expect("recompiled plugin works");
+}
+
+/// What someone who can write cache files but not read the key can do:
+/// put another valid, host-written artifact (with everything that goes
+/// with it) in place of the one a plugin loads. A checksum would match;
+/// the MAC, which covers the entry's name, does not, so the other code is
+/// never deserialised and the right plugin is compiled.
+#[test]
+fn an_artifact_moved_to_another_entry_is_not_deserialised() {
+    let (_dir, cache) = cache_dir();
+    let rt = runtime(Some(&cache));
+    let panics = load_file(&rt, PluginKind::Trust, artifacts::PANICS);
+    let panics_entry = entries(&cache).into_keys().next().unwrap();
+    let allowlist = load_file(&rt, PluginKind::Trust, artifacts::ALLOWLIST_TRUST);
+    assert_ne!(panics.metadata().name, allowlist.metadata().name);
+    drop(rt);
+    let all = entries(&cache);
+    let (_, allowlist_files) = all.iter().find(|(k, _)| **k != panics_entry).unwrap();
+    // Every file of the entry (artifact and any sidecar), renamed.
+    for file in allowlist_files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let target = cache.join(format!("{panics_entry}{}", &name[ENTRY_KEY_LEN..]));
+        std::fs::copy(file, target).unwrap();
+    }
+
+    let rt = runtime(Some(&cache));
+    let loaded = load_file(&rt, PluginKind::Trust, artifacts::PANICS);
+    assert_eq!(loaded.cache_outcome(), CacheOutcome::Compiled);
+    assert_eq!(loaded.metadata().name, panics.metadata().name);
+    // Rewritten with its own code: the next load is a hit again.
+    drop(rt);
+    let rt = runtime(Some(&cache));
+    let loaded = load_file(&rt, PluginKind::Trust, artifacts::PANICS);
+    assert_eq!(loaded.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(loaded.metadata().name, panics.metadata().name);
+}
+
+#[test]
+fn entries_under_another_key_are_recompiled_and_a_loose_cache_is_not_used() {
+    let (_dir, cache) = cache_dir();
+    let rt = runtime(Some(&cache));
+    load_file(&rt, PluginKind::Trust, artifacts::PANICS);
+    drop(rt);
+    // Another cache's key (e.g. entries copied from elsewhere).
+    let key = cache.join(CACHE_KEY_FILE);
+    std::fs::remove_file(&key).unwrap();
+    std::fs::write(&key, [0x5a; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let rt = runtime(Some(&cache));
+    let plugin = load_file(&rt, PluginKind::Trust, artifacts::PANICS);
+    assert_eq!(plugin.cache_outcome(), CacheOutcome::Compiled);
+    drop(rt);
+
+    // A key others can read, or a directory others can reach, makes the
+    // cache unusable: compiled, neither read nor written.
+    for (path, loose) in [(&key, 0o644), (&cache, 0o755)] {
+        let tight = mode(path);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(loose)).unwrap();
+        let before = std::fs::read(&artifacts_in(&cache)[0]).unwrap();
+        let rt = runtime(Some(&cache));
+        let plugin = load_file(&rt, PluginKind::Trust, artifacts::PANICS);
+        assert_eq!(
+            plugin.cache_outcome(),
+            CacheOutcome::CompiledUncached,
+            "{} {loose:o}",
+            path.display()
+        );
+        assert_eq!(std::fs::read(&artifacts_in(&cache)[0]).unwrap(), before);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight)).unwrap();
+    }
+    let rt = runtime(Some(&cache));
+    let plugin = load_file(&rt, PluginKind::Trust, artifacts::PANICS);
+    assert_eq!(plugin.cache_outcome(), CacheOutcome::Hit);
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod demo;
 mod earned_trust;
 mod federation;
 mod harness;
+mod home;
 mod hostile;
 mod inbound_checks;
 mod loading;

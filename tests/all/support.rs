@@ -10,6 +10,16 @@ use agentfed::plugin::{
     PluginSource, RuntimeOptions, TrustLevel,
 };
 
+/// A temp dir private to this user (0700), as a node home must be
+/// (tempfile's directories follow the umask).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("temp dir")
+}
+
 /// A runtime whose artifact cache lives in `cache` (or none).
 pub fn runtime(cache: Option<&Path>) -> PluginRuntime {
     PluginRuntime::new(RuntimeOptions {

@@ -212,9 +212,41 @@ pub fn error_line(error: &anyhow::Error) -> String {
     line
 }
 
+/// Whether `command` opens the home itself (rather than asking the daemon
+/// over the control socket): those commands check the home
+/// ([`check_home`]) and may create files in it.
+fn opens_home(command: &Command) -> bool {
+    match command {
+        Command::Init(_) | Command::Daemon(_) => true,
+        Command::Manifest(args) => args.command.is_none(),
+        // Offline verification opens the store when no daemon runs.
+        Command::Audit(ops::AuditCommand::Verify { .. }) => true,
+        // They read the config and read and write the plugin cache.
+        Command::Plugin(
+            plugin::PluginCommand::List { .. }
+            | plugin::PluginCommand::Inspect { .. }
+            | plugin::PluginCommand::Run { .. },
+        ) => true,
+        _ => false,
+    }
+}
+
+/// Refuses a home that is not private to this user (exit 1, nothing
+/// changed); see [`crate::home::check`].
+pub(crate) fn check_home(home: &std::path::Path) -> CliResult {
+    crate::home::check(home).map_err(CliError::failed)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> CliResult {
     let home = crate::home::resolve(cli.home.as_deref());
+    if opens_home(&cli.command) {
+        // Whatever these create in the home (the store, locks, cache
+        // entries, temp files) is private from its creation on, even where
+        // a library picks the mode. Commands that write the operator's own
+        // files (`plugin new`, `audit export --output`) keep the umask.
+        crate::home::private_umask();
+    }
     match cli.command {
         Command::Init(args) => node::init(&home, args),
         Command::Manifest(args) => node::manifest(&home, args),

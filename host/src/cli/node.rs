@@ -1,6 +1,5 @@
 //! `agentfed init`, `agentfed manifest [verify FILE]` and `agentfed daemon`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
@@ -125,6 +124,11 @@ pub fn init(home: &Path, args: InitArgs) -> CliResult {
     // Hold the daemon lock for the whole init: never replace keys, config
     // or certificate under a running daemon, and keep one from starting
     // half-way through.
+    // An existing home must already be private: refused before the lock
+    // file is created in it, so a refusal changes nothing.
+    if std::fs::symlink_metadata(home).is_ok() {
+        super::check_home(home)?;
+    }
     let _lock = lock_for_init(home)?;
     let config_path = home.join(CONFIG_FILE);
     if !args.force && config_path.exists() {
@@ -191,22 +195,10 @@ fn lock_for_init(home: &Path) -> Result<Option<HomeLock>, CliError> {
     }
 }
 
-/// Writes the config atomically (temp file, fsync, rename), mode 0644.
+/// Writes the config atomically (temp file, fsync, rename), mode 0600.
 fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("toml.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(())
+    crate::home::write_private(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `agentfed manifest [verify FILE]`.
@@ -218,6 +210,7 @@ pub fn manifest(home: &Path, args: ManifestArgs) -> CliResult {
 }
 
 fn print_own(home: &Path) -> CliResult {
+    super::check_home(home)?;
     let config = NodeConfig::load(home).map_err(CliError::usage)?;
     let identity = Identity::load(home).map_err(identity_error)?;
     let params = manifest_params(&identity, &config).map_err(CliError::usage)?;

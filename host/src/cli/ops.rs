@@ -985,6 +985,7 @@ fn verify(home: &Path, json: bool) -> CliResult {
 fn verify_offline(home: &Path) -> Result<u64, CliError> {
     use crate::audit::{AuditConfig, AuditError, AuditLog};
     use crate::store::{HomeLock, STATE_FILE, Store};
+    super::check_home(home)?;
     let state = home.join(STATE_FILE);
     if !state.exists() {
         return Err(CliError::failed(anyhow!(

@@ -125,9 +125,15 @@ pub fn run(home: &Path, command: PluginCommand) -> CliResult {
     }
 }
 
-/// A runtime with the home's artifact cache when the home exists.
+/// A runtime with the home's artifact cache when the home exists (and is
+/// private to this user: the cache holds native code).
 fn runtime(home: &Path) -> Result<PluginRuntime, CliError> {
-    let cache_dir = home.is_dir().then(|| crate::home::plugin_cache_dir(home));
+    let cache_dir = if home.is_dir() {
+        super::check_home(home)?;
+        Some(crate::home::plugin_cache_dir(home))
+    } else {
+        None
+    };
     PluginRuntime::new(RuntimeOptions { cache_dir }).map_err(CliError::failed)
 }
 

@@ -24,7 +24,7 @@ mod sandbox;
 mod slot;
 
 pub use bindings::*;
-pub use cache::{ArtifactCache, CacheOutcome};
+pub use cache::{ArtifactCache, CACHE_KEY_FILE, CacheError, CacheOutcome};
 pub use error::PluginError;
 pub use host_api::keyed_hash;
 pub(crate) use host_api::truncate_on_char_boundary as truncate;

@@ -28,7 +28,8 @@ pub struct Limits {
     /// Wall-clock budget of one call, in milliseconds (epoch interruption).
     /// Default 50.
     pub deadline_ms: u64,
-    /// Linear memory a plugin instance may grow to, in MiB. Default 64.
+    /// Linear memory a plugin instance may hold, all its memories together,
+    /// in MiB. Default 64.
     pub memory_mib: u64,
     /// Core instances a component may create (a component is several).
     pub max_instances: usize,
@@ -70,6 +71,10 @@ pub trait NodeStatusSource: Send + Sync {
     fn status(&self) -> NodeStatus;
 }
 
+/// The `host.keyed-hash` secret: zeroed on drop, so a reload or shutdown
+/// leaves no copy of it in freed memory.
+pub type HashKey = zeroize::Zeroizing<[u8; 32]>;
+
 /// What the host imports of one loaded plugin see: its name (for log
 /// lines), its configuration, the node's keyed-hash secret, the clock and
 /// the node status. Shared by every instance of the plugin.
@@ -79,8 +84,9 @@ pub struct HostContext {
     pub plugin_label: Arc<str>,
     /// `[plugins.<kind>.config]` from the node config.
     pub config: Arc<BTreeMap<String, String>>,
-    /// Secret key of `host.keyed-hash` (HMAC-SHA256). Never leaves the host.
-    pub hash_key: Arc<[u8; 32]>,
+    /// Secret key of `host.keyed-hash` (HMAC-SHA256). Never leaves the
+    /// host; zeroed when the last instance using it is dropped.
+    pub hash_key: Arc<HashKey>,
     /// Clock for `host.now-ms`.
     pub clock: Arc<dyn Clock>,
     /// Source for `node.status`.
@@ -99,8 +105,19 @@ impl std::fmt::Debug for HostContext {
 
 /// Memory limiter that also remembers whether it refused a grow, so a trap
 /// that follows can be reported as out-of-memory rather than a panic.
+///
+/// The cap is on the instance's total: a component may hold up to
+/// `max_instances` linear memories (one per core instance, or several with
+/// multi-memory), and a per-memory cap would let it take that many times
+/// the limit. wasmtime reports every memory's creation (from 0) and growth
+/// here, and memories never shrink, so a running sum is exact.
 pub(crate) struct Limiter {
     memory_bytes: usize,
+    /// Bytes of linear memory the store's memories hold together.
+    memory_total: usize,
+    /// The increase granted by the last successful `memory_growing`, taken
+    /// back if wasmtime then fails to grow (`memory_grow_failed`).
+    memory_last_grant: usize,
     max_instances: usize,
     max_tables: usize,
     max_table_elements: usize,
@@ -111,6 +128,8 @@ impl Limiter {
     fn new(limits: &Limits) -> Self {
         Limiter {
             memory_bytes: (limits.memory_mib as usize).saturating_mul(1 << 20),
+            memory_total: 0,
+            memory_last_grant: 0,
             max_instances: limits.max_instances,
             max_tables: limits.max_tables,
             max_table_elements: limits.max_table_elements,
@@ -122,15 +141,27 @@ impl Limiter {
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.memory_bytes;
-        if !allowed {
+        let increase = desired.saturating_sub(current);
+        let total = self.memory_total.saturating_add(increase);
+        let allowed = total <= self.memory_bytes;
+        if allowed {
+            self.memory_total = total;
+            self.memory_last_grant = increase;
+        } else {
             self.refused_memory = true;
         }
         Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_total = self.memory_total.saturating_sub(self.memory_last_grant);
+        self.memory_last_grant = 0;
+        tracing::debug!("plugin memory growth failed after the limiter allowed it: {error:#}");
+        Ok(())
     }
 
     fn table_growing(
@@ -339,7 +370,7 @@ impl HostContext {
         HostContext {
             plugin_label: Arc::from(plugin_label),
             config: Arc::new(config),
-            hash_key: Arc::new(hash_key),
+            hash_key: HostContext::share_hash_key(&hash_key),
             clock: Arc::new(SystemClock),
             node_status: Arc::new(StaticNodeStatus(NodeStatus {
                 node_id: "standalone".into(),
@@ -351,9 +382,97 @@ impl HostContext {
         }
     }
 
+    /// Copies `secret` straight into a shared, zeroizing heap buffer (no
+    /// intermediate copy on the stack that would outlive this call).
+    pub fn share_hash_key(secret: &[u8; 32]) -> Arc<HashKey> {
+        let mut key = Arc::new(HashKey::new([0; 32]));
+        if let Some(buffer) = Arc::get_mut(&mut key) {
+            buffer.copy_from_slice(secret);
+        }
+        key
+    }
+
     /// A context for inspecting a component: nothing configured and an
     /// all-zero hash key (inspection never hashes real data).
     pub fn inert(plugin_label: &str) -> Self {
         Self::standalone(plugin_label, BTreeMap::new(), [0; 32])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core module declaring `count` linear memories of 40 MiB (640
+    /// pages) each; multi-memory is on by default in wasmtime.
+    fn module_with_memories(count: u8) -> Vec<u8> {
+        let mut bytes = b"\0asm\x01\0\0\0".to_vec();
+        let mut section = vec![count];
+        for _ in 0..count {
+            section.extend([0x00, 0x80, 0x05]); // no maximum, min 640 pages
+        }
+        bytes.push(5); // memory section
+        bytes.push(section.len() as u8);
+        bytes.extend(section);
+        bytes
+    }
+
+    fn instantiate(count: u8) -> (Result<(), wasmtime::Error>, bool) {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, module_with_memories(count)).expect("module");
+        let limits = Limits::default(); // 64 MiB
+        let mut store = wasmtime::Store::new(
+            &engine,
+            StoreState::new(HostContext::inert("memories"), &limits),
+        );
+        store.limiter(limiter);
+        let result = wasmtime::Instance::new(&mut store, &module, &[]).map(|_| ());
+        (result, store.data().limiter.refused_memory)
+    }
+
+    /// Two memories of 40 MiB are each under the 64 MiB cap but together
+    /// over it: the instance is refused, as out of memory (what
+    /// `LoadedPlugin` reports as PLUGIN_OUT_OF_MEMORY).
+    #[test]
+    fn the_memory_cap_is_on_all_of_an_instance_s_memories_together() {
+        let (one, refused) = instantiate(1);
+        assert!(one.is_ok() && !refused, "one 40 MiB memory fits: {one:?}");
+        let (two, refused) = instantiate(2);
+        assert!(two.is_err(), "two 40 MiB memories exceed 64 MiB together");
+        assert!(refused, "reported as the memory limit: {two:?}");
+    }
+
+    #[test]
+    fn growth_counts_against_the_total_and_a_failed_grow_is_given_back() {
+        const MIB: usize = 1 << 20;
+        let mut limiter = Limiter::new(&Limits::default());
+        assert!(limiter.memory_growing(0, 30 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 30 * MIB, None).unwrap());
+        // The first memory grows by 4 MiB to 34: 64 in all, still allowed.
+        assert!(limiter.memory_growing(30 * MIB, 34 * MIB, None).unwrap());
+        assert!(!limiter.memory_growing(30 * MIB, 31 * MIB, None).unwrap());
+        assert!(limiter.refused_memory);
+        // A granted grow that then failed does not count.
+        let mut limiter = Limiter::new(&Limits::default());
+        assert!(limiter.memory_growing(0, 60 * MIB, None).unwrap());
+        limiter
+            .memory_grow_failed(wasmtime::Error::msg("mmap failed"))
+            .unwrap();
+        assert!(limiter.memory_growing(0, 60 * MIB, None).unwrap());
+    }
+
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+
+    /// The key the plugins' `host.keyed-hash` uses lives in a buffer that
+    /// zeroes itself on drop (a compile-time check on the field's type),
+    /// holding exactly the node's secret.
+    #[test]
+    fn the_keyed_hash_key_is_a_zeroizing_copy_of_the_secret() {
+        let context = HostContext::standalone("t", BTreeMap::new(), [9; 32]);
+        zeroized_on_drop(&*context.hash_key);
+        assert_eq!(**context.hash_key, [9; 32]);
+        let shared = HostContext::share_hash_key(&[3; 32]);
+        zeroized_on_drop(&*shared);
+        assert_eq!(**shared, [3; 32]);
     }
 }
