@@ -2070,10 +2070,10 @@ impl Coordinator {
         message_type: &str,
         payload: &mut Value,
     ) -> Result<PiiReport> {
-        let values = crate::pii::string_values(payload);
-        if values.is_empty() {
+        if !crate::pii::has_content(payload) {
             return Ok(PiiReport::default());
         }
+        let values = crate::pii::string_values(payload);
         let request = plugin::ScanRequest {
             direction,
             peer_level: to_wit_level(level),
@@ -2105,7 +2105,15 @@ impl Coordinator {
         for d in &result.detections {
             let name = d.pii_type.as_str();
             *counts.entry(name.to_string()).or_default() += 1;
-            if d.action == plugin::PiiAction::Block && !blocking.iter().any(|b| b == name) {
+            // A key or a number cannot be rewritten without changing the
+            // document's shape: anything but `pass` there blocks.
+            let structural = request
+                .values
+                .get(d.value_index as usize)
+                .is_some_and(crate::pii::is_structural);
+            let blocks = d.action == plugin::PiiAction::Block
+                || (structural && d.action != plugin::PiiAction::Pass);
+            if blocks && !blocking.iter().any(|b| b == name) {
                 blocking.push(name.to_string());
             }
         }

@@ -1,9 +1,17 @@
 //! The host half of the PII pipeline: turning a JSON payload into the
-//! string values the PII plugin scans, and writing its rewrites back.
+//! values the PII plugin scans, and writing its rewrites back.
 //!
-//! Only string values are scanned, each with its RFC 6901 JSON Pointer, so
-//! a redaction replaces a whole JSON string and can never corrupt the
-//! document's structure.
+//! Every string value is scanned with its RFC 6901 JSON Pointer, and so is
+//! every object **key** and every **number**, since personal data hides
+//! there too (`{"4111 1111 1111 1111": "x"}`, `{"card": 4111111111111111}`).
+//! A key or number is passed as text with its pointer behind a prefix that
+//! no JSON Pointer can start with ([`KEY_PREFIX`], [`NUMBER_PREFIX`]), so a
+//! policy can tell what it is (the 0.1.0 contract has no field for it),
+//! and one that ignores the prefix still scans the text. A redaction
+//! replaces a whole JSON string and can never corrupt the document's
+//! structure; rewriting a key or a number would change the document's
+//! shape, so any detection there that is not `pass` blocks the message
+//! ([`is_structural`]).
 
 use serde_json::Value;
 
@@ -20,10 +28,39 @@ pub enum RewriteError {
     /// payload changed between scan and apply).
     #[error("the PII plugin rewrote a value whose path is gone")]
     PathGone,
+    /// The plugin rewrote an object key or a number (the caller blocks the
+    /// message: a rewrite there would change the document's shape).
+    #[error("the PII plugin rewrote an object key or a number")]
+    Structural,
 }
 
-/// Every string value of `payload` with its JSON Pointer, in document
-/// order (object keys in the order serde_json keeps them).
+/// The path prefix of an object key: `key:` + the pointer of the member
+/// (`key:/user/bob@example.com`); the value is the key itself.
+pub const KEY_PREFIX: &str = "key:";
+/// The path prefix of a number: `number:` + its pointer
+/// (`number:/card`); the value is the number as written in JSON.
+pub const NUMBER_PREFIX: &str = "number:";
+
+/// Whether `value` is an object key or a number rather than a string
+/// value, which a rewrite cannot replace.
+pub fn is_structural(value: &StringValue) -> bool {
+    value.path.starts_with(KEY_PREFIX) || value.path.starts_with(NUMBER_PREFIX)
+}
+
+/// Whether `payload` has anything to scan: every payload but `null`,
+/// `{}` and `[]` goes through the PII plugin.
+pub fn has_content(payload: &Value) -> bool {
+    match payload {
+        Value::Null => false,
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
+        _ => true,
+    }
+}
+
+/// Every string value of `payload` with its JSON Pointer, every object key
+/// and every number (prefixed, see [`KEY_PREFIX`]), in document order
+/// (a member's key before its value).
 pub fn string_values(payload: &Value) -> Vec<StringValue> {
     let mut out = Vec::new();
     collect(payload, &mut String::new(), &mut out);
@@ -35,6 +72,10 @@ fn collect(value: &Value, path: &mut String, out: &mut Vec<StringValue>) {
         Value::String(s) => out.push(StringValue {
             path: path.clone(),
             value: s.clone(),
+        }),
+        Value::Number(n) => out.push(StringValue {
+            path: format!("{NUMBER_PREFIX}{path}"),
+            value: n.to_string(),
         }),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -50,11 +91,15 @@ fn collect(value: &Value, path: &mut String, out: &mut Vec<StringValue>) {
                 let len = path.len();
                 path.push('/');
                 push_escaped(path, key);
+                out.push(StringValue {
+                    path: format!("{KEY_PREFIX}{path}"),
+                    value: key.clone(),
+                });
                 collect(item, path, out);
                 path.truncate(len);
             }
         }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        Value::Null | Value::Bool(_) => {}
     }
 }
 
@@ -80,6 +125,9 @@ pub fn apply_rewrites(
         let original = values
             .get(rewrite.value_index as usize)
             .ok_or(RewriteError::UnknownIndex(rewrite.value_index))?;
+        if is_structural(original) {
+            return Err(RewriteError::Structural);
+        }
         if !matches!(payload.pointer(&original.path), Some(Value::String(_))) {
             return Err(RewriteError::PathGone);
         }
@@ -106,7 +154,8 @@ mod tests {
             "a/b": "slash",
             "m~n": "tilde",
         });
-        let values = string_values(&payload);
+        let all = string_values(&payload);
+        let values: Vec<&StringValue> = all.iter().filter(|v| !is_structural(v)).collect();
         let pairs: Vec<(&str, &str)> = values
             .iter()
             .map(|v| (v.path.as_str(), v.value.as_str()))
@@ -123,6 +172,43 @@ mod tests {
                 Some(&Value::String(v.value.clone()))
             );
         }
+        // Keys and numbers are there too, marked as what they are.
+        let marked: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|v| is_structural(v))
+            .map(|v| (v.path.as_str(), v.value.as_str()))
+            .collect();
+        assert!(marked.contains(&("key:/user", "user")));
+        assert!(marked.contains(&("key:/user/email", "email")));
+        assert!(marked.contains(&("number:/user/age", "41")));
+        assert!(marked.contains(&("key:/a~1b", "a/b")));
+        assert_eq!(marked.len(), 7, "{marked:?}");
+    }
+
+    #[test]
+    fn keys_and_numbers_are_scanned_and_cannot_be_rewritten() {
+        let mut payload = json!({"card": 4111111111111111u64, "bob@example.com": {"x": true}});
+        let values = string_values(&payload);
+        let number = values.iter().position(|v| v.path == "number:/card").unwrap();
+        assert_eq!(values[number].value, "4111111111111111");
+        let key = values
+            .iter()
+            .position(|v| v.path == "key:/bob@example.com")
+            .unwrap();
+        let before = payload.clone();
+        for index in [number, key] {
+            let rewrite = vec![RewrittenValue {
+                value_index: index as u32,
+                value: "[REDACTED]".into(),
+            }];
+            assert_eq!(
+                apply_rewrites(&mut payload, &values, &rewrite),
+                Err(RewriteError::Structural)
+            );
+            assert_eq!(payload, before);
+        }
+        assert!(has_content(&json!([true])));
+        assert!(!has_content(&json!({})) && !has_content(&json!([])) && !has_content(&Value::Null));
     }
 
     #[test]
@@ -135,8 +221,9 @@ mod tests {
     fn rewrites_replace_whole_strings() {
         let mut payload = json!({"a": "mail bob@example.com", "b": ["x", "y"]});
         let values = string_values(&payload);
+        let a = values.iter().position(|v| v.path == "/a").unwrap() as u32;
         let rewrites = vec![RewrittenValue {
-            value_index: 0,
+            value_index: a,
             value: "mail [REDACTED:email] \"quoted\"".into(),
         }];
         apply_rewrites(&mut payload, &values, &rewrites).unwrap();
@@ -149,9 +236,10 @@ mod tests {
         let mut payload = json!({"a": "x", "b": "y"});
         let before = payload.clone();
         let values = string_values(&payload);
+        let a = values.iter().position(|v| v.path == "/a").unwrap() as u32;
         let rewrites = vec![
             RewrittenValue {
-                value_index: 0,
+                value_index: a,
                 value: "changed".into(),
             },
             RewrittenValue {

@@ -183,3 +183,58 @@ fn a_query_answer_is_checked_before_the_caller_sees_it() {
         "two threats within the hour"
     );
 }
+
+#[test]
+fn keys_and_numbers_reach_the_pii_policy_both_ways() {
+    use agentfed::coordinator::SendRequest;
+    let (alpha, beta) = pair_with_handler(None);
+    alpha
+        .coordinator
+        .set_trust("beta", "attested", "checked", true)
+        .unwrap();
+    // The review's payload: nothing in a string value, everything in keys
+    // and numbers.
+    let sneaky = json!({
+        "card": 4111111111111111u64,
+        "4111 1111 1111 1111": "x",
+        "bob@example.com": {"123-45-6789": true},
+        "password=hunter2": 1
+    });
+    // Outbound: refused before it is signed.
+    let err = alpha
+        .coordinator
+        .send(SendRequest {
+            peer: "beta".into(),
+            message_type: "task-assignment".into(),
+            payload: sneaky.clone(),
+            budget: None,
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), "PII_BLOCKED", "{err}");
+    // Inbound: refused, not stored.
+    let frame = from_beta(&beta, "task-assignment", None, sneaky);
+    let refusal = alpha.coordinator.receive("beta", &frame).unwrap().unwrap_err();
+    assert_eq!(refusal, InboundRefusal::PiiBlocked);
+    assert!(alpha.coordinator.inbox(0, 10).unwrap().is_empty());
+    // Each alone, too: a card number as a number, an SSN as a key.
+    for payload in [
+        json!({"card": 4111111111111111u64}),
+        json!({"123-45-6789": true}),
+        json!([{"note": {"4111 1111 1111 1111": null}}]),
+    ] {
+        let frame = from_beta(&beta, "task-assignment", None, payload.clone());
+        let refusal = alpha.coordinator.receive("beta", &frame).unwrap().unwrap_err();
+        assert_eq!(refusal, InboundRefusal::PiiBlocked, "{payload}");
+        // Two threats within the hour drop beta; reset for the next case.
+        alpha
+            .coordinator
+            .set_trust("beta", "attested", "next case", true)
+            .ok();
+    }
+    // Ordinary keys and numbers pass untouched.
+    let fine = json!({"count": 3, "ratio": 0.25, "items": [1, 2, 3]});
+    let frame = from_beta(&beta, "task-assignment", None, fine.clone());
+    let ack = alpha.coordinator.receive("beta", &frame).unwrap().unwrap();
+    assert_eq!(ack.status, AckStatus::Accepted);
+    assert_eq!(alpha.coordinator.inbox(0, 10).unwrap()[0].payload, fine);
+}
