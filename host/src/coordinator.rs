@@ -2663,7 +2663,10 @@ impl RateLimiter {
     /// either is empty (nothing is taken then).
     fn admit(&self, peer: &str, bytes: usize, per_sec: u64, bytes_per_sec: u64) -> bool {
         const BURST_SECS: f64 = 2.0;
-        let (cap_n, cap_b) = (per_sec as f64 * BURST_SECS, bytes_per_sec as f64 * BURST_SECS);
+        let (cap_n, cap_b) = (
+            per_sec as f64 * BURST_SECS,
+            bytes_per_sec as f64 * BURST_SECS,
+        );
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = buckets.entry(peer.to_string()).or_insert(RateBucket {
@@ -2973,17 +2976,23 @@ impl Coordinator {
             let (event_type, summary) = if kind == "REPLAY" {
                 (
                     EventType::MessageDuplicate,
-                    format!("{count} more duplicate envelope(s) from {sender} in the last minute, not recorded one by one"),
+                    format!(
+                        "{count} more duplicate envelope(s) from {sender} in the last minute, not recorded one by one"
+                    ),
                 )
             } else if kind == "REPLIED" {
                 (
                     EventType::MessageReceived,
-                    format!("{count} more envelope(s) from {sender} answered with a reply in the last minute, not recorded one by one"),
+                    format!(
+                        "{count} more envelope(s) from {sender} answered with a reply in the last minute, not recorded one by one"
+                    ),
                 )
             } else {
                 (
                     EventType::MessageRejected,
-                    format!("{count} more inbound envelope(s) from {sender} refused {kind} in the last minute, not recorded one by one"),
+                    format!(
+                        "{count} more inbound envelope(s) from {sender} refused {kind} in the last minute, not recorded one by one"
+                    ),
                 )
             };
             self.record(
@@ -3348,19 +3357,20 @@ impl Coordinator {
         let received = AuditEvent::new(EventType::MessageReceived, format!("{} from {session_peer}: {:?}", envelope.message_type, ack.status))
             .with_peer(session_peer)
             .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status, "session": envelope.session}));
-        let ticket = self.audit.submit_with_hook(
-            move |txn| {
-                let outcome = commit_inbound_in(txn, &record)?;
-                let fresh = matches!(outcome, InboundCommit::Fresh { .. });
-                Ok((outcome, fresh))
-            },
-            vec![received],
-            Some(self.store.inbound_commit_hook(
-                session_peer,
-                inbox.as_ref().map_or(0, |m| m.len() as u64),
-            )),
-            Persist::Durable,
-        )?;
+        let ticket =
+            self.audit.submit_with_hook(
+                move |txn| {
+                    let outcome = commit_inbound_in(txn, &record)?;
+                    let fresh = matches!(outcome, InboundCommit::Fresh { .. });
+                    Ok((outcome, fresh))
+                },
+                vec![received],
+                Some(self.store.inbound_commit_hook(
+                    session_peer,
+                    inbox.as_ref().map_or(0, |m| m.len() as u64),
+                )),
+                Persist::Durable,
+            )?;
         Ok(Ok(Processed::Committing {
             ack,
             ticket,

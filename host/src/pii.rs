@@ -189,7 +189,10 @@ mod tests {
     fn keys_and_numbers_are_scanned_and_cannot_be_rewritten() {
         let mut payload = json!({"card": 4111111111111111u64, "bob@example.com": {"x": true}});
         let values = string_values(&payload);
-        let number = values.iter().position(|v| v.path == "number:/card").unwrap();
+        let number = values
+            .iter()
+            .position(|v| v.path == "number:/card")
+            .unwrap();
         assert_eq!(values[number].value, "4111111111111111");
         let key = values
             .iter()

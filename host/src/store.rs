@@ -1076,9 +1076,7 @@ impl Store {
     ) -> Result<InboundCommit> {
         let record = InboundRecord::new(sender, envelope_id, seen_ms, inbox_message, ack)?;
         let hook = self.inbound_commit_hook(sender, inbox_message.map_or(0, |m| m.len() as u64));
-        self.write_hooked(hook, move |txn| {
-            commit_inbound_in(txn, &record)
-        })
+        self.write_hooked(hook, move |txn| commit_inbound_in(txn, &record))
     }
 
     /// The acknowledgement stored for an inbound envelope, if it was
@@ -1171,9 +1169,7 @@ impl Store {
             let rows: Vec<(u64, Option<String>, u64)> = inbox
                 .range(..=through_seq)?
                 .map(|row| {
-                    row.map(|(k, v)| {
-                        (k.value(), inbox_sender(v.value()), v.value().len() as u64)
-                    })
+                    row.map(|(k, v)| (k.value(), inbox_sender(v.value()), v.value().len() as u64))
                 })
                 .collect::<std::result::Result<_, _>>()?;
             for (seq, _, _) in &rows {

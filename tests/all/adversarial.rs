@@ -1576,7 +1576,10 @@ fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_
     let path = target.home.join("agentfed.toml");
     let config = std::fs::read_to_string(&path).expect("config");
     let tight = config
-        .replace("peer_envelopes_per_sec = 20000", "peer_envelopes_per_sec = 300")
+        .replace(
+            "peer_envelopes_per_sec = 20000",
+            "peer_envelopes_per_sec = 300",
+        )
         .replace("peer_inbox_messages = 100000", "peer_inbox_messages = 40")
         .replace("trust_eval_secs = 60", "trust_eval_secs = 5")
         .replace("breaker_eval_secs = 30", "breaker_eval_secs = 5");
@@ -1593,14 +1596,25 @@ fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_
         .run(&["peers", "add", manifest.to_str().unwrap()])
         .ok();
     target
-        .run(&["trust", "set", "flooder", "attested", "--reason", "flood test"])
+        .run(&[
+            "trust",
+            "set",
+            "flooder",
+            "attested",
+            "--reason",
+            "flood test",
+        ])
         .ok();
     let state_before = std::fs::metadata(target.home.join("state.redb"))
         .expect("state file")
         .len();
     let rt = runtime();
-    let conn = block(&rt, "the flooder's session", flooder.connect(&endpoint, pin))
-        .expect("session");
+    let conn = block(
+        &rt,
+        "the flooder's session",
+        flooder.connect(&endpoint, pin),
+    )
+    .expect("session");
     let frame_of = |kind: u64, n: u64| -> Vec<u8> {
         let (message_type, payload) = match kind {
             0 => ("task-assignment", json!({"n": n})),
@@ -1645,19 +1659,32 @@ fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_
         }
     }
     eprintln!("flood: {sent} envelopes, answers {answers:?}");
-    assert!(answers.get("RATE_LIMITED").copied().unwrap_or(0) > 0, "{answers:?}");
-    assert!(answers.get("INBOX_FULL").copied().unwrap_or(0) > 0, "{answers:?}");
-    assert!(answers.get("UNKNOWN_MESSAGE_TYPE").copied().unwrap_or(0) > 100, "{answers:?}");
+    assert!(
+        answers.get("RATE_LIMITED").copied().unwrap_or(0) > 0,
+        "{answers:?}"
+    );
+    assert!(
+        answers.get("INBOX_FULL").copied().unwrap_or(0) > 0,
+        "{answers:?}"
+    );
+    assert!(
+        answers.get("UNKNOWN_MESSAGE_TYPE").copied().unwrap_or(0) > 100,
+        "{answers:?}"
+    );
     // The throttle windows end a minute after they began; the timer then
     // writes the summaries of what was held back.
     let windows_end = flood_started + Duration::from_secs(60 + 10);
-    wait_until("the refusal summaries", SETTLE + Duration::from_secs(70), || {
-        Instant::now() >= windows_end
-            || target
-                .audit_records()
-                .iter()
-                .any(|r| r["peer"] == "flooder" && r["details"]["summary"] == true)
-    });
+    wait_until(
+        "the refusal summaries",
+        SETTLE + Duration::from_secs(70),
+        || {
+            Instant::now() >= windows_end
+                || target
+                    .audit_records()
+                    .iter()
+                    .any(|r| r["peer"] == "flooder" && r["details"]["summary"] == true)
+        },
+    );
     wait_until("the refusal summaries", SETTLE, || {
         target
             .audit_records()
@@ -1671,15 +1698,24 @@ fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_
         .sum();
     let records = target.audit_records();
     let of_flooder: Vec<&Value> = records.iter().filter(|r| r["peer"] == "flooder").collect();
-    let rejected = of_flooder.iter().filter(|r| r["event_type"] == "message_rejected").count();
-    let received = of_flooder.iter().filter(|r| r["event_type"] == "message_received").count();
+    let rejected = of_flooder
+        .iter()
+        .filter(|r| r["event_type"] == "message_rejected")
+        .count();
+    let received = of_flooder
+        .iter()
+        .filter(|r| r["event_type"] == "message_received")
+        .count();
     let minutes = flood_secs().div_ceil(60) + 1;
     // Per code and minute: 16 records and one summary.
     assert!(
         (rejected as u64) <= 3 * minutes * 17,
         "{rejected} refusal records for {refused} refusals"
     );
-    assert!(refused > 10 * rejected as u64, "{refused} refusals, {rejected} records");
+    assert!(
+        refused > 10 * rejected as u64,
+        "{refused} refusals, {rejected} records"
+    );
     let summaries = of_flooder
         .iter()
         .filter(|r| r["details"]["summary"] == true)
@@ -1700,7 +1736,10 @@ fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_
         .iter()
         .filter(|m| m["from"] == "flooder")
         .count();
-    assert!(stored <= 40, "{stored} messages from the flooder in the inbox");
+    assert!(
+        stored <= 40,
+        "{stored} messages from the flooder in the inbox"
+    );
     // The state file stays small: no per-envelope growth.
     let state_after = std::fs::metadata(target.home.join("state.redb"))
         .expect("state file")

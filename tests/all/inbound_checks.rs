@@ -213,7 +213,11 @@ fn keys_and_numbers_reach_the_pii_policy_both_ways() {
     assert_eq!(err.code(), "PII_BLOCKED", "{err}");
     // Inbound: refused, not stored.
     let frame = from_beta(&beta, "task-assignment", None, sneaky);
-    let refusal = alpha.coordinator.receive("beta", &frame).unwrap().unwrap_err();
+    let refusal = alpha
+        .coordinator
+        .receive("beta", &frame)
+        .unwrap()
+        .unwrap_err();
     assert_eq!(refusal, InboundRefusal::PiiBlocked);
     assert!(alpha.coordinator.inbox(0, 10).unwrap().is_empty());
     // Each alone, too: a card number as a number, an SSN as a key.
@@ -223,7 +227,11 @@ fn keys_and_numbers_reach_the_pii_policy_both_ways() {
         json!([{"note": {"4111 1111 1111 1111": null}}]),
     ] {
         let frame = from_beta(&beta, "task-assignment", None, payload.clone());
-        let refusal = alpha.coordinator.receive("beta", &frame).unwrap().unwrap_err();
+        let refusal = alpha
+            .coordinator
+            .receive("beta", &frame)
+            .unwrap()
+            .unwrap_err();
         assert_eq!(refusal, InboundRefusal::PiiBlocked, "{payload}");
         // Two threats within the hour drop beta; reset for the next case.
         alpha

@@ -1386,3 +1386,53 @@ async fn concurrent_renewals_share_one_renew_frame() {
     close_all(&[&c, &s]).await;
     listener.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partial_reply_of_a_cancelled_request_is_dropped_with_it() {
+    // The requester may buffer 1.5 MiB of inbound data in all.
+    let client_cfg = TransportConfig {
+        max_message_size: 2 << 20,
+        max_inbound_buffered: 3 << 19,
+        ..config()
+    };
+    let (listener, c, mut s) = pair(config(), client_cfg).await;
+    let server = tokio::spawn(async move {
+        // First request: 1 MiB of the reply, then nothing more (a slow or
+        // hostile peer), until the requester has given up.
+        let mut m = within("first request", s.recv()).await.expect("request");
+        let mut tx = m
+            .take_responder()
+            .expect("a request")
+            .stream()
+            .await
+            .expect("reply stream");
+        tx.write(&vec![1u8; 1 << 20]).await.expect("half a reply");
+        // Second request: a whole 1 MiB reply.
+        let mut m = within("second request", s.recv()).await.expect("request");
+        m.take_responder()
+            .expect("a request")
+            .reply(vec![2u8; 1 << 20])
+            .await
+            .expect("reply");
+        drop(tx);
+        s
+    });
+    let first = c
+        .request(
+            Priority::Interactive,
+            b"slow".to_vec(),
+            Duration::from_millis(800),
+        )
+        .await;
+    assert_eq!(first.err(), Some(TransportError::RequestTimeout));
+    // The cancelled request's megabyte no longer counts: the next 1 MiB
+    // reply fits in the 1.5 MiB limit.
+    let second = c
+        .request(Priority::Interactive, b"next".to_vec(), WAIT)
+        .await
+        .expect("the second reply is not refused for lack of room");
+    assert_eq!(second, vec![2u8; 1 << 20]);
+    let s = server.await.expect("server task");
+    close_all(&[&c, &s]).await;
+    listener.shutdown().await;
+}

@@ -526,6 +526,14 @@ impl Responder {
         let tx = self.shared.open(self.id, self.priority, 0, None).await?;
         tx.send_all(data).await
     }
+
+    /// Opens the reply as a stream, for a reply written piece by piece
+    /// ([`StreamTx::write`], then [`StreamTx::finish`]); the requester
+    /// receives it whole, within its message size limit.
+    pub async fn stream(mut self) -> Result<StreamTx, TransportError> {
+        self.done = true;
+        self.shared.open(self.id, self.priority, 0, None).await
+    }
 }
 
 impl Drop for Responder {
@@ -1242,6 +1250,13 @@ impl Driver {
             return Some(Frame::binary(m.encode()));
         }
         if let Poll::Ready(Some(m)) = self.control_rx.poll_recv(cx) {
+            // A cancelled request of ours: what arrived of its reply is
+            // dropped with it, so it cannot pin the connection's buffer.
+            if let MuxFrame::Reset { stream_id, .. } = &m
+                && self.shared.is_own(*stream_id)
+            {
+                self.drop_partial(*stream_id);
+            }
             return Some(Frame::binary(m.encode()));
         }
         match self.sched.poll_next(cx, &self.shared.pending) {
@@ -1506,6 +1521,10 @@ impl Driver {
             if !own && id > self.max_peer_id {
                 return Err(Fail::local("PROTOCOL_ERROR"));
             }
+            return Ok(());
+        } else if own && !lock(&self.shared.pending).contains_key(&id) {
+            // More of a reply whose request was cancelled meanwhile.
+            self.drop_partial(id);
             return Ok(());
         }
 
