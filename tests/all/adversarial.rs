@@ -1578,7 +1578,7 @@ fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_
     let tight = config
         .replace(
             "peer_envelopes_per_sec = 20000",
-            "peer_envelopes_per_sec = 300",
+            "peer_envelopes_per_sec = 50",
         )
         .replace("peer_inbox_messages = 100000", "peer_inbox_messages = 40")
         .replace("trust_eval_secs = 60", "trust_eval_secs = 5")
