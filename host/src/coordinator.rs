@@ -2899,14 +2899,20 @@ impl Coordinator {
         )
         .with_peer(sender)
         .with_details(details);
-        let queued = self.audit.submit_with_hook(
+        self.record_lazily(event, "cannot audit a duplicate envelope");
+    }
+
+    /// Queues `event` to ride the next commit, without waiting for it: for
+    /// records of events a peer controls the rate of, which acknowledge
+    /// nothing. A failure to queue is logged (`what`), not returned.
+    fn record_lazily(&self, event: AuditEvent, what: &str) {
+        if let Err(e) = self.audit.submit_with_hook(
             |_| Ok(((), true)),
             vec![event],
             None::<fn(&())>,
             Persist::Lazy,
-        );
-        if let Err(e) = queued {
-            tracing::warn!("cannot audit a duplicate envelope: {e}");
+        ) {
+            tracing::warn!("{what}: {e}");
         }
     }
 
@@ -2931,14 +2937,7 @@ impl Coordinator {
         )
         .with_peer(sender)
         .with_details(details);
-        if let Err(e) = self.audit.submit_with_hook(
-            |_| Ok(((), true)),
-            vec![event],
-            None::<fn(&())>,
-            Persist::Lazy,
-        ) {
-            tracing::warn!("cannot audit an inbound refusal: {e}");
-        }
+        self.record_lazily(event, "cannot audit an inbound refusal");
     }
 
     /// Records an envelope answered with a reply (`message_received`,
@@ -2959,14 +2958,7 @@ impl Coordinator {
         )
         .with_peer(sender)
         .with_details(details);
-        if let Err(e) = self.audit.submit_with_hook(
-            |_| Ok(((), true)),
-            vec![event],
-            None::<fn(&())>,
-            Persist::Lazy,
-        ) {
-            tracing::warn!("cannot audit an answered envelope: {e}");
-        }
+        self.record_lazily(event, "cannot audit an answered envelope");
     }
 
     /// Writes one summary record per sender and kind whose throttle window

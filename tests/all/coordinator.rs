@@ -600,12 +600,24 @@ fn frame(from: &Node, to_id: &str, message_type: &str, payload: serde_json::Valu
 /// A task-assignment from beta to alpha signed directly, past beta's own
 /// outbound checks (a misbehaving or foreign sender).
 fn signed_by_beta(beta: &Node, id: String, payload: serde_json::Value) -> Vec<u8> {
+    beta_envelope(beta, id, "task-assignment", None, payload)
+}
+
+/// An envelope from beta to alpha, first hop, signed with beta's key and
+/// stamped with beta's clock, past beta's own outbound checks.
+pub(crate) fn beta_envelope(
+    beta: &Node,
+    id: String,
+    message_type: &str,
+    session: Option<String>,
+    payload: serde_json::Value,
+) -> Vec<u8> {
     agentfed::envelope::Envelope {
         id,
         source: "beta".into(),
         target: "alpha".into(),
-        session: None,
-        message_type: "task-assignment".into(),
+        session,
+        message_type: message_type.into(),
         payload,
         timestamp_ms: beta.clock.now_ms(),
         nonce: agentfed::envelope::random_id(),

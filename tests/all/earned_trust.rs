@@ -75,22 +75,8 @@ fn verified_pair() -> (Node, Node) {
 
 /// An envelope of `message_type` from beta to alpha, signed with beta's key.
 fn from_beta(beta: &Node, message_type: &str) -> Vec<u8> {
-    agentfed::envelope::Envelope {
-        id: agentfed::envelope::random_id(),
-        source: "beta".into(),
-        target: "alpha".into(),
-        session: None,
-        message_type: message_type.into(),
-        payload: json!({}),
-        timestamp_ms: beta.clock.now_ms(),
-        nonce: agentfed::envelope::random_id(),
-        hop_count: 1,
-        budget: agentfed::budget::Budget::with_default_hops(100, 1.0)
-            .and_then(|b| b.next_hop())
-            .unwrap(),
-    }
-    .sign(beta.coordinator.identity())
-    .to_frame()
+    let id = agentfed::envelope::random_id();
+    crate::coordinator::beta_envelope(beta, id, message_type, None, json!({}))
 }
 
 #[test]
