@@ -278,6 +278,76 @@ pub struct NextStep {
     pub earliest_ms: Option<u64>,
 }
 
+/// A queued outbox message, as `outbox` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxView {
+    /// Envelope id.
+    pub envelope_id: String,
+    /// Receiver.
+    pub peer: String,
+    /// Message type.
+    pub message_type: String,
+    /// When it was queued (its envelope's timestamp).
+    pub queued_at_ms: u64,
+    /// How long it has waited.
+    pub age_ms: u64,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next_attempt_ms: u64,
+    /// Why the last attempt failed, if one did since the daemon started.
+    pub last_error: Option<String>,
+}
+
+fn outbox_view(entry: &OutboxEntry, now: u64, last_error: Option<String>) -> OutboxView {
+    #[derive(Deserialize)]
+    struct Head {
+        message_type: String,
+        timestamp_ms: u64,
+    }
+    let head = envelope::SignedEnvelope::from_frame(&entry.bytes)
+        .ok()
+        .and_then(|s| serde_json::from_slice::<Head>(&s.bytes).ok());
+    let (message_type, queued_at_ms) = head
+        .map(|h| (h.message_type, h.timestamp_ms))
+        .unwrap_or_else(|| ("?".into(), 0));
+    OutboxView {
+        envelope_id: entry.envelope_id.clone(),
+        peer: entry.target.clone(),
+        message_type,
+        queued_at_ms,
+        age_ms: now.saturating_sub(queued_at_ms),
+        attempts: entry.attempts,
+        next_attempt_ms: entry.next_attempt_ms,
+        last_error,
+    }
+}
+
+/// What became of a sent envelope ([`Coordinator::delivery_outcome`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// Still in the outbox.
+    Queued {
+        /// Attempts so far.
+        attempts: u32,
+        /// Why the last attempt failed, if one did.
+        last_error: Option<String>,
+    },
+    /// Acknowledged by the receiver.
+    Delivered {
+        /// The receiver's status: `accepted`, `replied` or `rejected`.
+        status: String,
+    },
+    /// Refused for good (by the receiver, or cancelled or dropped here).
+    Refused {
+        /// The constant code.
+        code: String,
+    },
+    /// Not in the outbox and no record of its delivery (an unknown id).
+    Unknown,
+}
+
 /// A peer's level and the operator's hold on it (`trust.unpin`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrustPinView {
@@ -531,6 +601,11 @@ pub struct StatusView {
     /// Inbound envelope signatures verified since the daemon started.
     #[serde(default)]
     pub signatures: SignatureStats,
+    /// Outbox messages refused for good by their receiver (or dropped
+    /// here) since the daemon started: `agentfed outbox --failed` lists
+    /// them.
+    #[serde(default)]
+    pub refused_for_good: u64,
     /// Loaded plugins.
     pub plugins: Vec<PluginInfo>,
 }
@@ -600,6 +675,12 @@ pub struct Coordinator {
     audit_throttle: AuditThrottle,
     /// Per-peer inbound envelope and byte rates ([`RateLimiter`]).
     inbound_rates: RateLimiter,
+    /// The last delivery error of each queued envelope since the daemon
+    /// started (`outbox` shows it); forgotten when the entry leaves.
+    delivery_errors: std::sync::Mutex<HashMap<String, String>>,
+    /// Outbox messages refused for good (or dropped) since the daemon
+    /// started (`status`).
+    refused_for_good: AtomicU64,
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
@@ -677,6 +758,8 @@ impl Coordinator {
             inbound_pending: Arc::default(),
             audit_throttle: AuditThrottle::default(),
             inbound_rates: RateLimiter::default(),
+            delivery_errors: std::sync::Mutex::new(HashMap::new()),
+            refused_for_good: AtomicU64::new(0),
             verified_batched: AtomicU64::new(0),
             verified_alone: AtomicU64::new(0),
         };
@@ -923,6 +1006,7 @@ impl Coordinator {
                 batched: self.verified_batched.load(Ordering::Relaxed),
                 alone: self.verified_alone.load(Ordering::Relaxed),
             },
+            refused_for_good: self.refused_for_good.load(Ordering::Relaxed),
             plugins: self.plugins(),
         })
     }
@@ -2252,6 +2336,7 @@ impl Coordinator {
         if existed && status != AckStatus::Rejected {
             self.note_fulfilled(&entry.target);
         }
+        self.forget_delivery_error(&entry.envelope_id);
         Ok(existed)
     }
 
@@ -2353,7 +2438,136 @@ impl Coordinator {
             .submit_removal(entry, event, Persist::Durable)?
             .wait()
             .map_err(crate::audit::journal_error)?;
+        if existed {
+            // Nothing fails silently: the sender's operator sees it in the
+            // log, in `status` and in `outbox --failed`.
+            tracing::warn!(peer = %peer, envelope_id = %id, code, "message refused for good, not retried");
+            self.refused_for_good.fetch_add(1, Ordering::Relaxed);
+        }
+        self.forget_delivery_error(&id);
         Ok(existed)
+    }
+
+    /// Remembers why the last delivery attempt of `envelope_id` failed
+    /// (shown by `outbox`).
+    pub fn note_delivery_error(&self, envelope_id: &str, code: &str) {
+        let mut errors = self
+            .delivery_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        errors.insert(envelope_id.to_string(), code.to_string());
+    }
+
+    fn forget_delivery_error(&self, envelope_id: &str) {
+        let mut errors = self
+            .delivery_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        errors.remove(envelope_id);
+    }
+
+    /// Messages waiting in the outbox (for `peer` only, if given), the
+    /// next due first, at most `limit`.
+    pub fn outbox(&self, peer: Option<&str>, limit: usize) -> Result<Vec<OutboxView>> {
+        let now = self.now();
+        let errors = self
+            .delivery_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(self
+            .store
+            .outbox_list(peer, limit)?
+            .iter()
+            .map(|e| outbox_view(e, now, errors.get(&e.envelope_id).cloned()))
+            .collect())
+    }
+
+    /// Cancels a queued message: removed from the outbox with a
+    /// `message_rejected` record (reason `CANCELLED`, by the operator).
+    /// Refused when it is not queued (delivered, refused or unknown).
+    pub fn cancel_outbox(&self, envelope_id: &str, reason: &str) -> Result<OutboxView> {
+        let reason = validate_reason(reason)?;
+        let Some(entry) = self.store.outbox_get(envelope_id)? else {
+            return Err(CoordError::InvalidInput(format!(
+                "no queued message {}: it was delivered, refused or never queued (see `agentfed outbox --failed` and the audit log)",
+                clip(envelope_id)
+            )));
+        };
+        let view = outbox_view(&entry, self.now(), None);
+        let event = AuditEvent::new(
+            EventType::MessageRejected,
+            format!(
+                "{} to {} cancelled by the operator: {reason}",
+                entry.envelope_id, entry.target
+            ),
+        )
+        .with_peer(&entry.target)
+        .with_actor(crate::audit::ACTOR_OPERATOR)
+        .with_details(json!({
+            "envelope_id": entry.envelope_id,
+            "reason": "CANCELLED",
+            "final": true,
+            "cancelled": reason,
+        }));
+        let (existed, _) = self
+            .submit_removal(&entry, event, Persist::Durable)?
+            .wait()
+            .map_err(crate::audit::journal_error)?;
+        self.forget_delivery_error(envelope_id);
+        if !existed {
+            return Err(CoordError::InvalidInput(
+                "the message left the outbox meanwhile (delivered or refused)".into(),
+            ));
+        }
+        Ok(view)
+    }
+
+    /// What became of an envelope this node sent to `peer`: still
+    /// queued, delivered (with the receiver's status), or refused for
+    /// good (with the code), from the outbox and the audit log.
+    pub fn delivery_outcome(&self, peer: &str, envelope_id: &str) -> Result<DeliveryOutcome> {
+        if let Some(entry) = self.store.outbox_get(envelope_id)? {
+            let error = self
+                .delivery_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(envelope_id)
+                .cloned();
+            return Ok(DeliveryOutcome::Queued {
+                attempts: entry.attempts,
+                last_error: error,
+            });
+        }
+        let records = self
+            .audit
+            .query(&crate::audit::AuditQuery {
+                event_types: vec![EventType::MessageSent, EventType::MessageRejected],
+                peer: Some(peer.to_string()),
+                order: crate::audit::Order::NewestFirst,
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .map_err(CoordError::Audit)?;
+        for r in records {
+            if r.details["envelope_id"] != envelope_id {
+                continue;
+            }
+            if r.event_type == EventType::MessageSent && r.details["state"] == "delivered" {
+                return Ok(DeliveryOutcome::Delivered {
+                    status: r.details["status"].as_str().unwrap_or("").to_lowercase(),
+                });
+            }
+            if r.event_type == EventType::MessageRejected && r.details["final"] == true {
+                return Ok(DeliveryOutcome::Refused {
+                    code: r.details["reason"]
+                        .as_str()
+                        .unwrap_or("REFUSED")
+                        .to_string(),
+                });
+            }
+        }
+        Ok(DeliveryOutcome::Unknown)
     }
 
     // ---- plugins ----

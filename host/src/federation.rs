@@ -2085,6 +2085,7 @@ fn retry(
     else {
         return Ok(()); // already removed
     };
+    c.note_delivery_error(&entry.envelope_id, code);
     let delay = next.saturating_sub(now);
     if attempts.is_power_of_two() {
         c.audit_event(

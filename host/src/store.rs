@@ -998,6 +998,26 @@ impl Store {
         })
     }
 
+    /// Up to `limit` queued entries (for `peer` only, if given), earliest
+    /// due first.
+    pub fn outbox_list(&self, peer: Option<&str>, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let value = v.value();
+            if peer.is_none_or(|p| p == value.2) {
+                out.push(outbox_entry(k.value(), value));
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.next_attempt_ms, &a.envelope_id).cmp(&(b.next_attempt_ms, &b.envelope_id))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Number of queued entries.
     pub fn outbox_len(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;

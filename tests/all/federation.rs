@@ -1152,3 +1152,108 @@ fn messages_queued_before_a_demotion_are_dropped_not_delivered() {
         inbox(&beta)
     );
 }
+
+#[test]
+fn nothing_sent_fails_silently_send_wait_outbox_and_failed() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (mut beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    // Raised on one side only, as a newcomer following the docs might.
+    alpha
+        .run(&[
+            "trust",
+            "set",
+            "beta",
+            "attested",
+            "--reason",
+            "one side only",
+        ])
+        .ok();
+    let refused = alpha.run(&[
+        "send",
+        "beta",
+        "task-assignment",
+        "--payload",
+        r#"{"task":"x"}"#,
+        "--wait",
+        "20",
+    ]);
+    refused.fails(1, &["CAPABILITY_DENIED", "refused", "outbox --failed"]);
+    let failed = alpha.run(&["outbox", "--failed", "--json"]).json();
+    assert_eq!(failed[0]["code"], "CAPABILITY_DENIED", "{failed}");
+    assert_eq!(failed[0]["peer"], "beta");
+    let text = alpha.run(&["outbox", "--failed"]);
+    assert!(text.ok().contains("CAPABILITY_DENIED"), "{}", text.stdout);
+    let status = alpha.run(&["status", "--json"]).json();
+    assert_eq!(status["refused_for_good"], 1, "{status}");
+    let log = alpha.daemon.as_ref().expect("running").log();
+    assert!(
+        log.contains("message refused for good"),
+        "a final refusal is logged at warn: {log}"
+    );
+
+    // Both sides raised: --wait reports the delivery.
+    beta.run(&["trust", "set", "alpha", "attested", "--reason", "now both"])
+        .ok();
+    let delivered = alpha.run(&[
+        "send",
+        "beta",
+        "task-assignment",
+        "--payload",
+        r#"{"task":"y"}"#,
+        "--wait",
+    ]);
+    assert!(delivered.ok().contains("delivered"), "{}", delivered.stdout);
+
+    // beta away: messages wait, listed with their type; one is cancelled;
+    // --wait gives up with TIMEOUT and the message stays queued.
+    beta.stop();
+    send_n(&alpha, "beta", 1);
+    let waited = alpha.run(&[
+        "send",
+        "beta",
+        "task-assignment",
+        "--payload",
+        r#"{"n":2}"#,
+        "--wait",
+        "1",
+    ]);
+    waited.fails(1, &["TIMEOUT", "still queued"]);
+    let queued = alpha.run(&["outbox", "--json"]).json();
+    let queued = queued.as_array().unwrap();
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert!(
+        queued
+            .iter()
+            .all(|m| m["message_type"] == "task-assignment" && m["peer"] == "beta")
+    );
+    let listing = alpha.run(&["outbox"]);
+    assert!(listing.ok().contains("ATTEMPTS"), "{}", listing.stdout);
+    let id = queued[0]["envelope_id"].as_str().unwrap().to_string();
+    alpha
+        .run(&["outbox", "cancel", &id, "--reason", "no longer needed"])
+        .ok();
+    alpha
+        .run(&["outbox", "cancel", &id, "--reason", "again"])
+        .fails(2, &["no queued message"]);
+    assert_eq!(outbox(&alpha), 1);
+    let cancelled = alpha.run(&["outbox", "--failed", "--json"]).json();
+    assert!(
+        cancelled
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["envelope_id"] == id.as_str() && r["code"] == "CANCELLED"),
+        "{cancelled}"
+    );
+    beta.start(&[]);
+    wait_until("the one left to be delivered", SETTLE_TIMEOUT, || {
+        outbox(&alpha) == 0
+    });
+    let got = inbox(&beta);
+    assert!(
+        got.iter().all(|m| m["envelope_id"] != id.as_str()),
+        "the cancelled message never arrives"
+    );
+    verify_audit(&alpha);
+}

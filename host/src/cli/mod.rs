@@ -76,8 +76,11 @@ pub enum Command {
     #[command(subcommand)]
     Spend(ops::SpendCommand),
     /// Send a typed message to a peer (gates, budget, PII, signature,
-    /// durable outbox).
+    /// durable outbox); --wait waits for the receiver's answer.
     Send(ops::SendArgs),
+    /// Messages waiting to be delivered (peer, type, age, attempts, last
+    /// error), messages refused for good (--failed), and cancelling one.
+    Outbox(ops::OutboxArgs),
     /// A narrated tour: three nodes on loopback in temporary homes join,
     /// raise trust, exchange messages (PII handled per trust level), run a
     /// query, hit a budget and a breaker, and verify their audit logs.
@@ -259,6 +262,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Reactivate(args) => ops::breaker_change(&home, args, true),
         Command::Spend(command) => ops::spend(&home, command),
         Command::Send(args) => ops::send(&home, args),
+        Command::Outbox(args) => ops::outbox(&home, args),
         Command::Audit(command) => ops::audit(&home, command),
         Command::Demo { .. } if cli.home.is_some() => Err(CliError::usage(anyhow::anyhow!(
             "demo always runs in fresh temporary homes and never uses --home (add --keep to keep them afterwards)"

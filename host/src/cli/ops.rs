@@ -668,9 +668,191 @@ pub struct SendArgs {
     /// HOP_LIMIT_EXCEEDED.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_hops: Option<String>,
+    /// Wait up to SECS (default 30) for the receiver's acknowledgement:
+    /// exit 0 once it accepted (or replied), exit 1 with the receiver's
+    /// code if it refused the message for good or rejected it, exit 1 with
+    /// `TIMEOUT` (the message stays queued) if neither came in time.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "30")]
+    pub wait: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `agentfed outbox` arguments.
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    #[command(subcommand)]
+    command: Option<OutboxCommand>,
+    /// Only messages for this peer.
+    #[arg(long)]
+    peer: Option<String>,
+    /// Show messages refused for good instead (by the receiver, cancelled,
+    /// or dropped here), newest first, with their codes.
+    #[arg(long)]
+    failed: bool,
+    /// At most this many (1-10000, default 100).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `agentfed outbox` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Cancel a queued message: it is removed and never sent (audited).
+    Cancel {
+        /// Its envelope id (from `send` or `outbox`).
+        envelope_id: String,
+        /// Why (written to the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `agentfed outbox …`: what is waiting to be delivered, what failed, and
+/// cancelling.
+pub fn outbox(home: &Path, args: OutboxArgs) -> CliResult {
+    if let Some(OutboxCommand::Cancel {
+        envelope_id,
+        reason,
+        json,
+    }) = args.command
+    {
+        let view = call(
+            home,
+            "outbox.cancel",
+            json!({"envelope_id": envelope_id, "reason": reason}),
+        )?;
+        if json {
+            print_json(&view);
+        } else {
+            println!(
+                "cancelled {} ({} for {})",
+                text_of(&view, "envelope_id"),
+                text_of(&view, "message_type"),
+                text_of(&view, "peer")
+            );
+        }
+        return Ok(());
+    }
+    let mut params = json!({});
+    if let Some(peer) = &args.peer {
+        params["peer"] = json!(peer);
+    }
+    if let Some(limit) = args.limit {
+        params["limit"] = json!(limit);
+    }
+    let method = if args.failed {
+        "outbox.failed"
+    } else {
+        "outbox.list"
+    };
+    let rows = call(home, method, params)?;
+    if args.json {
+        print_json(&rows);
+        return Ok(());
+    }
+    if items(&rows).is_empty() {
+        println!(
+            "{}",
+            if args.failed {
+                "no message was refused for good"
+            } else {
+                "outbox empty"
+            }
+        );
+        return Ok(());
+    }
+    if args.failed {
+        let rows: Vec<Vec<String>> = items(&rows)
+            .iter()
+            .map(|r| {
+                vec![
+                    text(&r["envelope_id"]),
+                    text(&r["peer"]),
+                    text(&r["code"]),
+                    time_text(&r["at_ms"]),
+                ]
+            })
+            .collect();
+        table(&["ENVELOPE", "PEER", "CODE", "AT"], &rows);
+    } else {
+        let rows: Vec<Vec<String>> = items(&rows)
+            .iter()
+            .map(|r| {
+                vec![
+                    text(&r["envelope_id"]),
+                    text(&r["peer"]),
+                    text(&r["message_type"]),
+                    crate::trust_ledger::duration_text(r["age_ms"].as_u64().unwrap_or(0)),
+                    text(&r["attempts"]),
+                    text(&r["last_error"]),
+                ]
+            })
+            .collect();
+        table(
+            &["ENVELOPE", "PEER", "TYPE", "AGE", "ATTEMPTS", "LAST ERROR"],
+            &rows,
+        );
+    }
+    Ok(())
+}
+
+/// Polls what became of `envelope_id` until it is no longer queued or
+/// `secs` have passed. Ok once the receiver accepted or replied; a
+/// failure (exit 1) with its code otherwise.
+fn wait_for_delivery(
+    home: &Path,
+    peer: &str,
+    envelope_id: &str,
+    secs: u64,
+) -> Result<Value, CliError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let outcome = call(
+            home,
+            "outbox.outcome",
+            json!({"peer": peer, "envelope_id": envelope_id}),
+        )?;
+        match outcome["state"].as_str() {
+            Some("delivered") if outcome["status"] != "rejected" => return Ok(outcome),
+            Some("delivered") => {
+                return Err(CliError::failed(anyhow!(
+                    "REJECTED: {peer} received {envelope_id} and its handler rejected it"
+                )));
+            }
+            Some("refused") => {
+                return Err(CliError::failed(anyhow!(
+                    "{}: {peer} refused {envelope_id} for good; not retried (see `agentfed outbox --failed`)",
+                    text(&outcome["code"])
+                )));
+            }
+            Some("unknown") => {
+                return Err(CliError::failed(anyhow!(
+                    "UNKNOWN: {envelope_id} is neither queued nor recorded as delivered or refused"
+                )));
+            }
+            _ => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            let last = outcome;
+            let why = match last["last_error"].as_str() {
+                Some(code) => format!("; last attempt: {code}"),
+                None => String::new(),
+            };
+            return Err(CliError::failed(anyhow!(
+                "TIMEOUT: {envelope_id} is still queued for {peer} after {secs} s ({} attempts{why}); it will be retried (`agentfed outbox cancel {envelope_id} --reason …` to stop)",
+                text(&last["attempts"])
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// A budget flag as a number within `0..=max`, checked before anything is
@@ -730,6 +912,22 @@ pub fn send(home: &Path, args: SendArgs) -> CliResult {
         params["budget"] = Value::Object(budget);
     }
     let receipt = call(home, "send", params)?;
+    if let Some(secs) = args.wait {
+        let envelope_id = text_of(&receipt, "envelope_id");
+        let outcome = wait_for_delivery(home, &args.peer, &envelope_id, secs)?;
+        if args.json {
+            print_json(&json!({"receipt": receipt, "outcome": outcome}));
+        } else {
+            println!(
+                "delivered {} to {} (envelope {}; {})",
+                args.message_type,
+                text_of(&receipt, "peer"),
+                envelope_id,
+                text(&outcome["status"])
+            );
+        }
+        return Ok(());
+    }
     if args.json {
         print_json(&receipt);
     } else {

@@ -221,6 +221,10 @@ pub const METHODS: &[MethodInfo] = &[
     m("sessions", "federation_status", false),
     m("query", "federation_query", true),
     m("broadcast", "federation_broadcast", true),
+    m("outbox.list", "federation_outbox", false),
+    m("outbox.cancel", "federation_outbox", true),
+    m("outbox.outcome", "federation_send", false),
+    m("outbox.failed", "federation_outbox", false),
     m("inbox", "federation_inbox", false),
     m("inbox.remove", "federation_inbox", true),
     m("audit.query", "federation_audit", false),
@@ -288,6 +292,38 @@ pub struct TrustSetParams {
     /// above it again. By default the level is pinned.
     #[serde(default)]
     pub unpin: bool,
+}
+
+/// `outbox.list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxListParams {
+    /// Only messages for this peer.
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// At most this many (1..=10000, default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `outbox.cancel`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxCancelParams {
+    /// The queued envelope.
+    pub envelope_id: String,
+    /// Why (audited; required).
+    pub reason: String,
+}
+
+/// `outbox.outcome`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxOutcomeParams {
+    /// The receiver the envelope was sent to.
+    pub peer: String,
+    /// The envelope.
+    pub envelope_id: String,
 }
 
 /// `{peer, reason}`: `trust.unpin`, `breaker.evict` and

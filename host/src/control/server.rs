@@ -21,6 +21,7 @@ use super::{
     TrustSetParams, VerifyResult, clip, codes,
 };
 use super::{BroadcastParams, InboxParams, InboxRemoveParams, MAX_INBOX_WAIT_MS, QueryParams};
+use super::{OutboxCancelParams, OutboxListParams, OutboxOutcomeParams};
 use crate::audit::{AuditError, AuditQuery, Category, EventType, ExportFormat, Order, Severity};
 use crate::coordinator::{CoordError, Coordinator, PeerView, SendRequest, SpendReport};
 use crate::federation::{Federation, JoinRequest};
@@ -287,6 +288,51 @@ impl Dispatcher {
                     ));
                 }
                 to_value(c.inbox(p.after, limit)?)
+            }
+            "outbox.list" => {
+                let p: OutboxListParams = decode(method, params)?;
+                let limit = match p.limit {
+                    None => 100,
+                    Some(n) if (1..=10_000).contains(&n) => n,
+                    Some(_) => return Err(invalid_params(method, "limit must be 1..=10000")),
+                };
+                to_value(c.outbox(p.peer.as_deref(), limit)?)
+            }
+            "outbox.cancel" => {
+                let p: OutboxCancelParams = decode(method, params)?;
+                to_value(c.cancel_outbox(&p.envelope_id, &p.reason)?)
+            }
+            "outbox.outcome" => {
+                let p: OutboxOutcomeParams = decode(method, params)?;
+                to_value(c.delivery_outcome(&p.peer, &p.envelope_id)?)
+            }
+            "outbox.failed" => {
+                let p: OutboxListParams = decode(method, params)?;
+                let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
+                let query = crate::audit::AuditQuery {
+                    event_types: vec![EventType::MessageRejected],
+                    peer: p.peer.clone(),
+                    order: Order::NewestFirst,
+                    ..Default::default()
+                };
+                let failed: Vec<Value> = c
+                    .audit()
+                    .query(&query)
+                    .map_err(audit_error)?
+                    .into_iter()
+                    .filter(|r| r.details["final"] == true)
+                    .take(limit)
+                    .map(|r| {
+                        json!({
+                            "envelope_id": r.details["envelope_id"],
+                            "peer": r.peer,
+                            "code": r.details["reason"],
+                            "at_ms": r.ts_ms,
+                            "summary": r.summary,
+                        })
+                    })
+                    .collect();
+                Ok(Value::Array(failed))
             }
             "inbox.remove" => {
                 let p: InboxRemoveParams = decode(method, params)?;
