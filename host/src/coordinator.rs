@@ -86,8 +86,31 @@ pub enum CoordError {
     /// The peer's breaker refuses traffic.
     #[error("{0}")]
     Gate(#[from] GateError),
+    /// The peer's breaker refuses traffic: since when, why, and the way
+    /// out.
+    #[error(
+        "{gate}: {peer} is {state} since {since} ({reason}); no traffic flows until an operator reactivates it: `agentfed reactivate {peer} --reason …`{cooldown}"
+    )]
+    NotActive {
+        /// `PEER_SUSPENDED` or `PEER_EVICTED`.
+        gate: GateError,
+        /// The peer.
+        peer: String,
+        /// SUSPENDED or EVICTED.
+        state: BreakerState,
+        /// When, RFC 3339.
+        since: String,
+        /// Why (policy or operator text, clipped).
+        reason: String,
+        /// A note on the reactivation cooldown, if it has not passed.
+        cooldown: String,
+    },
     /// The peer's trust level does not allow this.
-    #[error("CAPABILITY_DENIED: {peer} is {level}, which does not allow {capability}")]
+    #[error(
+        "CAPABILITY_DENIED: {peer} is {level}, which does not allow {capability} ({} and above); if you trust it, raise it: `agentfed trust set {peer} {} --reason …` (its operator must raise this node too, for messages to be accepted there)",
+        capability.required_level(),
+        capability.required_level().as_str().to_lowercase()
+    )]
     CapabilityDenied {
         /// The peer.
         peer: String,
@@ -138,6 +161,7 @@ impl CoordError {
             CoordError::IllegalTransition(_) => "ILLEGAL_TRANSITION",
             CoordError::Gate(GateError::PeerSuspended) => "PEER_SUSPENDED",
             CoordError::Gate(GateError::PeerEvicted) => "PEER_EVICTED",
+            CoordError::NotActive { gate, .. } => gate.code(),
             CoordError::CapabilityDenied { .. } => "CAPABILITY_DENIED",
             CoordError::Budget(e) => e.code(),
             CoordError::PiiBlocked { .. } => "PII_BLOCKED",
@@ -1825,7 +1849,7 @@ fn score_components(components: &[plugin::ScoreComponent]) -> ScoreComponents {
 
 /// The breaker gate, then each capability's trust gate.
 fn check_gates(record: &PeerRecord, capabilities: &[Capability]) -> Result<()> {
-    breaker::check_gate(record.breaker.state)?;
+    check_breaker(record)?;
     for &capability in capabilities {
         if !trust::allowed(record.trust_level, capability) {
             return Err(CoordError::CapabilityDenied {
@@ -1836,6 +1860,56 @@ fn check_gates(record: &PeerRecord, capabilities: &[Capability]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The breaker gate, with an error that says since when, why, and how to
+/// reactivate.
+fn check_breaker(record: &PeerRecord) -> Result<()> {
+    let Err(gate) = breaker::check_gate(record.breaker.state) else {
+        return Ok(());
+    };
+    let since = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(record.breaker.since_ms) * 1_000_000,
+    )
+    .ok()
+    .and_then(|t| {
+        t.replace_nanosecond(0)
+            .ok()?
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_else(|| record.breaker.since_ms.to_string());
+    let cooldown = if record.breaker.state == BreakerState::Suspended {
+        format!(
+            " (eligible {} after the suspension; `agentfed breaker status {}`)",
+            crate::trust_ledger::duration_text(breaker::REACTIVATE_COOLDOWN_MS),
+            record.node_id()
+        )
+    } else {
+        String::new()
+    };
+    Err(CoordError::NotActive {
+        gate,
+        peer: record.node_id().to_string(),
+        state: record.breaker.state,
+        since,
+        reason: clip(
+            record
+                .breaker
+                .reason
+                .as_deref()
+                .unwrap_or("no reason recorded"),
+        ),
+        cooldown,
+    })
+}
+
+impl Coordinator {
+    /// The breaker gate for `node_id` alone (e.g. before a query looks for
+    /// a session).
+    pub fn check_breaker(&self, node_id: &str) -> Result<()> {
+        check_breaker(&self.peer_record(node_id)?)
+    }
 }
 
 /// Echo at most 64 characters of caller input in an error.
@@ -3945,7 +4019,7 @@ impl Coordinator {
     ) -> Result<(SendReceipt, Vec<u8>)> {
         // Order matters: the breaker gate comes before any other work.
         let record = self.peer_record(&request.peer)?;
-        breaker::check_gate(record.breaker.state)?;
+        check_breaker(&record)?;
         let capabilities = self
             .message_capabilities(&request.message_type)
             .ok_or_else(|| CoordError::UnknownMessageType(clip(&request.message_type)))?;

@@ -1748,7 +1748,9 @@ impl Federation {
         timeout: Duration,
     ) -> Result<Value, ErrorBody> {
         let p = peer.to_string();
-        self.blocking(move |c| c.peer(&p)).await??;
+        // A suspended or evicted peer has no session for a reason: say
+        // that, not "join it first".
+        self.blocking(move |c| c.check_breaker(&p)).await??;
         let handle = self.live_handle(peer).ok_or_else(|| {
             err(
                 "NO_SESSION",

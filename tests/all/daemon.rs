@@ -450,7 +450,15 @@ fn breaker_lifecycle_end_to_end_through_the_cli() {
         "--payload",
         r#"{"task":"x"}"#,
     ])
-    .fails(1, &["PEER_SUSPENDED"]);
+    .fails(
+        1,
+        &[
+            "PEER_SUSPENDED",
+            "SUSPENDED since 2023-11-14T22:13:20Z",
+            "failure ratio 1.00",
+            "agentfed reactivate beta --reason",
+        ],
+    );
 
     // Not reactivate-eligible before the 30-minute cooldown, eligible after.
     let status = node.run(&["breaker", "status", "beta", "--json"]).json();

@@ -199,7 +199,14 @@ fn three_nodes_join_send_query_broadcast_and_leave() {
     // gamma as VERIFIED, which does not allow task-assignment — refused
     // on the sender side already.
     beta.run(&["send", "gamma", "task-assignment", "--payload", "{}"])
-        .fails(1, &["CAPABILITY_DENIED"]);
+        .fails(
+            1,
+            &[
+                "CAPABILITY_DENIED",
+                "ATTESTED and above",
+                "agentfed trust set gamma attested --reason",
+            ],
+        );
 
     // query: ping → pong from the handler plugin, over the live session.
     let pong = alpha.run(&["query", "beta", "ping", "--json"]).json();
