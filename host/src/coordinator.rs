@@ -63,6 +63,14 @@ pub enum CoordError {
     /// No such peer.
     #[error("unknown peer `{0}`")]
     UnknownPeer(String),
+    /// No such peer, but one with a close id is known.
+    #[error("unknown peer `{given}`; did you mean `{known}`?")]
+    UnknownPeerDidYouMean {
+        /// The id given (clipped).
+        given: String,
+        /// The closest known id.
+        known: String,
+    },
     /// The peer is already known.
     #[error("peer `{0}` is already known; remove it first to replace its manifest")]
     PeerExists(String),
@@ -152,7 +160,7 @@ impl CoordError {
     /// A constant code for the control API and MCP.
     pub fn code(&self) -> &'static str {
         match self {
-            CoordError::UnknownPeer(_) => "UNKNOWN_PEER",
+            CoordError::UnknownPeer(_) | CoordError::UnknownPeerDidYouMean { .. } => "UNKNOWN_PEER",
             CoordError::PeerExists(_) => "PEER_EXISTS",
             CoordError::InvalidInput(_) => "INVALID_INPUT",
             CoordError::InvalidLevel(_) => "INVALID_LEVEL",
@@ -180,6 +188,7 @@ impl CoordError {
         matches!(
             self,
             CoordError::UnknownPeer(_)
+                | CoordError::UnknownPeerDidYouMean { .. }
                 | CoordError::PeerExists(_)
                 | CoordError::InvalidInput(_)
                 | CoordError::InvalidLevel(_)
@@ -1073,9 +1082,25 @@ impl Coordinator {
     }
 
     fn peer_record(&self, node_id: &str) -> Result<PeerRecord> {
-        self.store
-            .get_peer(node_id)?
-            .ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))
+        if let Some(record) = self.store.get_peer(node_id)? {
+            return Ok(record);
+        }
+        // A typo gets a suggestion: the known id within two edits, if one.
+        let closest = self
+            .store
+            .list_peers()?
+            .into_iter()
+            .map(|r| r.node_id().to_string())
+            .map(|id| (edit_distance(node_id, &id), id))
+            .filter(|(d, _)| *d <= 2)
+            .min();
+        Err(match closest {
+            Some((_, known)) => CoordError::UnknownPeerDidYouMean {
+                given: clip(node_id),
+                known,
+            },
+            None => CoordError::UnknownPeer(clip(node_id)),
+        })
     }
 
     /// Adds a peer out of band from its signed manifest (JSON): the
@@ -1910,6 +1935,26 @@ impl Coordinator {
     pub fn check_breaker(&self, node_id: &str) -> Result<()> {
         check_breaker(&self.peer_record(node_id)?)
     }
+}
+
+/// Levenshtein distance of two short strings (node ids are at most 64
+/// characters); inputs past 64 characters are not compared.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len() > 64 || b.len() > 64 {
+        return usize::MAX;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Echo at most 64 characters of caller input in an error.

@@ -420,3 +420,25 @@ fn a_move_to_a_taken_port_changes_nothing() {
     assert_eq!(moves[0]["details"]["previous_endpoint"], first.as_str());
     node.stop();
 }
+
+#[test]
+fn a_mistyped_peer_gets_a_suggestion_and_a_mistyped_home_says_it_does_not_exist() {
+    let mut node = crate::harness::Node::init("alpha");
+    let beta = crate::harness::Node::init("beta");
+    node.start(&[]);
+    node.run(&[
+        "peers",
+        "add",
+        beta.manifest_file("beta.json").to_str().unwrap(),
+    ])
+    .ok();
+    node.run(&["trust", "show", "bta"])
+        .fails(2, &["UNKNOWN_PEER", "did you mean `beta`?"]);
+    node.run(&["trust", "show", "zzzzzz"])
+        .fails(2, &["UNKNOWN_PEER"]);
+    let missing = node.home.join("no-such-node");
+    let run = crate::harness::agentfed(&missing, &["status"]);
+    run.fails(3, &["does not exist", "init"]);
+    assert!(!missing.exists(), "nothing was created");
+    node.stop();
+}

@@ -186,7 +186,7 @@ pub fn sessions(home: &Path, json_out: bool) -> CliResult {
             text(&s["session_id"]),
             text(&s["role"]),
             text(&s["remote_addr"]),
-            text(&s["expires_at_ms"])
+            super::ops::time_text(&s["expires_at_ms"])
         );
     }
     Ok(())

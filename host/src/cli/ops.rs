@@ -22,7 +22,7 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
 impl From<CallError> for CliError {
     fn from(e: CallError) -> Self {
         let code = match &e {
-            CallError::NotRunning { .. } => EXIT_NOT_RUNNING,
+            CallError::NotRunning { .. } | CallError::NoHome { .. } => EXIT_NOT_RUNNING,
             CallError::Remote(body) if body.bad_input => 2,
             _ => 1,
         };
@@ -1294,7 +1294,7 @@ fn score_text(v: &Value) -> String {
 }
 
 /// Milliseconds since the epoch as RFC 3339 (UTC, seconds precision).
-fn time_text(v: &Value) -> String {
+pub(super) fn time_text(v: &Value) -> String {
     let Some(ms) = v.as_u64() else {
         return "-".into();
     };

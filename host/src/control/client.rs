@@ -27,6 +27,15 @@ pub enum CallError {
         /// The socket path tried.
         socket: PathBuf,
     },
+    /// The home itself does not exist (a mistyped `--home`?).
+    #[error(
+        "no node at {home}: the directory does not exist (a mistyped --home or AGENTFED_HOME?); create a node there with: agentfed --home {home} init",
+        home = home.display()
+    )]
+    NoHome {
+        /// The node home.
+        home: PathBuf,
+    },
     /// The socket exists but this user may not open it.
     #[error(
         "permission denied opening {socket}: the control socket only admits the daemon's own user",
@@ -70,6 +79,9 @@ impl Client {
     /// Connects to `socket` (errors mention `home`).
     pub fn connect_socket(home: &Path, socket: &Path) -> Result<Client, CallError> {
         let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if !home.exists() => CallError::NoHome {
+                home: home.to_path_buf(),
+            },
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 CallError::NotRunning {
                     home: home.to_path_buf(),
