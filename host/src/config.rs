@@ -511,6 +511,17 @@ impl NodeConfig {
             }
         }
         self.trust.validate()?;
+        for kind in PluginKind::ALL {
+            let limits = &self.plugins.get(kind).limits;
+            for (key, value, lo, hi) in [
+                ("deadline_ms", limits.deadline_ms, 1, 60_000),
+                ("memory_mib", limits.memory_mib, 1, 4096),
+            ] {
+                if value < lo || value > hi {
+                    return Err(format!("plugins.{kind}.limits.{key}: must be {lo}..={hi}"));
+                }
+            }
+        }
         let t = &self.transport;
         if let Some(listen) = &t.listen
             && listen.parse::<std::net::SocketAddr>().is_err()
@@ -1063,6 +1074,27 @@ mod tests {
             (
                 "[transport]\nconsensus_for = [\"claim-event\", \"claim-event\"]",
                 "transport.consensus_for",
+            ),
+            (
+                "[plugins.pii.limits]\ndeadline_ms = 0",
+                "plugins.pii.limits.deadline_ms",
+            ),
+            (
+                "[plugins.trust.limits]\nmemory_mib = 0",
+                "plugins.trust.limits.memory_mib",
+            ),
+            ("[trust]\ncounted_per_hour = 0", "trust.counted_per_hour"),
+            (
+                "[trust]\ntrusted_active_days = 400",
+                "trust.trusted_active_days",
+            ),
+            (
+                "[transport]\nmax_accepted_peers = 0",
+                "transport.max_accepted_peers",
+            ),
+            (
+                "[transport]\npeer_inbox_bytes = 10",
+                "transport.peer_inbox_bytes",
             ),
         ] {
             let err = NodeConfig::parse(Path::new("c.toml"), text)

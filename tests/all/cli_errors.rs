@@ -442,3 +442,43 @@ fn a_mistyped_peer_gets_a_suggestion_and_a_mistyped_home_says_it_does_not_exist(
     assert!(!missing.exists(), "nothing was created");
     node.stop();
 }
+
+#[test]
+fn send_needs_no_payload_for_a_ping_and_plugin_limits_of_zero_are_refused() {
+    let (alpha, alpha_ep) = crate::harness::fed_node("alpha");
+    let (beta, beta_ep) = crate::harness::fed_node("beta");
+    // Each joins the other (the first join is refused: beta does not know
+    // alpha yet, but alpha now knows beta).
+    let beta_fp = crate::harness::fingerprint(&beta);
+    alpha
+        .run(&["join", &beta_ep, "--fingerprint", &beta_fp])
+        .fails(1, &["UNKNOWN_PEER"]);
+    let alpha_fp = crate::harness::fingerprint(&alpha);
+    beta.run(&["join", &alpha_ep, "--fingerprint", &alpha_fp])
+        .ok();
+    crate::harness::wait_until("alpha's session with beta", Duration::from_secs(60), || {
+        crate::harness::session_peers(&alpha)
+            .iter()
+            .any(|p| p == "beta")
+    });
+    let queued = alpha.run(&["send", "beta", "ping", "--wait", "20"]);
+    assert!(queued.ok().contains("delivered ping"), "{}", queued.stdout);
+    // A zero deadline would make every plugin call time out: refused at
+    // start-up, naming the key.
+    let mut node = crate::harness::Node::init("gamma");
+    let path = node.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        config.replacen("deadline_ms = 50", "deadline_ms = 0", 1),
+    )
+    .unwrap();
+    let daemon = node.run(&["plugin", "list"]);
+    assert_ne!(daemon.code, 0, "{}", daemon.stdout);
+    assert!(
+        daemon.stderr.contains("limits.deadline_ms"),
+        "{}",
+        daemon.stderr
+    );
+    drop(node.daemon.take());
+}

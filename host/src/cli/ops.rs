@@ -651,8 +651,9 @@ pub struct SendArgs {
     /// Message type, e.g. task-assignment.
     #[arg(value_name = "TYPE", help = super::message_types_help())]
     pub message_type: String,
-    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
-    #[arg(long, value_name = "JSON|@FILE|@-")]
+    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB);
+    /// `{}` when left out (e.g. for `ping` or `status`).
+    #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]
     pub payload: String,
     /// Budget: most tokens the task may spend, a whole number from 0 to
     /// 1000000000 (default 1000000000).
