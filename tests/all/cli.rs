@@ -109,7 +109,7 @@ fn input_can_come_from_a_file() {
         &["plugin", "run", "handler", "default", "--input", &arg],
     );
     let json = stdout_json(&out);
-    let reply: Value = serde_json::from_str(json["Reply"].as_str().expect("a reply")).unwrap();
+    let reply: Value = serde_json::from_str(json["reply"].as_str().expect("a reply")).unwrap();
     assert_eq!(reply["type"], "pong");
 }
 
@@ -235,8 +235,8 @@ fn plugin_config_values_reach_the_plugin() {
         );
         stdout_json(&out)
     };
-    assert_eq!(run("lab-*")["action"]["Promote"], "Attested");
-    assert_eq!(run("alice")["action"], "Keep");
+    assert_eq!(run("lab-*")["action"]["promote"], "ATTESTED");
+    assert_eq!(run("alice")["action"], "keep");
 }
 
 #[test]
@@ -324,14 +324,14 @@ fn scaffolded_plugins_build_test_and_run() {
         (
             "trust",
             r#"{"node_id":"p","level":"verified","metrics":{"interactions":30,"successes":30}}"#,
-            "Promote",
+            "promote",
         ),
         (
             "pii",
             r#"{"peer_level":"attested","payload":{"t":"see TICKET-9"}}"#,
             "ticket",
         ),
-        ("spend", r#"{"last_day":{"usd":3.0}}"#, "Suspend"),
+        ("spend", r#"{"last_day":{"usd":3.0}}"#, "suspend"),
         ("handler", r#"{"message_type":"ping"}"#, "pong"),
     ];
     for (kind, input, expect) in cases {

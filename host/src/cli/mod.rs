@@ -29,7 +29,9 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    /// More log output, one level per -v above the command's default (warn
+    /// for one-shot commands, info for the daemon): -v is info for a
+    /// command and debug for the daemon. RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -283,12 +285,9 @@ pub fn run(cli: Cli) -> CliResult {
 
 fn init_logging(format: LogFormat, verbose: u8, quiet_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => quiet_level,
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let base = LEVELS.iter().position(|l| *l == quiet_level).unwrap_or(1);
+    let default = LEVELS[(base + usize::from(verbose)).min(LEVELS.len() - 1)];
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -291,7 +291,7 @@ fn run_once(
             | crate::plugin::PluginError::Link { .. } => CliError::usage(e),
             other => CliError::failed(other),
         })?;
-    let output = call.invoke(&loaded).map_err(CliError::failed)?;
+    let output = wit_names(call.invoke(&loaded).map_err(CliError::failed)?);
     println!(
         "{}",
         serde_json::to_string_pretty(&output).expect("serialisable")
@@ -431,6 +431,42 @@ impl PreparedCall {
                 serde_json::to_value(plugin.handle_message(&message)?)?
             }
         })
+    }
+}
+
+/// The plugin's answer with its enum and variant names written as the
+/// rest of agentfed writes them: trust levels UPPERCASE (`ATTESTED`), other
+/// cases in the WIT's kebab-case (`promote`, `recommend-privileged`,
+/// `block`). Only single CamelCase words are names; text (reasons, ids)
+/// is left as it is.
+fn wit_names(value: Value) -> Value {
+    fn rename(name: &str) -> Option<String> {
+        let is_name = name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && name.chars().all(|c| c.is_ascii_alphabetic());
+        if !is_name {
+            return None;
+        }
+        if name.parse::<crate::model::TrustLevel>().is_ok() {
+            return Some(name.to_ascii_uppercase());
+        }
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        Some(out)
+    }
+    match value {
+        Value::String(s) => Value::String(rename(&s).unwrap_or(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(wit_names).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (rename(&k).unwrap_or(k), wit_names(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
