@@ -92,6 +92,13 @@ fn clean_sigterm_shutdown_flushes_and_removes_the_socket() {
     // Offline verify, then the last record is the daemon's own stop.
     let verify = node.run(&["audit", "verify"]);
     assert!(verify.ok().contains("checked offline"), "{}", verify.stdout);
+    // Query and export read the stopped daemon's store too.
+    let offline = node
+        .run(&["audit", "query", "--type", "daemon_stopped", "--json"])
+        .json();
+    assert_eq!(offline.as_array().map(Vec::len), Some(1), "{offline}");
+    let csv = node.run(&["audit", "export", "--format", "csv"]);
+    assert!(csv.ok().contains("spend_reported"), "{}", csv.stdout);
     node.run(&["status"])
         .fails(3, &["no agentfed daemon is running", "daemon"]);
     node.start_fake_clock();

@@ -1093,7 +1093,7 @@ pub fn audit(home: &Path, command: AuditCommand) -> CliResult {
     match command {
         AuditCommand::Query { filter, json } => {
             let params = filter.to_params()?;
-            let records = call(home, "audit.query", Value::Object(params))?;
+            let (records, _) = audit_call(home, "audit.query", Value::Object(params))?;
             if json {
                 print_json(&records);
                 return Ok(());
@@ -1132,7 +1132,7 @@ pub fn audit(home: &Path, command: AuditCommand) -> CliResult {
                 ExportFormatArg::Csv => "csv",
             };
             params.insert("format".into(), json!(name));
-            let result = call(home, "audit.export", Value::Object(params))?;
+            let (result, _) = audit_call(home, "audit.export", Value::Object(params))?;
             let content = result["content"].as_str().unwrap_or("");
             match output {
                 Some(path) => {
@@ -1160,11 +1160,8 @@ pub fn audit(home: &Path, command: AuditCommand) -> CliResult {
 }
 
 fn verify(home: &Path, json: bool) -> CliResult {
-    let (records, offline) = match client::call(home, "audit.verify", json!({})) {
-        Ok(result) => (result["records"].as_u64().unwrap_or(0), false),
-        Err(CallError::NotRunning { .. }) => (verify_offline(home)?, true),
-        Err(e) => return Err(e.into()),
-    };
+    let (result, offline) = audit_call(home, "audit.verify", json!({}))?;
+    let records = result["records"].as_u64().unwrap_or(0);
     if json {
         print_json(&json!({"ok": true, "records": records, "offline": offline}));
     } else {
@@ -1178,34 +1175,42 @@ fn verify(home: &Path, json: bool) -> CliResult {
     Ok(())
 }
 
-/// Verifies the chain with the daemon stopped: takes the home lock first
-/// (so a live daemon's store is never opened), then opens the store
-/// read-write (redb has no read-only mode) without changing anything.
-fn verify_offline(home: &Path) -> Result<u64, CliError> {
-    use crate::audit::{AuditConfig, AuditError, AuditLog};
+/// An audit request (`audit.query`, `audit.export`, `audit.verify`)
+/// through the daemon, or, when none runs for the home, over the store
+/// directly (`true` in the result): the audit log can be read with the
+/// daemon stopped.
+fn audit_call(home: &Path, method: &str, params: Value) -> Result<(Value, bool), CliError> {
+    match client::call(home, method, params.clone()) {
+        Ok(result) => Ok((result, false)),
+        Err(CallError::NotRunning { .. }) => Ok((audit_offline(home, method, params)?, true)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Serves an audit request from the store with the daemon stopped: takes
+/// the home lock first (so a live daemon's store is never opened), then
+/// opens the store read-write (redb has no read-only mode) without
+/// changing anything.
+fn audit_offline(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
+    use crate::audit::{AuditConfig, AuditLog};
     use crate::store::{HomeLock, STATE_FILE, Store};
     super::check_home(home)?;
     let state = home.join(STATE_FILE);
     if !state.exists() {
         return Err(CliError::failed(anyhow!(
-            "no state store at {}; nothing to verify (has the daemon ever run in this home?)",
+            "no state store at {}; no audit log to read (has the daemon ever run in this home?)",
             state.display()
         )));
     }
     let _lock = HomeLock::acquire(home).map_err(|e| {
         CliError::failed(anyhow!(
-            "{e} (its control socket is missing; cannot verify through it)"
+            "{e} (its control socket is missing; cannot read through it)"
         ))
     })?;
     let store = Store::open(&state).map_err(CliError::failed)?;
     let log = AuditLog::open(&store, AuditConfig::default()).map_err(CliError::failed)?;
-    match log.verify() {
-        Ok(n) => Ok(n),
-        Err(AuditError::Tampered(brk)) => Err(CliError::failed(anyhow!(
-            "AUDIT_TAMPERED: audit chain broken: {brk}"
-        ))),
-        Err(e) => Err(CliError::failed(e)),
-    }
+    crate::control::server::audit_call(&log, method, params)
+        .map_err(|body| CliError::from(CallError::Remote(body)))
 }
 
 /// Parses RFC 3339 (`2025-01-31T12:00:00Z`) or ms since the Unix epoch.

@@ -338,42 +338,8 @@ impl Dispatcher {
                 let p: InboxRemoveParams = decode(method, params)?;
                 Ok(json!({"removed": c.inbox_remove_through(p.through)?}))
             }
-            "audit.query" => {
-                let p: AuditFilter = decode(method, params)?;
-                let query = audit_query(
-                    method,
-                    &p,
-                    Order::NewestFirst,
-                    Some(DEFAULT_AUDIT_QUERY_LIMIT),
-                )?;
-                to_value(c.audit().query(&query).map_err(audit_error)?)
-            }
-            "audit.export" => {
-                let p: ExportParams = decode(method, params)?;
-                let format = match p.format.to_ascii_lowercase().as_str() {
-                    "json" => ExportFormat::Json,
-                    "ndjson" => ExportFormat::Ndjson,
-                    "csv" => ExportFormat::Csv,
-                    _ => {
-                        return Err(invalid_params(method, "format must be json, ndjson or csv"));
-                    }
-                };
-                let query = audit_query(method, &p.filter, Order::OldestFirst, None)?;
-                let records = c.audit().query(&query).map_err(audit_error)?;
-                let mut out = Vec::new();
-                crate::audit::export(&records, format, &mut out).map_err(audit_error)?;
-                let content = String::from_utf8(out)
-                    .map_err(|_| ErrorBody::new(codes::INTERNAL, "export is not UTF-8", false))?;
-                to_value(ExportResult {
-                    format: p.format.to_ascii_lowercase(),
-                    records: records.len(),
-                    content,
-                })
-            }
-            "audit.verify" => {
-                no_params(method, params)?;
-                let records = c.audit().verify().map_err(audit_error)?;
-                to_value(VerifyResult { ok: true, records })
+            "audit.query" | "audit.export" | "audit.verify" => {
+                audit_call(c.audit(), method, params)
             }
             "plugins.list" => {
                 no_params(method, params)?;
@@ -408,6 +374,56 @@ impl Dispatcher {
                 true,
             )),
         }
+    }
+}
+
+/// The audit requests (`audit.query`, `audit.export`, `audit.verify`)
+/// over `log`: served by the daemon, and by the CLI from the store
+/// directly when no daemon runs ([`crate::cli`]'s offline reading).
+pub fn audit_call(log: &crate::audit::AuditLog, method: &str, params: Value) -> ApiResult {
+    match method {
+        "audit.query" => {
+            let p: AuditFilter = decode(method, params)?;
+            let query = audit_query(
+                method,
+                &p,
+                Order::NewestFirst,
+                Some(DEFAULT_AUDIT_QUERY_LIMIT),
+            )?;
+            to_value(log.query(&query).map_err(audit_error)?)
+        }
+        "audit.export" => {
+            let p: ExportParams = decode(method, params)?;
+            let format = match p.format.to_ascii_lowercase().as_str() {
+                "json" => ExportFormat::Json,
+                "ndjson" => ExportFormat::Ndjson,
+                "csv" => ExportFormat::Csv,
+                _ => {
+                    return Err(invalid_params(method, "format must be json, ndjson or csv"));
+                }
+            };
+            let query = audit_query(method, &p.filter, Order::OldestFirst, None)?;
+            let records = log.query(&query).map_err(audit_error)?;
+            let mut out = Vec::new();
+            crate::audit::export(&records, format, &mut out).map_err(audit_error)?;
+            let content = String::from_utf8(out)
+                .map_err(|_| ErrorBody::new(codes::INTERNAL, "export is not UTF-8", false))?;
+            to_value(ExportResult {
+                format: p.format.to_ascii_lowercase(),
+                records: records.len(),
+                content,
+            })
+        }
+        "audit.verify" => {
+            no_params(method, params)?;
+            let records = log.verify().map_err(audit_error)?;
+            to_value(VerifyResult { ok: true, records })
+        }
+        _ => Err(ErrorBody::new(
+            codes::UNKNOWN_METHOD,
+            format!("unknown method `{}`", clip(method, 64)),
+            true,
+        )),
     }
 }
 
