@@ -482,3 +482,20 @@ fn send_needs_no_payload_for_a_ping_and_plugin_limits_of_zero_are_refused() {
     );
     drop(node.daemon.take());
 }
+
+#[test]
+fn operations_md_lists_every_audit_event_type() {
+    let doc = include_str!("../../docs/operations.md");
+    for event in agentfed::audit::EventType::ALL {
+        let row = format!(
+            "| `{}` | {} | {} |",
+            event.as_str(),
+            event.category().as_str(),
+            event.default_severity().as_str()
+        );
+        assert!(
+            doc.contains(&row),
+            "docs/operations.md lacks the row of {event}"
+        );
+    }
+}

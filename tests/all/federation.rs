@@ -122,6 +122,16 @@ fn three_nodes_join_send_query_broadcast_and_leave() {
     let probe = alpha.run(&["join", &beta_ep]);
     let line = probe.fails(1, &["CONFIRMATION_REQUIRED", "beta", "--accept-new"]);
     assert!(line.contains(&fingerprint(&beta)), "{line}");
+    // With --json the same, structured, on stdout.
+    let probe = alpha.run(&["join", &beta_ep, "--json"]);
+    probe.fails(1, &["CONFIRMATION_REQUIRED"]);
+    let shown: Value = serde_json::from_str(&probe.stdout).expect("JSON on stdout");
+    assert_eq!(shown["joined"], false, "{shown}");
+    assert_eq!(shown["error"]["code"], "CONFIRMATION_REQUIRED", "{shown}");
+    assert_eq!(
+        shown["error"]["details"]["fingerprint"],
+        fingerprint(&beta).as_str()
+    );
     assert_eq!(alpha.peers().as_array().unwrap().len(), 0);
     // A wrong pin is refused at the TLS layer.
     alpha

@@ -104,7 +104,16 @@ pub fn join(home: &Path, args: JoinArgs) -> CliResult {
     if let Some(key) = &args.public_key {
         params["public_key"] = json!(key.trim());
     }
-    let result = call(home, "join", params)?;
+    let result = match client::call(home, "join", params) {
+        Ok(result) => result,
+        // `--json` callers get the refusal's structured details (what would
+        // be trusted) on stdout, as for every other join outcome.
+        Err(client::CallError::Remote(body)) if args.json => {
+            print_json(&json!({"joined": false, "error": body}));
+            return Err(client::CallError::Remote(body).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if result["joined"] == json!(true) {
         if args.json {
             print_json(&result);
