@@ -330,8 +330,27 @@ pub struct InboxArgs {
 }
 
 /// How long each `inbox` call of `--follow` waits for a message: well
-/// under the daemon's cap, so a stopped daemon is noticed soon.
-const FOLLOW_WAIT_MS: u64 = 30_000;
+/// under the daemon's cap, so a stopped daemon is noticed soon, and short
+/// enough that a reader that went away (`| head -1`) is noticed within a
+/// second even when no message comes.
+const FOLLOW_WAIT_MS: u64 = 1_000;
+
+/// Whether nobody reads our standard output any more (the read end of a
+/// pipe was closed): asked without writing, so `--follow` can end while
+/// no message comes.
+fn stdout_closed() -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP),
+        Err(_) => false,
+    }
+}
 
 /// `agentfed inbox`.
 pub fn inbox(home: &Path, args: InboxArgs) -> CliResult {
@@ -410,7 +429,7 @@ fn follow_inbox(home: &Path, args: &InboxArgs) -> CliResult {
             after = after.max(m["seq"].as_u64().unwrap_or(after));
         }
         // Whoever reads the pipe sees each message as it comes.
-        if out.flush().is_err() {
+        if out.flush().is_err() || stdout_closed() {
             return Ok(());
         }
     }
