@@ -436,6 +436,12 @@ fn a_mistyped_peer_gets_a_suggestion_and_a_mistyped_home_says_it_does_not_exist(
         .fails(2, &["UNKNOWN_PEER", "did you mean `beta`?"]);
     node.run(&["trust", "show", "zzzzzz"])
         .fails(2, &["UNKNOWN_PEER"]);
+    // `peers show` reads like the other commands; --json is exact.
+    let shown = node.run(&["peers", "show", "beta"]);
+    let text = shown.ok();
+    assert!(text.contains("trust         VERIFIED since"), "{text}");
+    assert!(text.contains("breaker       ACTIVE"), "{text}");
+    assert_eq!(node.peer("beta")["trust_level"], "VERIFIED");
     let missing = node.home.join("no-such-node");
     let run = crate::harness::agentfed(&missing, &["status"]);
     run.fails(3, &["does not exist", "init"]);

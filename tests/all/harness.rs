@@ -362,7 +362,7 @@ impl Node {
 
     /// One peer's view from `peers --json`.
     pub fn peer(&self, node_id: &str) -> Value {
-        self.run(&["peers", "show", node_id]).json()
+        self.run(&["peers", "show", node_id, "--json"]).json()
     }
 }
 

@@ -183,8 +183,60 @@ pub fn peers(home: &Path, args: PeersArgs) -> CliResult {
             Ok(())
         }
         Some(PeersCommand::Show { peer }) => {
-            let result = call(home, "peers.show", json!({"peer": peer}))?;
-            print_json(&result);
+            let p = call(home, "peers.show", json!({"peer": peer}))?;
+            if args.json {
+                print_json(&p);
+                return Ok(());
+            }
+            let m = &p["metrics"];
+            let lines = [
+                ("peer", text(&p["node_id"])),
+                ("endpoint", text(&p["endpoint"])),
+                (
+                    "trust",
+                    format!(
+                        "{} since {}",
+                        text(&p["trust_level"]),
+                        time_text(&p["level_since_ms"])
+                    ),
+                ),
+                ("pin", pin_text(&p["operator"])),
+                ("score", score_text(&p["score"])),
+                (
+                    "evidence",
+                    format!(
+                        "{} counted ({} successes, {} failures), {} threats, {} signature failures, {} observed",
+                        text(&m["interactions"]),
+                        text(&m["successes"]),
+                        text(&m["failures"]),
+                        text(&m["threats"]),
+                        text(&m["signature_failures"]),
+                        text(&m["observed"])
+                    ),
+                ),
+                (
+                    "breaker",
+                    format!(
+                        "{} since {} ({})",
+                        text(&p["breaker"]["state"]),
+                        time_text(&p["breaker"]["since_ms"]),
+                        text(&p["breaker"]["reason"])
+                    ),
+                ),
+                (
+                    "capabilities",
+                    items(&p["capabilities"])
+                        .iter()
+                        .map(text)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                ("last seen", time_text(&p["last_seen_ms"])),
+                ("added", time_text(&p["added_ms"])),
+            ];
+            for (key, value) in lines {
+                println!("{key:<13} {value}");
+            }
             Ok(())
         }
     }
