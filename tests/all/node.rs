@@ -89,9 +89,25 @@ fn init_refuses_to_overwrite_without_force() {
     again.fails(1, &["already exists", "--force"]);
     assert_eq!(std::fs::read(node.home.join("identity.key")).unwrap(), key);
     assert_eq!(NodeConfig::load(&node.home).unwrap().node.node_id, "keeper");
-    node.run(&["init", "--node-id", "other", "--force"]).ok();
+    let forced = node.run(&["init", "--node-id", "other", "--force"]);
+    assert!(
+        !forced.ok().contains("kept "),
+        "no state yet: {}",
+        forced.stdout
+    );
     assert_ne!(std::fs::read(node.home.join("identity.key")).unwrap(), key);
     assert_eq!(NodeConfig::load(&node.home).unwrap().node.node_id, "other");
+    // Once a daemon has run, --force says that the state store stays.
+    let mut node = node;
+    node.start(&[]);
+    node.stop();
+    let forced = node.run(&["init", "--node-id", "third", "--force"]);
+    assert!(forced.ok().contains("kept "), "{}", forced.stdout);
+    assert!(
+        forced
+            .stdout
+            .contains("audit chain stay with the new identity")
+    );
 }
 
 #[test]

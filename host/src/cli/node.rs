@@ -166,6 +166,14 @@ pub fn init(home: &Path, args: InitArgs) -> CliResult {
     println!("public key      {}", identity.public_key_b64());
     println!("fingerprint     {fingerprint}");
     println!("tls fingerprint {}", identity.tls_fingerprint());
+    let state = home.join(crate::store::STATE_FILE);
+    if args.force && state.exists() {
+        // A new identity over the old state: say so, it is rarely intended.
+        println!(
+            "kept            {} (the old peers, trust, inbox, outbox and audit chain stay with the new identity; peers must re-add the new manifest; move it away for a fresh start)",
+            state.display()
+        );
+    }
     println!(
         "next: agentfed --home {} daemon   (then: agentfed --home {} manifest > {node_id}.manifest.json, for peers)",
         home.display(),
