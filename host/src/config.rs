@@ -852,6 +852,40 @@ fn kv<T: Serialize + ?Sized>(out: &mut String, key: &str, value: &T) {
     let _ = writeln!(out, "{key} = {value}");
 }
 
+/// The first key of `config` the default policy of `kind` does not read,
+/// if any (`action.<type>` and `action.<type>.<level>` stand for every
+/// such key of the PII policy).
+pub fn unknown_default_policy_key(
+    kind: PluginKind,
+    config: &BTreeMap<String, String>,
+) -> Option<String> {
+    let known = policy_keys(kind);
+    config
+        .keys()
+        .find(|key| {
+            !known.iter().any(|(pattern, _)| {
+                if pattern.contains('<') {
+                    // `action.<type>` / `action.<type>.<level>`: a prefix rule.
+                    let prefix = &pattern[..pattern.find('<').unwrap_or(0)];
+                    key.starts_with(prefix) && key.len() > prefix.len()
+                } else {
+                    *pattern == key.as_str()
+                }
+            })
+        })
+        .cloned()
+}
+
+/// The keys the default policy of `kind` reads, for messages.
+pub fn default_policy_key_names(kind: PluginKind) -> String {
+    let names: Vec<&str> = policy_keys(kind).iter().map(|(k, _)| *k).collect();
+    if names.is_empty() {
+        "no keys".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 /// What a plugin kind's default policy reads from `[plugins.<kind>.config]`.
 fn policy_keys(kind: PluginKind) -> &'static [(&'static str, &'static str)] {
     match kind {

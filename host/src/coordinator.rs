@@ -142,6 +142,14 @@ pub enum CoordError {
     /// A plugin failed; the operation failed closed.
     #[error("plugin failed, failing closed: {0}")]
     Plugin(#[from] PluginError),
+    /// A plugin could not be (re)loaded; the previous one stays in force.
+    #[error("{kind} plugin not reloaded; the previous one stays in force: {error}")]
+    ReloadRefused {
+        /// The slot.
+        kind: PluginKind,
+        /// Why.
+        error: PluginError,
+    },
     /// Storage failure.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -175,6 +183,7 @@ impl CoordError {
             CoordError::PiiBlocked { .. } => "PII_BLOCKED",
             CoordError::ReplyTooLarge(_) => "REPLY_TOO_LARGE",
             CoordError::Plugin(_) => "PLUGIN_FAILED",
+            CoordError::ReloadRefused { error, .. } => error.code(),
             CoordError::Store(_) => "STORAGE",
             CoordError::Audit(_) => "AUDIT",
             CoordError::Identity(_) => "IDENTITY",
@@ -861,6 +870,18 @@ fn load_plugin(
         Some(path) => PluginSource::File(path),
         None => PluginSource::Embedded(crate::embedded::default_name(kind)),
     };
+    if let PluginSource::Embedded(name) = &source
+        && let Some(unknown) = crate::config::unknown_default_policy_key(kind, &section.config)
+    {
+        return Err(PluginError::Refused {
+            plugin: name.to_string(),
+            reason: format!(
+                "unknown configuration key `{}` in [plugins.{kind}.config] (the default {kind} policy reads: {})",
+                clip(&unknown),
+                crate::config::default_policy_key_names(kind)
+            ),
+        });
+    }
     let host = HostContext {
         plugin_label: Arc::from(source.to_string().as_str()),
         config: Arc::new(section.config.clone()),
@@ -868,7 +889,79 @@ fn load_plugin(
         clock: clock.clone(),
         node_status: live.clone(),
     };
-    runtime.load(kind, source, host, section.limits)
+    let plugin = runtime.load(kind, source, host, section.limits)?;
+    probe_configuration(&plugin, kind, clock.now_ms())?;
+    Ok(plugin)
+}
+
+/// Calls a freshly loaded plugin once with a harmless request, so a
+/// configuration it cannot use (a bad value: policies read and check
+/// their configuration on a call) is refused at load time, with the
+/// plugin's own message, instead of failing every later call. The WIT
+/// contract has no `validate-config` export yet (`wit/PENDING_CHANGES.md`).
+fn probe_configuration(
+    plugin: &LoadedPlugin,
+    kind: PluginKind,
+    now_ms: u64,
+) -> Result<(), PluginError> {
+    match kind {
+        PluginKind::Trust => plugin
+            .evaluate_trust(&plugin::PeerSnapshot {
+                node_id: "config-probe".into(),
+                level: plugin::TrustLevel::Verified,
+                level_since_ms: now_ms,
+                metrics: plugin::InteractionMetrics {
+                    interactions: 0,
+                    successes: 0,
+                    failures: 0,
+                    threats: 0,
+                    signature_failures: 0,
+                    uptime: 1.0,
+                    integrity: 1.0,
+                    threats_last_hour: 0,
+                    first_seen_ms: now_ms,
+                    last_seen_ms: now_ms,
+                },
+                now_ms,
+            })
+            .map(drop),
+        PluginKind::Spend => {
+            let window = |window_ms| plugin::SpendWindow {
+                window_ms,
+                samples: 0,
+                failures: 0,
+                tokens: 0,
+                usd: 0.0,
+            };
+            plugin
+                .evaluate_spend(&plugin::SpendRequest {
+                    node_id: "config-probe".into(),
+                    breaker: plugin::BreakerView {
+                        state: plugin::BreakerState::Active,
+                        since_ms: now_ms,
+                        reason: None,
+                        failures_since_suspend: 0,
+                    },
+                    last_hour: window(HOUR_MS),
+                    last_day: window(DAY_MS),
+                    now_ms,
+                })
+                .map(drop)
+        }
+        PluginKind::Pii => plugin
+            .scan_pii(&plugin::ScanRequest {
+                direction: Direction::Outbound,
+                peer_level: plugin::TrustLevel::Attested,
+                message_type: "task-assignment".into(),
+                values: vec![plugin::StringValue {
+                    path: "/probe".into(),
+                    value: "configuration probe".into(),
+                }],
+            })
+            .map(drop),
+        // The handler world reads no configuration of its own.
+        PluginKind::Handler => Ok(()),
+    }
 }
 
 // ---- conversions between the store's model and the plugin contract ----
@@ -2751,7 +2844,7 @@ impl Coordinator {
                         .with_severity(Severity::Error)
                         .with_details(json!({"kind": kind, "code": err.code()})),
                     )?;
-                    return Err(err.into());
+                    return Err(CoordError::ReloadRefused { kind, error: err });
                 }
             }
         }

@@ -522,7 +522,11 @@ fn a_bad_plugin_reload_keeps_the_previous_plugin() {
     )
     .unwrap();
     let err = c.reload_plugins(None).unwrap_err();
-    assert_eq!(err.code(), "PLUGIN_FAILED");
+    assert_eq!(err.code(), "PLUGIN_READ_FAILED");
+    assert!(
+        err.to_string().contains("the previous one stays in force"),
+        "{err}"
+    );
     assert_eq!(c.plugins()[0].sha256, before[0].sha256);
     std::fs::write(
         home.path().join("agentfed.toml"),

@@ -1252,3 +1252,55 @@ fn trust_show_explains_the_next_step_and_pins_are_set_shown_and_released() {
     assert_eq!(json[0]["operator"]["level"], "ATTESTED");
     node.stop();
 }
+
+#[test]
+fn a_plugin_configuration_it_cannot_use_is_refused_and_the_previous_plugin_stays() {
+    let (mut node, _beta) = node_with_peer("configured");
+    let path = node.home.join("agentfed.toml");
+    let original = std::fs::read_to_string(&path).expect("config");
+    let with_spend_config = |lines: &str| {
+        let text = original.replacen(
+            "[plugins.spend.config]",
+            &format!("[plugins.spend.config]\n{lines}"),
+            1,
+        );
+        assert_ne!(text, original, "the config has a spend config table");
+        std::fs::write(&path, text).expect("config");
+    };
+    // A value the policy cannot read: refused at reload, the old policy stays.
+    with_spend_config("\"max-usd-per-day\" = \"lots\"");
+    node.run(&["plugin", "reload", "spend"]).fails(
+        1,
+        &[
+            "not reloaded",
+            "previous one stays in force",
+            "max-usd-per-day",
+        ],
+    );
+    // A misspelled key: refused too, naming the keys the policy reads.
+    with_spend_config("\"max-usd-per-dya\" = \"1.0\"");
+    node.run(&["plugin", "reload", "spend"]).fails(
+        1,
+        &[
+            "unknown configuration key `max-usd-per-dya`",
+            "max-usd-per-day",
+        ],
+    );
+    // The $5/day limit is still enforced by the plugin that stayed.
+    let out = node
+        .run(&[
+            "spend", "report", "beta", "--task", "t", "--tokens", "1", "--usd", "6", "--json",
+        ])
+        .json();
+    assert_eq!(out["breaker"]["to"], "SUSPENDED", "{out}");
+    // A daemon does not start on such a configuration either.
+    node.stop();
+    let mut daemon = node.spawn_daemon(&[]);
+    let status = daemon.wait_exit("a daemon on a bad plugin config", Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(daemon.log().contains("max-usd-per-dya"), "{}", daemon.log());
+    // A good value is taken.
+    with_spend_config("\"max-usd-per-day\" = \"2.5\"");
+    node.start_fake_clock();
+    node.stop();
+}
