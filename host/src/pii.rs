@@ -22,26 +22,62 @@ pub enum RewriteError {
     PathGone,
 }
 
+/// Why a payload's strings were not handed to the PII plugin: more values
+/// or bytes than one call may carry. The caller refuses the message (a
+/// half-scanned payload would let PII through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("PAYLOAD_TOO_COMPLEX")]
+pub struct ScanTooLarge;
+
 /// Every string value of `payload` with its JSON Pointer, in document
 /// order (object keys in the order serde_json keeps them).
 pub fn string_values(payload: &Value) -> Vec<StringValue> {
-    let mut out = Vec::new();
-    collect(payload, &mut String::new(), &mut out);
-    out
+    string_values_capped(payload, usize::MAX, usize::MAX).unwrap_or_default()
 }
 
-fn collect(value: &Value, path: &mut String, out: &mut Vec<StringValue>) {
+/// [`string_values`], refusing as soon as there would be more than
+/// `max_values` values or more than `max_bytes` bytes of paths and values
+/// together: the request stays bounded whatever the payload (long keys
+/// repeat in the path of every value under them).
+pub fn string_values_capped(
+    payload: &Value,
+    max_values: usize,
+    max_bytes: usize,
+) -> Result<Vec<StringValue>, ScanTooLarge> {
+    let mut out = Collected {
+        values: Vec::new(),
+        max_values,
+        bytes_left: max_bytes,
+    };
+    collect(payload, &mut String::new(), &mut out)?;
+    Ok(out.values)
+}
+
+struct Collected {
+    values: Vec<StringValue>,
+    max_values: usize,
+    bytes_left: usize,
+}
+
+fn collect(value: &Value, path: &mut String, out: &mut Collected) -> Result<(), ScanTooLarge> {
     match value {
-        Value::String(s) => out.push(StringValue {
-            path: path.clone(),
-            value: s.clone(),
-        }),
+        Value::String(s) => {
+            let bytes = path.len() + s.len();
+            if out.values.len() >= out.max_values || bytes > out.bytes_left {
+                return Err(ScanTooLarge);
+            }
+            out.bytes_left -= bytes;
+            out.values.push(StringValue {
+                path: path.clone(),
+                value: s.clone(),
+            });
+        }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let len = path.len();
                 path.push('/');
                 path.push_str(&i.to_string());
-                collect(item, path, out);
+                collect(item, path, out)?;
                 path.truncate(len);
             }
         }
@@ -50,12 +86,13 @@ fn collect(value: &Value, path: &mut String, out: &mut Vec<StringValue>) {
                 let len = path.len();
                 path.push('/');
                 push_escaped(path, key);
-                collect(item, path, out);
+                collect(item, path, out)?;
                 path.truncate(len);
             }
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
+    Ok(())
 }
 
 /// RFC 6901: `~` becomes `~0` and `/` becomes `~1`.
@@ -123,6 +160,29 @@ mod tests {
                 Some(&Value::String(v.value.clone()))
             );
         }
+    }
+
+    #[test]
+    fn capped_collection_refuses_instead_of_truncating() {
+        let payload = json!({"k": ["ab", "cd", "ef"]});
+        assert_eq!(string_values_capped(&payload, 3, 1000).unwrap().len(), 3);
+        assert_eq!(
+            string_values_capped(&payload, 2, 1000).err(),
+            Some(ScanTooLarge)
+        );
+        // Each value costs its path ("/k/0", 4 bytes) plus itself (2).
+        assert_eq!(string_values_capped(&payload, 10, 18).unwrap().len(), 3);
+        assert_eq!(
+            string_values_capped(&payload, 10, 17).err(),
+            Some(ScanTooLarge)
+        );
+        // A long key counts once per value under it.
+        let key = "x".repeat(1000);
+        let payload = json!({ key: ["a", "a", "a"] });
+        assert_eq!(
+            string_values_capped(&payload, 10, 2500).err(),
+            Some(ScanTooLarge)
+        );
     }
 
     #[test]

@@ -269,6 +269,11 @@ struct Shared {
     session: Session,
     config: TransportConfig,
     expires_at_ms: AtomicU64,
+    /// Largest message the peer may open a stream for (replies to our
+    /// requests are held to `config.max_message_size` instead); lowered
+    /// by the layer above to what the peer may send at all
+    /// ([`ConnectionHandle::set_inbound_message_limit`]).
+    inbound_message_limit: AtomicUsize,
     outbound_slots: Arc<Semaphore>,
     new_streams: mpsc::UnboundedSender<OutStream>,
     control: mpsc::UnboundedSender<MuxFrame>,
@@ -617,6 +622,24 @@ impl ConnectionHandle {
         &self.shared.session.peer
     }
 
+    /// Limits the messages the peer may send on its own streams to
+    /// `bytes` (at most the configured maximum message size); larger ones
+    /// are reset with `MESSAGE_TOO_LARGE` as their bytes arrive, before
+    /// they are buffered whole. Replies to our requests keep the
+    /// configured maximum. Streams already being received are held to the
+    /// new limit from their next frame.
+    pub fn set_inbound_message_limit(&self, bytes: usize) {
+        self.shared.inbound_message_limit.store(
+            bytes.min(self.shared.config.max_message_size),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The current limit of [`ConnectionHandle::set_inbound_message_limit`].
+    pub fn inbound_message_limit(&self) -> usize {
+        self.shared.inbound_message_limit.load(Ordering::Relaxed)
+    }
+
     /// Current expiry, ms since the epoch.
     pub fn expires_at_ms(&self) -> u64 {
         self.shared.expires_at_ms.load(Ordering::SeqCst)
@@ -811,6 +834,7 @@ pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Co
     let idle_timeout = config.idle_timeout;
     let shared = Arc::new(Shared {
         expires_at_ms: AtomicU64::new(session.expires_at_ms),
+        inbound_message_limit: AtomicUsize::new(config.max_message_size),
         outbound_slots: Arc::new(Semaphore::new(config.max_outbound_streams.max(1))),
         new_streams: new_tx,
         control: control_tx,
@@ -1558,7 +1582,11 @@ impl Driver {
             return Ok(());
         }
 
-        let max_message = self.shared.config.max_message_size;
+        let max_message = if own {
+            self.shared.config.max_message_size
+        } else {
+            self.shared.inbound_message_limit.load(Ordering::Relaxed)
+        };
         let max_buffered = self.shared.config.max_inbound_buffered;
         let current = self.inbound.get(&id).map_or(0, |p| p.data.len());
         let refusal = if current + payload.len() > max_message {
