@@ -406,6 +406,10 @@ impl Federation {
             heartbeat_interval: Duration::from_secs(settings.heartbeat_secs),
             handshake_timeout: Duration::from_secs(settings.handshake_timeout_secs),
             allow_plaintext: settings.allow_plaintext,
+            // What all peers together may have in flight towards us.
+            inbound_pool: Some(crate::transport::InboundPool::new(
+                crate::limits::INBOUND_TRANSPORT_POOL_BYTES,
+            )),
             clock: coordinator.clock().clone(),
             on_event: Some(Arc::new(
                 move |event: &crate::transport::ConnectionEvent| {

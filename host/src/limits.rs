@@ -99,6 +99,13 @@ pub const MAX_PII_SCAN_BYTES: usize = BULK_FRAME_BYTES;
 /// of allocating.
 pub const INBOUND_GLOBAL_BUDGET_KIB: usize = 32 * 1024;
 
+/// Inbound message bytes the transport may hold for all sessions together
+/// (being received, or complete and waiting for a session's reader): three
+/// bulk messages. Past it, streams growing beyond one frame are reset with
+/// `RESOURCE_EXHAUSTED` and their senders retry
+/// ([`crate::transport::InboundPool`]).
+pub const INBOUND_TRANSPORT_POOL_BYTES: usize = 48 * 1024 * 1024;
+
 /// What one message type may carry at one trust level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundLimit {

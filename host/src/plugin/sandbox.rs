@@ -105,6 +105,10 @@ pub(crate) struct Limiter {
     max_tables: usize,
     max_table_elements: usize,
     pub(crate) refused_memory: bool,
+    /// The largest linear memory this store grew to (bytes): an instance
+    /// that grew large for one big call is not kept warm
+    /// (`LoadedPlugin::with_instance`), so its memory goes back.
+    pub(crate) largest_memory: usize,
 }
 
 impl Limiter {
@@ -115,6 +119,7 @@ impl Limiter {
             max_tables: limits.max_tables,
             max_table_elements: limits.max_table_elements,
             refused_memory: false,
+            largest_memory: 0,
         }
     }
 }
@@ -127,7 +132,9 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.memory_bytes;
-        if !allowed {
+        if allowed {
+            self.largest_memory = self.largest_memory.max(desired);
+        } else {
             self.refused_memory = true;
         }
         Ok(allowed)

@@ -34,7 +34,7 @@ use yawc::{Frame, OpCode, WebSocket, WebSocketError};
 use super::handshake::Session;
 use super::mux::{FLAG_END, FLAG_OPEN, FLAG_REQUEST, MuxFrame, Priority, ResetCode};
 use super::ws::{Prefixed, WsConn, close_code_of, close_numeric, is_code};
-use super::{Role, TransportConfig, TransportError};
+use super::{InboundPool, MAX_CHUNK, Role, TransportConfig, TransportError};
 use crate::identity::SignedManifest;
 
 /// Bytes written to the WebSocket before the driver flushes and picks the
@@ -143,6 +143,20 @@ pub struct IncomingMessage {
     /// Counts `data` against the connection's inbound byte limit until the
     /// consumer takes the bytes ([`IncomingMessage::into_parts`]).
     _held: HeldBytes,
+    /// And against the shared pool, if any.
+    _pooled: Option<PoolBytes>,
+}
+
+/// Bytes counted in an [`InboundPool`]; released on drop.
+struct PoolBytes {
+    pool: Arc<InboundPool>,
+    bytes: usize,
+}
+
+impl Drop for PoolBytes {
+    fn drop(&mut self) {
+        self.pool.release(self.bytes);
+    }
 }
 
 /// Bytes of complete inbound messages the consumer has not taken yet, and
@@ -1039,6 +1053,8 @@ struct Partial {
     priority: Priority,
     data: Vec<u8>,
     request: bool,
+    /// `data`'s share of the shared inbound pool (peer streams only).
+    pooled: Option<PoolBytes>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1463,6 +1479,21 @@ impl Driver {
         });
     }
 
+    /// Counts `len` more bytes of peer stream `id` (holding `current`) in
+    /// the shared pool: refused when the pool is full, unless the message
+    /// is still within one frame's size (see [`InboundPool`]).
+    fn pool_admits(&mut self, id: u32, current: usize, len: usize) -> bool {
+        let Some(pooled) = self.inbound.get_mut(&id).and_then(|p| p.pooled.as_mut()) else {
+            return true;
+        };
+        let small = current + len <= MAX_CHUNK;
+        if !pooled.pool.reserve(len, small) {
+            return false;
+        }
+        pooled.bytes += len;
+        true
+    }
+
     fn drop_partial(&mut self, id: u32) -> Option<Partial> {
         let partial = self.inbound.remove(&id)?;
         self.buffered = self.buffered.saturating_sub(partial.data.len());
@@ -1571,6 +1602,10 @@ impl Driver {
                     priority,
                     data: Vec::new(),
                     request: flags & FLAG_REQUEST != 0,
+                    pooled: (!own)
+                        .then(|| self.shared.config.inbound_pool.clone())
+                        .flatten()
+                        .map(|pool| PoolBytes { pool, bytes: 0 }),
                 },
             );
         } else if !self.inbound.contains_key(&id) {
@@ -1591,7 +1626,10 @@ impl Driver {
         let current = self.inbound.get(&id).map_or(0, |p| p.data.len());
         let refusal = if current + payload.len() > max_message {
             Some(ResetCode::MESSAGE_TOO_LARGE)
-        } else if self.buffered + payload.len() > max_buffered {
+        } else if self.buffered + payload.len() > max_buffered
+            // Reserves in the shared pool when it admits the bytes.
+            || !self.pool_admits(id, current, payload.len())
+        {
             Some(ResetCode::RESOURCE_EXHAUSTED)
         } else {
             None
@@ -1620,17 +1658,24 @@ impl Driver {
             }
             return Ok(());
         }
-        let responder = partial.request.then(|| Responder {
+        let Partial {
+            priority,
+            data,
+            request,
+            pooled,
+        } = partial;
+        let responder = request.then(|| Responder {
             id,
-            priority: partial.priority,
+            priority,
             shared: self.shared.clone(),
             done: false,
         });
         let msg = IncomingMessage {
             stream_id: id,
-            priority: partial.priority,
-            _held: HeldBytes::new(&self.held, partial.data.len()),
-            data: partial.data,
+            priority,
+            _held: HeldBytes::new(&self.held, data.len()),
+            _pooled: pooled,
+            data,
             responder,
         };
         if !self.incoming_closed {
