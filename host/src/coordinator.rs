@@ -139,6 +139,14 @@ pub enum CoordError {
     /// A peer's answer is larger than this node hands to a caller.
     #[error("REPLY_TOO_LARGE: the reply is larger than {0} bytes")]
     ReplyTooLarge(usize),
+    /// A payload has more string values or bytes than one PII call may
+    /// carry ([`crate::limits::MAX_PII_SCAN_VALUES`],
+    /// [`crate::limits::MAX_PII_SCAN_BYTES`]); it is refused rather than
+    /// half-scanned.
+    #[error(
+        "PAYLOAD_TOO_COMPLEX: the payload has more string values or bytes than one PII scan takes"
+    )]
+    PayloadTooComplex,
     /// A plugin failed; the operation failed closed.
     #[error("plugin failed, failing closed: {0}")]
     Plugin(#[from] PluginError),
@@ -182,6 +190,7 @@ impl CoordError {
             CoordError::Budget(e) => e.code(),
             CoordError::PiiBlocked { .. } => "PII_BLOCKED",
             CoordError::ReplyTooLarge(_) => "REPLY_TOO_LARGE",
+            CoordError::PayloadTooComplex => "PAYLOAD_TOO_COMPLEX",
             CoordError::Plugin(_) => "PLUGIN_FAILED",
             CoordError::ReloadRefused { error, .. } => error.code(),
             CoordError::Store(_) => "STORAGE",
@@ -2369,7 +2378,13 @@ impl Coordinator {
         if !crate::pii::has_content(payload) {
             return Ok(PiiReport::default());
         }
-        let values = crate::pii::string_values(payload);
+        let Ok(values) = crate::pii::string_values_capped(
+            payload,
+            crate::limits::MAX_PII_SCAN_VALUES,
+            crate::limits::MAX_PII_SCAN_BYTES,
+        ) else {
+            return Err(CoordError::PayloadTooComplex);
+        };
         let request = plugin::ScanRequest {
             direction,
             peer_level: to_wit_level(level),
@@ -2972,9 +2987,14 @@ pub enum InboundRefusal {
     /// Not a frame.
     #[error("MALFORMED_FRAME")]
     MalformedFrame,
-    /// Over the size limit.
+    /// Over the size limit of the message type at the sender's level
+    /// ([`crate::limits`]).
     #[error("MESSAGE_TOO_LARGE")]
     MessageTooLarge,
+    /// The payload has more elements, strings or nesting than its type
+    /// allows, or more than one PII call may carry ([`crate::limits`]).
+    #[error("PAYLOAD_TOO_COMPLEX")]
+    PayloadTooComplex,
     /// The sender is not a known peer.
     #[error("UNKNOWN_SENDER")]
     UnknownSender,
@@ -3047,6 +3067,7 @@ impl InboundRefusal {
             InboundRefusal::InProgress => "IN_PROGRESS",
             InboundRefusal::RateLimited => "RATE_LIMITED",
             InboundRefusal::InboxFull => "INBOX_FULL",
+            InboundRefusal::PayloadTooComplex => "PAYLOAD_TOO_COMPLEX",
         }
     }
 
@@ -3059,6 +3080,7 @@ impl InboundRefusal {
             self,
             InboundRefusal::MalformedFrame
                 | InboundRefusal::MessageTooLarge
+                | InboundRefusal::PayloadTooComplex
                 | InboundRefusal::WrongAddress
                 | InboundRefusal::UnknownMessageType
                 | InboundRefusal::CapabilityDenied
@@ -3247,6 +3269,17 @@ enum Processed {
 
 impl Coordinator {
     // ---- inbound messages ----
+
+    /// The largest frame `peer` may send at its current trust level
+    /// ([`crate::limits::max_frame_for_level`]); the smallest limit when
+    /// it is not known or cannot be read.
+    pub fn inbound_message_limit(&self, peer: &str) -> usize {
+        let level = match self.store.get_peer(peer) {
+            Ok(Some(record)) => record.trust_level,
+            _ => TrustLevel::Untrusted,
+        };
+        crate::limits::max_frame_for_level(level)
+    }
 
     /// Processes one inbound frame from `session_peer` (the node id the
     /// transport authenticated): verify → gates → PII (inbound) → handler
@@ -3535,13 +3568,6 @@ impl Coordinator {
         ) {
             return Ok(Err(R::RateLimited));
         }
-        let (signed, verified_with) = match verified {
-            Some(Verified { signed, key }) => (signed, Some(key)),
-            None => match envelope::SignedEnvelope::from_frame(frame) {
-                Ok(signed) => (signed, None),
-                Err(_) => return Ok(Err(R::MalformedFrame)),
-            },
-        };
         let Some(record) = self.store.get_peer(session_peer)? else {
             return Ok(Err(R::UnknownSender));
         };
@@ -3550,33 +3576,63 @@ impl Coordinator {
             BreakerState::Evicted => return Ok(Err(R::PeerEvicted)),
             BreakerState::Active => {}
         }
+        // Larger than anything the sender's level may send: refused on
+        // the length alone, before the bytes are copied, hashed or parsed.
+        if frame.len() > crate::limits::max_frame_for_level(record.trust_level) {
+            return Ok(Err(R::MessageTooLarge));
+        }
+        let (signed, verified_with) = match verified {
+            Some(Verified { signed, key }) => (signed, Some(key)),
+            None => match envelope::SignedEnvelope::from_frame(frame) {
+                Ok(signed) => (signed, None),
+                Err(_) => return Ok(Err(R::MalformedFrame)),
+            },
+        };
         let Some(key) = self.peer_key(&record.manifest.manifest) else {
             return Ok(Err(R::UnknownSender));
         };
         // The batch counts only if the peer's key is still the one it
         // was verified with (the manifest may have changed meanwhile).
-        let opened = if verified_with == Some(key) {
+        let verdict = if verified_with == Some(key) {
             self.verified_batched.fetch_add(1, Ordering::Relaxed);
-            signed.parse_verified()
+            Ok(())
         } else {
-            let opened = signed.open(&key);
-            if !matches!(opened, Err(envelope::EnvelopeError::BadSignature)) {
+            let verdict = signed.verify(&key);
+            if verdict.is_ok() {
                 self.verified_alone.fetch_add(1, Ordering::Relaxed);
             }
-            opened
+            verdict
         };
-        let envelope = match opened {
-            Ok(envelope) => envelope,
-            Err(envelope::EnvelopeError::BadSignature) => {
-                let _guard = self.lock_decisions();
-                self.record_interaction_locked(session_peer, Interaction::SignatureFailure)?;
-                return Ok(Err(R::BadSignature));
-            }
-            Err(_) => return Ok(Err(R::MalformedFrame)),
+        if verdict.is_err() {
+            let _guard = self.lock_decisions();
+            self.record_interaction_locked(session_peer, Interaction::SignatureFailure)?;
+            return Ok(Err(R::BadSignature));
+        }
+        // The envelope's fields, its payload only counted: no tree is
+        // built until its size and shape fit its type and our view of the
+        // sender.
+        let head = match crate::limits::parse_head(&signed.bytes) {
+            Ok(head) => head,
+            Err(crate::limits::HeadError::TooComplex) => return Ok(Err(R::PayloadTooComplex)),
+            Err(crate::limits::HeadError::Malformed) => return Ok(Err(R::MalformedFrame)),
         };
-        if envelope.source != session_peer || envelope.target != self.node_id() {
+        if head.source != session_peer || head.target != self.node_id() {
             return Ok(Err(R::WrongAddress));
         }
+        let limit = crate::limits::inbound_limit(&head.message_type, record.trust_level);
+        if frame.len() > limit.frame_bytes {
+            return Ok(Err(R::MessageTooLarge));
+        }
+        if !head.payload.within(&limit.shape) {
+            return Ok(Err(R::PayloadTooComplex));
+        }
+        // The one tree of the payload; the copy of the bytes goes at once.
+        let parsed = signed.parse_verified();
+        drop(signed);
+        let mut envelope = match parsed {
+            Ok(envelope) => envelope,
+            Err(_) => return Ok(Err(R::MalformedFrame)),
+        };
         // The id keys the dedupe and acknowledgement tables: refuse one
         // they cannot hold before any work is done (a storage error here
         // would tell the sender to retry forever).
@@ -3635,7 +3691,8 @@ impl Coordinator {
         if envelope.hop_count > envelope.budget.max_hops() {
             return Ok(Err(R::HopLimitExceeded));
         }
-        let mut payload = envelope.payload.clone();
+        // Scanned and rewritten in place: the payload is never cloned.
+        let mut payload = std::mem::take(&mut envelope.payload);
         match self.scan_payload(
             session_peer,
             record.trust_level,
@@ -3645,6 +3702,7 @@ impl Coordinator {
         ) {
             Ok(_) => {}
             Err(CoordError::PiiBlocked { .. }) => return Ok(Err(R::PiiBlocked)),
+            Err(CoordError::PayloadTooComplex) => return Ok(Err(R::PayloadTooComplex)),
             Err(CoordError::Plugin(_)) => return Ok(Err(R::PluginFailed)),
             Err(other) => return Err(other),
         }
@@ -3687,7 +3745,7 @@ impl Coordinator {
                     &mut reply,
                 ) {
                     Ok(_) => plugin::HandlerDecision::Reply(reply.to_string()),
-                    Err(CoordError::PiiBlocked { .. }) => {
+                    Err(CoordError::PiiBlocked { .. } | CoordError::PayloadTooComplex) => {
                         plugin::HandlerDecision::Reject(REPLY_BLOCKED_REASON.to_string())
                     }
                     Err(CoordError::Plugin(_)) => return Ok(Err(R::PluginFailed)),

@@ -181,6 +181,18 @@ impl SignedEnvelope {
     }
 }
 
+impl SignedEnvelope {
+    /// Verifies the signature (`verify_strict`) without parsing, so the
+    /// receiver can check the envelope's size and shape
+    /// ([`crate::limits::parse_head`]) before any JSON tree is built.
+    pub fn verify(&self, sender_key: &VerifyingKey) -> Result<(), EnvelopeError> {
+        let signature = ed25519_dalek::Signature::from_bytes(&self.signature);
+        sender_key
+            .verify_strict(&signing_input(&self.bytes), &signature)
+            .map_err(|_| EnvelopeError::BadSignature)
+    }
+}
+
 /// Verifies the signatures of several envelopes from one sender at once
 /// (Ed25519 batch verification: one multiscalar multiplication for the
 /// whole batch, roughly half the cost per signature of verifying them one

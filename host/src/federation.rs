@@ -137,6 +137,7 @@ pub const WANTED_FILE: &str = "federation-peers.json";
 pub const FINAL_REFUSALS: &[&str] = &[
     "MALFORMED_FRAME",
     "MESSAGE_TOO_LARGE",
+    "PAYLOAD_TOO_COMPLEX",
     "BAD_SIGNATURE",
     "WRONG_ADDRESS",
     "STALE_TIMESTAMP",
@@ -228,6 +229,12 @@ pub struct Federation {
     /// flight): the periodic outbox scan skips them.
     in_flight: Mutex<HashSet<String>>,
     window: Arc<Semaphore>,
+    /// Inbound envelope KiB being processed by all sessions together
+    /// ([`crate::limits::INBOUND_GLOBAL_BUDGET_KIB`]): when it is spent, a
+    /// session's reader waits for it before taking more messages from the
+    /// transport, whose reading then stops (backpressure) instead of
+    /// allocating.
+    inbound_budget: Arc<Semaphore>,
     outbox_wake: Notify,
     /// Fresh entries from `send`, delivered without scanning the outbox.
     fresh_tx: tokio::sync::mpsc::Sender<OutboxEntry>,
@@ -417,6 +424,10 @@ impl Federation {
             heartbeat_interval: Duration::from_secs(settings.heartbeat_secs),
             handshake_timeout: Duration::from_secs(settings.handshake_timeout_secs),
             allow_plaintext: settings.allow_plaintext,
+            // What all peers together may have in flight towards us.
+            inbound_pool: Some(crate::transport::InboundPool::new(
+                crate::limits::INBOUND_TRANSPORT_POOL_BYTES,
+            )),
             clock: coordinator.clock().clone(),
             on_event: Some(Arc::new(
                 move |event: &crate::transport::ConnectionEvent| {
@@ -447,6 +458,7 @@ impl Federation {
             wanted_path,
             in_flight: Mutex::new(HashSet::new()),
             window: Arc::new(Semaphore::new(DELIVERY_WINDOW)),
+            inbound_budget: Arc::new(Semaphore::new(crate::limits::INBOUND_GLOBAL_BUDGET_KIB)),
             outbox_wake: Notify::new(),
             fresh_tx,
             fresh_rx: Mutex::new(Some(fresh_rx)),
@@ -698,6 +710,12 @@ impl Federation {
         };
         let preferred = std::cmp::min(self.me.clone(), peer.clone());
         let (handle, incoming) = conn.into_parts();
+        // Streams larger than the peer may send at its level are refused
+        // by the transport as they arrive, not buffered whole first.
+        let p = peer.clone();
+        if let Ok(limit) = self.blocking(move |c| c.inbound_message_limit(&p)).await {
+            handle.set_inbound_message_limit(limit);
+        }
         let view = self.view(&peer, &handle);
         let loser = {
             let mut sessions = lock(&self.sessions);
@@ -920,11 +938,23 @@ impl Federation {
                 kib += next.data.len().div_ceil(1024).max(1);
                 burst.push(next);
             }
-            let kib = kib.min(INBOUND_BUDGET_KIB) as u32;
+            // The session's share first, then the node's: a session never
+            // holds the node's budget while waiting for its own, and a
+            // message larger than a budget takes all of it.
+            let session_kib = kib.min(INBOUND_BUDGET_KIB) as u32;
+            let node_kib = kib.min(crate::limits::INBOUND_GLOBAL_BUDGET_KIB) as u32;
             let (Ok(permit), Ok(bytes_permit)) = (
                 slots.clone().acquire_many_owned(burst.len() as u32).await,
-                budget.clone().acquire_many_owned(kib).await,
+                budget.clone().acquire_many_owned(session_kib).await,
             ) else {
+                return;
+            };
+            let Ok(node_permit) = self
+                .inbound_budget
+                .clone()
+                .acquire_many_owned(node_kib)
+                .await
+            else {
                 return;
             };
             let (responders, frames): (Vec<_>, Vec<_>) = burst
@@ -983,7 +1013,7 @@ impl Federation {
                     }
                     fed.revoke(&peer, code).await;
                 }
-                drop((permit, bytes_permit));
+                drop((permit, bytes_permit, node_permit));
             });
         }
     }
@@ -1215,9 +1245,17 @@ impl Federation {
         let now = self.coordinator.clock().now_ms();
         for (peer, handle) in &live {
             let p = peer.clone();
-            if let Ok(Some(code)) = self.blocking(move |c| standing(c, &p)).await {
+            let checked = self
+                .blocking(move |c| (standing(c, &p), c.inbound_message_limit(&p)))
+                .await;
+            if let Ok((Some(code), _)) = checked {
                 self.revoke(peer, code).await;
                 continue;
+            }
+            // Trust changes reach the transport's message limit here,
+            // within a maintenance period.
+            if let Ok((None, limit)) = checked {
+                handle.set_inbound_message_limit(limit);
             }
             let s = handle.session();
             if s.role == Role::Client

@@ -21,6 +21,8 @@
 //! * [`budget`]: per-envelope budgets.
 //! * [`coordinator`]: the node's business logic over store, audit and plugins.
 //! * [`envelope`]: signed envelopes and message types.
+//! * [`limits`]: inbound size and shape limits by message type and trust
+//!   level, and the streaming pre-check that enforces them.
 //! * [`federation`]: the daemon's session manager and delivery worker
 //!   over the transport.
 //! * [`transport`]: the wire: pinned TLS 1.3, WebSocket with
@@ -56,6 +58,7 @@ pub mod federation;
 pub mod home;
 pub mod identity;
 pub mod journal;
+pub mod limits;
 pub mod model;
 pub mod pii;
 pub mod plugin;

@@ -58,31 +58,66 @@ pub fn has_content(payload: &Value) -> bool {
     }
 }
 
+/// Why a payload's strings were not handed to the PII plugin: more values
+/// or bytes than one call may carry. The caller refuses the message (a
+/// half-scanned payload would let PII through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("PAYLOAD_TOO_COMPLEX")]
+pub struct ScanTooLarge;
+
 /// Every string value of `payload` with its JSON Pointer, every object key
 /// and every number (prefixed, see [`KEY_PREFIX`]), in document order
 /// (a member's key before its value).
 pub fn string_values(payload: &Value) -> Vec<StringValue> {
-    let mut out = Vec::new();
-    collect(payload, &mut String::new(), &mut out);
-    out
+    string_values_capped(payload, usize::MAX, usize::MAX).unwrap_or_default()
 }
 
-fn collect(value: &Value, path: &mut String, out: &mut Vec<StringValue>) {
+/// [`string_values`], refusing as soon as there would be more than
+/// `max_values` values or more than `max_bytes` bytes of paths and values
+/// together: the request stays bounded whatever the payload (long keys
+/// repeat in the path of every value under them).
+pub fn string_values_capped(
+    payload: &Value,
+    max_values: usize,
+    max_bytes: usize,
+) -> Result<Vec<StringValue>, ScanTooLarge> {
+    let mut out = Collected {
+        values: Vec::new(),
+        max_values,
+        bytes_left: max_bytes,
+    };
+    collect(payload, &mut String::new(), &mut out)?;
+    Ok(out.values)
+}
+
+struct Collected {
+    values: Vec<StringValue>,
+    max_values: usize,
+    bytes_left: usize,
+}
+
+impl Collected {
+    fn push(&mut self, path: String, value: String) -> Result<(), ScanTooLarge> {
+        let bytes = path.len() + value.len();
+        if self.values.len() >= self.max_values || bytes > self.bytes_left {
+            return Err(ScanTooLarge);
+        }
+        self.bytes_left -= bytes;
+        self.values.push(StringValue { path, value });
+        Ok(())
+    }
+}
+
+fn collect(value: &Value, path: &mut String, out: &mut Collected) -> Result<(), ScanTooLarge> {
     match value {
-        Value::String(s) => out.push(StringValue {
-            path: path.clone(),
-            value: s.clone(),
-        }),
-        Value::Number(n) => out.push(StringValue {
-            path: format!("{NUMBER_PREFIX}{path}"),
-            value: n.to_string(),
-        }),
+        Value::String(s) => out.push(path.clone(), s.clone())?,
+        Value::Number(n) => out.push(format!("{NUMBER_PREFIX}{path}"), n.to_string())?,
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let len = path.len();
                 path.push('/');
                 path.push_str(&i.to_string());
-                collect(item, path, out);
+                collect(item, path, out)?;
                 path.truncate(len);
             }
         }
@@ -91,16 +126,14 @@ fn collect(value: &Value, path: &mut String, out: &mut Vec<StringValue>) {
                 let len = path.len();
                 path.push('/');
                 push_escaped(path, key);
-                out.push(StringValue {
-                    path: format!("{KEY_PREFIX}{path}"),
-                    value: key.clone(),
-                });
-                collect(item, path, out);
+                out.push(format!("{KEY_PREFIX}{path}"), key.clone())?;
+                collect(item, path, out)?;
                 path.truncate(len);
             }
         }
         Value::Null | Value::Bool(_) => {}
     }
+    Ok(())
 }
 
 /// RFC 6901: `~` becomes `~0` and `/` becomes `~1`.
@@ -212,6 +245,29 @@ mod tests {
         }
         assert!(has_content(&json!([true])));
         assert!(!has_content(&json!({})) && !has_content(&json!([])) && !has_content(&Value::Null));
+    }
+
+    #[test]
+    fn capped_collection_refuses_instead_of_truncating() {
+        // One key ("key:/k" + "k", 7 bytes) and three values ("/k/0" + 2).
+        let payload = json!({"k": ["ab", "cd", "ef"]});
+        assert_eq!(string_values_capped(&payload, 4, 1000).unwrap().len(), 4);
+        assert_eq!(
+            string_values_capped(&payload, 3, 1000).err(),
+            Some(ScanTooLarge)
+        );
+        assert_eq!(string_values_capped(&payload, 10, 25).unwrap().len(), 4);
+        assert_eq!(
+            string_values_capped(&payload, 10, 24).err(),
+            Some(ScanTooLarge)
+        );
+        // A long key counts once per value under it.
+        let key = "x".repeat(1000);
+        let payload = json!({ key: ["a", "a", "a"] });
+        assert_eq!(
+            string_values_capped(&payload, 10, 2500).err(),
+            Some(ScanTooLarge)
+        );
     }
 
     #[test]

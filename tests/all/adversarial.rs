@@ -24,6 +24,7 @@ use agentfed::budget::Budget;
 use agentfed::envelope::{ENVELOPE_DOMAIN, Envelope, SignedEnvelope, random_id};
 use agentfed::federation::WireReply;
 use agentfed::identity::{Identity, ManifestParams, NodeId, SignedManifest};
+use agentfed::limits::{BULK_FRAME_BYTES, ORDINARY_FRAME_BYTES, SMALL_FRAME_BYTES};
 use agentfed::transport::handshake::{HandshakeMessage, transcript};
 use agentfed::transport::ws::{self, MAX_WS_PAYLOAD, WsConn};
 use agentfed::transport::{
@@ -248,6 +249,72 @@ impl Raw {
                 "adversarial test bootstrap",
             ])
             .ok();
+    }
+
+    /// Makes the target know this node (`peers add`) and nothing more:
+    /// it stays VERIFIED, the level a completed handshake gives.
+    fn introduce_verified(&self, arena: &Arena) {
+        let path = arena.target.write_file(
+            &format!("{}.manifest.json", self.name),
+            &self.node.manifest().to_json(),
+        );
+        arena
+            .target
+            .run(&["peers", "add", path.to_str().unwrap(), "--json"])
+            .ok();
+    }
+
+    /// A signed frame of `message_type` whose payload is `payload_json`
+    /// verbatim (so payloads can be sized to the byte and built without
+    /// a JSON tree on this side either).
+    fn frame_text(
+        &self,
+        session: Option<String>,
+        message_type: &str,
+        payload_json: &str,
+    ) -> Vec<u8> {
+        let envelope = Envelope {
+            id: random_id(),
+            source: self.name.clone(),
+            target: "alpha".into(),
+            session,
+            message_type: message_type.into(),
+            payload: Value::Null,
+            timestamp_ms: now_ms(),
+            nonce: random_id(),
+            hop_count: 1,
+            budget: Budget::with_default_hops(1000, 1.0)
+                .and_then(|b| b.next_hop())
+                .expect("budget"),
+        };
+        let bytes = serde_json::to_vec(&envelope).expect("envelope JSON");
+        let marker = b"\"payload\":null";
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .expect("payload field");
+        let mut out = Vec::with_capacity(bytes.len() + payload_json.len());
+        out.extend_from_slice(&bytes[..at + marker.len() - 4]);
+        out.extend_from_slice(payload_json.as_bytes());
+        out.extend_from_slice(&bytes[at + marker.len()..]);
+        let mut input = ENVELOPE_DOMAIN.to_vec();
+        input.extend_from_slice(&out);
+        let signature = self.node.identity().sign(&input).to_bytes();
+        SignedEnvelope {
+            bytes: out,
+            signature,
+        }
+        .to_frame()
+    }
+
+    /// [`Raw::frame_text`] with the payload `{"context":"ccc…"}` padded so
+    /// that the frame is exactly `frame_bytes` long.
+    fn padded(&self, session: Option<String>, message_type: &str, frame_bytes: usize) -> Vec<u8> {
+        let empty = self.frame_text(session.clone(), message_type, r#"{"context":""}"#);
+        let pad = "c".repeat(frame_bytes - empty.len());
+        let frame = self.frame_text(session, message_type, &format!(r#"{{"context":"{pad}"}}"#));
+        assert_eq!(frame.len(), frame_bytes);
+        frame
     }
 
     fn config() -> TransportConfig {
@@ -1750,4 +1817,229 @@ fn a_minute_of_flooding_grows_the_audit_log_by_summaries_and_the_inbox_stays_in_
     );
     conn.close("NORMAL");
     target.stop();
+}
+
+/// The payload shapes of the security review (issue 16), as JSON text of
+/// at most `len` bytes (and more than `len - 4`): `[0,0,…]`,
+/// `["a","a",…]`, and arrays nested as deep as the bytes allow.
+fn hostile(shape: &str, len: usize) -> String {
+    match shape {
+        "zeros" => {
+            let n = (len - 1) / 2;
+            format!("[{}0]", "0,".repeat(n - 1))
+        }
+        "strings" => {
+            let n = (len - 1) / 4;
+            format!("[{}\"a\"]", "\"a\",".repeat(n - 1))
+        }
+        "nested" => {
+            let d = len / 2;
+            format!("{}{}", "[".repeat(d), "]".repeat(d))
+        }
+        other => panic!("no shape {other}"),
+    }
+}
+
+/// The daemon's peak resident memory so far (`VmHWM`), bytes.
+fn peak_rss(node: &Node) -> u64 {
+    let pid = node.daemon.as_ref().expect("daemon running").pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+/// The transport refused a stream as too large (on the sender's write, or
+/// as the request's answer).
+#[track_caller]
+fn assert_stream_too_large(result: Result<WireReply, TransportError>, what: &str) {
+    match result {
+        Err(TransportError::MessageTooLarge)
+        | Err(TransportError::StreamReset("MESSAGE_TOO_LARGE")) => {}
+        Ok(reply) if reply == refused("MESSAGE_TOO_LARGE") => {}
+        other => panic!("{what}: expected MESSAGE_TOO_LARGE, got {other:?}"),
+    }
+}
+
+/// Issue 16, item 1: the payloads that took a daemon past 2 GB. At the
+/// largest frame a VERIFIED peer may send (8 KiB) each shape is refused
+/// with `PAYLOAD_TOO_COMPLEX` before a JSON tree is built; at the wire's
+/// 16 MiB they are refused as they arrive, and the daemon's peak memory
+/// hardly moves. The peer's session and a legitimate peer are still
+/// served afterwards.
+#[test]
+fn hostile_payload_shapes_from_a_verified_peer_are_refused_and_memory_stays_bounded() {
+    let arena = Arena::new();
+    let rt = runtime();
+    let mallory = Raw::new("mallory-shapes");
+    mallory.introduce_verified(&arena);
+    assert_eq!(arena.trust_level("mallory-shapes"), "VERIFIED");
+    let conn = block(
+        &rt,
+        "mallory's session",
+        mallory.connect(&arena.endpoint, arena.pin.clone()),
+    )
+    .expect("a VERIFIED peer gets a session");
+    let session = Some(conn.session().session_id.clone());
+    let overhead = mallory.frame_text(session.clone(), "ping", "0").len() - 1;
+
+    let mark = arena.audit_mark();
+    for shape in ["zeros", "strings", "nested"] {
+        let payload = hostile(shape, SMALL_FRAME_BYTES - overhead);
+        let frame = mallory.frame_text(session.clone(), "ping", &payload);
+        assert!(
+            frame.len() <= SMALL_FRAME_BYTES && frame.len() + 4 > SMALL_FRAME_BYTES,
+            "{shape}: {} bytes",
+            frame.len()
+        );
+        let reply = block(&rt, shape, send_frame(&conn, frame)).expect("reply");
+        assert_eq!(reply, refused("PAYLOAD_TOO_COMPLEX"), "{shape}");
+    }
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let n = arena
+            .records("message_rejected", Some("mallory-shapes"))
+            .iter()
+            .filter(|r| {
+                r["seq"].as_u64().unwrap_or(0) > mark
+                    && r["details"]["reason"] == "PAYLOAD_TOO_COMPLEX"
+            })
+            .count();
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} of 3 refusals audited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The same size with an ordinary shape is served: what is refused is
+    // the shape, not the bytes.
+    let fine = mallory.padded(session.clone(), "ping", SMALL_FRAME_BYTES);
+    let reply = block(&rt, "a padded ping", send_frame(&conn, fine)).expect("reply");
+    let WireReply::Ack(ack) = reply else {
+        panic!("a ping of 8 KiB is answered, got {reply:?}");
+    };
+    assert_eq!(ack.reply.as_ref().expect("pong")["type"], "pong");
+    // One byte more is more than a VERIFIED peer may send at all.
+    let over = mallory.padded(session.clone(), "ping", SMALL_FRAME_BYTES + 1);
+    assert_stream_too_large(
+        block(&rt, "8 KiB + 1", send_frame(&conn, over)),
+        "8 KiB + 1",
+    );
+
+    // The review's attack: three 16 MiB envelopes of each flat shape on
+    // one session (it measured 2.19 GB peak). Refused as they arrive.
+    let before = peak_rss(&arena.target);
+    let overhead = mallory.frame_text(session.clone(), "ping", "0").len() - 1;
+    for shape in ["zeros", "strings"] {
+        let payload = hostile(shape, BULK_FRAME_BYTES - overhead);
+        for i in 0..3 {
+            let frame = mallory.frame_text(session.clone(), "ping", &payload);
+            assert!(frame.len() <= BULK_FRAME_BYTES);
+            let what = format!("16 MiB of {shape}, #{i}");
+            assert_stream_too_large(block(&rt, &what, send_frame(&conn, frame)), &what);
+        }
+    }
+    let grew = peak_rss(&arena.target).saturating_sub(before);
+    assert!(
+        grew < 64 << 20,
+        "six 16 MiB envelopes raised the daemon's peak by {} MiB",
+        grew >> 20
+    );
+
+    let after = mallory.padded(session, "ping", 1024);
+    let reply = block(&rt, "a ping after the attack", send_frame(&conn, after)).expect("reply");
+    assert!(matches!(reply, WireReply::Ack(_)), "{reply:?}");
+    arena.still_serves("hostile payload shapes");
+}
+
+/// Limits follow the message type and the sender's level: a ping is held
+/// to 8 KiB at any level; a `context-share` over the 1 MiB an ATTESTED
+/// peer may send is refused, and accepted (up to the wire's 16 MiB) once
+/// the peer is TRUSTED; a `task-assignment` stays at 1 MiB at TRUSTED.
+#[test]
+fn size_limits_follow_the_message_type_and_the_sender_s_level() {
+    let arena = Arena::new();
+    let rt = runtime();
+    let mallory = Raw::new("mallory-bulk");
+    mallory.introduce(&arena, "attested");
+    let conn = block(
+        &rt,
+        "mallory's session",
+        mallory.connect(&arena.endpoint, arena.pin.clone()),
+    )
+    .expect("an ATTESTED peer gets a session");
+    let session = Some(conn.session().session_id.clone());
+    let send = |frame: Vec<u8>, what: &str| block(&rt, what, send_frame(&conn, frame));
+
+    // A ping over 8 KiB, well inside what an ATTESTED peer may send.
+    let mark = arena.audit_mark();
+    let ping = mallory.padded(session.clone(), "ping", SMALL_FRAME_BYTES + 1);
+    assert_eq!(
+        send(ping, "a 8 KiB + 1 ping").expect("reply"),
+        refused("MESSAGE_TOO_LARGE")
+    );
+    arena.audited(mark, "message_rejected", |r| {
+        r["peer"] == "mallory-bulk" && r["details"]["reason"] == "MESSAGE_TOO_LARGE"
+    });
+    // An ordinary message at its limit is accepted.
+    let task = mallory.padded(session.clone(), "task-assignment", ORDINARY_FRAME_BYTES);
+    let reply = send(task, "a 1 MiB task").expect("reply");
+    assert!(
+        matches!(&reply, WireReply::Ack(a) if a.status == agentfed::coordinator::AckStatus::Accepted),
+        "{reply:?}"
+    );
+    // A 2 MiB context-share from an ATTESTED peer: refused.
+    let share = mallory.padded(session.clone(), "context-share", 2 << 20);
+    assert_stream_too_large(
+        send(share, "2 MiB share at ATTESTED"),
+        "2 MiB share at ATTESTED",
+    );
+
+    arena
+        .target
+        .run(&[
+            "trust",
+            "set",
+            "mallory-bulk",
+            "trusted",
+            "--reason",
+            "adversarial test: bulk limits",
+        ])
+        .ok();
+    // The session's transport limit follows within a maintenance period.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let share = mallory.padded(session.clone(), "context-share", 2 << 20);
+        match send(share, "2 MiB share at TRUSTED") {
+            Ok(WireReply::Ack(a)) => {
+                assert_eq!(a.status, agentfed::coordinator::AckStatus::Accepted);
+                break;
+            }
+            Err(TransportError::MessageTooLarge)
+            | Err(TransportError::StreamReset("MESSAGE_TOO_LARGE"))
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => panic!("a 2 MiB share at TRUSTED: {other:?}"),
+        }
+    }
+    // Close to the wire's limit, through the PII scan and the handler.
+    let big = mallory.padded(session.clone(), "context-share", BULK_FRAME_BYTES - 4096);
+    let reply = send(big, "a 16 MiB share at TRUSTED").expect("reply");
+    assert!(
+        matches!(&reply, WireReply::Ack(a) if a.status == agentfed::coordinator::AckStatus::Accepted),
+        "{reply:?}"
+    );
+    // Bulk only for the bulk types: a 2 MiB task is still refused (last:
+    // the refusal counts against the peer, which may cost it TRUSTED).
+    let task = mallory.padded(session, "task-assignment", 2 << 20);
+    assert_eq!(
+        send(task, "a 2 MiB task at TRUSTED").expect("reply"),
+        refused("MESSAGE_TOO_LARGE")
+    );
+    arena.still_serves("bulk limits");
 }

@@ -347,3 +347,45 @@ fn slots_refuse_plugins_of_another_kind() {
     let err = slot.replace(spend).unwrap_err();
     assert!(err.to_string().contains("it is a spend plugin"), "{err}");
 }
+
+/// Linear memory never shrinks: an instance that grew for one large call
+/// is dropped rather than kept warm, while instances of ordinary calls
+/// stay in the pool (so small calls do not pay for instantiation).
+#[test]
+fn an_instance_that_grew_for_a_large_call_is_not_kept_warm() {
+    use agentfed::plugin::{Direction, ScanRequest, StringValue};
+    let rt = runtime(None);
+    // The default memory limit, a deadline a debug build meets.
+    let limits = Limits {
+        deadline_ms: 5_000,
+        ..Limits::default()
+    };
+    let source = PluginSource::Embedded(agentfed::embedded::default_name(PluginKind::Pii));
+    let plugin = load_with(&rt, PluginKind::Pii, source, host(&[]), limits);
+    let scan = |text: String| {
+        plugin
+            .scan_pii(&ScanRequest {
+                direction: Direction::Inbound,
+                peer_level: TrustLevel::Trusted,
+                message_type: "context-share".into(),
+                values: vec![StringValue {
+                    path: "/text".into(),
+                    value: text,
+                }],
+            })
+            .expect("scan")
+    };
+    scan("mail bob@example.com".into());
+    let warm = plugin.idle_instances();
+    assert!(warm >= 1, "an ordinary call keeps its instance warm");
+    scan("call 555-123-4567 ".repeat(4096));
+    assert_eq!(plugin.idle_instances(), warm, "a 70 KB scan stays warm");
+    scan("s".repeat(16 << 20));
+    assert_eq!(
+        plugin.idle_instances(),
+        warm - 1,
+        "the instance of a 16 MiB scan is dropped"
+    );
+    scan("mail bob@example.com".into());
+    assert_eq!(plugin.idle_instances(), warm);
+}

@@ -1436,3 +1436,104 @@ async fn the_partial_reply_of_a_cancelled_request_is_dropped_with_it() {
     close_all(&[&c, &s]).await;
     listener.shutdown().await;
 }
+
+/// Two connections sharing one inbound pool: bytes one peer has in flight
+/// count against the other. A stream growing past one frame's size while
+/// the pool is full is reset with `RESOURCE_EXHAUSTED` (the connection
+/// lives on); a message of one frame still gets through; once the
+/// application takes the held message, the pool has room again. And a
+/// per-connection limit below the configured maximum resets larger
+/// streams as they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_sharing_an_inbound_pool_are_bounded_together() {
+    const POOL: usize = 512 * 1024;
+    let pool = agentfed::transport::InboundPool::new(POOL);
+    let server_cfg = TransportConfig {
+        inbound_pool: Some(pool.clone()),
+        ..config()
+    };
+    let server = node("pool-server");
+    let mut listener = listen(&server, server_cfg, Arc::new(AcceptAll)).await;
+    let one = node("pool-one");
+    let two = node("pool-two");
+    let (c1, s1) = tokio::join!(
+        dial(wss(&listener), pin_of(&server), &one, config()),
+        established(&mut listener)
+    );
+    let (c2, s2) = tokio::join!(
+        dial(wss(&listener), pin_of(&server), &two, config()),
+        established(&mut listener)
+    );
+    let (c1, c2) = (c1.expect("first connects"), c2.expect("second connects"));
+    let (s1h, mut in1) = s1.into_parts();
+    let (s2h, mut in2) = s2.into_parts();
+
+    // The first peer's message fills most of the pool and is not taken.
+    c1.send_message(Priority::Bulk, vec![1u8; 400 * 1024])
+        .await
+        .expect("send");
+    let held = within("the first message", in1.recv())
+        .await
+        .expect("message");
+    assert_eq!(pool.used(), 400 * 1024);
+
+    // The second peer's large message does not fit: reset, not buffered.
+    let err = c2
+        .request(Priority::Bulk, vec![2u8; 300 * 1024], WAIT)
+        .await
+        .expect_err("refused while the pool is full");
+    assert_eq!(err, TransportError::StreamReset("RESOURCE_EXHAUSTED"));
+    // One frame's worth still gets through (pings, acknowledgements).
+    c2.send_message(Priority::Interactive, vec![3u8; 1024])
+        .await
+        .expect("send");
+    let small = within("the small message", in2.recv())
+        .await
+        .expect("message");
+    assert_eq!(small.data.len(), 1024);
+    drop(small);
+
+    // Taken by the application: the pool is free again.
+    let (_, _, data) = held.into_parts();
+    assert_eq!(data.len(), 400 * 1024);
+    assert_eq!(pool.used(), 0);
+    c2.send_message(Priority::Bulk, vec![2u8; 300 * 1024])
+        .await
+        .expect("send");
+    let big = within("the retried message", in2.recv())
+        .await
+        .expect("message");
+    assert_eq!(big.data.len(), 300 * 1024);
+    drop(big);
+    assert_eq!(pool.used(), 0);
+
+    // A per-connection limit: larger streams are reset as they arrive.
+    s1h.set_inbound_message_limit(8 * 1024);
+    assert_eq!(s1h.inbound_message_limit(), 8 * 1024);
+    let err = c1
+        .request(Priority::Interactive, vec![4u8; 8 * 1024 + 1], WAIT)
+        .await
+        .expect_err("over the connection's limit");
+    assert!(
+        matches!(
+            err,
+            TransportError::MessageTooLarge | TransportError::StreamReset("MESSAGE_TOO_LARGE")
+        ),
+        "{err:?}"
+    );
+    c1.send_message(Priority::Interactive, vec![5u8; 8 * 1024])
+        .await
+        .expect("send");
+    let fits = within("a message at the limit", in1.recv())
+        .await
+        .expect("message");
+    assert_eq!(fits.data.len(), 8 * 1024);
+    drop(fits);
+    assert_eq!(pool.used(), 0);
+
+    drop((in1, in2));
+    close_all(&[&c1, &c2]).await;
+    within("server side closes", s1h.closed()).await;
+    within("server side closes", s2h.closed()).await;
+    listener.shutdown().await;
+}

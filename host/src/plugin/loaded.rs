@@ -86,6 +86,11 @@ pub struct LoadedPlugin {
     max_idle: usize,
 }
 
+/// Largest linear memory of an instance kept warm after a call, bytes;
+/// larger ones are dropped (their next call instantiates afresh, ~tens of
+/// microseconds, which a call large enough to need the memory dwarfs).
+const KEEP_WARM_MEMORY_BYTES: usize = 8 * 1024 * 1024;
+
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")
@@ -253,9 +258,14 @@ impl LoadedPlugin {
         let panic_message = self.forward_guest_output(&instance.store);
         match result {
             Ok(value) => {
-                let mut idle = self.lock_idle();
-                if idle.len() < self.max_idle {
-                    idle.push(instance);
+                // Linear memory never shrinks: an instance that grew for
+                // one large payload would hold that memory for as long as
+                // it stays warm (up to `max_idle` of them per plugin).
+                if instance.store.data().limiter.largest_memory <= KEEP_WARM_MEMORY_BYTES {
+                    let mut idle = self.lock_idle();
+                    if idle.len() < self.max_idle {
+                        idle.push(instance);
+                    }
                 }
                 Ok(value)
             }

@@ -122,6 +122,10 @@ pub(crate) struct Limiter {
     max_tables: usize,
     max_table_elements: usize,
     pub(crate) refused_memory: bool,
+    /// The largest linear memory this store grew to (bytes): an instance
+    /// that grew large for one big call is not kept warm
+    /// (`LoadedPlugin::with_instance`), so its memory goes back.
+    pub(crate) largest_memory: usize,
 }
 
 impl Limiter {
@@ -134,6 +138,7 @@ impl Limiter {
             max_tables: limits.max_tables,
             max_table_elements: limits.max_table_elements,
             refused_memory: false,
+            largest_memory: 0,
         }
     }
 }
@@ -151,6 +156,7 @@ impl ResourceLimiter for Limiter {
         if allowed {
             self.memory_total = total;
             self.memory_last_grant = increase;
+            self.largest_memory = self.largest_memory.max(desired);
         } else {
             self.refused_memory = true;
         }

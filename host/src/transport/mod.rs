@@ -82,6 +82,62 @@ pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
 /// Hard cap of a session's life from its creation: 24 h.
 pub const SESSION_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// A byte budget shared by connections for what peers send them: the
+/// per-connection limits (`max_inbound_buffered`) bound one peer, this
+/// bounds all of them together. Every byte of a peer-initiated message
+/// counts from its arrival until the application takes the message. Once
+/// the pool is full, a stream that grows past [`MAX_CHUNK`] is reset with
+/// `RESOURCE_EXHAUSTED` (the sender retries later); messages of one
+/// frame's size are still accepted and counted, so pings and
+/// acknowledgements get through while bulk transfers wait. Refusing,
+/// rather than pausing the socket, cannot deadlock: paused connections
+/// holding partial messages could fill the pool with messages none of
+/// which can complete.
+#[derive(Debug)]
+pub struct InboundPool {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl InboundPool {
+    /// A pool of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<InboundPool> {
+        Arc::new(InboundPool {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The pool's size.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts `bytes` more, if they fit or `force`.
+    pub(crate) fn reserve(&self, bytes: usize, force: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        if force {
+            self.used.fetch_add(bytes, Ordering::SeqCst);
+            return true;
+        }
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used + bytes <= self.limit).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        self.used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Called for connection events (heartbeats, renewals, refusals, close).
 /// Runs on the connection's task: keep it short and non-blocking.
 pub type EventCallback = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
@@ -135,6 +191,10 @@ pub struct TransportConfig {
     /// also cap one connection's throughput near buffer / RTT. See
     /// `docs/protocol.md` §7 for the measurement.
     pub socket_buffer: Option<u32>,
+    /// Bytes of inbound messages (being received, or complete and not yet
+    /// taken by the application) that all connections sharing this pool
+    /// may hold together, or `None` for per-connection limits only.
+    pub inbound_pool: Option<Arc<InboundPool>>,
     /// Time source for session timestamps and expiry.
     pub clock: Arc<dyn Clock>,
     /// Event callback, if any.
@@ -162,6 +222,7 @@ impl Default for TransportConfig {
             incoming_queue: 256,
             max_pending_handshakes: 64,
             socket_buffer: Some(DEFAULT_SOCKET_BUFFER),
+            inbound_pool: None,
             clock: Arc::new(SystemClock),
             on_event: None,
         }

@@ -34,7 +34,7 @@ use yawc::{Frame, OpCode, WebSocket, WebSocketError};
 use super::handshake::Session;
 use super::mux::{FLAG_END, FLAG_OPEN, FLAG_REQUEST, MuxFrame, Priority, ResetCode};
 use super::ws::{self, Prefixed, WsConn, close_answer, close_code_of, close_frame, is_code};
-use super::{Role, TransportConfig, TransportError};
+use super::{InboundPool, MAX_CHUNK, Role, TransportConfig, TransportError};
 use crate::identity::SignedManifest;
 
 /// Bytes written to the WebSocket before the driver flushes and picks the
@@ -140,6 +140,20 @@ pub struct IncomingMessage {
     /// Counts `data` against the connection's inbound byte limit until the
     /// consumer takes the bytes ([`IncomingMessage::into_parts`]).
     _held: HeldBytes,
+    /// And against the shared pool, if any.
+    _pooled: Option<PoolBytes>,
+}
+
+/// Bytes counted in an [`InboundPool`]; released on drop.
+struct PoolBytes {
+    pool: Arc<InboundPool>,
+    bytes: usize,
+}
+
+impl Drop for PoolBytes {
+    fn drop(&mut self) {
+        self.pool.release(self.bytes);
+    }
 }
 
 /// Bytes of complete inbound messages the consumer has not taken yet, and
@@ -266,6 +280,11 @@ struct Shared {
     session: Session,
     config: TransportConfig,
     expires_at_ms: AtomicU64,
+    /// Largest message the peer may open a stream for (replies to our
+    /// requests are held to `config.max_message_size` instead); lowered
+    /// by the layer above to what the peer may send at all
+    /// ([`ConnectionHandle::set_inbound_message_limit`]).
+    inbound_message_limit: AtomicUsize,
     outbound_slots: Arc<Semaphore>,
     new_streams: mpsc::UnboundedSender<OutStream>,
     control: mpsc::UnboundedSender<MuxFrame>,
@@ -622,6 +641,24 @@ impl ConnectionHandle {
         &self.shared.session.peer
     }
 
+    /// Limits the messages the peer may send on its own streams to
+    /// `bytes` (at most the configured maximum message size); larger ones
+    /// are reset with `MESSAGE_TOO_LARGE` as their bytes arrive, before
+    /// they are buffered whole. Replies to our requests keep the
+    /// configured maximum. Streams already being received are held to the
+    /// new limit from their next frame.
+    pub fn set_inbound_message_limit(&self, bytes: usize) {
+        self.shared.inbound_message_limit.store(
+            bytes.min(self.shared.config.max_message_size),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The current limit of [`ConnectionHandle::set_inbound_message_limit`].
+    pub fn inbound_message_limit(&self) -> usize {
+        self.shared.inbound_message_limit.load(Ordering::Relaxed)
+    }
+
     /// Current expiry, ms since the epoch.
     pub fn expires_at_ms(&self) -> u64 {
         self.shared.expires_at_ms.load(Ordering::SeqCst)
@@ -823,6 +860,7 @@ pub(crate) fn spawn(ws: WsConn, session: Session, config: TransportConfig) -> Co
     let idle_timeout = config.idle_timeout;
     let shared = Arc::new(Shared {
         expires_at_ms: AtomicU64::new(session.expires_at_ms),
+        inbound_message_limit: AtomicUsize::new(config.max_message_size),
         outbound_slots: Arc::new(Semaphore::new(config.max_outbound_streams.max(1))),
         new_streams: new_tx,
         control: control_tx,
@@ -1031,6 +1069,8 @@ struct Partial {
     priority: Priority,
     data: Vec<u8>,
     request: bool,
+    /// `data`'s share of the shared inbound pool (peer streams only).
+    pooled: Option<PoolBytes>,
 }
 
 struct Fail {
@@ -1405,6 +1445,21 @@ impl Driver {
         });
     }
 
+    /// Counts `len` more bytes of peer stream `id` (holding `current`) in
+    /// the shared pool: refused when the pool is full, unless the message
+    /// is still within one frame's size (see [`InboundPool`]).
+    fn pool_admits(&mut self, id: u32, current: usize, len: usize) -> bool {
+        let Some(pooled) = self.inbound.get_mut(&id).and_then(|p| p.pooled.as_mut()) else {
+            return true;
+        };
+        let small = current + len <= MAX_CHUNK;
+        if !pooled.pool.reserve(len, small) {
+            return false;
+        }
+        pooled.bytes += len;
+        true
+    }
+
     fn drop_partial(&mut self, id: u32) -> Option<Partial> {
         let partial = self.inbound.remove(&id)?;
         self.buffered = self.buffered.saturating_sub(partial.data.len());
@@ -1513,6 +1568,10 @@ impl Driver {
                     priority,
                     data: Vec::new(),
                     request: flags & FLAG_REQUEST != 0,
+                    pooled: (!own)
+                        .then(|| self.shared.config.inbound_pool.clone())
+                        .flatten()
+                        .map(|pool| PoolBytes { pool, bytes: 0 }),
                 },
             );
         } else if !self.inbound.contains_key(&id) {
@@ -1528,12 +1587,19 @@ impl Driver {
             return Ok(());
         }
 
-        let max_message = self.shared.config.max_message_size;
+        let max_message = if own {
+            self.shared.config.max_message_size
+        } else {
+            self.shared.inbound_message_limit.load(Ordering::Relaxed)
+        };
         let max_buffered = self.shared.config.max_inbound_buffered;
         let current = self.inbound.get(&id).map_or(0, |p| p.data.len());
         let refusal = if current + payload.len() > max_message {
             Some(ResetCode::MESSAGE_TOO_LARGE)
-        } else if self.buffered + payload.len() > max_buffered {
+        } else if self.buffered + payload.len() > max_buffered
+            // Reserves in the shared pool when it admits the bytes.
+            || !self.pool_admits(id, current, payload.len())
+        {
             Some(ResetCode::RESOURCE_EXHAUSTED)
         } else {
             None
@@ -1562,17 +1628,24 @@ impl Driver {
             }
             return Ok(());
         }
-        let responder = partial.request.then(|| Responder {
+        let Partial {
+            priority,
+            data,
+            request,
+            pooled,
+        } = partial;
+        let responder = request.then(|| Responder {
             id,
-            priority: partial.priority,
+            priority,
             shared: self.shared.clone(),
             done: false,
         });
         let msg = IncomingMessage {
             stream_id: id,
-            priority: partial.priority,
-            _held: HeldBytes::new(&self.held, partial.data.len()),
-            data: partial.data,
+            priority,
+            _held: HeldBytes::new(&self.held, data.len()),
+            _pooled: pooled,
+            data,
             responder,
         };
         if !self.incoming_closed {
