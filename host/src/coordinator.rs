@@ -3716,7 +3716,11 @@ impl Coordinator {
             sent_at_ms: envelope.timestamp_ms,
         };
         let handler = self.plugins.handler.get();
-        let decision = match handler.handle_message(&view) {
+        let decision = handler.handle_message(&view);
+        // The payload's text copy is not needed past the handler: freed
+        // before the inbox copy is made.
+        drop(view);
+        let decision = match decision {
             Ok(decision) => decision,
             Err(err) => {
                 self.plugin_failed(&handler, Some(session_peer), err)?;

@@ -94,10 +94,12 @@ pub const MAX_PII_SCAN_VALUES: usize = 16 * 1024;
 pub const MAX_PII_SCAN_BYTES: usize = BULK_FRAME_BYTES;
 
 /// Inbound envelope bytes processed at once by all sessions together, in
-/// KiB (see `federation.rs`): two bulk messages, or thousands of small
+/// KiB (see `federation.rs`): one bulk message, or thousands of small
 /// ones. Past it, sessions wait (and stop reading their sockets) instead
-/// of allocating.
-pub const INBOUND_GLOBAL_BUDGET_KIB: usize = 32 * 1024;
+/// of allocating. Processing a payload costs several times its bytes (the
+/// frame, the tree, the PII request and the plugin's copy, the handler's
+/// text, the inbox record), so this is what bounds the node's peak.
+pub const INBOUND_GLOBAL_BUDGET_KIB: usize = 16 * 1024;
 
 /// Inbound message bytes the transport may hold for all sessions together
 /// (being received, or complete and waiting for a session's reader): three
