@@ -46,7 +46,7 @@ use agentfed::transport::{
 use serde_json::{Value, json};
 
 mod support;
-use support::{DaemonGuard, agentfed};
+use support::{DaemonGuard, agentfed, cli, free_port};
 
 /// Longest wait for one request's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -56,26 +56,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64
-}
-
-fn cli(home: &Path, args: &[&str]) -> String {
-    let out = agentfed(home)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running agentfed");
-    assert!(
-        out.status.success(),
-        "agentfed {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("ephemeral port");
-    l.local_addr().expect("local addr").port()
 }
 
 struct Daemon {

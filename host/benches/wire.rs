@@ -47,7 +47,7 @@ use agentfed::control::client::Client;
 use serde_json::{Value, json};
 
 mod support;
-use support::{DaemonGuard, agentfed};
+use support::{DaemonGuard, agentfed, cli, free_port};
 
 /// Control connections queueing in parallel in (a); each pipelines its
 /// requests (the control API answers in order, up to 64 in progress).
@@ -59,26 +59,6 @@ const RATE_RUN: Duration = Duration::from_secs(10);
 /// Context-shares in (c) and the size of each payload string.
 const SHARES: usize = 16;
 const SHARE_BYTES: usize = 1_000_000;
-
-fn cli(home: &Path, args: &[&str]) -> String {
-    let out = agentfed(home)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running agentfed");
-    assert!(
-        out.status.success(),
-        "agentfed {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -55,6 +55,17 @@ impl Clock for ManualClock {
     }
 }
 
+/// `ms` since the Unix epoch as RFC 3339 in UTC, to the second
+/// (`2026-12-04T23:27:21Z`); `None` when out of range.
+pub fn rfc3339(ms: u64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()?
+        .replace_nanosecond(0)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +78,13 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_500);
         assert!(!SystemClock.advance(1));
         assert!(SystemClock.now_ms() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn times_print_as_rfc_3339_seconds() {
+        assert_eq!(
+            rfc3339(1_700_000_000_999).as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
     }
 }

@@ -91,9 +91,6 @@ pub enum CoordError {
     /// The requested breaker or trust change is not a legal edge.
     #[error("illegal transition: {0}")]
     IllegalTransition(String),
-    /// The peer's breaker refuses traffic.
-    #[error("{0}")]
-    Gate(#[from] GateError),
     /// The peer's breaker refuses traffic: since when, why, and the way
     /// out.
     #[error(
@@ -183,8 +180,6 @@ impl CoordError {
             CoordError::UnknownMessageType(_) => "UNKNOWN_MESSAGE_TYPE",
             CoordError::Manifest(_) => "INVALID_MANIFEST",
             CoordError::IllegalTransition(_) => "ILLEGAL_TRANSITION",
-            CoordError::Gate(GateError::PeerSuspended) => "PEER_SUSPENDED",
-            CoordError::Gate(GateError::PeerEvicted) => "PEER_EVICTED",
             CoordError::NotActive { gate, .. } => gate.code(),
             CoordError::CapabilityDenied { .. } => "CAPABILITY_DENIED",
             CoordError::Budget(e) => e.code(),
@@ -1995,17 +1990,8 @@ fn check_breaker(record: &PeerRecord) -> Result<()> {
     let Err(gate) = breaker::check_gate(record.breaker.state) else {
         return Ok(());
     };
-    let since = time::OffsetDateTime::from_unix_timestamp_nanos(
-        i128::from(record.breaker.since_ms) * 1_000_000,
-    )
-    .ok()
-    .and_then(|t| {
-        t.replace_nanosecond(0)
-            .ok()?
-            .format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .unwrap_or_else(|| record.breaker.since_ms.to_string());
+    let since = crate::clock::rfc3339(record.breaker.since_ms)
+        .unwrap_or_else(|| record.breaker.since_ms.to_string());
     let cooldown = if record.breaker.state == BreakerState::Suspended {
         format!(
             " (eligible {} after the suspension; `agentfed breaker status {}`)",

@@ -36,3 +36,28 @@ pub fn agentfed(home: &Path) -> Command {
     cmd.arg("--home").arg(home).env_remove("RUST_LOG");
     cmd
 }
+
+/// Runs `agentfed --home HOME ARGS…` to completion; its stdout. Panics
+/// with its stderr if it fails.
+#[allow(dead_code)] // not every bench runs CLI commands
+pub fn cli(home: &Path, args: &[&str]) -> String {
+    let out = agentfed(home)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running agentfed");
+    assert!(
+        out.status.success(),
+        "agentfed {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free loopback port.
+#[allow(dead_code)] // not every bench listens
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("ephemeral port");
+    l.local_addr().expect("local addr").port()
+}

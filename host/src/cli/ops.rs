@@ -1359,15 +1359,7 @@ pub(super) fn time_text(v: &Value) -> String {
     if ms == 0 {
         return "-".into();
     }
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.replace_nanosecond(0)
-                .ok()?
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+    crate::clock::rfc3339(ms).unwrap_or_else(|| ms.to_string())
 }
 
 /// Prints an aligned table; the last column is not padded.
