@@ -276,6 +276,57 @@ pub const ACTOR_SYSTEM: &str = "system";
 /// Actor string for the local operator (CLI / MCP operator tools).
 pub const ACTOR_OPERATOR: &str = "operator";
 
+/// Actor string for operator actions taken through the MCP bridge in the
+/// agent role.
+pub const ACTOR_MCP_AGENT: &str = "mcp:agent";
+/// Actor string for operator actions taken through the MCP bridge in the
+/// operator role.
+pub const ACTOR_MCP_OPERATOR: &str = "mcp:operator";
+
+thread_local! {
+    /// Who the local operator is for events prepared on this thread (see
+    /// [`as_local_actor`]).
+    static LOCAL_ACTOR: std::cell::RefCell<Option<(String, Option<String>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every event of actor [`ACTOR_OPERATOR`] prepared on this
+/// thread recorded as `actor` instead, with `client` (the MCP client's
+/// declared name) added to its details as `mcp_client`. The control API
+/// uses it for requests that name their actor (the MCP bridge does), so
+/// the audit trail tells an agent's actions from the operator's.
+pub fn as_local_actor<R>(actor: &str, client: Option<&str>, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<(String, Option<String>)>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            LOCAL_ACTOR.with(|slot| *slot.borrow_mut() = previous);
+        }
+    }
+    let previous = LOCAL_ACTOR.with(|slot| {
+        slot.borrow_mut()
+            .replace((actor.to_string(), client.map(str::to_string)))
+    });
+    let _reset = Reset(previous);
+    f()
+}
+
+/// Applies [`as_local_actor`]'s relabelling to `event`.
+fn relabel_local_actor(mut event: AuditEvent) -> AuditEvent {
+    if event.actor != ACTOR_OPERATOR {
+        return event;
+    }
+    LOCAL_ACTOR.with(|slot| {
+        if let Some((actor, client)) = &*slot.borrow() {
+            event.actor = actor.clone();
+            if let (Some(client), Value::Object(details)) = (client, &mut event.details) {
+                details.insert("mcp_client".into(), Value::String(client.clone()));
+            }
+        }
+    });
+    event
+}
+
 /// Actor string for a policy plugin: `plugin:<name>`.
 pub fn plugin_actor(name: &str) -> String {
     format!("plugin:{name}")
@@ -1130,6 +1181,7 @@ pub(crate) fn prepare(
     event: AuditEvent,
     mode: ComplianceMode,
 ) -> Result<PreparedEvent, AuditError> {
+    let event = relabel_local_actor(event);
     let (summary, mut details) = match mode {
         ComplianceMode::Standard => (event.summary, event.details),
         ComplianceMode::Hipaa => (

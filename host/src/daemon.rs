@@ -51,6 +51,10 @@ pub struct DaemonOptions {
     /// Run on a manual clock starting at this time (ms since the Unix
     /// epoch) and enable the `clock.advance` control method. For tests.
     pub fake_clock_ms: Option<u64>,
+    /// Also stop when this turns true (besides SIGINT/SIGTERM): how
+    /// `agentfed mcp` runs the node in-process for the length of an MCP
+    /// session and shuts it down cleanly when the session ends.
+    pub stop: Option<watch::Receiver<bool>>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -179,6 +183,7 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
         &config,
         fake_clock,
         listen,
+        options.stop,
     ));
     // Every task is done; the blocking pool may still hold a finished
     // job's clone for a moment, so shut the runtime down first.
@@ -360,6 +365,7 @@ async fn serve(
     config: &NodeConfig,
     fake_clock: bool,
     listen: Option<SocketAddr>,
+    external_stop: Option<watch::Receiver<bool>>,
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let io = |action: &'static str, path: &Path| {
@@ -445,9 +451,16 @@ async fn serve(
         "agentfed daemon ready"
     );
 
+    let stop_requested = async {
+        match external_stop {
+            Some(mut stop) => server::stopped(&mut stop).await,
+            None => std::future::pending().await,
+        }
+    };
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
+        _ = stop_requested => "stop request",
     };
     tracing::info!("{signal} received; shutting down");
     let _ = stop_tx.send(true);

@@ -162,7 +162,7 @@ pub enum WireReply {
 }
 
 /// `join` parameters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// The peer's endpoint, `wss://host:port[/path]`.

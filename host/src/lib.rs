@@ -59,6 +59,7 @@ pub mod home;
 pub mod identity;
 pub mod journal;
 pub mod limits;
+pub mod mcp;
 pub mod model;
 pub mod pii;
 pub mod plugin;

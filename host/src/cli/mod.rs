@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod fed;
-mod node;
+pub(crate) mod node;
 mod ops;
 mod plugin;
 
@@ -114,6 +114,24 @@ pub enum Command {
     /// Policy plugins: list, inspect, try out, reload and scaffold new ones.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Serve the federation tools to an AI agent over MCP (stdio, or
+    /// streamable HTTP with --http). Talks to the home's daemon; when none
+    /// runs, runs the node in-process while the session lasts (unless
+    /// --no-daemon). See docs/mcp.md.
+    Mcp(McpArgs),
+}
+
+/// `agentfed mcp` arguments.
+#[derive(Debug, clap::Args)]
+pub struct McpArgs {
+    /// agent (default): operator tools are hidden and refused; operator:
+    /// every tool.
+    #[arg(long, value_enum, default_value_t = crate::mcp::Role::Agent)]
+    pub role: crate::mcp::Role,
+    /// Never run the node in-process: without a running daemon, tools
+    /// answer NOT_RUNNING.
+    #[arg(long)]
+    pub no_daemon: bool,
 }
 
 /// `--help` text of the message-type argument of `send`, `query` and
@@ -222,7 +240,7 @@ pub fn error_line(error: &anyhow::Error) -> String {
 /// ([`check_home`]) and may create files in it.
 fn opens_home(command: &Command) -> bool {
     match command {
-        Command::Init(_) | Command::Daemon(_) => true,
+        Command::Init(_) | Command::Daemon(_) | Command::Mcp(_) => true,
         Command::Manifest(args) => args.command.is_none(),
         // Offline verification opens the store when no daemon runs.
         Command::Audit(ops::AuditCommand::Verify { .. }) => true,
@@ -280,6 +298,21 @@ pub fn run(cli: Cli) -> CliResult {
             ops::plugin_reload(&home, kind, json)
         }
         Command::Plugin(command) => plugin::run(&home, command),
+        Command::Mcp(args) => crate::mcp::run(
+            &home,
+            crate::mcp::McpOptions {
+                role: args.role,
+                no_daemon: args.no_daemon,
+                http: None,
+                allow_remote: false,
+                tls_cert: None,
+                tls_key: None,
+            },
+        )
+        .map_err(|e| match e {
+            crate::mcp::McpError::Usage(_) => CliError::usage(e),
+            _ => CliError::failed(e),
+        }),
     }
 }
 

@@ -108,8 +108,33 @@ fn identity_error(e: IdentityError) -> CliError {
     }
 }
 
-/// `agentfed init`.
-pub fn init(home: &Path, args: InitArgs) -> CliResult {
+/// What `init` created (and printed).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Created {
+    /// The node id.
+    pub node_id: String,
+    /// The node home.
+    pub home: PathBuf,
+    /// The federation endpoint.
+    pub endpoint: String,
+    /// The WireGuard mesh IP derived from the node id.
+    pub mesh_ip: String,
+    /// Ed25519 public key (standard base64).
+    pub public_key: String,
+    /// `sha256:` identity fingerprint.
+    pub fingerprint: String,
+    /// TLS certificate fingerprint (what `join --fingerprint` takes).
+    pub tls_fingerprint: String,
+    /// The files written: `(what, path)`.
+    pub files: Vec<(String, PathBuf)>,
+    /// An existing state store kept under the new identity (`--force`).
+    pub kept_state: Option<PathBuf>,
+}
+
+/// Creates a node in `home` (what `agentfed init` and the MCP tool
+/// `federation_init` do), printing nothing. Refuses to overwrite keys or
+/// config unless `args.force`.
+pub fn create(home: &Path, args: InitArgs) -> Result<Created, CliError> {
     let node_id = NodeId::parse(&args.node_id)
         .map_err(|e| CliError::usage(anyhow!("--node-id: {}", e.reason)))?;
     let mut config = NodeConfig::default();
@@ -152,22 +177,47 @@ pub fn init(home: &Path, args: InitArgs) -> CliResult {
         .signed_manifest(&params, now_ms())
         .map_err(CliError::failed)?;
     let fingerprint = key_fingerprint(&manifest).map_err(CliError::failed)?;
-    let show = |name: &str| home.join(name).display().to_string();
-    println!("initialised node {node_id} in {}", home.display());
-    println!("  identity key    {} (0600)", show(IDENTITY_KEY_FILE));
-    println!("  wireguard key   {} (0600)", show(WIREGUARD_KEY_FILE));
-    println!("  hash key        {} (0600)", show(HASH_KEY_FILE));
-    println!("  tls key         {} (0600)", show(TLS_KEY_FILE));
-    println!("  tls certificate {}", show(TLS_CERT_FILE));
-    println!("  node file       {}", show(NODE_FILE));
-    println!("  config          {}", show(CONFIG_FILE));
-    println!("endpoint        {}", identity.endpoint());
-    println!("mesh ip         {}", params.mesh_ip);
-    println!("public key      {}", identity.public_key_b64());
-    println!("fingerprint     {fingerprint}");
-    println!("tls fingerprint {}", identity.tls_fingerprint());
+    let files = [
+        ("identity key", IDENTITY_KEY_FILE),
+        ("wireguard key", WIREGUARD_KEY_FILE),
+        ("hash key", HASH_KEY_FILE),
+        ("tls key", TLS_KEY_FILE),
+        ("tls certificate", TLS_CERT_FILE),
+        ("node file", NODE_FILE),
+        ("config", CONFIG_FILE),
+    ]
+    .into_iter()
+    .map(|(what, name)| (what.to_string(), home.join(name)))
+    .collect();
     let state = home.join(crate::store::STATE_FILE);
-    if args.force && state.exists() {
+    Ok(Created {
+        node_id: node_id.to_string(),
+        home: home.to_path_buf(),
+        endpoint: identity.endpoint().to_string(),
+        mesh_ip: params.mesh_ip.to_string(),
+        public_key: identity.public_key_b64(),
+        fingerprint,
+        tls_fingerprint: identity.tls_fingerprint().to_string(),
+        files,
+        kept_state: (args.force && state.exists()).then_some(state),
+    })
+}
+
+/// `agentfed init`.
+pub fn init(home: &Path, args: InitArgs) -> CliResult {
+    let created = create(home, args)?;
+    let node_id = &created.node_id;
+    println!("initialised node {node_id} in {}", home.display());
+    for (what, path) in &created.files {
+        let private = if what.ends_with("key") { " (0600)" } else { "" };
+        println!("  {what:<15} {}{private}", path.display());
+    }
+    println!("endpoint        {}", created.endpoint);
+    println!("mesh ip         {}", created.mesh_ip);
+    println!("public key      {}", created.public_key);
+    println!("fingerprint     {}", created.fingerprint);
+    println!("tls fingerprint {}", created.tls_fingerprint);
+    if let Some(state) = &created.kept_state {
         // A new identity over the old state: say so, it is rarely intended.
         println!(
             "kept            {} (the old peers, trust, inbox, outbox and audit chain stay with the new identity; peers must re-add the new manifest; move it away for a fresh start)",
@@ -282,6 +332,7 @@ pub fn daemon(home: &Path, args: DaemonArgs) -> CliResult {
     let _ = args.foreground;
     let options = crate::daemon::DaemonOptions {
         fake_clock_ms: args.fake_clock_ms,
+        stop: None,
     };
     crate::daemon::run(home, options).map_err(|e| {
         if e.is_bad_input() {

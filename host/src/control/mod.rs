@@ -76,6 +76,9 @@ pub mod codes {
     pub const AUDIT_TAMPERED: &str = "AUDIT_TAMPERED";
     /// A failure inside the daemon (e.g. a panic in a handler).
     pub const INTERNAL: &str = "INTERNAL";
+    /// A method of a capability this node does not have yet (`wg.*`,
+    /// `consensus.*`): the message names the capability.
+    pub const NOT_AVAILABLE: &str = "NOT_AVAILABLE";
 }
 
 /// A request line.
@@ -91,6 +94,15 @@ pub struct Request {
     /// Method parameters (an object; absent means `{}`).
     #[serde(default)]
     pub params: Value,
+    /// Who the request acts for (`mcp:agent` or `mcp:operator`; absent
+    /// means the operator): operator events it causes are audited under
+    /// that actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The MCP client's declared name (with `actor`), added to those
+    /// events' details as `mcp_client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// A response line.
@@ -249,12 +261,12 @@ const fn m(name: &'static str, mcp_tool: &'static str, mutates: bool) -> MethodI
 // ---------------------------------------------------------------------------
 
 /// Parameters naming no peer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
 /// `{peer}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeerParams {
     /// Peer node id.
@@ -262,7 +274,7 @@ pub struct PeerParams {
 }
 
 /// `{peer?}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptionalPeerParams {
     /// Peer node id; absent means every peer.
@@ -271,7 +283,7 @@ pub struct OptionalPeerParams {
 }
 
 /// `peers.add`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPeerParams {
     /// The signed manifest: a JSON object, or its JSON text as a string.
@@ -279,7 +291,7 @@ pub struct AddPeerParams {
 }
 
 /// `trust.set`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustSetParams {
     /// Peer node id.
@@ -295,7 +307,7 @@ pub struct TrustSetParams {
 }
 
 /// `outbox.list`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxListParams {
     /// Only messages for this peer.
@@ -307,7 +319,7 @@ pub struct OutboxListParams {
 }
 
 /// `outbox.cancel`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxCancelParams {
     /// The queued envelope.
@@ -317,7 +329,7 @@ pub struct OutboxCancelParams {
 }
 
 /// `outbox.outcome`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxOutcomeParams {
     /// The receiver the envelope was sent to.
@@ -328,7 +340,7 @@ pub struct OutboxOutcomeParams {
 
 /// `{peer, reason}`: `trust.unpin`, `breaker.evict` and
 /// `breaker.reactivate`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonParams {
     /// Peer node id.
@@ -338,7 +350,7 @@ pub struct ReasonParams {
 }
 
 /// `spend.report`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpendParams {
     /// The peer that did the work.
@@ -359,7 +371,7 @@ fn yes() -> bool {
 }
 
 /// `send`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendParams {
     /// Target peer.
@@ -375,7 +387,7 @@ pub struct SendParams {
 }
 
 /// `query`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryParams {
     /// Target peer (must have a live session).
@@ -392,7 +404,7 @@ pub struct QueryParams {
 }
 
 /// `broadcast`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastParams {
     /// Message type, e.g. `status-broadcast`.
@@ -406,7 +418,7 @@ pub struct BroadcastParams {
 }
 
 /// `inbox.remove`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboxRemoveParams {
     /// Remove messages numbered up to and including this.
@@ -414,7 +426,7 @@ pub struct InboxRemoveParams {
 }
 
 /// `inbox`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboxParams {
     /// Messages with a sequence number greater than this (default 0).
@@ -435,7 +447,7 @@ pub struct InboxParams {
 pub const MAX_INBOX_WAIT_MS: u64 = 60_000;
 
 /// Filters of `audit.query` and `audit.export`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFilter {
     /// Event types (snake_case); any of them matches.
@@ -465,7 +477,7 @@ pub struct AuditFilter {
 }
 
 /// `audit.export`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
     /// `json`, `ndjson` or `csv`.
@@ -476,7 +488,7 @@ pub struct ExportParams {
 }
 
 /// `plugins.reload`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadParams {
     /// `trust`, `pii`, `spend` or `handler`; absent reloads all four.
@@ -485,7 +497,7 @@ pub struct ReloadParams {
 }
 
 /// `clock.advance`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdvanceParams {
     /// Milliseconds to move the fake clock forward.

@@ -104,12 +104,19 @@ impl Dispatcher {
     }
 
     fn handle_parsed(&self, request: Parsed) -> Response {
-        let (id, method, params) = match request {
+        let (id, method, params, caller) = match request {
             Ok(request) => request,
             Err((id, error)) => return Response::err(id, error),
         };
         let started = std::time::Instant::now();
-        let outcome = self.call(&method, params);
+        let outcome = match &caller {
+            Some(caller) => {
+                crate::audit::as_local_actor(&caller.actor, caller.client.as_deref(), || {
+                    self.call(&method, params)
+                })
+            }
+            None => self.call(&method, params),
+        };
         respond(id, &method, outcome, started)
     }
 
@@ -368,6 +375,25 @@ impl Dispatcher {
                 let tick = if p.tick { Some(c.tick()?) } else { None };
                 Ok(json!({"now_ms": c.clock().now_ms(), "tick": tick}))
             }
+            // Known to the API, not built in this daemon yet: a clear
+            // refusal (the MCP bridge maps its tools onto these names and
+            // lights up when they exist).
+            m if m.starts_with("wg.") => Err(ErrorBody::new(
+                codes::NOT_AVAILABLE,
+                format!(
+                    "the WireGuard mesh is not enabled on this node (this daemon has no `{}` yet)",
+                    clip(m, 64)
+                ),
+                false,
+            )),
+            m if m.starts_with("consensus.") => Err(ErrorBody::new(
+                codes::NOT_AVAILABLE,
+                format!(
+                    "federated consensus is not built on this node (this daemon has no `{}` yet)",
+                    clip(m, 64)
+                ),
+                false,
+            )),
             _ => Err(ErrorBody::new(
                 codes::UNKNOWN_METHOD,
                 format!("unknown method `{}`", clip(method, 64)),
@@ -427,9 +453,23 @@ pub fn audit_call(log: &crate::audit::AuditLog, method: &str, params: Value) -> 
     }
 }
 
-/// A parsed request line: `(id, method, params)`, or the id to answer
-/// with and the error.
-type Parsed = Result<(Value, String, Value), (Value, ErrorBody)>;
+/// A parsed request line: `(id, method, params, caller)`, or the id to
+/// answer with and the error.
+type Parsed = Result<(Value, String, Value, Option<Caller>), (Value, ErrorBody)>;
+
+/// Who a request acts for, when it says (the envelope's `actor` and
+/// `client`): operator events it causes are audited under that actor.
+#[derive(Debug, Clone, PartialEq)]
+struct Caller {
+    actor: String,
+    client: Option<String>,
+}
+
+/// The `actor` values a request may declare.
+const CALLER_ACTORS: &[&str] = &[
+    crate::audit::ACTOR_MCP_AGENT,
+    crate::audit::ACTOR_MCP_OPERATOR,
+];
 
 /// The response to a handled request, logged.
 fn respond(id: Value, method: &str, outcome: ApiResult, started: std::time::Instant) -> Response {
@@ -501,13 +541,31 @@ fn parse_request(line: &[u8]) -> Parsed {
         _ => return Err(invalid(id, "request has no method string".into())),
     };
     let params = map.remove("params").unwrap_or(Value::Null);
+    let caller = match (map.remove("actor"), map.remove("client")) {
+        (None, None) => None,
+        (Some(Value::String(actor)), client) if CALLER_ACTORS.contains(&actor.as_str()) => {
+            let client = match client {
+                None | Some(Value::Null) => None,
+                Some(Value::String(name)) => Some(clip(&name, MAX_ID_BYTES)),
+                Some(_) => return Err(invalid(id, "client must be a string".into())),
+            };
+            Some(Caller { actor, client })
+        }
+        (None, Some(_)) => return Err(invalid(id, "client needs an actor".into())),
+        (Some(_), _) => {
+            return Err(invalid(
+                id,
+                format!("actor must be one of {}", CALLER_ACTORS.join(", ")),
+            ));
+        }
+    };
     if let Some(key) = map.keys().next() {
         return Err(invalid(
             id,
             format!("unknown request field `{}`", clip(key, 32)),
         ));
     }
-    Ok((id, method, params))
+    Ok((id, method, params, caller))
 }
 
 fn decode<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, ErrorBody> {
@@ -902,7 +960,7 @@ async fn connection(
 /// when it is a well-formed long-poll; anything else is answered by the
 /// ordinary path (which also reports a bad `wait_ms`).
 fn inbox_wait(parsed: &Parsed) -> Option<Duration> {
-    let Ok((_, method, params)) = parsed else {
+    let Ok((_, method, params, _)) = parsed else {
         return None;
     };
     if method != "inbox" {
@@ -928,7 +986,7 @@ async fn wait_for_inbox(
     let deadline = tokio::time::Instant::now() + wait;
     let id = request
         .as_ref()
-        .map_or(Value::Null, |(id, _, _)| id.clone());
+        .map_or(Value::Null, |(id, _, _, _)| id.clone());
     // Subscribed before the first read: a message committed between the
     // read and the wait still wakes it.
     let mut tip = dispatcher.coordinator().store().inbox_tip();
@@ -995,7 +1053,7 @@ enum Pending {
 /// `(id, params)` of a well-formed `send` request; anything else back.
 fn into_send(parsed: Parsed) -> Result<(Value, Value), Box<Parsed>> {
     match parsed {
-        Ok((id, method, params)) if method == "send" => Ok((id, params)),
+        Ok((id, method, params, None)) if method == "send" => Ok((id, params)),
         other => Err(Box::new(other)),
     }
 }
@@ -1078,7 +1136,30 @@ mod tests {
         let long_id = format!(r#"{{"v":1,"id":"{}","method":"status"}}"#, "a".repeat(65));
         assert_eq!(err(&long_id).0, Value::Null);
         let ok = parse_request(br#"{"v":1,"id":3,"method":"peers.list"}"#).unwrap();
-        assert_eq!(ok, (json!(3), "peers.list".to_string(), Value::Null));
+        assert_eq!(ok, (json!(3), "peers.list".to_string(), Value::Null, None));
+        let (_, _, _, caller) = parse_request(
+            br#"{"v":1,"id":4,"method":"status","actor":"mcp:agent","client":"claude-code"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            caller,
+            Some(Caller {
+                actor: "mcp:agent".into(),
+                client: Some("claude-code".into())
+            })
+        );
+        assert_eq!(
+            err(r#"{"v":1,"id":4,"method":"status","actor":"root"}"#)
+                .1
+                .code,
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            err(r#"{"v":1,"id":4,"method":"status","client":"x"}"#)
+                .1
+                .code,
+            codes::INVALID_REQUEST
+        );
     }
 
     #[test]
