@@ -16,6 +16,7 @@ mod home;
 mod hostile;
 mod inbound_checks;
 mod loading;
+mod mcp;
 mod node;
 mod policies;
 mod support;

@@ -150,7 +150,21 @@ impl Bridge {
             }
             "federation_join" => {
                 let a: crate::federation::JoinRequest = decode(name, args)?;
-                call("join", params(&a)).await
+                let result = call("join", params(&a)).await?;
+                // As `agentfed join`: a session the peer refused is a
+                // failure with the peer's code (the peer is known now).
+                match result["refused_by_peer"].as_str() {
+                    Some(code) if result["joined"] != json!(true) => Err(ToolError {
+                        code: code.to_string(),
+                        message: format!(
+                            "{} refused the session: {code}. {}",
+                            result["peer"].as_str().unwrap_or("the peer"),
+                            result["hint"].as_str().unwrap_or_default()
+                        ),
+                        details: Some(result),
+                    }),
+                    _ => Ok(result),
+                }
             }
             "federation_peers" => {
                 let a: OptionalPeerParams = decode(name, args)?;

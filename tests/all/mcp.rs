@@ -1,0 +1,880 @@
+//! `agentfed mcp` driven as a real child process by rmcp's MCP client,
+//! over stdio, against real daemons (a live two-node federation) and the
+//! in-process node.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProtocolVersion, ReadResourceRequestParams, ResourceUpdatedNotificationParam,
+    SubscribeRequestParams,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Map, Value, json};
+
+use crate::harness::{self, Node, fed_node, fingerprint, session_peers, wait_until};
+
+/// How long one MCP call may take before the test fails.
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long federation state may take to settle.
+const SETTLE: Duration = Duration::from_secs(60);
+/// The client name the bridge sees.
+const CLIENT_NAME: &str = "agentfed-test";
+
+/// The test client: records resource updates.
+#[derive(Clone, Default)]
+struct Recorder {
+    updated: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for Recorder {
+    fn get_info(&self) -> ClientConfig {
+        // The version Claude Code speaks: resources/subscribe is part of it.
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new(CLIENT_NAME, "1.0.0"),
+        )
+        .with_protocol_version(ProtocolVersion::V_2025_06_18)
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.updated.lock().unwrap().push(params.uri);
+    }
+}
+
+/// A running `agentfed mcp` and the MCP client connected to it.
+struct Bridge {
+    rt: tokio::runtime::Runtime,
+    client: Option<RunningService<RoleClient, Recorder>>,
+    child: Option<tokio::process::Child>,
+    recorder: Recorder,
+    log: PathBuf,
+}
+
+impl Bridge {
+    /// Spawns `agentfed --home HOME mcp ARGS` and completes the handshake.
+    fn spawn(home: &Path, log_dir: &Path, args: &[&str]) -> Bridge {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let log = log_dir.join(format!("mcp-{}.log", rand_suffix()));
+        let recorder = Recorder::default();
+        let (client, child) = rt.block_on(async {
+            let mut cmd = tokio::process::Command::new(harness::bin());
+            cmd.arg("--home")
+                .arg(home)
+                .arg("-v")
+                .arg("mcp")
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .env_remove("RUST_LOG")
+                .kill_on_drop(true);
+            let mut child = cmd.spawn().expect("spawning agentfed mcp");
+            let stdout = child.stdout.take().expect("stdout");
+            let stdin = child.stdin.take().expect("stdin");
+            let client =
+                tokio::time::timeout(CALL_TIMEOUT, recorder.clone().serve((stdout, stdin)))
+                    .await
+                    .expect("timed out waiting for the MCP handshake")
+                    .expect("MCP handshake");
+            (client, child)
+        });
+        Bridge {
+            rt,
+            client: Some(client),
+            child: Some(child),
+            recorder,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn client(&self) -> &RunningService<RoleClient, Recorder> {
+        self.client.as_ref().expect("client connected")
+    }
+
+    /// The bridge's server instructions.
+    fn instructions(&self) -> String {
+        self.client()
+            .peer_info()
+            .and_then(|info| info.instructions.clone())
+            .unwrap_or_default()
+    }
+
+    /// The listed tools' names.
+    fn tool_names(&self) -> Vec<String> {
+        let tools = self
+            .rt
+            .block_on(async {
+                tokio::time::timeout(CALL_TIMEOUT, self.client().list_all_tools()).await
+            })
+            .expect("timed out listing tools")
+            .expect("tools/list");
+        tools.into_iter().map(|t| t.name.to_string()).collect()
+    }
+
+    /// The listed tools.
+    fn tools(&self) -> Vec<rmcp::model::Tool> {
+        self.rt
+            .block_on(self.client().list_all_tools())
+            .expect("tools/list")
+    }
+
+    /// Calls `tool` with `args` (an object).
+    fn call(&self, tool: &str, args: Value) -> CallToolResult {
+        let Value::Object(args) = args else {
+            panic!("arguments must be an object")
+        };
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(CALL_TIMEOUT, self.client().call_tool(params)).await
+            })
+            .unwrap_or_else(|_| panic!("timed out calling {tool}; log:\n{}", self.log()))
+            .unwrap_or_else(|e| panic!("{tool}: protocol error {e}; log:\n{}", self.log()))
+    }
+
+    /// Calls `tool` and expects success: its structured `result`.
+    fn ok(&self, tool: &str, args: Value) -> Value {
+        let result = self.call(tool, args.clone());
+        assert_ne!(
+            result.is_error,
+            Some(true),
+            "{tool} {args} failed: {}",
+            text(&result)
+        );
+        let structured = result
+            .structured_content
+            .clone()
+            .unwrap_or_else(|| panic!("{tool}: no structured content"));
+        assert!(
+            !text(&result).is_empty(),
+            "{tool}: no human text beside the structured content"
+        );
+        structured["result"].clone()
+    }
+
+    /// Calls `tool` and expects a tool error starting with `code`.
+    fn fails(&self, tool: &str, args: Value, code: &str) -> String {
+        let result = self.call(tool, args.clone());
+        let line = text(&result);
+        assert_eq!(
+            result.is_error,
+            Some(true),
+            "{tool} {args} should fail with {code}: {line}"
+        );
+        assert!(
+            line.starts_with(&format!("{code}: ")),
+            "{tool} {args}: expected {code}, got: {line}"
+        );
+        line
+    }
+
+    /// Subscribes to `uri`.
+    #[allow(deprecated)]
+    fn subscribe(&self, uri: &str) {
+        self.rt
+            .block_on(
+                self.client()
+                    .subscribe(SubscribeRequestParams::new(uri.to_string())),
+            )
+            .expect("resources/subscribe");
+    }
+
+    /// Reads `uri` as JSON.
+    fn read(&self, uri: &str) -> Value {
+        let result = self
+            .rt
+            .block_on(
+                self.client()
+                    .read_resource(ReadResourceRequestParams::new(uri.to_string())),
+            )
+            .expect("resources/read");
+        match &result.contents[0] {
+            rmcp::model::ResourceContents::TextResourceContents { text, .. } => {
+                serde_json::from_str(text).expect("resource JSON")
+            }
+            other => panic!("unexpected contents {other:?}"),
+        }
+    }
+
+    /// Closes the client's end (the bridge's stdin) and waits for the
+    /// bridge to exit; its exit status.
+    fn close(mut self) -> std::process::ExitStatus {
+        let client = self.client.take().expect("client");
+        let mut child = self.child.take().expect("child");
+        self.rt.block_on(async {
+            let _ = tokio::time::timeout(CALL_TIMEOUT, client.cancel()).await;
+            tokio::time::timeout(CALL_TIMEOUT, child.wait())
+                .await
+                .expect("timed out waiting for agentfed mcp to exit after stdin closed")
+                .expect("waiting for agentfed mcp")
+        })
+    }
+
+    /// SIGKILLs the bridge (mid-call, say).
+    fn kill9(mut self) {
+        let mut child = self.child.take().expect("child");
+        self.rt.block_on(async {
+            child.start_kill().expect("kill");
+            let _ = child.wait().await;
+        });
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = self.rt.block_on(child.wait());
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    crate::harness::Rng::new().next() % 1_000_000
+}
+
+/// The text content of a result.
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The operator tools of the user guide.
+const OPERATOR_TOOLS: &[&str] = &[
+    "federation_audit",
+    "federation_evict",
+    "federation_reactivate",
+    "federation_wg_attest",
+    "federation_wg_keyrotate",
+];
+
+/// Every tool of the user guide, and those the agent needs beside them.
+const ALL_TOOLS: &[&str] = &[
+    "federation_init",
+    "federation_join",
+    "federation_peers",
+    "federation_send",
+    "federation_query",
+    "federation_status",
+    "federation_trust",
+    "federation_audit",
+    "federation_breaker_status",
+    "federation_evict",
+    "federation_reactivate",
+    "federation_report_spend",
+    "federation_consensus",
+    "federation_wg_status",
+    "federation_wg_attest",
+    "federation_wg_keyrotate",
+    "federation_inbox",
+    "federation_inbox_remove",
+    "federation_outbox",
+    "federation_outbox_cancel",
+    "federation_leave",
+    "federation_sessions",
+    "federation_broadcast",
+    "federation_audit_verify",
+    "federation_plugins",
+];
+
+/// Arguments each tool decodes (for the schema checks).
+fn valid_args(tool: &str) -> Value {
+    match tool {
+        "federation_join" => json!({"endpoint": "wss://127.0.0.1:1"}),
+        "federation_send" => json!({"peer": "p", "message_type": "ping", "payload": {}}),
+        "federation_query" => json!({"peer": "p", "message_type": "ping"}),
+        "federation_evict" | "federation_reactivate" => json!({"peer": "p", "reason": "r"}),
+        "federation_report_spend" => {
+            json!({"peer": "p", "task_id": "t", "tokens": 1.0, "usd": 0.1})
+        }
+        "federation_consensus" => json!({"proposal": {}}),
+        "federation_wg_attest" => json!({"note": "n"}),
+        "federation_inbox_remove" => json!({"through": 0}),
+        "federation_outbox_cancel" => json!({"envelope_id": "e", "reason": "r"}),
+        "federation_leave" => json!({"peer": "p"}),
+        "federation_broadcast" => json!({"message_type": "status-broadcast"}),
+        _ => json!({}),
+    }
+}
+
+/// A value of the wrong type for a property whose schema is `schema`.
+fn wrong_value(schema: &Value) -> Option<Value> {
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return None, // any JSON (a payload)
+    };
+    if types.contains(&"string") {
+        return Some(json!(12345));
+    }
+    if types
+        .iter()
+        .any(|t| matches!(*t, "integer" | "number" | "boolean" | "array"))
+    {
+        return Some(json!({"not": "this"}));
+    }
+    None
+}
+
+#[test]
+fn tools_roles_errors_and_inbox_push_over_stdio_against_a_live_federation() {
+    let (alpha, _alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    let logs = alpha.dir.path();
+    let agent = Bridge::spawn(&alpha.home, logs, &[]);
+    let operator = Bridge::spawn(&alpha.home, logs, &["--role", "operator"]);
+
+    // --- The tools in each role.
+    let agent_tools = agent.tool_names();
+    let operator_tools = operator.tool_names();
+    for tool in ALL_TOOLS {
+        assert!(
+            operator_tools.iter().any(|t| t == tool),
+            "operator lacks {tool}"
+        );
+        let listed = agent_tools.iter().any(|t| t == tool);
+        assert_eq!(
+            listed,
+            !OPERATOR_TOOLS.contains(tool),
+            "agent role and {tool}"
+        );
+    }
+    assert_eq!(operator_tools.len(), ALL_TOOLS.len());
+    for tool in operator.tools() {
+        let schema = Value::Object((*tool.input_schema).clone());
+        assert_eq!(schema["type"], "object", "{}", tool.name);
+        assert!(
+            tool.output_schema.is_some(),
+            "{} has no output schema",
+            tool.name
+        );
+        assert!(
+            tool.description.as_ref().is_some_and(|d| d.len() > 40),
+            "{}",
+            tool.name
+        );
+        let annotations = tool.annotations.clone().expect("annotations");
+        let name = tool.name.as_ref();
+        if [
+            "federation_status",
+            "federation_peers",
+            "federation_inbox",
+            "federation_audit",
+        ]
+        .contains(&name)
+        {
+            assert_eq!(annotations.read_only_hint, Some(true), "{name}");
+        }
+        if ["federation_evict", "federation_wg_keyrotate"].contains(&name) {
+            assert_eq!(annotations.destructive_hint, Some(true), "{name}");
+        }
+    }
+    for tool in OPERATOR_TOOLS {
+        agent.fails(tool, valid_args(tool), "OPERATOR_ONLY");
+    }
+    assert!(
+        agent.instructions().contains("Role: agent"),
+        "{}",
+        agent.instructions()
+    );
+
+    // --- Status: the node, and how the bridge runs.
+    let status = agent.call("federation_status", json!({}));
+    let structured = status.structured_content.clone().expect("structured");
+    assert_eq!(structured["result"]["node_id"], "alpha");
+    assert_eq!(structured["bridge"]["daemon"], "external");
+    assert_eq!(structured["bridge"]["role"], "agent");
+    let init = agent.ok("federation_init", json!({"nodeId": "other"}));
+    assert_eq!(init["created"], false);
+    assert_eq!(init["manifest"]["manifest"]["node_id"], "alpha");
+    assert!(
+        init["note"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was changed")
+    );
+
+    // --- Join: beta does not know alpha yet (the daemon's code passes
+    // through); then beta joins alpha and the session is up.
+    let beta_fp = fingerprint(&beta);
+    agent.fails(
+        "federation_join",
+        json!({"endpoint": beta_ep, "fingerprint": beta_fp}),
+        "UNKNOWN_PEER",
+    );
+    let alpha_fp = fingerprint(&alpha);
+    let alpha_ep = harness::manifest_field(&alpha, "endpoint");
+    beta.run(&["join", &alpha_ep, "--fingerprint", &alpha_fp])
+        .ok();
+    wait_until("alpha's session with beta", SETTLE, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+    let sessions = agent.ok("federation_sessions", json!({}));
+    assert!(
+        sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["peer"] == "beta")
+    );
+    let peers = agent.ok("federation_peers", json!({}));
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node_id"] == "beta")
+    );
+    assert_eq!(
+        agent.ok("federation_peers", json!({"peer": "beta"}))["node_id"],
+        "beta"
+    );
+    agent.fails(
+        "federation_peers",
+        json!({"peer": "nobody"}),
+        "UNKNOWN_PEER",
+    );
+
+    // --- Trust: agents view, operators set (audited as mcp:operator with
+    // the client's name).
+    let view = agent.ok("federation_trust", json!({"peer": "beta"}));
+    assert_eq!(view[0]["node_id"], "beta");
+    agent.fails(
+        "federation_trust",
+        json!({"peer": "beta", "level": "ATTESTED", "reason": "agent tries"}),
+        "OPERATOR_ONLY",
+    );
+    operator.ok(
+        "federation_trust",
+        json!({"peer": "beta", "level": "ATTESTED", "reason": "mcp test"}),
+    );
+    assert_eq!(alpha.peer("beta")["trust_level"], "ATTESTED");
+    let set = alpha
+        .audit_records()
+        .into_iter()
+        .rev()
+        .find(|r| r["event_type"] == "trust_level_changed" && r["peer"] == "beta")
+        .expect("trust change audited");
+    assert_eq!(set["actor"], "mcp:operator", "{set}");
+    assert_eq!(set["details"]["mcp_client"], CLIENT_NAME, "{set}");
+    beta.run(&["trust", "set", "alpha", "attested", "--reason", "mcp test"])
+        .ok();
+
+    // --- Push: a subscribed session is told when a message arrives.
+    agent.subscribe("agentfed://inbox");
+    std::thread::sleep(Duration::from_millis(300));
+    beta.run(&[
+        "send",
+        "alpha",
+        "task-assignment",
+        "--payload",
+        r#"{"task":"analyze the failing test"}"#,
+        "--wait",
+        "30",
+    ])
+    .ok();
+    wait_until(
+        "notifications/resources/updated for the inbox",
+        SETTLE,
+        || {
+            agent
+                .recorder
+                .updated
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|u| u == "agentfed://inbox")
+        },
+    );
+    let inbox = agent.ok("federation_inbox", json!({}));
+    let message = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["message_type"] == "task-assignment")
+        .expect("the task in the inbox")
+        .clone();
+    assert_eq!(message["from"], "beta");
+    assert_eq!(message["payload"]["task"], "analyze the failing test");
+    let resource = agent.read("agentfed://inbox");
+    assert!(
+        resource
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["seq"] == message["seq"])
+    );
+    assert_eq!(agent.read("agentfed://status")["node_id"], "alpha");
+    assert_eq!(
+        agent.read("agentfed://manifest")["manifest"]["node_id"],
+        "alpha"
+    );
+    let removed = agent.ok(
+        "federation_inbox_remove",
+        json!({"through": message["seq"]}),
+    );
+    assert!(removed["removed"].as_u64().unwrap() >= 1);
+    // A wait that ends with the next message.
+    let after = message["seq"].as_u64().unwrap();
+    let sender = {
+        let home = beta.home.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            harness::agentfed(
+                &home,
+                &[
+                    "send",
+                    "alpha",
+                    "task-assignment",
+                    "--payload",
+                    r#"{"task":"second"}"#,
+                    "--wait",
+                    "30",
+                ],
+            )
+            .ok()
+            .to_string()
+        })
+    };
+    let waited = agent.ok(
+        "federation_inbox",
+        json!({"after": after, "wait_ms": 30000}),
+    );
+    harness::within_thread(sender, "beta's second task");
+    assert_eq!(waited[0]["payload"]["task"], "second", "{waited}");
+
+    // --- Send: queued, waited for, and its refusals.
+    let receipt = agent.ok(
+        "federation_send",
+        json!({"peer": "beta", "message_type": "task-assignment", "payload": {"task": "x"}}),
+    );
+    assert!(receipt["envelope_id"].is_string(), "{receipt}");
+    let delivered = agent.ok(
+        "federation_send",
+        json!({"peer": "beta", "message_type": "task-assignment", "payload": {"task": "y"}, "wait_secs": 30}),
+    );
+    assert_eq!(delivered["outcome"]["state"], "delivered", "{delivered}");
+    let outbox_before = agent
+        .ok("federation_outbox", json!({}))
+        .as_array()
+        .unwrap()
+        .len();
+    agent.fails(
+        "federation_send",
+        json!({"peer": "nobody", "message_type": "ping", "payload": {}}),
+        "UNKNOWN_PEER",
+    );
+    let pii = agent.fails(
+        "federation_send",
+        json!({"peer": "beta", "message_type": "task-assignment", "payload": {"note": "ssn 123-45-6789"}}),
+        "PII_BLOCKED",
+    );
+    assert!(!pii.contains("6789"), "{pii}");
+    assert_eq!(
+        agent
+            .ok("federation_outbox", json!({}))
+            .as_array()
+            .unwrap()
+            .len(),
+        outbox_before,
+        "a refused send queued nothing"
+    );
+    agent.ok("federation_outbox", json!({"failed": true, "peer": "beta"}));
+    agent.fails(
+        "federation_outbox_cancel",
+        json!({"envelope_id": "no-such-envelope", "reason": "test"}),
+        "INVALID_INPUT",
+    );
+
+    // --- Query and broadcast over the live session.
+    let reply = agent.ok(
+        "federation_query",
+        json!({"peer": "beta", "message_type": "ping", "timeout_ms": 20000}),
+    );
+    assert!(reply.is_object(), "{reply}");
+    let broadcast = agent.ok(
+        "federation_broadcast",
+        json!({"message_type": "status-broadcast", "payload": {"state": "ok"}}),
+    );
+    assert!(broadcast.to_string().contains("beta"), "{broadcast}");
+
+    // --- Spend, breaker: a suspended peer's sends are refused.
+    let gamma = harness::peer_manifest("gamma");
+    let path = alpha.write_file("gamma.json", &gamma.to_json());
+    alpha.run(&["peers", "add", path.to_str().unwrap()]).ok();
+    operator.ok(
+        "federation_trust",
+        json!({"peer": "gamma", "level": "ATTESTED", "reason": "mcp test"}),
+    );
+    for i in 0..50 {
+        agent.ok(
+            "federation_report_spend",
+            json!({"peer": "gamma", "task_id": format!("t{i}"), "tokens": 10.0, "usd": 0.01, "success": i % 4 == 0}),
+        );
+    }
+    let breaker = agent.ok("federation_breaker_status", json!({"peer": "gamma"}));
+    assert!(breaker.to_string().contains("SUSPENDED"), "{breaker}");
+    agent.fails(
+        "federation_send",
+        json!({"peer": "gamma", "message_type": "task-assignment", "payload": {"task": "x"}}),
+        "PEER_SUSPENDED",
+    );
+    operator.ok(
+        "federation_evict",
+        json!({"peer": "gamma", "reason": "mcp test"}),
+    );
+    agent.fails(
+        "federation_send",
+        json!({"peer": "gamma", "message_type": "task-assignment", "payload": {"task": "x"}}),
+        "PEER_EVICTED",
+    );
+    operator.ok(
+        "federation_reactivate",
+        json!({"peer": "gamma", "reason": "mcp test"}),
+    );
+    let records = operator.ok(
+        "federation_audit",
+        json!({"types": ["breaker_evicted"], "limit": 5}),
+    );
+    let evicted = &records.as_array().unwrap()[0];
+    assert_eq!(evicted["actor"], "mcp:operator", "{evicted}");
+
+    // --- Reads.
+    assert_eq!(agent.ok("federation_audit_verify", json!({}))["ok"], true);
+    assert!(
+        !agent
+            .ok("federation_plugins", json!({}))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // --- Capabilities not built yet: a clear code, never a fake success.
+    agent.fails("federation_wg_status", json!({}), "NOT_AVAILABLE");
+    agent.fails(
+        "federation_consensus",
+        json!({"proposal": {"x": 1}}),
+        "NOT_AVAILABLE",
+    );
+    operator.fails(
+        "federation_wg_attest",
+        json!({"note": "witness"}),
+        "NOT_AVAILABLE",
+    );
+    operator.fails(
+        "federation_wg_keyrotate",
+        json!({}),
+        "CONFIRMATION_REQUIRED",
+    );
+    operator.fails(
+        "federation_wg_keyrotate",
+        json!({"confirm": false}),
+        "CONFIRMATION_REQUIRED",
+    );
+    let line = operator.fails(
+        "federation_wg_keyrotate",
+        json!({"confirm": true}),
+        "NOT_AVAILABLE",
+    );
+    assert!(line.contains("WireGuard"), "{line}");
+
+    // --- Leave.
+    agent.ok("federation_leave", json!({"peer": "beta"}));
+    wait_until("alpha to close the session with beta", SETTLE, || {
+        !session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+
+    assert!(agent.close().success());
+    assert!(operator.close().success());
+}
+
+#[test]
+fn every_input_schema_refuses_wrong_types_missing_and_unknown_fields_changing_nothing() {
+    let (alpha, _) = fed_node("alpha");
+    let operator = Bridge::spawn(&alpha.home, alpha.dir.path(), &["--role", "operator"]);
+    let before = alpha.audit_records().len();
+    let mut checked = 0;
+    for tool in operator.tools() {
+        let name = tool.name.to_string();
+        let schema = Value::Object((*tool.input_schema).clone());
+        assert_eq!(
+            schema["additionalProperties"], false,
+            "{name} admits unknown fields"
+        );
+        let valid = valid_args(&name);
+        // An unknown field.
+        let mut unknown = valid.clone();
+        unknown["zz_not_a_field"] = json!(1);
+        let line = operator.fails(&name, unknown, "INVALID_PARAMS");
+        assert!(line.contains("unknown field"), "{name}: {line}");
+        // Each required field missing.
+        for field in schema["required"].as_array().into_iter().flatten() {
+            let field = field.as_str().unwrap();
+            let mut missing = valid.clone();
+            missing.as_object_mut().unwrap().remove(field);
+            let line = operator.fails(&name, missing, "INVALID_PARAMS");
+            assert!(
+                line.contains("missing field"),
+                "{name} without {field}: {line}"
+            );
+            checked += 1;
+        }
+        // A wrong type, for each typed property.
+        let properties: Map<String, Value> = schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for (field, property) in properties {
+            let property = match property.get("$ref") {
+                Some(_) => continue,
+                None => property,
+            };
+            let Some(wrong) = wrong_value(&property) else {
+                continue;
+            };
+            let mut bad = valid.clone();
+            bad[&field] = wrong;
+            let line = operator.fails(&name, bad, "INVALID_PARAMS");
+            assert!(line.contains("invalid type"), "{name}.{field}: {line}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} checks ran");
+    // Nothing changed: no record written (status and reads write none).
+    assert_eq!(
+        alpha.audit_records().len(),
+        before,
+        "a refused call changed the audit log"
+    );
+    assert!(operator.close().success());
+}
+
+#[test]
+fn without_a_daemon_the_bridge_runs_the_node_and_stops_it_when_stdin_closes() {
+    let mut node = Node::init("solo");
+    let bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);
+    assert!(
+        bridge.instructions().contains("in-process"),
+        "{}",
+        bridge.instructions()
+    );
+    let status = bridge.call("federation_status", json!({}));
+    let structured = status.structured_content.expect("structured");
+    assert_eq!(structured["bridge"]["daemon"], "in-process");
+    assert_eq!(structured["result"]["node_id"], "solo");
+    // The node serves the CLI too, and holds the home's lock.
+    assert_eq!(node.run(&["status", "--json"]).json()["node_id"], "solo");
+    let second = node.run(&["daemon"]);
+    assert_ne!(
+        second.code, 0,
+        "a second daemon started beside the bridge's node"
+    );
+    // stdin closes: the bridge exits 0, its node stopped, lock released.
+    let log_path = bridge.log.clone();
+    let status = bridge.close();
+    assert!(
+        status.success(),
+        "{status}; log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(!node.socket().exists(), "control socket left behind");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.contains("in-process node stopped"), "{log}");
+    node.start(&[]);
+    let stopped = node
+        .audit_records()
+        .iter()
+        .filter(|r| r["event_type"] == "daemon_stopped")
+        .count();
+    assert!(stopped >= 1, "the in-process node did not audit its stop");
+    node.stop();
+}
+
+#[test]
+fn killing_the_bridge_mid_call_leaves_the_node_consistent() {
+    let mut node = Node::init("solo");
+    let bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);
+    bridge.ok("federation_status", json!({}));
+    // A long wait in flight, then SIGKILL.
+    let params = CallToolRequestParams::new("federation_inbox")
+        .with_arguments(json!({"wait_ms": 60000}).as_object().unwrap().clone());
+    let peer = bridge.client().peer().clone();
+    let pending = bridge.rt.spawn(async move { peer.call_tool(params).await });
+    std::thread::sleep(Duration::from_millis(300));
+    let rt_handle = bridge.rt.handle().clone();
+    bridge.kill9();
+    let _ = rt_handle;
+    drop(pending);
+    // The lock died with the process: a daemon starts, the audit chain
+    // verifies, and the store is readable.
+    node.start(&[]);
+    node.run(&["audit", "verify"]).ok();
+    assert_eq!(node.run(&["status", "--json"]).json()["node_id"], "solo");
+    node.stop();
+}
+
+#[test]
+fn no_daemon_flag_and_init_through_the_bridge() {
+    // --no-daemon: nothing runs, the tools say so, the instructions too.
+    let node = Node::init("idle");
+    let bridge = Bridge::spawn(&node.home, node.dir.path(), &["--no-daemon"]);
+    assert!(
+        bridge.instructions().contains("--no-daemon"),
+        "{}",
+        bridge.instructions()
+    );
+    bridge.fails("federation_status", json!({}), "NOT_RUNNING");
+    assert!(!node.socket().exists());
+    assert!(bridge.close().success());
+
+    // A home that does not exist: federation_init creates it (the CLI's
+    // defaults), then the bridge runs it.
+    let dir = crate::support::private_tempdir();
+    let home = dir.path().join("new-node");
+    let bridge = Bridge::spawn(&home, dir.path(), &[]);
+    bridge.fails("federation_status", json!({}), "NO_HOME");
+    bridge.fails("federation_init", json!({}), "INVALID_PARAMS");
+    bridge.fails(
+        "federation_init",
+        json!({"nodeId": "Not Valid"}),
+        "INVALID_PARAMS",
+    );
+    assert!(
+        !home.join("identity.key").exists(),
+        "a refused init created keys"
+    );
+    let created = bridge.ok(
+        "federation_init",
+        json!({"nodeId": "fresh", "endpoint": "wss://127.0.0.1:1", "agentTypes": ["coder"]}),
+    );
+    assert_eq!(created["created"], true);
+    assert_eq!(created["node_id"], "fresh");
+    assert_eq!(created["daemon"], "in-process");
+    let status = bridge.ok("federation_status", json!({}));
+    assert_eq!(status["node_id"], "fresh");
+    let again = bridge.ok("federation_init", json!({"nodeId": "fresh"}));
+    assert_eq!(again["created"], false);
+    assert!(bridge.close().success());
+    assert!(!home.join("control.sock").exists());
+}
