@@ -100,6 +100,70 @@ impl Bridge {
         }
     }
 
+    /// Spawns `agentfed --home HOME mcp --http 127.0.0.1:PORT ARGS` and
+    /// connects over streamable HTTP with the home's token.
+    fn spawn_http(home: &Path, log_dir: &Path, args: &[&str]) -> (Bridge, u16, String) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let port = harness::free_port();
+        let log = log_dir.join(format!("mcp-http-{port}.log"));
+        let out = log_dir.join(format!("mcp-http-{port}.out"));
+        let mut cmd = tokio::process::Command::new(harness::bin());
+        cmd.arg("--home")
+            .arg(home)
+            .arg("-v")
+            .arg("mcp")
+            .arg("--http")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true);
+        let child = rt
+            .block_on(async { cmd.spawn() })
+            .expect("spawning agentfed mcp --http");
+        wait_until("agentfed mcp --http to listen", SETTLE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let token = std::fs::read_to_string(home.join("mcp.token")).expect("token file");
+        let recorder = Recorder::default();
+        let client = Bridge::http_client(&rt, &recorder, port, &token);
+        let bridge = Bridge {
+            rt,
+            client: Some(client),
+            child: Some(child),
+            recorder,
+            log,
+        };
+        (bridge, port, token)
+    }
+
+    /// An MCP client session over streamable HTTP.
+    fn http_client(
+        rt: &tokio::runtime::Runtime,
+        recorder: &Recorder,
+        port: u16,
+        token: &str,
+    ) -> RunningService<RoleClient, Recorder> {
+        use rmcp::transport::StreamableHttpClientTransport;
+        use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/"))
+                .auth_header(token.to_string());
+        rt.block_on(async {
+            let transport = StreamableHttpClientTransport::from_config(config);
+            tokio::time::timeout(CALL_TIMEOUT, recorder.clone().serve(transport))
+                .await
+                .expect("timed out waiting for the MCP handshake over HTTP")
+                .expect("MCP handshake over HTTP")
+        })
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -218,8 +282,15 @@ impl Bridge {
     fn close(mut self) -> std::process::ExitStatus {
         let client = self.client.take().expect("client");
         let mut child = self.child.take().expect("child");
+        let over_http = self.log.to_string_lossy().contains("mcp-http-");
         self.rt.block_on(async {
             let _ = tokio::time::timeout(CALL_TIMEOUT, client.cancel()).await;
+            if over_http {
+                // No stdin to close: the HTTP server stops on SIGTERM.
+                let pid = child.id().expect("pid");
+                let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+                rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+            }
             tokio::time::timeout(CALL_TIMEOUT, child.wait())
                 .await
                 .expect("timed out waiting for agentfed mcp to exit after stdin closed")
@@ -339,12 +410,131 @@ fn wrong_value(schema: &Value) -> Option<Value> {
 
 #[test]
 fn tools_roles_errors_and_inbox_push_over_stdio_against_a_live_federation() {
-    let (alpha, _alpha_ep) = fed_node("alpha");
+    let (alpha, _) = fed_node("alpha");
     let (beta, beta_ep) = fed_node("beta");
     let logs = alpha.dir.path();
     let agent = Bridge::spawn(&alpha.home, logs, &[]);
     let operator = Bridge::spawn(&alpha.home, logs, &["--role", "operator"]);
+    federation_tour(&alpha, &beta, &beta_ep, &agent, &operator);
+    assert!(agent.close().success());
+    assert!(operator.close().success());
+}
 
+#[test]
+fn tools_roles_errors_and_inbox_push_over_streamable_http() {
+    let (alpha, _) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    let logs = alpha.dir.path();
+    let (agent, port, token) = Bridge::spawn_http(&alpha.home, logs, &[]);
+    let (operator, _, _) = Bridge::spawn_http(&alpha.home, logs, &["--role", "operator"]);
+    // The token was generated once, 0600, and printed once.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(alpha.home.join("mcp.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let printed: Vec<String> = std::fs::read_dir(logs)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .filter(|text| text.contains(&token))
+        .collect();
+    assert_eq!(
+        printed.len(),
+        1,
+        "the token is printed exactly once (stdout), never logged"
+    );
+
+    // Without the token, with a wrong one, or from a foreign Origin:
+    // refused before any MCP processing.
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let good = format!("Bearer {token}");
+    assert_eq!(raw_post(port, None, None, initialize).0, 401);
+    assert_eq!(
+        raw_post(port, Some("Bearer not-the-token"), None, initialize).0,
+        401
+    );
+    let wrong = format!("Bearer {}", "0".repeat(token.len()));
+    assert_eq!(raw_post(port, Some(&wrong), None, initialize).0, 401);
+    let (status, _) = raw_post(port, Some(&good), Some("http://evil.example"), initialize);
+    assert_eq!(status, 403, "a foreign Origin must be refused");
+    let (status, body) = raw_post(port, Some(&good), None, initialize);
+    assert_eq!(status, 200, "{body}");
+    let own = format!("http://127.0.0.1:{port}");
+    let (status, _) = raw_post(port, Some(&good), Some(&own), initialize);
+    assert_eq!(status, 200, "the server's own Origin is served");
+
+    // Several sessions at once.
+    let second = Bridge::http_client(&agent.rt, &agent.recorder, port, &token);
+    let params = CallToolRequestParams::new("federation_status");
+    let (one, two) = agent.rt.block_on(async {
+        tokio::join!(
+            agent.client().call_tool(params.clone()),
+            second.call_tool(params.clone())
+        )
+    });
+    assert_eq!(
+        one.unwrap().structured_content.unwrap()["result"]["node_id"],
+        "alpha"
+    );
+    assert_eq!(
+        two.unwrap().structured_content.unwrap()["result"]["node_id"],
+        "alpha"
+    );
+    agent.rt.block_on(async { second.cancel().await }).ok();
+
+    federation_tour(&alpha, &beta, &beta_ep, &agent, &operator);
+    assert!(agent.close().success());
+    assert!(operator.close().success());
+}
+
+/// `(status, body)` of a raw HTTP/1.1 POST to the MCP endpoint.
+fn raw_post(port: u16, auth: Option<&str>, origin: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(auth) = auth {
+        request.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    if let Some(origin) = origin {
+        request.push_str(&format!("Origin: {origin}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read the head (and whatever body came with it); SSE bodies stay open.
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&response).contains("\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    (status, text)
+}
+
+/// Every tool, its errors and the inbox push, against alpha (the bridges'
+/// node) and beta.
+fn federation_tour(alpha: &Node, beta: &Node, beta_ep: &str, agent: &Bridge, operator: &Bridge) {
     // --- The tools in each role.
     let agent_tools = agent.tool_names();
     let operator_tools = operator.tool_names();
@@ -702,11 +892,8 @@ fn tools_roles_errors_and_inbox_push_over_stdio_against_a_live_federation() {
     // --- Leave.
     agent.ok("federation_leave", json!({"peer": "beta"}));
     wait_until("alpha to close the session with beta", SETTLE, || {
-        !session_peers(&alpha).iter().any(|p| p == "beta")
+        !session_peers(alpha).iter().any(|p| p == "beta")
     });
-
-    assert!(agent.close().success());
-    assert!(operator.close().success());
 }
 
 #[test]

@@ -132,6 +132,15 @@ pub struct McpArgs {
     /// answer NOT_RUNNING.
     #[arg(long)]
     pub no_daemon: bool,
+    /// Serve streamable HTTP on ADDR (e.g. 127.0.0.1:8765) instead of
+    /// stdio. Needs a bearer token, generated into the home (mcp.token,
+    /// 0600) and printed once.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Allow a non-loopback --http address (served over TLS with the
+    /// node's certificate).
+    #[arg(long, requires = "http")]
+    pub allow_remote: bool,
 }
 
 /// `--help` text of the message-type argument of `send`, `query` and
@@ -303,10 +312,8 @@ pub fn run(cli: Cli) -> CliResult {
             crate::mcp::McpOptions {
                 role: args.role,
                 no_daemon: args.no_daemon,
-                http: None,
-                allow_remote: false,
-                tls_cert: None,
-                tls_key: None,
+                http: args.http,
+                allow_remote: args.allow_remote,
             },
         )
         .map_err(|e| match e {

@@ -17,6 +17,7 @@
 
 pub mod control;
 pub mod handler;
+pub mod http;
 pub mod node;
 pub mod resources;
 pub mod roles;
@@ -79,12 +80,9 @@ pub struct McpOptions {
     pub no_daemon: bool,
     /// Serve streamable HTTP on this address instead of stdio.
     pub http: Option<SocketAddr>,
-    /// Allow a non-loopback `--http` address (needs TLS).
+    /// Allow a non-loopback `--http` address (served over TLS with the
+    /// node's certificate).
     pub allow_remote: bool,
-    /// TLS certificate (PEM) for `--http` on a non-loopback address.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) for `--http` on a non-loopback address.
-    pub tls_key: Option<PathBuf>,
 }
 
 /// Why the bridge could not run.
@@ -111,6 +109,9 @@ pub enum McpError {
 /// Runs the bridge until its stdin closes (stdio) or SIGINT/SIGTERM
 /// (`--http`), then stops the in-process node if it started one.
 pub fn run(home: &Path, options: McpOptions) -> Result<(), McpError> {
+    if let Some(addr) = options.http {
+        http::check_address(addr, &options)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("agentfed-mcp")
@@ -125,7 +126,10 @@ pub fn run(home: &Path, options: McpOptions) -> Result<(), McpError> {
     let result = runtime.block_on(async {
         node.start().await;
         let shared = Arc::new(handler::Shared::new(home, options.role, Arc::clone(&node)));
-        handler::serve_stdio(shared).await
+        match options.http {
+            None => handler::serve_stdio(shared).await,
+            Some(addr) => http::serve(shared, addr).await,
+        }
     });
     runtime.block_on(node.stop());
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
