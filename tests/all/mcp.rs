@@ -607,18 +607,18 @@ fn federation_tour(alpha: &Node, beta: &Node, beta_ep: &str, agent: &Bridge, ope
 
     // --- Join: beta does not know alpha yet (the daemon's code passes
     // through); then beta joins alpha and the session is up.
-    let beta_fp = fingerprint(&beta);
+    let beta_fp = fingerprint(beta);
     agent.fails(
         "federation_join",
         json!({"endpoint": beta_ep, "fingerprint": beta_fp}),
         "UNKNOWN_PEER",
     );
-    let alpha_fp = fingerprint(&alpha);
-    let alpha_ep = harness::manifest_field(&alpha, "endpoint");
+    let alpha_fp = fingerprint(alpha);
+    let alpha_ep = harness::manifest_field(alpha, "endpoint");
     beta.run(&["join", &alpha_ep, "--fingerprint", &alpha_fp])
         .ok();
     wait_until("alpha's session with beta", SETTLE, || {
-        session_peers(&alpha).iter().any(|p| p == "beta")
+        session_peers(alpha).iter().any(|p| p == "beta")
     });
     let sessions = agent.ok("federation_sessions", json!({}));
     assert!(
