@@ -29,6 +29,7 @@ const CLIENT_NAME: &str = "agentfed-test";
 #[derive(Clone, Default)]
 struct Recorder {
     updated: Arc<Mutex<Vec<String>>>,
+    progress: Arc<Mutex<Vec<f64>>>,
 }
 
 impl ClientHandler for Recorder {
@@ -47,6 +48,14 @@ impl ClientHandler for Recorder {
         _context: NotificationContext<RoleClient>,
     ) {
         self.updated.lock().unwrap().push(params.uri);
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().unwrap().push(params.progress);
     }
 }
 
@@ -996,6 +1005,32 @@ fn without_a_daemon_the_bridge_runs_the_node_and_stops_it_when_stdin_closes() {
         .count();
     assert!(stopped >= 1, "the in-process node did not audit its stop");
     node.stop();
+}
+
+#[test]
+fn long_waits_report_progress_to_a_client_that_asked() {
+    let node = Node::init("solo");
+    let bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);
+    let mut params = CallToolRequestParams::new("federation_inbox")
+        .with_arguments(json!({"wait_ms": 2500}).as_object().unwrap().clone());
+    params.meta = Some(rmcp::model::RequestMetaObject::with_progress_token(
+        rmcp::model::ProgressToken(rmcp::model::NumberOrString::Number(7)),
+    ));
+    let result = bridge
+        .rt
+        .block_on(async {
+            tokio::time::timeout(CALL_TIMEOUT, bridge.client().call_tool(params)).await
+        })
+        .expect("timed out")
+        .expect("tools/call");
+    assert_eq!(result.structured_content.unwrap()["result"], json!([]));
+    let progress = bridge.recorder.progress.lock().unwrap().clone();
+    assert!(
+        !progress.is_empty(),
+        "no progress notification during a 2.5 s wait"
+    );
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert!(bridge.close().success());
 }
 
 #[test]
