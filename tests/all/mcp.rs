@@ -1034,6 +1034,41 @@ fn long_waits_report_progress_to_a_client_that_asked() {
 }
 
 #[test]
+fn a_client_gone_mid_call_stops_the_bridge_and_its_node_cleanly() {
+    let mut node = Node::init("solo");
+    let mut bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);
+    bridge.ok("federation_status", json!({}));
+    // A minute-long wait in flight when the client disappears (its end of
+    // the pipes closes).
+    let params = CallToolRequestParams::new("federation_inbox")
+        .with_arguments(json!({"wait_ms": 60000}).as_object().unwrap().clone());
+    let peer = bridge.client().peer().clone();
+    let pending = bridge.rt.spawn(async move { peer.call_tool(params).await });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let client = bridge.client.take().expect("client");
+    let mut child = bridge.child.take().expect("child");
+    let status = bridge.rt.block_on(async {
+        drop(client); // closes the bridge's stdin and stdout
+        pending.abort();
+        tokio::time::timeout(CALL_TIMEOUT, child.wait())
+            .await
+            .expect("timed out waiting for the bridge to exit")
+            .expect("wait")
+    });
+    assert!(status.success(), "{status}; log:\n{}", bridge.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the bridge waited out the call ({:?})",
+        started.elapsed()
+    );
+    assert!(!node.socket().exists(), "control socket left behind");
+    node.start(&[]);
+    node.run(&["audit", "verify"]).ok();
+    node.stop();
+}
+
+#[test]
 fn killing_the_bridge_mid_call_leaves_the_node_consistent() {
     let mut node = Node::init("solo");
     let bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);
@@ -1069,6 +1104,14 @@ fn no_daemon_flag_and_init_through_the_bridge() {
     bridge.fails("federation_status", json!({}), "NOT_RUNNING");
     assert!(!node.socket().exists());
     assert!(bridge.close().success());
+
+    // --http beyond loopback needs --allow-remote; refused, nothing made.
+    let remote = node.run(&["mcp", "--http", "0.0.0.0:8765"]);
+    remote.fails(2, &["--allow-remote"]);
+    assert!(!node.home.join("mcp.token").exists());
+    let missing = node.home.join("absent");
+    harness::agentfed(&missing, &["mcp", "--http", "127.0.0.1:1"]).fails(2, &["init"]);
+    assert!(!missing.exists());
 
     // A home that does not exist: federation_init creates it (the CLI's
     // defaults), then the bridge runs it.

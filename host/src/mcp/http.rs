@@ -241,3 +241,52 @@ where
         _ = stop.cancelled() => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_authorized() {
+        let token = "a".repeat(64);
+        let header = |v: &str| http::HeaderValue::from_str(v).unwrap();
+        assert!(authorized(
+            Some(&header(&format!("Bearer {token}"))),
+            &token
+        ));
+        assert!(!authorized(None, &token));
+        assert!(!authorized(Some(&header(&token)), &token));
+        assert!(!authorized(
+            Some(&header(&format!("Basic {token}"))),
+            &token
+        ));
+        assert!(!authorized(
+            Some(&header(&format!("Bearer {}", "a".repeat(63)))),
+            &token
+        ));
+        assert!(!authorized(
+            Some(&header(&format!("Bearer {}b", "a".repeat(63)))),
+            &token
+        ));
+    }
+
+    #[test]
+    fn a_token_is_generated_once_private_and_then_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = token(dir.path()).unwrap();
+        assert_eq!(first.len(), 64);
+        let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(token(dir.path()).unwrap(), first);
+        std::fs::write(dir.path().join(TOKEN_FILE), "short").unwrap();
+        assert!(matches!(token(dir.path()), Err(McpError::Usage(_))));
+        assert!(matches!(
+            token(&dir.path().join("absent")),
+            Err(McpError::Usage(_))
+        ));
+    }
+}

@@ -135,3 +135,20 @@ pub fn run(home: &Path, options: McpOptions) -> Result<(), McpError> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_errors_keep_their_code_without_repeating_it() {
+        let e = ToolError::from_body(ErrorBody::new(
+            "PEER_SUSPENDED",
+            "PEER_SUSPENDED: beta is suspended",
+            false,
+        ));
+        assert_eq!(e.to_string(), "PEER_SUSPENDED: beta is suspended");
+        let e = ToolError::from_body(ErrorBody::new("UNKNOWN_PEER", "unknown peer `x`", true));
+        assert_eq!(e.to_string(), "UNKNOWN_PEER: unknown peer `x`");
+    }
+}

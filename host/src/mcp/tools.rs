@@ -500,3 +500,49 @@ pub fn params<T: serde::Serialize>(value: &T) -> Value {
 
 /// How often a long wait reports progress.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_control_method_names_a_tool_of_the_bridge() {
+        for method in crate::control::METHODS {
+            if method.name == "clock.advance" {
+                continue;
+            }
+            assert!(
+                find(method.mcp_tool).is_some(),
+                "{} maps onto {}, which the bridge lacks",
+                method.name,
+                method.mcp_tool
+            );
+        }
+        let names: std::collections::BTreeSet<_> = TOOLS.iter().map(|t| t.name).collect();
+        assert_eq!(names.len(), TOOLS.len(), "tool names are unique");
+    }
+
+    #[test]
+    fn every_input_schema_is_a_closed_object() {
+        for spec in TOOLS {
+            let schema = (spec.schema)();
+            assert_eq!(schema["type"], "object", "{}", spec.name);
+            assert_eq!(schema["additionalProperties"], false, "{}", spec.name);
+            let described = describe(spec);
+            assert!(described.output_schema.is_some(), "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_invalid_params_naming_the_tool() {
+        let args = serde_json::json!({"peer": 5});
+        let e = decode::<crate::control::PeerParams>("federation_leave", args.as_object().unwrap())
+            .unwrap_err();
+        assert_eq!(e.code, "INVALID_PARAMS");
+        assert!(
+            e.message.starts_with("federation_leave: invalid type"),
+            "{}",
+            e.message
+        );
+    }
+}
