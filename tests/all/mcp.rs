@@ -30,16 +30,21 @@ const CLIENT_NAME: &str = "agentfed-test";
 struct Recorder {
     updated: Arc<Mutex<Vec<String>>>,
     progress: Arc<Mutex<Vec<f64>>>,
+    /// Speak the newest protocol version (2026-07-28) instead.
+    latest: bool,
 }
 
 impl ClientHandler for Recorder {
     fn get_info(&self) -> ClientConfig {
-        // The version Claude Code speaks: resources/subscribe is part of it.
-        ClientConfig::new(
+        let config = ClientConfig::new(
             ClientCapabilities::default(),
             Implementation::new(CLIENT_NAME, "1.0.0"),
-        )
-        .with_protocol_version(ProtocolVersion::V_2025_06_18)
+        );
+        if self.latest {
+            return config.with_protocol_version(ProtocolVersion::LATEST);
+        }
+        // The version Claude Code speaks: resources/subscribe is part of it.
+        config.with_protocol_version(ProtocolVersion::V_2025_06_18)
     }
 
     async fn on_resource_updated(
@@ -71,13 +76,17 @@ struct Bridge {
 impl Bridge {
     /// Spawns `agentfed --home HOME mcp ARGS` and completes the handshake.
     fn spawn(home: &Path, log_dir: &Path, args: &[&str]) -> Bridge {
+        Bridge::spawn_as(home, log_dir, args, Recorder::default())
+    }
+
+    /// [`Bridge::spawn`] with a given client.
+    fn spawn_as(home: &Path, log_dir: &Path, args: &[&str], recorder: Recorder) -> Bridge {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let log = log_dir.join(format!("mcp-{}.log", rand_suffix()));
-        let recorder = Recorder::default();
         let (client, child) = rt.block_on(async {
             let mut cmd = tokio::process::Command::new(harness::bin());
             cmd.arg("--home")
@@ -93,11 +102,23 @@ impl Bridge {
             let mut child = cmd.spawn().expect("spawning agentfed mcp");
             let stdout = child.stdout.take().expect("stdout");
             let stdin = child.stdin.take().expect("stdin");
-            let client =
-                tokio::time::timeout(CALL_TIMEOUT, recorder.clone().serve((stdout, stdin)))
-                    .await
-                    .expect("timed out waiting for the MCP handshake")
-                    .expect("MCP handshake");
+            let handshake = async {
+                if recorder.latest {
+                    // The 2026-07-28 lifecycle: server/discover and
+                    // self-contained requests, no initialize.
+                    let lifecycle = rmcp::ClientLifecycleMode::Discover {
+                        preferred_versions: vec![ProtocolVersion::LATEST],
+                    };
+                    rmcp::serve_client_with_lifecycle(recorder.clone(), (stdout, stdin), lifecycle)
+                        .await
+                } else {
+                    recorder.clone().serve((stdout, stdin)).await
+                }
+            };
+            let client = tokio::time::timeout(CALL_TIMEOUT, handshake)
+                .await
+                .expect("timed out waiting for the MCP handshake")
+                .expect("MCP handshake");
             (client, child)
         });
         Bridge {
@@ -903,6 +924,67 @@ fn federation_tour(alpha: &Node, beta: &Node, beta_ep: &str, agent: &Bridge, ope
     wait_until("alpha to close the session with beta", SETTLE, || {
         !session_peers(alpha).iter().any(|p| p == "beta")
     });
+}
+
+#[test]
+fn inbox_push_through_subscriptions_listen_on_the_newest_protocol() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, _) = fed_node("beta");
+    alpha
+        .run(&[
+            "peers",
+            "add",
+            beta.manifest_file("beta.json").to_str().unwrap(),
+        ])
+        .ok();
+    beta.run(&["join", &alpha_ep, "--fingerprint", &fingerprint(&alpha)])
+        .ok();
+    alpha
+        .run(&["trust", "set", "beta", "attested", "--reason", "mcp test"])
+        .ok();
+    beta.run(&["trust", "set", "alpha", "attested", "--reason", "mcp test"])
+        .ok();
+    let recorder = Recorder {
+        latest: true,
+        ..Recorder::default()
+    };
+    let bridge = Bridge::spawn_as(&alpha.home, alpha.dir.path(), &[], recorder);
+    let filter = rmcp::model::SubscriptionFilter::builder()
+        .resource_subscription("agentfed://inbox")
+        .build();
+    let mut subscription = bridge
+        .rt
+        .block_on(async { bridge.client().peer().listen(filter).await })
+        .expect("subscriptions/listen");
+    assert_eq!(
+        subscription.acknowledged().resource_subscriptions,
+        Some(vec!["agentfed://inbox".to_string()])
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    beta.run(&[
+        "send",
+        "alpha",
+        "task-assignment",
+        "--payload",
+        r#"{"task":"t"}"#,
+        "--wait",
+        "30",
+    ])
+    .ok();
+    let notification = bridge
+        .rt
+        .block_on(async { tokio::time::timeout(SETTLE, subscription.next()).await })
+        .expect("timed out waiting for the inbox update")
+        .expect("subscription stream")
+        .expect("a notification");
+    match notification {
+        rmcp::model::ServerNotification::ResourceUpdatedNotification(update) => {
+            assert_eq!(update.params.uri, "agentfed://inbox");
+        }
+        other => panic!("unexpected notification {other:?}"),
+    }
+    drop(subscription);
+    assert!(bridge.close().success());
 }
 
 #[test]

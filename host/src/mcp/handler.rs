@@ -560,9 +560,11 @@ impl ServerHandler for Bridge {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::InitializeResult, ErrorData> {
         let _ = self.session.client.set(request.client_info.name.clone());
-        let _ = context;
+        context.peer.set_peer_info(request.clone());
         let instructions = self.instructions().await;
-        Ok(self.get_info().with_instructions(instructions))
+        Ok(self
+            .negotiate_initialize(&request)?
+            .with_instructions(instructions))
     }
 
     async fn list_tools(
@@ -654,6 +656,36 @@ impl ServerHandler for Bridge {
         resources::read(&self.shared, &request.uri, client.as_deref())
             .await
             .map(Into::into)
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        // Of the resources, only the inbox changes by itself.
+        let mut accepted = rmcp::model::SubscriptionFilter::new();
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|uri| *uri == resources::INBOX_URI)
+                .cloned()
+                .collect()
+        });
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let wants_inbox = context
+            .accepted()
+            .resource_subscriptions
+            .as_ref()
+            .is_some_and(|uris| uris.iter().any(|uri| uri == resources::INBOX_URI));
+        if wants_inbox {
+            let client = self.session.client.get().cloned();
+            resources::listen_inbox(Arc::clone(&self.shared), &context, client).await;
+        } else {
+            context.cancelled().await;
+        }
+        Ok(())
     }
 
     #[allow(deprecated)]

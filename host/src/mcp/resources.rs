@@ -112,9 +112,56 @@ pub async fn watch_inbox(
     subscribed: impl Fn() -> Option<bool> + Send + Sync + 'static,
     client: Option<String>,
 ) {
-    let client = client.as_deref();
+    watch(&shared, subscribed, client.as_deref(), Notifier::Peer(peer)).await;
+}
+
+/// The same for a `subscriptions/listen` stream (protocol 2026-07-28):
+/// updates go through its sink until the client cancels it.
+pub async fn listen_inbox(
+    shared: Arc<Shared>,
+    context: &rmcp::service::SubscriptionContext,
+    client: Option<String>,
+) {
+    let notify = Notifier::Sink(context.sink());
+    tokio::select! {
+        _ = watch(&shared, || Some(true), client.as_deref(), notify) => {}
+        _ = context.cancelled() => {}
+    }
+}
+
+/// Where inbox updates go.
+enum Notifier<'a> {
+    /// A legacy `resources/subscribe` session.
+    Peer(Peer<RoleServer>),
+    /// A `subscriptions/listen` stream.
+    Sink(&'a rmcp::service::SubscriptionSink),
+}
+
+impl Notifier<'_> {
+    /// Sends `notifications/resources/updated` for the inbox; whether the
+    /// client is still there.
+    async fn notify(&self) -> bool {
+        match self {
+            Notifier::Peer(peer) => peer
+                .notify_resource_updated(ResourceUpdatedNotificationParam::new(INBOX_URI))
+                .await
+                .is_ok(),
+            Notifier::Sink(sink) => sink.notify_resource_updated(INBOX_URI).await.is_ok(),
+        }
+    }
+}
+
+/// Long-polls the inbox; calls `notify` after each new message while
+/// `subscribed()` says so; returns when the session is gone (`None`) or
+/// `notify` fails.
+async fn watch(
+    shared: &Shared,
+    subscribed: impl Fn() -> Option<bool>,
+    client: Option<&str>,
+    notify: Notifier<'_>,
+) {
     let mut tip = loop {
-        if let Some(tip) = inbox_tip(&shared, client).await {
+        if let Some(tip) = inbox_tip(shared, client).await {
             break tip;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -133,11 +180,8 @@ pub async fn watch_inbox(
                 if let Some(seq) = items.iter().filter_map(|m| m["seq"].as_u64()).max() {
                     tip = seq;
                 }
-                if wanted && subscribed() == Some(true) {
-                    let update = ResourceUpdatedNotificationParam::new(INBOX_URI);
-                    if peer.notify_resource_updated(update).await.is_err() {
-                        return;
-                    }
+                if wanted && subscribed() == Some(true) && !notify.notify().await {
+                    return;
                 }
             }
             Ok(_) => {}
