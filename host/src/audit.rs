@@ -290,9 +290,11 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` with every event of actor [`ACTOR_OPERATOR`] prepared on this
-/// thread recorded as `actor` instead, with `client` (the MCP client's
-/// declared name) added to its details as `mcp_client`. The control API
+/// Runs `f` with every event of actor [`ACTOR_OPERATOR`] or
+/// [`ACTOR_SYSTEM`] prepared on this thread (the events the request itself
+/// causes: `f` runs synchronously on it) recorded as `actor` instead, with
+/// `client` (the MCP client's declared name) added to its details as
+/// `mcp_client`. Plugin and peer actors are kept. The control API
 /// uses it for requests that name their actor (the MCP bridge does), so
 /// the audit trail tells an agent's actions from the operator's.
 pub fn as_local_actor<R>(actor: &str, client: Option<&str>, f: impl FnOnce() -> R) -> R {
@@ -313,7 +315,7 @@ pub fn as_local_actor<R>(actor: &str, client: Option<&str>, f: impl FnOnce() -> 
 
 /// Applies [`as_local_actor`]'s relabelling to `event`.
 fn relabel_local_actor(mut event: AuditEvent) -> AuditEvent {
-    if event.actor != ACTOR_OPERATOR {
+    if event.actor != ACTOR_OPERATOR && event.actor != ACTOR_SYSTEM {
         return event;
     }
     LOCAL_ACTOR.with(|slot| {
@@ -1497,6 +1499,28 @@ fn defuse_formula(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_local_actor_relabels_operator_and_system_events_only_while_it_runs() {
+        let prepared = |actor: &str| {
+            prepare(
+                AuditEvent::new(EventType::MessageSent, "x").with_actor(actor),
+                ComplianceMode::Standard,
+            )
+            .unwrap()
+        };
+        as_local_actor(ACTOR_MCP_AGENT, Some("claude-code"), || {
+            for actor in [ACTOR_OPERATOR, ACTOR_SYSTEM] {
+                let event = prepared(actor);
+                assert_eq!(event.actor, ACTOR_MCP_AGENT);
+                assert_eq!(event.details["mcp_client"], "claude-code");
+            }
+            let plugin = prepared(&plugin_actor("trust"));
+            assert_eq!(plugin.actor, "plugin:trust");
+            assert!(plugin.details.get("mcp_client").is_none());
+        });
+        assert_eq!(prepared(ACTOR_OPERATOR).actor, ACTOR_OPERATOR);
+    }
     use crate::store::STATE_FILE;
     use std::path::Path;
 

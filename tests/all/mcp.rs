@@ -790,6 +790,16 @@ fn federation_tour(alpha: &Node, beta: &Node, beta_ep: &str, agent: &Bridge, ope
         json!({"peer": "beta", "message_type": "task-assignment", "payload": {"task": "x"}}),
     );
     assert!(receipt["envelope_id"].is_string(), "{receipt}");
+    let queued = alpha
+        .audit_records()
+        .into_iter()
+        .find(|r| {
+            r["event_type"] == "message_sent"
+                && r["details"]["envelope_id"] == receipt["envelope_id"]
+        })
+        .expect("the send audited");
+    assert_eq!(queued["actor"], "mcp:agent", "{queued}");
+    assert_eq!(queued["details"]["mcp_client"], CLIENT_NAME, "{queued}");
     let delivered = agent.ok(
         "federation_send",
         json!({"peer": "beta", "message_type": "task-assignment", "payload": {"task": "y"}, "wait_secs": 30}),
