@@ -1161,6 +1161,42 @@ fn a_client_gone_mid_call_stops_the_bridge_and_its_node_cleanly() {
 }
 
 #[test]
+fn a_cancelled_wait_ends_at_once() {
+    let node = Node::init("solo");
+    let bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);
+    bridge.ok("federation_status", json!({}));
+    let params = CallToolRequestParams::new("federation_inbox")
+        .with_arguments(json!({"wait_ms": 60000}).as_object().unwrap().clone());
+    let request =
+        rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+    let started = std::time::Instant::now();
+    bridge.rt.block_on(async {
+        let handle = bridge
+            .client()
+            .peer()
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+            .expect("tools/call sent");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        handle
+            .cancel(Some("test".into()))
+            .await
+            .expect("cancel sent");
+    });
+    wait_until("the bridge to drop the cancelled wait", SETTLE, || {
+        bridge.log().contains("tool call cancelled by the client")
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // The session goes on.
+    assert_eq!(bridge.ok("federation_status", json!({}))["node_id"], "solo");
+    assert!(bridge.close().success());
+}
+
+#[test]
 fn killing_the_bridge_mid_call_leaves_the_node_consistent() {
     let mut node = Node::init("solo");
     let bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);

@@ -619,7 +619,10 @@ impl ServerHandler for Bridge {
         });
         let outcome = tokio::select! {
             outcome = self.run_tool(spec, &args, client.as_deref()) => outcome,
-            _ = context.ct.cancelled() => Err(ToolError::new("CANCELLED", "the client cancelled the call")),
+            _ = context.ct.cancelled() => {
+                tracing::info!(tool = spec.name, "tool call cancelled by the client");
+                Err(ToolError::new("CANCELLED", "the client cancelled the call"))
+            }
         };
         if let Some(ticker) = ticker {
             ticker.abort();
