@@ -1197,6 +1197,30 @@ fn a_cancelled_wait_ends_at_once() {
 }
 
 #[test]
+fn sigterm_ends_the_session_and_stops_the_in_process_node() {
+    let node = Node::init("solo");
+    let mut bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);
+    bridge.ok("federation_status", json!({}));
+    assert!(node.socket().exists());
+    let mut child = bridge.child.take().expect("child");
+    let status = bridge.rt.block_on(async {
+        let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        tokio::time::timeout(CALL_TIMEOUT, child.wait())
+            .await
+            .expect("timed out waiting for the bridge to exit on SIGTERM")
+            .expect("wait")
+    });
+    assert!(status.success(), "{status}; log:\n{}", bridge.log());
+    assert!(!node.socket().exists(), "control socket left behind");
+    assert!(
+        bridge.log().contains("in-process node stopped"),
+        "{}",
+        bridge.log()
+    );
+}
+
+#[test]
 fn killing_the_bridge_mid_call_leaves_the_node_consistent() {
     let mut node = Node::init("solo");
     let bridge = Bridge::spawn(&node.home, node.dir.path(), &[]);

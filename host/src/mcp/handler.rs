@@ -244,11 +244,14 @@ impl Bridge {
             }
             "federation_consensus" => {
                 let a: tools::ConsensusArgs = decode(name, args)?;
-                call(
-                    "consensus.propose",
-                    json!({"proposal": a.proposal, "peers": a.peers, "timeout_ms": a.timeout_ms}),
-                )
-                .await
+                let mut params = json!({"proposal": a.proposal});
+                if let Some(peers) = a.peers {
+                    params["peers"] = json!(peers);
+                }
+                if let Some(ms) = a.timeout_ms {
+                    params["timeout_ms"] = json!(ms);
+                }
+                call("consensus.propose", params).await
             }
             "federation_wg_status" => {
                 let _: NoParams = decode(name, args)?;
@@ -725,16 +728,26 @@ impl ServerHandler for Bridge {
     }
 }
 
-/// Serves one session over stdin/stdout until stdin closes.
+/// Serves one session over stdin/stdout until stdin closes or the
+/// process gets SIGINT/SIGTERM (which would otherwise reach only an
+/// in-process node's own handlers and stop the node under the session).
 pub async fn serve_stdio(shared: Arc<Shared>) -> Result<(), McpError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| McpError::Transport(format!("installing SIGTERM handler: {e}")))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| McpError::Transport(format!("installing SIGINT handler: {e}")))?;
     let bridge = Bridge::new(shared);
     let service = bridge
         .serve(rmcp::transport::io::stdio_pipes())
         .await
         .map_err(|e| McpError::Transport(format!("MCP session did not start: {e}")))?;
-    service
-        .waiting()
-        .await
-        .map_err(|e| McpError::Transport(format!("MCP session failed: {e}")))?;
+    tokio::select! {
+        ended = service.waiting() => {
+            ended.map_err(|e| McpError::Transport(format!("MCP session failed: {e}")))?;
+        }
+        _ = sigterm.recv() => tracing::info!("SIGTERM: ending the MCP session"),
+        _ = sigint.recv() => tracing::info!("SIGINT: ending the MCP session"),
+    }
     Ok(())
 }
