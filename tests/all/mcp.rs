@@ -518,6 +518,101 @@ fn tools_roles_errors_and_inbox_push_over_streamable_http() {
     assert!(operator.close().success());
 }
 
+#[test]
+fn beyond_loopback_mcp_is_served_over_tls_with_the_node_certificate() {
+    let node = Node::init("solo");
+    let port = harness::free_port();
+    let log = node.dir.path().join("mcp-remote.log");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let spawned = std::process::Command::new(harness::bin())
+        .arg("--home")
+        .arg(&node.home)
+        .arg("mcp")
+        .arg("--http")
+        .arg(format!("0.0.0.0:{port}"))
+        .arg("--allow-remote")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .env_remove("RUST_LOG")
+        .spawn()
+        .expect("spawning agentfed mcp --allow-remote");
+    // Killed and reaped on drop, also when an assertion fails.
+    let mut child = Kill(spawned);
+    wait_until("agentfed mcp --allow-remote to listen", SETTLE, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let token = std::fs::read_to_string(node.home.join("mcp.token")).expect("token");
+    // Plain HTTP gets no HTTP answer: the port speaks TLS only.
+    {
+        use std::io::{Read, Write};
+        let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = plain.write_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer);
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "plaintext was served: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // TLS pinned to the node's certificate, with the token: served.
+    let fp = fingerprint(&node);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let head = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pin = agentfed::transport::tls::Pin::fingerprint(&fp).expect("pin");
+        let config = agentfed::transport::tls::client_config(&pin).expect("client config");
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with the node's certificate");
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(CALL_TIMEOUT, tls.read(&mut buf))
+            .await
+            .expect("timed out reading the TLS answer")
+            .expect("read");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agentfed mcp did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{status}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 /// `(status, body)` of a raw HTTP/1.1 POST to the MCP endpoint.
 fn raw_post(port: u16, auth: Option<&str>, origin: Option<&str>, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
