@@ -594,6 +594,13 @@ struct PendingEvidence {
 pub struct PluginInfo {
     /// Slot.
     pub kind: PluginKind,
+    /// Place in the slot's chain: 0 is the main policy, 1… the
+    /// `[[plugins.pii.add]]` ones.
+    #[serde(default)]
+    pub position: usize,
+    /// Whether it is the embedded default policy.
+    #[serde(default)]
+    pub embedded: bool,
     /// Name.
     pub name: String,
     /// Version.
@@ -781,10 +788,10 @@ impl Coordinator {
             )
         };
         let plugins = PluginSet {
-            trust: PluginSlot::new(PluginKind::Trust, load(PluginKind::Trust)?)?,
-            pii: PluginSlot::new(PluginKind::Pii, load(PluginKind::Pii)?)?,
-            spend: PluginSlot::new(PluginKind::Spend, load(PluginKind::Spend)?)?,
-            handler: PluginSlot::new(PluginKind::Handler, load(PluginKind::Handler)?)?,
+            trust: PluginSlot::with_chain(PluginKind::Trust, load(PluginKind::Trust)?)?,
+            pii: PluginSlot::with_chain(PluginKind::Pii, load(PluginKind::Pii)?)?,
+            spend: PluginSlot::with_chain(PluginKind::Spend, load(PluginKind::Spend)?)?,
+            handler: PluginSlot::with_chain(PluginKind::Handler, load(PluginKind::Handler)?)?,
         };
         let earning = config.trust.rules();
         let coordinator = Coordinator {
@@ -815,7 +822,7 @@ impl Coordinator {
                     EventType::PluginLoaded,
                     format!("{} plugin {} {} loaded", info.kind, info.name, info.version),
                 )
-                .with_details(json!({"kind": info.kind, "name": info.name, "version": info.version, "sha256": info.sha256})),
+                .with_details(json!({"kind": info.kind, "name": info.name, "version": info.version, "sha256": info.sha256, "position": info.position})),
             )?;
         }
         coordinator.refresh_live_counts()?;
@@ -858,8 +865,10 @@ impl Coordinator {
     }
 }
 
-/// Loads the configured plugin of `kind` (or the embedded default) with
-/// the node's hash key, clock and live status.
+/// Loads the configured plugin chain of `kind` (the embedded default or
+/// `path`, then any `[[plugins.pii.add]]` policies) with the node's hash
+/// key, clock and live status. Every policy is probed with its own
+/// configuration; the first that fails refuses the whole chain.
 fn load_plugin(
     runtime: &PluginRuntime,
     home: &Path,
@@ -868,34 +877,79 @@ fn load_plugin(
     clock: &Arc<dyn Clock>,
     live: &Arc<LiveStatus>,
     kind: PluginKind,
-) -> Result<Arc<LoadedPlugin>, PluginError> {
+) -> Result<Vec<Arc<LoadedPlugin>>, PluginError> {
     let section = config.plugins.get(kind);
-    let source = match config.plugin_path(home, kind) {
-        Some(path) => PluginSource::File(path),
-        None => PluginSource::Embedded(crate::embedded::default_name(kind)),
-    };
-    if let PluginSource::Embedded(name) = &source
-        && let Some(unknown) = crate::config::unknown_default_policy_key(kind, &section.config)
-    {
-        return Err(PluginError::Refused {
-            plugin: name.to_string(),
-            reason: format!(
-                "unknown configuration key `{}` in [plugins.{kind}.config] (the default {kind} policy reads: {})",
-                clip(&unknown),
-                crate::config::default_policy_key_names(kind)
-            ),
-        });
+    let hash_key = HostContext::share_hash_key(identity.hash_secret());
+    let mut chain = Vec::new();
+    for (position, entry) in config.plugin_chain(home, kind).into_iter().enumerate() {
+        let source = match entry.path {
+            Some(path) => PluginSource::File(path),
+            None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+        };
+        let table = if position == 0 {
+            format!("[plugins.{kind}.config]")
+        } else {
+            format!("the config of [[plugins.{kind}.add]] number {position}")
+        };
+        if let PluginSource::Embedded(name) = &source
+            && let Some(unknown) = crate::config::unknown_default_policy_key(kind, &entry.config)
+        {
+            return Err(PluginError::Refused {
+                plugin: name.to_string(),
+                reason: format!(
+                    "unknown configuration key `{}` in {table} (the default {kind} policy reads: {})",
+                    clip(&unknown),
+                    crate::config::default_policy_key_names(kind)
+                ),
+            });
+        }
+        let host = HostContext {
+            plugin_label: Arc::from(source.to_string().as_str()),
+            config: Arc::new(entry.config),
+            hash_key: hash_key.clone(),
+            clock: clock.clone(),
+            node_status: live.clone(),
+        };
+        let plugin = runtime.load(kind, source, host, section.limits)?;
+        probe_configuration(&plugin, kind, clock.now_ms())?;
+        chain.push(plugin);
     }
-    let host = HostContext {
-        plugin_label: Arc::from(source.to_string().as_str()),
-        config: Arc::new(section.config.clone()),
-        hash_key: HostContext::share_hash_key(identity.hash_secret()),
-        clock: clock.clone(),
-        node_status: live.clone(),
-    };
-    let plugin = runtime.load(kind, source, host, section.limits)?;
-    probe_configuration(&plugin, kind, clock.now_ms())?;
-    Ok(plugin)
+    Ok(chain)
+}
+
+/// `err` with any payload text its plugin-written parts quote removed
+/// ([`crate::pii::scrub_error_text`]), for the log and the audit trail.
+fn scrub_plugin_error(err: &PluginError, values: &[plugin::StringValue]) -> PluginError {
+    let scrub = |text: &str| crate::pii::scrub_error_text(text, values);
+    match err {
+        PluginError::Panic { plugin, message } => PluginError::Panic {
+            plugin: plugin.clone(),
+            message: message.as_deref().map(scrub),
+        },
+        PluginError::Refused { plugin, reason } => PluginError::Refused {
+            plugin: plugin.clone(),
+            reason: scrub(reason),
+        },
+        PluginError::Trap { plugin, reason } => PluginError::Trap {
+            plugin: plugin.clone(),
+            reason: scrub(reason),
+        },
+        PluginError::Timeout {
+            plugin,
+            deadline_ms,
+        } => PluginError::Timeout {
+            plugin: plugin.clone(),
+            deadline_ms: *deadline_ms,
+        },
+        PluginError::OutOfMemory { plugin, limit_mib } => PluginError::OutOfMemory {
+            plugin: plugin.clone(),
+            limit_mib: *limit_mib,
+        },
+        other => PluginError::Refused {
+            plugin: String::new(),
+            reason: other.code().into(),
+        },
+    }
 }
 
 /// Calls a freshly loaded plugin once with a harmless request, so a
@@ -2377,18 +2431,18 @@ impl Coordinator {
             message_type: message_type.to_string(),
             values,
         };
-        let plugin = self.plugins.pii.get();
-        let result = match plugin.scan_pii(&request) {
+        let chain = self.plugins.pii.chain();
+        let plugin = chain[0].clone();
+        let hash_key = self.identity.hash_secret();
+        let mut hash = |span: &str| plugin::keyed_hash(hash_key, span.as_bytes());
+        let deadline_ms = plugin.limits().deadline_ms;
+        let result = match crate::pii::scan_chain(&chain, &request, deadline_ms, &mut hash) {
             Ok(result) => result,
-            Err(err) => {
-                self.plugin_failed(
-                    &plugin,
-                    Some(peer),
-                    PluginError::Refused {
-                        plugin: plugin.label(),
-                        reason: err.code().into(),
-                    },
-                )?;
+            Err((failed, err)) => {
+                // The policy's own words (a panic message, a refusal) are
+                // kept, minus any payload text they quote.
+                let reported = scrub_plugin_error(&err, &request.values);
+                self.plugin_failed(&failed, Some(peer), reported)?;
                 self.record(AuditEvent::pii(
                     PiiOutcome::Blocked,
                     Some(peer),
@@ -2785,22 +2839,29 @@ impl Coordinator {
 
     // ---- plugins ----
 
-    /// The plugin in each slot.
+    /// The plugins in each slot, a chain's policies in call order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         PluginKind::ALL
             .into_iter()
-            .map(|kind| {
-                let plugin = self.plugins.slot(kind).get();
-                let limits: Limits = plugin.limits();
-                PluginInfo {
-                    kind,
-                    name: plugin.metadata().name.clone(),
-                    version: plugin.metadata().version.clone(),
-                    source: plugin.source().to_string(),
-                    sha256: plugin.sha256().to_string(),
-                    deadline_ms: limits.deadline_ms,
-                    memory_mib: limits.memory_mib,
-                }
+            .flat_map(|kind| {
+                let chain = self.plugins.slot(kind).chain();
+                (0..chain.len())
+                    .map(|position| {
+                        let plugin = &chain[position];
+                        let limits: Limits = plugin.limits();
+                        PluginInfo {
+                            kind,
+                            position,
+                            name: plugin.metadata().name.clone(),
+                            version: plugin.metadata().version.clone(),
+                            source: plugin.source().to_string(),
+                            embedded: matches!(plugin.source(), PluginSource::Embedded(_)),
+                            sha256: plugin.sha256().to_string(),
+                            deadline_ms: limits.deadline_ms,
+                            memory_mib: limits.memory_mib,
+                        }
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -2823,10 +2884,14 @@ impl Coordinator {
                 &self.live,
                 kind,
             ) {
-                Ok(plugin) => {
-                    let label = plugin.label();
-                    let sha = plugin.sha256().to_string();
-                    self.plugins.slot(kind).replace(plugin)?;
+                Ok(chain) => {
+                    let label = chain
+                        .iter()
+                        .map(|p| p.label())
+                        .collect::<Vec<_>>()
+                        .join(" + ");
+                    let sha = chain[0].sha256().to_string();
+                    self.plugins.slot(kind).replace_chain(chain)?;
                     self.record(
                         AuditEvent::new(
                             EventType::PluginReloaded,

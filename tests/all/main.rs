@@ -17,6 +17,7 @@ mod hostile;
 mod inbound_checks;
 mod loading;
 mod node;
+mod plugin_chain;
 mod policies;
 mod support;
 mod transport;

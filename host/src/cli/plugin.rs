@@ -120,6 +120,13 @@ pub fn run(home: &Path, command: PluginCommand) -> CliResult {
                 "  agentfed plugin run {kind} target/wasm32-wasip2/release/{}.wasm --input '…'",
                 name.replace('-', "_")
             );
+            println!("load it (agentfed.toml), then `agentfed plugin reload {kind}`:");
+            for line in crate::scaffold::load_snippet(kind, &name.replace('-', "_"))
+                .lines()
+                .filter(|l| !l.starts_with("```") && !l.is_empty())
+            {
+                println!("  {line}");
+            }
             Ok(())
         }
     }
@@ -137,42 +144,116 @@ fn runtime(home: &Path) -> Result<PluginRuntime, CliError> {
     PluginRuntime::new(RuntimeOptions { cache_dir }).map_err(CliError::failed)
 }
 
+/// What the daemon runs, by (kind, position), when one is running.
+enum Running {
+    /// The daemon's `plugins.list` answer.
+    Daemon(Vec<Value>),
+    /// No daemon runs for this home.
+    NotRunning,
+}
+
+fn running_plugins(home: &Path) -> Result<Running, CliError> {
+    use crate::control::client::{self, CallError};
+    match client::call(home, "plugins.list", json!({})) {
+        Ok(Value::Array(rows)) => Ok(Running::Daemon(rows)),
+        Ok(other) => Err(CliError::failed(anyhow!(
+            "the daemon answered plugins.list with {other}, not a list"
+        ))),
+        Err(CallError::NotRunning { .. } | CallError::NoHome { .. }) => Ok(Running::NotRunning),
+        Err(err) => Err(CliError::failed(err)),
+    }
+}
+
+/// The configured plugins (each loaded here to check it), side by side
+/// with what the daemon runs when one is running.
 fn list(home: &Path, json: bool) -> CliResult {
     let config = NodeConfig::load(home).map_err(CliError::usage)?;
     let runtime = runtime(home)?;
+    let running = running_plugins(home)?;
     let mut rows = Vec::new();
     let mut failures = 0;
+    let mut notes = Vec::new();
     for kind in PluginKind::ALL {
         let section = config.plugins.get(kind);
-        let source = match config.plugin_path(home, kind) {
-            Some(path) => PluginSource::File(path),
-            None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+        let chain = config.plugin_chain(home, kind);
+        let loaded: Vec<&Value> = match &running {
+            Running::Daemon(all) => all.iter().filter(|r| r["kind"] == kind.name()).collect(),
+            Running::NotRunning => Vec::new(),
         };
-        let host = HostContext::standalone(&source.to_string(), section.config.clone(), [0; 32]);
-        let row = match runtime.load(kind, source.clone(), host, section.limits) {
-            Ok(plugin) => json!({
-                "kind": kind,
-                "source": source.to_string(),
-                "embedded": matches!(source, PluginSource::Embedded(_)),
-                "name": plugin.metadata().name,
-                "version": plugin.metadata().version,
-                "description": plugin.metadata().description,
-                "sha256": plugin.sha256(),
-                "deadline_ms": section.limits.deadline_ms,
-                "memory_mib": section.limits.memory_mib,
-                "error": null,
-            }),
-            Err(err) => {
-                failures += 1;
+        for position in 0..chain.len().max(loaded.len()) {
+            let mut row = match chain.get(position) {
+                Some(entry) => {
+                    let source = match &entry.path {
+                        Some(path) => PluginSource::File(path.clone()),
+                        None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+                    };
+                    let host =
+                        HostContext::standalone(&source.to_string(), entry.config.clone(), [0; 32]);
+                    match runtime.load(kind, source.clone(), host, section.limits) {
+                        Ok(plugin) => json!({
+                            "source": source.to_string(),
+                            "embedded": matches!(source, PluginSource::Embedded(_)),
+                            "name": plugin.metadata().name,
+                            "version": plugin.metadata().version,
+                            "description": plugin.metadata().description,
+                            "sha256": plugin.sha256(),
+                            "deadline_ms": section.limits.deadline_ms,
+                            "memory_mib": section.limits.memory_mib,
+                            "error": null,
+                        }),
+                        Err(err) => {
+                            failures += 1;
+                            json!({
+                                "source": source.to_string(),
+                                "embedded": matches!(source, PluginSource::Embedded(_)),
+                                "error": err.to_string(),
+                            })
+                        }
+                    }
+                }
+                None => json!({"configured": false, "error": null}),
+            };
+            row["kind"] = json!(kind);
+            row["position"] = json!(position);
+            row["replaces_default"] =
+                json!(kind == PluginKind::Pii && position == 0 && section.replace_default);
+            let running_here = loaded.get(position).map(|r| {
                 json!({
-                    "kind": kind,
-                    "source": source.to_string(),
-                    "embedded": matches!(source, PluginSource::Embedded(_)),
-                    "error": err.to_string(),
+                    "name": r["name"], "version": r["version"], "source": r["source"],
+                    "sha256": r["sha256"],
                 })
+            });
+            let differs = match (&running, &running_here) {
+                (Running::NotRunning, _) => false,
+                (Running::Daemon(_), None) => true,
+                (Running::Daemon(_), Some(r)) => {
+                    row["error"] != Value::Null
+                        || r["sha256"] != row["sha256"]
+                        || r["source"] != row["source"]
+                }
+            };
+            if differs {
+                notes.push(difference_note(kind, position, &row, running_here.as_ref()));
             }
-        };
-        rows.push(row);
+            row["loaded"] = running_here.unwrap_or(Value::Null);
+            row["differs"] = json!(differs);
+            rows.push(row);
+        }
+        if kind == PluginKind::Pii && section.replace_default {
+            notes.push(format!(
+                "pii: the built-in default PII policy is REPLACED (replace_default = true): only {} {}detects PII here",
+                chain_label(&rows, 0),
+                if chain.len() > 1 { "and its additions " } else { "" }
+            ));
+        }
+    }
+    if matches!(running, Running::NotRunning) {
+        notes.push(
+            "daemon: not running; this is the configuration on disk (start the daemon to compare it with what runs)"
+                .into(),
+        );
+    } else if !rows.iter().any(|r| r["differs"] == true) {
+        notes.push("daemon: running the configured plugins".into());
     }
     if json {
         println!(
@@ -181,13 +262,82 @@ fn list(home: &Path, json: bool) -> CliResult {
         );
     } else {
         print_table(&rows);
+        for note in &notes {
+            println!("{note}");
+        }
     }
     if failures > 0 {
         return Err(CliError::failed(anyhow!(
-            "{failures} configured plugin(s) failed to load"
+            "{failures} configured plugin(s) failed to load{}",
+            if matches!(running, Running::Daemon(_)) {
+                " (the daemon keeps running what it loaded before)"
+            } else {
+                ""
+            }
         )));
     }
     Ok(())
+}
+
+/// The `name` (or source) of the PII row at `position`, for notes.
+fn chain_label(rows: &[Value], position: usize) -> String {
+    rows.iter()
+        .find(|r| r["kind"] == "pii" && r["position"] == position)
+        .map(|r| {
+            r["name"]
+                .as_str()
+                .or(r["source"].as_str())
+                .unwrap_or("?")
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One line saying how what runs differs from what is configured.
+fn difference_note(
+    kind: PluginKind,
+    position: usize,
+    row: &Value,
+    loaded: Option<&Value>,
+) -> String {
+    let slot = slot_name(kind, position);
+    let short = |v: &Value| {
+        let sha = v["sha256"].as_str().unwrap_or("");
+        format!(
+            "{} {} (sha256 {})",
+            v["name"].as_str().or(v["source"].as_str()).unwrap_or("?"),
+            v["version"].as_str().unwrap_or(""),
+            &sha[..sha.len().min(12)]
+        )
+    };
+    let configured = if row["configured"] == false {
+        "nothing".to_string()
+    } else if let Some(err) = row["error"].as_str() {
+        format!(
+            "{} (which does not load: {err})",
+            row["source"].as_str().unwrap_or("?")
+        )
+    } else {
+        short(row)
+    };
+    match loaded {
+        Some(l) => format!(
+            "{slot}: the daemon runs {}, the configuration names {configured}; after a failed reload the previous plugin stays in force (fix it, then: agentfed plugin reload {kind})",
+            short(l)
+        ),
+        None => format!(
+            "{slot}: the daemon runs nothing here, the configuration names {configured} (apply it with: agentfed plugin reload {kind})"
+        ),
+    }
+}
+
+/// `pii`, or `pii+1`… for the policies a chain adds.
+fn slot_name(kind: PluginKind, position: usize) -> String {
+    if position == 0 {
+        kind.name().to_string()
+    } else {
+        format!("{kind}+{position}")
+    }
 }
 
 fn print_table(rows: &[Value]) {
@@ -197,15 +347,24 @@ fn print_table(rows: &[Value]) {
         .map(|r| {
             let status = match r["error"].as_str() {
                 Some(err) => format!("ERROR: {err}"),
+                None if r["configured"] == false => {
+                    "not configured (the daemon still runs it)".into()
+                }
                 None => text(r, "description"),
             };
-            [
-                text(r, "kind"),
-                text(r, "name"),
-                text(r, "version"),
-                text(r, "source"),
-                status,
-            ]
+            let kind = r["kind"]
+                .as_str()
+                .and_then(|k| k.parse::<PluginKind>().ok())
+                .map(|k| slot_name(k, r["position"].as_u64().unwrap_or(0) as usize))
+                .unwrap_or_default();
+            let mut source = text(r, "source");
+            if r["replaces_default"] == true {
+                source.push_str(" (replaces default)");
+            }
+            if r["differs"] == true {
+                source.push_str(" [daemon differs]");
+            }
+            [kind, text(r, "name"), text(r, "version"), source, status]
         })
         .collect();
     let headers = ["KIND", "PLUGIN", "VERSION", "SOURCE", "DESCRIPTION"];

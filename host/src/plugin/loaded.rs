@@ -204,6 +204,22 @@ impl LoadedPlugin {
         self.accept(answer)
     }
 
+    /// PII world: scans one message within `budget_ms` (at most the
+    /// plugin's own deadline), the share of a chain's deadline the
+    /// policies before it left.
+    pub fn scan_pii_within(
+        &self,
+        request: &ScanRequest,
+        budget_ms: u64,
+    ) -> Result<ScanResult, PluginError> {
+        let ticks = ms_to_ticks(budget_ms.min(self.limits.deadline_ms));
+        let answer = self.with_instance(ticks, |store, world| match world {
+            World::Pii(w) => w.agentfed_plugin_pii_policy().call_scan(store, request),
+            _ => unreachable!("a pii slot only holds pii instances"),
+        })?;
+        self.accept(answer)
+    }
+
     /// Spend world: evaluates a peer's breaker.
     pub fn evaluate_spend(&self, request: &SpendRequest) -> Result<SpendDecision, PluginError> {
         let answer = self.with_instance(self.deadline_ticks(), |store, world| match world {

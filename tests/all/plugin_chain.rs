@@ -1,0 +1,237 @@
+//! PII policy chains and `plugin list` (issue 17, items 3 and 4), through
+//! the CLI against real daemons: the default policy plus a team's policy
+//! (`examples/hipaa-pii`), strictest action per span; what the daemon runs
+//! next to what the configuration names, after a failed reload.
+
+use agentfed_test_artifacts as artifacts;
+use serde_json::Value;
+
+use crate::federation::join_pair;
+use crate::harness::{Node, fast_retries, free_port};
+
+/// A node on a loopback endpoint with fast retries whose config has
+/// `edit` applied before its daemon starts.
+fn node_with(name: &str, edit: impl FnOnce(String) -> String) -> (Node, String) {
+    let endpoint = format!("wss://127.0.0.1:{}", free_port());
+    let mut node = Node::init_at(name, &endpoint);
+    fast_retries(&node);
+    let path = node.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(config)).unwrap();
+    node.start(&[]);
+    (node, endpoint)
+}
+
+/// The default PII policy configured with `default_actions`, then
+/// hipaa-pii added after it with `added_actions`.
+fn chain_config(config: String, default_actions: &str, added_actions: &str) -> String {
+    let config = config.replacen(
+        "[plugins.pii.config]\n",
+        &format!("[plugins.pii.config]\n{default_actions}"),
+        1,
+    );
+    assert!(config.contains(default_actions), "{config}");
+    format!(
+        "{config}\n[[plugins.pii.add]]\npath = {:?}\n[plugins.pii.add.config]\n{added_actions}",
+        artifacts::HIPAA_PII
+    )
+}
+
+fn pii_rows(node: &Node) -> Vec<Value> {
+    let rows = node.run(&["plugin", "list", "--json"]).json();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "pii")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_pii_chain_handles_the_defaults_and_the_teams_categories_strictest_wins() {
+    // alpha: the default redacts e-mail and hashes SSNs and cards; the
+    // team's policy hashes e-mail (its PRIVILEGED row), redacts SSNs and
+    // medical record numbers, hashes cards. Per span the strictest wins.
+    let (alpha, alpha_ep) = node_with("alpha", |c| {
+        chain_config(
+            c,
+            "\"action.email\" = \"redact\"\n\"action.ssn\" = \"hash\"\n\"action.credit_card\" = \"hash\"\n",
+            "\"action.ssn\" = \"redact\"\n\"action.credit_card\" = \"hash\"\n",
+        )
+    });
+    let (beta, beta_ep) = node_with("beta", |c| c);
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    alpha
+        .run(&[
+            "trust",
+            "set",
+            "beta",
+            "privileged",
+            "--reason",
+            "chain test",
+        ])
+        .ok();
+    beta.run(&[
+        "trust",
+        "set",
+        "alpha",
+        "attested",
+        "--reason",
+        "chain test",
+    ])
+    .ok();
+
+    // plugin list: both policies, what runs is what is configured.
+    let text = alpha.run(&["plugin", "list"]).ok().to_string();
+    assert!(
+        text.contains("pii+1") && text.contains("hipaa-pii"),
+        "{text}"
+    );
+    assert!(
+        text.contains("daemon: running the configured plugins"),
+        "{text}"
+    );
+    assert!(!text.contains("REPLACED"), "{text}");
+    let rows = pii_rows(&alpha);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["embedded"], true);
+    assert_eq!(rows[1]["name"], "hipaa-pii");
+    assert_eq!(rows[1]["loaded"]["sha256"], rows[1]["sha256"]);
+    assert_eq!(rows[1]["differs"], false);
+
+    let payload = r#"{"note":"mail bob@example.com ssn 536-22-1234","card":"4111 1111 1111 1111","chart":"MRN: 00123456"}"#;
+    let sent = alpha
+        .run(&[
+            "send",
+            "beta",
+            "task-assignment",
+            "--payload",
+            payload,
+            "--wait",
+            "30",
+            "--json",
+        ])
+        .json();
+    assert_eq!(sent["outcome"]["state"], "delivered", "{sent}");
+    for t in ["email", "ssn", "credit_card", "medical_record_number"] {
+        assert_eq!(sent["receipt"]["pii"][t], 1, "{t}: {sent}");
+    }
+    let inbox = beta.run(&["inbox", "--json"]).json();
+    let got = &inbox.as_array().unwrap().last().expect("one message")["payload"];
+    // E-mail: redact (default) beats hash (team). SSN: redact (team) beats
+    // hash (default). Card: hashed by both. MRN: the team's category.
+    assert_eq!(
+        got["note"], "mail [REDACTED:email] ssn [REDACTED:ssn]",
+        "{got}"
+    );
+    let card = got["card"].as_str().unwrap();
+    assert!(
+        card.starts_with("[HASH:credit_card:") && !card.contains("4111"),
+        "{card}"
+    );
+    assert_eq!(
+        got["chart"], "MRN: [REDACTED:medical_record_number]",
+        "{got}"
+    );
+    let sent_text = alpha.run(&["audit", "query", "--json"]).ok().to_string();
+    assert!(!sent_text.contains("536-22-1234") && !sent_text.contains("00123456"));
+}
+
+#[test]
+fn plugin_list_shows_what_runs_next_to_what_is_configured() {
+    let (mut alpha, _) = node_with("alpha", |c| chain_config(c, "", ""));
+    let config_path = alpha.home.join("agentfed.toml");
+    let good = std::fs::read_to_string(&config_path).unwrap();
+
+    // The added policy's path now names a trust plugin: the reload fails,
+    // the daemon keeps hipaa-pii, and plugin list says both.
+    std::fs::write(
+        &config_path,
+        good.replace(artifacts::HIPAA_PII, artifacts::ALLOWLIST_TRUST),
+    )
+    .unwrap();
+    alpha
+        .run(&["plugin", "reload", "pii"])
+        .fails(1, &["previous"]);
+    let out = alpha.run(&["plugin", "list"]);
+    let text = out.fails(1, &["failed to load", "daemon keeps running"]);
+    let stdout = out.stdout.clone();
+    assert!(stdout.contains("[daemon differs]"), "{stdout}\n{text}");
+    assert!(
+        stdout.contains("pii+1: the daemon runs hipaa-pii")
+            && stdout.contains("allowlist_trust.wasm (which does not load")
+            && stdout.contains("agentfed plugin reload pii"),
+        "{stdout}"
+    );
+    let rows: Value =
+        serde_json::from_str(&alpha.run(&["plugin", "list", "--json"]).stdout).unwrap();
+    let added = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "pii" && r["position"] == 1)
+        .unwrap();
+    assert_eq!(added["differs"], true, "{added}");
+    assert_eq!(added["loaded"]["name"], "hipaa-pii", "{added}");
+    assert!(added["error"].as_str().unwrap().contains("pii"), "{added}");
+
+    // Back to the good configuration: no difference left.
+    std::fs::write(&config_path, &good).unwrap();
+    alpha.run(&["plugin", "reload", "pii"]).ok();
+    let text = alpha.run(&["plugin", "list"]).ok().to_string();
+    assert!(
+        text.contains("daemon: running the configured plugins"),
+        "{text}"
+    );
+
+    // A policy removed from the configuration but still running.
+    std::fs::write(
+        &config_path,
+        good.split("\n[[plugins.pii.add]]").next().unwrap(),
+    )
+    .unwrap();
+    let text = alpha.run(&["plugin", "list"]).ok().to_string();
+    assert!(
+        text.contains("pii+1: the daemon runs hipaa-pii") && text.contains("names nothing"),
+        "{text}"
+    );
+
+    // Offline: the configuration only, and it says so.
+    alpha.stop();
+    let text = alpha.run(&["plugin", "list"]).ok().to_string();
+    assert!(text.contains("daemon: not running"), "{text}");
+
+    // Replacing the default is explicit, and plugin list says so.
+    std::fs::write(
+        &config_path,
+        good.split("\n[[plugins.pii.add]]")
+            .next()
+            .unwrap()
+            .replacen(
+                "[plugins.pii]\n",
+                &format!("[plugins.pii]\npath = {:?}\n", artifacts::HIPAA_PII),
+                1,
+            ),
+    )
+    .unwrap();
+    alpha.run(&["plugin", "list"]).fails(
+        2,
+        &[
+            "replaces the built-in PII detection",
+            "replace_default = true",
+            "[[plugins.pii.add]]",
+        ],
+    );
+    let replaced = std::fs::read_to_string(&config_path).unwrap().replacen(
+        "[plugins.pii]\n",
+        "[plugins.pii]\nreplace_default = true\n",
+        1,
+    );
+    std::fs::write(&config_path, replaced).unwrap();
+    let text = alpha.run(&["plugin", "list"]).ok().to_string();
+    assert!(
+        text.contains("(replaces default)")
+            && text.contains("the built-in default PII policy is REPLACED"),
+        "{text}"
+    );
+}
