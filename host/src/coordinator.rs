@@ -734,6 +734,12 @@ pub struct Coordinator {
     /// Outbox messages refused for good (or dropped) since the daemon
     /// started (`status`).
     refused_for_good: AtomicU64,
+    /// What an inbound refusal's audit record should say beyond its code
+    /// (the message type, the missing capability, a plugin's error), per
+    /// sender and code, in the order the refusals were made; taken by
+    /// [`Coordinator::audit_refusal`].
+    refusal_context:
+        std::sync::Mutex<HashMap<(String, &'static str), std::collections::VecDeque<Value>>>,
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
@@ -813,6 +819,7 @@ impl Coordinator {
             inbound_rates: RateLimiter::default(),
             delivery_errors: std::sync::Mutex::new(HashMap::new()),
             refused_for_good: AtomicU64::new(0),
+            refusal_context: std::sync::Mutex::default(),
             verified_batched: AtomicU64::new(0),
             verified_alone: AtomicU64::new(0),
         };
@@ -945,9 +952,14 @@ fn scrub_plugin_error(err: &PluginError, values: &[plugin::StringValue]) -> Plug
             plugin: plugin.clone(),
             limit_mib: *limit_mib,
         },
+        PluginError::Instantiate { plugin, reason } => PluginError::Instantiate {
+            plugin: plugin.clone(),
+            reason: scrub(reason),
+        },
+        // Load-time errors (no call, no payload): their text as it is.
         other => PluginError::Refused {
-            plugin: String::new(),
-            reason: other.code().into(),
+            plugin: "pii policy".into(),
+            reason: other.to_string(),
         },
     }
 }
@@ -2443,6 +2455,7 @@ impl Coordinator {
                 // kept, minus any payload text they quote.
                 let reported = scrub_plugin_error(&err, &request.values);
                 self.plugin_failed(&failed, Some(peer), reported)?;
+                let err = scrub_plugin_error(&err, &request.values);
                 self.record(AuditEvent::pii(
                     PiiOutcome::Blocked,
                     Some(peer),
@@ -3434,20 +3447,74 @@ impl Coordinator {
     /// a flood of `fdatasync`s.
     fn audit_refusal(&self, sender: &str, refusal: InboundRefusal) {
         let code: &'static str = refusal.code();
+        let context = self.take_refusal_context(sender, code);
         let Some(unreported_before) = self.audit_throttle.admit(sender, code, self.now()) else {
             return;
         };
         let mut details = json!({"reason": code});
+        let mut summary = format!("inbound envelope refused: {code}");
+        if let Some(Value::Object(extra)) = context {
+            if let (Some(t), Some(c), Some(level)) = (
+                extra.get("message_type").and_then(Value::as_str),
+                extra.get("missing_capability").and_then(Value::as_str),
+                extra.get("sender_level").and_then(Value::as_str),
+            ) {
+                summary = format!(
+                    "inbound {t} refused: CAPABILITY_DENIED ({sender} is {level} here; {t} needs {c}, which takes {})",
+                    extra
+                        .get("needed_level")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                );
+            } else if let (Some(t), Some(e)) = (
+                extra.get("message_type").and_then(Value::as_str),
+                extra.get("plugin_error").and_then(Value::as_str),
+            ) {
+                summary = format!("inbound {t} refused: {code}: {e}");
+            }
+            for (key, value) in extra {
+                details[key] = value;
+            }
+        }
         if unreported_before > 0 {
             details["unreported_before"] = json!(unreported_before);
         }
-        let event = AuditEvent::new(
-            EventType::MessageRejected,
-            format!("inbound envelope refused: {code}"),
-        )
-        .with_peer(sender)
-        .with_details(details);
+        let event = AuditEvent::new(EventType::MessageRejected, summary)
+            .with_peer(sender)
+            .with_details(details);
         self.record_lazily(event, "cannot audit an inbound refusal");
+    }
+
+    /// Most contexts kept per sender and code before the oldest is
+    /// dropped (each is taken by the refusal's audit record right after).
+    const MAX_REFUSAL_CONTEXTS: usize = 256;
+
+    /// Remembers what the audit record of the refusal being made should
+    /// say beyond its code ([`Coordinator::audit_refusal`] takes it).
+    fn note_refusal_context(&self, sender: &str, refusal: InboundRefusal, context: Value) {
+        let mut map = self
+            .refusal_context
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let queue = map.entry((sender.to_string(), refusal.code())).or_default();
+        if queue.len() >= Self::MAX_REFUSAL_CONTEXTS {
+            queue.pop_front();
+        }
+        queue.push_back(context);
+    }
+
+    fn take_refusal_context(&self, sender: &str, code: &'static str) -> Option<Value> {
+        let mut map = self
+            .refusal_context
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (sender.to_string(), code);
+        let queue = map.get_mut(&key)?;
+        let context = queue.pop_front();
+        if queue.is_empty() {
+            map.remove(&key);
+        }
+        context
     }
 
     /// Records an envelope answered with a reply (`message_received`,
@@ -3732,11 +3799,21 @@ impl Coordinator {
             "ping" | "heartbeat" | "status" | "status-broadcast"
         );
         let extra: &[Capability] = if needs_receive { &receive } else { &[] };
-        if required
+        if let Some(&missing) = required
             .iter()
             .chain(extra)
-            .any(|&c| !trust::allowed(record.trust_level, c))
+            .find(|&&c| !trust::allowed(record.trust_level, c))
         {
+            self.note_refusal_context(
+                session_peer,
+                R::CapabilityDenied,
+                json!({
+                    "message_type": envelope.message_type,
+                    "missing_capability": missing.as_str(),
+                    "needed_level": missing.required_level().to_string(),
+                    "sender_level": record.trust_level.to_string(),
+                }),
+            );
             return Ok(Err(R::CapabilityDenied));
         }
         if envelope.hop_count > envelope.budget.max_hops() {
@@ -3754,7 +3831,14 @@ impl Coordinator {
             Ok(_) => {}
             Err(CoordError::PiiBlocked { .. }) => return Ok(Err(R::PiiBlocked)),
             Err(CoordError::PayloadTooComplex) => return Ok(Err(R::PayloadTooComplex)),
-            Err(CoordError::Plugin(_)) => return Ok(Err(R::PluginFailed)),
+            Err(CoordError::Plugin(err)) => {
+                self.note_refusal_context(
+                    session_peer,
+                    R::PluginFailed,
+                    json!({"message_type": envelope.message_type, "plugin_kind": "pii", "plugin_error": err.to_string()}),
+                );
+                return Ok(Err(R::PluginFailed));
+            }
             Err(other) => return Err(other),
         }
         let view = plugin::MessageView {
@@ -3774,6 +3858,11 @@ impl Coordinator {
         let decision = match decision {
             Ok(decision) => decision,
             Err(err) => {
+                self.note_refusal_context(
+                    session_peer,
+                    R::PluginFailed,
+                    json!({"message_type": envelope.message_type, "plugin_kind": "handler", "plugin_error": err.to_string()}),
+                );
                 self.plugin_failed(&handler, Some(session_peer), err)?;
                 return Ok(Err(R::PluginFailed));
             }

@@ -1,13 +1,19 @@
 //! PII policy chains and `plugin list` (issue 17, items 3 and 4), through
 //! the CLI against real daemons: the default policy plus a team's policy
 //! (`examples/hipaa-pii`), strictest action per span; what the daemon runs
-//! next to what the configuration names, after a failed reload.
+//! next to what the configuration names, after a failed reload. Also the
+//! errors of issue 17 item 5 that concern plugins and refusals: a PII
+//! policy's panic message kept (without the payload it quotes), the
+//! receiver's CAPABILITY_DENIED record naming type and capability, and
+//! PIN_MISMATCH showing what the peer presented.
+
+use std::time::Duration;
 
 use agentfed_test_artifacts as artifacts;
 use serde_json::Value;
 
 use crate::federation::join_pair;
-use crate::harness::{Node, fast_retries, free_port};
+use crate::harness::{Node, fast_retries, fingerprint, free_port, wait_until};
 
 /// A node on a loopback endpoint with fast retries whose config has
 /// `edit` applied before its daemon starts.
@@ -234,4 +240,139 @@ fn plugin_list_shows_what_runs_next_to_what_is_configured() {
             && text.contains("the built-in default PII policy is REPLACED"),
         "{text}"
     );
+}
+
+#[test]
+fn refusals_say_what_was_missing_and_a_panicking_policy_keeps_its_message() {
+    // beta adds a PII policy that panics (quoting the value) to its chain.
+    let (alpha, alpha_ep) = node_with("alpha", |c| c);
+    let (beta, beta_ep) = node_with("beta", |c| {
+        format!(
+            "{c}\n[[plugins.pii.add]]\npath = {:?}\n",
+            artifacts::PII_PANICS
+        )
+    });
+    // A wrong pin: refused, showing what beta presents (OpenSSH-style).
+    let wrong = "ab".repeat(32);
+    let line = alpha
+        .run(&["join", &beta_ep, "--fingerprint", &wrong])
+        .fails(1, &["PIN_MISMATCH", "presents node id beta"]);
+    assert!(line.contains(&fingerprint(&beta)), "{line}");
+    assert!(
+        line.contains(&format!("certificate fingerprint {wrong} does not match")),
+        "{line}"
+    );
+    assert!(alpha.peers().as_array().unwrap().is_empty());
+
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    // Raised on alpha's side only: beta refuses a task for good.
+    alpha
+        .run(&["trust", "set", "beta", "attested", "--reason", "one side"])
+        .ok();
+    alpha
+        .run(&[
+            "send",
+            "beta",
+            "task-assignment",
+            "--payload",
+            r#"{"t":"x"}"#,
+            "--wait",
+            "30",
+        ])
+        .fails(1, &["CAPABILITY_DENIED"]);
+    let denied = beta
+        .audit_records()
+        .into_iter()
+        .find(|r| {
+            r["event_type"] == "message_rejected" && r["details"]["reason"] == "CAPABILITY_DENIED"
+        })
+        .expect("beta's refusal record");
+    assert_eq!(
+        denied["details"]["message_type"], "task-assignment",
+        "{denied}"
+    );
+    assert_eq!(denied["details"]["missing_capability"], "send", "{denied}");
+    assert_eq!(denied["details"]["needed_level"], "ATTESTED", "{denied}");
+    assert_eq!(denied["details"]["sender_level"], "VERIFIED", "{denied}");
+    let summary = denied["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("task-assignment") && summary.contains("send"),
+        "{summary}"
+    );
+
+    // Now beta admits tasks; its added policy panics on this one.
+    beta.run(&[
+        "trust",
+        "set",
+        "alpha",
+        "attested",
+        "--reason",
+        "both sides",
+    ])
+    .ok();
+    alpha
+        .run(&[
+            "send",
+            "beta",
+            "task-assignment",
+            "--payload",
+            r#"{"t":"PANIC-ME 4417"}"#,
+        ])
+        .ok();
+    let mut failed = None;
+    wait_until(
+        "beta to record the plugin failure",
+        Duration::from_secs(60),
+        || {
+            let records = beta.audit_records();
+            let f = records
+                .iter()
+                .find(|r| r["event_type"] == "plugin_failed")
+                .cloned();
+            let r = records
+                .iter()
+                .find(|r| {
+                    r["event_type"] == "message_rejected"
+                        && r["details"]["reason"] == "PLUGIN_FAILED"
+                })
+                .cloned();
+            if let (Some(f), Some(r)) = (f, r) {
+                failed = Some((f, r));
+                true
+            } else {
+                false
+            }
+        },
+    );
+    let (plugin_failed, refused) = failed.unwrap();
+    let text = plugin_failed["summary"].as_str().unwrap();
+    assert!(
+        text.contains("panicked: cannot handle value `[scanned text]` here"),
+        "{plugin_failed}"
+    );
+    assert_eq!(
+        refused["details"]["message_type"], "task-assignment",
+        "{refused}"
+    );
+    assert!(
+        refused["details"]["plugin_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot handle value `[scanned text]`"),
+        "{refused}"
+    );
+    let log = beta.daemon.as_ref().unwrap().log();
+    assert!(
+        log.contains("cannot handle value `[scanned text]` here"),
+        "{log}"
+    );
+    let everything = format!(
+        "{}{log}",
+        serde_json::to_string(&beta.audit_records()).unwrap()
+    );
+    let leaks: Vec<&str> = everything
+        .lines()
+        .filter(|l| l.contains("PANIC-ME 4417"))
+        .collect();
+    assert!(leaks.is_empty(), "the payload leaked: {leaks:?}");
 }
