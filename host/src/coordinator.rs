@@ -924,6 +924,30 @@ fn load_plugin(
     Ok(chain)
 }
 
+/// The dotted keys under `prefix` where `a` and `b` differ.
+fn diff_keys(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                diff_keys(
+                    &path,
+                    x.get(key).unwrap_or(&Value::Null),
+                    y.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
 /// `err` with any payload text its plugin-written parts quote removed
 /// ([`crate::pii::scrub_error_text`]), for the log and the audit trail.
 fn scrub_plugin_error(err: &PluginError, values: &[plugin::StringValue]) -> PluginError {
@@ -2928,6 +2952,24 @@ impl Coordinator {
             }
         }
         Ok(self.plugins())
+    }
+
+    /// The settings outside `[plugins]` whose value in the config on disk
+    /// differs from the one this node runs with, as dotted keys
+    /// (`transport.retry_base_ms`, `node.endpoint`, …): a plugin reload
+    /// does not apply them, a daemon restart does.
+    pub fn unapplied_settings(&self) -> Result<Vec<String>> {
+        let on_disk = NodeConfig::load(&self.home)?;
+        let strip = |c: &NodeConfig| {
+            let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+            if let Some(map) = v.as_object_mut() {
+                map.remove("plugins");
+            }
+            v
+        };
+        let mut keys = Vec::new();
+        diff_keys("", &strip(&self.config), &strip(&on_disk), &mut keys);
+        Ok(keys)
     }
 
     // ---- timers ----

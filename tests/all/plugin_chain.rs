@@ -376,3 +376,60 @@ fn refusals_say_what_was_missing_and_a_panicking_policy_keeps_its_message() {
         .collect();
     assert!(leaks.is_empty(), "the payload leaked: {leaks:?}");
 }
+
+#[test]
+fn inspect_takes_default_and_reload_names_the_settings_it_did_not_apply() {
+    let (alpha, _) = node_with("alpha", |c| c);
+    // plugin inspect default: the four embedded policies; KIND default one.
+    let all = alpha
+        .run(&["plugin", "inspect", "default"])
+        .ok()
+        .to_string();
+    for kind in ["trust", "pii", "spend", "handler"] {
+        assert!(
+            all.contains(&format!("file:     embedded:default-{kind}")),
+            "{all}"
+        );
+    }
+    let pii = alpha
+        .run(&["plugin", "inspect", "pii", "default", "--json"])
+        .json();
+    assert_eq!(pii["kind"], "pii", "{pii}");
+    assert_eq!(pii["world"], "agentfed:plugin/pii@0.1.0");
+    alpha
+        .run(&["plugin", "inspect", "trust", artifacts::HIPAA_PII])
+        .fails(2, &["is not a trust plugin: it is a pii plugin"]);
+
+    // Nothing changed: a reload says nothing more.
+    let out = alpha.run(&["plugin", "reload"]).ok().to_string();
+    assert!(
+        out.contains("reloaded pii plugin") && !out.contains("not applied"),
+        "{out}"
+    );
+    // A changed transport setting and a changed plugin setting: the
+    // plugin one is applied, the other named as needing a restart.
+    let path = alpha.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let config = config
+        .replace("retry_base_ms = 100", "retry_base_ms = 150")
+        .replacen(
+            "[plugins.pii.config]\n",
+            "[plugins.pii.config]\n\"action.email\" = \"hash\"\n",
+            1,
+        );
+    std::fs::write(&path, config).unwrap();
+    let out = alpha.run(&["plugin", "reload", "pii"]).ok().to_string();
+    assert!(
+        out.contains("not applied: transport.retry_base_ms changed in agentfed.toml")
+            && out.contains("restart the daemon"),
+        "{out}"
+    );
+    assert!(!out.contains("plugins."), "{out}");
+    let json = alpha.run(&["plugin", "reload", "pii", "--json"]);
+    assert!(
+        json.stderr.contains("not applied: transport.retry_base_ms"),
+        "{}",
+        json.stderr
+    );
+    assert!(json.json().as_array().is_some());
+}

@@ -25,11 +25,18 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Describe a component file: which plugin kind and world it
-    /// implements, its own metadata, hash, imports and exports.
+    /// Describe a component: which plugin kind and world it implements,
+    /// its own metadata, hash, imports and exports.
+    ///
+    ///   plugin inspect FILE            a component file
+    ///   plugin inspect default         the four embedded default policies
+    ///   plugin inspect KIND default    one embedded default (as `plugin run KIND default`)
+    ///   plugin inspect KIND FILE       a file, checked to be a KIND plugin
+    #[command(verbatim_doc_comment)]
     Inspect {
-        /// The `.wasm` component.
-        file: PathBuf,
+        /// FILE, `default`, or KIND followed by `default` or FILE.
+        #[arg(num_args = 1..=2, required = true, value_name = "[KIND] FILE|default")]
+        target: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -90,7 +97,7 @@ pub enum PluginCommand {
 pub fn run(home: &Path, command: PluginCommand) -> CliResult {
     match command {
         PluginCommand::List { json } => list(home, json),
-        PluginCommand::Inspect { file, json } => inspect(home, &file, json),
+        PluginCommand::Inspect { target, json } => inspect(home, &target, json),
         PluginCommand::Run {
             kind,
             plugin,
@@ -391,20 +398,85 @@ fn print_table(rows: &[Value]) {
     }
 }
 
-fn inspect(home: &Path, file: &Path, json: bool) -> CliResult {
-    let bytes = std::fs::read(file)
-        .with_context(|| format!("cannot read {}", file.display()))
-        .map_err(CliError::usage)?;
+/// One component `plugin inspect` looks at: label, bytes, and the kind it
+/// must be (when the command named one).
+type InspectTarget = (String, Vec<u8>, Option<PluginKind>);
+
+fn inspect_targets(target: &[String]) -> Result<Vec<InspectTarget>, CliError> {
+    let embedded = |kind: PluginKind| {
+        let name = crate::embedded::default_name(kind);
+        let bytes = crate::embedded::bytes(name)
+            .ok_or_else(|| CliError::failed(anyhow!("the embedded {name} policy is missing")))?;
+        Ok::<_, CliError>((format!("embedded:{name}"), bytes.to_vec(), Some(kind)))
+    };
+    let file = |path: &str, kind: Option<PluginKind>| {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read {path}"))
+            .map_err(CliError::usage)?;
+        Ok::<_, CliError>((path.to_string(), bytes, kind))
+    };
+    match target {
+        [one] if one == "default" => PluginKind::ALL.into_iter().map(embedded).collect(),
+        [one] => Ok(vec![file(one, None)?]),
+        [kind, what] => {
+            let kind: PluginKind = kind.parse().map_err(|e: String| {
+                CliError::usage(anyhow!(
+                    "{e} (usage: plugin inspect FILE | default | KIND default | KIND FILE)"
+                ))
+            })?;
+            if crate::embedded::resolve(kind, what).is_some() {
+                Ok(vec![embedded(kind)?])
+            } else {
+                Ok(vec![file(what, Some(kind))?])
+            }
+        }
+        _ => Err(CliError::usage(anyhow!(
+            "usage: plugin inspect FILE | default | KIND default | KIND FILE"
+        ))),
+    }
+}
+
+fn inspect(home: &Path, target: &[String], json: bool) -> CliResult {
+    let targets = inspect_targets(target)?;
     let runtime = runtime(home)?;
-    let label = file.display().to_string();
-    let info = runtime.inspect(&label, &bytes).map_err(CliError::usage)?;
+    let mut infos = Vec::new();
+    for (label, bytes, wanted) in &targets {
+        let info = runtime.inspect(label, bytes).map_err(CliError::usage)?;
+        if let Some(wanted) = wanted
+            && info.kind != Some(*wanted)
+        {
+            let found = info
+                .kind
+                .map(|k| format!("it is a {k} plugin"))
+                .unwrap_or_else(|| "it exports no agentfed plugin interface".into());
+            return Err(CliError::usage(anyhow!(
+                "{label} is not a {wanted} plugin: {found}"
+            )));
+        }
+        infos.push((label.clone(), info));
+    }
     if json {
+        let value = if target.len() == 1 && target[0] == "default" {
+            serde_json::to_value(infos.iter().map(|(_, i)| i).collect::<Vec<_>>())
+        } else {
+            serde_json::to_value(&infos[0].1)
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&info).expect("serialisable")
+            serde_json::to_string_pretty(&value.expect("serialisable")).expect("serialisable")
         );
         return Ok(());
     }
+    for (i, (label, info)) in infos.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_info(label, info);
+    }
+    Ok(())
+}
+
+fn print_info(label: &str, info: &crate::plugin::ComponentInfo) {
     println!("file:     {label}");
     match (info.kind, info.world) {
         (Some(kind), Some(world)) => println!("kind:     {kind} (world {world})"),
@@ -420,7 +492,6 @@ fn inspect(home: &Path, file: &Path, json: bool) -> CliResult {
     println!("size:     {} bytes", info.size);
     println!("imports:  {}", info.imports.join("\n          "));
     println!("exports:  {}", info.exports.join("\n          "));
-    Ok(())
 }
 
 fn run_once(
