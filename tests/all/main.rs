@@ -21,4 +21,5 @@ mod plugin_chain;
 mod policies;
 mod support;
 mod transport;
+mod walkthrough;
 mod wire;
