@@ -898,18 +898,7 @@ fn load_plugin(
         } else {
             format!("the config of [[plugins.{kind}.add]] number {position}")
         };
-        if let PluginSource::Embedded(name) = &source
-            && let Some(unknown) = crate::config::unknown_default_policy_key(kind, &entry.config)
-        {
-            return Err(PluginError::Refused {
-                plugin: name.to_string(),
-                reason: format!(
-                    "unknown configuration key `{}` in {table} (the default {kind} policy reads: {})",
-                    clip(&unknown),
-                    crate::config::default_policy_key_names(kind)
-                ),
-            });
-        }
+        check_default_keys(kind, &source, &entry.config, &table)?;
         let host = HostContext {
             plugin_label: Arc::from(source.to_string().as_str()),
             config: Arc::new(entry.config),
@@ -988,12 +977,35 @@ fn scrub_plugin_error(err: &PluginError, values: &[plugin::StringValue]) -> Plug
     }
 }
 
+/// Refuses a key the embedded default policy of `kind` does not read (a
+/// misspelling), naming the keys it reads; `table` names where the key was.
+pub(crate) fn check_default_keys(
+    kind: PluginKind,
+    source: &PluginSource,
+    config: &BTreeMap<String, String>,
+    table: &str,
+) -> Result<(), PluginError> {
+    if let PluginSource::Embedded(name) = source
+        && let Some(unknown) = crate::config::unknown_default_policy_key(kind, config)
+    {
+        return Err(PluginError::Refused {
+            plugin: name.to_string(),
+            reason: format!(
+                "unknown configuration key `{}` in {table} (the default {kind} policy reads: {})",
+                clip(&unknown),
+                crate::config::default_policy_key_names(kind)
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Calls a freshly loaded plugin once with a harmless request, so a
 /// configuration it cannot use (a bad value: policies read and check
 /// their configuration on a call) is refused at load time, with the
 /// plugin's own message, instead of failing every later call. The WIT
 /// contract has no `validate-config` export yet (`wit/PENDING_CHANGES.md`).
-fn probe_configuration(
+pub(crate) fn probe_configuration(
     plugin: &LoadedPlugin,
     kind: PluginKind,
     now_ms: u64,

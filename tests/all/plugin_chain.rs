@@ -206,6 +206,24 @@ fn plugin_list_shows_what_runs_next_to_what_is_configured() {
     alpha.stop();
     let text = alpha.run(&["plugin", "list"]).ok().to_string();
     assert!(text.contains("daemon: not running"), "{text}");
+    // A value the plugin cannot use is that row's error, as the daemon
+    // would refuse it.
+    std::fs::write(
+        &config_path,
+        good.replacen(
+            "[plugins.spend.config]\n",
+            "[plugins.spend.config]\n\"max-usd-per-day\" = \"lots\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = alpha.run(&["plugin", "list"]);
+    out.fails(1, &["1 configured plugin(s) failed to load"]);
+    assert!(
+        out.stdout.contains("ERROR: agentfed-policy-spend@0.1.0 refused the call: config key `max-usd-per-day` has an invalid value"),
+        "{}",
+        out.stdout
+    );
 
     // Replacing the default is explicit, and plugin list says so.
     std::fs::write(

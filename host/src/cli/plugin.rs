@@ -196,7 +196,30 @@ fn list(home: &Path, json: bool) -> CliResult {
                     };
                     let host =
                         HostContext::standalone(&source.to_string(), entry.config.clone(), [0; 32]);
-                    match runtime.load(kind, source.clone(), host, section.limits) {
+                    // As the daemon loads it: a key the default policy
+                    // does not read, or a value the plugin cannot use,
+                    // is this row's error.
+                    let table = if position == 0 {
+                        format!("[plugins.{kind}.config]")
+                    } else {
+                        format!("the config of [[plugins.{kind}.add]] number {position}")
+                    };
+                    let loaded = crate::coordinator::check_default_keys(
+                        kind,
+                        &source,
+                        &entry.config,
+                        &table,
+                    )
+                    .and_then(|()| runtime.load(kind, source.clone(), host, section.limits))
+                    .and_then(|plugin| {
+                        crate::coordinator::probe_configuration(
+                            &plugin,
+                            kind,
+                            crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+                        )
+                        .map(|()| plugin)
+                    });
+                    match loaded {
                         Ok(plugin) => json!({
                             "source": source.to_string(),
                             "embedded": matches!(source, PluginSource::Embedded(_)),
