@@ -2451,8 +2451,10 @@ impl Coordinator {
         ))
     }
 
-    /// Runs the PII plugin over a payload's string values and applies its
-    /// answer: rewrites in place, or `PII_BLOCKED`. Audits types and
+    /// Runs the PII chain (the default policy or the one replacing it,
+    /// then any `[[plugins.pii.add]]` policies, within one deadline) over
+    /// a payload's string values and applies the merged answer
+    /// ([`crate::pii::merge`]): rewrites in place, or `PII_BLOCKED`. Audits types and
     /// counts only. A plugin failure blocks the message. A blocked inbound
     /// payload counts as a threat from its sender.
     pub fn scan_payload(

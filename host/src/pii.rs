@@ -121,22 +121,31 @@ pub fn merge(
 ) -> Result<ScanResult, RewriteError> {
     let mut blocked = false;
     let mut detections: Vec<Detection> = Vec::new();
+    // (value, start, end, type) → index in `detections`: a chain may
+    // report tens of thousands of spans, so no quadratic search.
+    let mut seen: std::collections::HashMap<(u32, u32, u32, String), usize> =
+        std::collections::HashMap::new();
     for result in results {
         blocked |= result.blocked;
         for d in result.detections {
-            match detections.iter_mut().find(|k| {
-                k.value_index == d.value_index
-                    && k.start == d.start
-                    && k.end == d.end
-                    && k.pii_type.as_str() == d.pii_type.as_str()
-            }) {
-                Some(kept) => {
+            let key = (
+                d.value_index,
+                d.start,
+                d.end,
+                d.pii_type.as_str().to_string(),
+            );
+            match seen.get(&key) {
+                Some(&i) => {
+                    let kept = &mut detections[i];
                     if strictness(d.action) > strictness(kept.action) {
                         kept.action = d.action;
                     }
                     kept.confidence = kept.confidence.max(d.confidence);
                 }
-                None => detections.push(d),
+                None => {
+                    seen.insert(key, detections.len());
+                    detections.push(d);
+                }
             }
         }
     }
