@@ -186,7 +186,8 @@ pub fn load_snippet(kind: PluginKind, file: &str) -> String {
         PluginKind::Pii => format!(
             "```toml\n\
              # Runs after the default PII policy; per span the strictest action wins,\n\
-             # so this crate only handles its own categories.\n\
+             # so this crate only handles its own categories. The chain shares one\n\
+             # deadline: raise deadline_ms under [plugins.pii.limits] (e.g. to 200).\n\
              [[plugins.pii.add]]\n\
              path = \"/absolute/path/to/{file}.wasm\"\n\
              [plugins.pii.add.config]\n\
