@@ -104,6 +104,11 @@ fn a_pii_chain_handles_the_defaults_and_the_teams_categories_strictest_wins() {
     assert_eq!(rows[1]["name"], "hipaa-pii");
     assert_eq!(rows[1]["loaded"]["sha256"], rows[1]["sha256"]);
     assert_eq!(rows[1]["differs"], false);
+    let status = alpha.run(&["status"]).ok().to_string();
+    assert!(
+        status.contains("plugin        pii+1    hipaa-pii"),
+        "{status}"
+    );
 
     let payload = r#"{"note":"mail bob@example.com ssn 536-22-1234","card":"4111 1111 1111 1111","chart":"MRN: 00123456"}"#;
     let sent = alpha

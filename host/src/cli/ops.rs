@@ -85,9 +85,13 @@ pub fn status(home: &Path, out: JsonFlag) -> CliResult {
     );
     if let Some(plugins) = s["plugins"].as_array() {
         for p in plugins {
+            let slot = match p["position"].as_u64() {
+                Some(n) if n > 0 => format!("{}+{n}", text(&p["kind"])),
+                _ => text(&p["kind"]),
+            };
             println!(
                 "plugin        {:<8} {} {} ({})",
-                text(&p["kind"]),
+                slot,
                 text(&p["name"]),
                 text(&p["version"]),
                 text(&p["source"])
