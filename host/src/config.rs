@@ -385,6 +385,42 @@ pub struct PluginsConfig {
 }
 
 impl PluginsConfig {
+    /// Checks `replace_default` and `[[plugins.pii.add]]`: only the PII
+    /// slot holds a chain, and a path there replaces the default only when
+    /// the operator says so.
+    fn validate_chains(&self) -> Result<(), String> {
+        for kind in PluginKind::ALL {
+            let section = self.get(kind);
+            if kind != PluginKind::Pii && (section.replace_default || !section.add.is_empty()) {
+                return Err(format!(
+                    "plugins.{kind}: replace_default and [[plugins.{kind}.add]] are only for [plugins.pii] (the {kind} slot holds one plugin; `path` replaces its default)"
+                ));
+            }
+        }
+        let pii = &self.pii;
+        match (&pii.path, pii.replace_default) {
+            (Some(_), false) => {
+                return Err("plugins.pii.path: a path here replaces the built-in PII detection (all fourteen categories); to add your policy after the default, move it to a [[plugins.pii.add]] section (path = ...), or set replace_default = true to replace the default on purpose".into());
+            }
+            (None, true) => {
+                return Err(
+                    "plugins.pii.replace_default: set path to the policy that replaces the default"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if pii.add.len() > MAX_PII_ADDITIONS {
+            return Err(format!(
+                "plugins.pii.add: at most {MAX_PII_ADDITIONS} policies (each scans every value within the one PII deadline)"
+            ));
+        }
+        if pii.add.iter().any(|link| link.path.as_os_str().is_empty()) {
+            return Err("plugins.pii.add: every entry needs a path".into());
+        }
+        Ok(())
+    }
+
     /// The section of `kind`.
     pub fn get(&self, kind: PluginKind) -> &PluginConfig {
         match kind {
@@ -401,13 +437,40 @@ impl PluginsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PluginConfig {
     /// Path of a `.wasm` component (relative paths are relative to the
-    /// node home); unset means the embedded default policy.
+    /// node home); unset means the embedded default policy. In
+    /// `[plugins.pii]` a path replaces the built-in detection, so it is
+    /// only accepted together with `replace_default = true`.
     pub path: Option<PathBuf>,
-    /// Sandbox limits of every call.
+    /// `[plugins.pii]` only: the operator's explicit choice that `path`
+    /// replaces the embedded default PII policy instead of adding to it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replace_default: bool,
+    /// Sandbox limits of every call (in `[plugins.pii]`, of the whole
+    /// chain: its deadline is shared by all its policies).
     pub limits: Limits,
     /// Values the plugin reads with `host.config(key)`.
     pub config: BTreeMap<String, String>,
+    /// `[[plugins.pii.add]]`: PII policies run after the slot's main
+    /// policy (the default, or `path`), each with its own configuration;
+    /// the strictest action per span wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<ChainLink>,
 }
+
+/// One `[[plugins.pii.add]]` entry: a policy added to the PII chain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainLink {
+    /// Path of the `.wasm` component (relative to the node home).
+    pub path: PathBuf,
+    /// Values this policy reads with `host.config(key)`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Most policies `[[plugins.pii.add]]` may add after the main one: each
+/// scans every value within the slot's one deadline.
+pub const MAX_PII_ADDITIONS: usize = 7;
 
 impl NodeConfig {
     /// Reads `home/agentfed.toml`; a missing file gives the defaults.
@@ -511,6 +574,7 @@ impl NodeConfig {
             }
         }
         self.trust.validate()?;
+        self.plugins.validate_chains()?;
         for kind in PluginKind::ALL {
             let limits = &self.plugins.get(kind).limits;
             for (key, value, lo, hi) in [
@@ -618,13 +682,27 @@ impl NodeConfig {
 
     /// The component path configured for `kind`, resolved against `home`.
     pub fn plugin_path(&self, home: &Path, kind: PluginKind) -> Option<PathBuf> {
-        self.plugins.get(kind).path.as_ref().map(|p| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                home.join(p)
-            }
-        })
+        self.plugins
+            .get(kind)
+            .path
+            .as_ref()
+            .map(|p| resolve_in(home, p))
+    }
+
+    /// What fills the slot of `kind`, in call order: the main policy (the
+    /// embedded default, or `path`) with `[plugins.<kind>.config]`, then
+    /// each `[[plugins.pii.add]]` policy with its own configuration.
+    pub fn plugin_chain(&self, home: &Path, kind: PluginKind) -> Vec<ChainEntry> {
+        let section = self.plugins.get(kind);
+        let mut chain = vec![ChainEntry {
+            path: self.plugin_path(home, kind),
+            config: section.config.clone(),
+        }];
+        chain.extend(section.add.iter().map(|link| ChainEntry {
+            path: Some(resolve_in(home, &link.path)),
+            config: link.config.clone(),
+        }));
+        chain
     }
 
     /// This configuration as a commented TOML document with every value
@@ -792,6 +870,24 @@ impl NodeConfig {
     }
 }
 
+/// One policy of a slot's chain, as [`NodeConfig::plugin_chain`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainEntry {
+    /// The component file, resolved against the home; `None` is the
+    /// embedded default policy.
+    pub path: Option<PathBuf>,
+    /// Its `host.config` values.
+    pub config: BTreeMap<String, String>,
+}
+
+fn resolve_in(home: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        home.join(path)
+    }
+}
+
 /// The `[trust]` section of [`NodeConfig::to_documented_toml`].
 fn trust_section(w: &mut String, t: &TrustSection) {
     line(w, "");
@@ -935,7 +1031,28 @@ fn plugin_section(out: &mut String, kind: PluginKind, section: &PluginConfig) {
     line(out, "");
     let _ = writeln!(out, "[plugins.{kind}]");
     match &section.path {
-        Some(path) => kv(out, "path", path),
+        Some(path) => {
+            kv(out, "path", path);
+            if section.replace_default {
+                kv(out, "replace_default", &true);
+            }
+        }
+        None if kind == PluginKind::Pii => {
+            line(
+                out,
+                "# The embedded default policy (fourteen categories) runs first. Add your own",
+            );
+            line(
+                out,
+                "# policies after it with [[plugins.pii.add]] sections (path, [plugins.pii.add.config]);",
+            );
+            line(
+                out,
+                "# the strictest action per span wins. To replace the default instead, set both:",
+            );
+            let _ = writeln!(out, "# path = \"plugins/my_pii.wasm\"");
+            let _ = writeln!(out, "# replace_default = true");
+        }
         None => {
             line(
                 out,
@@ -972,6 +1089,18 @@ fn plugin_section(out: &mut String, kind: PluginKind, section: &PluginConfig) {
     for (key, value) in &section.config {
         let key = toml::Value::String(key.clone());
         kv(out, &key.to_string(), value);
+    }
+    for link in &section.add {
+        line(out, "");
+        let _ = writeln!(out, "[[plugins.{kind}.add]]");
+        kv(out, "path", &link.path);
+        if !link.config.is_empty() {
+            let _ = writeln!(out, "[plugins.{kind}.add.config]");
+            for (key, value) in &link.config {
+                let key = toml::Value::String(key.clone());
+                kv(out, &key.to_string(), value);
+            }
+        }
     }
 }
 
@@ -1070,8 +1199,62 @@ mod tests {
             .trust
             .config
             .insert("weird key = \"x\"".into(), "line\nbreak".into());
+        config.plugins.pii.add = vec![
+            ChainLink {
+                path: PathBuf::from("plugins/hipaa_pii.wasm"),
+                config: BTreeMap::from([("action.npi".into(), "redact".into())]),
+            },
+            ChainLink {
+                path: PathBuf::from("/opt/pii/codenames.wasm"),
+                config: BTreeMap::new(),
+            },
+        ];
         let text = config.to_documented_toml();
         assert_eq!(NodeConfig::parse(Path::new("x"), &text).unwrap(), config);
+        let chain = config.plugin_chain(Path::new("/home/n"), PluginKind::Pii);
+        assert_eq!(chain.len(), 3);
+        assert_eq!(chain[0].path, None);
+        assert_eq!(
+            chain[1].path,
+            Some(PathBuf::from("/home/n/plugins/hipaa_pii.wasm"))
+        );
+        assert_eq!(chain[1].config["action.npi"], "redact");
+        assert_eq!(
+            chain[2].path,
+            Some(PathBuf::from("/opt/pii/codenames.wasm"))
+        );
+    }
+
+    #[test]
+    fn replacing_the_default_pii_policy_is_explicit() {
+        let parse = |text: &str| NodeConfig::parse(Path::new("cfg.toml"), text);
+        let err = parse("[plugins.pii]\npath = \"p.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("replace_default = true") && err.contains("[[plugins.pii.add]]"),
+            "{err}"
+        );
+        let config = parse("[plugins.pii]\npath = \"p.wasm\"\nreplace_default = true\n").unwrap();
+        assert!(config.plugins.pii.replace_default);
+        let text = config.to_documented_toml();
+        assert!(text.contains("replace_default = true"), "{text}");
+        assert_eq!(parse(&text).unwrap(), config);
+        let err = parse("[plugins.pii]\nreplace_default = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set path"), "{err}");
+        let err = parse("[[plugins.spend.add]]\npath = \"s.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only for [plugins.pii]"), "{err}");
+        let err = parse("[[plugins.pii.add]]\npath = \"a.wasm\"\npth = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pth"), "{err}");
+        let many = "[[plugins.pii.add]]\npath = \"a.wasm\"\n".repeat(MAX_PII_ADDITIONS + 1);
+        let err = parse(&many).unwrap_err().to_string();
+        assert!(err.contains("at most"), "{err}");
     }
 
     #[test]

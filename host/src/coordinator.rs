@@ -594,6 +594,13 @@ struct PendingEvidence {
 pub struct PluginInfo {
     /// Slot.
     pub kind: PluginKind,
+    /// Place in the slot's chain: 0 is the main policy, 1… the
+    /// `[[plugins.pii.add]]` ones.
+    #[serde(default)]
+    pub position: usize,
+    /// Whether it is the embedded default policy.
+    #[serde(default)]
+    pub embedded: bool,
     /// Name.
     pub name: String,
     /// Version.
@@ -727,6 +734,12 @@ pub struct Coordinator {
     /// Outbox messages refused for good (or dropped) since the daemon
     /// started (`status`).
     refused_for_good: AtomicU64,
+    /// What an inbound refusal's audit record should say beyond its code
+    /// (the message type, the missing capability, a plugin's error), per
+    /// sender and code, in the order the refusals were made; taken by
+    /// [`Coordinator::audit_refusal`].
+    refusal_context:
+        std::sync::Mutex<HashMap<(String, &'static str), std::collections::VecDeque<Value>>>,
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
@@ -781,10 +794,10 @@ impl Coordinator {
             )
         };
         let plugins = PluginSet {
-            trust: PluginSlot::new(PluginKind::Trust, load(PluginKind::Trust)?)?,
-            pii: PluginSlot::new(PluginKind::Pii, load(PluginKind::Pii)?)?,
-            spend: PluginSlot::new(PluginKind::Spend, load(PluginKind::Spend)?)?,
-            handler: PluginSlot::new(PluginKind::Handler, load(PluginKind::Handler)?)?,
+            trust: PluginSlot::with_chain(PluginKind::Trust, load(PluginKind::Trust)?)?,
+            pii: PluginSlot::with_chain(PluginKind::Pii, load(PluginKind::Pii)?)?,
+            spend: PluginSlot::with_chain(PluginKind::Spend, load(PluginKind::Spend)?)?,
+            handler: PluginSlot::with_chain(PluginKind::Handler, load(PluginKind::Handler)?)?,
         };
         let earning = config.trust.rules();
         let coordinator = Coordinator {
@@ -806,6 +819,7 @@ impl Coordinator {
             inbound_rates: RateLimiter::default(),
             delivery_errors: std::sync::Mutex::new(HashMap::new()),
             refused_for_good: AtomicU64::new(0),
+            refusal_context: std::sync::Mutex::default(),
             verified_batched: AtomicU64::new(0),
             verified_alone: AtomicU64::new(0),
         };
@@ -815,7 +829,7 @@ impl Coordinator {
                     EventType::PluginLoaded,
                     format!("{} plugin {} {} loaded", info.kind, info.name, info.version),
                 )
-                .with_details(json!({"kind": info.kind, "name": info.name, "version": info.version, "sha256": info.sha256})),
+                .with_details(json!({"kind": info.kind, "name": info.name, "version": info.version, "sha256": info.sha256, "position": info.position})),
             )?;
         }
         coordinator.refresh_live_counts()?;
@@ -858,8 +872,10 @@ impl Coordinator {
     }
 }
 
-/// Loads the configured plugin of `kind` (or the embedded default) with
-/// the node's hash key, clock and live status.
+/// Loads the configured plugin chain of `kind` (the embedded default or
+/// `path`, then any `[[plugins.pii.add]]` policies) with the node's hash
+/// key, clock and live status. Every policy is probed with its own
+/// configuration; the first that fails refuses the whole chain.
 fn load_plugin(
     runtime: &PluginRuntime,
     home: &Path,
@@ -868,34 +884,120 @@ fn load_plugin(
     clock: &Arc<dyn Clock>,
     live: &Arc<LiveStatus>,
     kind: PluginKind,
-) -> Result<Arc<LoadedPlugin>, PluginError> {
+) -> Result<Vec<Arc<LoadedPlugin>>, PluginError> {
     let section = config.plugins.get(kind);
-    let source = match config.plugin_path(home, kind) {
-        Some(path) => PluginSource::File(path),
-        None => PluginSource::Embedded(crate::embedded::default_name(kind)),
-    };
-    if let PluginSource::Embedded(name) = &source
-        && let Some(unknown) = crate::config::unknown_default_policy_key(kind, &section.config)
+    let hash_key = HostContext::share_hash_key(identity.hash_secret());
+    let mut chain = Vec::new();
+    for (position, entry) in config.plugin_chain(home, kind).into_iter().enumerate() {
+        let source = match entry.path {
+            Some(path) => PluginSource::File(path),
+            None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+        };
+        let table = if position == 0 {
+            format!("[plugins.{kind}.config]")
+        } else {
+            format!("the config of [[plugins.{kind}.add]] number {position}")
+        };
+        check_default_keys(kind, &source, &entry.config, &table)?;
+        let host = HostContext {
+            plugin_label: Arc::from(source.to_string().as_str()),
+            config: Arc::new(entry.config),
+            hash_key: hash_key.clone(),
+            clock: clock.clone(),
+            node_status: live.clone(),
+        };
+        let plugin = runtime.load(kind, source, host, section.limits)?;
+        probe_configuration(&plugin, kind, clock.now_ms())?;
+        chain.push(plugin);
+    }
+    Ok(chain)
+}
+
+/// The dotted keys under `prefix` where `a` and `b` differ.
+fn diff_keys(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                diff_keys(
+                    &path,
+                    x.get(key).unwrap_or(&Value::Null),
+                    y.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+/// `err` with any payload text its plugin-written parts quote removed
+/// ([`crate::pii::scrub_error_text`]), for the log and the audit trail.
+fn scrub_plugin_error(err: &PluginError, values: &[plugin::StringValue]) -> PluginError {
+    let scrub = |text: &str| crate::pii::scrub_error_text(text, values);
+    match err {
+        PluginError::Panic { plugin, message } => PluginError::Panic {
+            plugin: plugin.clone(),
+            message: message.as_deref().map(scrub),
+        },
+        PluginError::Refused { plugin, reason } => PluginError::Refused {
+            plugin: plugin.clone(),
+            reason: scrub(reason),
+        },
+        PluginError::Trap { plugin, reason } => PluginError::Trap {
+            plugin: plugin.clone(),
+            reason: scrub(reason),
+        },
+        PluginError::Timeout {
+            plugin,
+            deadline_ms,
+        } => PluginError::Timeout {
+            plugin: plugin.clone(),
+            deadline_ms: *deadline_ms,
+        },
+        PluginError::OutOfMemory { plugin, limit_mib } => PluginError::OutOfMemory {
+            plugin: plugin.clone(),
+            limit_mib: *limit_mib,
+        },
+        PluginError::Instantiate { plugin, reason } => PluginError::Instantiate {
+            plugin: plugin.clone(),
+            reason: scrub(reason),
+        },
+        // Load-time errors (no call, no payload): their text as it is.
+        other => PluginError::Refused {
+            plugin: "pii policy".into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Refuses a key the embedded default policy of `kind` does not read (a
+/// misspelling), naming the keys it reads; `table` names where the key was.
+pub(crate) fn check_default_keys(
+    kind: PluginKind,
+    source: &PluginSource,
+    config: &BTreeMap<String, String>,
+    table: &str,
+) -> Result<(), PluginError> {
+    if let PluginSource::Embedded(name) = source
+        && let Some(unknown) = crate::config::unknown_default_policy_key(kind, config)
     {
         return Err(PluginError::Refused {
             plugin: name.to_string(),
             reason: format!(
-                "unknown configuration key `{}` in [plugins.{kind}.config] (the default {kind} policy reads: {})",
+                "unknown configuration key `{}` in {table} (the default {kind} policy reads: {})",
                 clip(&unknown),
                 crate::config::default_policy_key_names(kind)
             ),
         });
     }
-    let host = HostContext {
-        plugin_label: Arc::from(source.to_string().as_str()),
-        config: Arc::new(section.config.clone()),
-        hash_key: HostContext::share_hash_key(identity.hash_secret()),
-        clock: clock.clone(),
-        node_status: live.clone(),
-    };
-    let plugin = runtime.load(kind, source, host, section.limits)?;
-    probe_configuration(&plugin, kind, clock.now_ms())?;
-    Ok(plugin)
+    Ok(())
 }
 
 /// Calls a freshly loaded plugin once with a harmless request, so a
@@ -903,7 +1005,7 @@ fn load_plugin(
 /// their configuration on a call) is refused at load time, with the
 /// plugin's own message, instead of failing every later call. The WIT
 /// contract has no `validate-config` export yet (`wit/PENDING_CHANGES.md`).
-fn probe_configuration(
+pub(crate) fn probe_configuration(
     plugin: &LoadedPlugin,
     kind: PluginKind,
     now_ms: u64,
@@ -2349,8 +2451,10 @@ impl Coordinator {
         ))
     }
 
-    /// Runs the PII plugin over a payload's string values and applies its
-    /// answer: rewrites in place, or `PII_BLOCKED`. Audits types and
+    /// Runs the PII chain (the default policy or the one replacing it,
+    /// then any `[[plugins.pii.add]]` policies, within one deadline) over
+    /// a payload's string values and applies the merged answer
+    /// ([`crate::pii::merge`]): rewrites in place, or `PII_BLOCKED`. Audits types and
     /// counts only. A plugin failure blocks the message. A blocked inbound
     /// payload counts as a threat from its sender.
     pub fn scan_payload(
@@ -2377,18 +2481,19 @@ impl Coordinator {
             message_type: message_type.to_string(),
             values,
         };
-        let plugin = self.plugins.pii.get();
-        let result = match plugin.scan_pii(&request) {
+        let chain = self.plugins.pii.chain();
+        let plugin = chain[0].clone();
+        let hash_key = self.identity.hash_secret();
+        let mut hash = |span: &str| plugin::keyed_hash(hash_key, span.as_bytes());
+        let deadline_ms = plugin.limits().deadline_ms;
+        let result = match crate::pii::scan_chain(&chain, &request, deadline_ms, &mut hash) {
             Ok(result) => result,
-            Err(err) => {
-                self.plugin_failed(
-                    &plugin,
-                    Some(peer),
-                    PluginError::Refused {
-                        plugin: plugin.label(),
-                        reason: err.code().into(),
-                    },
-                )?;
+            Err((failed, err)) => {
+                // The policy's own words (a panic message, a refusal) are
+                // kept, minus any payload text they quote.
+                let reported = scrub_plugin_error(&err, &request.values);
+                self.plugin_failed(&failed, Some(peer), reported)?;
+                let err = scrub_plugin_error(&err, &request.values);
                 self.record(AuditEvent::pii(
                     PiiOutcome::Blocked,
                     Some(peer),
@@ -2785,22 +2890,29 @@ impl Coordinator {
 
     // ---- plugins ----
 
-    /// The plugin in each slot.
+    /// The plugins in each slot, a chain's policies in call order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         PluginKind::ALL
             .into_iter()
-            .map(|kind| {
-                let plugin = self.plugins.slot(kind).get();
-                let limits: Limits = plugin.limits();
-                PluginInfo {
-                    kind,
-                    name: plugin.metadata().name.clone(),
-                    version: plugin.metadata().version.clone(),
-                    source: plugin.source().to_string(),
-                    sha256: plugin.sha256().to_string(),
-                    deadline_ms: limits.deadline_ms,
-                    memory_mib: limits.memory_mib,
-                }
+            .flat_map(|kind| {
+                let chain = self.plugins.slot(kind).chain();
+                (0..chain.len())
+                    .map(|position| {
+                        let plugin = &chain[position];
+                        let limits: Limits = plugin.limits();
+                        PluginInfo {
+                            kind,
+                            position,
+                            name: plugin.metadata().name.clone(),
+                            version: plugin.metadata().version.clone(),
+                            source: plugin.source().to_string(),
+                            embedded: matches!(plugin.source(), PluginSource::Embedded(_)),
+                            sha256: plugin.sha256().to_string(),
+                            deadline_ms: limits.deadline_ms,
+                            memory_mib: limits.memory_mib,
+                        }
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -2823,10 +2935,14 @@ impl Coordinator {
                 &self.live,
                 kind,
             ) {
-                Ok(plugin) => {
-                    let label = plugin.label();
-                    let sha = plugin.sha256().to_string();
-                    self.plugins.slot(kind).replace(plugin)?;
+                Ok(chain) => {
+                    let label = chain
+                        .iter()
+                        .map(|p| p.label())
+                        .collect::<Vec<_>>()
+                        .join(" + ");
+                    let sha = chain[0].sha256().to_string();
+                    self.plugins.slot(kind).replace_chain(chain)?;
                     self.record(
                         AuditEvent::new(
                             EventType::PluginReloaded,
@@ -2850,6 +2966,24 @@ impl Coordinator {
             }
         }
         Ok(self.plugins())
+    }
+
+    /// The settings outside `[plugins]` whose value in the config on disk
+    /// differs from the one this node runs with, as dotted keys
+    /// (`transport.retry_base_ms`, `node.endpoint`, …): a plugin reload
+    /// does not apply them, a daemon restart does.
+    pub fn unapplied_settings(&self) -> Result<Vec<String>> {
+        let on_disk = NodeConfig::load(&self.home)?;
+        let strip = |c: &NodeConfig| {
+            let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+            if let Some(map) = v.as_object_mut() {
+                map.remove("plugins");
+            }
+            v
+        };
+        let mut keys = Vec::new();
+        diff_keys("", &strip(&self.config), &strip(&on_disk), &mut keys);
+        Ok(keys)
     }
 
     // ---- timers ----
@@ -3369,20 +3503,74 @@ impl Coordinator {
     /// a flood of `fdatasync`s.
     fn audit_refusal(&self, sender: &str, refusal: InboundRefusal) {
         let code: &'static str = refusal.code();
+        let context = self.take_refusal_context(sender, code);
         let Some(unreported_before) = self.audit_throttle.admit(sender, code, self.now()) else {
             return;
         };
         let mut details = json!({"reason": code});
+        let mut summary = format!("inbound envelope refused: {code}");
+        if let Some(Value::Object(extra)) = context {
+            if let (Some(t), Some(c), Some(level)) = (
+                extra.get("message_type").and_then(Value::as_str),
+                extra.get("missing_capability").and_then(Value::as_str),
+                extra.get("sender_level").and_then(Value::as_str),
+            ) {
+                summary = format!(
+                    "inbound {t} refused: CAPABILITY_DENIED ({sender} is {level} here; {t} needs {c}, which takes {})",
+                    extra
+                        .get("needed_level")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                );
+            } else if let (Some(t), Some(e)) = (
+                extra.get("message_type").and_then(Value::as_str),
+                extra.get("plugin_error").and_then(Value::as_str),
+            ) {
+                summary = format!("inbound {t} refused: {code}: {e}");
+            }
+            for (key, value) in extra {
+                details[key] = value;
+            }
+        }
         if unreported_before > 0 {
             details["unreported_before"] = json!(unreported_before);
         }
-        let event = AuditEvent::new(
-            EventType::MessageRejected,
-            format!("inbound envelope refused: {code}"),
-        )
-        .with_peer(sender)
-        .with_details(details);
+        let event = AuditEvent::new(EventType::MessageRejected, summary)
+            .with_peer(sender)
+            .with_details(details);
         self.record_lazily(event, "cannot audit an inbound refusal");
+    }
+
+    /// Most contexts kept per sender and code before the oldest is
+    /// dropped (each is taken by the refusal's audit record right after).
+    const MAX_REFUSAL_CONTEXTS: usize = 256;
+
+    /// Remembers what the audit record of the refusal being made should
+    /// say beyond its code ([`Coordinator::audit_refusal`] takes it).
+    fn note_refusal_context(&self, sender: &str, refusal: InboundRefusal, context: Value) {
+        let mut map = self
+            .refusal_context
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let queue = map.entry((sender.to_string(), refusal.code())).or_default();
+        if queue.len() >= Self::MAX_REFUSAL_CONTEXTS {
+            queue.pop_front();
+        }
+        queue.push_back(context);
+    }
+
+    fn take_refusal_context(&self, sender: &str, code: &'static str) -> Option<Value> {
+        let mut map = self
+            .refusal_context
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (sender.to_string(), code);
+        let queue = map.get_mut(&key)?;
+        let context = queue.pop_front();
+        if queue.is_empty() {
+            map.remove(&key);
+        }
+        context
     }
 
     /// Records an envelope answered with a reply (`message_received`,
@@ -3667,11 +3855,21 @@ impl Coordinator {
             "ping" | "heartbeat" | "status" | "status-broadcast"
         );
         let extra: &[Capability] = if needs_receive { &receive } else { &[] };
-        if required
+        if let Some(&missing) = required
             .iter()
             .chain(extra)
-            .any(|&c| !trust::allowed(record.trust_level, c))
+            .find(|&&c| !trust::allowed(record.trust_level, c))
         {
+            self.note_refusal_context(
+                session_peer,
+                R::CapabilityDenied,
+                json!({
+                    "message_type": envelope.message_type,
+                    "missing_capability": missing.as_str(),
+                    "needed_level": missing.required_level().to_string(),
+                    "sender_level": record.trust_level.to_string(),
+                }),
+            );
             return Ok(Err(R::CapabilityDenied));
         }
         if envelope.hop_count > envelope.budget.max_hops() {
@@ -3689,7 +3887,14 @@ impl Coordinator {
             Ok(_) => {}
             Err(CoordError::PiiBlocked { .. }) => return Ok(Err(R::PiiBlocked)),
             Err(CoordError::PayloadTooComplex) => return Ok(Err(R::PayloadTooComplex)),
-            Err(CoordError::Plugin(_)) => return Ok(Err(R::PluginFailed)),
+            Err(CoordError::Plugin(err)) => {
+                self.note_refusal_context(
+                    session_peer,
+                    R::PluginFailed,
+                    json!({"message_type": envelope.message_type, "plugin_kind": "pii", "plugin_error": err.to_string()}),
+                );
+                return Ok(Err(R::PluginFailed));
+            }
             Err(other) => return Err(other),
         }
         let view = plugin::MessageView {
@@ -3709,6 +3914,11 @@ impl Coordinator {
         let decision = match decision {
             Ok(decision) => decision,
             Err(err) => {
+                self.note_refusal_context(
+                    session_peer,
+                    R::PluginFailed,
+                    json!({"message_type": envelope.message_type, "plugin_kind": "handler", "plugin_error": err.to_string()}),
+                );
                 self.plugin_failed(&handler, Some(session_peer), err)?;
                 return Ok(Err(R::PluginFailed));
             }

@@ -1666,6 +1666,12 @@ impl Federation {
                     "hint": refusal_hint(&peer, code.as_str(), added, &self.node.manifest().manifest),
                 }))
             }
+            Err(TransportError::PinMismatch) => {
+                let e = TransportError::PinMismatch;
+                self.audit_dial_failure("-", &request.endpoint, &e, None)
+                    .await;
+                Err(self.pin_mismatch(&request).await)
+            }
             Err(e) => {
                 self.audit_dial_failure("-", &request.endpoint, &e, None)
                     .await;
@@ -1687,6 +1693,59 @@ impl Federation {
                 ))
             }
         }
+    }
+
+    /// The `PIN_MISMATCH` of a join, with what the endpoint presents
+    /// instead, as OpenSSH shows the key a changed host sent: the node is
+    /// asked again without a pin (a probe that trusts nothing, as a join
+    /// without a pin does), and its node id, certificate fingerprint and
+    /// public key go into the message and the details.
+    async fn pin_mismatch(&self, request: &JoinRequest) -> ErrorBody {
+        let pinned = match (&request.fingerprint, &request.public_key) {
+            (Some(fp), _) => format!("certificate fingerprint {}", fp.to_ascii_lowercase()),
+            (None, Some(key)) => format!("public key {key}"),
+            (None, None) => "pin".to_string(),
+        };
+        let policy = JoinPolicy {
+            coordinator: self.coordinator.clone(),
+            probe: true,
+            seen: Mutex::new(None),
+        };
+        let _ = connect(
+            &request.endpoint,
+            Pin::AcceptNew,
+            &self.node,
+            &self.transport,
+            &policy,
+        )
+        .await;
+        let Some((manifest, cert)) = lock(&policy.seen).take() else {
+            return err(
+                "PIN_MISMATCH",
+                format!(
+                    "join {} failed: PIN_MISMATCH: it does not present the pinned {pinned}, and asking it again without the pin showed nothing (it did not complete a handshake); nothing was trusted",
+                    request.endpoint
+                ),
+                false,
+            );
+        };
+        let m = &manifest.manifest;
+        let fingerprint = cert.unwrap_or_else(|| m.tls_fingerprint.clone());
+        err(
+            "PIN_MISMATCH",
+            format!(
+                "join {} failed: PIN_MISMATCH: the pinned {pinned} does not match; the node there presents node id {}, certificate fingerprint {}, public key {}. Nothing was trusted. Someone may be intercepting the connection, or the node was re-initialised: check the fingerprint with its operator out of band, and only then rerun with --fingerprint {}",
+                request.endpoint, m.node_id, fingerprint, m.public_key, fingerprint
+            ),
+            false,
+        )
+        .with_details(json!({
+            "pinned": pinned,
+            "node_id": m.node_id,
+            "fingerprint": fingerprint,
+            "public_key": m.public_key,
+            "endpoint": m.endpoint,
+        }))
     }
 
     /// Why joining the node that presented `m` at `endpoint` cannot work

@@ -13,9 +13,15 @@
 //! shape, so any detection there that is not `pass` blocks the message
 //! ([`is_structural`]).
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use serde_json::Value;
 
-use crate::plugin::{RewrittenValue, StringValue};
+use crate::plugin::{
+    Detection, LoadedPlugin, PiiAction, PluginError, RewrittenValue, ScanRequest, ScanResult,
+    StringValue,
+};
 
 /// Why rewrites could not be applied (a misbehaving plugin): the caller
 /// fails closed and blocks the message.
@@ -32,6 +38,200 @@ pub enum RewriteError {
     /// message: a rewrite there would change the document's shape).
     #[error("the PII plugin rewrote an object key or a number")]
     Structural,
+    /// A detection of a chained policy lies outside its value or not on
+    /// character boundaries, so the host cannot rewrite it.
+    #[error("a PII policy reported a span outside value {0} or inside a character")]
+    BadSpan(u32),
+}
+
+/// How strict an action is, for chains: `block` > `redact` > `hash` >
+/// `pass`. Redaction is stricter than hashing because a hash still lets
+/// the receiver correlate equal values.
+pub fn strictness(action: PiiAction) -> u8 {
+    match action {
+        PiiAction::Pass => 0,
+        PiiAction::Hash => 1,
+        PiiAction::Redact => 2,
+        PiiAction::Block => 3,
+    }
+}
+
+/// Runs a PII chain (main policy first) over one request, all within
+/// `deadline_ms` together: each policy gets what the ones before it left
+/// of the deadline. One policy's answer is used as it is; the answers of
+/// several are merged by [`merge`]. The error names the policy that
+/// failed.
+pub fn scan_chain(
+    chain: &[Arc<LoadedPlugin>],
+    request: &ScanRequest,
+    deadline_ms: u64,
+    hash: &mut dyn FnMut(&str) -> String,
+) -> Result<ScanResult, (Arc<LoadedPlugin>, PluginError)> {
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(chain.len());
+    for plugin in chain {
+        let spent = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let left = deadline_ms.saturating_sub(spent);
+        if left == 0 {
+            return Err((
+                plugin.clone(),
+                PluginError::Timeout {
+                    plugin: plugin.label(),
+                    deadline_ms,
+                },
+            ));
+        }
+        match plugin.scan_pii_within(request, left) {
+            Ok(result) => results.push(result),
+            Err(err) => return Err((plugin.clone(), err)),
+        }
+    }
+    if results.len() == 1 {
+        return Ok(results.pop().expect("one result"));
+    }
+    merge(&request.values, results, hash).map_err(|err| {
+        let plugin = chain[0].clone();
+        let label = plugin.label();
+        (
+            plugin,
+            PluginError::Refused {
+                plugin: label,
+                reason: err.to_string(),
+            },
+        )
+    })
+}
+
+/// Merges the answers of a PII chain over the same `values`:
+///
+/// * every detection counts; the same span and type reported by several
+///   policies is kept once, with the strictest action;
+/// * the message is blocked when any policy blocks it;
+/// * otherwise the host writes the rewrites itself from the detections:
+///   the `redact`/`hash` spans of a value that overlap (or touch nothing
+///   but each other) are joined into one span, which takes the strictest
+///   action among them and the type of the first detection with that
+///   action, and is replaced by `[REDACTED:<type>]` or
+///   `[HASH:<type>:<hash of the joined span>]` — the forms the WIT
+///   contract defines. The policies' own rewritten values are not used.
+pub fn merge(
+    values: &[StringValue],
+    results: Vec<ScanResult>,
+    hash: &mut dyn FnMut(&str) -> String,
+) -> Result<ScanResult, RewriteError> {
+    let mut blocked = false;
+    let mut detections: Vec<Detection> = Vec::new();
+    // (value, start, end, type) → index in `detections`: a chain may
+    // report tens of thousands of spans, so no quadratic search.
+    let mut seen: std::collections::HashMap<(u32, u32, u32, String), usize> =
+        std::collections::HashMap::new();
+    for result in results {
+        blocked |= result.blocked;
+        for d in result.detections {
+            let key = (
+                d.value_index,
+                d.start,
+                d.end,
+                d.pii_type.as_str().to_string(),
+            );
+            match seen.get(&key) {
+                Some(&i) => {
+                    let kept = &mut detections[i];
+                    if strictness(d.action) > strictness(kept.action) {
+                        kept.action = d.action;
+                    }
+                    kept.confidence = kept.confidence.max(d.confidence);
+                }
+                None => {
+                    seen.insert(key, detections.len());
+                    detections.push(d);
+                }
+            }
+        }
+    }
+    blocked |= detections.iter().any(|d| d.action == PiiAction::Block);
+    let mut rewritten = Vec::new();
+    if !blocked {
+        let mut spans: Vec<&Detection> = detections
+            .iter()
+            .filter(|d| matches!(d.action, PiiAction::Redact | PiiAction::Hash))
+            .collect();
+        spans.sort_by_key(|d| (d.value_index, d.start, d.end));
+        let mut i = 0;
+        while i < spans.len() {
+            let index = spans[i].value_index;
+            let value = &values
+                .get(index as usize)
+                .ok_or(RewriteError::UnknownIndex(index))?
+                .value;
+            let mut out = String::with_capacity(value.len() + 32);
+            let mut at = 0usize;
+            while i < spans.len() && spans[i].value_index == index {
+                // One group: spans that overlap the first or one another.
+                let (start, mut end) = (spans[i].start as usize, spans[i].end as usize);
+                let mut strictest = spans[i];
+                i += 1;
+                while i < spans.len()
+                    && spans[i].value_index == index
+                    && (spans[i].start as usize) < end
+                {
+                    end = end.max(spans[i].end as usize);
+                    if strictness(spans[i].action) > strictness(strictest.action) {
+                        strictest = spans[i];
+                    }
+                    i += 1;
+                }
+                if start >= end
+                    || end > value.len()
+                    || !value.is_char_boundary(start)
+                    || !value.is_char_boundary(end)
+                {
+                    return Err(RewriteError::BadSpan(index));
+                }
+                out.push_str(&value[at..start]);
+                let kind = strictest.pii_type.as_str();
+                match strictest.action {
+                    PiiAction::Redact => {
+                        out.push_str("[REDACTED:");
+                        out.push_str(kind);
+                        out.push(']');
+                    }
+                    _ => {
+                        out.push_str("[HASH:");
+                        out.push_str(kind);
+                        out.push(':');
+                        out.push_str(&hash(&value[start..end]));
+                        out.push(']');
+                    }
+                }
+                at = end;
+            }
+            out.push_str(&value[at..]);
+            rewritten.push(RewrittenValue {
+                value_index: index,
+                value: out,
+            });
+        }
+    }
+    Ok(ScanResult {
+        detections,
+        rewritten,
+        blocked,
+    })
+}
+
+/// A PII policy's error text with every scanned value of four bytes or
+/// more that it quotes replaced by `[scanned text]`: a panic message or a
+/// refusal may echo the payload it choked on, and it goes to the log and
+/// the audit trail.
+pub fn scrub_error_text(text: &str, values: &[StringValue]) -> String {
+    let mut out = text.to_string();
+    for v in values.iter().filter(|v| v.value.len() >= 4) {
+        if out.contains(v.value.as_str()) {
+            out = out.replace(v.value.as_str(), "[scanned text]");
+        }
+    }
+    out
 }
 
 /// The path prefix of an object key: `key:` + the pointer of the member
@@ -311,5 +511,134 @@ mod tests {
             Err(RewriteError::UnknownIndex(7))
         );
         assert_eq!(payload, before);
+    }
+
+    fn det(index: u32, t: PiiType, start: u32, end: u32, action: PiiAction) -> Detection {
+        Detection {
+            value_index: index,
+            pii_type: t,
+            start,
+            end,
+            confidence: 0.9,
+            action,
+        }
+    }
+
+    fn answer(detections: Vec<Detection>) -> ScanResult {
+        let blocked = detections.iter().any(|d| d.action == PiiAction::Block);
+        ScanResult {
+            detections,
+            rewritten: vec![],
+            blocked,
+        }
+    }
+
+    use crate::plugin::PiiType;
+
+    #[test]
+    fn a_chain_merges_spans_with_the_strictest_action() {
+        let values = vec![
+            StringValue {
+                path: "/a".into(),
+                value: "mail bob@example.com ssn 123-45-6789".into(),
+            },
+            StringValue {
+                path: "/b".into(),
+                value: "MRN 00123456 ok".into(),
+            },
+        ];
+        let default = answer(vec![
+            det(0, PiiType::Email, 5, 20, PiiAction::Hash),
+            det(0, PiiType::Ssn, 25, 36, PiiAction::Hash),
+            det(1, PiiType::Phone, 4, 12, PiiAction::Pass),
+        ]);
+        let team = answer(vec![
+            // Same span and type: kept once, the stricter action.
+            det(0, PiiType::Email, 5, 20, PiiAction::Redact),
+            // Overlaps the SSN and reaches further: one joined span.
+            det(
+                0,
+                PiiType::Other("case_id".into()),
+                21,
+                30,
+                PiiAction::Redact,
+            ),
+            det(
+                1,
+                PiiType::Other("medical_record_number".into()),
+                0,
+                12,
+                PiiAction::Redact,
+            ),
+        ]);
+        let mut hash = |s: &str| format!("h{}", s.len());
+        let merged = merge(&values, vec![default, team], &mut hash).unwrap();
+        assert!(!merged.blocked);
+        assert_eq!(merged.detections.len(), 5, "{:?}", merged.detections);
+        let email = &merged.detections[0];
+        assert_eq!(email.action, PiiAction::Redact);
+        assert_eq!(merged.rewritten.len(), 2);
+        assert_eq!(
+            merged.rewritten[0].value,
+            "mail [REDACTED:email] [REDACTED:case_id]"
+        );
+        assert_eq!(
+            merged.rewritten[1].value,
+            "[REDACTED:medical_record_number] ok"
+        );
+
+        // Hash alone is rendered with the hash of the span.
+        let only_hash = answer(vec![det(0, PiiType::Ssn, 25, 36, PiiAction::Hash)]);
+        let merged = merge(&values, vec![only_hash, answer(vec![])], &mut hash).unwrap();
+        assert_eq!(
+            merged.rewritten[0].value,
+            "mail bob@example.com ssn [HASH:ssn:h11]"
+        );
+
+        // A block anywhere blocks the message and rewrites nothing.
+        let blocks = answer(vec![det(1, PiiType::Ssn, 0, 3, PiiAction::Block)]);
+        let merged = merge(
+            &values,
+            vec![
+                answer(vec![det(0, PiiType::Email, 5, 20, PiiAction::Redact)]),
+                blocks,
+            ],
+            &mut hash,
+        )
+        .unwrap();
+        assert!(merged.blocked);
+        assert!(merged.rewritten.is_empty());
+
+        // A span off the value is the policy's fault: an error.
+        let bad = answer(vec![det(1, PiiType::Ssn, 3, 99, PiiAction::Redact)]);
+        assert_eq!(
+            merge(&values, vec![bad, answer(vec![])], &mut hash).unwrap_err(),
+            RewriteError::BadSpan(1)
+        );
+    }
+
+    #[test]
+    fn strictness_orders_block_redact_hash_pass() {
+        let order = [
+            PiiAction::Pass,
+            PiiAction::Hash,
+            PiiAction::Redact,
+            PiiAction::Block,
+        ];
+        for pair in order.windows(2) {
+            assert!(strictness(pair[0]) < strictness(pair[1]));
+        }
+    }
+
+    #[test]
+    fn error_texts_lose_the_payload_they_quote() {
+        let values = vec![StringValue {
+            path: "/a".into(),
+            value: "123-45-6789".into(),
+        }];
+        assert_eq!(
+            scrub_error_text("panicked on 123-45-6789 at 3", &values),
+            "panicked on [scanned text] at 3"
+        );
     }
 }

@@ -149,11 +149,12 @@ panic = "abort"
          ```sh\nrustup target add wasm32-wasip2   # once\ncargo test                         # native unit tests\n\
          cargo build --release --target wasm32-wasip2\n\
          agentfed plugin inspect target/wasm32-wasip2/release/{file}.wasm\n```\n\n\
-         Load it in a node by adding to `agentfed.toml`:\n\n```toml\n[plugins.{kind}]\n\
-         path = \"/absolute/path/to/{file}.wasm\"\n```\n\nthen `agentfed plugin reload {kind}` (or restart the daemon).\n\n\
+         Load it in a node by adding to `agentfed.toml`:\n\n{load}\n\
+         then `agentfed plugin reload {kind}` (or restart the daemon), and check with `agentfed plugin list`.\n\n\
          `vendor/` holds the guest SDK and WIT contract of the agentfed that generated this crate.\n",
         world = kind.world(),
         file = name.replace('-', "_"),
+        load = load_snippet(kind, &name.replace('-', "_")),
     );
     let mut files = vec![
         ("Cargo.toml".to_string(), manifest),
@@ -174,6 +175,29 @@ panic = "abort"
             .map(|(path, contents)| (format!("vendor/{path}"), (*contents).to_string())),
     );
     files
+}
+
+/// The `agentfed.toml` lines that load a generated plugin, for its README
+/// and `plugin new`'s output. A PII policy is added after the default one
+/// (which keeps its fourteen categories); other kinds replace their slot's
+/// default.
+pub fn load_snippet(kind: PluginKind, file: &str) -> String {
+    match kind {
+        PluginKind::Pii => format!(
+            "```toml\n\
+             # Runs after the default PII policy; per span the strictest action wins,\n\
+             # so this crate only handles its own categories. The chain shares one\n\
+             # deadline: raise deadline_ms under [plugins.pii.limits] (e.g. to 200).\n\
+             [[plugins.pii.add]]\n\
+             path = \"/absolute/path/to/{file}.wasm\"\n\
+             [plugins.pii.add.config]\n\
+             codenames = \"bluebird,kestrel\"\n\
+             ```\n\n\
+             (To replace the default policy instead, which drops its fourteen categories, set\n\
+             `path` and `replace_default = true` under `[plugins.pii]`.)\n"
+        ),
+        _ => format!("```toml\n[plugins.{kind}]\npath = \"/absolute/path/to/{file}.wasm\"\n```\n"),
+    }
 }
 
 #[cfg(test)]
@@ -210,5 +234,16 @@ mod tests {
         }
         let lib = fs::read_to_string(root.join("src/lib.rs")).unwrap();
         assert!(lib.contains("my-pii") && !lib.contains("{{name}}"));
+        // The README adds the policy after the default: a config that
+        // parses, with a chain of two.
+        let readme = fs::read_to_string(root.join("README.md")).unwrap();
+        let toml = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let config = crate::config::NodeConfig::parse(Path::new("README.md"), toml).unwrap();
+        assert_eq!(config.plugins.pii.add.len(), 1, "{toml}");
+        assert!(!config.plugins.pii.replace_default);
     }
 }

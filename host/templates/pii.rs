@@ -3,6 +3,12 @@
 //! Blocks any message with a value containing a project code name listed
 //! in the `codenames` config key (comma-separated; default "bluebird"),
 //! and redacts ticket references like `TICKET-1234` below TRUSTED.
+//!
+//! It only handles its own categories: loaded with `[[plugins.pii.add]]`
+//! it runs after agentfed's default policy, which keeps handling e-mail
+//! addresses, SSNs, card numbers and the rest of its fourteen categories.
+//! Per span the strictest action of the two wins (block > redact > hash >
+//! pass), and the host writes the rewrites. See README.md.
 use agentfed_guest::pii::*;
 
 /// The plugin type, exported below.

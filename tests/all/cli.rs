@@ -295,7 +295,7 @@ fn list_shows_defaults_and_configured_plugins() {
     // A broken configured plugin is reported in its row and exits 1.
     std::fs::write(
         home.path().join("agentfed.toml"),
-        "[plugins.pii]\npath = \"missing.wasm\"\n",
+        "[plugins.pii]\npath = \"missing.wasm\"\nreplace_default = true\n",
     )
     .unwrap();
     let out = agentfed(home.path(), &["plugin", "list"]);

@@ -7,10 +7,11 @@ mod guest_build;
 use std::fmt::Write;
 
 /// (constant name, package).
-const GUESTS: [(&str, &str); 10] = [
+const GUESTS: [(&str, &str); 11] = [
     ("ENDLESS_LOOP", "fixture-endless-loop"),
     ("MEMORY_HOG", "fixture-memory-hog"),
     ("PANICS", "fixture-panics"),
+    ("PII_PANICS", "fixture-pii-panics"),
     ("READS_FILES", "fixture-reads-files"),
     ("READS_ENV", "fixture-reads-env"),
     ("OPENS_SOCKET", "fixture-opens-socket"),

@@ -85,9 +85,13 @@ pub fn status(home: &Path, out: JsonFlag) -> CliResult {
     );
     if let Some(plugins) = s["plugins"].as_array() {
         for p in plugins {
+            let slot = match p["position"].as_u64() {
+                Some(n) if n > 0 => format!("{}+{n}", text(&p["kind"])),
+                _ => text(&p["kind"]),
+            };
             println!(
                 "plugin        {:<8} {} {} ({})",
-                text(&p["kind"]),
+                slot,
                 text(&p["name"]),
                 text(&p["version"]),
                 text(&p["source"])
@@ -1290,27 +1294,47 @@ pub fn parse_time(flag: &str, raw: &str) -> Result<u64, CliError> {
 /// `agentfed plugin reload [KIND]`.
 pub fn plugin_reload(home: &Path, kind: Option<String>, json: bool) -> CliResult {
     let params = match &kind {
-        Some(k) => json!({"kind": k}),
-        None => json!({}),
+        Some(k) => json!({"kind": k, "report": true}),
+        None => json!({"report": true}),
     };
-    let plugins = call(home, "plugins.reload", params)?;
+    let answer = call(home, "plugins.reload", params)?;
+    let not_applied: Vec<String> = items(&answer["not_applied"]).iter().map(text).collect();
+    let note = (!not_applied.is_empty()).then(|| {
+        format!(
+            "not applied: {} changed in {} since the daemon started; a plugin reload does not apply settings outside [plugins]: restart the daemon for them",
+            not_applied.join(", "),
+            crate::config::CONFIG_FILE
+        )
+    });
     if json {
-        print_json(&plugins);
+        print_json(&answer["plugins"]);
+        if let Some(note) = note {
+            eprintln!("warning: {note}");
+        }
         return Ok(());
     }
-    for p in items(&plugins) {
+    for p in items(&answer["plugins"]) {
         let kind_name = text(&p["kind"]);
         if kind
             .as_deref()
             .is_none_or(|k| k.eq_ignore_ascii_case(&kind_name))
         {
+            let position = p["position"].as_u64().unwrap_or(0);
+            let slot = if position == 0 {
+                kind_name.clone()
+            } else {
+                format!("{kind_name}+{position}")
+            };
             println!(
-                "reloaded {kind_name} plugin {} {} ({})",
+                "reloaded {slot} plugin {} {} ({})",
                 text(&p["name"]),
                 text(&p["version"]),
                 text(&p["source"])
             );
         }
+    }
+    if let Some(note) = note {
+        println!("{note}");
     }
     Ok(())
 }

@@ -25,11 +25,18 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Describe a component file: which plugin kind and world it
-    /// implements, its own metadata, hash, imports and exports.
+    /// Describe a component: which plugin kind and world it implements,
+    /// its own metadata, hash, imports and exports.
+    ///
+    ///   plugin inspect FILE            a component file
+    ///   plugin inspect default         the four embedded default policies
+    ///   plugin inspect KIND default    one embedded default (as `plugin run KIND default`)
+    ///   plugin inspect KIND FILE       a file, checked to be a KIND plugin
+    #[command(verbatim_doc_comment)]
     Inspect {
-        /// The `.wasm` component.
-        file: PathBuf,
+        /// FILE, `default`, or KIND followed by `default` or FILE.
+        #[arg(num_args = 1..=2, required = true, value_name = "[KIND] FILE|default")]
+        target: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -90,7 +97,7 @@ pub enum PluginCommand {
 pub fn run(home: &Path, command: PluginCommand) -> CliResult {
     match command {
         PluginCommand::List { json } => list(home, json),
-        PluginCommand::Inspect { file, json } => inspect(home, &file, json),
+        PluginCommand::Inspect { target, json } => inspect(home, &target, json),
         PluginCommand::Run {
             kind,
             plugin,
@@ -120,6 +127,13 @@ pub fn run(home: &Path, command: PluginCommand) -> CliResult {
                 "  agentfed plugin run {kind} target/wasm32-wasip2/release/{}.wasm --input '…'",
                 name.replace('-', "_")
             );
+            println!("load it (agentfed.toml), then `agentfed plugin reload {kind}`:");
+            for line in crate::scaffold::load_snippet(kind, &name.replace('-', "_"))
+                .lines()
+                .filter(|l| !l.starts_with("```") && !l.is_empty())
+            {
+                println!("  {line}");
+            }
             Ok(())
         }
     }
@@ -137,42 +151,139 @@ fn runtime(home: &Path) -> Result<PluginRuntime, CliError> {
     PluginRuntime::new(RuntimeOptions { cache_dir }).map_err(CliError::failed)
 }
 
+/// What the daemon runs, by (kind, position), when one is running.
+enum Running {
+    /// The daemon's `plugins.list` answer.
+    Daemon(Vec<Value>),
+    /// No daemon runs for this home.
+    NotRunning,
+}
+
+fn running_plugins(home: &Path) -> Result<Running, CliError> {
+    use crate::control::client::{self, CallError};
+    match client::call(home, "plugins.list", json!({})) {
+        Ok(Value::Array(rows)) => Ok(Running::Daemon(rows)),
+        Ok(other) => Err(CliError::failed(anyhow!(
+            "the daemon answered plugins.list with {other}, not a list"
+        ))),
+        Err(CallError::NotRunning { .. } | CallError::NoHome { .. }) => Ok(Running::NotRunning),
+        Err(err) => Err(CliError::failed(err)),
+    }
+}
+
+/// The configured plugins (each loaded here to check it), side by side
+/// with what the daemon runs when one is running.
 fn list(home: &Path, json: bool) -> CliResult {
     let config = NodeConfig::load(home).map_err(CliError::usage)?;
     let runtime = runtime(home)?;
+    let running = running_plugins(home)?;
     let mut rows = Vec::new();
     let mut failures = 0;
+    let mut notes = Vec::new();
     for kind in PluginKind::ALL {
         let section = config.plugins.get(kind);
-        let source = match config.plugin_path(home, kind) {
-            Some(path) => PluginSource::File(path),
-            None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+        let chain = config.plugin_chain(home, kind);
+        let loaded: Vec<&Value> = match &running {
+            Running::Daemon(all) => all.iter().filter(|r| r["kind"] == kind.name()).collect(),
+            Running::NotRunning => Vec::new(),
         };
-        let host = HostContext::standalone(&source.to_string(), section.config.clone(), [0; 32]);
-        let row = match runtime.load(kind, source.clone(), host, section.limits) {
-            Ok(plugin) => json!({
-                "kind": kind,
-                "source": source.to_string(),
-                "embedded": matches!(source, PluginSource::Embedded(_)),
-                "name": plugin.metadata().name,
-                "version": plugin.metadata().version,
-                "description": plugin.metadata().description,
-                "sha256": plugin.sha256(),
-                "deadline_ms": section.limits.deadline_ms,
-                "memory_mib": section.limits.memory_mib,
-                "error": null,
-            }),
-            Err(err) => {
-                failures += 1;
+        for position in 0..chain.len().max(loaded.len()) {
+            let mut row = match chain.get(position) {
+                Some(entry) => {
+                    let source = match &entry.path {
+                        Some(path) => PluginSource::File(path.clone()),
+                        None => PluginSource::Embedded(crate::embedded::default_name(kind)),
+                    };
+                    let host =
+                        HostContext::standalone(&source.to_string(), entry.config.clone(), [0; 32]);
+                    // As the daemon loads it: a key the default policy
+                    // does not read, or a value the plugin cannot use,
+                    // is this row's error.
+                    let table = if position == 0 {
+                        format!("[plugins.{kind}.config]")
+                    } else {
+                        format!("the config of [[plugins.{kind}.add]] number {position}")
+                    };
+                    let loaded = crate::coordinator::check_default_keys(
+                        kind,
+                        &source,
+                        &entry.config,
+                        &table,
+                    )
+                    .and_then(|()| runtime.load(kind, source.clone(), host, section.limits))
+                    .and_then(|plugin| {
+                        crate::coordinator::probe_configuration(
+                            &plugin,
+                            kind,
+                            crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+                        )
+                        .map(|()| plugin)
+                    });
+                    match loaded {
+                        Ok(plugin) => json!({
+                            "source": source.to_string(),
+                            "embedded": matches!(source, PluginSource::Embedded(_)),
+                            "name": plugin.metadata().name,
+                            "version": plugin.metadata().version,
+                            "description": plugin.metadata().description,
+                            "sha256": plugin.sha256(),
+                            "deadline_ms": section.limits.deadline_ms,
+                            "memory_mib": section.limits.memory_mib,
+                            "error": null,
+                        }),
+                        Err(err) => {
+                            failures += 1;
+                            json!({
+                                "source": source.to_string(),
+                                "embedded": matches!(source, PluginSource::Embedded(_)),
+                                "error": err.to_string(),
+                            })
+                        }
+                    }
+                }
+                None => json!({"configured": false, "error": null}),
+            };
+            row["kind"] = json!(kind);
+            row["position"] = json!(position);
+            row["replaces_default"] =
+                json!(kind == PluginKind::Pii && position == 0 && section.replace_default);
+            let running_here = loaded.get(position).map(|r| {
                 json!({
-                    "kind": kind,
-                    "source": source.to_string(),
-                    "embedded": matches!(source, PluginSource::Embedded(_)),
-                    "error": err.to_string(),
+                    "name": r["name"], "version": r["version"], "source": r["source"],
+                    "sha256": r["sha256"],
                 })
+            });
+            let differs = match (&running, &running_here) {
+                (Running::NotRunning, _) => false,
+                (Running::Daemon(_), None) => true,
+                (Running::Daemon(_), Some(r)) => {
+                    row["error"] != Value::Null
+                        || r["sha256"] != row["sha256"]
+                        || r["source"] != row["source"]
+                }
+            };
+            if differs {
+                notes.push(difference_note(kind, position, &row, running_here.as_ref()));
             }
-        };
-        rows.push(row);
+            row["loaded"] = running_here.unwrap_or(Value::Null);
+            row["differs"] = json!(differs);
+            rows.push(row);
+        }
+        if kind == PluginKind::Pii && section.replace_default {
+            notes.push(format!(
+                "pii: the built-in default PII policy is REPLACED (replace_default = true): only {} {}detects PII here",
+                chain_label(&rows, 0),
+                if chain.len() > 1 { "and its additions " } else { "" }
+            ));
+        }
+    }
+    if matches!(running, Running::NotRunning) {
+        notes.push(
+            "daemon: not running; this is the configuration on disk (start the daemon to compare it with what runs)"
+                .into(),
+        );
+    } else if !rows.iter().any(|r| r["differs"] == true) {
+        notes.push("daemon: running the configured plugins".into());
     }
     if json {
         println!(
@@ -181,13 +292,82 @@ fn list(home: &Path, json: bool) -> CliResult {
         );
     } else {
         print_table(&rows);
+        for note in &notes {
+            println!("{note}");
+        }
     }
     if failures > 0 {
         return Err(CliError::failed(anyhow!(
-            "{failures} configured plugin(s) failed to load"
+            "{failures} configured plugin(s) failed to load{}",
+            if matches!(running, Running::Daemon(_)) {
+                " (the daemon keeps running what it loaded before)"
+            } else {
+                ""
+            }
         )));
     }
     Ok(())
+}
+
+/// The `name` (or source) of the PII row at `position`, for notes.
+fn chain_label(rows: &[Value], position: usize) -> String {
+    rows.iter()
+        .find(|r| r["kind"] == "pii" && r["position"] == position)
+        .map(|r| {
+            r["name"]
+                .as_str()
+                .or(r["source"].as_str())
+                .unwrap_or("?")
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One line saying how what runs differs from what is configured.
+fn difference_note(
+    kind: PluginKind,
+    position: usize,
+    row: &Value,
+    loaded: Option<&Value>,
+) -> String {
+    let slot = slot_name(kind, position);
+    let short = |v: &Value| {
+        let sha = v["sha256"].as_str().unwrap_or("");
+        format!(
+            "{} {} (sha256 {})",
+            v["name"].as_str().or(v["source"].as_str()).unwrap_or("?"),
+            v["version"].as_str().unwrap_or(""),
+            &sha[..sha.len().min(12)]
+        )
+    };
+    let configured = if row["configured"] == false {
+        "nothing".to_string()
+    } else if let Some(err) = row["error"].as_str() {
+        format!(
+            "{} (which does not load: {err})",
+            row["source"].as_str().unwrap_or("?")
+        )
+    } else {
+        short(row)
+    };
+    match loaded {
+        Some(l) => format!(
+            "{slot}: the daemon runs {}, the configuration names {configured}; after a failed reload the previous plugin stays in force (fix it, then: agentfed plugin reload {kind})",
+            short(l)
+        ),
+        None => format!(
+            "{slot}: the daemon runs nothing here, the configuration names {configured} (apply it with: agentfed plugin reload {kind})"
+        ),
+    }
+}
+
+/// `pii`, or `pii+1`… for the policies a chain adds.
+fn slot_name(kind: PluginKind, position: usize) -> String {
+    if position == 0 {
+        kind.name().to_string()
+    } else {
+        format!("{kind}+{position}")
+    }
 }
 
 fn print_table(rows: &[Value]) {
@@ -197,15 +377,24 @@ fn print_table(rows: &[Value]) {
         .map(|r| {
             let status = match r["error"].as_str() {
                 Some(err) => format!("ERROR: {err}"),
+                None if r["configured"] == false => {
+                    "not configured (the daemon still runs it)".into()
+                }
                 None => text(r, "description"),
             };
-            [
-                text(r, "kind"),
-                text(r, "name"),
-                text(r, "version"),
-                text(r, "source"),
-                status,
-            ]
+            let kind = r["kind"]
+                .as_str()
+                .and_then(|k| k.parse::<PluginKind>().ok())
+                .map(|k| slot_name(k, r["position"].as_u64().unwrap_or(0) as usize))
+                .unwrap_or_default();
+            let mut source = text(r, "source");
+            if r["replaces_default"] == true {
+                source.push_str(" (replaces default)");
+            }
+            if r["differs"] == true {
+                source.push_str(" [daemon differs]");
+            }
+            [kind, text(r, "name"), text(r, "version"), source, status]
         })
         .collect();
     let headers = ["KIND", "PLUGIN", "VERSION", "SOURCE", "DESCRIPTION"];
@@ -232,20 +421,85 @@ fn print_table(rows: &[Value]) {
     }
 }
 
-fn inspect(home: &Path, file: &Path, json: bool) -> CliResult {
-    let bytes = std::fs::read(file)
-        .with_context(|| format!("cannot read {}", file.display()))
-        .map_err(CliError::usage)?;
+/// One component `plugin inspect` looks at: label, bytes, and the kind it
+/// must be (when the command named one).
+type InspectTarget = (String, Vec<u8>, Option<PluginKind>);
+
+fn inspect_targets(target: &[String]) -> Result<Vec<InspectTarget>, CliError> {
+    let embedded = |kind: PluginKind| {
+        let name = crate::embedded::default_name(kind);
+        let bytes = crate::embedded::bytes(name)
+            .ok_or_else(|| CliError::failed(anyhow!("the embedded {name} policy is missing")))?;
+        Ok::<_, CliError>((format!("embedded:{name}"), bytes.to_vec(), Some(kind)))
+    };
+    let file = |path: &str, kind: Option<PluginKind>| {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read {path}"))
+            .map_err(CliError::usage)?;
+        Ok::<_, CliError>((path.to_string(), bytes, kind))
+    };
+    match target {
+        [one] if one == "default" => PluginKind::ALL.into_iter().map(embedded).collect(),
+        [one] => Ok(vec![file(one, None)?]),
+        [kind, what] => {
+            let kind: PluginKind = kind.parse().map_err(|e: String| {
+                CliError::usage(anyhow!(
+                    "{e} (usage: plugin inspect FILE | default | KIND default | KIND FILE)"
+                ))
+            })?;
+            if crate::embedded::resolve(kind, what).is_some() {
+                Ok(vec![embedded(kind)?])
+            } else {
+                Ok(vec![file(what, Some(kind))?])
+            }
+        }
+        _ => Err(CliError::usage(anyhow!(
+            "usage: plugin inspect FILE | default | KIND default | KIND FILE"
+        ))),
+    }
+}
+
+fn inspect(home: &Path, target: &[String], json: bool) -> CliResult {
+    let targets = inspect_targets(target)?;
     let runtime = runtime(home)?;
-    let label = file.display().to_string();
-    let info = runtime.inspect(&label, &bytes).map_err(CliError::usage)?;
+    let mut infos = Vec::new();
+    for (label, bytes, wanted) in &targets {
+        let info = runtime.inspect(label, bytes).map_err(CliError::usage)?;
+        if let Some(wanted) = wanted
+            && info.kind != Some(*wanted)
+        {
+            let found = info
+                .kind
+                .map(|k| format!("it is a {k} plugin"))
+                .unwrap_or_else(|| "it exports no agentfed plugin interface".into());
+            return Err(CliError::usage(anyhow!(
+                "{label} is not a {wanted} plugin: {found}"
+            )));
+        }
+        infos.push((label.clone(), info));
+    }
     if json {
+        let value = if target.len() == 1 && target[0] == "default" {
+            serde_json::to_value(infos.iter().map(|(_, i)| i).collect::<Vec<_>>())
+        } else {
+            serde_json::to_value(&infos[0].1)
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&info).expect("serialisable")
+            serde_json::to_string_pretty(&value.expect("serialisable")).expect("serialisable")
         );
         return Ok(());
     }
+    for (i, (label, info)) in infos.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_info(label, info);
+    }
+    Ok(())
+}
+
+fn print_info(label: &str, info: &crate::plugin::ComponentInfo) {
     println!("file:     {label}");
     match (info.kind, info.world) {
         (Some(kind), Some(world)) => println!("kind:     {kind} (world {world})"),
@@ -261,7 +515,6 @@ fn inspect(home: &Path, file: &Path, json: bool) -> CliResult {
     println!("size:     {} bytes", info.size);
     println!("imports:  {}", info.imports.join("\n          "));
     println!("exports:  {}", info.exports.join("\n          "));
-    Ok(())
 }
 
 fn run_once(

@@ -494,6 +494,12 @@ pub struct ReloadParams {
     /// `trust`, `pii`, `spend` or `handler`; absent reloads all four.
     #[serde(default)]
     pub kind: Option<String>,
+    /// Answer `{"plugins": [PluginInfo], "not_applied": [key]}` instead of
+    /// the bare list: `not_applied` names the settings outside
+    /// `[plugins]` whose value on disk differs from the running one (a
+    /// reload does not apply them; a restart does).
+    #[serde(default)]
+    pub report: bool,
 }
 
 /// `clock.advance`.

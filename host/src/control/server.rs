@@ -360,7 +360,15 @@ impl Dispatcher {
                         invalid_params(method, "kind must be trust, pii, spend or handler")
                     })?),
                 };
-                to_value(c.reload_plugins(kind)?)
+                let plugins = c.reload_plugins(kind)?;
+                if p.report {
+                    Ok(json!({
+                        "plugins": to_value(plugins)?,
+                        "not_applied": c.unapplied_settings()?,
+                    }))
+                } else {
+                    to_value(plugins)
+                }
             }
             "manifest" => {
                 no_params(method, params)?;

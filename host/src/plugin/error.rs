@@ -99,6 +99,14 @@ pub enum PluginError {
     /// The engine could not be created.
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),
+    /// A slot was given a chain it cannot hold.
+    #[error("{kind} slot: {reason}")]
+    Chain {
+        /// The slot.
+        kind: PluginKind,
+        /// What is wrong with the chain.
+        reason: String,
+    },
 }
 
 impl PluginError {
@@ -116,6 +124,7 @@ impl PluginError {
             PluginError::Trap { .. } => "PLUGIN_TRAP",
             PluginError::Refused { .. } => "PLUGIN_REFUSED",
             PluginError::Engine(_) => "PLUGIN_ENGINE",
+            PluginError::Chain { .. } => "PLUGIN_CHAIN",
         }
     }
 }

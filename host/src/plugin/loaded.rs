@@ -204,6 +204,26 @@ impl LoadedPlugin {
         self.accept(answer)
     }
 
+    /// PII world: scans one message within `budget_ms` (at most the
+    /// plugin's own deadline), the share of a chain's deadline the
+    /// policies before it left.
+    pub fn scan_pii_within(
+        &self,
+        request: &ScanRequest,
+        budget_ms: u64,
+    ) -> Result<ScanResult, PluginError> {
+        let ticks = ms_to_ticks(budget_ms.min(self.limits.deadline_ms));
+        // What the policy prints (a panic message too) may quote the
+        // payload: it reaches the log without the scanned text.
+        let scrub = |text: &str| crate::pii::scrub_error_text(text, &request.values);
+        let answer =
+            self.with_instance_scrubbed(ticks, Some(&scrub), |store, world| match world {
+                World::Pii(w) => w.agentfed_plugin_pii_policy().call_scan(store, request),
+                _ => unreachable!("a pii slot only holds pii instances"),
+            })?;
+        self.accept(answer)
+    }
+
     /// Spend world: evaluates a peer's breaker.
     pub fn evaluate_spend(&self, request: &SpendRequest) -> Result<SpendDecision, PluginError> {
         let answer = self.with_instance(self.deadline_ticks(), |store, world| match world {
@@ -245,6 +265,17 @@ impl LoadedPlugin {
         deadline_ticks: u64,
         call: impl FnOnce(&mut Store<StoreState>, &World) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
+        self.with_instance_scrubbed(deadline_ticks, None, call)
+    }
+
+    /// [`Self::with_instance`], passing what the guest printed through
+    /// `scrub` before it is logged or becomes a panic message.
+    fn with_instance_scrubbed<R>(
+        &self,
+        deadline_ticks: u64,
+        scrub: Option<&dyn Fn(&str) -> String>,
+        call: impl FnOnce(&mut Store<StoreState>, &World) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
         let pooled = self.lock_idle().pop();
         let mut instance = match pooled {
             Some(instance) => instance,
@@ -255,7 +286,7 @@ impl LoadedPlugin {
         instance.store.set_epoch_deadline(deadline_ticks);
         let result = call(&mut instance.store, &instance.world);
         drop(running);
-        let panic_message = self.forward_guest_output(&instance.store);
+        let panic_message = self.forward_guest_output(&instance.store, scrub);
         match result {
             Ok(value) => {
                 // Linear memory never shrinks: an instance that grew for
@@ -284,7 +315,7 @@ impl LoadedPlugin {
         match self.pre.instantiate(&mut store) {
             Ok(world) => Ok(Instance { store, world }),
             Err(err) => {
-                let panic_message = self.forward_guest_output(&store);
+                let panic_message = self.forward_guest_output(&store, None);
                 Err(match self.classify(err, &store, panic_message) {
                     PluginError::Trap { plugin, reason } => {
                         PluginError::Instantiate { plugin, reason }
@@ -343,8 +374,16 @@ impl LoadedPlugin {
 
     /// Sends what the guest printed to the host log, line by line, and
     /// returns the message of a panic it printed, if any.
-    fn forward_guest_output(&self, store: &Store<StoreState>) -> Option<String> {
+    fn forward_guest_output(
+        &self,
+        store: &Store<StoreState>,
+        scrub: Option<&dyn Fn(&str) -> String>,
+    ) -> Option<String> {
         let (text, dropped) = store.data().output.take();
+        let text = match scrub {
+            Some(scrub) if !text.is_empty() => scrub(&text),
+            _ => text,
+        };
         let logs_dropped = store.data().log_lines_dropped;
         if text.is_empty() && dropped == 0 && logs_dropped == 0 {
             return None; // the common case: nothing to forward

@@ -8,20 +8,22 @@ use super::PluginKind;
 use super::error::PluginError;
 use super::loaded::LoadedPlugin;
 
-/// The current plugin of one kind. Readers take an `Arc` of the current
-/// plugin without locking; a reload swaps in a new one atomically, and
-/// calls already running keep the plugin they started with until they
+/// The current plugin of one kind, or for PII the current chain of
+/// policies (the main one first). Readers take an `Arc` of the current
+/// chain without locking; a reload swaps in a new one atomically, and
+/// calls already running keep the chain they started with until they
 /// return, so nothing in flight is dropped.
 pub struct PluginSlot {
     kind: PluginKind,
-    current: ArcSwap<LoadedPlugin>,
+    current: ArcSwap<Vec<Arc<LoadedPlugin>>>,
 }
 
 impl std::fmt::Debug for PluginSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let labels: Vec<String> = self.current.load().iter().map(|p| p.label()).collect();
         f.debug_struct("PluginSlot")
             .field("kind", &self.kind)
-            .field("current", &self.current.load().label())
+            .field("chain", &labels)
             .finish()
     }
 }
@@ -29,10 +31,19 @@ impl std::fmt::Debug for PluginSlot {
 impl PluginSlot {
     /// A slot holding `plugin`, which must be of `kind`.
     pub fn new(kind: PluginKind, plugin: Arc<LoadedPlugin>) -> Result<Self, PluginError> {
-        check_kind(kind, &plugin)?;
+        Self::with_chain(kind, vec![plugin])
+    }
+
+    /// A slot holding `chain` (main policy first; more than one only for
+    /// PII), every element of `kind`.
+    pub fn with_chain(
+        kind: PluginKind,
+        chain: Vec<Arc<LoadedPlugin>>,
+    ) -> Result<Self, PluginError> {
+        check_chain(kind, &chain)?;
         Ok(PluginSlot {
             kind,
-            current: ArcSwap::new(plugin),
+            current: ArcSwap::from_pointee(chain),
         })
     }
 
@@ -41,16 +52,44 @@ impl PluginSlot {
         self.kind
     }
 
-    /// The current plugin.
+    /// The current (main) plugin.
     pub fn get(&self) -> Arc<LoadedPlugin> {
+        self.current.load()[0].clone()
+    }
+
+    /// The current chain, main policy first.
+    pub fn chain(&self) -> Arc<Vec<Arc<LoadedPlugin>>> {
         self.current.load_full()
     }
 
-    /// Replaces the plugin; returns the previous one.
+    /// Replaces the plugin (and any chain) with one; returns the previous
+    /// main plugin.
     pub fn replace(&self, plugin: Arc<LoadedPlugin>) -> Result<Arc<LoadedPlugin>, PluginError> {
-        check_kind(self.kind, &plugin)?;
-        Ok(self.current.swap(plugin))
+        Ok(self.replace_chain(vec![plugin])?[0].clone())
     }
+
+    /// Replaces the whole chain at once; returns the previous one.
+    pub fn replace_chain(
+        &self,
+        chain: Vec<Arc<LoadedPlugin>>,
+    ) -> Result<Arc<Vec<Arc<LoadedPlugin>>>, PluginError> {
+        check_chain(self.kind, &chain)?;
+        Ok(self.current.swap(Arc::new(chain)))
+    }
+}
+
+fn check_chain(kind: PluginKind, chain: &[Arc<LoadedPlugin>]) -> Result<(), PluginError> {
+    if chain.is_empty() || (chain.len() > 1 && kind != PluginKind::Pii) {
+        return Err(PluginError::Chain {
+            kind,
+            reason: if chain.is_empty() {
+                "a slot needs a plugin".into()
+            } else {
+                format!("only the pii slot holds a chain; {kind} holds one plugin")
+            },
+        });
+    }
+    chain.iter().try_for_each(|plugin| check_kind(kind, plugin))
 }
 
 fn check_kind(kind: PluginKind, plugin: &LoadedPlugin) -> Result<(), PluginError> {
