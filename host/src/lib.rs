@@ -62,6 +62,7 @@ pub mod limits;
 pub mod model;
 pub mod pii;
 pub mod plugin;
+pub mod receipt;
 pub mod scaffold;
 pub mod store;
 pub mod transport;

@@ -18,6 +18,7 @@ mod inbound_checks;
 mod loading;
 mod node;
 mod policies;
+mod receipts;
 mod support;
 mod transport;
 mod wire;
