@@ -18,7 +18,7 @@ use crate::harness::{Node, manifest_field, wait_until};
 const SETTLE: Duration = Duration::from_secs(60);
 
 /// Makes a reply to a delivered frame.
-type Answer = dyn Fn(&[u8]) -> Value;
+type Answer<'a> = dyn Fn(&[u8]) -> Value + 'a;
 
 /// How many messages `node` has queued.
 fn queued(node: &Node) -> u64 {
@@ -86,7 +86,7 @@ fn missing_or_forged_receipts_keep_the_message_queued_and_a_valid_one_ends_it() 
         let receipt = Receipt::sign(&forger, "alpha", &id, frame, "accepted", "", now_ms());
         json!({"ack": {"envelope_id": id, "status": "accepted"}, "receipt": receipt})
     };
-    let answers: [(&str, &Answer, &str); 2] = [
+    let answers: [(&str, &Answer<'_>, &str); 2] = [
         ("no receipt", &unsigned, "carries no receipt"),
         ("a forged receipt", &forged, "does not verify"),
     ];
