@@ -1204,6 +1204,7 @@ impl Coordinator {
             capabilities: self.config.node.capabilities.clone(),
             mesh_ip,
             wg_endpoint: None,
+            protocol_version: crate::identity::PROTOCOL_VERSION,
         };
         Ok(self.identity.signed_manifest(&params, self.now())?)
     }
@@ -1278,6 +1279,30 @@ impl Coordinator {
     pub fn peer(&self, node_id: &str) -> Result<PeerView> {
         drop(self.lock_decisions());
         Ok(peer_view(&self.peer_record(node_id)?, self.now()))
+    }
+
+    /// The key that signs `node_id`'s delivery receipts, when its
+    /// manifest on record announces a protocol version that signs them
+    /// ([`crate::receipt::SIGNED_RECEIPTS_VERSION`]); `None` for an older
+    /// peer, whose acknowledgements are unsigned (protocol §10.4). The
+    /// manifest is signed by the peer, so the version cannot be lowered by
+    /// anyone in between.
+    pub fn receipt_key(&self, node_id: &str) -> Result<Option<String>> {
+        let manifest = self.peer_record(node_id)?.manifest.manifest;
+        Ok(
+            (manifest.protocol_version >= crate::receipt::SIGNED_RECEIPTS_VERSION)
+                .then_some(manifest.public_key),
+        )
+    }
+
+    /// `node_id`'s Ed25519 key on record ("" when unknown).
+    fn peer_public_key(&self, node_id: &str) -> String {
+        self.store
+            .get_peer(node_id)
+            .ok()
+            .flatten()
+            .map(|r| r.manifest.manifest.public_key)
+            .unwrap_or_default()
     }
 
     fn peer_record(&self, node_id: &str) -> Result<PeerRecord> {
@@ -2625,22 +2650,26 @@ impl Coordinator {
     /// `false` (and records nothing) when the entry was already gone, e.g.
     /// acknowledged through another attempt.
     pub fn delivered(&self, entry: &OutboxEntry, status: AckStatus) -> Result<bool> {
-        let ticket = self.submit_delivered(entry, status)?;
+        let ticket = self.submit_delivered(entry, status, None)?;
         self.conclude_delivered(entry, status, ticket)
     }
 
-    /// [`Coordinator::delivered`] for many acknowledged entries: all
-    /// removals are queued first and share group commits. One result per
-    /// entry, in order.
-    pub fn delivered_many(&self, entries: &[(OutboxEntry, AckStatus)]) -> Vec<Result<bool>> {
+    /// [`Coordinator::delivered`] for many acknowledged entries, each with
+    /// the receiver's signed receipt when it gave one (kept in the
+    /// `delivered` record, for `audit proof`): all removals are queued
+    /// first and share group commits. One result per entry, in order.
+    pub fn delivered_many(
+        &self,
+        entries: &[(OutboxEntry, AckStatus, Option<crate::receipt::Receipt>)],
+    ) -> Vec<Result<bool>> {
         let tickets: Vec<_> = entries
             .iter()
-            .map(|(entry, status)| self.submit_delivered(entry, *status))
+            .map(|(entry, status, receipt)| self.submit_delivered(entry, *status, receipt.as_ref()))
             .collect();
         entries
             .iter()
             .zip(tickets)
-            .map(|((entry, status), ticket)| self.conclude_delivered(entry, *status, ticket?))
+            .map(|((entry, status, _), ticket)| self.conclude_delivered(entry, *status, ticket?))
             .collect()
     }
 
@@ -2664,16 +2693,21 @@ impl Coordinator {
         &self,
         entry: &OutboxEntry,
         status: AckStatus,
+        receipt: Option<&crate::receipt::Receipt>,
     ) -> Result<crate::journal::TypedTicket<bool>> {
         let (peer, id) = (entry.target.as_str(), entry.envelope_id.clone());
+        let mut details = json!({
+            "envelope_id": id,
+            "state": "delivered",
+            "status": status,
+            "attempts": entry.attempts + 1,
+        });
+        if let Some(receipt) = receipt {
+            details["receipt"] = receipt_details(receipt, &self.peer_public_key(peer));
+        }
         let event = AuditEvent::new(EventType::MessageSent, format!("{id} delivered to {peer}"))
             .with_peer(peer)
-            .with_details(json!({
-                "envelope_id": id,
-                "state": "delivered",
-                "status": status,
-                "attempts": entry.attempts + 1,
-            }));
+            .with_details(details);
         // Nobody waits on it with a deadline: it rides the next commit a
         // `send` or an inbound envelope needs.
         self.submit_removal(entry, event, Persist::Lazy)
@@ -2727,6 +2761,17 @@ impl Coordinator {
     /// dropped here ([`LEVEL_LOWERED`]): removes it and audits the refusal
     /// in one commit.
     pub fn refused_for_good(&self, entry: &OutboxEntry, code: &str) -> Result<bool> {
+        self.refused_for_good_with(entry, code, None)
+    }
+
+    /// [`Coordinator::refused_for_good`], keeping the receiver's signed
+    /// receipt of the refusal in the record when it gave one.
+    pub fn refused_for_good_with(
+        &self,
+        entry: &OutboxEntry,
+        code: &str,
+        receipt: Option<&crate::receipt::Receipt>,
+    ) -> Result<bool> {
         let (peer, id) = (entry.target.as_str(), entry.envelope_id.clone());
         // A stale envelope refused after earlier attempts may have been
         // processed by one of them (its acknowledgement lost, and the
@@ -2744,14 +2789,18 @@ impl Coordinator {
         } else {
             format!("{id} refused by {peer}: {code}; not retried")
         };
+        let mut details = json!({
+            "envelope_id": id,
+            "reason": code,
+            "final": true,
+            "outcome_unknown": outcome_unknown,
+        });
+        if let Some(receipt) = receipt {
+            details["receipt"] = receipt_details(receipt, &self.peer_public_key(peer));
+        }
         let event = AuditEvent::new(EventType::MessageRejected, summary)
             .with_peer(peer)
-            .with_details(json!({
-                "envelope_id": id,
-                "reason": code,
-                "final": true,
-                "outcome_unknown": outcome_unknown,
-            }));
+            .with_details(details);
         let (existed, _) = self
             .submit_removal(entry, event, Persist::Durable)?
             .wait()
@@ -3035,6 +3084,14 @@ pub const LEVEL_LOWERED: &str = "LEVEL_LOWERED";
 /// Largest query reply handed to a caller, as JSON: 1 MiB, the control
 /// API's request size.
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+/// A receipt as audit records keep it: the receipt with the key that
+/// checked it, so that `audit proof` can print a self-contained proof.
+fn receipt_details(receipt: &crate::receipt::Receipt, public_key: &str) -> Value {
+    let mut value = serde_json::to_value(receipt).unwrap_or(Value::Null);
+    value["public_key"] = Value::String(public_key.to_string());
+    value
+}
 
 /// Whether `s` is a session id: 32 lowercase hex digits.
 fn is_session_id(s: &str) -> bool {
@@ -4154,6 +4211,11 @@ impl Coordinator {
     /// [`Coordinator::admit`] for an operator's explicit `join`, which may
     /// bring back a peer an operator removed.
     pub fn admit_for_join(&self, manifest: &SignedManifest) -> Result<Admission> {
+        // Evidence still pending in memory (e.g. a threat a second ago) is
+        // applied first, so this step-7 verdict is the one
+        // `peer_connected` reaches after SESSION: a policy refusal is a
+        // REJECT, never a close right after the session was granted.
+        drop(self.lock_decisions());
         let node_id = manifest.manifest.node_id.as_str();
         if node_id == self.node_id() {
             return Ok(Admission::Refused(ADMIT_SELF));

@@ -43,8 +43,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use crate::audit::{AuditEvent, EventType};
 use crate::config::{NodeConfig, TransportSection};
 use crate::control::ErrorBody;
-use crate::coordinator::{Ack, Admission, Coordinator, Interaction, SendRequest};
+use crate::coordinator::{Ack, AckStatus, Admission, Coordinator, Interaction, SendRequest};
 use crate::identity::{Identity, SignedManifest};
+use crate::receipt::{Expected, Receipt};
 use crate::store::OutboxEntry;
 use crate::transport::handshake::UNKNOWN_PEER;
 use crate::transport::{
@@ -62,6 +63,9 @@ pub const DUPLICATE_SESSION: &str = "DUPLICATE_SESSION";
 pub const LEFT: &str = "LEFT";
 /// Close code when the operator removes the peer (`peers remove`).
 pub const PEER_REMOVED: &str = "PEER_REMOVED";
+/// Close code when a peer's reply to a delivery carries no receipt, or one
+/// that does not prove it (protocol §10.4).
+pub const BAD_RECEIPT: &str = "BAD_RECEIPT";
 /// Close code when a peer's breaker or trust no longer allows a session.
 pub const STANDING_REVOKED: &str = "STANDING_REVOKED";
 
@@ -148,9 +152,10 @@ pub const FINAL_REFUSALS: &[&str] = &[
 ];
 
 /// The reply to an envelope request on a session: JSON
-/// `{"ack":{…}}` or `{"refused":"CODE"}`.
+/// `{"ack":{…}}` or `{"refused":"CODE"}`, either possibly beside a
+/// `"receipt"` (see [`ReplyFrame`], which this reads leniently).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "ReplyFields")]
 pub enum WireReply {
     /// The receiver processed (or had already processed) the envelope and
     /// committed this acknowledgement before sending it.
@@ -159,6 +164,128 @@ pub enum WireReply {
     /// [`crate::coordinator::InboundRefusal`]; `INTERNAL_ERROR` when the
     /// receiver failed, which the sender retries).
     Refused(String),
+}
+
+/// A reply as it travels: the [`WireReply`] and, to a peer whose
+/// manifest announces signed receipts, the receiver's signed
+/// [`Receipt`] beside it (protocol §10.4):
+/// `{"ack":{…},"receipt":{…}}` or `{"refused":"CODE","receipt":{…}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyFrame {
+    /// What the receiver answered.
+    pub reply: WireReply,
+    /// Its signed statement of the outcome, if it signs receipts.
+    pub receipt: Option<Receipt>,
+}
+
+/// The JSON object of a reply, field by field.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ReplyFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ack: Option<Ack>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    receipt: Option<Receipt>,
+}
+
+impl TryFrom<ReplyFields> for WireReply {
+    type Error = &'static str;
+
+    fn try_from(fields: ReplyFields) -> Result<WireReply, &'static str> {
+        match (fields.ack, fields.refused) {
+            (Some(ack), None) => Ok(WireReply::Ack(ack)),
+            (None, Some(code)) => Ok(WireReply::Refused(code)),
+            _ => Err("a reply has exactly one of \"ack\" and \"refused\""),
+        }
+    }
+}
+
+impl ReplyFrame {
+    /// The reply's bytes on the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut fields = ReplyFields {
+            receipt: self.receipt.clone(),
+            ..ReplyFields::default()
+        };
+        match &self.reply {
+            WireReply::Ack(ack) => fields.ack = Some(ack.clone()),
+            WireReply::Refused(code) => fields.refused = Some(code.clone()),
+        }
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+
+    /// Reads a reply; `None` when it is no reply at all.
+    pub fn parse(bytes: &[u8]) -> Option<ReplyFrame> {
+        let mut fields: ReplyFields = serde_json::from_slice(bytes).ok()?;
+        let receipt = fields.receipt.take();
+        let reply = WireReply::try_from(fields).ok()?;
+        Some(ReplyFrame { reply, receipt })
+    }
+
+    /// The outcome and reason a receipt for this reply must state.
+    fn outcome(&self) -> (&'static str, String) {
+        match &self.reply {
+            WireReply::Ack(ack) => (
+                match ack.status {
+                    AckStatus::Accepted => "accepted",
+                    AckStatus::Replied => "replied",
+                    AckStatus::Rejected => "rejected",
+                },
+                ack.reason.clone().unwrap_or_default(),
+            ),
+            WireReply::Refused(code) => ("refused", code.clone()),
+        }
+    }
+}
+
+/// Signs a receipt for each reply to `sender`'s frames (protocol §10.4).
+fn sign_receipts(
+    c: &Coordinator,
+    sender: &str,
+    frames: &[Vec<u8>],
+    replies: Vec<WireReply>,
+) -> Vec<ReplyFrame> {
+    let now = c.clock().now_ms();
+    replies
+        .into_iter()
+        .zip(frames)
+        .map(|(reply, frame)| {
+            let mut out = ReplyFrame {
+                reply,
+                receipt: None,
+            };
+            let (outcome, reason) = out.outcome();
+            let envelope_id = match &out.reply {
+                WireReply::Ack(ack) => ack.envelope_id.clone(),
+                WireReply::Refused(_) => frame_envelope_id(frame).unwrap_or_default(),
+            };
+            out.receipt = Some(Receipt::sign(
+                c.identity(),
+                sender,
+                &envelope_id,
+                frame,
+                outcome,
+                &reason,
+                now,
+            ));
+            out
+        })
+        .collect()
+}
+
+/// The `id` of the envelope in `frame`, when it can be read (a refused
+/// frame may be unreadable: its receipt then names it by digest alone).
+fn frame_envelope_id(frame: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    let json = frame.get(65..)?;
+    serde_json::from_slice::<Id>(json)
+        .ok()
+        .map(|i| i.id)
+        .filter(|id| id.len() <= 128)
 }
 
 /// `join` parameters.
@@ -692,7 +819,9 @@ impl Federation {
         match verdict {
             Ok(Ok(_)) => {}
             Ok(Err(code)) => {
-                conn.close(code);
+                // The handshake policy admitted it at step 7; its standing
+                // changed in the moment since (§10.3).
+                conn.close(STANDING_REVOKED);
                 return Err(err(
                     code,
                     format!("session with {peer} refused: {code}"),
@@ -988,20 +1117,35 @@ impl Federation {
                         // are caught by the maintenance pass.
                         let refused = replies.iter().any(|r| matches!(r, WireReply::Refused(_)));
                         let standing = if refused { standing(c, &p) } else { None };
+                        // A sender that announces signed receipts gets one
+                        // with every reply (§10.4); an older one does not.
+                        let replies: Vec<Vec<u8>> = match c.receipt_key(&p) {
+                            Ok(Some(_)) => sign_receipts(c, &p, &frames, replies)
+                                .iter()
+                                .map(ReplyFrame::to_bytes)
+                                .collect(),
+                            _ => replies
+                                .iter()
+                                .map(|r| serde_json::to_vec(r).unwrap_or_default())
+                                .collect(),
+                        };
                         (replies, standing)
                     })
                     .await;
                 let (replies, standing) = match outcome {
                     Ok(pair) => pair,
                     Err(_) => (
-                        vec![WireReply::Refused("INTERNAL_ERROR".into()); count],
+                        vec![
+                            serde_json::to_vec(&WireReply::Refused("INTERNAL_ERROR".into()))
+                                .unwrap_or_default();
+                            count
+                        ],
                         None,
                     ),
                 };
                 let mut replied = false;
-                for (responder, reply) in responders.into_iter().zip(replies) {
+                for (responder, bytes) in responders.into_iter().zip(replies) {
                     if let Some(responder) = responder {
-                        let bytes = serde_json::to_vec(&reply).unwrap_or_default();
                         replied |= responder.reply(bytes).await.is_ok();
                     }
                 }
@@ -1491,10 +1635,23 @@ impl Federation {
             .map(|(e, _)| e.envelope_id.clone())
             .collect();
         let settings = self.settings.clone();
-        let failed = self
+        let Settled {
+            failed,
+            bad_receipts,
+        } = self
             .blocking(move |c| settle_many(c, &settings, outcomes))
             .await
-            .unwrap_or_else(|_| ids.clone());
+            .unwrap_or_else(|_| Settled {
+                failed: ids.clone(),
+                bad_receipts: Vec::new(),
+            });
+        // A peer whose receipts do not prove its acknowledgements is not
+        // spoken to on that session again (§10.4).
+        for peer in &bad_receipts {
+            if let Some(handle) = self.take_session(peer, None) {
+                self.terminate(peer, &handle, BAD_RECEIPT, false).await;
+            }
+        }
         for id in &failed {
             tracing::warn!(envelope = %id, "cannot record a delivery outcome; it will be retried");
         }
@@ -2109,22 +2266,120 @@ fn settle_many(
     c: &Coordinator,
     settings: &TransportSection,
     outcomes: Vec<(OutboxEntry, Result<Vec<u8>, TransportError>)>,
-) -> Vec<String> {
+) -> Settled {
     let mut failed = Vec::new();
     let mut acked = Vec::new();
+    let mut bad_receipts = Vec::new();
     for (entry, result) in outcomes {
         match settle(c, settings, &entry, result) {
-            Ok(Some(status)) => acked.push((entry, status)),
-            Ok(None) => {}
+            Ok(Settle::Acknowledged(status, receipt)) => acked.push((entry, status, receipt)),
+            Ok(Settle::Recorded) => {}
+            Ok(Settle::BadReceipt) => {
+                if !bad_receipts.contains(&entry.target) {
+                    bad_receipts.push(entry.target.clone());
+                }
+            }
             Err(_) => failed.push(entry.envelope_id),
         }
     }
-    for ((entry, _), result) in acked.iter().zip(c.delivered_many(&acked)) {
+    for ((entry, _, _), result) in acked.iter().zip(c.delivered_many(&acked)) {
         if result.is_err() {
             failed.push(entry.envelope_id.clone());
         }
     }
-    failed
+    Settled {
+        failed,
+        bad_receipts,
+    }
+}
+
+/// What recording a burst of delivery outcomes left to do.
+#[derive(Debug, Default)]
+struct Settled {
+    /// Envelopes whose outcome could not be recorded (retried).
+    failed: Vec<String>,
+    /// Peers that answered with a missing or invalid receipt: their
+    /// sessions are closed with [`BAD_RECEIPT`].
+    bad_receipts: Vec<String>,
+}
+
+/// One delivery attempt's outcome, as [`settle`] recorded it.
+enum Settle {
+    /// Acknowledged, with the receipt if the peer signs them: the caller
+    /// removes the entry.
+    Acknowledged(AckStatus, Option<Receipt>),
+    /// Recorded (final refusal, or rescheduled).
+    Recorded,
+    /// The reply's receipt does not prove it: rescheduled, and the
+    /// session must go.
+    BadReceipt,
+}
+
+/// Checks the receipt of a reply that would end an outbox entry
+/// (an ack, or a final refusal) against the receiver's key, when the
+/// receiver signs receipts (§10.4). `Ok(None)`: an older peer, unsigned.
+fn check_receipt(
+    c: &Coordinator,
+    entry: &OutboxEntry,
+    frame: &ReplyFrame,
+) -> Result<Option<Receipt>, crate::receipt::ReceiptError> {
+    let Ok(Some(key)) = c.receipt_key(&entry.target) else {
+        return Ok(None);
+    };
+    let receipt = frame
+        .receipt
+        .as_ref()
+        .ok_or(crate::receipt::ReceiptError::Missing)?;
+    let (outcome, reason) = frame.outcome();
+    let me = c.identity().node_id().as_str();
+    // A refusal of a frame the receiver could not read names it by its
+    // digest alone.
+    let envelope_id = if outcome == "refused" && receipt.envelope_id.is_empty() {
+        ""
+    } else {
+        entry.envelope_id.as_str()
+    };
+    receipt.check(
+        &Expected {
+            receiver: &entry.target,
+            sender: me,
+            envelope_id,
+            frame: &entry.bytes,
+            outcome,
+            reason: &reason,
+        },
+        &key,
+    )?;
+    Ok(Some(receipt.clone()))
+}
+
+/// Records that `entry`'s reply carried no valid receipt: the entry stays
+/// and is retried; the record says why.
+fn bad_receipt(
+    c: &Coordinator,
+    settings: &TransportSection,
+    entry: &OutboxEntry,
+    error: &crate::receipt::ReceiptError,
+) -> crate::coordinator::Result<Settle> {
+    tracing::warn!(peer = %entry.target, envelope_id = %entry.envelope_id, "{error}; the message stays queued");
+    c.audit_event(
+        AuditEvent::new(
+            EventType::SignatureInvalid,
+            format!(
+                "{} to {}: {error}; the message stays queued and the session is closed ({BAD_RECEIPT})",
+                entry.envelope_id, entry.target
+            ),
+        )
+        .with_peer(&entry.target)
+        .with_details(json!({
+            "envelope_id": entry.envelope_id,
+            "what": "receipt",
+            "code": BAD_RECEIPT,
+            "reason": error.to_string(),
+        })),
+    )?;
+    retry(c, settings, entry, BAD_RECEIPT)?;
+    Ok(Settle::BadReceipt)
 }
 
 /// Records a delivery attempt's outcome in the outbox and the audit log,
@@ -2135,29 +2390,45 @@ fn settle(
     settings: &TransportSection,
     entry: &OutboxEntry,
     result: Result<Vec<u8>, TransportError>,
-) -> crate::coordinator::Result<Option<crate::coordinator::AckStatus>> {
+) -> crate::coordinator::Result<Settle> {
     let peer = entry.target.as_str();
-    let reply = match result {
-        Ok(bytes) => serde_json::from_slice::<WireReply>(&bytes)
-            .unwrap_or(WireReply::Refused("MALFORMED_REPLY".into())),
+    let frame = match result {
+        Ok(bytes) => ReplyFrame::parse(&bytes).unwrap_or(ReplyFrame {
+            reply: WireReply::Refused("MALFORMED_REPLY".into()),
+            receipt: None,
+        }),
         Err(e) => {
             if matches!(e, TransportError::RequestTimeout) {
                 let _ = c.record_interaction(peer, Interaction::Failure);
             }
-            return retry(c, settings, entry, e.code()).map(|()| None);
+            return retry(c, settings, entry, e.code()).map(|()| Settle::Recorded);
         }
     };
-    match reply {
-        WireReply::Ack(ack) => Ok(Some(ack.status)),
-        WireReply::Refused(code) if FINAL_REFUSALS.contains(&code.as_str()) => {
-            c.refused_for_good(entry, &code)?;
-            Ok(None)
+    let ends_entry = match &frame.reply {
+        WireReply::Ack(_) => true,
+        WireReply::Refused(code) => FINAL_REFUSALS.contains(&code.as_str()),
+    };
+    // Only a reply that would end the entry must prove itself: a retry
+    // changes nothing a forger could exploit.
+    let receipt = if ends_entry {
+        match check_receipt(c, entry, &frame) {
+            Ok(receipt) => receipt,
+            Err(e) => return bad_receipt(c, settings, entry, &e),
+        }
+    } else {
+        None
+    };
+    match frame.reply {
+        WireReply::Ack(ack) => Ok(Settle::Acknowledged(ack.status, receipt)),
+        WireReply::Refused(code) if ends_entry => {
+            c.refused_for_good_with(entry, &code, receipt.as_ref())?;
+            Ok(Settle::Recorded)
         }
         WireReply::Refused(code) => {
             let code = crate::transport::handshake::RejectCode::new(&code)
                 .map(|c| c.as_str().to_string())
                 .unwrap_or_else(|| "REFUSED".into());
-            retry(c, settings, entry, &code).map(|()| None)
+            retry(c, settings, entry, &code).map(|()| Settle::Recorded)
         }
     }
 }

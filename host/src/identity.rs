@@ -40,7 +40,7 @@ use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 /// Wire protocol version this host speaks and puts in its manifest.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Domain-separation prefix of the bytes a manifest signature covers.
 pub const MANIFEST_DOMAIN: &[u8] = b"agentfed-manifest-v1\n";
@@ -813,6 +813,9 @@ pub struct ManifestParams {
     pub mesh_ip: Ipv4Addr,
     /// WireGuard UDP endpoint.
     pub wg_endpoint: Option<String>,
+    /// The protocol version announced: [`PROTOCOL_VERSION`], unless a
+    /// test plays an older node.
+    pub protocol_version: u32,
 }
 
 impl ManifestParams {
@@ -824,6 +827,7 @@ impl ManifestParams {
             capabilities: Vec::new(),
             mesh_ip,
             wg_endpoint: None,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -1045,7 +1049,7 @@ impl Identity {
             tls_fingerprint: self.tls.fingerprint.clone(),
             agent_types: params.agent_types.clone(),
             capabilities: params.capabilities.clone(),
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: params.protocol_version,
             wg_public_key: self.wg_public_key_b64(),
             mesh_ip: params.mesh_ip.to_string(),
             wg_endpoint: params.wg_endpoint.clone(),
@@ -1297,6 +1301,7 @@ mod tests {
             capabilities: vec!["send".into(), "query-redacted".into()],
             mesh_ip: Ipv4Addr::new(198, 18, 3, 4),
             wg_endpoint: Some("192.0.2.10:51820".into()),
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 

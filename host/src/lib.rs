@@ -63,6 +63,7 @@ pub mod mcp;
 pub mod model;
 pub mod pii;
 pub mod plugin;
+pub mod receipt;
 pub mod scaffold;
 pub mod store;
 pub mod transport;

@@ -43,14 +43,14 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// The daemon's handshake deadline (transport default, not configurable).
 const DAEMON_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -59,7 +59,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs `fut` on `rt`, failing the test (naming `what`) after [`SETTLE`].
-fn block<T>(rt: &tokio::runtime::Runtime, what: &str, fut: impl Future<Output = T>) -> T {
+pub(crate) fn block<T>(
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> T {
     rt.block_on(async {
         tokio::time::timeout(SETTLE, fut)
             .await
@@ -68,17 +72,17 @@ fn block<T>(rt: &tokio::runtime::Runtime, what: &str, fut: impl Future<Output = 
 }
 
 /// The daemon under attack and a legitimate peer with a live session to it.
-struct Arena {
-    target: Node,
-    endpoint: String,
+pub(crate) struct Arena {
+    pub(crate) target: Node,
+    pub(crate) endpoint: String,
     port: u16,
-    pin: Pin,
-    legit: Node,
+    pub(crate) pin: Pin,
+    pub(crate) legit: Node,
     legit_endpoint: String,
 }
 
 impl Arena {
-    fn new() -> Arena {
+    pub(crate) fn new() -> Arena {
         let (target, endpoint) = fed_node("alpha");
         let (legit, legit_ep) = fed_node("beta");
         // beta does not know alpha yet: refused (exit 1), result on stdout.
@@ -126,7 +130,7 @@ impl Arena {
 
     /// The legitimate peer still completes a ping query with the target.
     #[track_caller]
-    fn still_serves(&self, after: &str) {
+    pub(crate) fn still_serves(&self, after: &str) {
         let pong = self.legit.run(&["query", "alpha", "ping", "--json"]);
         assert_eq!(
             pong.code, 0,
@@ -139,7 +143,7 @@ impl Arena {
     }
 
     /// Highest audit sequence number on the target so far.
-    fn audit_mark(&self) -> u64 {
+    pub(crate) fn audit_mark(&self) -> u64 {
         let last = self
             .target
             .run(&["audit", "query", "--json", "--limit", "1"])
@@ -173,7 +177,12 @@ impl Arena {
     /// Waits for an audit record after `mark` of `event_type` for which
     /// `pred` holds; returns it.
     #[track_caller]
-    fn audited(&self, mark: u64, event_type: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn audited(
+        &self,
+        mark: u64,
+        event_type: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + SETTLE;
         loop {
             let records = self.records(event_type, None);
@@ -203,33 +212,43 @@ impl Arena {
 
 /// A hand-made node: its own identity and signed manifest, endpoint on a
 /// loopback port nobody listens on (so the daemon's redials stay local).
-struct Raw {
+pub(crate) struct Raw {
     name: String,
-    node: LocalNode,
+    pub(crate) node: LocalNode,
 }
 
 impl Raw {
-    fn new(name: &str) -> Raw {
+    pub(crate) fn new(name: &str) -> Raw {
+        Raw::speaking(name, agentfed::identity::PROTOCOL_VERSION)
+    }
+
+    /// A hand-made node whose manifest announces protocol `version` (1:
+    /// a node from before signed receipts).
+    pub(crate) fn speaking(name: &str, version: u32) -> Raw {
         let id = NodeId::parse(name).expect("node id");
         let endpoint = format!("wss://127.0.0.1:{}", free_port());
         let identity = Arc::new(Identity::generate(&id, &endpoint).expect("identity"));
-        let manifest = Raw::manifest_of(&identity);
+        let manifest = Raw::manifest_of(&identity, version);
         Raw {
             name: name.to_string(),
             node: LocalNode::new(identity, manifest).expect("local node"),
         }
     }
 
-    fn manifest_of(identity: &Identity) -> SignedManifest {
+    fn manifest_of(identity: &Identity, version: u32) -> SignedManifest {
         let subnet = "198.18.0.0/15".parse().expect("subnet");
         let ip = identity.mesh_ip(&subnet, &|_| false).expect("mesh ip");
+        let params = ManifestParams {
+            protocol_version: version,
+            ..ManifestParams::new(ip)
+        };
         identity
-            .signed_manifest(&ManifestParams::new(ip), now_ms())
+            .signed_manifest(&params, now_ms())
             .expect("manifest")
     }
 
     /// Makes the target know this node (`peers add`) at `level`.
-    fn introduce(&self, arena: &Arena, level: &str) {
+    pub(crate) fn introduce(&self, arena: &Arena, level: &str) {
         let path = arena.target.write_file(
             &format!("{}.manifest.json", self.name),
             &self.node.manifest().to_json(),
@@ -326,12 +345,21 @@ impl Raw {
         }
     }
 
-    async fn connect(&self, arena_endpoint: &str, pin: Pin) -> Result<Connection, TransportError> {
+    pub(crate) async fn connect(
+        &self,
+        arena_endpoint: &str,
+        pin: Pin,
+    ) -> Result<Connection, TransportError> {
         connect(arena_endpoint, pin, &self.node, &Raw::config(), &AcceptAll).await
     }
 
     /// A signed envelope frame from this node to `alpha`.
-    fn frame(&self, session: Option<String>, timestamp_ms: u64, payload: Value) -> Vec<u8> {
+    pub(crate) fn frame(
+        &self,
+        session: Option<String>,
+        timestamp_ms: u64,
+        payload: Value,
+    ) -> Vec<u8> {
         Envelope {
             id: random_id(),
             source: self.name.clone(),
@@ -535,7 +563,7 @@ fn integers_are_json_integers_everywhere_in_an_envelope() {
     block(&rt, "raw session closes", conn.closed());
 }
 
-fn envelope_id(frame: &[u8]) -> String {
+pub(crate) fn envelope_id(frame: &[u8]) -> String {
     let signed = SignedEnvelope::from_frame(frame).expect("frame");
     let envelope: Value = serde_json::from_slice(&signed.bytes).expect("envelope json");
     envelope["id"].as_str().expect("id").to_string()
@@ -697,7 +725,7 @@ fn handshake_level_attacks_are_refused_audited_and_others_still_served() {
         let id = NodeId::parse("forger").expect("node id");
         Arc::new(Identity::generate(&id, "wss://127.0.0.1:9").expect("identity"))
     };
-    let mut manifest = Raw::manifest_of(&forger_id);
+    let mut manifest = Raw::manifest_of(&forger_id, agentfed::identity::PROTOCOL_VERSION);
     let mut raw_sig = B64.decode(&manifest.signature).expect("b64");
     raw_sig[5] ^= 1;
     manifest.signature = B64.encode(&raw_sig);
@@ -1961,7 +1989,27 @@ fn hostile_payload_shapes_from_a_verified_peer_are_refused_and_memory_stays_boun
 /// the peer is TRUSTED; a `task-assignment` stays at 1 MiB at TRUSTED.
 #[test]
 fn size_limits_follow_the_message_type_and_the_sender_s_level() {
-    let arena = Arena::new();
+    let mut arena = Arena::new();
+    // This test is about size limits. The default PII deadline (50 ms) is
+    // the budget of ordinary messages: a 16 MiB scan fits it on an idle
+    // machine but not on a loaded CI runner, so the target scans with a
+    // budget that fits bulk messages (scaling it with size is the message
+    // path's work, not this test's).
+    arena.target.stop();
+    let path = arena.target.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let config = config.replacen(
+        "[plugins.pii.limits]\ndeadline_ms = 50",
+        "[plugins.pii.limits]\ndeadline_ms = 2000",
+        1,
+    );
+    assert!(
+        config.contains("deadline_ms = 2000"),
+        "the PII limits section moved"
+    );
+    std::fs::write(&path, config).expect("config");
+    arena.target.start(&[]);
+    let arena = arena;
     let rt = runtime();
     let mallory = Raw::new("mallory-bulk");
     mallory.introduce(&arena, "attested");
@@ -2120,4 +2168,48 @@ fn on_the_wire_keys_numbers_heartbeats_and_session_ids_are_checked() {
     ));
     conn.close("NORMAL");
     arena.still_serves("keys, numbers and signals");
+}
+
+#[test]
+fn a_peer_that_lost_standing_a_moment_ago_is_rejected_at_step_7_not_after_session() {
+    let (arena, rt, raw, conn) = attested_raw("mallory-standing");
+    // Two PII-blocked envelopes: two threats within the hour make it
+    // UNTRUSTED (protocol §9.3 step 9).
+    for n in 0..2 {
+        let frame = raw.frame(
+            Some(conn.session_id().to_string()),
+            now_ms(),
+            json!({"ssn": "123-45-6789", "card": "4111 1111 1111 1111", "n": n}),
+        );
+        let _ = block(&rt, "a blocked envelope", send_frame(&conn, frame));
+    }
+    let mark = arena.audit_mark();
+    // It dials again at once, before any periodic pass could run: the
+    // refusal must come as REJECT(UNTRUSTED) in the handshake.
+    let again = block(
+        &rt,
+        "the redial",
+        raw.connect(&arena.endpoint, arena.pin.clone()),
+    );
+    match again {
+        Err(TransportError::Rejected { code, by_peer }) => {
+            assert_eq!((code.as_str(), by_peer), ("UNTRUSTED", true));
+        }
+        Err(other) => panic!("expected REJECT(UNTRUSTED) at step 7, got {other:?}"),
+        Ok(conn) => {
+            let end = block(&rt, "the granted session's end", conn.closed());
+            panic!("a session was granted and then closed ({})", end.code);
+        }
+    }
+    arena.audited(mark, "handshake_rejected", |r| {
+        r["peer"] == "mallory-standing" && r["details"]["reason"] == "UNTRUSTED"
+    });
+    assert!(
+        arena
+            .records("session_created", Some("mallory-standing"))
+            .iter()
+            .all(|r| r["seq"].as_u64().unwrap_or(0) <= mark),
+        "no session after the refusal"
+    );
+    arena.still_serves("a refusal at step 7");
 }

@@ -93,6 +93,7 @@ pub fn manifest_params(identity: &Identity, config: &NodeConfig) -> anyhow::Resu
         capabilities: config.node.capabilities.clone(),
         mesh_ip,
         wg_endpoint: config.node.wg_endpoint.clone(),
+        protocol_version: crate::identity::PROTOCOL_VERSION,
     })
 }
 

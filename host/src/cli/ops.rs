@@ -13,7 +13,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 
-use super::{CliError, CliResult};
+use super::{CliError, CliResult, printable};
 use crate::control::client::{self, CallError};
 
 /// Exit code when no daemon is running.
@@ -1142,6 +1142,26 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the receipt the receiver signed for a delivered (or finally
+    /// refused) envelope: proof of delivery that anyone with the
+    /// receiver's public key can check. Works with the daemon stopped.
+    /// With --verify FILE, check such a proof instead (no node needed).
+    #[command(
+        after_help = "Examples:\n  agentfed audit proof 0190a1b2c3d4e5f6a7b8c9d0e1f2a3b4 > proof.json\n  agentfed audit proof --verify proof.json --public-key 'RECEIVER_KEY_BASE64'"
+    )]
+    Proof {
+        /// The envelope id (as `send` printed it).
+        #[arg(required_unless_present = "verify", conflicts_with = "verify")]
+        envelope_id: Option<String>,
+        /// Check the proof in FILE (`-` for stdin) instead.
+        #[arg(long, value_name = "FILE")]
+        verify: Option<PathBuf>,
+        /// The receiver's Ed25519 public key (base64, as in its manifest)
+        /// to check with. Without it the key in the file is used, which
+        /// only shows the file is self-consistent.
+        #[arg(long, value_name = "KEY", requires = "verify")]
+        public_key: Option<String>,
+    },
 }
 
 /// `agentfed audit …`.
@@ -1212,6 +1232,90 @@ pub fn audit(home: &Path, command: AuditCommand) -> CliResult {
             Ok(())
         }
         AuditCommand::Verify { json } => verify(home, json),
+        AuditCommand::Proof {
+            verify: Some(file),
+            public_key,
+            ..
+        } => verify_proof(&file, public_key.as_deref()),
+        AuditCommand::Proof {
+            envelope_id: Some(id),
+            ..
+        } => {
+            let (result, _) = audit_call(home, "audit.proof", json!({"envelope_id": id}))?;
+            print_json(&result["receipt"]);
+            Ok(())
+        }
+        AuditCommand::Proof { .. } => Err(CliError::usage(anyhow!(
+            "give an envelope id, or --verify FILE"
+        ))),
+    }
+}
+
+/// A proof as `audit proof` prints it: the receipt and the key on record.
+#[derive(serde::Deserialize)]
+struct ProofFile {
+    #[serde(flatten)]
+    receipt: crate::receipt::Receipt,
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+/// `audit proof --verify FILE`: checks a receipt with nothing but a key.
+fn verify_proof(file: &Path, public_key: Option<&str>) -> CliResult {
+    let raw = if file == Path::new("-") {
+        let mut buf = String::new();
+        std::io::stdin()
+            .read_to_string(&mut buf)
+            .map_err(|e| CliError::failed(anyhow!("cannot read stdin: {e}")))?;
+        buf
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))
+            .map_err(CliError::failed)?
+    };
+    let proof: ProofFile = serde_json::from_str(&raw).map_err(|e| {
+        CliError::usage(anyhow!(
+            "{} is not a receipt as `agentfed audit proof` prints it: {e}",
+            file.display()
+        ))
+    })?;
+    let (key, from_file) = match (public_key, proof.public_key.as_deref()) {
+        (Some(key), _) => (key.trim().to_string(), false),
+        (None, Some(key)) => (key.to_string(), true),
+        (None, None) => {
+            return Err(CliError::usage(anyhow!(
+                "the file names no public key: pass --public-key KEY (the receiver's, from its manifest)"
+            )));
+        }
+    };
+    let r = &proof.receipt;
+    match r.verify_signature(&key) {
+        Ok(()) => {
+            let what = if r.reason.is_empty() {
+                r.outcome.clone()
+            } else {
+                format!("{} ({})", r.outcome, printable(&r.reason))
+            };
+            println!(
+                "valid receipt: {} received {} from {} at {}: {what}; envelope digest {}",
+                printable(&r.receiver),
+                if r.envelope_id.is_empty() {
+                    "an unreadable envelope".to_string()
+                } else {
+                    printable(&r.envelope_id).into_owned()
+                },
+                printable(&r.sender),
+                crate::clock::rfc3339(r.at_ms).unwrap_or_else(|| format!("{} ms", r.at_ms)),
+                r.digest
+            );
+            if from_file {
+                eprintln!(
+                    "note: checked with the key written in the file; pass --public-key with the receiver's key from a source you trust"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(CliError::failed(anyhow!("INVALID_RECEIPT: {e}"))),
     }
 }
 

@@ -242,6 +242,7 @@ pub const METHODS: &[MethodInfo] = &[
     m("audit.query", "federation_audit", false),
     m("audit.export", "federation_audit", false),
     m("audit.verify", "federation_audit", false),
+    m("audit.proof", "federation_audit", false),
     m("plugins.list", "federation_status", false),
     m("plugins.reload", "federation_status", true),
     m("manifest", "federation_init", false),
@@ -474,6 +475,14 @@ pub struct AuditFilter {
     /// `newest` (default for query) or `oldest` (default for export).
     #[serde(default)]
     pub order: Option<String>,
+}
+
+/// `audit.proof`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofParams {
+    /// The envelope whose delivery (or final refusal) to prove.
+    pub envelope_id: String,
 }
 
 /// `audit.export`.

@@ -345,7 +345,7 @@ impl Dispatcher {
                 let p: InboxRemoveParams = decode(method, params)?;
                 Ok(json!({"removed": c.inbox_remove_through(p.through)?}))
             }
-            "audit.query" | "audit.export" | "audit.verify" => {
+            "audit.query" | "audit.export" | "audit.verify" | "audit.proof" => {
                 audit_call(c.audit(), method, params)
             }
             "plugins.list" => {
@@ -411,7 +411,51 @@ impl Dispatcher {
     }
 }
 
-/// The audit requests (`audit.query`, `audit.export`, `audit.verify`)
+/// The receipt the receiver signed for `envelope_id`'s delivery or final
+/// refusal, as its `message_sent` / `message_rejected` record keeps it,
+/// with the record's sequence number and the receiver's key.
+fn delivery_proof(log: &crate::audit::AuditLog, envelope_id: &str) -> ApiResult {
+    let query = AuditQuery {
+        event_types: vec![EventType::MessageSent, EventType::MessageRejected],
+        order: Order::NewestFirst,
+        ..AuditQuery::default()
+    };
+    let records = log.query(&query).map_err(audit_error)?;
+    let mut unsigned = None;
+    for record in &records {
+        if record.details["envelope_id"] != envelope_id {
+            continue;
+        }
+        let receipt = &record.details["receipt"];
+        if receipt.is_object() {
+            return Ok(json!({"seq": record.seq, "receipt": receipt}));
+        }
+        let ended = record.details["state"] == "delivered" || record.details["final"] == true;
+        if ended && unsigned.is_none() {
+            unsigned = Some(record.seq);
+        }
+    }
+    let id = clip(envelope_id, 80);
+    Err(match unsigned {
+        Some(seq) => ErrorBody::new(
+            "NO_RECEIPT",
+            format!(
+                "{id} ended (audit record {seq}) without a signed receipt: the receiver speaks protocol version 1, which does not sign them"
+            ),
+            false,
+        ),
+        None => ErrorBody::new(
+            "NOT_FOUND",
+            format!(
+                "no delivery or final refusal of {id} is recorded (is it still in the outbox? agentfed outbox)"
+            ),
+            true,
+        ),
+    })
+}
+
+/// The audit requests (`audit.query`, `audit.export`, `audit.verify`,
+/// `audit.proof`)
 /// over `log`: served by the daemon, and by the CLI from the store
 /// directly when no daemon runs ([`crate::cli`]'s offline reading).
 pub fn audit_call(log: &crate::audit::AuditLog, method: &str, params: Value) -> ApiResult {
@@ -452,6 +496,10 @@ pub fn audit_call(log: &crate::audit::AuditLog, method: &str, params: Value) -> 
             no_params(method, params)?;
             let records = log.verify().map_err(audit_error)?;
             to_value(VerifyResult { ok: true, records })
+        }
+        "audit.proof" => {
+            let p: super::ProofParams = decode(method, params)?;
+            delivery_proof(log, &p.envelope_id)
         }
         _ => Err(ErrorBody::new(
             codes::UNKNOWN_METHOD,
