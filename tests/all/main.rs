@@ -20,6 +20,7 @@ mod mcp;
 mod node;
 mod plugin_chain;
 mod policies;
+mod protocol_doc;
 mod receipts;
 mod support;
 mod transport;
