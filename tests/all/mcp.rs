@@ -396,6 +396,7 @@ const ALL_TOOLS: &[&str] = &[
     "federation_sessions",
     "federation_broadcast",
     "federation_audit_verify",
+    "federation_audit_proof",
     "federation_plugins",
 ];
 
@@ -413,6 +414,7 @@ fn valid_args(tool: &str) -> Value {
         "federation_wg_attest" => json!({"note": "n"}),
         "federation_inbox_remove" => json!({"through": 0}),
         "federation_outbox_cancel" => json!({"envelope_id": "e", "reason": "r"}),
+        "federation_audit_proof" => json!({"envelope_id": "e"}),
         "federation_leave" => json!({"peer": "p"}),
         "federation_broadcast" => json!({"message_type": "status-broadcast"}),
         _ => json!({}),
@@ -900,6 +902,24 @@ fn federation_tour(alpha: &Node, beta: &Node, beta_ep: &str, agent: &Bridge, ope
         json!({"peer": "beta", "message_type": "task-assignment", "payload": {"task": "y"}, "wait_secs": 30}),
     );
     assert_eq!(delivered["outcome"]["state"], "delivered", "{delivered}");
+    // The delivery is provable: beta signed a receipt for those bytes.
+    let proof = agent.ok(
+        "federation_audit_proof",
+        json!({"envelope_id": delivered["receipt"]["envelope_id"]}),
+    );
+    assert_eq!(
+        (
+            proof["receipt"]["receiver"].as_str(),
+            proof["receipt"]["outcome"].as_str()
+        ),
+        (Some("beta"), Some("accepted")),
+        "{proof}"
+    );
+    agent.fails(
+        "federation_audit_proof",
+        json!({"envelope_id": "0123456789abcdef0123456789abcdef"}),
+        "NOT_FOUND",
+    );
     let outbox_before = agent
         .ok("federation_outbox", json!({}))
         .as_array()

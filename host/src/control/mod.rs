@@ -478,7 +478,7 @@ pub struct AuditFilter {
 }
 
 /// `audit.proof`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProofParams {
     /// The envelope whose delivery (or final refusal) to prove.

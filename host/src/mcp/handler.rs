@@ -226,6 +226,10 @@ impl Bridge {
                 let _: NoParams = decode(name, args)?;
                 call("audit.verify", json!({})).await
             }
+            "federation_audit_proof" => {
+                let a: crate::control::ProofParams = decode(name, args)?;
+                call("audit.proof", params(&a)).await
+            }
             "federation_breaker_status" => {
                 let a: OptionalPeerParams = decode(name, args)?;
                 call("breaker.status", params(&a)).await

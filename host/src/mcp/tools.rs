@@ -266,6 +266,16 @@ pub const TOOLS: &[ToolSpec] = &[
         schema::<NoParams>,
     ),
     tool(
+        "federation_audit_proof",
+        Role::Agent,
+        "audit.proof",
+        true,
+        false,
+        "Proof of delivery: the receipt the receiver signed when it acknowledged (or finally refused) one of this node's envelopes (envelope_id as federation_send returned it): receiver, sender, SHA-256 of the exact bytes, outcome, time, signature and the receiver's public key. Anyone can check it with `agentfed audit proof --verify`. NOT_FOUND while the message is still queued; NO_RECEIPT when the receiver speaks protocol version 1.",
+        "{seq, receipt}",
+        schema::<crate::control::ProofParams>,
+    ),
+    tool(
         "federation_breaker_status",
         Role::Agent,
         "breaker.status",
