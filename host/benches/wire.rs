@@ -98,7 +98,8 @@ impl Daemon {
         let config = std::fs::read_to_string(&config_path).expect("config");
         let config = config
             .replace("retry_base_ms = 500", "retry_base_ms = 100")
-            .replace("retry_max_ms = 60000", "retry_max_ms = 1000");
+            .replace("retry_max_ms = 60000", "retry_max_ms = 1000")
+            .replace("redial_max_ms = 600000", "redial_max_ms = 1000");
         std::fs::write(&config_path, config).expect("config");
         let child = agentfed(&home)
             .arg("daemon")

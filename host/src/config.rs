@@ -320,8 +320,12 @@ pub struct TransportSection {
     /// First retry delay (reconnects and redeliveries), ms; doubles per
     /// failed attempt.
     pub retry_base_ms: u64,
-    /// Longest retry delay, ms.
+    /// Longest retry delay of a redelivery, ms.
     pub retry_max_ms: u64,
+    /// Longest delay between redials of a peer that cannot be reached, ms
+    /// (they start at `retry_base_ms` and double): an unreachable peer
+    /// costs a dial every 10 minutes at most, not every minute.
+    pub redial_max_ms: u64,
     /// Message types among [`CONSENSUS_OPTIONAL`] (`agent-handoff`,
     /// `claim-event`) that also need the consensus capability
     /// (`collaborative-task`, TRUSTED and above), whether this node sends
@@ -364,6 +368,7 @@ impl Default for TransportSection {
             peer_inbox_bytes: 512 << 20,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+            redial_max_ms: 600_000,
             consensus_for: Vec::new(),
             max_clock_skew_secs: DEFAULT_CLOCK_SKEW_SECS,
         }
@@ -644,6 +649,7 @@ impl NodeConfig {
                 1 << 40,
             ),
             ("transport.retry_max_ms", t.retry_max_ms, 1, 86_400_000),
+            ("transport.redial_max_ms", t.redial_max_ms, 1, 86_400_000),
             (
                 "transport.max_clock_skew_secs",
                 t.max_clock_skew_secs,
@@ -657,6 +663,9 @@ impl NodeConfig {
         }
         if t.retry_max_ms < t.retry_base_ms {
             return Err("transport.retry_max_ms: must be at least transport.retry_base_ms".into());
+        }
+        if t.redial_max_ms < t.retry_base_ms {
+            return Err("transport.redial_max_ms: must be at least transport.retry_base_ms".into());
         }
         if t.idle_timeout_secs <= t.heartbeat_secs {
             return Err("transport.idle_timeout_secs: must exceed transport.heartbeat_secs".into());
@@ -849,6 +858,11 @@ impl NodeConfig {
         );
         kv(w, "retry_base_ms", &t.retry_base_ms);
         kv(w, "retry_max_ms", &t.retry_max_ms);
+        line(
+            w,
+            "# Longest delay between redials of an unreachable peer, ms (audited once per outage).",
+        );
+        kv(w, "redial_max_ms", &t.redial_max_ms);
         line(
             w,
             "# Message types that also need consensus (collaborative-task: TRUSTED and above),",

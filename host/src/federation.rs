@@ -337,6 +337,10 @@ struct Live {
 struct Redial {
     backoff: Backoff,
     next: Instant,
+    /// The failure code of the current outage and the failed attempts in
+    /// it: an outage is audited when it starts (or its code changes) and
+    /// when it ends, not once per attempt.
+    outage: Option<(String, u32)>,
 }
 
 /// The daemon's federation layer. Share it in an `Arc`.
@@ -891,8 +895,14 @@ impl Federation {
         if role == Role::Client || self.blocking(move |c| c.redials(&p)).await?? {
             self.want(&peer, true);
         }
-        if let Some(r) = lock(&self.redial).get_mut(&peer) {
+        let ended_outage = lock(&self.redial).get_mut(&peer).and_then(|r| {
             r.backoff.reset();
+            r.outage.take()
+        });
+        if let Some((code, attempts)) = ended_outage {
+            // The outage's end is the session_created record just written;
+            // the log says how long it lasted.
+            tracing::info!(%peer, attempts, last_code = %code, "reachable again");
         }
         tokio::spawn(self.clone().reader(peer.clone(), incoming));
         tokio::spawn(self.clone().watcher(peer.clone(), handle));
@@ -1262,15 +1272,22 @@ impl Federation {
             return;
         };
         let pin = Pin::Fingerprint(record.manifest.manifest.tls_fingerprint.clone());
-        self.audit(
-            AuditEvent::new(
-                EventType::HandshakeInitiated,
-                format!("dialing {peer} at {}", view.endpoint),
+        let in_outage = lock(&self.redial)
+            .get(&peer)
+            .is_some_and(|r| r.outage.is_some());
+        if in_outage {
+            tracing::debug!(%peer, endpoint = %view.endpoint, "redialing an unreachable peer");
+        } else {
+            self.audit(
+                AuditEvent::new(
+                    EventType::HandshakeInitiated,
+                    format!("dialing {peer} at {}", view.endpoint),
+                )
+                .with_peer(&peer)
+                .with_details(json!({"endpoint": view.endpoint, "reason": "reconnect"})),
             )
-            .with_peer(&peer)
-            .with_details(json!({"endpoint": view.endpoint, "reason": "reconnect"})),
-        )
-        .await;
+            .await;
+        }
         let policy = self.policy();
         let result = connect(&view.endpoint, pin, &self.node, &self.transport, &policy).await;
         match result {
@@ -1291,27 +1308,46 @@ impl Federation {
                     .await;
             }
             Err(e) => {
-                let delay = {
+                let (delay, new_outage, attempts) = {
                     let mut redial = lock(&self.redial);
                     let r = redial.entry(peer.clone()).or_insert_with(|| Redial {
                         backoff: self.backoff(),
                         next: Instant::now(),
+                        outage: None,
                     });
                     let delay = r.backoff.next_delay();
                     r.next = Instant::now() + delay;
-                    delay
+                    let code = e.code();
+                    let new_outage = r.outage.as_ref().is_none_or(|(c, _)| c != code);
+                    let attempts = match &mut r.outage {
+                        Some((c, n)) if c == code => {
+                            *n += 1;
+                            *n
+                        }
+                        _ => {
+                            r.outage = Some((code.to_string(), 1));
+                            1
+                        }
+                    };
+                    (delay, new_outage, attempts)
                 };
-                self.audit_dial_failure(&peer, &view.endpoint, &e, Some(delay))
-                    .await;
+                if new_outage {
+                    self.audit_dial_failure(&peer, &view.endpoint, &e, Some(delay))
+                        .await;
+                } else {
+                    tracing::debug!(%peer, attempts, code = e.code(), retry_in_ms = delay.as_millis() as u64, "still unreachable");
+                }
             }
         }
         lock(&self.dialing).remove(&peer);
     }
 
+    /// The redial backoff: from `retry_base_ms`, doubling, up to
+    /// `redial_max_ms`.
     fn backoff(&self) -> Backoff {
         Backoff::new(
             Duration::from_millis(self.settings.retry_base_ms),
-            Duration::from_millis(self.settings.retry_max_ms),
+            Duration::from_millis(self.settings.redial_max_ms),
         )
     }
 
@@ -1802,6 +1838,7 @@ impl Federation {
                             backoff: self.backoff(),
                             next: Instant::now()
                                 + Duration::from_millis(self.settings.retry_base_ms),
+                            outage: None,
                         },
                     );
                 }

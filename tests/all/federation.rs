@@ -1277,3 +1277,50 @@ fn nothing_sent_fails_silently_send_wait_outbox_and_failed() {
     );
     verify_audit(&alpha);
 }
+
+#[test]
+fn an_unreachable_peer_is_audited_once_per_outage_not_once_per_redial() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (mut beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    let records = |event: &str| {
+        alpha
+            .run(&[
+                "audit", "query", "--type", event, "--peer", "beta", "--limit", "1000", "--json",
+            ])
+            .json()
+            .as_array()
+            .expect("records")
+            .len()
+    };
+    let (failed_before, dialing_before) =
+        (records("handshake_failed"), records("handshake_initiated"));
+
+    // An outage: alpha redials about every second (redial_max_ms = 1000
+    // here), a dozen times in 12 s; one record says beta is unreachable.
+    beta.stop();
+    wait_until("alpha to notice the outage", SETTLE_TIMEOUT, || {
+        records("handshake_failed") > failed_before
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        records("handshake_failed"),
+        failed_before + 1,
+        "one record per outage"
+    );
+    assert!(
+        records("handshake_initiated") <= dialing_before + 2,
+        "redials during an outage are not audited one by one"
+    );
+
+    // The outage ends with the session; the next one is audited again.
+    beta.start(&[]);
+    wait_until("the session to return", SETTLE_TIMEOUT, || {
+        session_peers(&alpha).iter().any(|p| p == "beta")
+    });
+    beta.stop();
+    wait_until("the second outage's record", SETTLE_TIMEOUT, || {
+        records("handshake_failed") == failed_before + 2
+    });
+    verify_audit(&alpha);
+}

@@ -458,15 +458,17 @@ pub fn fed_node(name: &str) -> (Node, String) {
     (node, endpoint)
 }
 
-/// Retries every 100 ms to 1 s instead of 500 ms to 60 s (outbox and
-/// redials), so tests do not wait on backoff.
+/// Retries every 100 ms to 1 s instead of 500 ms to 60 s (outbox) and
+/// 10 minutes (redials), so tests do not wait on backoff.
 pub fn fast_retries(node: &Node) {
     let path = node.home.join("agentfed.toml");
     let config = std::fs::read_to_string(&path).expect("reading the config");
     let config = config
         .replace("retry_base_ms = 500", "retry_base_ms = 100")
-        .replace("retry_max_ms = 60000", "retry_max_ms = 1000");
+        .replace("retry_max_ms = 60000", "retry_max_ms = 1000")
+        .replace("redial_max_ms = 600000", "redial_max_ms = 1000");
     assert!(config.contains("retry_max_ms = 1000"), "{config}");
+    assert!(config.contains("redial_max_ms = 1000"), "{config}");
     assert!(
         config.contains("accept_new_peers = false"),
         "unknown peers must not be admitted by default: {config}"
