@@ -396,3 +396,72 @@ fn scaffolded_plugins_build_test_and_run() {
         assert!(stdout.contains(expect), "{kind}: {stdout}");
     }
 }
+
+#[test]
+fn wg_mesh_ip_assigns_in_order_around_collisions_and_names_the_id_that_exhausts() {
+    let home = private_home();
+    // In a /30, gamma's first address (.1) is alpha's: it probes on to .2.
+    let out = agentfed(
+        home.path(),
+        &[
+            "wg",
+            "mesh-ip",
+            "--subnet",
+            "198.18.0.0/30",
+            "alpha",
+            "beta",
+            "gamma",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alpha\t198.18.0.1\nbeta\t198.18.0.3\ngamma\t198.18.0.2\n"
+    );
+    let alone = agentfed(
+        home.path(),
+        &["wg", "mesh-ip", "--subnet", "198.18.0.0/30", "gamma"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&alone.stdout),
+        "gamma\t198.18.0.1\n"
+    );
+    // A fourth id finds no free address: exit 1, naming it, nothing printed.
+    let full = agentfed(
+        home.path(),
+        &[
+            "wg",
+            "mesh-ip",
+            "--subnet",
+            "198.18.0.0/30",
+            "alpha",
+            "beta",
+            "gamma",
+            "delta",
+        ],
+    );
+    let (code, line) = one_line_error(&full);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains("delta") && line.contains("exhausted"),
+        "{line}"
+    );
+    assert!(full.stdout.is_empty());
+    // Bad input: exit 2.
+    for args in [
+        &["wg", "mesh-ip", "--subnet", "198.18.0.0/31", "a"][..],
+        &["wg", "mesh-ip", "alpha", "alpha"][..],
+        &["wg", "mesh-ip", "Not-An-Id"][..],
+    ] {
+        let (code, line) = one_line_error(&agentfed(home.path(), args));
+        assert_eq!(code, 2, "{args:?}: {line}");
+    }
+    // JSON, default subnet 10.50.0.0/16.
+    let json = stdout_json(&agentfed(
+        home.path(),
+        &["wg", "mesh-ip", "--json", "alpha"],
+    ));
+    let ip = json[0]["mesh_ip"].as_str().expect("mesh_ip");
+    assert!(ip.starts_with("10.50."), "{json}");
+    assert_eq!(json[0]["node_id"], "alpha");
+}

@@ -14,6 +14,7 @@ mod fed;
 pub(crate) mod node;
 mod ops;
 mod plugin;
+mod wg;
 
 /// agentfed: federate AI-agent installations with graded trust, bounded
 /// cost, PII protection and a tamper-evident audit trail.
@@ -119,6 +120,10 @@ pub enum Command {
     /// runs, runs the node in-process while the session lasts (unless
     /// --no-daemon). See docs/mcp.md.
     Mcp(McpArgs),
+    /// The WireGuard mesh's tools (today: mesh-ip; the reconciled mesh is
+    /// not built yet, see docs/mesh.md).
+    #[command(subcommand)]
+    Wg(wg::WgCommand),
 }
 
 /// `agentfed mcp` arguments.
@@ -307,6 +312,7 @@ pub fn run(cli: Cli) -> CliResult {
             ops::plugin_reload(&home, kind, json)
         }
         Command::Plugin(command) => plugin::run(&home, command),
+        Command::Wg(command) => wg::run(command),
         Command::Mcp(args) => crate::mcp::run(
             &home,
             crate::mcp::McpOptions {
