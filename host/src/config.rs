@@ -35,6 +35,11 @@ pub const CONFIG_FILE: &str = "agentfed.toml";
 /// Default federation endpoint written by `agentfed init`.
 pub const DEFAULT_ENDPOINT: &str = "wss://127.0.0.1:9100";
 
+/// The `[node] endpoint` value of a dial-only node (`agentfed init
+/// --no-listen`): no listener, no endpoint in the manifest, never dialed by
+/// peers (it dials them).
+pub const NO_ENDPOINT: &str = "none";
+
 /// Default period of the trust evaluation timer, in seconds.
 pub const DEFAULT_TRUST_EVAL_SECS: u64 = 60;
 
@@ -91,7 +96,8 @@ pub struct NodeSection {
     /// The node id (informational: the identity in `node.json` is
     /// authoritative; when set, it must match). Empty means unset.
     pub node_id: String,
-    /// Federation endpoint URL peers connect to (`ws://` or `wss://`).
+    /// Federation endpoint URL peers connect to (`ws://` or `wss://`), or
+    /// [`NO_ENDPOINT`] (`"none"`) for a dial-only node.
     pub endpoint: String,
     /// Agent types this node offers (tokens `[a-z0-9][a-z0-9-]*`).
     pub agent_types: Vec<String>,
@@ -528,8 +534,14 @@ impl NodeConfig {
         if !node.node_id.is_empty() {
             NodeId::parse(&node.node_id).map_err(|e| format!("node.node_id: {}", e.reason))?;
         }
-        crate::identity::validate_endpoint(&node.endpoint)
-            .map_err(|e| format!("node.endpoint: {}", e.reason))?;
+        if node.endpoint != NO_ENDPOINT {
+            crate::identity::validate_endpoint(&node.endpoint).map_err(|e| {
+                format!(
+                    "node.endpoint: {} (or \"{NO_ENDPOINT}\" for a dial-only node)",
+                    e.reason
+                )
+            })?;
+        }
         if node.agent_types.len() > crate::identity::MAX_AGENT_TYPES {
             return Err(format!(
                 "node.agent_types: at most {} entries",
@@ -684,6 +696,12 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The endpoint `[node] endpoint` asks for: `None` for a dial-only
+    /// node ([`NO_ENDPOINT`]).
+    pub fn endpoint(&self) -> Option<&str> {
+        (self.node.endpoint != NO_ENDPOINT).then_some(self.node.endpoint.as_str())
+    }
+
     /// The parsed mesh subnet.
     pub fn mesh_subnet(&self) -> Result<MeshSubnet, crate::identity::MeshIpError> {
         self.node.mesh_subnet.parse()
@@ -734,7 +752,11 @@ impl NodeConfig {
         kv(w, "node_id", &self.node.node_id);
         line(
             w,
-            "# Federation endpoint peers connect to: ws:// or wss://host:port[/path].",
+            "# Federation endpoint peers connect to: ws:// or wss://host:port[/path];",
+        );
+        line(
+            w,
+            "# \"none\" = dial-only (no listener; peers never dial this node, it dials them).",
         );
         line(
             w,

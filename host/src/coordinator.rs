@@ -240,8 +240,9 @@ impl Default for CoordinatorOptions {
 pub struct PeerView {
     /// Node id.
     pub node_id: String,
-    /// Endpoint from its manifest.
-    pub endpoint: String,
+    /// Endpoint from its manifest; `None` for a dial-only peer (never
+    /// dialed: what is queued for it waits until it connects).
+    pub endpoint: Option<String>,
     /// Trust level in this node's view.
     pub trust_level: TrustLevel,
     /// When it reached that level.
@@ -632,8 +633,8 @@ pub struct StatusView {
     pub node_id: String,
     /// agentfed version.
     pub version: String,
-    /// Endpoint.
-    pub endpoint: String,
+    /// Endpoint; `None` for a dial-only node.
+    pub endpoint: Option<String>,
     /// Seconds since the coordinator opened.
     pub uptime_secs: u64,
     /// The coordinator's clock.
@@ -1226,7 +1227,7 @@ impl Coordinator {
         Ok(StatusView {
             node_id: self.node_id().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            endpoint: self.identity.endpoint().to_string(),
+            endpoint: self.identity.endpoint().map(str::to_string),
             uptime_secs: self.live.started.elapsed().as_secs(),
             now_ms: self.now(),
             peers: peers.len(),
@@ -4271,7 +4272,10 @@ impl Coordinator {
             return Ok(());
         };
         let new_certificate = stored.manifest.tls_fingerprint != presented.manifest.tls_fingerprint;
-        let new_endpoint = stored.manifest.endpoint != presented.manifest.endpoint;
+        // A peer that stopped listening (no endpoint) aims this node's
+        // dials nowhere, so that change needs no proof.
+        let new_endpoint = stored.manifest.endpoint != presented.manifest.endpoint
+            && presented.manifest.endpoint.is_some();
         if new_endpoint && !new_certificate && role != "client" {
             // Where this node dials is not moved by what a peer says over
             // a session it opened: the federation layer dials the new

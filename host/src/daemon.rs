@@ -137,16 +137,24 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
     // Validate the config first: a clear message, before plugins compile.
     let config = NodeConfig::load(home)?;
     let endpoints = check_identity_matches(home, &config)?;
-    let endpoint = endpoints.effective().to_string();
     // The endpoint's scheme decides whether the listener speaks TLS; a
     // ws:// node without the opt-in would start deaf (and dial nobody
     // over ws://), which is a configuration error, not a state to run in.
-    if endpoint.starts_with("ws://") && !config.transport.allow_plaintext {
-        return Err(DaemonError::PlaintextEndpoint { endpoint });
+    if let Some(endpoint) = endpoints.effective()
+        && endpoint.starts_with("ws://")
+        && !config.transport.allow_plaintext
+    {
+        return Err(DaemonError::PlaintextEndpoint {
+            endpoint: endpoint.to_string(),
+        });
     }
     // Refuse a listen address that cannot be bound before opening anything
-    // (nothing served, nothing audited, the node not moved).
-    let listen = match listen_target(&config, &endpoint) {
+    // (nothing served, nothing audited, the node not moved). A dial-only
+    // node listens nowhere.
+    let listen = match endpoints
+        .effective()
+        .and_then(|endpoint| listen_target(&config, endpoint))
+    {
         Some(target) => check_listen(target)?,
         None => None,
     };
@@ -156,7 +164,13 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
         None => Arc::new(SystemClock),
     };
     if let Some(to) = &endpoints.moving_to {
-        move_endpoint(home, &config, &clock, &endpoints.current, to)?;
+        move_endpoint(
+            home,
+            &config,
+            &clock,
+            endpoints.current.as_deref(),
+            to.as_deref(),
+        )?;
     }
     let coordinator = Arc::new(Coordinator::open(
         home,
@@ -212,18 +226,23 @@ pub fn run(home: &Path, options: DaemonOptions) -> Result<(), DaemonError> {
 }
 
 /// The endpoint in `node.json`, and the one the config moves the node to.
+/// An endpoint of `None` is a dial-only node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoints {
     /// `node.json`'s endpoint (what the manifest says now).
-    current: String,
-    /// The config's `[node] endpoint`, when it sets one that differs.
-    moving_to: Option<String>,
+    current: Option<String>,
+    /// The config's `[node] endpoint`, when it sets one that differs
+    /// (`Some(None)`: the node becomes dial-only).
+    moving_to: Option<Option<String>>,
 }
 
 impl Endpoints {
-    /// The endpoint the daemon runs with.
-    fn effective(&self) -> &str {
-        self.moving_to.as_deref().unwrap_or(&self.current)
+    /// The endpoint the daemon runs with; `None` for a dial-only node.
+    fn effective(&self) -> Option<&str> {
+        match &self.moving_to {
+            Some(to) => to.as_deref(),
+            None => self.current.as_deref(),
+        }
     }
 }
 
@@ -247,8 +266,8 @@ fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<Endpoints,
             ),
         }));
     }
-    let current = identity.endpoint().to_string();
-    if config.node.endpoint == current {
+    let current = identity.endpoint().map(str::to_string);
+    if config.endpoint() == current.as_deref() {
         return Ok(Endpoints {
             current,
             moving_to: None,
@@ -256,7 +275,7 @@ fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<Endpoints,
     }
     if !NodeConfig::sets_endpoint(home)? {
         tracing::warn!(
-            node_json = %current,
+            node_json = current.as_deref().unwrap_or(crate::config::NO_ENDPOINT),
             "agentfed.toml does not set [node] endpoint; using the one in node.json"
         );
         return Ok(Endpoints {
@@ -266,7 +285,7 @@ fn check_identity_matches(home: &Path, config: &NodeConfig) -> Result<Endpoints,
     }
     Ok(Endpoints {
         current,
-        moving_to: Some(config.node.endpoint.clone()),
+        moving_to: Some(config.endpoint().map(str::to_string)),
     })
 }
 
@@ -280,9 +299,10 @@ fn move_endpoint(
     home: &Path,
     config: &NodeConfig,
     clock: &Arc<dyn Clock>,
-    from: &str,
-    to: &str,
+    from: Option<&str>,
+    to: Option<&str>,
 ) -> Result<(), DaemonError> {
+    let shown = |e: Option<&str>| e.unwrap_or(crate::config::NO_ENDPOINT).to_string();
     let opened = |e| DaemonError::Coordinator(CoordError::from(e));
     let store = crate::store::Store::open_in_home(home).map_err(opened)?;
     let audit = crate::audit::AuditLog::open(
@@ -297,7 +317,11 @@ fn move_endpoint(
         .append(
             AuditEvent::new(
                 EventType::ManifestPublished,
-                format!("endpoint changed from {from} to {to} (agentfed.toml)"),
+                format!(
+                    "endpoint changed from {} to {} (agentfed.toml)",
+                    shown(from),
+                    shown(to)
+                ),
             )
             .with_actor(crate::audit::ACTOR_OPERATOR)
             .with_details(serde_json::json!({"endpoint": to, "previous_endpoint": from})),
@@ -307,8 +331,8 @@ fn move_endpoint(
     crate::identity::Identity::set_endpoint(home, to)
         .map_err(|e| DaemonError::Coordinator(CoordError::Identity(e)))?;
     tracing::info!(
-        from = %from,
-        to = %to,
+        from = %shown(from),
+        to = %shown(to),
         "[node] endpoint changed in agentfed.toml: node.json updated; peers learn it at their next handshake with this node"
     );
     Ok(())
@@ -514,7 +538,7 @@ mod tests {
         )
         .expect("chmod 700");
         let node = NodeId::parse("alpha").expect("node id");
-        Identity::init(dir.path(), &node, FIRST, false).expect("init");
+        Identity::init(dir.path(), &node, Some(FIRST), false).expect("init");
         std::fs::write(dir.path().join(crate::config::CONFIG_FILE), config).expect("config");
         dir
     }
@@ -524,13 +548,19 @@ mod tests {
         let dir = home_with_config(&format!("[node]\nendpoint = \"{MOVED}\"\n"));
         let config = NodeConfig::load(dir.path()).expect("config");
         let endpoints = check_identity_matches(dir.path(), &config).expect("checked");
-        assert_eq!(endpoints.current, FIRST);
-        assert_eq!(endpoints.effective(), MOVED);
+        assert_eq!(endpoints.current.as_deref(), Some(FIRST));
+        assert_eq!(endpoints.effective(), Some(MOVED));
         // Checking moves nothing; moving audits, then rewrites node.json.
-        assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), FIRST);
+        assert_eq!(
+            Identity::load(dir.path()).expect("load").endpoint(),
+            Some(FIRST)
+        );
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        move_endpoint(dir.path(), &config, &clock, FIRST, MOVED).expect("moved");
-        assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), MOVED);
+        move_endpoint(dir.path(), &config, &clock, Some(FIRST), Some(MOVED)).expect("moved");
+        assert_eq!(
+            Identity::load(dir.path()).expect("load").endpoint(),
+            Some(MOVED)
+        );
         let store = crate::store::Store::open_in_home(dir.path()).expect("store");
         let audit = crate::audit::AuditLog::open(&store, Default::default()).expect("audit");
         let records = audit.query(&Default::default()).expect("query");
@@ -549,8 +579,41 @@ mod tests {
         let config = NodeConfig::load(dir.path()).expect("config");
         assert_ne!(config.node.endpoint, FIRST, "the default differs");
         let endpoints = check_identity_matches(dir.path(), &config).expect("checked");
-        assert_eq!(endpoints.effective(), FIRST);
+        assert_eq!(endpoints.effective(), Some(FIRST));
         assert_eq!(endpoints.moving_to, None);
-        assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), FIRST);
+        assert_eq!(
+            Identity::load(dir.path()).expect("load").endpoint(),
+            Some(FIRST)
+        );
+    }
+
+    #[test]
+    fn endpoint_none_makes_a_listening_node_dial_only_and_back() {
+        let dir = home_with_config("[node]\nendpoint = \"none\"\n");
+        let config = NodeConfig::load(dir.path()).expect("config");
+        let endpoints = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(endpoints.effective(), None);
+        assert_eq!(endpoints.moving_to, Some(None));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        move_endpoint(dir.path(), &config, &clock, Some(FIRST), None).expect("moved");
+        assert_eq!(Identity::load(dir.path()).expect("load").endpoint(), None);
+        let store = crate::store::Store::open_in_home(dir.path()).expect("store");
+        let audit = crate::audit::AuditLog::open(&store, Default::default()).expect("audit");
+        let records = audit.query(&Default::default()).expect("query");
+        assert_eq!(records[0].details["endpoint"], serde_json::Value::Null);
+        assert_eq!(records[0].details["previous_endpoint"], FIRST);
+        drop((audit, store));
+        let again = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(again.moving_to, None, "applied once");
+        // And back: a config with an endpoint gives the node a listener.
+        std::fs::write(
+            dir.path().join(crate::config::CONFIG_FILE),
+            format!("[node]\nendpoint = \"{MOVED}\"\n"),
+        )
+        .expect("config");
+        let config = NodeConfig::load(dir.path()).expect("config");
+        let endpoints = check_identity_matches(dir.path(), &config).expect("checked");
+        assert_eq!(endpoints.current, None);
+        assert_eq!(endpoints.effective(), Some(MOVED));
     }
 }

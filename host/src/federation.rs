@@ -476,7 +476,15 @@ impl HandshakePolicy for JoinPolicy {
 /// `code`, must do (the command last, so it can be copied as it is);
 /// `added` says whether `join` just added `peer` here.
 fn refusal_hint(peer: &str, code: &str, added: bool, ours: &crate::identity::Manifest) -> String {
-    let (me, endpoint, tls) = (&ours.node_id, &ours.endpoint, &ours.tls_fingerprint);
+    let (me, tls) = (&ours.node_id, &ours.tls_fingerprint);
+    // How the other operator admits this node: a dial-only node cannot be
+    // joined (it has no endpoint); its manifest is added instead.
+    let admit = match &ours.endpoint {
+        Some(endpoint) => format!("agentfed join {endpoint} --fingerprint {tls}"),
+        None => format!(
+            "agentfed peers add {me}.manifest.json (this node is dial-only; give them the output of `agentfed manifest`)"
+        ),
+    };
     let known = if added {
         format!("{peer} is known here now (its manifest was verified).")
     } else {
@@ -497,13 +505,13 @@ fn refusal_hint(peer: &str, code: &str, added: bool, ours: &crate::identity::Man
             }
         ),
         "KEY_MISMATCH" => format!(
-            "{peer} has a node {me} on record with another identity key (was this node re-initialised?); its operator must remove that record first: agentfed peers remove {me}, then: agentfed join {endpoint} --fingerprint {tls}"
+            "{peer} has a node {me} on record with another identity key (was this node re-initialised?); its operator must remove that record first: agentfed peers remove {me}, then: {admit}"
         ),
         "UNTRUSTED" => format!(
             "{peer} has this node ({me}) at UNTRUSTED; its operator must raise it: agentfed trust set {me} verified --reason \"…\""
         ),
         _ => format!(
-            "{peer} does not admit this node yet ({code}); ask its operator to run: agentfed join {endpoint} --fingerprint {tls}"
+            "{peer} does not admit this node yet ({code}); ask its operator to run: {admit}"
         ),
     };
     format!("{known} {retrying} {todo}")
@@ -599,17 +607,27 @@ impl Federation {
             failure_audit: Mutex::new(FailureThrottle::default()),
         });
 
-        let endpoint = coordinator.identity().endpoint().to_string();
-        let plaintext = endpoint.starts_with("ws://");
-        let listen = {
-            let (config, endpoint) = (config.clone(), endpoint.clone());
-            tokio::task::spawn_blocking(move || listen_address(&config, &endpoint))
-                .await
-                .ok()
-                .flatten()
+        let endpoint = coordinator.identity().endpoint().map(str::to_string);
+        let plaintext = endpoint.as_deref().is_some_and(|e| e.starts_with("ws://"));
+        let listen = match &endpoint {
+            // Dial-only: no listener at all.
+            None => None,
+            Some(endpoint) => {
+                let (config, endpoint) = (config.clone(), endpoint.clone());
+                tokio::task::spawn_blocking(move || listen_address(&config, &endpoint))
+                    .await
+                    .ok()
+                    .flatten()
+            }
         };
         match listen {
-            None => tracing::warn!(%endpoint, "no listen address for the endpoint; not listening"),
+            None if endpoint.is_none() => {
+                tracing::info!("dial-only node ([node] endpoint = \"none\"): not listening")
+            }
+            None => tracing::warn!(
+                endpoint = endpoint.as_deref().unwrap_or_default(),
+                "no listen address for the endpoint; not listening"
+            ),
             Some(_) if plaintext && !fed.settings.allow_plaintext => tracing::warn!(
                 "endpoint is ws:// but [transport] allow_plaintext is false; not listening"
             ),
@@ -933,6 +951,11 @@ impl Federation {
             {
                 return;
             }
+            // No endpoint claimed (the peer became dial-only): nothing to
+            // probe; the coordinator adopted that manifest already.
+            let Some(claimed_endpoint) = claimed.endpoint.clone() else {
+                return;
+            };
             let Ok(pin) = Pin::fingerprint(&stored.tls_fingerprint) else {
                 return;
             };
@@ -943,7 +966,7 @@ impl Federation {
             };
             let result = tokio::time::timeout(
                 Duration::from_secs(this.settings.handshake_timeout_secs.max(1)),
-                connect(&claimed.endpoint, pin, &this.node, &this.transport, &probe),
+                connect(&claimed_endpoint, pin, &this.node, &this.transport, &probe),
             )
             .await;
             let seen = lock(&probe.seen).take();
@@ -1263,6 +1286,11 @@ impl Federation {
             lock(&self.dialing).remove(&peer);
             return;
         };
+        // Dial-only since the tick chose it: nothing to dial.
+        let Some(endpoint) = view.endpoint.clone() else {
+            lock(&self.dialing).remove(&peer);
+            return;
+        };
         let fingerprint = {
             let p = peer.clone();
             self.blocking(move |c| c.store().get_peer(&p)).await
@@ -1276,20 +1304,20 @@ impl Federation {
             .get(&peer)
             .is_some_and(|r| r.outage.is_some());
         if in_outage {
-            tracing::debug!(%peer, endpoint = %view.endpoint, "redialing an unreachable peer");
+            tracing::debug!(%peer, %endpoint, "redialing an unreachable peer");
         } else {
             self.audit(
                 AuditEvent::new(
                     EventType::HandshakeInitiated,
-                    format!("dialing {peer} at {}", view.endpoint),
+                    format!("dialing {peer} at {endpoint}"),
                 )
                 .with_peer(&peer)
-                .with_details(json!({"endpoint": view.endpoint, "reason": "reconnect"})),
+                .with_details(json!({"endpoint": endpoint, "reason": "reconnect"})),
             )
             .await;
         }
         let policy = self.policy();
-        let result = connect(&view.endpoint, pin, &self.node, &self.transport, &policy).await;
+        let result = connect(&endpoint, pin, &self.node, &self.transport, &policy).await;
         match result {
             Ok(conn) => {
                 let _ = self.register(conn).await;
@@ -1304,8 +1332,7 @@ impl Federation {
             ) if code.as_str() == SESSION_LEFT => {
                 self.want(&peer, false);
                 lock(&self.redial).remove(&peer);
-                self.audit_dial_failure(&peer, &view.endpoint, e, None)
-                    .await;
+                self.audit_dial_failure(&peer, &endpoint, e, None).await;
             }
             Err(e) => {
                 let (delay, new_outage, attempts) = {
@@ -1332,7 +1359,7 @@ impl Federation {
                     (delay, new_outage, attempts)
                 };
                 if new_outage {
-                    self.audit_dial_failure(&peer, &view.endpoint, &e, Some(delay))
+                    self.audit_dial_failure(&peer, &endpoint, &e, Some(delay))
                         .await;
                 } else {
                     tracing::debug!(%peer, attempts, code = e.code(), retry_in_ms = delay.as_millis() as u64, "still unreachable");
@@ -1461,10 +1488,13 @@ impl Federation {
                 continue;
             }
             let p = peer.clone();
+            // A dial-only peer (no endpoint) is never dialed: it connects
+            // by itself, and what is queued for it waits until then.
             let ok = matches!(
                 self.blocking(move |c| c.peer(&p)).await,
                 Ok(Ok(ref v)) if v.breaker.state == crate::model::BreakerState::Active
                     && v.trust_level >= crate::model::TrustLevel::Verified
+                    && v.endpoint.is_some()
             );
             // A stranger admitted by `accept_new_peers` (listed by an
             // older version) is never a redial target.

@@ -500,8 +500,9 @@ pub struct Manifest {
     pub node_id: String,
     /// Ed25519 public key, standard padded base64.
     pub public_key: String,
-    /// Federation endpoint URL.
-    pub endpoint: String,
+    /// Federation endpoint URL; `None` (JSON `null`) for a dial-only
+    /// node, which opens no listener and is never dialed.
+    pub endpoint: Option<String>,
     /// TLS certificate fingerprint (lowercase hex SHA-256 of the DER).
     pub tls_fingerprint: String,
     /// Agent types offered.
@@ -538,7 +539,9 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), ManifestError> {
         validate_node_id(&self.node_id)?;
         self.verifying_key()?;
-        validate_endpoint(&self.endpoint)?;
+        if let Some(endpoint) = &self.endpoint {
+            validate_endpoint(endpoint)?;
+        }
         validate_fingerprint(&self.tls_fingerprint)?;
         validate_tokens("agent_types", &self.agent_types, MAX_AGENT_TYPES)?;
         validate_tokens("capabilities", &self.capabilities, MAX_CAPABILITIES)?;
@@ -842,7 +845,8 @@ struct TlsMaterial {
 /// A node's keys and certificate. `Debug` prints only public parts.
 pub struct Identity {
     node_id: NodeId,
-    endpoint: String,
+    /// `None` for a dial-only node.
+    endpoint: Option<String>,
     signing_key: SigningKey,
     wg_secret: x25519_dalek::StaticSecret,
     hash_secret: Zeroizing<[u8; 32]>,
@@ -853,20 +857,35 @@ pub struct Identity {
 #[serde(deny_unknown_fields)]
 struct NodeFile {
     node_id: String,
-    endpoint: String,
+    /// `null` for a dial-only node (written by `init --no-listen`).
+    endpoint: Option<String>,
 }
 
 impl Identity {
-    /// Generates fresh keys and a certificate in memory (nothing written).
+    /// Generates fresh keys and a certificate in memory (nothing written)
+    /// for a node listening at `endpoint`.
     pub fn generate(node_id: &NodeId, endpoint: &str) -> Result<Identity, IdentityError> {
-        validate_endpoint(endpoint)?;
+        Identity::generate_with(node_id, Some(endpoint))
+    }
+
+    /// Generates fresh keys and a certificate in memory (nothing written);
+    /// `endpoint` `None` makes a dial-only node. The certificate exists
+    /// either way: its fingerprint is in the manifest, and it is what the
+    /// node serves if it is later given an endpoint.
+    pub fn generate_with(
+        node_id: &NodeId,
+        endpoint: Option<&str>,
+    ) -> Result<Identity, IdentityError> {
+        if let Some(endpoint) = endpoint {
+            validate_endpoint(endpoint)?;
+        }
         let seed = random_32()?;
         let mut wg = random_32()?;
         clamp_x25519(&mut wg);
         let hash_secret = random_32()?;
         Ok(Identity {
             node_id: node_id.clone(),
-            endpoint: endpoint.to_string(),
+            endpoint: endpoint.map(str::to_string),
             signing_key: SigningKey::from_bytes(&seed),
             wg_secret: x25519_dalek::StaticSecret::from(*wg),
             hash_secret,
@@ -875,20 +894,22 @@ impl Identity {
     }
 
     /// Creates the node home (mode 0700) and writes fresh keys, certificate
-    /// and `node.json` into it. Refuses if any identity file already exists,
-    /// unless `force`.
+    /// and `node.json` into it (`endpoint` `None`: a dial-only node). Refuses
+    /// if any identity file already exists, unless `force`.
     pub fn init(
         home: &Path,
         node_id: &NodeId,
-        endpoint: &str,
+        endpoint: Option<&str>,
         force: bool,
     ) -> Result<Identity, IdentityError> {
-        validate_endpoint(endpoint)?;
+        if let Some(endpoint) = endpoint {
+            validate_endpoint(endpoint)?;
+        }
         ensure_home(home)?;
         if !force {
             refuse_existing(home)?;
         }
-        let identity = Identity::generate(node_id, endpoint)?;
+        let identity = Identity::generate_with(node_id, endpoint)?;
         identity.persist(home)?;
         Ok(identity)
     }
@@ -905,7 +926,9 @@ impl Identity {
                 reason: "expected {\"node_id\": ..., \"endpoint\": ...}",
             })?;
         let node_id = NodeId::parse(&node.node_id)?;
-        validate_endpoint(&node.endpoint)?;
+        if let Some(endpoint) = &node.endpoint {
+            validate_endpoint(endpoint)?;
+        }
         let seed = read_key32(&home.join(IDENTITY_KEY_FILE))?;
         let wg = read_key32(&home.join(WIREGUARD_KEY_FILE))?;
         let hash_secret = read_key32(&home.join(HASH_KEY_FILE))?;
@@ -941,13 +964,16 @@ impl Identity {
         sync_dir(home)
     }
 
-    /// Moves the node to `endpoint`: rewrites `node.json` with it
-    /// (atomically). Keys and certificate stay, so peers keep trusting the
-    /// node; they learn the endpoint from its next signed manifest.
-    pub fn set_endpoint(home: &Path, endpoint: &str) -> Result<Identity, IdentityError> {
-        validate_endpoint(endpoint)?;
+    /// Moves the node to `endpoint` (`None`: dial-only): rewrites
+    /// `node.json` with it (atomically). Keys and certificate stay, so peers
+    /// keep trusting the node; they learn the endpoint from its next signed
+    /// manifest.
+    pub fn set_endpoint(home: &Path, endpoint: Option<&str>) -> Result<Identity, IdentityError> {
+        if let Some(endpoint) = endpoint {
+            validate_endpoint(endpoint)?;
+        }
         let mut identity = Identity::load(home)?;
-        identity.endpoint = endpoint.to_string();
+        identity.endpoint = endpoint.map(str::to_string);
         identity.write_node_file(home)?;
         sync_dir(home)?;
         Ok(identity)
@@ -970,9 +996,9 @@ impl Identity {
         &self.node_id
     }
 
-    /// This node's federation endpoint URL.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    /// This node's federation endpoint URL; `None` for a dial-only node.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
     }
 
     /// The Ed25519 public key.
@@ -1354,7 +1380,7 @@ mod tests {
     fn init_writes_private_files_and_load_round_trips() -> TestResult {
         let dir = tempfile::tempdir()?;
         let home = home_in(&dir);
-        let created = Identity::init(&home, &node("alpha"), "wss://192.0.2.1:9100", false)?;
+        let created = Identity::init(&home, &node("alpha"), Some("wss://192.0.2.1:9100"), false)?;
         assert_eq!(mode_of(&home), 0o700);
         for f in [
             IDENTITY_KEY_FILE,
@@ -1368,7 +1394,7 @@ mod tests {
         }
         let loaded = Identity::load(&home)?;
         assert_eq!(loaded.node_id().as_str(), "alpha");
-        assert_eq!(loaded.endpoint(), "wss://192.0.2.1:9100");
+        assert_eq!(loaded.endpoint(), Some("wss://192.0.2.1:9100"));
         assert_eq!(loaded.public_key_b64(), created.public_key_b64());
         assert_eq!(loaded.wg_public_key_b64(), created.wg_public_key_b64());
         assert_eq!(loaded.hash_secret(), created.hash_secret());
@@ -1387,8 +1413,8 @@ mod tests {
     fn init_refuses_to_overwrite_without_force() -> TestResult {
         let dir = tempfile::tempdir()?;
         let home = home_in(&dir);
-        let first = Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
-        let again = Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false);
+        let first = Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), false)?;
+        let again = Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), false);
         let msg = again.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.contains("already exists") && msg.contains("force"),
@@ -1399,7 +1425,7 @@ mod tests {
             Identity::load(&home)?.public_key_b64(),
             first.public_key_b64()
         );
-        let forced = Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", true)?;
+        let forced = Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), true)?;
         assert_ne!(forced.public_key_b64(), first.public_key_b64());
         assert_eq!(
             Identity::load(&home)?.public_key_b64(),
@@ -1419,7 +1445,7 @@ mod tests {
         ] {
             let dir = tempfile::tempdir()?;
             let home = home_in(&dir);
-            Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
+            Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), false)?;
             let path = home.join(file);
             for mode in [0o644, 0o640, 0o604, 0o660] {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
@@ -1444,7 +1470,7 @@ mod tests {
         for file in [TLS_CERT_FILE, NODE_FILE] {
             let dir = tempfile::tempdir()?;
             let home = home_in(&dir);
-            Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
+            Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), false)?;
             assert_eq!(mode_of(&home.join(file)) & 0o022, 0, "{file}");
             let path = home.join(file);
             fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
@@ -1464,7 +1490,7 @@ mod tests {
     fn load_refuses_world_writable_home() -> TestResult {
         let dir = tempfile::tempdir()?;
         let home = home_in(&dir);
-        Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
+        Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), false)?;
         fs::set_permissions(&home, fs::Permissions::from_mode(0o777))?;
         let err = Identity::load(&home).err();
         assert!(matches!(err, Some(IdentityError::Home(_))), "{err:?}");
@@ -1485,7 +1511,7 @@ mod tests {
             "{err:?}"
         );
 
-        Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", true)?;
+        Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), true)?;
         let key = home.join(WIREGUARD_KEY_FILE);
         fs::remove_file(&key)?;
         crate::home::write_private(&key, b"not base64 at all\n")?;
@@ -1506,7 +1532,7 @@ mod tests {
     fn load_refuses_tls_key_not_matching_certificate() -> TestResult {
         let dir = tempfile::tempdir()?;
         let home = home_in(&dir);
-        Identity::init(&home, &node("alpha"), "ws://127.0.0.1:9100", false)?;
+        Identity::init(&home, &node("alpha"), Some("ws://127.0.0.1:9100"), false)?;
         let other = test_identity("beta");
         write_file(&home.join(TLS_KEY_FILE), other.tls_key_pem().as_bytes())?;
         let err = Identity::load(&home).err();
@@ -1586,6 +1612,35 @@ mod tests {
     }
 
     #[test]
+    fn a_dial_only_manifest_signs_endpoint_null_and_verifies() -> TestResult {
+        let node = NodeId::parse("laptop")?;
+        let id = Identity::generate_with(&node, None)?;
+        assert_eq!(id.endpoint(), None);
+        let signed = id.signed_manifest(&ManifestParams::new(Ipv4Addr::new(198, 18, 0, 9)), 5)?;
+        let bytes = signed.manifest.canonical_bytes()?;
+        let text = std::str::from_utf8(&bytes)?;
+        assert!(
+            text.contains(",\"endpoint\":null,\"tls_fingerprint\":"),
+            "{text}"
+        );
+        let parsed = SignedManifest::from_json(&signed.to_json())?;
+        parsed.verify()?;
+        assert_eq!(parsed.manifest.endpoint, None);
+        // Absent reads as null, like wg_endpoint; the signature still holds.
+        let mut json: serde_json::Value = serde_json::from_slice(&signed.to_json())?;
+        json["manifest"]
+            .as_object_mut()
+            .ok_or("manifest object")?
+            .remove("endpoint");
+        SignedManifest::from_json(&serde_json::to_vec(&json)?)?.verify()?;
+        // Giving it an endpoint after signing breaks the signature.
+        let mut moved = signed.clone();
+        moved.manifest.endpoint = Some("wss://192.0.2.9:9100".into());
+        assert!(matches!(moved.verify(), Err(ManifestError::BadSignature)));
+        Ok(())
+    }
+
+    #[test]
     fn manifest_carries_the_derived_mesh_ip() -> TestResult {
         let id = test_identity("ruvultra");
         let net: MeshSubnet = "198.18.0.0/15".parse()?;
@@ -1609,7 +1664,7 @@ mod tests {
         let other = test_identity("beta");
 
         let mut t = signed.clone();
-        t.manifest.endpoint = "wss://192.0.2.99:9100".into();
+        t.manifest.endpoint = Some("wss://192.0.2.99:9100".into());
         assert_bad_signature(&t, "endpoint");
         let mut t = signed.clone();
         t.manifest.node_id = "alphb".into();
@@ -1715,7 +1770,7 @@ mod tests {
             &format!("wss://{}.example:9100", "a".repeat(64)),
             &format!("wss://h:9100/{}", "p".repeat(300)),
         ] {
-            expect_invalid(&id, &base, "endpoint", |m| m.endpoint = bad.into());
+            expect_invalid(&id, &base, "endpoint", |m| m.endpoint = Some(bad.into()));
         }
         for bad in [
             "",

@@ -25,7 +25,7 @@ fn init_home(home: &Path, node_id: &str) {
     Identity::init(
         home,
         &NodeId::parse(node_id).unwrap(),
-        "wss://127.0.0.1:9100",
+        Some("wss://127.0.0.1:9100"),
         false,
     )
     .expect("init identity");
@@ -956,17 +956,25 @@ fn a_known_peer_s_new_manifest_is_adopted_but_a_new_certificate_only_when_seen()
 
     // Moved, claimed over an inbound session: kept, warned; adopted once
     // this node dialed the new endpoint and the same node answered there.
-    let moved = resigned(&beta, &key, |m| m.endpoint = "wss://192.0.2.30:9300".into());
+    let moved = resigned(&beta, &key, |m| {
+        m.endpoint = Some("wss://192.0.2.30:9300".into())
+    });
     c.peer_connected(&moved, "s1", "server", "stored")
         .expect("connected")
         .expect("admitted");
-    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://127.0.0.1:9100");
+    assert_eq!(
+        c.peer("beta").unwrap().endpoint.as_deref(),
+        Some("wss://127.0.0.1:9100")
+    );
     let records = updates();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].details["adopted"], false);
     c.adopt_manifest_proven_at_endpoint(&moved)
         .expect("adopted");
-    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://192.0.2.30:9300");
+    assert_eq!(
+        c.peer("beta").unwrap().endpoint.as_deref(),
+        Some("wss://192.0.2.30:9300")
+    );
     let records = updates();
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].details["changed"], json!(["endpoint"]));
@@ -976,10 +984,13 @@ fn a_known_peer_s_new_manifest_is_adopted_but_a_new_certificate_only_when_seen()
     let forged = resigned(&moved, &other, |m| {
         m.public_key =
             base64::engine::general_purpose::STANDARD.encode(other.verifying_key().to_bytes());
-        m.endpoint = "wss://192.0.2.99:9300".into();
+        m.endpoint = Some("wss://192.0.2.99:9300".into());
     });
     assert!(c.adopt_manifest_proven_at_endpoint(&forged).is_err());
-    assert_eq!(c.peer("beta").unwrap().endpoint, "wss://192.0.2.30:9300");
+    assert_eq!(
+        c.peer("beta").unwrap().endpoint.as_deref(),
+        Some("wss://192.0.2.30:9300")
+    );
 
     // Another certificate over an inbound session: not adopted, warned.
     let recertified = resigned(&moved, &key, |m| m.tls_fingerprint = "ab".repeat(32));
@@ -1005,6 +1016,27 @@ fn a_known_peer_s_new_manifest_is_adopted_but_a_new_certificate_only_when_seen()
         .expect("admitted");
     assert_eq!(stored(c), "ab".repeat(32));
     assert_eq!(updates().len(), 4);
+
+    // Gone dial-only, said over an inbound session: adopted at once (no
+    // endpoint can aim this node's dials anywhere), and never dialed.
+    let dial_only = resigned(&recertified, &key, |m| m.endpoint = None);
+    c.peer_connected(&dial_only, "s4", "server", "stored")
+        .expect("connected")
+        .expect("admitted");
+    assert_eq!(c.peer("beta").unwrap().endpoint, None);
+    let records = updates();
+    assert_eq!(records.len(), 5);
+    assert_eq!(records[0].details["adopted"], true, "{:?}", records[0]);
+    assert_eq!(records[0].details["endpoint"], serde_json::Value::Null);
+    // Listening again, claimed inbound: kept until the endpoint proves it.
+    let listening = resigned(&dial_only, &key, |m| {
+        m.endpoint = Some("wss://192.0.2.31:9300".into())
+    });
+    c.peer_connected(&listening, "s5", "server", "stored")
+        .expect("connected")
+        .expect("admitted");
+    assert_eq!(c.peer("beta").unwrap().endpoint, None);
+    assert_eq!(updates()[0].details["adopted"], false);
     assert!(c.audit().verify().is_ok());
 }
 

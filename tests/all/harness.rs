@@ -218,6 +218,12 @@ impl Node {
     /// Like [`Node::init`] with the federation endpoint `endpoint` (e.g.
     /// `wss://127.0.0.1:PORT` for tests that run real sessions).
     pub fn init_at(node_id: &str, endpoint: &str) -> Node {
+        Node::init_with(node_id, &["--endpoint", endpoint])
+    }
+
+    /// `agentfed init --node-id ID --mesh-subnet 198.18.0.0/15` plus
+    /// `args` (e.g. `["--no-listen"]`) in a fresh temp home.
+    pub fn init_with(node_id: &str, args: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let home = dir.path().join("home");
         let node = Node {
@@ -226,16 +232,15 @@ impl Node {
             dir,
             logs: 0,
         };
-        node.run(&[
+        let mut init = vec![
             "init",
             "--node-id",
             node_id,
-            "--endpoint",
-            endpoint,
             "--mesh-subnet",
             "198.18.0.0/15",
-        ])
-        .ok();
+        ];
+        init.extend_from_slice(args);
+        node.run(&init).ok();
         std::os::unix::fs::symlink(shared_cache(), node.home.join("cache"))
             .expect("linking the shared plugin cache");
         node

@@ -9,6 +9,7 @@ mod cli_errors;
 mod coordinator;
 mod daemon;
 mod demo;
+mod dial_only;
 mod earned_trust;
 mod federation;
 mod harness;

@@ -429,7 +429,7 @@ async fn bad_manifest_signature_or_field_is_refused() {
 
     // A correctly signed manifest breaking a field grammar.
     let bad_field = lying_node(identity("sloppy"), |m| {
-        m.endpoint = "http://example.invalid".into()
+        m.endpoint = Some("http://example.invalid".into())
     });
     let (res, fail) = tokio::join!(
         dial(wss(&listener), pin_of(&server), &bad_field, config()),

@@ -21,8 +21,14 @@ pub struct InitArgs {
     #[arg(long, value_name = "ID")]
     pub node_id: String,
     /// Federation endpoint peers connect to (ws:// or wss://host:port).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT)]
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT, conflicts_with = "no_listen")]
     pub endpoint: String,
+    /// A dial-only node (a laptop behind NAT): no listener, no endpoint in
+    /// the manifest. Peers never dial it; it dials them, and what they
+    /// queue for it is delivered while it is connected. Its peers add its
+    /// manifest (`peers add`); it joins them.
+    #[arg(long)]
+    pub no_listen: bool,
     /// Agent type this node offers (repeatable), e.g. --agent-type coder.
     #[arg(long = "agent-type", value_name = "TYPE")]
     pub agent_types: Vec<String>,
@@ -116,8 +122,8 @@ pub struct Created {
     pub node_id: String,
     /// The node home.
     pub home: PathBuf,
-    /// The federation endpoint.
-    pub endpoint: String,
+    /// The federation endpoint; `None` for a dial-only node.
+    pub endpoint: Option<String>,
     /// The WireGuard mesh IP derived from the node id.
     pub mesh_ip: String,
     /// Ed25519 public key (standard base64).
@@ -140,7 +146,11 @@ pub fn create(home: &Path, args: InitArgs) -> Result<Created, CliError> {
         .map_err(|e| CliError::usage(anyhow!("--node-id: {}", e.reason)))?;
     let mut config = NodeConfig::default();
     config.node.node_id = node_id.to_string();
-    config.node.endpoint = args.endpoint.clone();
+    config.node.endpoint = if args.no_listen {
+        crate::config::NO_ENDPOINT.to_string()
+    } else {
+        args.endpoint.clone()
+    };
     config.node.agent_types = args.agent_types.clone();
     config.node.mesh_subnet = args.mesh_subnet.clone();
     // Validate everything before creating anything.
@@ -163,7 +173,7 @@ pub fn create(home: &Path, args: InitArgs) -> Result<Created, CliError> {
             config_path.display()
         )));
     }
-    let identity = Identity::init(home, &node_id, &args.endpoint, args.force).map_err(|e| {
+    let identity = Identity::init(home, &node_id, config.endpoint(), args.force).map_err(|e| {
         match e {
             IdentityError::AlreadyInitialized { path } => CliError::failed(anyhow!(
                 "{} already exists; refusing to overwrite node keys (re-run init with --force to replace them)",
@@ -194,7 +204,7 @@ pub fn create(home: &Path, args: InitArgs) -> Result<Created, CliError> {
     Ok(Created {
         node_id: node_id.to_string(),
         home: home.to_path_buf(),
-        endpoint: identity.endpoint().to_string(),
+        endpoint: identity.endpoint().map(str::to_string),
         mesh_ip: params.mesh_ip.to_string(),
         public_key: identity.public_key_b64(),
         fingerprint,
@@ -213,7 +223,13 @@ pub fn init(home: &Path, args: InitArgs) -> CliResult {
         let private = if what.ends_with("key") { " (0600)" } else { "" };
         println!("  {what:<15} {}{private}", path.display());
     }
-    println!("endpoint        {}", created.endpoint);
+    println!(
+        "endpoint        {}",
+        created
+            .endpoint
+            .as_deref()
+            .unwrap_or("none (dial-only: no listener; join the nodes this node talks to)")
+    );
     println!("mesh ip         {}", created.mesh_ip);
     println!("public key      {}", created.public_key);
     println!("fingerprint     {}", created.fingerprint);
@@ -307,7 +323,14 @@ fn verify(file: &Path) -> CliResult {
         "valid manifest: node {} fingerprint {fingerprint}",
         manifest.manifest.node_id
     );
-    println!("endpoint        {}", manifest.manifest.endpoint);
+    println!(
+        "endpoint        {}",
+        manifest
+            .manifest
+            .endpoint
+            .as_deref()
+            .unwrap_or("none (dial-only: add it with `agentfed peers add`; it joins you)")
+    );
     println!("public key      {}", manifest.manifest.public_key);
     println!("tls fingerprint {}", manifest.manifest.tls_fingerprint);
     Ok(())
@@ -359,6 +382,7 @@ mod tests {
                 endpoint: "wss://192.0.2.1:9100".into(),
                 agent_types: vec!["coder".into()],
                 mesh_subnet: "198.18.0.0/15".into(),
+                no_listen: false,
                 force: false,
             },
         )
@@ -386,6 +410,7 @@ mod tests {
                 endpoint: DEFAULT_ENDPOINT.into(),
                 agent_types: vec![],
                 mesh_subnet: "10.50.0.0/16".into(),
+                no_listen: false,
                 force: false,
             },
         )
@@ -410,6 +435,7 @@ mod tests {
                     endpoint: endpoint.into(),
                     agent_types: vec![],
                     mesh_subnet: subnet.into(),
+                    no_listen: false,
                     force: false,
                 },
             )

@@ -65,7 +65,7 @@ pub fn status(home: &Path, out: JsonFlag) -> CliResult {
     }
     println!("node          {}", text(&s["node_id"]));
     println!("version       {}", text(&s["version"]));
-    println!("endpoint      {}", text(&s["endpoint"]));
+    println!("endpoint      {}", endpoint_text(&s["endpoint"]));
     println!("uptime        {}s", text(&s["uptime_secs"]));
     println!("clock         {}", time_text(&s["now_ms"]));
     println!("peers         {}", text(&s["peers"]));
@@ -172,7 +172,7 @@ pub fn peers(home: &Path, args: PeersArgs) -> CliResult {
                     "added peer {} ({}) at {}",
                     text_of(&peer, "node_id"),
                     text_of(&peer, "trust_level"),
-                    text_of(&peer, "endpoint")
+                    endpoint_text(&peer["endpoint"])
                 );
             }
             Ok(())
@@ -195,7 +195,7 @@ pub fn peers(home: &Path, args: PeersArgs) -> CliResult {
             let m = &p["metrics"];
             let lines = [
                 ("peer", text(&p["node_id"])),
-                ("endpoint", text(&p["endpoint"])),
+                ("endpoint", endpoint_text(&p["endpoint"])),
                 (
                     "trust",
                     format!(
@@ -257,7 +257,7 @@ fn print_peers(peers: &Value) {
                 score_text(&p["score"]),
                 text(&p["metrics"]["interactions"]),
                 text(&p["breaker"]["state"]),
-                text(&p["endpoint"]),
+                endpoint_text(&p["endpoint"]),
                 time_text(&p["last_seen_ms"]),
             ]
         })
@@ -1458,6 +1458,14 @@ fn peer_filter(peer: Option<&str>) -> Value {
     match peer {
         Some(p) => json!({"peer": p}),
         None => json!({}),
+    }
+}
+
+/// An endpoint as shown: `null` is a dial-only node, never dialed.
+fn endpoint_text(v: &Value) -> String {
+    match v {
+        Value::Null => "dial-only".into(),
+        other => text(other),
     }
 }
 

@@ -335,6 +335,12 @@ impl Bridge {
                     ),
                 ));
             };
+            if a.no_listen && a.endpoint.is_some() {
+                return Err(ToolError::new(
+                    "INVALID_PARAMS",
+                    "federation_init: endpoint and noListen exclude each other (a dial-only node has no endpoint)",
+                ));
+            }
             let args = crate::cli::node::InitArgs {
                 node_id,
                 endpoint: a
@@ -342,6 +348,7 @@ impl Bridge {
                     .unwrap_or_else(|| crate::config::DEFAULT_ENDPOINT.to_string()),
                 agent_types: a.agent_types,
                 mesh_subnet: crate::identity::DEFAULT_MESH_SUBNET.to_string(),
+                no_listen: a.no_listen,
                 force: false,
             };
             let created = tokio::task::spawn_blocking(move || {
@@ -372,7 +379,8 @@ impl Bridge {
             "home": self.shared.home,
             "manifest": manifest,
         });
-        let asked = a.node_id.is_some() || a.endpoint.is_some() || !a.agent_types.is_empty();
+        let asked =
+            a.node_id.is_some() || a.endpoint.is_some() || a.no_listen || !a.agent_types.is_empty();
         if asked {
             out["note"] = json!(
                 "the node exists; nothing was changed (keys are never overwritten; edit agentfed.toml or run `agentfed init --force` to change it)"

@@ -84,6 +84,10 @@ pub struct InitArgs {
     /// Agent types this node offers, e.g. ["coder"].
     #[serde(default)]
     pub agent_types: Vec<String>,
+    /// A dial-only node (a laptop behind NAT): no listener and no endpoint;
+    /// it joins its peers, and they never dial it. Not with `endpoint`.
+    #[serde(default)]
+    pub no_listen: bool,
 }
 
 /// `federation_send`.
