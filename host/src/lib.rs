@@ -59,6 +59,7 @@ pub mod home;
 pub mod identity;
 pub mod journal;
 pub mod limits;
+pub mod mesh;
 pub mod mcp;
 pub mod model;
 pub mod pii;

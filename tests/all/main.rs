@@ -18,6 +18,8 @@ mod hostile;
 mod inbound_checks;
 mod loading;
 mod mcp;
+mod mesh_device;
+mod netns;
 mod node;
 mod plugin_chain;
 mod policies;
