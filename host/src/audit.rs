@@ -313,6 +313,17 @@ pub fn as_local_actor<R>(actor: &str, client: Option<&str>, f: impl FnOnce() -> 
     f()
 }
 
+/// The actor an operator event prepared on this thread is recorded
+/// under: the one [`as_local_actor`] set, else [`ACTOR_OPERATOR`].
+pub fn local_actor() -> String {
+    LOCAL_ACTOR.with(|slot| {
+        slot.borrow()
+            .as_ref()
+            .map(|(actor, _)| actor.clone())
+            .unwrap_or_else(|| ACTOR_OPERATOR.to_string())
+    })
+}
+
 /// Applies [`as_local_actor`]'s relabelling to `event`.
 fn relabel_local_actor(mut event: AuditEvent) -> AuditEvent {
     if event.actor != ACTOR_OPERATOR && event.actor != ACTOR_SYSTEM {

@@ -85,6 +85,8 @@ pub struct NodeConfig {
     pub trust: TrustSection,
     /// `[transport]`: the federation listener, sessions and delivery.
     pub transport: TransportSection,
+    /// `[mesh]`: the WireGuard mesh (off by default).
+    pub mesh: MeshSection,
     /// Policy plugins, one section per kind.
     pub plugins: PluginsConfig,
 }
@@ -163,6 +165,75 @@ impl From<Compliance> for crate::audit::ComplianceMode {
 pub struct AuditSection {
     /// `standard` or `hipaa`.
     pub compliance: Compliance,
+}
+
+/// How the mesh drives its WireGuard device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshBackend {
+    /// A userspace implementation (wireguard-go, boringtun, gotatun) over
+    /// its UAPI socket; works wherever a TUN device does.
+    #[default]
+    Userspace,
+    /// Linux kernel WireGuard, through `ip` and wireguard-tools' `wg`.
+    Kernel,
+}
+
+/// `[mesh]`: the WireGuard mesh governed by trust (docs/mesh.md). The
+/// subnet and the published WireGuard endpoint are `[node] mesh_subnet`
+/// and `[node] wg_endpoint`: they are part of the signed manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshSection {
+    /// Run the mesh: create the device, reconcile peers and firewall.
+    pub enabled: bool,
+    /// The WireGuard interface name (1-15 of `[A-Za-z0-9_.-]`).
+    pub interface: String,
+    /// The UDP port the device listens on.
+    pub listen_port: u16,
+    /// Userspace or kernel WireGuard.
+    pub backend: MeshBackend,
+    /// Where userspace implementations open `<interface>.sock`.
+    pub uapi_dir: PathBuf,
+    /// The userspace implementation started when its socket is missing
+    /// (program and arguments; the interface name is appended).
+    pub userspace_command: Vec<String>,
+    /// Seconds between reconciles that look for drift (1..=86400); trust,
+    /// breaker and manifest changes reconcile at once.
+    pub reconcile_secs: u64,
+    /// Persistent keepalive sent to peers, seconds (0 off; at most 3600).
+    pub keepalive_secs: u16,
+    /// Apply the trust-graded firewall (nftables table `inet agentfed`).
+    pub firewall: bool,
+}
+
+/// Default `[mesh] interface`.
+pub const DEFAULT_MESH_INTERFACE: &str = "agentfed0";
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        MeshSection {
+            enabled: false,
+            interface: DEFAULT_MESH_INTERFACE.into(),
+            listen_port: 51820,
+            backend: MeshBackend::Userspace,
+            uapi_dir: PathBuf::from("/var/run/wireguard"),
+            userspace_command: vec!["wireguard-go".into()],
+            reconcile_secs: 30,
+            keepalive_secs: 25,
+            firewall: true,
+        }
+    }
+}
+
+/// Whether `name` is a usable Linux interface name.
+pub fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// `[timers]`.
@@ -578,6 +649,25 @@ impl NodeConfig {
         }
         self.mesh_subnet()
             .map_err(|e| format!("node.mesh_subnet: {e}"))?;
+        let mesh = &self.mesh;
+        if !is_interface_name(&mesh.interface) {
+            return Err("mesh.interface: 1-15 characters of [A-Za-z0-9_.-], not . or ..".into());
+        }
+        if mesh.listen_port == 0 {
+            return Err("mesh.listen_port: must be 1-65535".into());
+        }
+        if !(1..=MAX_TIMER_SECS).contains(&mesh.reconcile_secs) {
+            return Err(format!("mesh.reconcile_secs: must be 1-{MAX_TIMER_SECS}"));
+        }
+        if mesh.keepalive_secs > 3600 {
+            return Err("mesh.keepalive_secs: at most 3600 (0 is off)".into());
+        }
+        if mesh.userspace_command.is_empty() || mesh.userspace_command[0].is_empty() {
+            return Err("mesh.userspace_command: name a program, e.g. [\"wireguard-go\"]".into());
+        }
+        if !mesh.uapi_dir.is_absolute() {
+            return Err("mesh.uapi_dir: must be an absolute path".into());
+        }
         if let Some(wg) = &node.wg_endpoint {
             crate::identity::validate_host_port("wg_endpoint", wg)
                 .map_err(|e| format!("node.wg_endpoint: {}", e.reason))?;
@@ -899,6 +989,7 @@ impl NodeConfig {
             "# How far an inbound envelope's timestamp may be from this clock, seconds (1-86400).",
         );
         kv(w, "max_clock_skew_secs", &t.max_clock_skew_secs);
+        mesh_section(w, &self.mesh);
         for kind in PluginKind::ALL {
             plugin_section(w, kind, self.plugins.get(kind));
         }
@@ -922,6 +1013,56 @@ fn resolve_in(home: &Path, path: &Path) -> PathBuf {
     } else {
         home.join(path)
     }
+}
+
+/// The `[mesh]` section of [`NodeConfig::to_documented_toml`].
+fn mesh_section(w: &mut String, m: &MeshSection) {
+    line(w, "");
+    line(w, "[mesh]");
+    line(
+        w,
+        "# The WireGuard mesh governed by trust (docs/mesh.md): tunnels and a firewall per peer,",
+    );
+    line(
+        w,
+        "# reconciled from trust and breaker state. Needs root (or CAP_NET_ADMIN). Subnet and",
+    );
+    line(
+        w,
+        "# published endpoint: [node] mesh_subnet, [node] wg_endpoint.",
+    );
+    kv(w, "enabled", &m.enabled);
+    line(w, "# WireGuard interface name.");
+    kv(w, "interface", &m.interface);
+    line(w, "# UDP port the device listens on.");
+    kv(w, "listen_port", &m.listen_port);
+    line(
+        w,
+        "# \"userspace\" (wireguard-go & co. over their UAPI socket) or \"kernel\" (ip + wg).",
+    );
+    kv(w, "backend", &m.backend);
+    line(
+        w,
+        "# Where userspace implementations open <interface>.sock.",
+    );
+    kv(w, "uapi_dir", &m.uapi_dir.display().to_string());
+    line(
+        w,
+        "# Started when the socket is missing; the interface name is appended.",
+    );
+    kv(w, "userspace_command", &m.userspace_command);
+    line(
+        w,
+        "# Seconds between reconciles that repair drift (changes reconcile at once).",
+    );
+    kv(w, "reconcile_secs", &m.reconcile_secs);
+    line(w, "# Persistent keepalive to peers, seconds (0 = off).");
+    kv(w, "keepalive_secs", &m.keepalive_secs);
+    line(
+        w,
+        "# Apply the trust-graded firewall (nftables table inet agentfed).",
+    );
+    kv(w, "firewall", &m.firewall);
 }
 
 /// The `[trust]` section of [`NodeConfig::to_documented_toml`].

@@ -1204,7 +1204,7 @@ impl Coordinator {
             agent_types: self.config.node.agent_types.clone(),
             capabilities: self.config.node.capabilities.clone(),
             mesh_ip,
-            wg_endpoint: None,
+            wg_endpoint: self.config.node.wg_endpoint.clone(),
             protocol_version: crate::identity::PROTOCOL_VERSION,
         };
         Ok(self.identity.signed_manifest(&params, self.now())?)

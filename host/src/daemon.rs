@@ -98,6 +98,9 @@ pub enum DaemonError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `[mesh] enabled` but the mesh cannot be set up.
+    #[error("the WireGuard mesh cannot start: {0} (fix it, or set [mesh] enabled = false)")]
+    Mesh(#[from] crate::mesh::runtime::MeshError),
     /// Socket or runtime failure.
     #[error("{action} {path}: {source}", path = path.display())]
     Io {
@@ -463,6 +466,24 @@ async fn serve(
             None
         }
     };
+    let mesh = match start_mesh(&coordinator, config).await {
+        Ok(mesh) => mesh,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            if let Some(federation) = &federation {
+                federation.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
+    let mesh_task = mesh.as_ref().map(|mesh| {
+        dispatcher = dispatcher.clone().with_mesh(Arc::clone(mesh));
+        tokio::spawn(crate::mesh::runtime::run(
+            Arc::clone(mesh),
+            Duration::from_secs(config.mesh.reconcile_secs),
+            stop_rx.clone(),
+        ))
+    });
     let server = tokio::spawn(server::serve(listener, dispatcher, uid, stop_rx.clone()));
     let period = config.timers.tick_period();
     let timer = tokio::spawn(timer(Arc::clone(&coordinator), period, stop_rx));
@@ -490,10 +511,41 @@ async fn serve(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = timer.await;
+    if let Some(task) = mesh_task {
+        let _ = task.await;
+    }
     if let Some(federation) = federation {
         federation.shutdown().await;
     }
     Ok(())
+}
+
+/// Sets the mesh up when `[mesh] enabled`: the device, its peers and the
+/// firewall, reconciled once before the daemon reports ready. The device
+/// and firewall stay as last reconciled when the daemon stops; the next
+/// start reconciles them again.
+async fn start_mesh(
+    coordinator: &Arc<Coordinator>,
+    config: &NodeConfig,
+) -> Result<Option<Arc<crate::mesh::runtime::MeshRuntime>>, DaemonError> {
+    if !config.mesh.enabled {
+        return Ok(None);
+    }
+    let mesh = Arc::new(crate::mesh::runtime::MeshRuntime::new(
+        Arc::clone(coordinator),
+        config,
+    )?);
+    let m = Arc::clone(&mesh);
+    let first = tokio::task::spawn_blocking(move || m.reconcile(true))
+        .await
+        .map_err(|e| DaemonError::Mesh(crate::mesh::runtime::MeshError::State(e.to_string())))??;
+    tracing::info!(
+        interface = mesh.interface(),
+        applied = ?first.applied,
+        excluded = first.excluded,
+        "WireGuard mesh up"
+    );
+    Ok(Some(mesh))
 }
 
 /// Runs `coordinator.tick()` every `period` until `stop`; a tick in

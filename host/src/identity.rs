@@ -1021,6 +1021,15 @@ impl Identity {
         B64.encode(x25519_dalek::PublicKey::from(&self.wg_secret).as_bytes())
     }
 
+    /// The WireGuard key pair as bytes, for driving a device. Zeroized on
+    /// drop; never log the private half.
+    pub fn wg_key_bytes(&self) -> (Zeroizing<[u8; 32]>, [u8; 32]) {
+        (
+            Zeroizing::new(self.wg_secret.to_bytes()),
+            *x25519_dalek::PublicKey::from(&self.wg_secret).as_bytes(),
+        )
+    }
+
     /// The WireGuard private key, base64, for emitting `wg` configuration.
     /// Zeroized on drop; never log it.
     pub fn wg_private_key_b64(&self) -> Zeroizing<String> {

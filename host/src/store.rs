@@ -641,6 +641,13 @@ impl Store {
         Ok(record)
     }
 
+    /// A counter that grows with every peer write (trust, breaker,
+    /// manifest, last seen): the WireGuard mesh polls it to reconcile
+    /// right after a change.
+    pub fn peer_generation(&self) -> u64 {
+        self.peers.generation()
+    }
+
     /// Every peer record, ordered by node id.
     pub fn list_peers(&self) -> Result<Vec<PeerRecord>> {
         let txn = self.db.begin_read()?;

@@ -253,9 +253,22 @@ impl Node {
 
     /// Spawns `agentfed daemon` with `extra` arguments without waiting.
     pub fn spawn_daemon(&mut self, extra: &[&str]) -> Daemon {
+        self.spawn_daemon_in(None, extra)
+    }
+
+    /// Spawns `agentfed daemon` inside network namespace `netns` (via
+    /// `ip netns exec`, which execs it: the pid is the daemon's).
+    pub fn spawn_daemon_in(&mut self, netns: Option<&str>, extra: &[&str]) -> Daemon {
         self.logs += 1;
         let log = self.dir.path().join(format!("daemon-{}.log", self.logs));
-        let mut cmd = Command::new(bin());
+        let mut cmd = match netns {
+            None => Command::new(bin()),
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, bin()]);
+                cmd
+            }
+        };
         cmd.arg("--home")
             .arg(&self.home)
             .arg("-v")
@@ -274,8 +287,14 @@ impl Node {
 
     /// Starts the daemon and waits until `status` answers.
     pub fn start(&mut self, extra: &[&str]) {
+        self.start_in(None, extra)
+    }
+
+    /// Starts the daemon inside network namespace `netns` (or here) and
+    /// waits until `status` answers.
+    pub fn start_in(&mut self, netns: Option<&str>, extra: &[&str]) {
         assert!(self.daemon.is_none(), "daemon already running");
-        let mut daemon = self.spawn_daemon(extra);
+        let mut daemon = self.spawn_daemon_in(netns, extra);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = daemon

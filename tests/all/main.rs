@@ -19,6 +19,7 @@ mod inbound_checks;
 mod loading;
 mod mcp;
 mod mesh_device;
+mod mesh_netns;
 mod netns;
 mod node;
 mod plugin_chain;

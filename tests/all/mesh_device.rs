@@ -19,7 +19,8 @@ fn uapi_sets_and_reads_back_peers_on_a_real_wireguard_go() {
     let device = UapiDevice::new(Path::new(UAPI_DIR), &interface);
 
     let private = [9u8; 32];
-    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(private)).to_bytes();
+    let public =
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(private)).to_bytes();
     let (a, b) = ([0x11; 32], [0x22; 32]);
     device
         .set(&[

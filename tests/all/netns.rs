@@ -90,12 +90,20 @@ impl Netns {
         must(&mut cmd, &format!("in {}", self.name))
     }
 
-    /// Runs `argv` inside the namespace and returns its output, failed or
-    /// not.
-    pub fn try_run(&self, argv: &[&str]) -> Output {
+    /// Runs `argv` inside the namespace; whether it exited 0.
+    pub fn succeeds(&self, argv: &[&str]) -> bool {
         let mut cmd = self.command(argv[0]);
-        cmd.args(&argv[1..]).stdin(Stdio::null());
-        cmd.output().expect("running ip netns exec")
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.status().is_ok_and(|s| s.success())
+    }
+
+    /// Removes the UAPI socket of `interface` on drop (a device a daemon
+    /// started in this namespace; a killed one leaves its socket behind).
+    pub fn owns_device(&mut self, interface: &str) {
+        self.sockets.push(format!("{UAPI_DIR}/{interface}.sock"));
     }
 
     /// Keeps `child` (started in this namespace) to kill on drop.
@@ -123,22 +131,55 @@ impl Netns {
             || std::path::Path::new(&socket).exists(),
         );
     }
+}
 
-    /// Links this namespace to `other` with a veth pair, giving this end
-    /// `ours` and the other end `theirs` (both `/24` on 192.0.2.0/24).
-    pub fn link(&self, other: &Netns, ours: &str, theirs: &str) {
-        let (a, b) = (unique_name("afv"), unique_name("afv"));
+/// An underlay LAN: a bridge in a namespace of its own, which host
+/// namespaces join with a veth pair each (192.0.2.0/24).
+pub struct Lan {
+    ns: Netns,
+}
+
+impl Lan {
+    /// A LAN with no hosts yet.
+    pub fn new() -> Lan {
+        let ns = Netns::new();
+        ns.run(&["ip", "link", "add", "br0", "type", "bridge"]);
+        ns.run(&["ip", "link", "set", "br0", "up"]);
+        Lan { ns }
+    }
+
+    /// Plugs `host` into the LAN with underlay address `address` (/24).
+    pub fn attach(&self, host: &Netns, address: &str) {
+        let (outside, inside) = (unique_name("afv"), unique_name("afv"));
         must(
             Command::new("ip").args([
-                "link", "add", &a, "netns", &self.name, "type", "veth", "peer", "name", &b,
-                "netns", &other.name,
+                "link",
+                "add",
+                &inside,
+                "netns",
+                &host.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outside,
+                "netns",
+                &self.ns.name,
             ]),
             "creating a veth pair",
         );
-        self.run(&["ip", "addr", "add", &format!("{ours}/24"), "dev", &a]);
-        self.run(&["ip", "link", "set", &a, "up"]);
-        other.run(&["ip", "addr", "add", &format!("{theirs}/24"), "dev", &b]);
-        other.run(&["ip", "link", "set", &b, "up"]);
+        self.ns
+            .run(&["ip", "link", "set", &outside, "master", "br0"]);
+        self.ns.run(&["ip", "link", "set", &outside, "up"]);
+        host.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            &inside,
+        ]);
+        host.run(&["ip", "link", "set", &inside, "up"]);
     }
 }
 

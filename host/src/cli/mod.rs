@@ -120,8 +120,8 @@ pub enum Command {
     /// runs, runs the node in-process while the session lasts (unless
     /// --no-daemon). See docs/mcp.md.
     Mcp(McpArgs),
-    /// The WireGuard mesh's tools (today: mesh-ip; the reconciled mesh is
-    /// not built yet, see docs/mesh.md).
+    /// The WireGuard mesh governed by trust: status, plan, attest, the
+    /// witness chain, mesh IPs (docs/mesh.md).
     #[command(subcommand)]
     Wg(wg::WgCommand),
 }
@@ -312,7 +312,7 @@ pub fn run(cli: Cli) -> CliResult {
             ops::plugin_reload(&home, kind, json)
         }
         Command::Plugin(command) => plugin::run(&home, command),
-        Command::Wg(command) => wg::run(command),
+        Command::Wg(command) => wg::run(&home, command),
         Command::Mcp(args) => crate::mcp::run(
             &home,
             crate::mcp::McpOptions {

@@ -1,16 +1,17 @@
-//! `agentfed wg …`: the WireGuard mesh's offline tools.
+//! `agentfed wg …`: the WireGuard mesh (docs/mesh.md).
 //!
-//! Today: `wg mesh-ip`, which prints the mesh addresses a set of node ids
-//! gets in a subnet, exactly as the mesh assigns them (the derivation of
-//! `docs/protocol.md` §4.3, each id avoiding the addresses the ids before
-//! it took). The reconciled mesh itself (`wg status`, `plan`, `attest`,
-//! `rotate`, the witness chain) is not built yet; see `docs/mesh.md`.
+//! `status`, `plan` and `attest` ask the daemon's reconciler; `witness
+//! export` reads the chain through the daemon or, with it stopped, from
+//! the home; `witness verify` and `mesh-ip` need no node at all.
 
-use anyhow::anyhow;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{CliError, CliResult};
+use crate::control::client::{self, CallError};
 use crate::identity::{MeshSubnet, NodeId, derive_mesh_ip};
 
 /// `agentfed wg` subcommands.
@@ -24,6 +25,66 @@ pub enum WgCommand {
         after_help = "Example:\n  agentfed wg mesh-ip --subnet 198.18.0.0/29 alpha beta gamma"
     )]
     MeshIp(MeshIpArgs),
+    /// The mesh as the device has it: each peer's key, trust level,
+    /// breaker state, allowed IPs, endpoint, last handshake and traffic,
+    /// plus peers kept out for a bad field. Needs the daemon, with [mesh]
+    /// enabled.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a reconcile would change now, printed as the commands that
+    /// would run (`wg set …`, `nft -j -f …`). Changes nothing.
+    Plan {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record an operator's note in the witness chain (signed, like every
+    /// mesh change), e.g. after checking the peers by hand.
+    #[command(after_help = "Example:
+  agentfed wg attest --note \"checked beta's key with its operator by phone\"")]
+    Attest {
+        /// The note: 1-1024 characters, no control characters.
+        #[arg(long)]
+        note: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The witness chain: every mesh change, signed and hash-linked.
+    #[command(subcommand)]
+    Witness(WitnessCommand),
+}
+
+/// `agentfed wg witness` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WitnessCommand {
+    /// Write this node's witness chain (JSON Lines: a header, then one
+    /// entry per line). Through the daemon, or from the home when it is
+    /// stopped.
+    Export {
+        /// Write to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check an exported chain with nothing but the node's Ed25519 public
+    /// key (from its manifest): exit 0 if every entry checks, 1 naming the
+    /// first bad entry, 2 if the file or key cannot be read.
+    #[command(
+        after_help = "Example:\n  agentfed wg witness verify beta.witness.jsonl --public-key 'BETA_KEY_BASE64'"
+    )]
+    Verify {
+        /// The export (`-` for stdin).
+        file: PathBuf,
+        /// The node's Ed25519 public key, standard base64.
+        #[arg(long, value_name = "KEY")]
+        public_key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `wg mesh-ip` arguments.
@@ -41,9 +102,198 @@ pub struct MeshIpArgs {
 }
 
 /// Runs `agentfed wg …`.
-pub fn run(command: WgCommand) -> CliResult {
+pub fn run(home: &Path, command: WgCommand) -> CliResult {
     match command {
         WgCommand::MeshIp(args) => mesh_ip(&args),
+        WgCommand::Status { json } => status(home, json),
+        WgCommand::Plan { json } => plan(home, json),
+        WgCommand::Attest { note, json } => attest(home, &note, json),
+        WgCommand::Witness(WitnessCommand::Export { out }) => export(home, out.as_deref()),
+        WgCommand::Witness(WitnessCommand::Verify {
+            file,
+            public_key,
+            json,
+        }) => verify(&file, &public_key, json),
+    }
+}
+
+fn call(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
+    Ok(client::call(home, method, params)?)
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn status(home: &Path, as_json: bool) -> CliResult {
+    let s = call(home, "wg.status", json!({}))?;
+    if as_json {
+        print_json(&s);
+        return Ok(());
+    }
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => super::printable(s).into_owned(),
+        other => other.to_string(),
+    };
+    println!(
+        "interface: {} ({})",
+        text(&s["interface"]),
+        text(&s["backend"])
+    );
+    println!("  public key: {}", text(&s["public_key"]));
+    println!("  listening port: {}", text(&s["listen_port"]));
+    println!(
+        "  mesh ip: {} in {}",
+        text(&s["mesh_ip"]),
+        text(&s["subnet"])
+    );
+    println!("  witness entries: {}", text(&s["witness_entries"]));
+    for p in s["peers"].as_array().into_iter().flatten() {
+        println!();
+        println!("peer: {} ({})", text(&p["public_key"]), text(&p["node_id"]));
+        println!(
+            "  trust: {}  breaker: {}",
+            text(&p["trust_level"]),
+            text(&p["breaker"])
+        );
+        let ips = p["allowed_ips"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "(none)".into());
+        println!("  allowed ips: {ips}");
+        println!("  endpoint: {}", text(&p["endpoint"]));
+        let handshake = match p["latest_handshake_secs"].as_u64() {
+            None | Some(0) => "never".to_string(),
+            Some(secs) => crate::clock::rfc3339(secs * 1000).unwrap_or_else(|| secs.to_string()),
+        };
+        println!("  latest handshake: {handshake}");
+        println!(
+            "  transfer: {} B received, {} B sent",
+            text(&p["rx_bytes"]),
+            text(&p["tx_bytes"])
+        );
+    }
+    for e in s["excluded"].as_array().into_iter().flatten() {
+        println!();
+        println!(
+            "excluded: {} ({} {})",
+            text(&e["node_id"]),
+            text(&e["field"]),
+            text(&e["reason"])
+        );
+    }
+    for k in s["unknown_peers"].as_array().into_iter().flatten() {
+        println!();
+        println!(
+            "unknown peer on the device (removed at the next reconcile): {}",
+            text(k)
+        );
+    }
+    Ok(())
+}
+
+fn plan(home: &Path, as_json: bool) -> CliResult {
+    let p = call(home, "wg.plan", json!({}))?;
+    if as_json {
+        print_json(&p);
+        return Ok(());
+    }
+    let commands = p["commands"].as_array().cloned().unwrap_or_default();
+    if commands.is_empty() {
+        println!("the mesh matches: nothing to change");
+    }
+    for c in commands {
+        println!(
+            "{}",
+            c.as_str()
+                .map(|s| super::printable(s).into_owned())
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn attest(home: &Path, note: &str, as_json: bool) -> CliResult {
+    crate::mesh::witness::check_note(note).map_err(CliError::usage)?;
+    let entry = call(home, "wg.attest", json!({"note": note}))?;
+    if as_json {
+        print_json(&entry);
+    } else {
+        println!(
+            "witness entry {} recorded (hash {})",
+            entry["seq"],
+            entry["hash"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn export(home: &Path, out: Option<&Path>) -> CliResult {
+    let text = match client::call(home, "wg.witness.export", json!({})) {
+        Ok(result) => result["export"].as_str().unwrap_or_default().to_string(),
+        Err(CallError::NotRunning { .. }) => export_offline(home)?,
+        Err(e) => return Err(e.into()),
+    };
+    match out {
+        None => print!("{text}"),
+        Some(path) => crate::home::write_private(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(CliError::failed)?,
+    }
+    Ok(())
+}
+
+/// The chain read from the home with the daemon stopped (under the home
+/// lock, so a daemon starting meanwhile waits).
+fn export_offline(home: &Path) -> Result<String, CliError> {
+    super::check_home(home)?;
+    let _lock = crate::store::HomeLock::acquire(home).map_err(CliError::failed)?;
+    let identity = crate::identity::Identity::load(home).map_err(CliError::failed)?;
+    crate::mesh::witness::export_offline(
+        home,
+        identity.node_id().as_str(),
+        &identity.public_key_b64(),
+    )
+    .map_err(CliError::failed)
+}
+
+fn verify(file: &Path, public_key: &str, as_json: bool) -> CliResult {
+    let key = crate::identity::decode_key32("public_key", public_key.trim())
+        .map_err(|e| CliError::usage(anyhow!("--public-key: {}", e.reason)))?;
+    let text = if file == Path::new("-") {
+        let mut buf = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+            .map_err(|e| CliError::usage(anyhow!("cannot read stdin: {e}")))?;
+        buf
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| CliError::usage(anyhow!("cannot read {}: {e}", file.display())))?
+    };
+    match crate::mesh::witness::verify_export(&text, &key) {
+        Ok(v) => {
+            if as_json {
+                print_json(
+                    &json!({"ok": true, "node_id": v.node_id, "entries": v.entries, "head": v.head}),
+                );
+            } else {
+                println!(
+                    "valid witness chain of {}: {} entries{}",
+                    super::printable(&v.node_id),
+                    v.entries,
+                    v.head.map(|h| format!(", head {h}")).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Err(crate::mesh::witness::WitnessError::Invalid(reason)) => {
+            Err(CliError::usage(anyhow!("{}: {reason}", file.display())))
+        }
+        Err(e) => Err(CliError::failed(anyhow!("INVALID_WITNESS: {e}"))),
     }
 }
 

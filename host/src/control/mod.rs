@@ -246,6 +246,10 @@ pub const METHODS: &[MethodInfo] = &[
     m("plugins.list", "federation_status", false),
     m("plugins.reload", "federation_status", true),
     m("manifest", "federation_init", false),
+    m("wg.status", "federation_wg_status", false),
+    m("wg.plan", "federation_wg_status", false),
+    m("wg.attest", "federation_wg_attest", true),
+    m("wg.witness.export", "federation_wg_status", false),
     m("clock.advance", "(tests only)", true),
 ];
 
@@ -265,6 +269,14 @@ const fn m(name: &'static str, mcp_tool: &'static str, mutates: bool) -> MethodI
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
+
+/// `{note}` (`wg.attest`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoteParams {
+    /// The operator's note: 1-1024 characters, no control characters.
+    pub note: String,
+}
 
 /// `{peer}`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

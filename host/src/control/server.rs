@@ -14,6 +14,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::audit::AuditEvent;
+
 use super::{
     AddPeerParams, AdvanceParams, AuditFilter, DEFAULT_AUDIT_QUERY_LIMIT, ErrorBody, ExportParams,
     ExportResult, MAX_AUDIT_LIMIT, MAX_ID_BYTES, MAX_REQUEST_BYTES, NoParams, OptionalPeerParams,
@@ -48,6 +50,7 @@ pub struct Dispatcher {
     coordinator: Arc<Coordinator>,
     fake_clock: bool,
     federation: Option<Arc<Federation>>,
+    mesh: Option<Arc<crate::mesh::runtime::MeshRuntime>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -66,6 +69,67 @@ impl Dispatcher {
             coordinator,
             fake_clock,
             federation: None,
+            mesh: None,
+        }
+    }
+
+    /// Serves the `wg.*` methods with `mesh`; without it they answer
+    /// `NOT_AVAILABLE`.
+    pub fn with_mesh(mut self, mesh: Arc<crate::mesh::runtime::MeshRuntime>) -> Dispatcher {
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// The `wg.*` methods of a node whose mesh runs.
+    fn call_mesh(
+        &self,
+        mesh: &crate::mesh::runtime::MeshRuntime,
+        method: &str,
+        params: Value,
+    ) -> ApiResult {
+        let failed = |e: &dyn std::fmt::Display| ErrorBody::new("MESH_ERROR", e.to_string(), false);
+        match method {
+            "wg.status" => {
+                no_params(method, params)?;
+                mesh.status().map_err(|e| failed(&e))
+            }
+            "wg.plan" => {
+                no_params(method, params)?;
+                let lines = mesh.plan_lines().map_err(|e| failed(&e))?;
+                Ok(json!({"interface": mesh.interface(), "commands": lines}))
+            }
+            "wg.attest" => {
+                let p: super::NoteParams = decode(method, params)?;
+                crate::mesh::witness::check_note(&p.note)
+                    .map_err(|e| ErrorBody::new(codes::INVALID_PARAMS, e.to_string(), true))?;
+                let actor = crate::audit::local_actor();
+                let entry = mesh
+                    .witness()
+                    .attest(&p.note, &actor)
+                    .map_err(|e| failed(&e))?;
+                self.coordinator
+                    .audit()
+                    .append(
+                        AuditEvent::new(
+                            EventType::WireguardMutation,
+                            format!("operator attestation recorded as witness entry {}", entry.seq),
+                        )
+                        .with_actor(crate::audit::ACTOR_OPERATOR)
+                        .with_details(json!({"change": "operator_attestation", "witness_seq": entry.seq, "note": p.note})),
+                    )
+                    .map_err(|e| failed(&e))?;
+                to_value(entry)
+            }
+            "wg.witness.export" => {
+                no_params(method, params)?;
+                let text = mesh.witness().export().map_err(|e| failed(&e))?;
+                Ok(json!({"export": text}))
+            }
+            m => Err(ErrorBody::new(
+                codes::NOT_AVAILABLE,
+                format!("this daemon's mesh has no `{}` yet", clip(m, 64)),
+                false,
+            )),
         }
     }
 
@@ -386,6 +450,10 @@ impl Dispatcher {
             // Known to the API, not built in this daemon yet: a clear
             // refusal (the MCP bridge maps its tools onto these names and
             // lights up when they exist).
+            m if m.starts_with("wg.") && self.mesh.is_some() => {
+                let mesh = Arc::clone(self.mesh.as_ref().expect("checked"));
+                self.call_mesh(&mesh, m, params)
+            }
             m if m.starts_with("wg.") => Err(ErrorBody::new(
                 codes::NOT_AVAILABLE,
                 format!(

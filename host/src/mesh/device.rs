@@ -412,7 +412,9 @@ pub(crate) fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Result<String, D
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(input).map_err(|e| failed(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let first = stderr.lines().next().unwrap_or("").trim();
@@ -446,7 +448,10 @@ AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\t(none)\t(none)\t(none)\t0\t0\t0\to
         let a = &state.peers[&[2; 32]];
         assert_eq!(a.endpoint, Some("192.0.2.7:51820".parse().unwrap()));
         assert_eq!(a.allowed_ips, vec![(Ipv4Addr::new(198, 18, 0, 7), 32)]);
-        assert_eq!((a.last_handshake_secs, a.rx_bytes, a.tx_bytes), (1_700_000_000, 10, 20));
+        assert_eq!(
+            (a.last_handshake_secs, a.rx_bytes, a.tx_bytes),
+            (1_700_000_000, 10, 20)
+        );
         assert_eq!(a.persistent_keepalive, 25);
         let b = &state.peers[&[3; 32]];
         assert!(b.allowed_ips.is_empty() && b.endpoint.is_none());
@@ -457,6 +462,8 @@ AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\t(none)\t(none)\t(none)\t0\t0\t0\to
     fn a_short_dump_is_an_error_not_an_empty_device() {
         assert!(parse_dump("").is_err());
         assert!(parse_dump("a\tb\n").is_err());
-        assert!(parse_dump("k\tAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\t1\toff\nshort\n").is_err());
+        assert!(
+            parse_dump("k\tAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\t1\toff\nshort\n").is_err()
+        );
     }
 }

@@ -1,4 +1,14 @@
-//! The WireGuard mesh: devices, reconciliation and the witness chain.
+//! The WireGuard mesh governed by trust (docs/mesh.md): the desired state
+//! from trust, breaker state and validated manifests ([`desired`]), the
+//! device behind a small interface with userspace and kernel backends
+//! ([`device`], [`uapi`]), the reconciler ([`runtime`], [`diff`]), the
+//! files an operator applies by hand ([`render`]) and the signed witness
+//! chain of every change ([`witness`]).
 
+pub mod desired;
 pub mod device;
+pub mod diff;
+pub mod render;
+pub mod runtime;
 pub mod uapi;
+pub mod witness;

@@ -236,11 +236,9 @@ fn render_set(changes: &[DeviceChange]) -> String {
                 }
                 Ok(())
             }
-            DeviceChange::RemovePeer { public_key } => writeln!(
-                out,
-                "public_key={}\nremove=true",
-                hex::encode(public_key)
-            ),
+            DeviceChange::RemovePeer { public_key } => {
+                writeln!(out, "public_key={}\nremove=true", hex::encode(public_key))
+            }
         };
     }
     out.push('\n');
@@ -268,7 +266,8 @@ fn parse_get(socket: &Path, lines: &[(String, String)]) -> Result<DeviceState, U
                     state.peers.insert(peer.public_key, peer);
                 }
                 current = Some(DevicePeer {
-                    public_key: hex_key(value).ok_or_else(|| bad("a peer key is not 32 hex bytes".into()))?,
+                    public_key: hex_key(value)
+                        .ok_or_else(|| bad("a peer key is not 32 hex bytes".into()))?,
                     ..DevicePeer::default()
                 });
             }
@@ -291,7 +290,11 @@ fn apply_peer_key(peer: &mut DevicePeer, key: &str, value: &str) -> Result<(), S
     let number = |what: &str| format!("{what} is not a number");
     match key {
         "endpoint" => {
-            peer.endpoint = Some(value.parse().map_err(|_| "endpoint is not ip:port".to_string())?)
+            peer.endpoint = Some(
+                value
+                    .parse()
+                    .map_err(|_| "endpoint is not ip:port".to_string())?,
+            )
         }
         "allowed_ip" => {
             let (ip, prefix) = value
@@ -399,7 +402,10 @@ public_key={}\nremove=true\n\n",
         assert_eq!((a.rx_bytes, a.tx_bytes, a.persistent_keepalive), (5, 6, 25));
         assert!(state.peers[&[0xcd; 32]].allowed_ips.is_empty());
         let zero = vec![("private_key".to_string(), "00".repeat(32))];
-        assert_eq!(parse_get(Path::new("x.sock"), &zero).unwrap().public_key, None);
+        assert_eq!(
+            parse_get(Path::new("x.sock"), &zero).unwrap().public_key,
+            None
+        );
         let bad = vec![("public_key".to_string(), "zz".into())];
         assert!(parse_get(Path::new("x.sock"), &bad).is_err());
     }
