@@ -457,7 +457,7 @@ impl Dispatcher {
             m if m.starts_with("wg.") => Err(ErrorBody::new(
                 codes::NOT_AVAILABLE,
                 format!(
-                    "the WireGuard mesh is not enabled on this node (this daemon has no `{}` yet)",
+                    "the WireGuard mesh is not enabled on this node ([mesh] enabled = false in agentfed.toml; `{}` needs it)",
                     clip(m, 64)
                 ),
                 false,
