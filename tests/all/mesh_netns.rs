@@ -44,6 +44,21 @@ except OSError:
     sys.exit(1)
 "#;
 
+/// Connects to argv[1]:argv[2] every few ms until one attempt fails (50 ms
+/// timeout), then prints when that attempt started (ms since the epoch).
+const PROBE: &str = r#"
+import socket, sys, time
+deadline = time.time() + 30
+while time.time() < deadline:
+    started = time.time()
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.05).close()
+    except OSError:
+        print(int(started * 1000)); sys.exit(0)
+    time.sleep(0.002)
+sys.exit(1)
+"#;
+
 /// A node in its own namespace, with the mesh on.
 struct MeshNode {
     node: Node,
@@ -208,12 +223,37 @@ fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9()
     });
 
     // A spend report suspends alpha: its allowed IPs are cleared, traffic
-    // stops; reactivation restores it.
+    // stops; reactivation restores it. A probe from alpha times the cut.
+    let probe = alpha
+        .ns
+        .command("python3")
+        .args(["-c", PROBE, &beta_ip, "9100"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("probe");
+    std::thread::sleep(Duration::from_millis(300));
+    let suspended_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
     beta.node
         .run(&[
             "spend", "report", "alpha", "--task", "t-1", "--tokens", "1000", "--usd", "6",
         ])
         .ok();
+    let probed = crate::harness::within_thread(
+        std::thread::spawn(move || probe.wait_with_output().expect("probe output")),
+        "the probe sees the first dropped connection",
+    );
+    let first_drop: u64 = String::from_utf8_lossy(&probed.stdout)
+        .trim()
+        .parse()
+        .expect("the probe saw a drop");
+    // A measurement, printed for docs/benchmarks.md, not a pass/fail bound.
+    println!(
+        "suspend → first drop: {} ms (spend report issued → first failed connect from alpha)",
+        first_drop.saturating_sub(suspended_at)
+    );
     wait_reach(&alpha, &beta_ip, 9100, false);
     assert_eq!(
         beta.status()["peers"][0]["allowed_ips"],
