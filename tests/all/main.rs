@@ -20,6 +20,7 @@ mod loading;
 mod mcp;
 mod mesh_device;
 mod mesh_netns;
+mod mesh_render;
 mod netns;
 mod node;
 mod plugin_chain;

@@ -1,0 +1,8 @@
+wg set agentfed0 peer FAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ= endpoint 192.0.2.4:51820 persistent-keepalive 25 allowed-ips '198.18.7.4/32'
+wg set agentfed0 peer FQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQU= persistent-keepalive 25 allowed-ips ''
+wg set agentfed0 peer FwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc= persistent-keepalive 25 allowed-ips '198.18.7.7/32'
+wg set agentfed0 peer GAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAg= endpoint 192.0.2.8:51820 persistent-keepalive 25 allowed-ips ''
+wg set agentfed0 peer GgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgo= endpoint 192.0.2.10:51820 persistent-keepalive 25 allowed-ips '198.18.7.10/32'
+wg set agentfed0 peer GwsLCwsLCwsLCwsLCwsLCwsLCwsLCwsLCwsLCwsLCws= persistent-keepalive 25 allowed-ips ''
+wg set agentfed0 peer HQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0= persistent-keepalive 25 allowed-ips '198.18.7.13/32'
+wg set agentfed0 peer Hg4ODg4ODg4ODg4ODg4ODg4ODg4ODg4ODg4ODg4ODg4= endpoint 192.0.2.14:51820 persistent-keepalive 25 allowed-ips ''
