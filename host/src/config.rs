@@ -15,6 +15,7 @@
 //! | `[audit]` | compliance mode (`standard` or `hipaa`) |
 //! | `[timers]` | periods of the trust and breaker evaluation timers |
 //! | `[transport]` | listen address, plaintext opt-in, heartbeats, timeouts, new-peer admission, retry backoff, message types that need consensus, clock skew allowed |
+//! | `[mesh]` | the WireGuard mesh: on/off, interface, port, backend, reconcile period, keepalive, firewall |
 //! | `[plugins.<kind>]` | component path, sandbox limits, policy config (trust and spend thresholds live in `[plugins.trust.config]` / `[plugins.spend.config]`) |
 
 use std::collections::BTreeMap;

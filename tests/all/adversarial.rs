@@ -1990,23 +1990,23 @@ fn hostile_payload_shapes_from_a_verified_peer_are_refused_and_memory_stays_boun
 #[test]
 fn size_limits_follow_the_message_type_and_the_sender_s_level() {
     let mut arena = Arena::new();
-    // This test is about size limits. The default PII deadline (50 ms) is
-    // the budget of ordinary messages: a 16 MiB scan fits it on an idle
-    // machine but not on a loaded CI runner, so the target scans with a
-    // budget that fits bulk messages (scaling it with size is the message
-    // path's work, not this test's).
+    // This test is about size limits. The default plugin deadline (50 ms)
+    // is the budget of ordinary messages: a 16 MiB PII scan or handler
+    // call fits it on an idle machine but not on a loaded CI runner, so
+    // the target gives both a budget that fits bulk messages (scaling it
+    // with size is the message path's work, not this test's).
     arena.target.stop();
     let path = arena.target.home.join("agentfed.toml");
-    let config = std::fs::read_to_string(&path).expect("config");
-    let config = config.replacen(
-        "[plugins.pii.limits]\ndeadline_ms = 50",
-        "[plugins.pii.limits]\ndeadline_ms = 2000",
-        1,
-    );
-    assert!(
-        config.contains("deadline_ms = 2000"),
-        "the PII limits section moved"
-    );
+    let mut config = std::fs::read_to_string(&path).expect("config");
+    for kind in ["pii", "handler"] {
+        let section = format!("[plugins.{kind}.limits]\ndeadline_ms = 50");
+        assert!(config.contains(&section), "the {kind} limits section moved");
+        config = config.replacen(
+            &section,
+            &format!("[plugins.{kind}.limits]\ndeadline_ms = 2000"),
+            1,
+        );
+    }
     std::fs::write(&path, config).expect("config");
     arena.target.start(&[]);
     let arena = arena;

@@ -1,4 +1,4 @@
-//! The WireGuard mesh end to end: two daemons, each in a network namespace
+//! The WireGuard mesh end to end: three daemons, each in a network namespace
 //! the test creates, federate over an underlay LAN (192.0.2.0/24), and
 //! their reconcilers build real tunnels with wireguard-go (mesh
 //! 198.18.0.0/15). What beta lets alpha reach over the mesh follows beta's
@@ -136,6 +136,14 @@ impl MeshNode {
         self.ns.succeeds(&["ping", "-c", "1", "-W", "2", ip])
     }
 
+    /// `wg status`'s row for `peer`.
+    fn row(&self, peer: &str) -> Value {
+        self.status()["peers"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["node_id"] == peer).cloned())
+            .unwrap_or(Value::Null)
+    }
+
     fn witness_export(&self) -> String {
         self.node.run(&["wg", "witness", "export"]).ok().to_string()
     }
@@ -158,15 +166,17 @@ fn audit_mutations(node: &Node, drift: bool) -> usize {
 }
 
 #[test]
-fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9() {
-    if skipped("a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9") {
+fn a_three_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9() {
+    if skipped("a_three_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9") {
         return;
     }
     let lan = Lan::new();
     let mut alpha = MeshNode::new(&lan, "alpha", "192.0.2.1");
     let mut beta = MeshNode::new(&lan, "beta", "192.0.2.2");
+    let mut gamma = MeshNode::new(&lan, "gamma", "192.0.2.3");
     alpha.start();
     beta.start();
+    gamma.start();
     let services = beta
         .ns
         .command("python3")
@@ -190,14 +200,29 @@ fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9()
             &fingerprint(&alpha.node),
         ])
         .ok();
+    // Gamma joins beta too, and stays VERIFIED there: each peer's reach is
+    // its own.
+    let gamma_manifest = gamma.node.manifest_file("gamma.manifest.json");
+    beta.node
+        .run(&["peers", "add", gamma_manifest.to_str().expect("utf-8")])
+        .ok();
+    gamma
+        .node
+        .run(&[
+            "join",
+            &beta.endpoint,
+            "--fingerprint",
+            &fingerprint(&beta.node),
+        ])
+        .ok();
     let beta_ip = beta.mesh_ip();
     let alpha_key = alpha.wg_key();
 
     // VERIFIED: the tunnel is up, 9100 only.
     wait_reach(&alpha, &beta_ip, 9100, true);
     assert!(!alpha.connects(&beta_ip, 9150), "9150 at VERIFIED");
+    let row = &beta.row("alpha");
     let status = beta.status();
-    let row = &status["peers"][0];
     assert_eq!(row["node_id"], "alpha");
     assert!(
         row["latest_handshake_secs"].as_u64().unwrap_or(0) > 0,
@@ -221,6 +246,10 @@ fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9()
     wait_until("alpha pings beta at PRIVILEGED", CONVERGE, || {
         alpha.pings(&beta_ip)
     });
+    // Gamma, VERIFIED at beta all along, reaches 9100 and nothing else.
+    wait_reach(&gamma, &beta_ip, 9100, true);
+    assert!(!gamma.connects(&beta_ip, 9150), "gamma is only VERIFIED");
+    assert!(!gamma.pings(&beta_ip), "gamma is only VERIFIED");
 
     // A spend report suspends alpha: its allowed IPs are cleared, traffic
     // stops; reactivation restores it. A probe from alpha times the cut.
@@ -255,10 +284,7 @@ fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9()
         first_drop.saturating_sub(suspended_at)
     );
     wait_reach(&alpha, &beta_ip, 9100, false);
-    assert_eq!(
-        beta.status()["peers"][0]["allowed_ips"],
-        serde_json::json!([])
-    );
+    assert_eq!(beta.row("alpha")["allowed_ips"], serde_json::json!([]));
     beta.node
         .run(&["reactivate", "alpha", "--reason", "paid up"])
         .ok();
@@ -269,7 +295,7 @@ fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9()
     beta.ns
         .run(&["wg", "set", &beta.interface, "peer", &alpha_key, "remove"]);
     wait_until("the removed peer is back", CONVERGE, || {
-        beta.status()["peers"][0]["on_device"] == true
+        beta.row("alpha")["on_device"] == true
     });
     wait_until("the drift is audited", CONVERGE, || {
         audit_mutations(&beta.node, true) > drift_before
@@ -286,6 +312,10 @@ fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9()
     };
     wait_until("alpha leaves beta's device", CONVERGE, || !on_device(&beta));
     wait_reach(&alpha, &beta_ip, 9100, false);
+    assert!(
+        gamma.connects(&beta_ip, 9100),
+        "evicting alpha leaves gamma alone"
+    );
     let alpha_ip = alpha.mesh_ip();
     beta.ns.run(&[
         "wg",
@@ -371,6 +401,7 @@ fn a_two_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9()
         refused.stderr
     );
 
+    gamma.node.stop();
     beta.node.stop();
     alpha.node.stop();
 }
