@@ -33,11 +33,13 @@ impl From<CallError> for CliError {
     }
 }
 
-fn call(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
+/// One control request to the home's daemon, as a CLI result.
+pub(super) fn call(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
     Ok(client::call(home, method, params)?)
 }
 
-fn print_json(value: &Value) {
+/// Prints `value` as pretty JSON.
+pub(super) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())

@@ -117,16 +117,7 @@ pub fn run(home: &Path, command: WgCommand) -> CliResult {
     }
 }
 
-fn call(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
-    Ok(client::call(home, method, params)?)
-}
-
-fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
-}
+use super::ops::{call, print_json};
 
 fn status(home: &Path, as_json: bool) -> CliResult {
     let s = call(home, "wg.status", json!({}))?;
