@@ -206,6 +206,9 @@ pub struct MeshSection {
     pub keepalive_secs: u16,
     /// Apply the trust-graded firewall (nftables table `inet agentfed`).
     pub firewall: bool,
+    /// Seconds a WireGuard key replaced by `wg rotate` is kept (0600, in
+    /// `wireguard.key.previous`) before it is destroyed (0..=86400).
+    pub rotate_grace_secs: u64,
 }
 
 /// Default `[mesh] interface`.
@@ -223,6 +226,7 @@ impl Default for MeshSection {
             reconcile_secs: 30,
             keepalive_secs: 25,
             firewall: true,
+            rotate_grace_secs: 600,
         }
     }
 }
@@ -660,6 +664,9 @@ impl NodeConfig {
         if !(1..=MAX_TIMER_SECS).contains(&mesh.reconcile_secs) {
             return Err(format!("mesh.reconcile_secs: must be 1-{MAX_TIMER_SECS}"));
         }
+        if mesh.rotate_grace_secs > MAX_TIMER_SECS {
+            return Err(format!("mesh.rotate_grace_secs: at most {MAX_TIMER_SECS}"));
+        }
         if mesh.keepalive_secs > 3600 {
             return Err("mesh.keepalive_secs: at most 3600 (0 is off)".into());
         }
@@ -1064,6 +1071,11 @@ fn mesh_section(w: &mut String, m: &MeshSection) {
         "# Apply the trust-graded firewall (nftables table inet agentfed).",
     );
     kv(w, "firewall", &m.firewall);
+    line(
+        w,
+        "# Seconds a key replaced by `wg rotate` is kept before it is destroyed.",
+    );
+    kv(w, "rotate_grace_secs", &m.rotate_grace_secs);
 }
 
 /// The `[trust]` section of [`NodeConfig::to_documented_toml`].

@@ -744,6 +744,9 @@ pub struct Coordinator {
     /// Inbound signatures verified in batches and alone ([`SignatureStats`]).
     verified_batched: AtomicU64,
     verified_alone: AtomicU64,
+    /// The mesh's witness chain file, opened on first use: the mesh
+    /// appends to it and peers at TRUSTED may read it (`witness-request`).
+    witness: Arc<crate::mesh::witness::WitnessFile>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -823,6 +826,9 @@ impl Coordinator {
             refusal_context: std::sync::Mutex::default(),
             verified_batched: AtomicU64::new(0),
             verified_alone: AtomicU64::new(0),
+            witness: Arc::new(crate::mesh::witness::WitnessFile::new(
+                home.join(crate::mesh::witness::WITNESS_FILE),
+            )),
         };
         for info in coordinator.plugins() {
             coordinator.record(
@@ -1187,6 +1193,44 @@ fn peer_view(record: &PeerRecord, now_ms: u64) -> PeerView {
 
 impl Coordinator {
     // ---- identity and status ----
+
+    /// The answer to a `witness-request` (protocol §9.6): a page of this
+    /// node's witness chain, or a rejection naming what was wrong with the
+    /// request.
+    fn answer_witness_request(&self, envelope: &Envelope) -> Ack {
+        let rejected = |reason: &str| Ack {
+            envelope_id: envelope.id.clone(),
+            status: AckStatus::Rejected,
+            reply: None,
+            reason: Some(reason.to_string()),
+        };
+        let request = match crate::mesh::fetch::WitnessRequest::parse(&envelope.payload) {
+            Ok(request) => request,
+            Err(reason) => return rejected(&format!("BAD_WITNESS_REQUEST: {reason}")),
+        };
+        match self.witness.page(request.after_seq, request.limit) {
+            Ok((entries, head_seq)) => Ack {
+                envelope_id: envelope.id.clone(),
+                status: AckStatus::Replied,
+                reply: Some(json!({
+                    "type": crate::mesh::fetch::WITNESS_PAGE,
+                    "node": self.node_id(),
+                    "head_seq": head_seq,
+                    "entries": entries,
+                })),
+                reason: None,
+            },
+            Err(e) => {
+                tracing::warn!("cannot answer a witness request: {e}");
+                rejected("WITNESS_UNAVAILABLE: this node cannot read its witness chain now")
+            }
+        }
+    }
+
+    /// The node's witness chain file (docs/mesh.md, "Witness chain").
+    pub fn witness_file(&self) -> &Arc<crate::mesh::witness::WitnessFile> {
+        &self.witness
+    }
 
     /// This node's manifest, signed now.
     pub fn manifest(&self) -> Result<SignedManifest> {
@@ -2174,7 +2218,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Echo at most 64 characters of caller input in an error.
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     let mut out: String = text.chars().filter(|c| !c.is_control()).take(64).collect();
     if text.chars().count() > 64 {
         out.push('…');
@@ -2458,6 +2502,12 @@ impl Coordinator {
             if size > MAX_REPLY_BYTES {
                 return Err(CoordError::ReplyTooLarge(MAX_REPLY_BYTES));
             }
+        }
+        if message_type == crate::envelope::WITNESS_REQUEST {
+            // A witness page is checked by its signatures, entry by entry,
+            // before anything of it is shown ([`crate::mesh::fetch`]); a
+            // PII rewrite would break every one of them.
+            return Ok((reply, reason.as_deref().map(clip_reason)));
         }
         let mut answer = json!({
             "reply": reply,
@@ -3932,6 +3982,15 @@ impl Coordinator {
         }
         if envelope.hop_count > envelope.budget.max_hops() {
             return Ok(Err(R::HopLimitExceeded));
+        }
+        if envelope.message_type == crate::envelope::WITNESS_REQUEST {
+            // Answered by the host from its witness chain, like a ping:
+            // nothing is stored, so nothing is committed.
+            drop(pending);
+            let ack = self.answer_witness_request(&envelope);
+            self.note_observed(session_peer);
+            self.audit_reply(session_peer, &envelope, &ack);
+            return Ok(Ok(Processed::Answered(ack)));
         }
         // Scanned and rewritten in place: the payload is never cloned.
         let mut payload = std::mem::take(&mut envelope.payload);

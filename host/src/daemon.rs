@@ -435,6 +435,22 @@ async fn serve(
         }
     }
 
+    if config.mesh.enabled {
+        // A rotation cut short by a crash is finished (or dropped) before
+        // the key is presented in a manifest or put on the device.
+        let c = Arc::clone(&coordinator);
+        let home_dir = home.to_path_buf();
+        let recovered = tokio::task::spawn_blocking(move || {
+            let witness = crate::mesh::witness::WitnessLog::new(Arc::clone(&c));
+            crate::mesh::rotation::recover(&home_dir, c.identity(), &witness)
+        })
+        .await
+        .map_err(|e| DaemonError::Mesh(crate::mesh::runtime::MeshError::State(e.to_string())))?
+        .map_err(|e| DaemonError::Mesh(crate::mesh::runtime::MeshError::State(e.to_string())))?;
+        if let Some(key) = recovered {
+            tracing::warn!(public_key = %key, "finished a WireGuard key rotation interrupted by a crash");
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut dispatcher = Dispatcher::new(Arc::clone(&coordinator), fake_clock);
     let federation = match crate::federation::Federation::start(

@@ -50,7 +50,12 @@ pub const MESSAGE_TYPES: &[(&str, &[Capability])] = &[
     ("claim-event", &[Capability::Send]),
     ("trust-change", &[Capability::CollaborativeTask]),
     ("topology-change", &[Capability::CollaborativeTask]),
+    (WITNESS_REQUEST, &[Capability::ShareContext]),
 ];
+
+/// The message type that asks a peer for a page of its mesh witness chain
+/// (protocol §9.6). Answered by the host, never by a handler plugin.
+pub const WITNESS_REQUEST: &str = "witness-request";
 
 /// The capabilities `message_type` requires, or `None` for an unknown type.
 pub fn required_capabilities(message_type: &str) -> Option<&'static [Capability]> {

@@ -74,6 +74,9 @@ pub const STANDING_REVOKED: &str = "STANDING_REVOKED";
 const REFUSAL_LINGER: Duration = Duration::from_millis(200);
 /// Close code when the daemon stops.
 pub const SHUTDOWN: &str = "SHUTDOWN";
+/// Close code when this node's manifest changed (`wg rotate`): the
+/// session is opened again so that the peer sees the new one.
+pub const MANIFEST_CHANGED: &str = "MANIFEST_CHANGED";
 /// Reject code of a `join` probe (no pin given): this side refuses after
 /// reading the peer's manifest, to show the operator what it would trust.
 pub const JOIN_NOT_CONFIRMED: &str = "JOIN_NOT_CONFIRMED";
@@ -1512,6 +1515,31 @@ impl Federation {
         }
     }
 
+    /// After this node's manifest changed (`wg rotate` replaced its
+    /// WireGuard key): presents the re-signed manifest in every handshake
+    /// from now on and closes every session with `MANIFEST_CHANGED`, so
+    /// that each is opened again and the peer adopts the new manifest
+    /// (protocol §4.3). The peers this node dials are redialed at once;
+    /// the others dial back on their own. Returns how many sessions were
+    /// closed.
+    pub async fn present_new_manifest(self: Arc<Self>) -> Result<usize, ErrorBody> {
+        let manifest = self.blocking(|c| c.manifest()).await?.map_err(internal)?;
+        self.node.replace_manifest(manifest).map_err(internal)?;
+        let all: Vec<(String, ConnectionHandle)> = lock(&self.sessions)
+            .drain()
+            .map(|(p, l)| (p, l.handle))
+            .collect();
+        for (peer, handle) in &all {
+            self.terminate(peer, handle, MANIFEST_CHANGED, true).await;
+            lock(&self.redial).remove(peer);
+        }
+        for (_, handle) in &all {
+            let _ = tokio::time::timeout(Duration::from_secs(2), handle.closed()).await;
+        }
+        self.clone().maintain().await;
+        Ok(all.len())
+    }
+
     /// Closes every session (daemon shutdown), auditing each.
     pub async fn shutdown(&self) {
         let all: Vec<(String, ConnectionHandle)> = lock(&self.sessions)
@@ -2186,6 +2214,84 @@ impl Federation {
                 ))
             }
         }
+    }
+
+    /// `wg.witness.fetch`: `peer`'s whole witness chain, page by page
+    /// over the live session (`witness-request`, protocol §9.6), verified
+    /// with the Ed25519 key of its manifest on record here. Returns the
+    /// export text and what verified; a chain that does not verify is an
+    /// error naming the first bad entry.
+    pub async fn fetch_witness(&self, peer: &str, timeout: Duration) -> Result<Value, ErrorBody> {
+        use crate::mesh::fetch::{
+            DEFAULT_PAGE_ENTRIES, MAX_FETCH_ENTRIES, WitnessRequest, parse_page, verified_export,
+        };
+        let p = peer.to_string();
+        let public_key_b64 = self
+            .blocking(move |c| c.store().get_peer(&p))
+            .await?
+            .map_err(internal)?
+            .map(|r| r.manifest.manifest.public_key)
+            .ok_or_else(|| err("UNKNOWN_PEER", format!("{peer} is not a known peer"), true))?;
+        let public_key = crate::identity::decode_key32("public_key", &public_key_b64)
+            .map_err(|e| internal(e.reason))?;
+        let bad_page = |reason: String| {
+            err(
+                "BAD_WITNESS_PAGE",
+                format!("{peer} answered with a bad witness page: {reason}"),
+                false,
+            )
+        };
+        let mut entries = Vec::new();
+        loop {
+            let request = WitnessRequest {
+                after_seq: entries.len() as u64,
+                limit: DEFAULT_PAGE_ENTRIES,
+            };
+            let answer = self
+                .query(
+                    peer,
+                    crate::envelope::WITNESS_REQUEST,
+                    request.to_payload(),
+                    timeout,
+                )
+                .await?;
+            if answer["status"] != "replied" {
+                let reason = answer["reason"].as_str().unwrap_or("no reason given");
+                return Err(err(
+                    "WITNESS_REFUSED",
+                    format!(
+                        "{peer} did not send its witness chain: {}",
+                        crate::coordinator::clip(reason)
+                    ),
+                    false,
+                ));
+            }
+            let page = parse_page(&answer["reply"], peer, request).map_err(bad_page)?;
+            let done = page.entries.is_empty()
+                || page.entries.last().is_some_and(|e| e.seq >= page.head_seq);
+            entries.extend(page.entries);
+            if entries.len() > MAX_FETCH_ENTRIES {
+                return Err(bad_page(format!("more than {MAX_FETCH_ENTRIES} entries")));
+            }
+            if done {
+                break;
+            }
+        }
+        let (export, verified) = verified_export(peer, &public_key_b64, &public_key, &entries)
+            .map_err(|e| {
+                err(
+                    "INVALID_WITNESS",
+                    format!("{peer}'s witness chain does not verify with its manifest key: {e}"),
+                    false,
+                )
+            })?;
+        Ok(json!({
+            "peer": peer,
+            "public_key": public_key_b64,
+            "entries": verified.entries,
+            "head": verified.head,
+            "export": export,
+        }))
     }
 
     /// `broadcast`: a `query` to every peer with a live session; one result

@@ -848,7 +848,8 @@ pub struct Identity {
     /// `None` for a dial-only node.
     endpoint: Option<String>,
     signing_key: SigningKey,
-    wg_secret: x25519_dalek::StaticSecret,
+    /// Behind a lock: `wg rotate` replaces it in a running daemon.
+    wg_secret: std::sync::RwLock<x25519_dalek::StaticSecret>,
     hash_secret: Zeroizing<[u8; 32]>,
     tls: TlsMaterial,
 }
@@ -887,7 +888,7 @@ impl Identity {
             node_id: node_id.clone(),
             endpoint: endpoint.map(str::to_string),
             signing_key: SigningKey::from_bytes(&seed),
-            wg_secret: x25519_dalek::StaticSecret::from(*wg),
+            wg_secret: std::sync::RwLock::new(x25519_dalek::StaticSecret::from(*wg)),
             hash_secret,
             tls: generate_tls(node_id)?,
         })
@@ -937,7 +938,7 @@ impl Identity {
             node_id,
             endpoint: node.endpoint,
             signing_key: SigningKey::from_bytes(&seed),
-            wg_secret: x25519_dalek::StaticSecret::from(*wg),
+            wg_secret: std::sync::RwLock::new(x25519_dalek::StaticSecret::from(*wg)),
             hash_secret,
             tls,
         })
@@ -949,7 +950,7 @@ impl Identity {
             &home.join(IDENTITY_KEY_FILE),
             key_file_text(&seed).as_bytes(),
         )?;
-        let wg = Zeroizing::new(self.wg_secret.to_bytes());
+        let wg = Zeroizing::new(self.wg_secret().to_bytes());
         write_file(
             &home.join(WIREGUARD_KEY_FILE),
             key_file_text(&wg).as_bytes(),
@@ -1018,22 +1019,34 @@ impl Identity {
 
     /// The WireGuard public key, standard padded base64 (as `wg pubkey`).
     pub fn wg_public_key_b64(&self) -> String {
-        B64.encode(x25519_dalek::PublicKey::from(&self.wg_secret).as_bytes())
+        B64.encode(x25519_dalek::PublicKey::from(&*self.wg_secret()).as_bytes())
     }
 
     /// The WireGuard key pair as bytes, for driving a device. Zeroized on
     /// drop; never log the private half.
     pub fn wg_key_bytes(&self) -> (Zeroizing<[u8; 32]>, [u8; 32]) {
+        let secret = self.wg_secret();
         (
-            Zeroizing::new(self.wg_secret.to_bytes()),
-            *x25519_dalek::PublicKey::from(&self.wg_secret).as_bytes(),
+            Zeroizing::new(secret.to_bytes()),
+            *x25519_dalek::PublicKey::from(&*secret).as_bytes(),
         )
     }
 
     /// The WireGuard private key, base64, for emitting `wg` configuration.
     /// Zeroized on drop; never log it.
     pub fn wg_private_key_b64(&self) -> Zeroizing<String> {
-        Zeroizing::new(B64.encode(self.wg_secret.as_bytes()))
+        Zeroizing::new(B64.encode(self.wg_secret().as_bytes()))
+    }
+
+    fn wg_secret(&self) -> std::sync::RwLockReadGuard<'_, x25519_dalek::StaticSecret> {
+        self.wg_secret.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the WireGuard key in memory (after `wg rotate` made the
+    /// new key the one on disk, see [`crate::mesh::rotation`]).
+    pub fn replace_wg_key(&self, private_key: &[u8; 32]) {
+        *self.wg_secret.write().unwrap_or_else(|p| p.into_inner()) =
+            x25519_dalek::StaticSecret::from(*private_key);
     }
 
     /// The per-node secret for keyed hashing (e.g. HMAC-SHA256 of PII).
@@ -1104,6 +1117,37 @@ impl fmt::Debug for Identity {
             .field("tls_fingerprint", &self.tls.fingerprint)
             .finish_non_exhaustive()
     }
+}
+
+/// A fresh X25519 private key, clamped as `wg genkey` makes it (for `wg
+/// rotate`).
+pub fn generate_wg_private_key() -> Result<Zeroizing<[u8; 32]>, IdentityError> {
+    let mut key = random_32()?;
+    clamp_x25519(&mut key);
+    Ok(key)
+}
+
+/// The X25519 public key of `private_key`.
+pub fn wg_public_key_of(private_key: &[u8; 32]) -> [u8; 32] {
+    *x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*private_key)).as_bytes()
+}
+
+/// Writes a 32-byte key file as the node home keeps them (standard
+/// base64 and a newline, mode 0600, written to a temporary file, synced,
+/// renamed into place). The caller syncs the directory ([`sync_home`]).
+pub fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<(), IdentityError> {
+    write_file(path, key_file_text(key).as_bytes())
+}
+
+/// Reads a 32-byte key file written by [`write_key_file`], refusing one
+/// that group or others may read.
+pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, IdentityError> {
+    read_key32(path)
+}
+
+/// Makes renames and removals in `home` durable (`fsync` of the directory).
+pub fn sync_home(home: &Path) -> Result<(), IdentityError> {
+    sync_dir(home)
 }
 
 fn random_32() -> Result<Zeroizing<[u8; 32]>, IdentityError> {
@@ -1568,7 +1612,7 @@ mod tests {
     #[test]
     fn wireguard_key_is_clamped_and_public_key_matches() {
         let id = test_identity("alpha");
-        let private = id.wg_secret.to_bytes();
+        let private = id.wg_secret().to_bytes();
         assert_eq!(private[0] & 7, 0);
         assert_eq!(private[31] & 0x80, 0);
         assert_eq!(private[31] & 0x40, 0x40);

@@ -646,7 +646,7 @@ async fn manual_handshake(ws: &mut WsConn, me: &LocalNode) -> Vec<HandshakeMessa
         Role::Client,
         &exporter,
         &server_nonce,
-        me.manifest_json(),
+        &me.manifest_json(),
         &server_json,
     );
     let signature = me.identity().sign(&t).to_bytes();

@@ -388,6 +388,7 @@ const ALL_TOOLS: &[&str] = &[
     "federation_wg_status",
     "federation_wg_attest",
     "federation_wg_keyrotate",
+    "federation_wg_witness_fetch",
     "federation_inbox",
     "federation_inbox_remove",
     "federation_outbox",
@@ -1043,6 +1044,12 @@ fn federation_tour(alpha: &Node, beta: &Node, beta_ep: &str, agent: &Bridge, ope
         "NOT_AVAILABLE",
     );
     assert!(line.contains("WireGuard"), "{line}");
+    // Fetching a peer's witness chain needs it TRUSTED (beta is not).
+    agent.fails(
+        "federation_wg_witness_fetch",
+        json!({"peer": "beta"}),
+        "CAPABILITY_DENIED",
+    );
 
     // --- Leave.
     agent.ok("federation_leave", json!({"peer": "beta"}));

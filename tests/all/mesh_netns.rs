@@ -405,3 +405,171 @@ fn a_three_node_mesh_follows_trust_and_breaker_repairs_drift_and_survives_kill_9
     beta.node.stop();
     alpha.node.stop();
 }
+
+/// The kinds of an export's entries, in order.
+fn kinds(export: &str) -> Vec<String> {
+    export
+        .lines()
+        .skip(1)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("entry")["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_rotated_key_reaches_the_peer_and_its_witness_chain_is_fetched_and_verified() {
+    if skipped("a_rotated_key_reaches_the_peer_and_its_witness_chain_is_fetched_and_verified") {
+        return;
+    }
+    let lan = Lan::new();
+    let mut alpha = MeshNode::new(&lan, "alpha", "192.0.2.1");
+    let mut beta = MeshNode::new(&lan, "beta", "192.0.2.2");
+    // A short grace period, so that the test sees the old key destroyed.
+    let path = alpha.node.home.join("agentfed.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        config.replace("rotate_grace_secs = 600", "rotate_grace_secs = 2"),
+    )
+    .expect("config");
+    alpha.start();
+    beta.start();
+    let services = beta
+        .ns
+        .command("python3")
+        .args(["-c", SERVICES])
+        .spawn()
+        .expect("services");
+    beta.ns.adopt(services);
+    let beta_manifest = beta.node.manifest_file("beta.manifest.json");
+    alpha
+        .node
+        .run(&["peers", "add", beta_manifest.to_str().expect("utf-8")])
+        .ok();
+    beta.node
+        .run(&[
+            "join",
+            &alpha.endpoint,
+            "--fingerprint",
+            &fingerprint(&alpha.node),
+        ])
+        .ok();
+    // Each sees the other at TRUSTED: witness-request needs it both ways.
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.node
+            .run(&["trust", "set", peer, "trusted", "--reason", "rotation test"])
+            .ok();
+    }
+    let beta_ip = beta.mesh_ip();
+    wait_reach(&alpha, &beta_ip, 22, true);
+
+    // Without --confirm nothing changes.
+    let old_key = alpha.wg_key();
+    let refused = alpha.node.run(&["wg", "rotate"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--confirm"), "{}", refused.stderr);
+    assert_eq!(alpha.wg_key(), old_key);
+
+    let rotated = alpha
+        .node
+        .run(&["wg", "rotate", "--confirm", "--json"])
+        .json();
+    let new_key = rotated["new_public_key"]
+        .as_str()
+        .expect("new key")
+        .to_string();
+    assert_eq!(rotated["old_public_key"], old_key.as_str());
+    assert_ne!(new_key, old_key);
+    assert_eq!(alpha.wg_key(), new_key, "the device has the new key");
+    let key_file = alpha.node.home.join("wireguard.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file)
+            .expect("key file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let previous = alpha.node.home.join("wireguard.key.previous");
+    // The manifest carries the new key, and beta's device follows.
+    let manifest = alpha.node.run(&["manifest"]).json();
+    assert_eq!(manifest["manifest"]["wg_public_key"], new_key.as_str());
+    wait_until("beta's device has alpha's new key", CONVERGE, || {
+        beta.row("alpha")["public_key"] == new_key.as_str()
+    });
+    wait_reach(&alpha, &beta_ip, 22, true);
+    // The grace period ends: the old key is destroyed, with its entry.
+    wait_until("the old key is destroyed", CONVERGE, || !previous.exists());
+    let export = alpha.witness_export();
+    let kinds_alpha = kinds(&export);
+    let rotated_at = kinds_alpha
+        .iter()
+        .position(|k| k == "key_rotated")
+        .expect("key_rotated entry");
+    assert!(
+        kinds_alpha[rotated_at..]
+            .iter()
+            .any(|k| k == "key_destroyed"),
+        "{kinds_alpha:?}"
+    );
+    assert!(
+        !export.contains(std::fs::read_to_string(&key_file).expect("key").trim()),
+        "no private key in the chain"
+    );
+
+    // Beta fetches alpha's chain over the session and verifies it with the
+    // key of alpha's manifest it holds: the same entries alpha exports.
+    let out = beta.node.home.join("alpha.witness.jsonl");
+    let fetched = beta
+        .node
+        .run(&[
+            "wg",
+            "witness",
+            "fetch",
+            "alpha",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--json",
+        ])
+        .json();
+    let entries = fetched["entries"].as_u64().expect("entries");
+    assert!(entries as usize >= kinds_alpha.len(), "{fetched}");
+    let text = std::fs::read_to_string(&out).expect("fetched file");
+    assert!(text.starts_with(export.lines().next().expect("header")));
+    assert!(kinds(&text).starts_with(&kinds_alpha), "{text}");
+    let alpha_key = manifest["manifest"]["public_key"].as_str().expect("key");
+    let ok = beta.node.run(&[
+        "wg",
+        "witness",
+        "verify",
+        out.to_str().expect("utf-8"),
+        "--public-key",
+        alpha_key,
+    ]);
+    assert!(ok.ok().contains("valid witness chain of alpha"));
+
+    // Below TRUSTED in alpha's view, beta is refused.
+    alpha
+        .node
+        .run(&[
+            "trust",
+            "set",
+            "beta",
+            "attested",
+            "--reason",
+            "rotation test",
+        ])
+        .ok();
+    let denied = beta.node.run(&["wg", "witness", "fetch", "alpha"]);
+    assert_eq!(denied.code, 1, "{} {}", denied.stdout, denied.stderr);
+    assert!(
+        denied.stderr.contains("CAPABILITY_DENIED"),
+        "{}",
+        denied.stderr
+    );
+
+    beta.node.stop();
+    alpha.node.stop();
+}

@@ -201,7 +201,7 @@ async fn manual_handshake(
         Role::Client,
         &exporter,
         &server_nonce,
-        me.manifest_json(),
+        &me.manifest_json(),
         &server_json,
     );
     let signature = me.identity().sign(&t).to_bytes();
@@ -243,7 +243,7 @@ async fn mutual_handshake_agrees_on_session_and_carries_messages_both_ways() {
     assert_eq!(cs.pin, PinOutcome::Fingerprint);
     assert_eq!(ss.pin, PinOutcome::Inbound);
     assert!(cs.encrypted && ss.encrypted && cs.compression && ss.compression);
-    assert_eq!(&*ss.peer_manifest_json, client.manifest_json());
+    assert_eq!(&*ss.peer_manifest_json, &*client.manifest_json());
 
     // Messages both ways.
     c.send_message(Priority::Interactive, b"to server".to_vec())

@@ -143,7 +143,7 @@ async fn raw_session(server: &LocalNode, listener: &mut Listener) -> (RawStream,
         Role::Client,
         &exporter,
         &server_nonce,
-        me.manifest_json(),
+        &me.manifest_json(),
         &server_json,
     );
     let signature = me.identity().sign(&t).to_bytes();

@@ -1,6 +1,6 @@
 //! `agentfed wg …`: the WireGuard mesh (docs/mesh.md).
 //!
-//! `status`, `plan` and `attest` ask the daemon's reconciler; `witness
+//! `status`, `plan`, `attest` and `rotate` ask the daemon's reconciler; `witness
 //! export` reads the chain through the daemon or, with it stopped, from
 //! the home; `witness verify` and `mesh-ip` need no node at all.
 
@@ -53,6 +53,21 @@ pub enum WgCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace this node's WireGuard key: the new key is written 0600,
+    /// the manifest re-signed and every session opened again so that
+    /// connected peers adopt it at once (the tunnel to each peer pauses
+    /// until it has). The old key is kept for `[mesh] rotate_grace_secs`
+    /// (10 minutes by default), then destroyed. Every step is a witness
+    /// entry. Needs the daemon, with [mesh] enabled.
+    #[command(after_help = "Example:\n  agentfed wg rotate --confirm")]
+    Rotate {
+        /// Required: the old key stops working on this node at once.
+        #[arg(long)]
+        confirm: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The witness chain: every mesh change, signed and hash-linked.
     #[command(subcommand)]
     Witness(WitnessCommand),
@@ -85,6 +100,24 @@ pub enum WitnessCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch PEER's witness chain over the federation session and verify
+    /// it with the key of PEER's manifest on record here (both nodes must
+    /// see each other at TRUSTED or above): what PEER did to its mesh.
+    /// Exit 1 naming the first bad entry if it does not verify.
+    #[command(after_help = "Example:\n  agentfed wg witness fetch beta --out beta.witness.jsonl")]
+    Fetch {
+        /// The peer's node id.
+        peer: String,
+        /// Also write the verified chain (export format) to FILE.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// How long to wait for each page, ms.
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `wg mesh-ip` arguments.
@@ -108,12 +141,19 @@ pub fn run(home: &Path, command: WgCommand) -> CliResult {
         WgCommand::Status { json } => status(home, json),
         WgCommand::Plan { json } => plan(home, json),
         WgCommand::Attest { note, json } => attest(home, &note, json),
+        WgCommand::Rotate { confirm, json } => rotate(home, confirm, json),
         WgCommand::Witness(WitnessCommand::Export { out }) => export(home, out.as_deref()),
         WgCommand::Witness(WitnessCommand::Verify {
             file,
             public_key,
             json,
         }) => verify(&file, &public_key, json),
+        WgCommand::Witness(WitnessCommand::Fetch {
+            peer,
+            out,
+            timeout_ms,
+            json,
+        }) => fetch(home, &peer, out.as_deref(), timeout_ms, json),
     }
 }
 
@@ -224,6 +264,38 @@ fn attest(home: &Path, note: &str, as_json: bool) -> CliResult {
     Ok(())
 }
 
+fn rotate(home: &Path, confirm: bool, as_json: bool) -> CliResult {
+    if !confirm {
+        return Err(CliError::usage(anyhow!(
+            "wg rotate replaces this node's WireGuard key; the mesh to each peer pauses until it has the new manifest. Run it again with --confirm"
+        )));
+    }
+    let r = call(home, "wg.rotate", json!({"confirm": true}))?;
+    if as_json {
+        print_json(&r);
+        return Ok(());
+    }
+    let text = |v: &Value| {
+        v.as_str()
+            .map(|s| super::printable(s).into_owned())
+            .unwrap_or_default()
+    };
+    println!("new WireGuard public key: {}", text(&r["new_public_key"]));
+    println!(
+        "old key {} is destroyed at {}",
+        text(&r["old_public_key"]),
+        r["destroy_at_ms"]
+            .as_u64()
+            .and_then(crate::clock::rfc3339)
+            .unwrap_or_default()
+    );
+    println!(
+        "witness entry {}; {} session(s) reopened with the new manifest",
+        r["witness_seq"], r["sessions_reopened"]
+    );
+    Ok(())
+}
+
 fn export(home: &Path, out: Option<&Path>) -> CliResult {
     let text = match client::call(home, "wg.witness.export", json!({})) {
         Ok(result) => result["export"].as_str().unwrap_or_default().to_string(),
@@ -286,6 +358,40 @@ fn verify(file: &Path, public_key: &str, as_json: bool) -> CliResult {
         }
         Err(e) => Err(CliError::failed(anyhow!("INVALID_WITNESS: {e}"))),
     }
+}
+
+fn fetch(
+    home: &Path,
+    peer: &str,
+    out: Option<&Path>,
+    timeout_ms: Option<u64>,
+    as_json: bool,
+) -> CliResult {
+    let mut params = json!({"peer": peer});
+    if let Some(ms) = timeout_ms {
+        params["timeout_ms"] = json!(ms);
+    }
+    let r = call(home, "wg.witness.fetch", params)?;
+    if let Some(path) = out {
+        crate::home::write_private(path, r["export"].as_str().unwrap_or_default().as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(CliError::failed)?;
+    }
+    if as_json {
+        print_json(&r);
+        return Ok(());
+    }
+    println!(
+        "valid witness chain of {}: {} entries{} (verified with its manifest key {})",
+        super::printable(r["peer"].as_str().unwrap_or_default()),
+        r["entries"],
+        r["head"]
+            .as_str()
+            .map(|h| format!(", head {h}"))
+            .unwrap_or_default(),
+        super::printable(r["public_key"].as_str().unwrap_or_default())
+    );
+    Ok(())
 }
 
 fn mesh_ip(args: &MeshIpArgs) -> CliResult {

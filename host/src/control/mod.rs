@@ -250,6 +250,8 @@ pub const METHODS: &[MethodInfo] = &[
     m("wg.plan", "federation_wg_status", false),
     m("wg.attest", "federation_wg_attest", true),
     m("wg.witness.export", "federation_wg_status", false),
+    m("wg.rotate", "federation_wg_keyrotate", true),
+    m("wg.witness.fetch", "federation_wg_witness_fetch", false),
     m("clock.advance", "(tests only)", true),
 ];
 
@@ -276,6 +278,26 @@ pub struct NoParams {}
 pub struct NoteParams {
     /// The operator's note: 1-1024 characters, no control characters.
     pub note: String,
+}
+
+/// `{peer, timeout_ms?}` (`wg.witness.fetch`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessFetchParams {
+    /// The peer whose chain is fetched (TRUSTED or above, both ways).
+    pub peer: String,
+    /// How long to wait for each page, ms (default 10,000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `{confirm}` (`wg.rotate`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmParams {
+    /// Must be `true`: the action cannot be undone.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// `{peer}`.

@@ -120,6 +120,31 @@ impl Dispatcher {
                     .map_err(|e| failed(&e))?;
                 to_value(entry)
             }
+            "wg.rotate" => {
+                let p: super::ConfirmParams = decode(method, params)?;
+                if !p.confirm {
+                    return Err(ErrorBody::new(
+                        "CONFIRMATION_REQUIRED",
+                        "wg.rotate replaces this node's WireGuard key: the mesh to each peer pauses until it has the new manifest (connected peers get it at once); send {\"confirm\": true}",
+                        false,
+                    ));
+                }
+                let rotation = mesh.rotate().map_err(|e| failed(&e))?;
+                // Connected peers get the re-signed manifest now: every
+                // session is opened again with it.
+                let reconnected = match self.federation() {
+                    Ok((federation, handle)) => {
+                        let federation = Arc::clone(federation);
+                        handle
+                            .block_on(async move { federation.present_new_manifest().await })
+                            .map_err(|e| failed(&e.message))?
+                    }
+                    Err(_) => 0,
+                };
+                let mut out = to_value(rotation)?;
+                out["sessions_reopened"] = json!(reconnected);
+                Ok(out)
+            }
             "wg.witness.export" => {
                 no_params(method, params)?;
                 let text = mesh.witness().export().map_err(|e| failed(&e))?;
@@ -450,6 +475,13 @@ impl Dispatcher {
             // Known to the API, not built in this daemon yet: a clear
             // refusal (the MCP bridge maps its tools onto these names and
             // lights up when they exist).
+            // Reading a peer's chain needs no mesh here.
+            "wg.witness.fetch" => {
+                let p: super::WitnessFetchParams = decode(method, params)?;
+                let timeout = request_timeout(method, p.timeout_ms)?;
+                let (f, rt) = self.federation()?;
+                rt.block_on(f.fetch_witness(&p.peer, timeout))
+            }
             m if m.starts_with("wg.") && self.mesh.is_some() => {
                 let mesh = Arc::clone(self.mesh.as_ref().expect("checked"));
                 self.call_mesh(&mesh, m, params)

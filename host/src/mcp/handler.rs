@@ -265,6 +265,14 @@ impl Bridge {
                 let a: tools::WgAttestArgs = decode(name, args)?;
                 call("wg.attest", json!({"note": a.note})).await
             }
+            "federation_wg_witness_fetch" => {
+                let a: tools::WgWitnessFetchArgs = decode(name, args)?;
+                let mut params = json!({"peer": a.peer});
+                if let Some(ms) = a.timeout_ms {
+                    params["timeout_ms"] = json!(ms);
+                }
+                call("wg.witness.fetch", params).await
+            }
             "federation_wg_keyrotate" => {
                 let a: tools::WgKeyrotateArgs = decode(name, args)?;
                 if !a.confirm {

@@ -151,6 +151,18 @@ pub struct WgAttestArgs {
     pub note: String,
 }
 
+/// `federation_wg_witness_fetch`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WgWitnessFetchArgs {
+    /// The peer whose witness chain to fetch and verify (it must be
+    /// TRUSTED or above, and see this node so).
+    pub peer: String,
+    /// How long to wait for each page, ms (default 10,000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
 /// `federation_wg_keyrotate`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -348,6 +360,16 @@ pub const TOOLS: &[ToolSpec] = &[
         "Enter an operator-signed witness entry (note) into the mesh's witness chain. NOT_AVAILABLE while the mesh is not enabled.",
         "the witness entry",
         schema::<WgAttestArgs>,
+    ),
+    tool(
+        "federation_wg_witness_fetch",
+        Role::Agent,
+        "wg.witness.fetch",
+        true,
+        false,
+        "Fetch a TRUSTED peer's WireGuard witness chain over the federation session and verify it with the key of the peer's manifest on record: what the peer did to its mesh, every entry signed. Errors: NO_SESSION, CAPABILITY_DENIED (either side below TRUSTED), WITNESS_REFUSED, BAD_WITNESS_PAGE, INVALID_WITNESS (names the first bad entry).",
+        "the verified chain: entries, head hash and the export text",
+        schema::<WgWitnessFetchArgs>,
     ),
     tool(
         "federation_wg_keyrotate",

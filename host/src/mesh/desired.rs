@@ -118,19 +118,22 @@ pub fn desired(
     peers: &[PeerRecord],
     resolve: &dyn Fn(&str) -> Option<SocketAddr>,
 ) -> DesiredMesh {
-    let mut out = DesiredMesh::default();
-    let mut candidates = Vec::new();
-    for record in peers {
-        if record.trust_level == TrustLevel::Untrusted
-            || record.breaker.state == BreakerState::Evicted
-        {
-            continue;
-        }
-        match candidate(local, record) {
-            Ok(c) => candidates.push(c),
-            Err(excluded) => out.excluded.push(excluded),
-        }
-    }
+    let fields: Vec<PeerFields> = peers
+        .iter()
+        .filter(|r| r.breaker.state != BreakerState::Evicted)
+        .map(fields_of)
+        .collect();
+    desired_from_fields(local, &fields, resolve)
+}
+
+/// Puts checked candidates on the mesh: a key or mesh IP claimed twice
+/// keeps both claimants out.
+fn assemble(
+    local: &LocalNode,
+    candidates: Vec<Candidate>,
+    resolve: &dyn Fn(&str) -> Option<SocketAddr>,
+    out: &mut DesiredMesh,
+) {
     // A key or address claimed by two peers is ambiguous: the mesh cannot
     // tell which one is legitimate, so neither gets it.
     let mut keys: BTreeMap<[u8; 32], usize> = BTreeMap::new();
@@ -179,15 +182,64 @@ pub fn desired(
             access,
         });
     }
+}
+
+/// A peer as an operator describes it (`wg stage --peer …`), or as the
+/// daemon reports it: the manifest's mesh fields, unchecked, with the
+/// peer's standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFields {
+    /// Its node id.
+    pub node_id: String,
+    /// Its WireGuard public key (standard base64).
+    pub wg_public_key: String,
+    /// Its mesh IP.
+    pub mesh_ip: String,
+    /// Its WireGuard `host:port`, if it publishes one.
+    pub wg_endpoint: Option<String>,
+    /// Its trust level in this node's view.
+    pub level: TrustLevel,
+    /// Whether its breaker is SUSPENDED.
+    pub suspended: bool,
+}
+
+/// [`desired`] for peers given by their fields: the same checks, the same
+/// exclusions (an UNTRUSTED peer is left out silently).
+pub fn desired_from_fields(
+    local: &LocalNode,
+    peers: &[PeerFields],
+    resolve: &dyn Fn(&str) -> Option<SocketAddr>,
+) -> DesiredMesh {
+    let mut out = DesiredMesh::default();
+    let mut candidates = Vec::new();
+    for peer in peers.iter().filter(|p| p.level != TrustLevel::Untrusted) {
+        match check_fields(local, peer) {
+            Ok(c) => candidates.push(c),
+            Err(excluded) => out.excluded.push(excluded),
+        }
+    }
+    assemble(local, candidates, resolve, &mut out);
     out.peers.sort_by_key(|p| p.public_key);
     out.grants.sort_by_key(|g| g.mesh_ip);
     out.excluded.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     out
 }
 
-/// Checks every field of `record` the mesh uses.
-fn candidate(local: &LocalNode, record: &PeerRecord) -> Result<Candidate, Excluded> {
+/// The mesh fields of a stored peer.
+pub fn fields_of(record: &PeerRecord) -> PeerFields {
     let m = &record.manifest.manifest;
+    PeerFields {
+        node_id: m.node_id.clone(),
+        wg_public_key: m.wg_public_key.clone(),
+        mesh_ip: m.mesh_ip.clone(),
+        wg_endpoint: m.wg_endpoint.clone(),
+        level: record.trust_level,
+        suspended: record.breaker.state == BreakerState::Suspended,
+    }
+}
+
+/// Checks every field of a peer the mesh uses.
+fn check_fields(local: &LocalNode, m: &PeerFields) -> Result<Candidate, Excluded> {
     let shown = if validate_node_id(&m.node_id).is_ok() {
         m.node_id.clone()
     } else {
@@ -220,8 +272,8 @@ fn candidate(local: &LocalNode, record: &PeerRecord) -> Result<Candidate, Exclud
         public_key,
         mesh_ip,
         endpoint: m.wg_endpoint.clone(),
-        level: record.trust_level,
-        suspended: record.breaker.state == BreakerState::Suspended,
+        level: m.level,
+        suspended: m.suspended,
     })
 }
 

@@ -2,13 +2,16 @@
 //! from trust, breaker state and validated manifests ([`desired`]), the
 //! device behind a small interface with userspace and kernel backends
 //! ([`device`], [`uapi`]), the reconciler ([`runtime`], [`diff`]), the
-//! files an operator applies by hand ([`render`]) and the signed witness
-//! chain of every change ([`witness`]).
+//! files an operator applies by hand ([`render`]), key rotation
+//! ([`rotation`]) and the signed witness chain of every change
+//! ([`witness`]).
 
 pub mod desired;
 pub mod device;
 pub mod diff;
+pub mod fetch;
 pub mod render;
+pub mod rotation;
 pub mod runtime;
 pub mod uapi;
 pub mod witness;

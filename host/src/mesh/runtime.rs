@@ -16,6 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use super::device::{
 };
 use super::diff::{PlannedChange, plan};
 use super::render::{NFT_TABLE, nft_ruleset, wg_set_line};
+use super::rotation::{self, Rotation};
 use super::witness::{WitnessKind, WitnessLog};
 
 /// How often the reconciler looks for peer changes.
@@ -83,8 +85,12 @@ struct Applied {
 pub struct MeshRuntime {
     coordinator: Arc<Coordinator>,
     device: Box<dyn WgDevice>,
+    /// The interface; its keys are read from the identity at each use
+    /// ([`MeshRuntime::spec`]), since `wg rotate` replaces them.
     spec: InterfaceSpec,
     local: LocalNode,
+    home: PathBuf,
+    rotate_grace_secs: u64,
     firewall: bool,
     witness: WitnessLog,
     applied: Mutex<Applied>,
@@ -123,7 +129,15 @@ impl MeshRuntime {
             MeshBackend::Kernel => Box::new(KernelDevice::new(&m.interface)),
         };
         let witness = WitnessLog::new(Arc::clone(&coordinator));
+        let home = coordinator
+            .store()
+            .path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         Ok(MeshRuntime {
+            home,
+            rotate_grace_secs: m.rotate_grace_secs,
             spec: InterfaceSpec {
                 name: m.interface.clone(),
                 private_key,
@@ -156,6 +170,24 @@ impl MeshRuntime {
         &self.spec.name
     }
 
+    /// The interface with the node's WireGuard key as it is now.
+    fn spec(&self) -> InterfaceSpec {
+        let (private_key, public_key) = self.coordinator.identity().wg_key_bytes();
+        InterfaceSpec {
+            private_key,
+            public_key,
+            ..self.spec.clone()
+        }
+    }
+
+    /// This node in the mesh, with its WireGuard key as it is now.
+    fn local(&self) -> LocalNode {
+        LocalNode {
+            public_key: self.coordinator.identity().wg_key_bytes().1,
+            ..self.local.clone()
+        }
+    }
+
     /// The desired mesh now.
     pub fn desired(&self) -> Result<DesiredMesh, MeshError> {
         let peers = self
@@ -163,7 +195,66 @@ impl MeshRuntime {
             .store()
             .list_peers()
             .map_err(|e| MeshError::State(e.to_string()))?;
-        Ok(desired(&self.local, &peers, &resolve))
+        Ok(desired(&self.local(), &peers, &resolve))
+    }
+
+    /// `wg rotate`: replaces the node's WireGuard key
+    /// ([`super::rotation::rotate`]) and puts it on the device at once.
+    /// The caller presents the re-signed manifest to the peers.
+    pub fn rotate(&self) -> Result<Rotation, MeshError> {
+        let now = self.coordinator.clock().now_ms();
+        let rotation = {
+            // No reconcile runs between the key change and its apply.
+            let _applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+            rotation::rotate(
+                &self.home,
+                self.coordinator.identity(),
+                &self.witness,
+                now,
+                self.rotate_grace_secs,
+            )
+            .map_err(|e| MeshError::State(e.to_string()))?
+        };
+        self.audit(
+            AuditEvent::new(
+                EventType::WireguardMutation,
+                format!(
+                    "WireGuard key rotated (witness entry {}); the old key is destroyed in {} s",
+                    rotation.witness_seq, self.rotate_grace_secs
+                ),
+            )
+            .with_actor(crate::audit::ACTOR_OPERATOR)
+            .with_details(json!({
+                "change": "key_rotated",
+                "old_public_key": rotation.old_public_key,
+                "new_public_key": rotation.new_public_key,
+                "destroy_at_ms": rotation.destroy_at_ms,
+                "witness_seq": rotation.witness_seq,
+                "superseded": rotation.superseded,
+            })),
+        )?;
+        self.reconcile(false)?;
+        Ok(rotation)
+    }
+
+    /// Destroys the key a rotation replaced once its grace period is over.
+    pub fn destroy_old_key_if_due(&self) -> Result<Option<String>, MeshError> {
+        if !self.home.join(rotation::PREVIOUS_KEY_FILE).exists() {
+            return Ok(None);
+        }
+        let now = self.coordinator.clock().now_ms();
+        let destroyed = rotation::destroy_if_due(&self.home, &self.witness, now)
+            .map_err(|e| MeshError::State(e.to_string()))?;
+        if let Some(public_key) = &destroyed {
+            self.audit(
+                AuditEvent::new(
+                    EventType::WireguardMutation,
+                    "the WireGuard key replaced by the last rotation was destroyed (grace period over)",
+                )
+                .with_details(json!({"change": "key_destroyed", "public_key": public_key})),
+            )?;
+        }
+        Ok(destroyed)
     }
 
     /// Brings the device and firewall to the desired state; `periodic`
@@ -171,7 +262,7 @@ impl MeshRuntime {
     pub fn reconcile(&self, periodic: bool) -> Result<ReconcileReport, MeshError> {
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         let mut report = ReconcileReport::default();
-        if self.device.ensure_up(&self.spec)? && applied.desired.is_some() {
+        if self.device.ensure_up(&self.spec())? && applied.desired.is_some() {
             // The device went away under us (its process killed): it was
             // re-created, which is drift too.
             report.drift = true;
@@ -263,7 +354,10 @@ impl MeshRuntime {
         Ok(json!({
             "interface": self.spec.name,
             "backend": self.device.backend(),
-            "public_key": b64(&self.spec.public_key),
+            "public_key": b64(&self.spec().public_key),
+            "previous_key": rotation::previous_key(&self.home)
+                .map_err(|e| MeshError::State(e.to_string()))?
+                .map(|(key, destroy_at_ms)| json!({"public_key": key, "destroy_at_ms": destroy_at_ms})),
             "listen_port": actual.listen_port,
             "mesh_ip": self.local.mesh_ip.to_string(),
             "subnet": self.local.subnet.to_string(),
@@ -475,6 +569,19 @@ pub async fn run(mesh: Arc<MeshRuntime>, period: Duration, mut stop: watch::Rece
         }
         seen = generation;
         let m = Arc::clone(&mesh);
+        match tokio::task::spawn_blocking({
+            let m = Arc::clone(&mesh);
+            move || m.destroy_old_key_if_due()
+        })
+        .await
+        {
+            Ok(Ok(Some(key))) => {
+                tracing::info!(public_key = %key, "replaced WireGuard key destroyed")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot destroy the replaced WireGuard key: {e}"),
+            Err(e) => tracing::error!("key destruction panicked: {e}"),
+        }
         match tokio::task::spawn_blocking(move || m.reconcile(periodic)).await {
             Ok(Ok(report)) if !report.applied.is_empty() || report.firewall_applied => {
                 tracing::info!(applied = ?report.applied, firewall = report.firewall_applied, drift = report.drift, "mesh reconciled")

@@ -69,6 +69,9 @@ pub enum WitnessKind {
     DriftRepaired,
     /// The node's WireGuard key replaced.
     KeyRotated,
+    /// A replaced WireGuard key destroyed (its grace period over, or a
+    /// newer rotation superseded it).
+    KeyDestroyed,
     /// An operator's note.
     OperatorAttestation,
 }
@@ -85,6 +88,7 @@ impl WitnessKind {
             WitnessKind::FirewallApplied => "firewall_applied",
             WitnessKind::DriftRepaired => "drift_repaired",
             WitnessKind::KeyRotated => "key_rotated",
+            WitnessKind::KeyDestroyed => "key_destroyed",
             WitnessKind::OperatorAttestation => "operator_attestation",
         }
     }
@@ -191,33 +195,27 @@ fn entry_hash(signed: &[u8], signature: &[u8; 64]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The node's witness chain.
-pub struct WitnessLog {
-    coordinator: Arc<Coordinator>,
+/// The witness chain's file, opened on first use and shared by everything
+/// in the daemon that reads or appends (a redb file is opened once per
+/// process). The coordinator owns it ([`Coordinator::witness_file`]).
+pub struct WitnessFile {
     path: PathBuf,
     db: Mutex<Option<Database>>,
 }
 
-impl std::fmt::Debug for WitnessLog {
+impl std::fmt::Debug for WitnessFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WitnessLog")
+        f.debug_struct("WitnessFile")
             .field("path", &self.path)
             .finish()
     }
 }
 
-impl WitnessLog {
-    /// The chain of the coordinator's node (opened on first use).
-    pub fn new(coordinator: Arc<Coordinator>) -> WitnessLog {
-        let home = coordinator
-            .store()
-            .path()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        WitnessLog {
-            path: home.join(WITNESS_FILE),
-            coordinator,
+impl WitnessFile {
+    /// The chain at `path` (nothing is opened yet).
+    pub fn new(path: PathBuf) -> WitnessFile {
+        WitnessFile {
+            path,
             db: Mutex::new(None),
         }
     }
@@ -238,6 +236,73 @@ impl WitnessLog {
             *db = Some(open(&self.path)?);
         }
         f(db.as_ref().expect("opened above"))
+    }
+
+    /// Up to `limit` entries after `after_seq`, oldest first, and the
+    /// chain's length. A chain never written reads as empty (and is not
+    /// created).
+    pub fn page(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<WitnessEntry>, u64), WitnessError> {
+        if !self.path.exists() && self.db.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Ok((Vec::new(), 0));
+        }
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.storage(e))?;
+            let table = tx.open_table(ENTRIES).map_err(|e| self.storage(e))?;
+            let head = table
+                .last()
+                .map_err(|e| self.storage(e))?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0);
+            let mut out = Vec::new();
+            for item in table
+                .range(after_seq.saturating_add(1)..)
+                .map_err(|e| self.storage(e))?
+                .take(limit)
+            {
+                let (_, v) = item.map_err(|e| self.storage(e))?;
+                out.push(serde_json::from_slice(v.value()).map_err(|e| self.storage(e))?);
+            }
+            Ok((out, head))
+        })
+    }
+}
+
+/// The node's witness chain: appends signed by the node's identity.
+pub struct WitnessLog {
+    coordinator: Arc<Coordinator>,
+    file: Arc<WitnessFile>,
+}
+
+impl std::fmt::Debug for WitnessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WitnessLog")
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+impl WitnessLog {
+    /// The chain of the coordinator's node.
+    pub fn new(coordinator: Arc<Coordinator>) -> WitnessLog {
+        WitnessLog {
+            file: Arc::clone(coordinator.witness_file()),
+            coordinator,
+        }
+    }
+
+    fn storage(&self, e: impl std::fmt::Display) -> WitnessError {
+        self.file.storage(e)
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, WitnessError>,
+    ) -> Result<T, WitnessError> {
+        self.file.with_db(f)
     }
 
     /// Appends a signed entry, durably, and returns it.
@@ -347,7 +412,8 @@ pub fn export_offline(
     export_text(node_id, public_key, &entries)
 }
 
-fn export_text(
+/// The export text of `entries`: the header line, then one entry per line.
+pub fn export_text(
     node_id: &str,
     public_key: &str,
     entries: &[WitnessEntry],
@@ -538,6 +604,114 @@ mod tests {
         assert_eq!(bytes, expected);
         // Moving a byte between fields changes the bytes.
         assert_ne!(canonical_bytes(1, 2, "a", "bk", "{}", &[7; 32]), bytes);
+    }
+
+    /// A validly signed chain of `n` entries, with the times given.
+    fn chain(key: &ed25519_dalek::SigningKey, times: &[u64]) -> Vec<WitnessEntry> {
+        use ed25519_dalek::Signer as _;
+        let mut prev = [0u8; 32];
+        let mut out = Vec::new();
+        for (i, ts) in times.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let details = format!("{{\"n\":{seq}}}");
+            let signed = canonical_bytes(seq, *ts, "beta", "peer_added", &details, &prev);
+            let signature = key.sign(&signed).to_bytes();
+            let hash = entry_hash(&signed, &signature);
+            out.push(WitnessEntry {
+                seq,
+                ts_ms: *ts,
+                node_id: "beta".into(),
+                kind: "peer_added".into(),
+                details,
+                prev_hash: hex::encode(prev),
+                hash: hex::encode(hash),
+                signature: base64::engine::general_purpose::STANDARD.encode(signature),
+            });
+            prev = hash;
+        }
+        out
+    }
+
+    fn broken_at(text: &str, key: &[u8; 32]) -> Option<u64> {
+        match verify_export(text, key) {
+            Err(WitnessError::Broken { seq, .. }) => Some(seq),
+            Ok(_) => None,
+            Err(e) => panic!("not a broken entry: {e}"),
+        }
+    }
+
+    #[test]
+    fn every_breakage_is_named_at_its_entry() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let public = key.verifying_key().to_bytes();
+        let entries = chain(&key, &[10, 20, 30, 40, 50]);
+        let text = |e: &[WitnessEntry]| export_text("beta", "k", e).expect("export");
+        let good = text(&entries);
+        let verified = verify_export(&good, &public).expect("verifies");
+        assert_eq!(verified.entries, 5);
+        assert_eq!(verified.head.as_deref(), Some(entries[4].hash.as_str()));
+
+        let edit = |i: usize, f: &dyn Fn(&mut WitnessEntry)| {
+            let mut copy = entries.clone();
+            f(&mut copy[i]);
+            text(&copy)
+        };
+        // Every signed field, the hash and the link, edited in entry 3.
+        assert_eq!(
+            broken_at(&edit(2, &|e| e.details = "{\"n\":9}".into()), &public),
+            Some(3)
+        );
+        assert_eq!(
+            broken_at(&edit(2, &|e| e.kind = "peer_removed".into()), &public),
+            Some(3)
+        );
+        assert_eq!(broken_at(&edit(2, &|e| e.ts_ms += 1), &public), Some(3));
+        assert_eq!(
+            broken_at(&edit(2, &|e| e.hash = "00".repeat(32)), &public),
+            Some(3)
+        );
+        assert_eq!(
+            broken_at(&edit(2, &|e| e.prev_hash = "11".repeat(32)), &public),
+            Some(3)
+        );
+        assert_eq!(
+            broken_at(&edit(2, &|e| e.node_id = "gamma".into()), &public),
+            Some(3)
+        );
+        assert_eq!(broken_at(&edit(2, &|e| e.seq = 4), &public), Some(4));
+        assert_eq!(
+            broken_at(
+                &edit(2, &|e| e.signature = entries[1].signature.clone()),
+                &public
+            ),
+            Some(3)
+        );
+        // Removed, reordered, replayed.
+        let mut removed = entries.clone();
+        removed.remove(1);
+        assert_eq!(broken_at(&text(&removed), &public), Some(3));
+        let mut swapped = entries.clone();
+        swapped.swap(1, 2);
+        assert_eq!(broken_at(&text(&swapped), &public), Some(3));
+        let mut doubled = entries.clone();
+        doubled.push(entries[4].clone());
+        assert_eq!(broken_at(&text(&doubled), &public), Some(5));
+        // Another key fails at the first entry.
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32])
+            .verifying_key()
+            .to_bytes();
+        assert_eq!(broken_at(&good, &other), Some(1));
+        // Time going back, even validly signed, is named.
+        let back = chain(&key, &[10, 20, 15]);
+        assert_eq!(broken_at(&text(&back), &public), Some(3));
+        // Text after the chain's end, and a line that is not an entry.
+        assert_eq!(broken_at(&format!("{good}\n{}\n", "{}"), &public), Some(0));
+        let mut lines: Vec<&str> = good.lines().collect();
+        lines[2] = "not json";
+        assert_eq!(broken_at(&(lines.join("\n") + "\n"), &public), Some(0));
+        // A header of another node: entry 1 is not its.
+        let other_header = good.replacen("\"node_id\":\"beta\"", "\"node_id\":\"gamma\"", 1);
+        assert_eq!(broken_at(&other_header, &public), Some(1));
     }
 
     #[test]

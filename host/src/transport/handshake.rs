@@ -443,6 +443,9 @@ pub(crate) async fn client_handshake(
     config: &TransportConfig,
     policy: &dyn HandshakePolicy,
 ) -> Result<Session, TransportError> {
+    // One manifest for the whole handshake, even if `wg rotate` replaces
+    // it meanwhile: the transcript hashes the bytes sent.
+    let local = &local.snapshot();
     let client_nonce = random_bytes::<32>()?;
     let hello = HandshakeMessage::Hello {
         version: HANDSHAKE_VERSION,
@@ -522,7 +525,7 @@ pub(crate) async fn client_handshake(
         Role::Client,
         &exporter,
         &server_nonce,
-        client_json,
+        &client_json,
         &server_json,
     );
     let signature = local.identity().sign(&mine).to_bytes();
@@ -538,7 +541,7 @@ pub(crate) async fn client_handshake(
         Role::Server,
         &exporter,
         &client_nonce,
-        client_json,
+        &client_json,
         &server_json,
     );
     let key = match peer_key(&server_manifest) {
@@ -622,6 +625,7 @@ pub(crate) async fn server_handshake(
     policy: &dyn HandshakePolicy,
 ) -> Result<Session, ServerFailure> {
     let mut peer_node_id = None;
+    let local = &local.snapshot();
     let result = server_steps(ws, local, config, policy, &mut peer_node_id).await;
     result.map_err(|error| ServerFailure {
         error,
@@ -676,7 +680,7 @@ async fn server_steps(
         &exporter,
         &server_nonce,
         &client_json,
-        server_json,
+        &server_json,
     );
     let key = match peer_key(&client_manifest) {
         Ok(k) => k,
@@ -710,7 +714,7 @@ async fn server_steps(
         &exporter,
         &client_nonce,
         &client_json,
-        server_json,
+        &server_json,
     );
     let signature = local.identity().sign(&mine).to_bytes();
     ws.send(&HandshakeMessage::Auth { signature }.encode())

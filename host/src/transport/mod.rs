@@ -290,17 +290,28 @@ impl Role {
 
 /// This node as the transport presents it: its keys and its signed
 /// manifest (whose exact JSON bytes are what the peer hashes).
+///
+/// Clones share the manifest: [`LocalNode::replace_manifest`] (after `wg
+/// rotate` re-signed it) changes what every listener and dialer presents
+/// from the next handshake on. A handshake takes one [`LocalNode::snapshot`]
+/// so that it hashes the bytes it sent.
 #[derive(Clone)]
 pub struct LocalNode {
     identity: Arc<Identity>,
+    presented: Arc<std::sync::RwLock<Presented>>,
+}
+
+/// One signed manifest and its exact JSON bytes.
+#[derive(Clone)]
+struct Presented {
     manifest: SignedManifest,
-    manifest_json: Arc<[u8]>,
+    json: Arc<[u8]>,
 }
 
 impl fmt::Debug for LocalNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalNode")
-            .field("node_id", &self.manifest.manifest.node_id)
+            .field("node_id", &self.manifest().manifest.node_id)
             .finish_non_exhaustive()
     }
 }
@@ -311,27 +322,43 @@ impl LocalNode {
     /// certificate (a node never presents a manifest its peers would
     /// refuse).
     pub fn new(identity: Arc<Identity>, manifest: SignedManifest) -> Result<Self, TransportError> {
-        manifest.verify().map_err(TransportError::from_manifest)?;
-        if manifest.manifest.public_key != identity.public_key_b64()
-            || manifest.manifest.tls_fingerprint != identity.tls_fingerprint()
-        {
-            return Err(TransportError::BadManifest(ManifestError::InvalidField {
-                field: "public_key",
-                reason: "manifest does not belong to this identity",
-            }));
-        }
+        check_own_manifest(&identity, &manifest)?;
         Ok(Self::new_unchecked(identity, manifest))
     }
 
     /// Like [`LocalNode::new`] without any check: the manifest is sent as
     /// is. Only for tests that play a lying or broken peer.
     pub fn new_unchecked(identity: Arc<Identity>, manifest: SignedManifest) -> Self {
-        let manifest_json: Arc<[u8]> = manifest.to_json().into();
+        let json: Arc<[u8]> = manifest.to_json().into();
         LocalNode {
             identity,
-            manifest,
-            manifest_json,
+            presented: Arc::new(std::sync::RwLock::new(Presented { manifest, json })),
         }
+    }
+
+    /// Presents `manifest` from the next handshake on, in this node and
+    /// every clone of it, after the same checks as [`LocalNode::new`].
+    pub fn replace_manifest(&self, manifest: SignedManifest) -> Result<(), TransportError> {
+        check_own_manifest(&self.identity, &manifest)?;
+        let json: Arc<[u8]> = manifest.to_json().into();
+        *self.presented.write().unwrap_or_else(|p| p.into_inner()) = Presented { manifest, json };
+        Ok(())
+    }
+
+    /// A copy that keeps presenting today's manifest whatever
+    /// [`LocalNode::replace_manifest`] does later (one per handshake).
+    pub fn snapshot(&self) -> LocalNode {
+        LocalNode {
+            identity: Arc::clone(&self.identity),
+            presented: Arc::new(std::sync::RwLock::new(self.current())),
+        }
+    }
+
+    fn current(&self) -> Presented {
+        self.presented
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The identity (keys, certificate).
@@ -339,15 +366,33 @@ impl LocalNode {
         &self.identity
     }
 
-    /// The signed manifest.
-    pub fn manifest(&self) -> &SignedManifest {
-        &self.manifest
+    /// The signed manifest presented now.
+    pub fn manifest(&self) -> SignedManifest {
+        self.current().manifest
     }
 
-    /// The exact manifest JSON bytes sent in `hello`.
-    pub fn manifest_json(&self) -> &[u8] {
-        &self.manifest_json
+    /// The exact manifest JSON bytes sent in `hello` now.
+    pub fn manifest_json(&self) -> Arc<[u8]> {
+        self.current().json
     }
+}
+
+/// Checks that `manifest` verifies and names `identity`'s Ed25519 key and
+/// TLS certificate.
+fn check_own_manifest(
+    identity: &Identity,
+    manifest: &SignedManifest,
+) -> Result<(), TransportError> {
+    manifest.verify().map_err(TransportError::from_manifest)?;
+    if manifest.manifest.public_key != identity.public_key_b64()
+        || manifest.manifest.tls_fingerprint != identity.tls_fingerprint()
+    {
+        return Err(TransportError::BadManifest(ManifestError::InvalidField {
+            field: "public_key",
+            reason: "manifest does not belong to this identity",
+        }));
+    }
+    Ok(())
 }
 
 /// Every way the transport fails. `Display` is the constant
