@@ -21,6 +21,7 @@ mod mcp;
 mod mesh_device;
 mod mesh_netns;
 mod mesh_render;
+mod mesh_rotation;
 mod netns;
 mod node;
 mod plugin_chain;
