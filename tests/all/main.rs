@@ -22,6 +22,7 @@ mod mesh_device;
 mod mesh_netns;
 mod mesh_render;
 mod mesh_rotation;
+mod mesh_stage;
 mod netns;
 mod node;
 mod plugin_chain;

@@ -68,9 +68,55 @@ pub enum WgCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the files an operator needs to bring the mesh up by hand
+    /// (the user guide's Phase 7 bundle): the WireGuard key (0600), a
+    /// wg-quick configuration, the nftables and pf firewall files and
+    /// APPLY.txt with the commands. From the node's current peers (through
+    /// the daemon, or from the home when it is stopped), or for one peer
+    /// given with --peer and its fields. The mesh need not be enabled.
+    /// Every peer field is checked as the daemon's mesh checks it; a peer
+    /// given here that fails a check is an error and nothing is written.
+    #[command(after_help = "Examples:
+  agentfed wg stage --out /tmp/agentfed-stage
+  agentfed wg stage --out /tmp/agentfed-stage --peer beta \\
+      --peer-key 'BETA_WG_KEY_BASE64' --peer-mesh-ip 10.50.9.1 \\
+      --peer-endpoint 192.0.2.2:51820 --peer-level attested")]
+    Stage(StageArgs),
     /// The witness chain: every mesh change, signed and hash-linked.
     #[command(subcommand)]
     Witness(WitnessCommand),
+}
+
+/// `wg stage` arguments.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// The directory to write into (created 0700 if missing; files in it
+    /// with the bundle's names are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Stage for this one peer instead of the node's peers.
+    #[arg(long, value_name = "NODE_ID", requires_all = ["peer_key", "peer_mesh_ip"])]
+    pub peer: Option<String>,
+    /// The peer's WireGuard public key (standard base64).
+    #[arg(long, value_name = "KEY", requires = "peer")]
+    pub peer_key: Option<String>,
+    /// The peer's mesh IP (inside this node's [node] mesh_subnet).
+    #[arg(long, value_name = "IP", requires = "peer")]
+    pub peer_mesh_ip: Option<String>,
+    /// The peer's WireGuard endpoint, host:port (optional).
+    #[arg(long, value_name = "HOST:PORT", requires = "peer")]
+    pub peer_endpoint: Option<String>,
+    /// The peer's trust level, which sets what it may reach.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "verified",
+        requires = "peer"
+    )]
+    pub peer_level: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `agentfed wg witness` subcommands.
@@ -142,6 +188,7 @@ pub fn run(home: &Path, command: WgCommand) -> CliResult {
         WgCommand::Plan { json } => plan(home, json),
         WgCommand::Attest { note, json } => attest(home, &note, json),
         WgCommand::Rotate { confirm, json } => rotate(home, confirm, json),
+        WgCommand::Stage(args) => stage(home, &args),
         WgCommand::Witness(WitnessCommand::Export { out }) => export(home, out.as_deref()),
         WgCommand::Witness(WitnessCommand::Verify {
             file,
@@ -392,6 +439,124 @@ fn fetch(
         super::printable(r["public_key"].as_str().unwrap_or_default())
     );
     Ok(())
+}
+
+fn stage(home: &Path, args: &StageArgs) -> CliResult {
+    use crate::mesh::desired::{LocalNode, PeerFields, desired_from_fields};
+    use crate::mesh::stage::{StageInput, bundle, write_bundle};
+    super::check_home(home)?;
+    let config = crate::config::NodeConfig::load(home).map_err(CliError::failed)?;
+    let identity = crate::identity::Identity::load(home).map_err(CliError::failed)?;
+    let subnet = config
+        .mesh_subnet()
+        .map_err(|e| CliError::failed(anyhow!("[node] mesh_subnet: {e}")))?;
+    let mesh_ip = identity
+        .mesh_ip(&subnet, &|_| false)
+        .map_err(CliError::failed)?;
+    let (private_key, public_key) = identity.wg_key_bytes();
+    let local = LocalNode {
+        subnet,
+        mesh_ip,
+        public_key,
+        keepalive_secs: config.mesh.keepalive_secs,
+    };
+    let fields = match &args.peer {
+        Some(peer) => vec![PeerFields {
+            node_id: peer.clone(),
+            wg_public_key: args.peer_key.clone().unwrap_or_default(),
+            mesh_ip: args.peer_mesh_ip.clone().unwrap_or_default(),
+            wg_endpoint: args.peer_endpoint.clone(),
+            level: args
+                .peer_level
+                .parse()
+                .map_err(|e| CliError::usage(anyhow!("--peer-level {}: {e}", args.peer_level)))?,
+            suspended: false,
+        }],
+        None => node_peer_fields(home)?,
+    };
+    let mesh = desired_from_fields(&local, &fields, &crate::mesh::runtime::resolve);
+    if args.peer.is_some()
+        && let Some(bad) = mesh.excluded.first()
+    {
+        let flag = match bad.field {
+            "node_id" => "--peer",
+            "wg_public_key" => "--peer-key",
+            "mesh_ip" => "--peer-mesh-ip",
+            _ => "--peer-endpoint",
+        };
+        return Err(CliError::usage(anyhow!(
+            "{flag}: {}; nothing written",
+            bad.reason
+        )));
+    }
+    let files = bundle(&StageInput {
+        node_id: identity.node_id().as_str(),
+        interface: &config.mesh.interface,
+        listen_port: config.mesh.listen_port,
+        local: &local,
+        private_key: &private_key,
+        mesh: &mesh,
+    });
+    let paths = write_bundle(&args.out, &files)
+        .with_context(|| format!("cannot write the bundle into {}", args.out.display()))
+        .map_err(CliError::failed)?;
+    let excluded: Vec<Value> = mesh
+        .excluded
+        .iter()
+        .map(|e| json!({"node_id": e.node_id, "field": e.field, "reason": e.reason}))
+        .collect();
+    if args.json {
+        print_json(&json!({
+            "dir": args.out.display().to_string(),
+            "files": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "peers": mesh.peers.len(),
+            "excluded": excluded,
+        }));
+        return Ok(());
+    }
+    println!(
+        "staged {} peer(s) in {} (review, then apply as APPLY.txt says):",
+        mesh.peers.len(),
+        args.out.display()
+    );
+    for path in &paths {
+        println!("  {}", path.display());
+    }
+    for e in &mesh.excluded {
+        println!(
+            "left out: {} ({} {})",
+            super::printable(&e.node_id),
+            e.field,
+            e.reason
+        );
+    }
+    Ok(())
+}
+
+/// The mesh fields of the node's peers: through the daemon, or from the
+/// home's state file when it is stopped.
+fn node_peer_fields(home: &Path) -> Result<Vec<crate::mesh::desired::PeerFields>, CliError> {
+    use crate::mesh::desired::PeerFields;
+    let rows = match client::call(home, "wg.peers", json!({})) {
+        Ok(result) => result["peers"].as_array().cloned().unwrap_or_default(),
+        Err(CallError::NotRunning { .. }) => {
+            let state = home.join(crate::store::STATE_FILE);
+            if !state.exists() {
+                return Ok(Vec::new());
+            }
+            let _lock = crate::store::HomeLock::acquire(home).map_err(CliError::failed)?;
+            let store = crate::store::Store::open(&state).map_err(CliError::failed)?;
+            let peers = store.list_peers().map_err(CliError::failed)?;
+            crate::control::server::wg_peer_fields(&peers)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    rows.iter()
+        .map(|row| {
+            PeerFields::from_json(row)
+                .ok_or_else(|| CliError::failed(anyhow!("the daemon sent a malformed peer row")))
+        })
+        .collect()
 }
 
 fn mesh_ip(args: &MeshIpArgs) -> CliResult {

@@ -252,6 +252,7 @@ pub const METHODS: &[MethodInfo] = &[
     m("wg.witness.export", "federation_wg_status", false),
     m("wg.rotate", "federation_wg_keyrotate", true),
     m("wg.witness.fetch", "federation_wg_witness_fetch", false),
+    m("wg.peers", "federation_wg_status", false),
     m("clock.advance", "(tests only)", true),
 ];
 

@@ -475,6 +475,18 @@ impl Dispatcher {
             // Known to the API, not built in this daemon yet: a clear
             // refusal (the MCP bridge maps its tools onto these names and
             // lights up when they exist).
+            // What `wg stage` builds its bundle from; needs no mesh here.
+            "wg.peers" => {
+                no_params(method, params)?;
+                let peers = self.coordinator.store().list_peers().map_err(|e| {
+                    ErrorBody::new(
+                        codes::INTERNAL,
+                        format!("cannot read the peers: {e}"),
+                        false,
+                    )
+                })?;
+                Ok(json!({"peers": wg_peer_fields(&peers)}))
+            }
             // Reading a peer's chain needs no mesh here.
             "wg.witness.fetch" => {
                 let p: super::WitnessFetchParams = decode(method, params)?;
@@ -740,6 +752,15 @@ fn request_timeout(method: &str, timeout_ms: Option<u64>) -> Result<Duration, Er
         Some(ms) if (1..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
         Some(_) => Err(invalid_params(method, "timeout_ms must be 1..=600000")),
     }
+}
+
+/// The mesh fields of every peer not evicted (`wg.peers`).
+pub fn wg_peer_fields(peers: &[crate::model::PeerRecord]) -> Vec<Value> {
+    peers
+        .iter()
+        .filter(|r| r.breaker.state != crate::model::BreakerState::Evicted)
+        .map(|r| crate::mesh::desired::fields_of(r).to_json())
+        .collect()
 }
 
 fn no_params(method: &str, params: Value) -> Result<(), ErrorBody> {

@@ -225,6 +225,34 @@ pub fn desired_from_fields(
     out
 }
 
+impl PeerFields {
+    /// As the control API reports it (`wg.peers`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": self.node_id,
+            "wg_public_key": self.wg_public_key,
+            "mesh_ip": self.mesh_ip,
+            "wg_endpoint": self.wg_endpoint,
+            "trust_level": self.level.to_string(),
+            "suspended": self.suspended,
+        })
+    }
+
+    /// Reads what [`PeerFields::to_json`] wrote (nothing in it is trusted
+    /// yet: [`desired_from_fields`] checks every field).
+    pub fn from_json(value: &serde_json::Value) -> Option<PeerFields> {
+        let text = |key: &str| value.get(key)?.as_str().map(str::to_string);
+        Some(PeerFields {
+            node_id: text("node_id")?,
+            wg_public_key: text("wg_public_key")?,
+            mesh_ip: text("mesh_ip")?,
+            wg_endpoint: text("wg_endpoint"),
+            level: text("trust_level")?.parse().ok()?,
+            suspended: value.get("suspended")?.as_bool()?,
+        })
+    }
+}
+
 /// The mesh fields of a stored peer.
 pub fn fields_of(record: &PeerRecord) -> PeerFields {
     let m = &record.manifest.manifest;

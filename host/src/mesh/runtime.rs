@@ -540,7 +540,7 @@ fn list_table() -> Result<String, DeviceError> {
 }
 
 /// Resolves a checked WireGuard `host:port` (IPv4 only: the mesh is IPv4).
-fn resolve(endpoint: &str) -> Option<SocketAddr> {
+pub fn resolve(endpoint: &str) -> Option<SocketAddr> {
     if let Ok(addr) = endpoint.parse::<SocketAddr>() {
         return Some(addr);
     }
