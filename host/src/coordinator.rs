@@ -155,6 +155,11 @@ pub enum CoordError {
         /// Why.
         error: PluginError,
     },
+    /// An idempotency key reused, within its window, for another request.
+    #[error(
+        "IDEMPOTENCY_KEY_REUSED: idempotency key `{0}` was used for a different request (another peer, type, payload or budget) in the last 24 h; use a new key"
+    )]
+    IdempotencyKeyReused(String),
     /// Storage failure.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -188,6 +193,7 @@ impl CoordError {
             CoordError::PayloadTooComplex => "PAYLOAD_TOO_COMPLEX",
             CoordError::Plugin(_) => "PLUGIN_FAILED",
             CoordError::ReloadRefused { error, .. } => error.code(),
+            CoordError::IdempotencyKeyReused(_) => "IDEMPOTENCY_KEY_REUSED",
             CoordError::Store(_) => "STORAGE",
             CoordError::Audit(_) => "AUDIT",
             CoordError::Identity(_) => "IDENTITY",
@@ -209,6 +215,7 @@ impl CoordError {
                 | CoordError::Manifest(_)
                 | CoordError::IllegalTransition(_)
                 | CoordError::Budget(BudgetError::InvalidBudget)
+                | CoordError::IdempotencyKeyReused(_)
         )
     }
 }
@@ -532,6 +539,45 @@ pub struct SendRequest {
     /// when absent.
     #[serde(default)]
     pub budget: Option<Value>,
+    /// A caller-chosen key that makes a retried send safe: within
+    /// [`IDEMPOTENCY_WINDOW_MS`], the same key with the same request
+    /// returns the original receipt and queues nothing; with another
+    /// request it is `IDEMPOTENCY_KEY_REUSED`.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// How long an idempotency key is remembered: 24 hours.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// Checks an idempotency key: 1-128 printable ASCII characters, no
+/// spaces (a UUID, a ULID, `job-42/attempt`, …).
+pub fn check_idempotency_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(CoordError::InvalidInput(format!(
+            "idempotency key: 1-{MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// The digest an idempotency key is bound to: the request as the caller
+/// sent it (peer, type, payload, budget), before any PII rewrite.
+fn request_digest(request: &SendRequest) -> String {
+    use sha2::Digest as _;
+    let canonical = json!([
+        request.peer,
+        request.message_type,
+        request.payload,
+        request.budget
+    ]);
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
 }
 
 /// A send accepted into the outbox.
@@ -676,6 +722,9 @@ pub struct TickReport {
     /// Processed envelope ids forgotten because they left the dedupe
     /// window ([`DEDUPE_WINDOW_MS`]).
     pub dedupe_pruned: u64,
+    /// Send idempotency keys forgotten because they left their window
+    /// ([`IDEMPOTENCY_WINDOW_MS`]).
+    pub idempotency_pruned: u64,
 }
 
 /// Peer counts shared with the handler plugins' `node.status` import.
@@ -2650,20 +2699,42 @@ impl Coordinator {
     /// [`Coordinator::send`], also returning the queued outbox entry so
     /// the delivery worker can send it at once instead of finding it in
     /// the table.
-    pub fn queue(&self, request: SendRequest) -> Result<(SendReceipt, OutboxEntry)> {
+    /// The entry is `None` when the send repeated a committed idempotency
+    /// key: the original entry is (or was) the one to deliver.
+    pub fn queue(&self, request: SendRequest) -> Result<(SendReceipt, Option<OutboxEntry>)> {
         let (receipt, entry, ticket) = self.queue_submit(request)?;
-        ticket.wait()?;
-        Ok((receipt, entry))
+        match ticket.wait()? {
+            Some(original) => Ok((original, None)),
+            None => Ok((receipt, entry)),
+        }
     }
 
     /// [`Coordinator::queue`] without waiting for the commit: the entry is
     /// durable (and may be delivered) only once the ticket resolves `Ok`.
     /// A caller with many sends queues them all, then waits: they share
     /// group commits.
+    ///
+    /// With an idempotency key, the key is committed with the entry; a
+    /// key already committed for the same request makes the ticket
+    /// resolve to the original receipt, and nothing is queued (see
+    /// [`QueuedTicket::wait`]).
     pub fn queue_submit(
         &self,
         request: SendRequest,
-    ) -> Result<(SendReceipt, OutboxEntry, QueuedTicket)> {
+    ) -> Result<(SendReceipt, Option<OutboxEntry>, QueuedTicket)> {
+        let keyed = match &request.idempotency_key {
+            Some(key) => {
+                check_idempotency_key(key)?;
+                let digest = request_digest(&request);
+                // A retry of a committed send is answered without signing
+                // or scanning anything again.
+                if let Some(done) = self.idempotent_answer(key, &digest)? {
+                    return Ok(done);
+                }
+                Some((key.clone(), digest))
+            }
+            None => None,
+        };
         let message_type = request.message_type.clone();
         let (receipt, frame) = self.prepare_envelope(request)?;
         let entry = OutboxEntry {
@@ -2684,16 +2755,69 @@ impl Coordinator {
             "message_type": message_type,
             "bytes": receipt.frame_bytes,
             "state": "queued",
+            "idempotency_key": keyed.as_ref().map(|(k, _)| k),
         }));
-        // The entry and its `message_sent` record commit together.
+        let now = self.now();
+        let record = keyed.map(|(key, digest)| {
+            (
+                key,
+                crate::store::IdempotencyRecord {
+                    digest,
+                    created_ms: now,
+                    receipt: serde_json::to_value(&receipt).expect("receipts serialise"),
+                },
+            )
+        });
+        // The entry, its key and its `message_sent` record commit together;
+        // a key committed meanwhile by a concurrent retry wins, and this
+        // entry is not written.
         let job_entry = entry.clone();
+        let index = self.store.outbox_put_hook(&entry);
         let ticket = self.audit.submit_with_hook(
-            move |txn| Ok((outbox_put_in(txn, &job_entry)?, true)),
+            move |txn| {
+                if let Some((key, record)) = &record {
+                    if let Some(seen) = crate::store::idempotency_get_in(txn, key)?
+                        .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > record.created_ms)
+                    {
+                        return Ok((Keyed::Seen(seen, record.digest.clone()), false));
+                    }
+                    crate::store::idempotency_put_in(txn, key, record)?;
+                }
+                outbox_put_in(txn, &job_entry)?;
+                Ok((Keyed::Fresh, true))
+            },
             vec![queued],
-            Some(self.store.outbox_put_hook(&entry)),
+            Some(move |outcome: &Keyed| {
+                if matches!(outcome, Keyed::Fresh) {
+                    index(&());
+                }
+            }),
             Persist::Durable,
         )?;
-        Ok((receipt, entry, QueuedTicket(ticket)))
+        Ok((receipt, Some(entry), QueuedTicket(Queued::Pending(ticket))))
+    }
+
+    /// The answer to a keyed send whose key is already committed: the
+    /// original receipt for the same request, `IDEMPOTENCY_KEY_REUSED` for
+    /// another; `None` for a key not seen within the window.
+    fn idempotent_answer(
+        &self,
+        key: &str,
+        digest: &str,
+    ) -> Result<Option<(SendReceipt, Option<OutboxEntry>, QueuedTicket)>> {
+        let Some(seen) = self
+            .store
+            .idempotency_get(key)?
+            .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > self.now())
+        else {
+            return Ok(None);
+        };
+        let receipt = original_receipt(key, &seen, digest)?;
+        Ok(Some((
+            receipt.clone(),
+            None,
+            QueuedTicket(Queued::Repeated(receipt)),
+        )))
     }
 
     /// An outbox entry was acknowledged by its target: removes it and
@@ -3109,6 +3233,10 @@ impl Coordinator {
             }
         }
         report.dedupe_pruned = self.prune_dedupe()?;
+        // Keys past their window are forgotten (a batch per tick; a retry
+        // after the window is a new send, as documented).
+        let cutoff = self.now().saturating_sub(IDEMPOTENCY_WINDOW_MS);
+        report.idempotency_pruned = self.store.idempotency_prune_older_than(cutoff, 10_000)?;
         self.flush_audit_summaries()?;
         Ok(report)
     }
@@ -3457,8 +3585,37 @@ impl AuditThrottle {
     }
 }
 
+/// What committing a keyed send found.
+enum Keyed {
+    /// The entry (and its key, if any) were written.
+    Fresh,
+    /// The key was committed before: its record, and this request's digest.
+    Seen(crate::store::IdempotencyRecord, String),
+}
+
+/// The receipt a committed key stands for, if `digest` is its request's.
+fn original_receipt(
+    key: &str,
+    seen: &crate::store::IdempotencyRecord,
+    digest: &str,
+) -> Result<SendReceipt> {
+    if seen.digest != digest {
+        return Err(CoordError::IdempotencyKeyReused(clip(key)));
+    }
+    serde_json::from_value(seen.receipt.clone()).map_err(|e| {
+        CoordError::InvalidInput(format!("stored receipt of key `{}`: {e}", clip(key)))
+    })
+}
+
 /// The pending commit of a queued envelope ([`Coordinator::queue_submit`]).
-pub struct QueuedTicket(crate::journal::TypedTicket<()>);
+pub struct QueuedTicket(Queued);
+
+enum Queued {
+    /// The entry is being committed.
+    Pending(crate::journal::TypedTicket<Keyed>),
+    /// A retry of a committed keyed send: nothing was queued.
+    Repeated(SendReceipt),
+}
 
 impl std::fmt::Debug for QueuedTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -3467,10 +3624,25 @@ impl std::fmt::Debug for QueuedTicket {
 }
 
 impl QueuedTicket {
-    /// Blocks until the entry and its audit record are durable.
-    pub fn wait(self) -> Result<()> {
-        self.0.wait().map_err(crate::audit::journal_error)?;
-        Ok(())
+    /// Blocks until the entry and its audit record are durable. `Some`
+    /// with the original receipt when the send repeated a committed
+    /// idempotency key: nothing was queued, and there is nothing to
+    /// deliver.
+    pub fn wait(self) -> Result<Option<SendReceipt>> {
+        match self.0 {
+            Queued::Repeated(receipt) => Ok(Some(receipt)),
+            Queued::Pending(ticket) => {
+                let (outcome, _) = ticket.wait().map_err(crate::audit::journal_error)?;
+                match outcome {
+                    Keyed::Fresh => Ok(None),
+                    Keyed::Seen(seen, digest) => {
+                        // The key's own name is not kept in the record:
+                        // the digest decides.
+                        original_receipt("(this key)", &seen, &digest).map(Some)
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -2112,6 +2112,7 @@ impl Federation {
             message_type: message_type.to_string(),
             payload,
             budget: None,
+            idempotency_key: None,
         };
         let session_id = handle.session_id().to_string();
         let (receipt, frame) = self

@@ -43,7 +43,7 @@ use redb::{
     StorageError, TableDefinition, WriteTransaction,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::journal::Journal;
 use crate::model::{PeerRecord, SpendSample, SpendWindow};
@@ -82,6 +82,12 @@ const INBOUND_ACKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new(
 /// operator adds or joins them again (a removed peer cannot simply
 /// reconnect, even with `accept_new_peers`).
 const REMOVED_PEERS: TableDefinition<&str, u64> = TableDefinition::new("removed_peers");
+/// Caller-chosen idempotency keys of sends: key → [`IdempotencyRecord`]
+/// (JSON). Written in the same commit as the outbox entry it names.
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// The same keys by time, for pruning: (created_ms, key).
+const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("idempotency_by_time");
 
 const SCHEMA_KEY: &str = "schema_version";
 const INBOX_NEXT_KEY: &str = "inbox_next_seq";
@@ -530,6 +536,8 @@ fn init_schema(db: &Database, path: &Path) -> Result<()> {
     txn.open_table(INBOX)?;
     txn.open_table(INBOUND_ACKS)?;
     txn.open_table(REMOVED_PEERS)?;
+    txn.open_table(IDEMPOTENCY)?;
+    txn.open_table(IDEMPOTENCY_BY_TIME)?;
     txn.commit()?;
     Ok(())
 }
@@ -1088,6 +1096,38 @@ impl Store {
         })
     }
 
+    /// The record of idempotency key `key`, if any (read-only).
+    pub fn idempotency_get(&self, key: &str) -> Result<Option<IdempotencyRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IDEMPOTENCY)?;
+        let row = table.get(key)?;
+        Ok(row.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    /// Forgets up to `limit` idempotency keys first used before
+    /// `cutoff_ms`; how many.
+    pub fn idempotency_prune_older_than(&self, cutoff_ms: u64, limit: usize) -> Result<u64> {
+        self.write(move |txn| {
+            let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
+            let mut primary = txn.open_table(IDEMPOTENCY)?;
+            let old: Vec<(u64, String)> = by_time
+                .range(..(cutoff_ms, ""))?
+                .take(limit)
+                .map(|row| {
+                    row.map(|(k, _)| {
+                        let (t, key) = k.value();
+                        (t, key.to_string())
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            for (t, key) in &old {
+                by_time.remove((*t, key.as_str()))?;
+                primary.remove(key.as_str())?;
+            }
+            Ok(old.len() as u64)
+        })
+    }
+
     /// Records a processed inbound envelope in one transaction: the dedupe
     /// entry, the message in the inbox (when it was accepted) and the
     /// acknowledgement to send. A retransmission of an envelope already
@@ -1267,6 +1307,48 @@ pub(crate) fn outbox_put_in(txn: &WriteTransaction, entry: &OutboxEntry) -> Resu
             &entry.bytes[..],
         ),
     )?;
+    Ok(())
+}
+
+/// What a send's idempotency key stands for: the request it came with
+/// (by digest) and the receipt it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// SHA-256 (hex) of the request as the caller sent it.
+    pub digest: String,
+    /// When the key was first used, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The original receipt (JSON), returned to every retry.
+    pub receipt: serde_json::Value,
+}
+
+/// The record of `key` inside `txn`, if any.
+pub(crate) fn idempotency_get_in(
+    txn: &WriteTransaction,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>> {
+    let table = txn.open_table(IDEMPOTENCY)?;
+    let row = table.get(key)?;
+    Ok(row.and_then(|v| serde_json::from_slice(v.value()).ok()))
+}
+
+/// Records `key` inside `txn` (replacing an expired record of it).
+pub(crate) fn idempotency_put_in(
+    txn: &WriteTransaction,
+    key: &str,
+    record: &IdempotencyRecord,
+) -> Result<()> {
+    let mut table = txn.open_table(IDEMPOTENCY)?;
+    let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
+    let old = table
+        .get(key)?
+        .and_then(|v| serde_json::from_slice::<IdempotencyRecord>(v.value()).ok());
+    if let Some(old) = old {
+        by_time.remove((old.created_ms, key))?;
+    }
+    let bytes = serde_json::to_vec(record).expect("idempotency records serialise");
+    table.insert(key, bytes.as_slice())?;
+    by_time.insert((record.created_ms, key), ())?;
     Ok(())
 }
 

@@ -272,6 +272,7 @@ fn breaker_lifecycle_suspend_refuse_evict_reactivate() {
             message_type: "task-assignment".into(),
             payload: json!({"task": "x"}),
             budget: None,
+            idempotency_key: None,
         })
     };
     assert_eq!(send().unwrap_err().code(), "PEER_SUSPENDED");
@@ -386,6 +387,7 @@ fn sends_pass_gates_budget_and_pii_before_the_outbox() {
                 message_type: message_type.into(),
                 payload,
                 budget,
+                idempotency_key: None,
             })
         };
     // VERIFIED may ping but not send tasks.
@@ -590,6 +592,7 @@ fn frame(from: &Node, to_id: &str, message_type: &str, payload: serde_json::Valu
             message_type: message_type.into(),
             payload,
             budget: None,
+            idempotency_key: None,
         })
         .unwrap();
     from.coordinator
@@ -1059,6 +1062,7 @@ fn configured_message_types_also_need_consensus_both_ways() {
             message_type: message_type.into(),
             payload: json!({"task": "x"}),
             budget: None,
+            idempotency_key: None,
         })
     };
     // alpha's own gate: beta is ATTESTED, consensus needs TRUSTED.
@@ -1133,6 +1137,7 @@ fn synchronous_requests_name_their_session_and_queued_envelopes_none() {
         message_type: "ping".into(),
         payload: json!({}),
         budget: None,
+        idempotency_key: None,
     };
     let key = beta.coordinator.identity().verifying_key();
     let open = |frame: &[u8]| {
@@ -1197,4 +1202,74 @@ fn duplicates_are_audited_a_burst_per_minute_then_counted() {
     assert!(records.iter().all(|r| r.details["reason"] == "REPLAY"));
     assert_eq!(alpha.coordinator.inbox(0, 10).unwrap().len(), 1);
     assert!(alpha.coordinator.audit().verify().is_ok());
+}
+
+#[test]
+fn an_idempotency_key_queues_a_send_once_and_refuses_another_request() {
+    let n = with_peer("alpha", "beta");
+    n.coordinator
+        .set_trust("beta", "attested", "idempotency test", false)
+        .unwrap();
+    let request = |payload: serde_json::Value, key: Option<&str>| SendRequest {
+        peer: "beta".into(),
+        message_type: "task-assignment".into(),
+        payload,
+        budget: None,
+        idempotency_key: key.map(str::to_string),
+    };
+    let first = n
+        .coordinator
+        .send(request(json!({"task": "x"}), Some("job-1")))
+        .unwrap();
+    assert_eq!(n.coordinator.store().outbox_len().unwrap(), 1);
+    // A retry: the original receipt, nothing queued.
+    let (again, entry) = n
+        .coordinator
+        .queue(request(json!({"task": "x"}), Some("job-1")))
+        .unwrap();
+    assert_eq!(again.envelope_id, first.envelope_id);
+    assert!(entry.is_none());
+    assert_eq!(n.coordinator.store().outbox_len().unwrap(), 1);
+    // The key with another payload, another peer-facing field: refused.
+    let err = n
+        .coordinator
+        .send(request(json!({"task": "y"}), Some("job-1")))
+        .unwrap_err();
+    assert_eq!(err.code(), "IDEMPOTENCY_KEY_REUSED");
+    assert!(err.is_bad_input());
+    assert_eq!(n.coordinator.store().outbox_len().unwrap(), 1);
+    // Another key, and no key, queue as usual.
+    n.coordinator
+        .send(request(json!({"task": "x"}), Some("job-2")))
+        .unwrap();
+    n.coordinator
+        .send(request(json!({"task": "x"}), None))
+        .unwrap();
+    assert_eq!(n.coordinator.store().outbox_len().unwrap(), 3);
+    // Bad keys change nothing.
+    for bad in ["", "has space", &"k".repeat(129), "tab\there"] {
+        let err = n
+            .coordinator
+            .send(request(json!({"task": "x"}), Some(bad)))
+            .unwrap_err();
+        assert_eq!(err.code(), "INVALID_INPUT", "{bad:?}");
+    }
+    assert_eq!(n.coordinator.store().outbox_len().unwrap(), 3);
+    // Remembered for 24 h, then forgotten by the tick: the key is new.
+    n.clock.advance(24 * 3_600_000 - 1);
+    n.coordinator.tick().unwrap();
+    let (still, entry) = n
+        .coordinator
+        .queue(request(json!({"task": "x"}), Some("job-1")))
+        .unwrap();
+    assert_eq!(still.envelope_id, first.envelope_id);
+    assert!(entry.is_none());
+    n.clock.advance(2);
+    let report = n.coordinator.tick().unwrap();
+    assert_eq!(report.idempotency_pruned, 2);
+    let later = n
+        .coordinator
+        .send(request(json!({"task": "y"}), Some("job-1")))
+        .unwrap();
+    assert_ne!(later.envelope_id, first.envelope_id);
 }

@@ -1324,3 +1324,99 @@ fn an_unreachable_peer_is_audited_once_per_outage_not_once_per_redial() {
     });
     verify_audit(&alpha);
 }
+
+#[test]
+fn a_keyed_send_cut_off_by_kill_9_and_retried_is_delivered_exactly_once() {
+    let (mut alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&[
+            "trust",
+            "set",
+            peer,
+            "attested",
+            "--reason",
+            "idempotency test",
+        ])
+        .ok();
+    }
+    const SENDS: u64 = 8;
+    let args = |i: u64| {
+        vec![
+            "send".to_string(),
+            "beta".into(),
+            "task-assignment".into(),
+            "--payload".into(),
+            json!({"n": i}).to_string(),
+            "--idempotency-key".into(),
+            format!("job-{i}"),
+            "--json".into(),
+        ]
+    };
+    let mut ids = BTreeMap::new();
+    for i in 0..SENDS {
+        // The send is in flight (or done, or not yet arrived) when the
+        // daemon is killed: each run cuts it at another point.
+        let mut child = std::process::Command::new(crate::harness::bin())
+            .arg("--home")
+            .arg(&alpha.home)
+            .args(args(i))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning send");
+        std::thread::sleep(Duration::from_millis(i * 4));
+        alpha.kill9();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "the cut-off send did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        alpha.start(&[]);
+        // The client cannot know whether it was queued: it retries.
+        let retry: Vec<String> = args(i);
+        let retry: Vec<&str> = retry.iter().map(String::as_str).collect();
+        let receipt = alpha.run(&retry).json();
+        ids.insert(receipt["envelope_id"].as_str().expect("id").to_string(), i);
+        // Retried again: the same receipt, marked as a repeat.
+        let again = alpha.run(&retry).json();
+        assert_eq!(again["envelope_id"], receipt["envelope_id"]);
+        assert_eq!(again["repeated"], true);
+    }
+    // The key bound to its request: another payload is refused.
+    alpha
+        .run(&[
+            "send",
+            "beta",
+            "task-assignment",
+            "--payload",
+            "{\"n\": 99}",
+            "--idempotency-key",
+            "job-0",
+        ])
+        .fails(2, &["IDEMPOTENCY_KEY_REUSED"]);
+    wait_until(
+        "the sender's outbox to drain",
+        Duration::from_secs(60),
+        || outbox(&alpha) == 0,
+    );
+    let received = inbox_all(&beta);
+    let mut seen: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for m in &received {
+        seen.entry(m["payload"]["n"].as_u64().expect("n"))
+            .or_default()
+            .push(m["envelope_id"].as_str().expect("id").to_string());
+    }
+    for i in 0..SENDS {
+        let got = seen.get(&i).cloned().unwrap_or_default();
+        assert_eq!(got.len(), 1, "message {i} delivered {} times", got.len());
+        assert_eq!(
+            ids.get(&got[0]),
+            Some(&i),
+            "message {i} under another envelope"
+        );
+    }
+    assert_eq!(received.len() as u64, SENDS);
+}

@@ -194,6 +194,7 @@ fn keys_and_numbers_reach_the_pii_policy_both_ways() {
             message_type: "task-assignment".into(),
             payload: sneaky.clone(),
             budget: None,
+            idempotency_key: None,
         })
         .unwrap_err();
     assert_eq!(err.code(), "PII_BLOCKED", "{err}");

@@ -733,6 +733,13 @@ pub struct SendArgs {
     /// `TIMEOUT` (the message stays queued) if neither came in time.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "30")]
     pub wait: Option<u64>,
+    /// Makes a retry safe (e.g. after the daemon was killed or the call
+    /// cut off): within 24 h, a send with the same KEY and the same peer,
+    /// type, payload and budget prints the original receipt and queues
+    /// nothing; the same KEY with anything else is IDEMPOTENCY_KEY_REUSED
+    /// (exit 2). 1-128 printable ASCII characters, e.g. a UUID.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -970,6 +977,10 @@ pub fn send(home: &Path, args: SendArgs) -> CliResult {
         }
         params["budget"] = Value::Object(budget);
     }
+    if let Some(key) = &args.idempotency_key {
+        crate::coordinator::check_idempotency_key(key).map_err(CliError::usage)?;
+        params["idempotency_key"] = json!(key);
+    }
     let receipt = call(home, "send", params)?;
     if let Some(secs) = args.wait {
         let envelope_id = text_of(&receipt, "envelope_id");
@@ -991,7 +1002,12 @@ pub fn send(home: &Path, args: SendArgs) -> CliResult {
         print_json(&receipt);
     } else {
         println!(
-            "queued {} for {} (envelope {}, {} bytes)",
+            "{} {} for {} (envelope {}, {} bytes)",
+            if receipt["repeated"] == true {
+                "already queued (same idempotency key):"
+            } else {
+                "queued"
+            },
             args.message_type,
             text_of(&receipt, "peer"),
             text_of(&receipt, "envelope_id"),

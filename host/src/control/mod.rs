@@ -420,6 +420,12 @@ pub struct SendParams {
     /// apply when absent.
     #[serde(default)]
     pub budget: Option<Value>,
+    /// Makes a retry safe: within 24 h, a send with the same key and the
+    /// same request returns the original receipt (with `"repeated":
+    /// true`) and queues nothing; the same key with another request is
+    /// `IDEMPOTENCY_KEY_REUSED`. 1-128 printable ASCII characters.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `query`.

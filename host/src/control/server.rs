@@ -234,6 +234,7 @@ impl Dispatcher {
                     message_type: p.message_type,
                     payload: p.payload,
                     budget: p.budget,
+                    idempotency_key: p.idempotency_key,
                 })?)
             })
             .collect::<Vec<Result<_, ErrorBody>>>();
@@ -241,8 +242,14 @@ impl Dispatcher {
             .into_iter()
             .map(|queued| {
                 let (receipt, entry, ticket) = queued?;
-                ticket.wait()?;
-                if let Some(federation) = &self.federation {
+                if let Some(original) = ticket.wait()? {
+                    // A retry of a committed idempotency key: nothing new
+                    // was queued.
+                    let mut out = to_value(original)?;
+                    out["repeated"] = json!(true);
+                    return Ok(out);
+                }
+                if let (Some(federation), Some(entry)) = (&self.federation, entry) {
                     federation.enqueue(entry);
                 }
                 to_value(receipt)

@@ -416,6 +416,9 @@ impl Bridge {
         if let Some(budget) = a.budget {
             params["budget"] = budget;
         }
+        if let Some(key) = a.idempotency_key {
+            params["idempotency_key"] = json!(key);
+        }
         let receipt = self.shared.call("send", params, client).await?;
         let Some(secs) = a.wait_secs else {
             return Ok(receipt);

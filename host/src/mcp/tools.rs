@@ -108,6 +108,15 @@ pub struct SendArgs {
     /// acknowledgement instead of returning once the message is queued.
     #[serde(default)]
     pub wait_secs: Option<u64>,
+    /// Set this when you may retry the call (a timeout, a dropped
+    /// connection, a restarted daemon): within 24 h, a send with the same
+    /// key and the same peer, type, payload and budget returns the original
+    /// receipt (`"repeated": true`) and queues nothing, so the peer gets
+    /// the message once. Reusing a key for another request is
+    /// IDEMPOTENCY_KEY_REUSED. 1-128 printable ASCII characters, e.g. a
+    /// UUID made once per logical message.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `federation_trust`.
@@ -227,7 +236,7 @@ pub const TOOLS: &[ToolSpec] = &[
         "send, outbox.outcome",
         false,
         false,
-        "Send a typed message to a peer through the gates (trust level, breaker, budget), PII scan, signature and the durable outbox. Returns once queued, or with wait_secs waits for the receiver's acknowledgement (TIMEOUT if none came; the message stays queued). Errors: UNKNOWN_PEER, PEER_SUSPENDED, PEER_EVICTED, TRUST_TOO_LOW, PII_BLOCKED, BUDGET_EXCEEDED, …",
+        "Send a typed message to a peer through the gates (trust level, breaker, budget), PII scan, signature and the durable outbox. Returns once queued, or with wait_secs waits for the receiver's acknowledgement (TIMEOUT if none came; the message stays queued). Pass an idempotency_key if you may retry: a retry with the same key returns the original receipt and sends nothing twice. Errors: UNKNOWN_PEER, IDEMPOTENCY_KEY_REUSED, PEER_SUSPENDED, PEER_EVICTED, TRUST_TOO_LOW, PII_BLOCKED, BUDGET_EXCEEDED, …",
         "the receipt {envelope_id, peer, frame_bytes, pii}, and with wait_secs the outcome",
         schema::<SendArgs>,
     ),
