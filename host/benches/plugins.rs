@@ -27,7 +27,13 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let rounds = if quick { 200 } else { 20_000 };
 
+    // Private: the cache refuses a directory group or others may read.
     let cache = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        cache.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod 0700");
     compile_and_cache(cache.path(), quick);
 
     let runtime = runtime(Some(cache.path()));
@@ -62,6 +68,58 @@ fn main() {
         }),
         Some(Duration::from_micros(18)),
     );
+
+    // Bulk payloads: how the scan grows with size, which sets the PII
+    // deadline's per-MiB allowance (docs/benchmarks.md). The deadline is
+    // lifted for this measurement only.
+    let pii_unbounded = {
+        let source = PluginSource::Embedded(agentfed::embedded::default_name(PluginKind::Pii));
+        let host = HostContext::standalone("bench", Default::default(), [9; 32]);
+        let limits = Limits {
+            deadline_ms: 60_000,
+            ..Limits::default()
+        };
+        runtime
+            .load(PluginKind::Pii, source, host, limits)
+            .expect("load")
+    };
+    for mib in [1usize, 4, 16] {
+        // Strings of ~1 KB of prose with a finding every 16 KiB: the
+        // shape of a large context-share.
+        let chunk = "the quarterly summary discusses throughput, latency and cost across regions; "
+            .repeat(13);
+        let count = mib * 1024;
+        let values: Vec<StringValue> = (0..count)
+            .map(|i| StringValue {
+                path: format!("/docs/{i}"),
+                value: if i % 16 == 0 {
+                    format!("{chunk} contact ops{i}@example.com")
+                } else {
+                    chunk.clone()
+                },
+            })
+            .collect();
+        let request = ScanRequest {
+            direction: Direction::Outbound,
+            peer_level: TrustLevel::Trusted,
+            message_type: "context-share".into(),
+            values,
+        };
+        let runs = if quick { 1 } else { 5 };
+        let mut times: Vec<Duration> = (0..runs)
+            .map(|_| {
+                let started = Instant::now();
+                pii_unbounded.scan_pii(&request).expect("scan");
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "pii scan, {mib} MiB in {count} strings of ~1 KB, warm: min {:.1} ms, max {:.1} ms ({runs} runs)",
+            times[0].as_secs_f64() * 1e3,
+            times[runs - 1].as_secs_f64() * 1e3,
+        );
+    }
 
     let trust = load(PluginKind::Trust);
     let peer = PeerSnapshot {

@@ -155,6 +155,33 @@ pub enum CoordError {
         /// Why.
         error: PluginError,
     },
+    /// The signed envelope is over what the peer accepts of its type from
+    /// this node's level in our view (protocol §9.5): refused before it
+    /// is queued, since the receiver would refuse it for good.
+    #[error(
+        "MESSAGE_TOO_LARGE: a {message_type} envelope of {bytes} bytes is over the {limit}-byte limit for a peer at {level} (docs/protocol.md §9.5: over 1 MiB only context-share and memory-response, to a peer at TRUSTED or above)"
+    )]
+    MessageTooLarge {
+        /// The message type.
+        message_type: String,
+        /// The signed frame's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+        /// The peer's level in this node's view.
+        level: TrustLevel,
+    },
+    /// The payload's shape is over what the peer accepts of its type
+    /// (elements, strings, depth; protocol §9.5).
+    #[error(
+        "PAYLOAD_TOO_COMPLEX: the {message_type} payload has more elements, strings or nesting than a peer at {level} accepts (docs/protocol.md §9.5)"
+    )]
+    ShapeTooLarge {
+        /// The message type.
+        message_type: String,
+        /// The peer's level in this node's view.
+        level: TrustLevel,
+    },
     /// An idempotency key reused, within its window, for another request.
     #[error(
         "IDEMPOTENCY_KEY_REUSED: idempotency key `{0}` was used for a different request (another peer, type, payload or budget) in the last 24 h; use a new key"
@@ -194,6 +221,8 @@ impl CoordError {
             CoordError::Plugin(_) => "PLUGIN_FAILED",
             CoordError::ReloadRefused { error, .. } => error.code(),
             CoordError::IdempotencyKeyReused(_) => "IDEMPOTENCY_KEY_REUSED",
+            CoordError::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
+            CoordError::ShapeTooLarge { .. } => "PAYLOAD_TOO_COMPLEX",
             CoordError::Store(_) => "STORAGE",
             CoordError::Audit(_) => "AUDIT",
             CoordError::Identity(_) => "IDENTITY",
@@ -216,6 +245,8 @@ impl CoordError {
                 | CoordError::IllegalTransition(_)
                 | CoordError::Budget(BudgetError::InvalidBudget)
                 | CoordError::IdempotencyKeyReused(_)
+                | CoordError::MessageTooLarge { .. }
+                | CoordError::ShapeTooLarge { .. }
         )
     }
 }
@@ -2610,7 +2641,10 @@ impl Coordinator {
         let plugin = chain[0].clone();
         let hash_key = self.identity.hash_secret();
         let mut hash = |span: &str| plugin::keyed_hash(hash_key, span.as_bytes());
-        let deadline_ms = plugin.limits().deadline_ms;
+        // 50 ms (by default) for an ordinary message, more per MiB for a
+        // bulk one.
+        let deadline_ms =
+            crate::pii::scan_deadline_ms(plugin.limits().deadline_ms, &request.values);
         let result = match crate::pii::scan_chain(&chain, &request, deadline_ms, &mut hash) {
             Ok(result) => result,
             Err((failed, err)) => {
@@ -3583,6 +3617,31 @@ impl AuditThrottle {
         });
         out
     }
+}
+
+/// The sender's side of protocol §9.5: a frame the peer would refuse for
+/// its size or shape (at its level in this node's view) is not sent.
+fn check_outbound_size(message_type: &str, level: TrustLevel, frame: &[u8]) -> Result<()> {
+    let limit = crate::limits::inbound_limit(message_type, level);
+    if frame.len() > limit.frame_bytes {
+        return Err(CoordError::MessageTooLarge {
+            message_type: clip(message_type),
+            bytes: frame.len(),
+            limit: limit.frame_bytes,
+            level,
+        });
+    }
+    let within = envelope::SignedEnvelope::from_frame(frame)
+        .ok()
+        .and_then(|signed| crate::limits::parse_head(&signed.bytes).ok())
+        .is_some_and(|head| head.payload.within(&limit.shape));
+    if !within {
+        return Err(CoordError::ShapeTooLarge {
+            message_type: clip(message_type),
+            level,
+        });
+    }
+    Ok(())
 }
 
 /// What committing a keyed send found.
@@ -4747,6 +4806,7 @@ impl Coordinator {
             budget,
         };
         let frame = envelope.sign(&self.identity).to_frame();
+        check_outbound_size(&request.message_type, record.trust_level, &frame)?;
         Ok((
             SendReceipt {
                 envelope_id: envelope.id,

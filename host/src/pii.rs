@@ -44,6 +44,36 @@ pub enum RewriteError {
     BadSpan(u32),
 }
 
+/// Milliseconds added to the PII deadline per MiB of scanned text beyond
+/// the first: `[plugins.pii.limits] deadline_ms` (50 ms by default) is
+/// the budget of an ordinary message (at most 1 MiB), and a bulk
+/// `context-share` of up to 16 MiB gets this much more per MiB. Set from
+/// the measured scan rate of the default policy with a wide margin for
+/// slower and busier machines (docs/benchmarks.md, "PII scan of bulk
+/// payloads").
+pub const DEADLINE_MS_PER_EXTRA_MIB: u64 = 60;
+
+/// The PII deadline for `values`: `base_ms`, plus
+/// [`DEADLINE_MS_PER_EXTRA_MIB`] for each MiB (or part) of text past the
+/// first.
+pub fn scan_deadline_ms(base_ms: u64, values: &[StringValue]) -> u64 {
+    let bytes: u64 = values
+        .iter()
+        .map(|v| (v.value.len() + v.path.len()) as u64)
+        .sum();
+    deadline_for_bytes(base_ms, bytes)
+}
+
+/// A plugin call's deadline for an input of `bytes`: `base_ms` covers the
+/// first MiB (every ordinary message), [`DEADLINE_MS_PER_EXTRA_MIB`] each
+/// further MiB or part of one (bulk messages up to 16 MiB). Used for the
+/// PII chain and the message handler, the two calls that see a payload.
+pub fn deadline_for_bytes(base_ms: u64, bytes: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let extra_mib = bytes.saturating_sub(MIB).div_ceil(MIB);
+    base_ms.saturating_add(extra_mib.saturating_mul(DEADLINE_MS_PER_EXTRA_MIB))
+}
+
 /// How strict an action is, for chains: `block` > `redact` > `hash` >
 /// `pass`. Redaction is stricter than hashing because a hash still lets
 /// the receiver correlate equal values.
@@ -376,6 +406,25 @@ pub fn apply_rewrites(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_deadline_grows_only_past_the_first_mib() {
+        let value = |bytes: usize| StringValue {
+            path: "/a".into(),
+            value: "x".repeat(bytes),
+        };
+        let mib = 1024 * 1024;
+        assert_eq!(scan_deadline_ms(50, &[]), 50);
+        assert_eq!(scan_deadline_ms(50, &[value(mib - 2)]), 50);
+        assert_eq!(
+            scan_deadline_ms(50, &[value(mib)]),
+            50 + DEADLINE_MS_PER_EXTRA_MIB
+        );
+        assert_eq!(
+            scan_deadline_ms(50, &[value(16 * mib - 2)]),
+            50 + 15 * DEADLINE_MS_PER_EXTRA_MIB
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

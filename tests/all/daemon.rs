@@ -1020,7 +1020,7 @@ fn control_protocol_errors_are_precise() {
         assert_eq!(r.id, json!(i), "answers out of request order");
         assert_eq!(r.ok, i % 3 != 2, "request {i}: {r:?}");
     }
-    let mut huge = vec![b'x'; agentfed::control::MAX_REQUEST_BYTES + 16];
+    let mut huge = vec![b'x'; agentfed::control::MAX_LARGE_REQUEST_BYTES + 16];
     huge.push(b'\n');
     // The daemon may close before reading it all; a write error is fine.
     let _ = client.send_raw(&huge);

@@ -1420,3 +1420,104 @@ fn a_keyed_send_cut_off_by_kill_9_and_retried_is_delivered_exactly_once() {
     }
     assert_eq!(received.len() as u64, SENDS);
 }
+
+/// A `context-share` payload of about `mib` MiB: strings of ~1 KB (the
+/// shape of a large document set), one e-mail address per 64 strings.
+fn bulk_payload(mib: usize) -> String {
+    let chunk = "the quarterly summary covers throughput, latency and cost per region. ".repeat(14);
+    let docs: Vec<String> = (0..mib * 1000)
+        .map(|i| {
+            if i % 64 == 0 {
+                format!("{chunk} ask ops{i}@example.com")
+            } else {
+                chunk.clone()
+            }
+        })
+        .collect();
+    json!({"docs": docs}).to_string()
+}
+
+#[test]
+fn a_15_mib_context_share_goes_through_two_daemons_while_pings_are_answered() {
+    // The default deadlines, scaled with the payload's size, fit a 15 MiB
+    // scan with room on an idle machine (docs/benchmarks.md); this test
+    // shares two cores with the whole suite, so its nodes get a larger
+    // base.
+    let node = |name: &str| {
+        let endpoint = format!("wss://127.0.0.1:{}", crate::harness::free_port());
+        let mut node = Node::init_at(name, &endpoint);
+        crate::harness::fast_retries(&node);
+        let path = node.home.join("agentfed.toml");
+        let mut config = std::fs::read_to_string(&path).expect("config");
+        for kind in ["pii", "handler"] {
+            let section = format!("[plugins.{kind}.limits]\ndeadline_ms = 50");
+            assert!(config.contains(&section), "the {kind} limits section moved");
+            config = config.replacen(
+                &section,
+                &format!("[plugins.{kind}.limits]\ndeadline_ms = 1000"),
+                1,
+            );
+        }
+        std::fs::write(&path, config).expect("config");
+        node.start(&[]);
+        (node, endpoint)
+    };
+    let (alpha, alpha_ep) = node("alpha");
+    let (beta, beta_ep) = node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    // Over 1 MiB goes only as context-share or memory-response to TRUSTED.
+    let payload = bulk_payload(15);
+    assert!(
+        payload.len() > 14_000_000 && payload.len() < 16_000_000,
+        "{}",
+        payload.len()
+    );
+    let file = alpha.write_file("bulk.json", payload.as_bytes());
+    let at = format!("@{}", file.display());
+    alpha
+        .run(&["trust", "set", "beta", "attested", "--reason", "bulk test"])
+        .ok();
+    alpha
+        .run(&["send", "beta", "task-assignment", "--payload", &at])
+        .fails(2, &["MESSAGE_TOO_LARGE", "TRUSTED"]);
+    assert_eq!(outbox(&alpha), 0, "nothing queued");
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&["trust", "set", peer, "trusted", "--reason", "bulk test"])
+            .ok();
+    }
+    // Two bulk sends queued at once; pings go through meanwhile.
+    for _ in 0..2 {
+        alpha
+            .run(&["send", "beta", "context-share", "--payload", &at])
+            .ok();
+    }
+    for _ in 0..3 {
+        let pong = alpha
+            .run(&["query", "beta", "ping", "--json", "--timeout-ms", "10000"])
+            .json();
+        assert_eq!(pong["status"], "replied", "{pong}");
+    }
+    wait_until(
+        "both bulk messages delivered",
+        Duration::from_secs(120),
+        || outbox(&alpha) == 0,
+    );
+    let received = inbox_all(&beta);
+    let bulk: Vec<&Value> = received
+        .iter()
+        .filter(|m| m["message_type"] == "context-share")
+        .collect();
+    assert_eq!(bulk.len(), 2);
+    for m in bulk {
+        let docs = m["payload"]["docs"].as_array().expect("docs");
+        assert_eq!(docs.len(), 15_000);
+        // The outbound PII scan of the whole payload ran: addresses in
+        // strings past the first MiB are handled too.
+        let last = docs[14_976].as_str().expect("doc");
+        assert!(
+            !last.contains("ops14976@example.com"),
+            "{}",
+            &last[last.len() - 60..]
+        );
+    }
+}

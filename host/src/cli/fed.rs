@@ -209,7 +209,7 @@ pub struct QueryArgs {
     /// Message type, e.g. ping.
     #[arg(value_name = "TYPE", help = message_types_help())]
     pub message_type: String,
-    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
+    /// The payload: JSON text, @FILE, or @- for stdin (at most 16 MiB, the wire's limit; over 1 MiB only context-share and memory-response to a TRUSTED peer).
     #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]
     pub payload: String,
     /// How long to wait for the reply, ms: 1-600000 (default 10000).
@@ -252,7 +252,7 @@ pub struct BroadcastArgs {
     /// Message type, e.g. status-broadcast.
     #[arg(value_name = "TYPE", help = message_types_help())]
     pub message_type: String,
-    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB).
+    /// The payload: JSON text, @FILE, or @- for stdin (at most 16 MiB, the wire's limit; over 1 MiB only context-share and memory-response to a TRUSTED peer).
     #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]
     pub payload: String,
     /// How long to wait for each acknowledgement, ms: 1-600000 (default

@@ -709,7 +709,7 @@ pub struct SendArgs {
     /// Message type, e.g. task-assignment.
     #[arg(value_name = "TYPE", help = super::message_types_help())]
     pub message_type: String,
-    /// The payload: JSON text, @FILE, or @- for stdin (at most 1 MiB);
+    /// The payload: JSON text, @FILE, or @- for stdin (at most 16 MiB, the wire's limit; over 1 MiB only context-share and memory-response to a TRUSTED peer);
     /// `{}` when left out (e.g. for `ping` or `status`).
     #[arg(long, value_name = "JSON|@FILE|@-", default_value = "{}")]
     pub payload: String,
@@ -936,7 +936,7 @@ fn budget_value(flag: &str, raw: &str, max: f64, whole: bool) -> Result<f64, Cli
     )))
 }
 
-/// Parses `--payload`: JSON text, `@FILE` or `@-` (stdin), at most 1 MiB.
+/// Parses `--payload`: JSON text, `@FILE` or `@-` (stdin), at most 16 MiB.
 /// Shared by `send`, `query` and `broadcast`.
 pub(super) fn parse_payload(raw: &str) -> Result<Value, CliError> {
     let text = read_json_arg("--payload", raw).map_err(CliError::usage)?;
@@ -1020,11 +1020,16 @@ pub fn send(home: &Path, args: SendArgs) -> CliResult {
     Ok(())
 }
 
-/// Reads `JSON`, `@FILE` or `@-` (stdin), at most 1 MiB.
+/// Largest `--payload` file: the wire's 16 MiB frame limit (the frame
+/// adds the envelope, so a payload this large is refused by the gates
+/// with a clear code rather than here).
+pub const MAX_PAYLOAD_ARG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads `JSON`, `@FILE` or `@-` (stdin), at most [`MAX_PAYLOAD_ARG_BYTES`].
 fn read_json_arg(flag: &str, arg: &str) -> anyhow::Result<String> {
     match arg.strip_prefix('@') {
         Some(path) => {
-            let bytes = read_input_file(Path::new(path), 1 << 20)?;
+            let bytes = read_input_file(Path::new(path), MAX_PAYLOAD_ARG_BYTES)?;
             String::from_utf8(bytes).map_err(|_| anyhow!("{flag} file is not UTF-8"))
         }
         None => Ok(arg.to_string()),

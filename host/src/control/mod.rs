@@ -18,8 +18,10 @@
 //! * `v` must be [`PROTOCOL_VERSION`], else `UNSUPPORTED_VERSION`.
 //! * `id` is a number or a string of at most 64 bytes, echoed back.
 //! * A request line is at most [`MAX_REQUEST_BYTES`] (1 MiB) including the
-//!   newline; a longer one gets `REQUEST_TOO_LARGE` and the connection is
-//!   closed.
+//!   newline, or [`MAX_LARGE_REQUEST_BYTES`] (20 MiB, room for a 16 MiB
+//!   payload) while one of the daemon's [`LARGE_REQUEST_SLOTS`] large-line
+//!   slots is free (a reader waits for one); a longer line gets
+//!   `REQUEST_TOO_LARGE` and the connection is closed.
 //! * Only processes running as the daemon's own uid may connect (checked
 //!   with `SO_PEERCRED`); others get one `PERMISSION_DENIED` response and
 //!   the connection is closed. The socket file is mode 0600 as well.
@@ -37,8 +39,16 @@ use serde_json::Value;
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u64 = 1;
 
-/// Largest request line accepted, newline included.
+/// Largest ordinary request line, newline included.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Largest request line at all, newline included: a `send` or `query`
+/// carrying a payload up to the wire's 16 MiB limit.
+pub const MAX_LARGE_REQUEST_BYTES: usize = 20 * 1024 * 1024;
+
+/// How many request lines over [`MAX_REQUEST_BYTES`] the daemon buffers at
+/// once, across all connections (a bound on their memory).
+pub const LARGE_REQUEST_SLOTS: usize = 2;
 
 /// Longest string `id` echoed back.
 pub const MAX_ID_BYTES: usize = 64;

@@ -947,6 +947,7 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let for_connections = shutdown.clone();
     let running = Arc::new(tokio::sync::Semaphore::new(CONTROL_CONCURRENCY));
+    let large = Arc::new(tokio::sync::Semaphore::new(super::LARGE_REQUEST_SLOTS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -954,8 +955,9 @@ pub async fn serve(
                     let dispatcher = dispatcher.clone();
                     let shutdown = for_connections.clone();
                     let running = running.clone();
+                    let budget = LineBudget::new(large.clone());
                     connections.spawn(async move {
-                        connection(stream, dispatcher, allowed_uid, shutdown, running).await;
+                        connection(stream, dispatcher, allowed_uid, shutdown, running, budget).await;
                     });
                 }
                 Err(e) => {
@@ -988,6 +990,7 @@ async fn connection(
     allowed_uid: u32,
     mut shutdown: watch::Receiver<bool>,
     running: Arc<tokio::sync::Semaphore>,
+    mut budget: LineBudget,
 ) {
     let (read, mut write) = stream.into_split();
     let peer = match write.as_ref().peer_cred() {
@@ -1056,8 +1059,10 @@ async fn connection(
             break;
         }
         let mut line = Vec::with_capacity(1024);
+        // A large line's slot is held until the next line is read.
+        budget.release();
         let read = tokio::select! {
-            read = read_line(&mut reader, &mut line) => read,
+            read = read_line(&mut reader, &mut line, &mut budget) => read,
             _ = stopped(&mut shutdown) => break,
         };
         let pending = match read {
@@ -1065,7 +1070,10 @@ async fn connection(
             Ok(LineRead::TooLarge) => {
                 let error = ErrorBody::new(
                     codes::REQUEST_TOO_LARGE,
-                    format!("request line exceeds {MAX_REQUEST_BYTES} bytes"),
+                    format!(
+                        "request line exceeds {} bytes",
+                        super::MAX_LARGE_REQUEST_BYTES
+                    ),
                     true,
                 );
                 let _ = pending_tx
@@ -1258,11 +1266,40 @@ enum LineRead {
     TooLarge,
 }
 
+/// The daemon-wide allowance for request lines over [`MAX_REQUEST_BYTES`]
+/// ([`super::LARGE_REQUEST_SLOTS`] at once), as one connection holds it.
+pub(crate) struct LineBudget {
+    large: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl LineBudget {
+    fn new(large: Arc<tokio::sync::Semaphore>) -> LineBudget {
+        LineBudget { large, held: None }
+    }
+
+    /// Gives the slot back (the line it was for has been handed on).
+    fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// Waits for a slot unless one is held; `false` if there will be none.
+    async fn acquire(&mut self) -> bool {
+        if self.held.is_none() {
+            self.held = self.large.clone().acquire_owned().await.ok();
+        }
+        self.held.is_some()
+    }
+}
+
 /// Reads up to and including a newline into `buf`, refusing lines longer
-/// than [`MAX_REQUEST_BYTES`]. A final line without a newline counts.
+/// than [`super::MAX_LARGE_REQUEST_BYTES`]; a line passing
+/// [`MAX_REQUEST_BYTES`] waits for a large-line slot first. A final line
+/// without a newline counts.
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
+    budget: &mut LineBudget,
 ) -> std::io::Result<LineRead> {
     loop {
         let available = reader.fill_buf().await?;
@@ -1277,7 +1314,10 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
             Some(i) => (i + 1, true),
             None => (available.len(), false),
         };
-        if buf.len() + take > MAX_REQUEST_BYTES {
+        if buf.len() + take > super::MAX_LARGE_REQUEST_BYTES {
+            return Ok(LineRead::TooLarge);
+        }
+        if buf.len() + take > MAX_REQUEST_BYTES && !budget.acquire().await {
             return Ok(LineRead::TooLarge);
         }
         buf.extend_from_slice(&available[..take]);
@@ -1391,31 +1431,54 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_bounded() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let mut budget = LineBudget::new(slots.clone());
         let mut input: &[u8] = b"\n\n{\"a\":1}\nrest";
         let mut reader = BufReader::new(&mut input);
         let mut buf = Vec::new();
         assert!(matches!(
-            read_line(&mut reader, &mut buf).await.unwrap(),
+            read_line(&mut reader, &mut buf, &mut budget).await.unwrap(),
             LineRead::Line
         ));
         assert_eq!(buf, b"{\"a\":1}\n");
         buf.clear();
         assert!(matches!(
-            read_line(&mut reader, &mut buf).await.unwrap(),
+            read_line(&mut reader, &mut buf, &mut budget).await.unwrap(),
             LineRead::Line
         ));
         assert_eq!(buf, b"rest");
         buf.clear();
         assert!(matches!(
-            read_line(&mut reader, &mut buf).await.unwrap(),
+            read_line(&mut reader, &mut buf, &mut budget).await.unwrap(),
             LineRead::Eof
         ));
-        let big = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        assert_eq!(slots.available_permits(), 1, "small lines take no slot");
+        // Over 1 MiB: read with a slot, held until released.
+        let mut large = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        large.push(b'\n');
+        let mut slice: &[u8] = &large;
+        let mut reader = BufReader::new(&mut slice);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line(&mut reader, &mut buf, &mut budget).await.unwrap(),
+            LineRead::Line
+        ));
+        assert_eq!(buf.len(), large.len());
+        assert_eq!(slots.available_permits(), 0);
+        // Another connection waits for the slot.
+        let mut other = LineBudget::new(slots.clone());
+        let waiting = tokio::time::timeout(Duration::from_millis(50), other.acquire()).await;
+        assert!(waiting.is_err(), "the slot is taken");
+        budget.release();
+        assert!(other.acquire().await);
+        other.release();
+        // Over the large limit: refused.
+        let big = vec![b'x'; crate::control::MAX_LARGE_REQUEST_BYTES + 10];
         let mut slice: &[u8] = &big;
         let mut reader = BufReader::new(&mut slice);
         let mut buf = Vec::new();
         assert!(matches!(
-            read_line(&mut reader, &mut buf).await.unwrap(),
+            read_line(&mut reader, &mut buf, &mut budget).await.unwrap(),
             LineRead::TooLarge
         ));
     }

@@ -205,14 +205,16 @@ impl LoadedPlugin {
     }
 
     /// PII world: scans one message within `budget_ms` (at most the
-    /// plugin's own deadline), the share of a chain's deadline the
-    /// policies before it left.
+    /// plugin's own deadline, grown with the text's size by
+    /// [`crate::pii::scan_deadline_ms`]), the share of a chain's deadline
+    /// the policies before it left.
     pub fn scan_pii_within(
         &self,
         request: &ScanRequest,
         budget_ms: u64,
     ) -> Result<ScanResult, PluginError> {
-        let ticks = ms_to_ticks(budget_ms.min(self.limits.deadline_ms));
+        let own = crate::pii::scan_deadline_ms(self.limits.deadline_ms, &request.values);
+        let ticks = ms_to_ticks(budget_ms.min(own));
         // What the policy prints (a panic message too) may quote the
         // payload: it reaches the log without the scanned text.
         let scrub = |text: &str| crate::pii::scrub_error_text(text, &request.values);
@@ -237,7 +239,12 @@ impl LoadedPlugin {
 
     /// Handler world: handles one inbound message.
     pub fn handle_message(&self, message: &MessageView) -> Result<HandlerDecision, PluginError> {
-        let answer = self.with_instance(self.deadline_ticks(), |store, world| match world {
+        // A bulk payload gets more time, as its PII scan does.
+        let ms = crate::pii::deadline_for_bytes(
+            self.limits.deadline_ms,
+            message.payload_json.len() as u64,
+        );
+        let answer = self.with_instance(ms_to_ticks(ms), |store, world| match world {
             World::Handler(w) => w
                 .agentfed_plugin_message_handler()
                 .call_handle(store, message),
