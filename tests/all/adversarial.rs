@@ -2001,11 +2001,10 @@ fn hostile_payload_shapes_from_a_verified_peer_are_refused_and_memory_stays_boun
 #[test]
 fn size_limits_follow_the_message_type_and_the_sender_s_level() {
     let mut arena = Arena::new();
-    // This test is about size limits. The default plugin deadline (50 ms)
-    // is the budget of ordinary messages: a 16 MiB PII scan or handler
-    // call fits it on an idle machine but not on a loaded CI runner, so
-    // the target gives both a budget that fits bulk messages (scaling it
-    // with size is the message path's work, not this test's).
+    // This test is about size limits. The default deadlines (50 ms, plus
+    // 60 ms per MiB past the first, docs/plugins.md) fit a 16 MiB PII scan
+    // or handler call with room on an idle machine, not on a CI runner
+    // shared with the whole suite, so the target gets a larger base.
     arena.target.stop();
     let path = arena.target.home.join("agentfed.toml");
     let mut config = std::fs::read_to_string(&path).expect("config");
