@@ -1307,6 +1307,11 @@ impl Coordinator {
         }
     }
 
+    /// The node home.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
     /// The node's witness chain file (docs/mesh.md, "Witness chain").
     pub fn witness_file(&self) -> &Arc<crate::mesh::witness::WitnessFile> {
         &self.witness
@@ -2813,7 +2818,7 @@ impl Coordinator {
                     if let Some(seen) = crate::store::idempotency_get_in(txn, key)?
                         .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > record.created_ms)
                     {
-                        return Ok((Keyed::Seen(seen, record.digest.clone()), false));
+                        return Ok((Keyed::Seen(key.clone(), seen, record.digest.clone()), false));
                     }
                     crate::store::idempotency_put_in(txn, key, record)?;
                 }
@@ -3648,8 +3653,9 @@ fn check_outbound_size(message_type: &str, level: TrustLevel, frame: &[u8]) -> R
 enum Keyed {
     /// The entry (and its key, if any) were written.
     Fresh,
-    /// The key was committed before: its record, and this request's digest.
-    Seen(crate::store::IdempotencyRecord, String),
+    /// The key was committed before: the key, its record, and this
+    /// request's digest.
+    Seen(String, crate::store::IdempotencyRecord, String),
 }
 
 /// The receipt a committed key stands for, if `digest` is its request's.
@@ -3694,10 +3700,8 @@ impl QueuedTicket {
                 let (outcome, _) = ticket.wait().map_err(crate::audit::journal_error)?;
                 match outcome {
                     Keyed::Fresh => Ok(None),
-                    Keyed::Seen(seen, digest) => {
-                        // The key's own name is not kept in the record:
-                        // the digest decides.
-                        original_receipt("(this key)", &seen, &digest).map(Some)
+                    Keyed::Seen(key, seen, digest) => {
+                        original_receipt(&key, &seen, &digest).map(Some)
                     }
                 }
             }

@@ -2006,18 +2006,7 @@ fn size_limits_follow_the_message_type_and_the_sender_s_level() {
     // or handler call with room on an idle machine, not on a CI runner
     // shared with the whole suite, so the target gets a larger base.
     arena.target.stop();
-    let path = arena.target.home.join("agentfed.toml");
-    let mut config = std::fs::read_to_string(&path).expect("config");
-    for kind in ["pii", "handler"] {
-        let section = format!("[plugins.{kind}.limits]\ndeadline_ms = 50");
-        assert!(config.contains(&section), "the {kind} limits section moved");
-        config = config.replacen(
-            &section,
-            &format!("[plugins.{kind}.limits]\ndeadline_ms = 2000"),
-            1,
-        );
-    }
-    std::fs::write(&path, config).expect("config");
+    crate::harness::set_payload_plugin_deadlines(&arena.target, 2000);
     arena.target.start(&[]);
     let arena = arena;
     let rt = runtime();

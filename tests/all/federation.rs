@@ -1447,18 +1447,7 @@ fn a_15_mib_context_share_goes_through_two_daemons_while_pings_are_answered() {
         let endpoint = format!("wss://127.0.0.1:{}", crate::harness::free_port());
         let mut node = Node::init_at(name, &endpoint);
         crate::harness::fast_retries(&node);
-        let path = node.home.join("agentfed.toml");
-        let mut config = std::fs::read_to_string(&path).expect("config");
-        for kind in ["pii", "handler"] {
-            let section = format!("[plugins.{kind}.limits]\ndeadline_ms = 50");
-            assert!(config.contains(&section), "the {kind} limits section moved");
-            config = config.replacen(
-                &section,
-                &format!("[plugins.{kind}.limits]\ndeadline_ms = 1000"),
-                1,
-            );
-        }
-        std::fs::write(&path, config).expect("config");
+        crate::harness::set_payload_plugin_deadlines(&node, 1000);
         node.start(&[]);
         (node, endpoint)
     };

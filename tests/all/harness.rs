@@ -524,3 +524,21 @@ pub fn session_peers(node: &Node) -> Vec<String> {
         .map(|s| s["peer"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Gives the PII and handler plugins a base deadline of `ms` (the node's
+/// config must still have the default 50 ms): for tests that run bulk
+/// payloads on a machine shared with the whole suite.
+pub fn set_payload_plugin_deadlines(node: &Node, ms: u64) {
+    let path = node.home.join("agentfed.toml");
+    let mut config = std::fs::read_to_string(&path).expect("config");
+    for kind in ["pii", "handler"] {
+        let section = format!("[plugins.{kind}.limits]\ndeadline_ms = 50");
+        assert!(config.contains(&section), "the {kind} limits section moved");
+        config = config.replacen(
+            &section,
+            &format!("[plugins.{kind}.limits]\ndeadline_ms = {ms}"),
+            1,
+        );
+    }
+    std::fs::write(&path, config).expect("config");
+}

@@ -547,7 +547,7 @@ fn node_peer_fields(home: &Path) -> Result<Vec<crate::mesh::desired::PeerFields>
             let _lock = crate::store::HomeLock::acquire(home).map_err(CliError::failed)?;
             let store = crate::store::Store::open(&state).map_err(CliError::failed)?;
             let peers = store.list_peers().map_err(CliError::failed)?;
-            crate::control::server::wg_peer_fields(&peers)
+            return Ok(crate::mesh::desired::mesh_fields(&peers));
         }
         Err(e) => return Err(e.into()),
     };

@@ -492,7 +492,11 @@ impl Dispatcher {
                         false,
                     )
                 })?;
-                Ok(json!({"peers": wg_peer_fields(&peers)}))
+                let rows: Vec<Value> = crate::mesh::desired::mesh_fields(&peers)
+                    .iter()
+                    .map(crate::mesh::desired::PeerFields::to_json)
+                    .collect();
+                Ok(json!({"peers": rows}))
             }
             // Reading a peer's chain needs no mesh here.
             "wg.witness.fetch" => {
@@ -759,15 +763,6 @@ fn request_timeout(method: &str, timeout_ms: Option<u64>) -> Result<Duration, Er
         Some(ms) if (1..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
         Some(_) => Err(invalid_params(method, "timeout_ms must be 1..=600000")),
     }
-}
-
-/// The mesh fields of every peer not evicted (`wg.peers`).
-pub fn wg_peer_fields(peers: &[crate::model::PeerRecord]) -> Vec<Value> {
-    peers
-        .iter()
-        .filter(|r| r.breaker.state != crate::model::BreakerState::Evicted)
-        .map(|r| crate::mesh::desired::fields_of(r).to_json())
-        .collect()
 }
 
 fn no_params(method: &str, params: Value) -> Result<(), ErrorBody> {

@@ -118,12 +118,17 @@ pub fn desired(
     peers: &[PeerRecord],
     resolve: &dyn Fn(&str) -> Option<SocketAddr>,
 ) -> DesiredMesh {
-    let fields: Vec<PeerFields> = peers
+    desired_from_fields(local, &mesh_fields(peers), resolve)
+}
+
+/// The mesh fields of every peer not evicted (an evicted peer is never on
+/// the mesh), as `wg.peers` reports them to `wg stage`.
+pub fn mesh_fields(peers: &[PeerRecord]) -> Vec<PeerFields> {
+    peers
         .iter()
         .filter(|r| r.breaker.state != BreakerState::Evicted)
         .map(fields_of)
-        .collect();
-    desired_from_fields(local, &fields, resolve)
+        .collect()
 }
 
 /// Puts checked candidates on the mesh: a key or mesh IP claimed twice

@@ -109,7 +109,7 @@ pub fn rotate(
             "destroy_at_ms": destroy_at_ms,
         }),
     )?;
-    promote(home, &old_private, &new_private, now_ms, destroy_at_ms)?;
+    promote(home, &old_private, now_ms, destroy_at_ms)?;
     identity.replace_wg_key(&new_private);
     Ok(Rotation {
         old_public_key: b64(&old_public),
@@ -120,11 +120,11 @@ pub fn rotate(
     })
 }
 
-/// Step 3: the old key to `.previous`, `.next` over the key file.
+/// Step 3: the old key to `.previous`, the staged `.next` over the key
+/// file.
 fn promote(
     home: &Path,
     old_private: &[u8; 32],
-    new_private: &[u8; 32],
     rotated_at_ms: u64,
     destroy_at_ms: u64,
 ) -> Result<(), RotationError> {
@@ -138,13 +138,7 @@ fn promote(
     drop(previous);
     crate::home::write_private(&home.join(PREVIOUS_KEY_FILE), &text)
         .map_err(|e| files(format!("writing {PREVIOUS_KEY_FILE}: {e}")))?;
-    // The staged file holds exactly `new_private`; renaming it is atomic.
-    debug_assert_eq!(
-        read_key_file(&home.join(NEXT_KEY_FILE))
-            .map(|k| *k == *new_private)
-            .ok(),
-        Some(true)
-    );
+    // Renaming the staged key over the key file is atomic.
     std::fs::rename(home.join(NEXT_KEY_FILE), home.join(WIREGUARD_KEY_FILE))
         .map_err(|e| files(format!("installing the new {WIREGUARD_KEY_FILE}: {e}")))?;
     sync_home(home).map_err(files)
@@ -188,7 +182,6 @@ pub fn recover(
     promote(
         home,
         &old_private,
-        &next,
         destroy_at_ms.saturating_sub(grace_ms),
         destroy_at_ms,
     )?;

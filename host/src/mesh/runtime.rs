@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,9 +85,10 @@ struct Applied {
 pub struct MeshRuntime {
     coordinator: Arc<Coordinator>,
     device: Box<dyn WgDevice>,
-    /// The interface; its keys are read from the identity at each use
-    /// ([`MeshRuntime::spec`]), since `wg rotate` replaces them.
+    /// The interface, keys zeroed: they are read from the identity at
+    /// each use ([`MeshRuntime::spec`]), since `wg rotate` replaces them.
     spec: InterfaceSpec,
+    /// This node in the mesh, key zeroed likewise ([`MeshRuntime::local`]).
     local: LocalNode,
     home: PathBuf,
     rotate_grace_secs: u64,
@@ -119,7 +120,6 @@ impl MeshRuntime {
         let mesh_ip = identity
             .mesh_ip(&subnet, &|_| false)
             .map_err(|e| MeshError::Config(e.to_string()))?;
-        let (private_key, public_key) = identity.wg_key_bytes();
         let device: Box<dyn WgDevice> = match m.backend {
             MeshBackend::Userspace => Box::new(UserspaceDevice::new(
                 &m.uapi_dir,
@@ -129,19 +129,15 @@ impl MeshRuntime {
             MeshBackend::Kernel => Box::new(KernelDevice::new(&m.interface)),
         };
         let witness = WitnessLog::new(Arc::clone(&coordinator));
-        let home = coordinator
-            .store()
-            .path()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
         Ok(MeshRuntime {
-            home,
+            home: coordinator.home().to_path_buf(),
             rotate_grace_secs: m.rotate_grace_secs,
+            // The keys are filled in at each use ([`MeshRuntime::spec`]):
+            // none is kept here to outlive a rotation.
             spec: InterfaceSpec {
                 name: m.interface.clone(),
-                private_key,
-                public_key,
+                private_key: zeroize::Zeroizing::new([0; 32]),
+                public_key: [0; 32],
                 listen_port: m.listen_port,
                 address: mesh_ip,
                 prefix: subnet.prefix(),
@@ -149,7 +145,7 @@ impl MeshRuntime {
             local: LocalNode {
                 subnet,
                 mesh_ip,
-                public_key,
+                public_key: [0; 32],
                 keepalive_secs: m.keepalive_secs,
             },
             firewall: m.firewall,
