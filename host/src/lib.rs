@@ -13,6 +13,8 @@
 //! * [`store`]: persistent state in one redb file, and the home lock.
 //! * [`journal`]: group commit: the one writer thread of the state file,
 //!   committing concurrent state changes and audit records together.
+//! * [`seglog`]: the append-only segment log with group commit that the
+//!   message path is moving onto (framing, recovery, retention).
 //! * [`audit`]: the hash-chained audit log.
 //! * [`trust`]: capabilities per trust level.
 //! * [`trust_ledger`]: what counts as earned trust, promotion gates,
@@ -66,6 +68,7 @@ pub mod pii;
 pub mod plugin;
 pub mod receipt;
 pub mod scaffold;
+pub mod seglog;
 pub mod store;
 pub mod transport;
 pub mod trust;

@@ -61,7 +61,7 @@ pub(crate) fn node_with_config(node_id: &str, config: Option<&str>) -> Node {
 /// One precompiled-plugin cache for every node in these tests, so each
 /// default policy is compiled once per test run rather than once per node.
 fn shared_cache() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache")
+    crate::harness::private_test_dir("agentfed-test-plugin-cache")
 }
 
 fn options() -> CoordinatorOptions {

@@ -28,8 +28,18 @@ pub fn bin() -> &'static str {
 /// Plugin artifacts shared by every test home (compiling the four default
 /// policies costs seconds; loading them milliseconds).
 fn shared_cache() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agentfed-test-plugin-cache");
-    std::fs::create_dir_all(&dir).expect("creating the shared plugin cache");
+    private_test_dir("agentfed-test-plugin-cache")
+}
+
+/// A directory under the test target dir, readable only by this user:
+/// the plugin cache refuses (and then bypasses) a directory others can
+/// read, which would make every test daemon compile the policies again.
+pub fn private_test_dir(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).expect("creating a shared test dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .expect("making a shared test dir private");
     dir
 }
 
