@@ -104,7 +104,7 @@ pub const MAX_SUMMARY_BYTES: usize = 2048;
 pub const MAX_ID_BYTES: usize = 256;
 /// Largest canonical details JSON kept, in bytes.
 pub const MAX_DETAILS_BYTES: usize = 32 * 1024;
-const HEAD_KEY: &str = "audit_head";
+pub(crate) const HEAD_KEY: &str = "audit_head";
 
 // ---------------------------------------------------------------------------
 // Event vocabulary
@@ -231,6 +231,7 @@ event_types! {
     OperatorAction => "operator_action", Operator, Info;
     DaemonStarted => "daemon_started", System, Info;
     DaemonStopped => "daemon_stopped", System, Info;
+    StorageRecovered => "storage_recovered", System, Warning;
 }
 
 impl fmt::Display for EventType {
@@ -990,6 +991,30 @@ impl AuditLog {
             .map_err(journal_error)
     }
 
+    /// [`AuditLog::submit_with_hook`] for a message-path change (outbox,
+    /// inbox, dedupe), which writes through a [`crate::store::redo::Tx`]
+    /// so the change and its records are durable in the message log.
+    pub(crate) fn submit_logged_with_hook<R, F, H>(
+        &self,
+        change: F,
+        events: Vec<AuditEvent>,
+        on_commit: Option<H>,
+        persist: Persist,
+    ) -> Result<TypedTicket<R>, AuditError>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut crate::store::redo::Tx<'_>) -> Result<(R, bool), StoreError> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
+        let prepared = events
+            .into_iter()
+            .map(|e| prepare(e, self.config.compliance))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.journal
+            .submit_logged_hooked(change, prepared, on_commit, persist)
+            .map_err(journal_error)
+    }
+
     /// Records matching `query` (see [`AuditQuery`]).
     pub fn query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
         let txn = self.db.begin_read()?;
@@ -1132,11 +1157,16 @@ pub(crate) fn write_chained(
 
 /// Writes the chain head to `meta` inside `txn` (module docs).
 pub(crate) fn write_head(txn: &WriteTransaction, head: &ChainHead) -> Result<(), StoreError> {
-    let mut head_bytes = head.seq.to_be_bytes().to_vec();
-    head_bytes.extend_from_slice(head.hash.as_bytes());
     txn.open_table(META)?
-        .insert(HEAD_KEY, head_bytes.as_slice())?;
+        .insert(HEAD_KEY, head_bytes(head).as_slice())?;
     Ok(())
+}
+
+/// How the chain head is stored under [`HEAD_KEY`].
+pub(crate) fn head_bytes(head: &ChainHead) -> Vec<u8> {
+    let mut bytes = head.seq.to_be_bytes().to_vec();
+    bytes.extend_from_slice(head.hash.as_bytes());
+    bytes
 }
 
 fn verify_chain(db: &Database) -> Result<u64, AuditError> {

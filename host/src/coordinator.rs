@@ -2812,17 +2812,17 @@ impl Coordinator {
         // entry is not written.
         let job_entry = entry.clone();
         let index = self.store.outbox_put_hook(&entry);
-        let ticket = self.audit.submit_with_hook(
-            move |txn| {
+        let ticket = self.audit.submit_logged_with_hook(
+            move |tx| {
                 if let Some((key, record)) = &record {
-                    if let Some(seen) = crate::store::idempotency_get_in(txn, key)?
+                    if let Some(seen) = crate::store::idempotency_get_in(tx.txn(), key)?
                         .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > record.created_ms)
                     {
                         return Ok((Keyed::Seen(key.clone(), seen, record.digest.clone()), false));
                     }
-                    crate::store::idempotency_put_in(txn, key, record)?;
+                    crate::store::idempotency_put_in(tx, key, record)?;
                 }
-                outbox_put_in(txn, &job_entry)?;
+                outbox_put_in(tx, &job_entry)?;
                 Ok((Keyed::Fresh, true))
             },
             vec![queued],
@@ -2937,9 +2937,9 @@ impl Coordinator {
         persist: Persist,
     ) -> Result<crate::journal::TypedTicket<bool>> {
         let id = entry.envelope_id.clone();
-        Ok(self.audit.submit_with_hook(
-            move |txn| {
-                let existed = outbox_remove_in(txn, &id)?;
+        Ok(self.audit.submit_logged_with_hook(
+            move |tx| {
+                let existed = outbox_remove_in(tx, &id)?;
                 Ok((existed, existed))
             },
             vec![event],
@@ -4386,9 +4386,9 @@ impl Coordinator {
             .with_peer(session_peer)
             .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status, "session": envelope.session}));
         let ticket =
-            self.audit.submit_with_hook(
-                move |txn| {
-                    let outcome = commit_inbound_in(txn, &record)?;
+            self.audit.submit_logged_with_hook(
+                move |tx| {
+                    let outcome = commit_inbound_in(tx, &record)?;
                     let fresh = matches!(outcome, InboundCommit::Fresh { .. });
                     Ok((outcome, fresh))
                 },

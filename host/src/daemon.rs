@@ -433,6 +433,7 @@ async fn serve(
         if let Ok(Err(e)) = started {
             tracing::warn!("cannot audit daemon_started: {e}");
         }
+        audit_storage_recovery(&coordinator).await;
     }
 
     if config.mesh.enabled {
@@ -585,6 +586,50 @@ async fn timer(coordinator: Arc<Coordinator>, period: Duration, mut stop: watch:
             Ok(Err(e)) => tracing::warn!(code = e.code(), "timer tick failed: {e}"),
             Err(e) => tracing::error!("timer tick panicked: {e}"),
         }
+    }
+}
+
+/// Audits what opening the message log did, when it did anything: records
+/// replayed into the state file (the node had not shut down cleanly) and a
+/// torn tail cut off (records that were never acknowledged).
+async fn audit_storage_recovery(coordinator: &Arc<Coordinator>) {
+    let replay = coordinator.store().log_replay().clone();
+    if replay.replayed == 0 && replay.cut.is_none() {
+        return;
+    }
+    let summary = match &replay.cut {
+        Some(cut) => format!(
+            "message log recovered: {} records replayed, a torn tail of {} bytes cut at record {}",
+            replay.replayed, cut.dropped_bytes, cut.first_lost_lsn
+        ),
+        None => format!(
+            "message log recovered: {} records replayed into the state file",
+            replay.replayed
+        ),
+    };
+    let details = serde_json::json!({
+        "records": replay.records,
+        "replayed": replay.replayed,
+        "elapsed_ms": replay.elapsed_ms,
+        "cut": replay.cut.as_ref().map(|cut| serde_json::json!({
+            "segment": cut.segment.display().to_string(),
+            "offset": cut.offset,
+            "first_lost_record": cut.first_lost_lsn,
+            "dropped_bytes": cut.dropped_bytes,
+            "reason": cut.reason,
+        })),
+    });
+    let c = Arc::clone(coordinator);
+    let recorded = tokio::task::spawn_blocking(move || {
+        c.audit().append(
+            AuditEvent::new(EventType::StorageRecovered, summary)
+                .with_actor(crate::audit::ACTOR_SYSTEM)
+                .with_details(details),
+        )
+    })
+    .await;
+    if let Ok(Err(e)) = recorded {
+        tracing::warn!("cannot audit storage_recovered: {e}");
     }
 }
 

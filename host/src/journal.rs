@@ -51,7 +51,9 @@ use redb::{Database, Durability, WriteTransaction};
 
 use crate::audit::{self, AuditRecord, ChainHead, PreparedEvent, Sealed};
 use crate::clock::Clock;
+use crate::seglog::SegmentLog;
 use crate::store::StoreError;
+use crate::store::redo::{self, Redo, Tx};
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH_JOBS: usize = 8192;
@@ -77,10 +79,35 @@ pub(crate) enum Persist {
     Lazy,
 }
 
+/// Longest the state file goes without a durable commit while the
+/// message log holds records it has not caught up with (a checkpoint).
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Message-log bytes after which a checkpoint is due sooner.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// The `meta` key of the last message-log record the state file holds.
+pub(crate) const LOG_APPLIED_KEY: &str = "message_log_applied";
+
 /// A state change: applied to the batch's transaction; returns its value
 /// and whether the job's audit records are to be written with it.
 pub(crate) type Change =
     Box<dyn FnMut(&WriteTransaction) -> Result<(Box<dyn Any + Send>, bool), StoreError> + Send>;
+
+/// A message-path change: writes through a [`Tx`], so its writes are
+/// logged (see [`crate::store::redo`]).
+pub(crate) type LoggedChange =
+    Box<dyn FnMut(&mut Tx<'_>) -> Result<(Box<dyn Any + Send>, bool), StoreError> + Send>;
+
+/// What a job changes besides its audit records.
+pub(crate) enum ChangeKind {
+    /// Peers, trust, spend, …: the batch commits durably to the state
+    /// file.
+    State(Change),
+    /// The message path: durable in the message log, the state file
+    /// catches up at the next checkpoint.
+    Logged(LoggedChange),
+}
 
 /// Runs once a job's change is committed, with the change's value, before
 /// its waiter is woken. Hooks run on the notifier thread in commit order,
@@ -91,7 +118,7 @@ pub(crate) type OnCommit = Box<dyn FnOnce(&(dyn Any + Send)) + Send>;
 enum Job {
     /// Apply `change` (if any) and append `events` (if asked to).
     Write {
-        change: Option<Change>,
+        change: Option<ChangeKind>,
         events: Vec<PreparedEvent>,
         on_commit: Option<OnCommit>,
         persist: Persist,
@@ -133,6 +160,14 @@ pub struct CommitStats {
     pub jobs: u64,
     /// Time spent applying and committing batches, in microseconds.
     pub busy_us: u64,
+    /// Batches made durable by the message log (one `fdatasync` each)
+    /// rather than by a durable commit of the state file.
+    #[serde(default)]
+    pub logged: u64,
+    /// Durable commits of the state file that were checkpoints (the
+    /// state file catching up with the message log).
+    #[serde(default)]
+    pub checkpoints: u64,
 }
 
 #[derive(Default)]
@@ -140,6 +175,8 @@ struct Counters {
     commits: AtomicU64,
     jobs: AtomicU64,
     busy_us: AtomicU64,
+    logged: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 /// A queued change whose value has type `R`.
@@ -169,8 +206,13 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// Starts the writer and notifier threads for `db`.
-    pub(crate) fn start(db: Arc<Database>) -> Result<Journal, StoreError> {
+    /// Starts the writer and notifier threads for `db`, making
+    /// message-path jobs durable in `log` when there is one (without, every
+    /// batch is a durable commit of `db`).
+    pub(crate) fn start(
+        db: Arc<Database>,
+        log: Option<Arc<SegmentLog>>,
+    ) -> Result<Journal, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (done_tx, done_rx) = mpsc::channel::<Completion>();
         let counters = Arc::new(Counters::default());
@@ -186,7 +228,7 @@ impl Journal {
         let notifier = spawn("agentfed-notify", Box::new(move || notifier_loop(&done_rx)))?;
         let writer = spawn(
             "agentfed-commit",
-            Box::new(move || writer_loop(&db, &rx, &done_tx, &writer_counters)),
+            Box::new(move || writer_loop(&db, log, &rx, &done_tx, &writer_counters)),
         )?;
         Ok(Journal {
             tx: Mutex::new(Some(tx)),
@@ -201,6 +243,8 @@ impl Journal {
             commits: self.counters.commits.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
             busy_us: self.counters.busy_us.load(Ordering::Relaxed),
+            logged: self.counters.logged.load(Ordering::Relaxed),
+            checkpoints: self.counters.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -215,7 +259,7 @@ impl Journal {
     /// Queues a job without waiting for its commit.
     pub(crate) fn submit(
         &self,
-        change: Option<Change>,
+        change: Option<ChangeKind>,
         events: Vec<PreparedEvent>,
     ) -> Result<Ticket, StoreError> {
         self.submit_hooked(change, events, None, Persist::Durable)
@@ -224,7 +268,7 @@ impl Journal {
     /// [`Journal::submit`] with a hook run once the change is committed.
     pub(crate) fn submit_hooked(
         &self,
-        change: Option<Change>,
+        change: Option<ChangeKind>,
         events: Vec<PreparedEvent>,
         on_commit: Option<OnCommit>,
         persist: Persist,
@@ -273,6 +317,41 @@ impl Journal {
             let (value, audit) = change(txn)?;
             Ok((Box::new(value) as Box<dyn Any + Send>, audit))
         });
+        self.submit_kind(ChangeKind::State(boxed), events, on_commit, persist)
+    }
+
+    /// [`Journal::submit_typed_hooked`] for a message-path change, which
+    /// writes through a [`Tx`] (see [`ChangeKind::Logged`]).
+    pub(crate) fn submit_logged_hooked<R, F, H>(
+        &self,
+        mut change: F,
+        events: Vec<PreparedEvent>,
+        on_commit: Option<H>,
+        persist: Persist,
+    ) -> Result<TypedTicket<R>, StoreError>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<(R, bool), StoreError> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
+        let boxed: LoggedChange = Box::new(move |tx| {
+            let (value, audit) = change(tx)?;
+            Ok((Box::new(value) as Box<dyn Any + Send>, audit))
+        });
+        self.submit_kind(ChangeKind::Logged(boxed), events, on_commit, persist)
+    }
+
+    fn submit_kind<R, H>(
+        &self,
+        change: ChangeKind,
+        events: Vec<PreparedEvent>,
+        on_commit: Option<H>,
+        persist: Persist,
+    ) -> Result<TypedTicket<R>, StoreError>
+    where
+        R: Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
         let hook = on_commit.map(|hook| -> OnCommit {
             Box::new(move |value: &(dyn Any + Send)| {
                 if let Some(value) = value.downcast_ref::<R>() {
@@ -281,7 +360,7 @@ impl Journal {
             })
         });
         Ok(TypedTicket {
-            ticket: self.submit_hooked(Some(boxed), events, hook, persist)?,
+            ticket: self.submit_hooked(Some(change), events, hook, persist)?,
             _value: std::marker::PhantomData,
         })
     }
@@ -323,7 +402,7 @@ impl Drop for Journal {
 
 /// A write job as the writer holds it.
 struct Pending {
-    change: Option<Change>,
+    change: Option<ChangeKind>,
     events: Vec<PreparedEvent>,
     on_commit: Option<OnCommit>,
     persist: Persist,
@@ -350,23 +429,37 @@ struct Completion {
 
 fn writer_loop(
     db: &Database,
+    log: Option<Arc<SegmentLog>>,
     rx: &mpsc::Receiver<Job>,
     done: &mpsc::Sender<Completion>,
     counters: &Counters,
 ) {
     let mut writer = Writer {
         db,
+        log,
         done,
         counters,
         head: None,
         clock: None,
         deferred: Vec::new(),
         deferred_since: None,
+        unchecked: None,
+        last_checkpoint: std::time::Instant::now(),
+        broken: None,
     };
     loop {
-        // Deferred jobs wait for company at most until LAZY_FLUSH is over.
-        let first = match writer.deferred_since {
-            Some(since) => match rx.recv_timeout(LAZY_FLUSH.saturating_sub(since.elapsed())) {
+        // Deferred jobs wait for company at most until LAZY_FLUSH is over;
+        // log records the state file has not caught up with, at most until
+        // the next checkpoint is due.
+        let wait = match (writer.deferred_since, writer.unchecked.is_some()) {
+            (Some(since), _) => Some(LAZY_FLUSH.saturating_sub(since.elapsed())),
+            (None, true) => {
+                Some(CHECKPOINT_INTERVAL.saturating_sub(writer.last_checkpoint.elapsed()))
+            }
+            (None, false) => None,
+        };
+        let first = match wait {
+            Some(wait) => match rx.recv_timeout(wait) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if !writer.commit(Vec::new()) {
@@ -434,13 +527,28 @@ fn writer_loop(
             }
         }
     }
-    // Closing: deferred jobs are committed before the thread ends.
+    // Closing: deferred jobs are committed, and the state file catches up
+    // with the message log, before the thread ends.
     writer.commit(Vec::new());
+    if writer.unchecked.is_some() {
+        writer.checkpoint();
+    }
+}
+
+/// Message-log records the state file holds only in commits that were not
+/// yet synced.
+#[derive(Debug, Clone, Copy)]
+struct Unchecked {
+    /// The first such record.
+    first_lsn: u64,
+    /// Their bytes.
+    bytes: u64,
 }
 
 /// The writer thread's state between batches.
 struct Writer<'a> {
     db: &'a Database,
+    log: Option<Arc<SegmentLog>>,
     done: &'a mpsc::Sender<Completion>,
     counters: &'a Counters,
     head: Option<ChainHead>,
@@ -449,6 +557,14 @@ struct Writer<'a> {
     deferred: Vec<Pending>,
     /// When the oldest deferred job arrived.
     deferred_since: Option<std::time::Instant>,
+    /// Log records not yet covered by a durable commit of the state file.
+    unchecked: Option<Unchecked>,
+    /// When the state file was last committed durably.
+    last_checkpoint: std::time::Instant,
+    /// Set when the message log and the state file may disagree (a commit
+    /// failed after its log records were durable): nothing more is
+    /// written until a restart replays the log.
+    broken: Option<String>,
 }
 
 impl Writer<'_> {
@@ -460,116 +576,218 @@ impl Writer<'_> {
         }
     }
 
-    /// Commits the deferred jobs, then `batch`, in one transaction (nothing
-    /// when both are empty); `false` once the notifier is gone.
+    /// Whether the next commit must be durable to bound the log's lead.
+    fn checkpoint_due(&self) -> bool {
+        self.unchecked.is_some_and(|u| {
+            u.bytes >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+        })
+    }
+
+    /// Commits the deferred jobs, then `batch`, in one transaction (a
+    /// checkpoint when nothing is queued but one is due); `false` once the
+    /// notifier is gone.
     fn commit(&mut self, batch: Vec<Pending>) -> bool {
         let mut all = std::mem::take(&mut self.deferred);
         self.deferred_since = None;
         all.extend(batch);
         if all.is_empty() {
+            if self.checkpoint_due() {
+                self.checkpoint();
+            }
             return true;
         }
-        commit_and_notify(
-            self.db,
-            &mut self.head,
-            self.clock.as_deref(),
-            all,
-            self.done,
-            self.counters,
-        )
-    }
-}
-
-/// Commits `batch` and hands it to the notifier; `false` once the notifier
-/// is gone.
-fn commit_and_notify(
-    db: &Database,
-    head: &mut Option<ChainHead>,
-    clock: Option<&dyn Clock>,
-    mut batch: Vec<Pending>,
-    done: &mpsc::Sender<Completion>,
-    counters: &Counters,
-) -> bool {
-    let started = std::time::Instant::now();
-    let outcome = commit_batch(db, head, clock, &mut batch).map_err(Arc::new);
-    let busy = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    counters.busy_us.fetch_add(busy, Ordering::Relaxed);
-    if outcome.is_ok() {
-        counters.commits.fetch_add(1, Ordering::Relaxed);
-        counters
-            .jobs
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    }
-    done.send(Completion { batch, outcome }).is_ok()
-}
-
-/// Applies and commits one batch (module docs). The chain head advances
-/// only when the commit succeeds.
-fn commit_batch(
-    db: &Database,
-    head: &mut Option<ChainHead>,
-    clock: Option<&dyn Clock>,
-    batch: &mut [Pending],
-) -> Result<Vec<Outcome>, StoreError> {
-    let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
-    'attempt: loop {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let mut chain = head.clone();
-        let now = clock.map_or_else(audit::now_ms, |c| c.now_ms());
-        let ts_ms = now.max(chain.as_ref().map_or(0, |h| h.ts_ms));
-        let mut results: Vec<Option<Applied>> = Vec::with_capacity(batch.len());
-        for (job, failure) in batch.iter_mut().zip(failed.iter_mut()) {
-            if failure.is_some() {
-                results.push(None);
-                continue;
-            }
-            let (value, audit) = match job.change.as_mut() {
-                None => (None, true),
-                // A panicking change fails its own job only: the writer
-                // thread must outlive it, or every later write would fail.
-                Some(change) => {
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change(&txn)))
-                        .unwrap_or(Err(StoreError::InvalidValue("a state change panicked")))
-                    {
-                        Ok((value, audit)) => (Some(value), audit),
-                        Err(e) => {
-                            *failure = Some(e);
-                            let _ = txn.abort();
-                            continue 'attempt;
-                        }
-                    }
-                }
-            };
-            let sealed = if audit && !job.events.is_empty() {
-                let Some(chain) = chain.as_mut() else {
-                    *failure = Some(StoreError::AuditNotOpen);
-                    let _ = txn.abort();
-                    continue 'attempt;
-                };
-                audit::write_chained(&txn, chain, &job.events, ts_ms)?
-            } else {
-                Vec::new()
-            };
-            results.push(Some((value, sealed)));
+        let started = std::time::Instant::now();
+        let outcome = self.commit_batch(&mut all).map_err(Arc::new);
+        let busy = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.busy_us.fetch_add(busy, Ordering::Relaxed);
+        if outcome.is_ok() {
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .jobs
+                .fetch_add(all.len() as u64, Ordering::Relaxed);
         }
-        if let Some(chain) = chain.as_ref()
-            && chain.seq != head.as_ref().map_or(0, |h| h.seq)
-        {
-            audit::write_head(&txn, chain)?;
-        }
-        txn.commit()?;
-        *head = chain;
-        return Ok(results
-            .into_iter()
-            .zip(failed)
-            .map(|(result, failure)| match (result, failure) {
-                (Some((value, sealed)), _) => Outcome::Applied { value, sealed },
-                (None, Some(e)) => Outcome::Failed(e),
-                (None, None) => Outcome::Failed(StoreError::Closed),
+        self.done
+            .send(Completion {
+                batch: all,
+                outcome,
             })
-            .collect());
+            .is_ok()
     }
+
+    /// A durable commit with no job: the state file catches up with the
+    /// log, whose records up to here are then released.
+    fn checkpoint(&mut self) {
+        if let Err(e) = self.commit_batch(&mut []) {
+            tracing::warn!("state file checkpoint failed (the message log keeps the records): {e}");
+        }
+    }
+
+    /// Applies and commits one batch (module docs). The chain head advances
+    /// only when the commit succeeds.
+    fn commit_batch(&mut self, batch: &mut [Pending]) -> Result<Vec<Outcome>, StoreError> {
+        if let Some(why) = &self.broken {
+            return Err(StoreError::MessageLog(crate::seglog::LogError::Poisoned(
+                why.clone(),
+            )));
+        }
+        // A batch with a state change, or no log, commits the state file
+        // durably; a batch of message-path jobs is made durable by the log.
+        let durable = self.log.is_none()
+            || batch.is_empty()
+            || self.checkpoint_due()
+            || batch
+                .iter()
+                .any(|job| matches!(job.change, Some(ChangeKind::State(_))));
+        let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
+        'attempt: loop {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            let mut chain = self.head.clone();
+            let now = self
+                .clock
+                .as_deref()
+                .map_or_else(audit::now_ms, |c| c.now_ms());
+            let ts_ms = now.max(chain.as_ref().map_or(0, |h| h.ts_ms));
+            let mut results: Vec<Option<Applied>> = Vec::with_capacity(batch.len());
+            let mut records: Vec<Vec<u8>> = Vec::new();
+            for (job, failure) in batch.iter_mut().zip(failed.iter_mut()) {
+                if failure.is_some() {
+                    results.push(None);
+                    continue;
+                }
+                let mut tx = Tx::new(&txn);
+                let applied = match job.change.as_mut() {
+                    None => Ok((None, true)),
+                    // A panicking change fails its own job only: the writer
+                    // thread must outlive it, or every later write would fail.
+                    Some(change) => {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match change {
+                            ChangeKind::State(change) => change(&txn),
+                            ChangeKind::Logged(change) => change(&mut tx),
+                        }))
+                        .unwrap_or(Err(StoreError::InvalidValue("a state change panicked")))
+                        .map(|(value, audit)| (Some(value), audit))
+                    }
+                };
+                let (value, audit) = match applied {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        *failure = Some(e);
+                        drop(tx);
+                        let _ = txn.abort();
+                        continue 'attempt;
+                    }
+                };
+                let sealed = if audit && !job.events.is_empty() {
+                    let Some(chain) = chain.as_mut() else {
+                        *failure = Some(StoreError::AuditNotOpen);
+                        drop(tx);
+                        let _ = txn.abort();
+                        continue 'attempt;
+                    };
+                    let before = chain.seq;
+                    let sealed = audit::write_chained(&txn, chain, &job.events, ts_ms)?;
+                    if !durable {
+                        redo::note_audit_rows(&mut tx, before + 1, chain.seq)?;
+                        tx.note(Redo::MetaPut {
+                            key: audit::HEAD_KEY.to_string(),
+                            value: audit::head_bytes(chain),
+                        });
+                    }
+                    sealed
+                } else {
+                    Vec::new()
+                };
+                let logged = tx.into_redo();
+                if !durable && !logged.is_empty() {
+                    records.push(redo::encode(&logged));
+                }
+                results.push(Some((value, sealed)));
+            }
+            if let Some(chain) = chain.as_ref()
+                && chain.seq != self.head.as_ref().map_or(0, |h| h.seq)
+            {
+                audit::write_head(&txn, chain)?;
+            }
+            if let Some(log) = self.log.clone() {
+                if durable {
+                    // Everything logged so far is in this durable state.
+                    let through = log.next_lsn().saturating_sub(1);
+                    put_log_applied(&txn, through)?;
+                    txn.commit().map_err(|e| self.break_on(e.into()))?;
+                    self.after_checkpoint(&log, through);
+                } else {
+                    // The records are durable before the state file commit
+                    // (which is not synced): a crash replays them.
+                    let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+                    let tickets = records
+                        .into_iter()
+                        .map(|record| log.append(record))
+                        .collect::<Result<Vec<_>, _>>();
+                    let mut span: Option<(u64, u64)> = None;
+                    for ticket in tickets.map_err(StoreError::from)? {
+                        let lsn = ticket.wait()?.lsn;
+                        span = Some((span.map_or(lsn, |(first, _)| first), lsn));
+                    }
+                    if let Some((first, last)) = span {
+                        put_log_applied(&txn, last)?;
+                        let unchecked = self.unchecked.get_or_insert(Unchecked {
+                            first_lsn: first,
+                            bytes: 0,
+                        });
+                        unchecked.bytes += bytes;
+                    }
+                    txn.commit().map_err(|e| self.break_on(e.into()))?;
+                    self.counters.logged.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                txn.commit()?;
+            }
+            self.head = chain;
+            return Ok(results
+                .into_iter()
+                .zip(failed)
+                .map(|(result, failure)| match (result, failure) {
+                    (Some((value, sealed)), _) => Outcome::Applied { value, sealed },
+                    (None, Some(e)) => Outcome::Failed(e),
+                    (None, None) => Outcome::Failed(StoreError::Closed),
+                })
+                .collect());
+        }
+    }
+
+    /// A commit failed after log records may have been made durable: the
+    /// log and the state file may now disagree until a restart replays
+    /// the log, so nothing more is written.
+    fn break_on(&mut self, e: StoreError) -> StoreError {
+        let why = format!("a state file commit failed: {e}");
+        tracing::error!("{why}; restart the node to replay the message log");
+        self.broken = Some(why);
+        e
+    }
+
+    /// The state file now holds every log record up to `through`: they are
+    /// released (and segments holding only them deleted).
+    fn after_checkpoint(&mut self, log: &SegmentLog, through: u64) {
+        self.last_checkpoint = std::time::Instant::now();
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if let Some(unchecked) = self.unchecked.take()
+            && let Err(e) = log.release_all(unchecked.first_lsn..=through)
+        {
+            tracing::warn!("releasing checkpointed message-log records: {e}");
+        }
+    }
+}
+
+/// Records in `txn` that the state file holds the log up to `lsn`.
+pub(crate) fn put_log_applied(txn: &WriteTransaction, lsn: u64) -> Result<(), StoreError> {
+    txn.open_table(crate::store::META)?
+        .insert(LOG_APPLIED_KEY, lsn.to_be_bytes().as_slice())?;
+    Ok(())
 }
 
 fn notifier_loop(rx: &mpsc::Receiver<Completion>) {
@@ -626,11 +844,11 @@ mod tests {
 
     const SCRATCH: TableDefinition<u64, u64> = TableDefinition::new("journal_test_scratch");
 
-    fn put(key: u64) -> Change {
-        Box::new(move |txn| {
+    fn put(key: u64) -> ChangeKind {
+        ChangeKind::State(Box::new(move |txn| {
             txn.open_table(SCRATCH)?.insert(key, key)?;
             Ok((Box::new(key) as Box<dyn Any + Send>, true))
-        })
+        }))
     }
 
     fn keys(store: &Store) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
@@ -652,11 +870,11 @@ mod tests {
     fn stall(journal: &Journal) -> Result<Ticket, StoreError> {
         let (started_tx, started) = mpsc::channel();
         let ticket = journal.submit(
-            Some(Box::new(move |_txn| {
+            Some(ChangeKind::State(Box::new(move |_txn| {
                 let _ = started_tx.send(());
                 std::thread::sleep(Duration::from_millis(300));
                 Ok((Box::new(()) as Box<dyn Any + Send>, false))
-            })),
+            }))),
             Vec::new(),
         )?;
         started.recv().map_err(|_| StoreError::Closed)?;
@@ -673,10 +891,10 @@ mod tests {
         let first = journal.submit(Some(put(1)), Vec::new())?;
         // Writes, then fails: its write must not survive.
         let failing = journal.submit(
-            Some(Box::new(|txn| {
+            Some(ChangeKind::State(Box::new(|txn| {
                 txn.open_table(SCRATCH)?.insert(99, 99)?;
                 Err(StoreError::InvalidValue("refused on purpose"))
-            })),
+            }))),
             Vec::new(),
         )?;
         let third = journal.submit(Some(put(3)), Vec::new())?;
@@ -808,10 +1026,10 @@ mod tests {
         let journal = Arc::clone(store.journal());
         let stalled = stall(&journal)?;
         let panicking = journal.submit(
-            Some(Box::new(|txn| {
+            Some(ChangeKind::State(Box::new(|txn| {
                 txn.open_table(SCRATCH)?.insert(13, 13)?;
                 panic!("a bug in a state change");
-            })),
+            }))),
             Vec::new(),
         )?;
         let neighbour = journal.submit(Some(put(2)), Vec::new())?;

@@ -74,6 +74,12 @@ pub struct LogOptions {
     pub max_batch_bytes: usize,
     /// Most records in one batch.
     pub max_batch_records: usize,
+    /// The log's next LSN is at least this: a caller that already holds
+    /// every record below it (the state file, after a checkpoint) sets it,
+    /// so a log lost or removed by hand never hands out an LSN the caller
+    /// would take for one it holds. Segments holding only records below it
+    /// are removed at open.
+    pub next_lsn_floor: u64,
 }
 
 impl Default for LogOptions {
@@ -83,6 +89,7 @@ impl Default for LogOptions {
             max_record_bytes: 24 << 20,
             max_batch_bytes: 32 << 20,
             max_batch_records: 8192,
+            next_lsn_floor: FIRST_LSN,
         }
     }
 }
@@ -342,11 +349,22 @@ impl SegmentLog {
             elapsed: Duration::ZERO,
         };
         let mut segments = recover(fs.as_ref(), dir, &options, &mut recovery, visit)?;
+        if segments
+            .back()
+            .is_some_and(|last| last.next < options.next_lsn_floor)
+        {
+            for segment in segments.drain(..) {
+                fs.remove(&segment.path)
+                    .map_err(io_error("removing", &segment.path))?;
+            }
+            fs.sync_dir(dir).map_err(io_error("syncing", dir))?;
+        }
         if segments.is_empty() {
             let next = recovery
                 .cut
                 .as_ref()
-                .map_or(FIRST_LSN, |cut| cut.first_lost_lsn);
+                .map_or(FIRST_LSN, |cut| cut.first_lost_lsn)
+                .max(options.next_lsn_floor);
             segments.push_back(create_segment(fs.as_ref(), dir, next)?);
         }
         recovery.segments = segments.len();

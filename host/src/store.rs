@@ -23,9 +23,25 @@
 //!
 //! Every mutating method hands its change to the store's writer thread
 //! ([`crate::journal`]), which group-commits the changes of concurrent
-//! callers in one redb write transaction with
-//! [`redb::Durability::Immediate`]; the method returns once that
-//! transaction is committed: once it returns `Ok`, the change is on disk.
+//! callers in one redb write transaction; the method returns once the
+//! change is durable: once it returns `Ok`, the change is on disk.
+//!
+//! # The message log
+//!
+//! The message path (outbox, inbox, dedupe, stored acknowledgements,
+//! idempotency keys and the audit records that go with them) is made
+//! durable by the message log beside the state file (`state.log/`, see
+//! [`crate::seglog`]) rather than by a durable redb commit: its changes
+//! write through a [`redo::Tx`], each job's writes become one log record,
+//! a batch costs one append and one `fdatasync`, and the redb transaction
+//! is committed without syncing. A checkpoint (a durable redb commit, at
+//! least every [`crate::journal::CHECKPOINT_INTERVAL`] while the log is
+//! ahead, and whenever a batch holds any other change) makes the state
+//! file catch up and releases the log's records; `meta` keeps the last
+//! record the state file holds (`message_log_applied`). On open, every
+//! record past it is replayed, so the tables here are always whole once
+//! [`Store::open`] returns; they are indexes the log can rebuild.
+//!
 //! The `*_in` functions are the same changes applied to a caller's
 //! transaction, for jobs that combine them (e.g. with audit records).
 
@@ -47,6 +63,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::Journal;
 use crate::model::{PeerRecord, SpendSample, SpendWindow};
+use crate::seglog::{LogOptions, SegmentLog, TailCut};
+
+pub(crate) mod redo;
+use redo::{Redo, Tx};
 
 /// Schema version this build writes and understands.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -162,6 +182,9 @@ pub enum StoreError {
     /// The group commit this change was part of failed.
     #[error("{0}")]
     Batch(Arc<StoreError>),
+    /// The message log failed (see [`crate::seglog`]).
+    #[error("{0}")]
+    MessageLog(#[from] crate::seglog::LogError),
 }
 
 macro_rules! redb_from {
@@ -203,6 +226,9 @@ pub struct OutboxEntry {
 pub struct Store {
     db: Arc<Database>,
     journal: Arc<Journal>,
+    log: Arc<SegmentLog>,
+    /// What opening the message log found and replayed.
+    log_recovery: LogReplay,
     path: PathBuf,
     audit_claimed: Arc<AtomicBool>,
     peers: PeerCache,
@@ -470,13 +496,17 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let db = Arc::new(open_database(path)?);
         init_schema(&db, path)?;
+        let (log, log_recovery) = replay_message_log(&db, &message_log_dir(path))?;
+        let log = Arc::new(log);
         let outbox = Arc::new(index_outbox(&db)?);
         let inbox_tip = Arc::new(tokio::sync::watch::Sender::new(last_inbox_seq(&db)?));
         let inbox_usage = Arc::new(index_inbox(&db)?);
         Ok(Store {
             inbox_tip,
             inbox_usage,
-            journal: Arc::new(Journal::start(Arc::clone(&db))?),
+            journal: Arc::new(Journal::start(Arc::clone(&db), Some(Arc::clone(&log)))?),
+            log,
+            log_recovery,
             db,
             path: path.to_path_buf(),
             audit_claimed: Arc::new(AtomicBool::new(false)),
@@ -489,6 +519,97 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// What opening the message log found: records replayed into the
+    /// state file, and a torn tail cut off (to be audited).
+    pub fn log_replay(&self) -> &LogReplay {
+        &self.log_recovery
+    }
+
+    /// The message log's counters and sizes.
+    pub fn log_stats(&self) -> crate::seglog::LogStats {
+        self.log.stats()
+    }
+}
+
+/// The message log's directory for the state file at `path`
+/// (`state.redb` → `state.log/`).
+pub fn message_log_dir(path: &Path) -> PathBuf {
+    path.with_extension("log")
+}
+
+/// What [`Store::open`] did with the message log.
+#[derive(Debug, Clone, Default)]
+pub struct LogReplay {
+    /// Records found in the log.
+    pub records: u64,
+    /// Records past the last checkpoint, applied to the state file.
+    pub replayed: u64,
+    /// A torn tail that was cut off (records never acknowledged).
+    pub cut: Option<TailCut>,
+    /// How long opening and replaying took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// The last message-log record the state file holds.
+fn log_applied(db: &Database) -> Result<u64> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let applied = match meta.get(crate::journal::LOG_APPLIED_KEY)? {
+        Some(v) => decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?,
+        None => 0,
+    };
+    Ok(applied)
+}
+
+/// Opens the message log in `dir` and applies every record the state file
+/// does not hold yet (one durable commit), then releases them all.
+fn replay_message_log(db: &Database, dir: &Path) -> Result<(SegmentLog, LogReplay)> {
+    let started = std::time::Instant::now();
+    let applied = log_applied(db)?;
+    let txn = begin_durable_write(db)?;
+    let mut seen: Option<(u64, u64)> = None;
+    let mut replayed = 0u64;
+    let options = LogOptions {
+        next_lsn_floor: applied + 1,
+        ..LogOptions::default()
+    };
+    let (log, recovery) = SegmentLog::open(dir, options, |pos, payload| {
+        seen = Some((seen.map_or(pos.lsn, |(first, _)| first), pos.lsn));
+        if pos.lsn <= applied {
+            return Ok(());
+        }
+        let ops = redo::decode(payload).map_err(|why| redo::undecodable(pos.lsn, why))?;
+        for op in &ops {
+            redo::apply(&txn, op)?;
+        }
+        replayed += 1;
+        Ok::<(), StoreError>(())
+    })?;
+    if let Some((_, last)) = seen.filter(|(_, last)| *last > applied) {
+        crate::journal::put_log_applied(&txn, last)?;
+    }
+    txn.commit()?;
+    if let Some((first, last)) = seen
+        && last < log.next_lsn()
+    {
+        log.release_all(first..=last)?;
+    }
+    if replayed > 0 {
+        tracing::info!(
+            records = replayed,
+            "message log: replayed records past the last checkpoint into the state file"
+        );
+    }
+    Ok((
+        log,
+        LogReplay {
+            records: recovery.records,
+            replayed,
+            cut: recovery.cut,
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        },
+    ))
 }
 
 /// The outbox index of what is committed (before the writer thread starts).
@@ -611,6 +732,35 @@ impl Store {
             )?
             .wait()?;
         Ok(value)
+    }
+
+    /// [`Store::write_hooked`] for a message-path change: its writes go
+    /// through a [`Tx`] and are made durable by the message log.
+    fn write_logged_hooked<R, F, H>(&self, on_commit: H, mut change: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<R> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
+        let (value, _) = self
+            .journal
+            .submit_logged_hooked(
+                move |tx| Ok((change(tx)?, false)),
+                Vec::new(),
+                Some(on_commit),
+                crate::journal::Persist::Durable,
+            )?
+            .wait()?;
+        Ok(value)
+    }
+
+    /// [`Store::write_logged_hooked`] without a hook.
+    fn write_logged<R, F>(&self, change: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<R> + Send + 'static,
+    {
+        self.write_logged_hooked(|_: &R| {}, change)
     }
 
     // --- peers -------------------------------------------------------------
@@ -896,7 +1046,7 @@ impl Store {
         check_outbox_entry(entry)?;
         let hook = self.outbox_put_hook(entry);
         let entry = entry.clone();
-        self.write_hooked(hook, move |txn| outbox_put_in(txn, &entry))
+        self.write_logged_hooked(hook, move |tx| outbox_put_in(tx, &entry))
     }
 
     /// The commit hook that indexes `entry` once its insertion commits
@@ -934,7 +1084,7 @@ impl Store {
     pub fn outbox_remove(&self, envelope_id: &str) -> Result<bool> {
         let hook = self.outbox_remove_hook(envelope_id);
         let envelope_id = envelope_id.to_string();
-        self.write_hooked(hook, move |txn| outbox_remove_in(txn, &envelope_id))
+        self.write_logged_hooked(hook, move |tx| outbox_remove_in(tx, &envelope_id))
     }
 
     /// Up to `limit` entries whose `next_attempt_ms <= now_ms`, earliest due first.
@@ -991,22 +1141,27 @@ impl Store {
             }
         };
         let envelope_id = envelope_id.to_string();
-        self.write_hooked(hook, move |txn| {
-            let envelope_id = envelope_id.as_str();
-            let mut table = txn.open_table(OUTBOX)?;
-            let current = table.get(envelope_id)?.map(|v| {
-                let (attempts, _, target, bytes) = v.value();
-                (attempts, target.to_string(), bytes.to_vec())
-            });
+        self.write_logged_hooked(hook, move |tx| {
+            let current = tx
+                .txn()
+                .open_table(OUTBOX)?
+                .get(envelope_id.as_str())?
+                .map(|v| {
+                    let (attempts, _, target, bytes) = v.value();
+                    (attempts, target.to_string(), bytes.to_vec())
+                });
             Ok(match current {
                 None => None,
-                Some((attempts, target, bytes)) => {
+                Some((attempts, target, frame)) => {
                     let attempts = attempts.saturating_add(1);
                     let next_attempt_ms = next_attempt(attempts);
-                    table.insert(
-                        envelope_id,
-                        (attempts, next_attempt_ms, target.as_str(), bytes.as_slice()),
-                    )?;
+                    tx.write(Redo::OutboxPut {
+                        id: envelope_id.clone(),
+                        attempts,
+                        next_attempt_ms,
+                        target,
+                        frame,
+                    })?;
                     Some((attempts, next_attempt_ms))
                 }
             })
@@ -1047,15 +1202,16 @@ impl Store {
         check_key(sender)?;
         check_key(envelope_id)?;
         let (sender, envelope_id) = (sender.to_string(), envelope_id.to_string());
-        self.write(move |txn| {
+        self.write_logged(move |tx| {
             let key = (sender.as_str(), envelope_id.as_str());
-            let mut primary = txn.open_table(DEDUPE)?;
-            if primary.get(key)?.is_some() {
+            if tx.txn().open_table(DEDUPE)?.get(key)?.is_some() {
                 return Ok(false);
             }
-            primary.insert(key, seen_ms)?;
-            txn.open_table(DEDUPE_BY_TIME)?
-                .insert((seen_ms, key.0, key.1), ())?;
+            tx.write(Redo::DedupePut {
+                sender: sender.clone(),
+                id: envelope_id.clone(),
+                seen_ms,
+            })?;
             Ok(true)
         })
     }
@@ -1073,10 +1229,10 @@ impl Store {
     /// (oldest first), with their stored acknowledgements, in one
     /// transaction. Returns how many.
     pub fn dedupe_prune_older_than(&self, cutoff_ms: u64, limit: usize) -> Result<u64> {
-        self.write(move |txn| {
-            let mut by_time = txn.open_table(DEDUPE_BY_TIME)?;
-            let mut primary = txn.open_table(DEDUPE)?;
-            let old: Vec<(u64, String, String)> = by_time
+        self.write_logged(move |tx| {
+            let old: Vec<(u64, String, String)> = tx
+                .txn()
+                .open_table(DEDUPE_BY_TIME)?
                 .range(..(cutoff_ms, "", ""))?
                 .take(limit)
                 .map(|row| {
@@ -1086,13 +1242,15 @@ impl Store {
                     })
                 })
                 .collect::<std::result::Result<_, _>>()?;
-            let mut acks = txn.open_table(INBOUND_ACKS)?;
-            for (t, s, e) in &old {
-                by_time.remove((*t, s.as_str(), e.as_str()))?;
-                primary.remove((s.as_str(), e.as_str()))?;
-                acks.remove((s.as_str(), e.as_str()))?;
+            let count = old.len() as u64;
+            for (seen_ms, sender, id) in old {
+                tx.write(Redo::DedupeRemove {
+                    sender,
+                    id,
+                    seen_ms,
+                })?;
             }
-            Ok(old.len() as u64)
+            Ok(count)
         })
     }
 
@@ -1107,10 +1265,10 @@ impl Store {
     /// Forgets up to `limit` idempotency keys first used before
     /// `cutoff_ms`; how many.
     pub fn idempotency_prune_older_than(&self, cutoff_ms: u64, limit: usize) -> Result<u64> {
-        self.write(move |txn| {
-            let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
-            let mut primary = txn.open_table(IDEMPOTENCY)?;
-            let old: Vec<(u64, String)> = by_time
+        self.write_logged(move |tx| {
+            let old: Vec<(u64, String)> = tx
+                .txn()
+                .open_table(IDEMPOTENCY_BY_TIME)?
                 .range(..(cutoff_ms, ""))?
                 .take(limit)
                 .map(|row| {
@@ -1120,11 +1278,11 @@ impl Store {
                     })
                 })
                 .collect::<std::result::Result<_, _>>()?;
-            for (t, key) in &old {
-                by_time.remove((*t, key.as_str()))?;
-                primary.remove(key.as_str())?;
+            let count = old.len() as u64;
+            for (created_ms, key) in old {
+                tx.write(Redo::IdempotencyRemove { key, created_ms })?;
             }
-            Ok(old.len() as u64)
+            Ok(count)
         })
     }
 
@@ -1143,7 +1301,7 @@ impl Store {
     ) -> Result<InboundCommit> {
         let record = InboundRecord::new(sender, envelope_id, seen_ms, inbox_message, ack)?;
         let hook = self.inbound_commit_hook(sender, inbox_message.map_or(0, |m| m.len() as u64));
-        self.write_hooked(hook, move |txn| commit_inbound_in(txn, &record))
+        self.write_logged_hooked(hook, move |tx| commit_inbound_in(tx, &record))
     }
 
     /// The acknowledgement stored for an inbound envelope, if it was
@@ -1164,9 +1322,9 @@ impl Store {
     pub fn inbox_push(&self, message: &[u8]) -> Result<u64> {
         let message = message.to_vec();
         let tip = Arc::clone(&self.inbox_tip);
-        self.write_hooked(
+        self.write_logged_hooked(
             move |seq: &u64| raise_inbox_tip(&tip, *seq),
-            move |txn| push_inbox(txn, &message),
+            move |tx: &mut Tx<'_>| push_inbox(tx, &message),
         )
     }
 
@@ -1217,7 +1375,7 @@ impl Store {
 
     /// Removes message `seq`. Returns whether it existed.
     pub fn inbox_remove(&self, seq: u64) -> Result<bool> {
-        self.write(move |txn| remove_inbox(txn, seq))
+        self.write_logged(move |tx| remove_inbox(tx, seq))
     }
 
     /// Removes every message numbered up to `through_seq` in one
@@ -1231,20 +1389,20 @@ impl Store {
                 usage.sub(sender, *bytes);
             }
         };
-        let removed = self.write_hooked(release, move |txn| {
-            let mut inbox = txn.open_table(INBOX)?;
-            let rows: Vec<(u64, Option<String>, u64)> = inbox
+        let removed = self.write_logged_hooked(release, move |tx| {
+            let rows: Vec<(u64, Option<String>, u64)> = tx
+                .txn()
+                .open_table(INBOX)?
                 .range(..=through_seq)?
                 .map(|row| {
                     row.map(|(k, v)| (k.value(), inbox_sender(v.value()), v.value().len() as u64))
                 })
                 .collect::<std::result::Result<_, _>>()?;
             for (seq, _, _) in &rows {
-                inbox.remove(*seq)?;
+                tx.write(Redo::InboxRemove { seq: *seq })?;
             }
-            drop(inbox);
             if let Some((last, _, _)) = rows.last() {
-                raise_inbox_floor_past(txn, *last)?;
+                raise_inbox_floor_past(tx, *last)?;
             }
             let count = rows.len() as u64;
             let senders = rows
@@ -1295,19 +1453,16 @@ pub(crate) fn check_outbox_entry(entry: &OutboxEntry) -> Result<()> {
     check_key(&entry.target)
 }
 
-/// Inserts or replaces an outbox entry inside `txn` (checked first with
+/// Inserts or replaces an outbox entry inside `tx` (checked first with
 /// [`check_outbox_entry`]).
-pub(crate) fn outbox_put_in(txn: &WriteTransaction, entry: &OutboxEntry) -> Result<()> {
-    txn.open_table(OUTBOX)?.insert(
-        entry.envelope_id.as_str(),
-        (
-            entry.attempts,
-            entry.next_attempt_ms,
-            entry.target.as_str(),
-            &entry.bytes[..],
-        ),
-    )?;
-    Ok(())
+pub(crate) fn outbox_put_in(tx: &mut Tx<'_>, entry: &OutboxEntry) -> Result<()> {
+    tx.write(Redo::OutboxPut {
+        id: entry.envelope_id.clone(),
+        attempts: entry.attempts,
+        next_attempt_ms: entry.next_attempt_ms,
+        target: entry.target.clone(),
+        frame: entry.bytes.to_vec(),
+    })
 }
 
 /// What a send's idempotency key stands for: the request it came with
@@ -1332,29 +1487,31 @@ pub(crate) fn idempotency_get_in(
     Ok(row.and_then(|v| serde_json::from_slice(v.value()).ok()))
 }
 
-/// Records `key` inside `txn` (replacing an expired record of it).
+/// Records `key` inside `tx` (replacing an expired record of it).
 pub(crate) fn idempotency_put_in(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     key: &str,
     record: &IdempotencyRecord,
 ) -> Result<()> {
-    let mut table = txn.open_table(IDEMPOTENCY)?;
-    let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME)?;
-    let old = table
-        .get(key)?
-        .and_then(|v| serde_json::from_slice::<IdempotencyRecord>(v.value()).ok());
-    if let Some(old) = old {
-        by_time.remove((old.created_ms, key))?;
-    }
+    let replaced_ms = idempotency_get_in(tx.txn(), key)?.map(|old| old.created_ms);
     let bytes = serde_json::to_vec(record).expect("idempotency records serialise");
-    table.insert(key, bytes.as_slice())?;
-    by_time.insert((record.created_ms, key), ())?;
-    Ok(())
+    tx.write(Redo::IdempotencyPut {
+        key: key.to_string(),
+        created_ms: record.created_ms,
+        record: bytes,
+        replaced_ms,
+    })
 }
 
-/// Removes an outbox entry inside `txn`; whether it existed.
-pub(crate) fn outbox_remove_in(txn: &WriteTransaction, envelope_id: &str) -> Result<bool> {
-    Ok(txn.open_table(OUTBOX)?.remove(envelope_id)?.is_some())
+/// Removes an outbox entry inside `tx`; whether it existed.
+pub(crate) fn outbox_remove_in(tx: &mut Tx<'_>, envelope_id: &str) -> Result<bool> {
+    let existed = tx.txn().open_table(OUTBOX)?.get(envelope_id)?.is_some();
+    if existed {
+        tx.write(Redo::OutboxRemove {
+            id: envelope_id.to_string(),
+        })?;
+    }
+    Ok(existed)
 }
 
 /// What [`Store::remove_peer`] removed with a peer.
@@ -1395,24 +1552,29 @@ impl InboundRecord {
     }
 }
 
-/// [`Store::commit_inbound`] inside `txn`.
-pub(crate) fn commit_inbound_in(
-    txn: &WriteTransaction,
-    record: &InboundRecord,
-) -> Result<InboundCommit> {
+/// [`Store::commit_inbound`] inside `tx`.
+pub(crate) fn commit_inbound_in(tx: &mut Tx<'_>, record: &InboundRecord) -> Result<InboundCommit> {
     let key = (record.sender.as_str(), record.envelope_id.as_str());
-    let mut dedupe = txn.open_table(DEDUPE)?;
-    let mut acks = txn.open_table(INBOUND_ACKS)?;
-    if dedupe.get(key)?.is_some() {
-        let stored = acks.get(key)?.map(|v| v.value().to_vec());
+    if tx.txn().open_table(DEDUPE)?.get(key)?.is_some() {
+        let stored = tx
+            .txn()
+            .open_table(INBOUND_ACKS)?
+            .get(key)?
+            .map(|v| v.value().to_vec());
         return Ok(InboundCommit::Duplicate { ack: stored });
     }
-    dedupe.insert(key, record.seen_ms)?;
-    txn.open_table(DEDUPE_BY_TIME)?
-        .insert((record.seen_ms, key.0, key.1), ())?;
-    acks.insert(key, record.ack.as_slice())?;
+    tx.write(Redo::DedupePut {
+        sender: record.sender.clone(),
+        id: record.envelope_id.clone(),
+        seen_ms: record.seen_ms,
+    })?;
+    tx.write(Redo::AckPut {
+        sender: record.sender.clone(),
+        id: record.envelope_id.clone(),
+        ack: record.ack.clone(),
+    })?;
     let inbox_seq = match &record.inbox_message {
-        Some(message) => Some(push_inbox(txn, message)?),
+        Some(message) => Some(push_inbox(tx, message)?),
         None => None,
     };
     Ok(InboundCommit::Fresh { inbox_seq })
@@ -1542,12 +1704,18 @@ pub enum InboundCommit {
 /// in `meta` (`inbox_next_seq`), which only a removal of the newest
 /// message has to raise; pushing does not write `meta` (one B-tree update
 /// less per inbound message).
-fn push_inbox(txn: &WriteTransaction, message: &[u8]) -> Result<u64> {
-    let floor = inbox_floor(txn)?;
-    let mut inbox = txn.open_table(INBOX)?;
-    let after_last = inbox.last()?.map_or(1, |(k, _)| k.value() + 1);
+fn push_inbox(tx: &mut Tx<'_>, message: &[u8]) -> Result<u64> {
+    let floor = inbox_floor(tx.txn())?;
+    let after_last = tx
+        .txn()
+        .open_table(INBOX)?
+        .last()?
+        .map_or(1, |(k, _)| k.value() + 1);
     let seq = floor.max(after_last);
-    inbox.insert(seq, message)?;
+    tx.write(Redo::InboxPut {
+        seq,
+        message: message.to_vec(),
+    })?;
     Ok(seq)
 }
 
@@ -1582,20 +1750,23 @@ fn inbox_floor(txn: &WriteTransaction) -> Result<u64> {
 
 /// Removes inbox message `seq` inside `txn`, raising the floor past it so
 /// its number is never handed out again.
-fn remove_inbox(txn: &WriteTransaction, seq: u64) -> Result<bool> {
-    let existed = txn.open_table(INBOX)?.remove(seq)?.is_some();
+fn remove_inbox(tx: &mut Tx<'_>, seq: u64) -> Result<bool> {
+    let existed = tx.txn().open_table(INBOX)?.get(seq)?.is_some();
     if existed {
-        raise_inbox_floor_past(txn, seq)?;
+        tx.write(Redo::InboxRemove { seq })?;
+        raise_inbox_floor_past(tx, seq)?;
     }
     Ok(existed)
 }
 
 /// Makes sure inbox number `seq` (removed) is never handed out again, even
 /// when it was the newest.
-fn raise_inbox_floor_past(txn: &WriteTransaction, seq: u64) -> Result<()> {
-    if seq >= inbox_floor(txn)? {
-        txn.open_table(META)?
-            .insert(INBOX_NEXT_KEY, (seq + 1).to_be_bytes().as_slice())?;
+fn raise_inbox_floor_past(tx: &mut Tx<'_>, seq: u64) -> Result<()> {
+    if seq >= inbox_floor(tx.txn())? {
+        tx.write(Redo::MetaPut {
+            key: INBOX_NEXT_KEY.to_string(),
+            value: (seq + 1).to_be_bytes().to_vec(),
+        })?;
     }
     Ok(())
 }

@@ -256,6 +256,34 @@ impl Node {
         node
     }
 
+    /// A node home unpacked from `tests/homes/<archive>` (a `.tar.gz`
+    /// holding one home directory named `name`), sharing the test plugin
+    /// cache: homes made by earlier releases, for upgrade tests.
+    pub fn from_archive(archive: &str, name: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/homes")
+            .join(archive);
+        let out = Command::new("tar")
+            .arg("xzf")
+            .arg(&source)
+            .arg("-C")
+            .arg(dir.path())
+            .output()
+            .expect("running tar");
+        assert!(out.status.success(), "unpacking {archive}: {out:?}");
+        let home = dir.path().join("home");
+        std::fs::rename(dir.path().join(name), &home).expect("naming the home");
+        std::os::unix::fs::symlink(shared_cache(), home.join("cache"))
+            .expect("linking the shared plugin cache");
+        Node {
+            daemon: None,
+            home,
+            dir,
+            logs: 0,
+        }
+    }
+
     /// Runs the CLI against this home.
     pub fn run(&self, args: &[&str]) -> Run {
         agentfed(&self.home, args)

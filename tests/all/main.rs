@@ -23,6 +23,7 @@ mod mesh_netns;
 mod mesh_render;
 mod mesh_rotation;
 mod mesh_stage;
+mod message_log;
 mod netns;
 mod node;
 mod plugin_chain;
