@@ -21,12 +21,20 @@
 //!   the caller.
 //! * `retention`: N records, each released 1,000 records after it was
 //!   written (messages acknowledged or drained): the log's steady size.
+//! * `message path`: M messages (default 1,000,000, 1 KB payloads)
+//!   through a sender's store (outbox put, `message_sent` record, outbox
+//!   removal on acknowledgement, `delivered` record) and a receiver's
+//!   (dedupe + inbox + stored ack, `message_received` record, inbox drained
+//!   every 1,000): bytes on disk per message, and the state file and log
+//!   sizes afterwards (`AGENTFED_BENCH_MESSAGES` sets M).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use agentfed::audit::{AuditConfig, AuditEvent, AuditLog, EventType};
 use agentfed::seglog::{LogError, LogOptions, SegmentLog};
+use agentfed::store::{OutboxEntry, STATE_FILE, Store, message_log_dir};
 use redb::{Database, Durability, TableDefinition};
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("bench");
@@ -251,6 +259,123 @@ fn retention(records: u64) {
     );
 }
 
+fn dir_bytes(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| dir_bytes(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
+}
+
+fn message_path(messages: u64) {
+    let dir = bench_dir();
+    let sender_path = dir.path().join("sender").join(STATE_FILE);
+    let receiver_path = dir.path().join("receiver").join(STATE_FILE);
+    for path in [&sender_path, &receiver_path] {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("home");
+    }
+    let sender = Arc::new(Store::open(&sender_path).expect("sender store"));
+    let receiver = Arc::new(Store::open(&receiver_path).expect("receiver store"));
+    let sender_audit = Arc::new(AuditLog::open(&sender, AuditConfig::default()).expect("audit"));
+    let receiver_audit =
+        Arc::new(AuditLog::open(&receiver, AuditConfig::default()).expect("audit"));
+    let payload = body(1024, 0);
+    let threads = 16u64;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (sender, receiver) = (sender.clone(), receiver.clone());
+            let (sender_audit, receiver_audit) = (sender_audit.clone(), receiver_audit.clone());
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                for n in (t..messages).step_by(threads as usize) {
+                    let id = format!("{n:032x}");
+                    sender
+                        .outbox_put(&OutboxEntry {
+                            envelope_id: id.clone(),
+                            target: "receiver".into(),
+                            bytes: payload.clone().into(),
+                            attempts: 0,
+                            next_attempt_ms: n,
+                        })
+                        .expect("outbox put");
+                    sender_audit
+                        .submit(
+                            AuditEvent::new(EventType::MessageSent, format!("{id} queued"))
+                                .with_peer("receiver"),
+                        )
+                        .expect("audit");
+                    receiver
+                        .commit_inbound(
+                            "sender",
+                            &id,
+                            n,
+                            Some(&payload),
+                            b"{\"status\":\"accepted\"}",
+                        )
+                        .expect("inbound");
+                    receiver_audit
+                        .submit(
+                            AuditEvent::new(EventType::MessageReceived, format!("{id} received"))
+                                .with_peer("sender"),
+                        )
+                        .expect("audit");
+                    sender.outbox_remove(&id).expect("outbox remove");
+                    sender_audit
+                        .submit(
+                            AuditEvent::new(EventType::MessageSent, format!("{id} delivered"))
+                                .with_peer("receiver"),
+                        )
+                        .expect("audit");
+                    if t == 0 && n % 1_000 == 0 {
+                        receiver.inbox_remove_through(u64::MAX).expect("drain");
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    receiver.inbox_remove_through(u64::MAX).expect("drain");
+    let elapsed = started.elapsed();
+    let (sender_stats, receiver_stats) = (sender.commit_stats(), receiver.commit_stats());
+    let live_log =
+        dir_bytes(&message_log_dir(&sender_path)) + dir_bytes(&message_log_dir(&receiver_path));
+    drop((sender_audit, receiver_audit));
+    drop((sender, receiver));
+    let redb = dir_bytes(&sender_path) + dir_bytes(&receiver_path);
+    let log =
+        dir_bytes(&message_log_dir(&sender_path)) + dir_bytes(&message_log_dir(&receiver_path));
+    println!(
+        "store: {messages} messages of 1 KB through a sender's and a receiver's store in {:.1} s ({:.0} messages/s; \
+         {} / {} batches, {} / {} by the log, {} / {} checkpoints)",
+        elapsed.as_secs_f64(),
+        messages as f64 / elapsed.as_secs_f64(),
+        sender_stats.commits,
+        receiver_stats.commits,
+        sender_stats.logged,
+        receiver_stats.logged,
+        sender_stats.checkpoints,
+        receiver_stats.checkpoints,
+    );
+    println!(
+        "store: on disk after, inboxes drained: state files {:.1} MiB ({:.0} bytes per message: audit records, \
+         the 7-day dedupe window and acks), message logs {:.1} MiB while running, {:.1} MiB after a clean stop",
+        redb as f64 / (1 << 20) as f64,
+        redb as f64 / messages as f64,
+        live_log as f64 / (1 << 20) as f64,
+        log as f64 / (1 << 20) as f64,
+    );
+}
+
 fn main() {
     // `cargo test --benches` runs this with `--test`: keep that quick.
     let quick = std::env::args().any(|a| a == "--test");
@@ -266,4 +391,9 @@ fn main() {
     }
     recovery(records);
     retention(records);
+    let messages = std::env::var("AGENTFED_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 5_000 } else { 1_000_000 });
+    message_path(messages);
 }

@@ -31,10 +31,10 @@
 //!     receiver; 16 threads send, and the `send` call's own latency
 //!     is reported too. `AGENTFED_BENCH_DUMP=FILE` writes each message's
 //!     scheduled offset and latency (ms) to FILE, to look for stalls;
-//! (c) `query ping` round trips idle and while 16 context-shares of ~1 MB
-//!     each (16 MB in all) are in flight. A single 16 MB context-share
-//!     cannot be submitted: control requests are capped at 1 MiB
-//!     (`MAX_REQUEST_BYTES`).
+//! (c) `query ping` round trips idle and while 4 context-shares of 15 MiB
+//!     each (60 MiB in all, each near the wire's 16 MiB frame limit) are
+//!     in flight: queued through the control API's large-request slots,
+//!     PII-scanned on both sides, written to both message logs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,8 +57,8 @@ const RATE_SENDERS: usize = 16;
 /// Duration of the fixed-rate run in (b).
 const RATE_RUN: Duration = Duration::from_secs(10);
 /// Context-shares in (c) and the size of each payload string.
-const SHARES: usize = 16;
-const SHARE_BYTES: usize = 1_000_000;
+const SHARES: usize = 4;
+const SHARE_BYTES: usize = 15 << 20;
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -77,15 +77,16 @@ pub struct LogOptions {
     /// The log's next LSN is at least this: a caller that already holds
     /// every record below it (the state file, after a checkpoint) sets it,
     /// so a log lost or removed by hand never hands out an LSN the caller
-    /// would take for one it holds. Segments holding only records below it
-    /// are removed at open.
+    /// would take for one it holds. When every record is below it (say,
+    /// after a clean stop), the segments are removed at open and the log
+    /// starts afresh at it.
     pub next_lsn_floor: u64,
 }
 
 impl Default for LogOptions {
     fn default() -> LogOptions {
         LogOptions {
-            segment_bytes: 64 << 20,
+            segment_bytes: 16 << 20,
             max_record_bytes: 24 << 20,
             max_batch_bytes: 32 << 20,
             max_batch_records: 8192,
@@ -349,10 +350,10 @@ impl SegmentLog {
             elapsed: Duration::ZERO,
         };
         let mut segments = recover(fs.as_ref(), dir, &options, &mut recovery, visit)?;
-        if segments
-            .back()
-            .is_some_and(|last| last.next < options.next_lsn_floor)
-        {
+        if segments.back().is_some_and(|last| {
+            let floor = options.next_lsn_floor;
+            last.next < floor || (last.next == floor && last.first < floor)
+        }) {
             for segment in segments.drain(..) {
                 fs.remove(&segment.path)
                     .map_err(io_error("removing", &segment.path))?;

@@ -76,9 +76,11 @@ pub fn status(home: &Path, out: JsonFlag) -> CliResult {
     println!("audit records {}", text(&s["audit_records"]));
     println!("outbox        {}", text(&s["outbox"]));
     println!(
-        "commits       {} durable, carrying {} changes",
+        "commits       {} batches carrying {} changes; {} made durable by the message log, {} checkpoints",
         text(&s["store_commits"]["commits"]),
-        text(&s["store_commits"]["jobs"])
+        text(&s["store_commits"]["jobs"]),
+        text(&s["store_commits"]["logged"]),
+        text(&s["store_commits"]["checkpoints"])
     );
     println!(
         "signatures    {} verified in batches, {} alone",

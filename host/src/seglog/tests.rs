@@ -466,3 +466,34 @@ fn on_a_real_disk_the_log_is_private_and_a_torn_tail_is_cut() -> TestResult {
     assert_eq!(head, None, "the torn record is gone from the file");
     Ok(())
 }
+
+#[test]
+fn a_floor_above_every_record_starts_the_log_afresh_there() -> TestResult {
+    let fs = SimFs::new();
+    let (log, _, _) = open_sim(&fs, small_segments())?;
+    for n in 1..=30 {
+        log.append_durable(payload(n))?;
+    }
+    drop(log);
+    // The caller holds records up to 30: the old segments go.
+    let floor = LogOptions {
+        next_lsn_floor: 31,
+        ..small_segments()
+    };
+    let (log, _, records) = open_sim(&fs, floor.clone())?;
+    assert_eq!(records.len(), 30, "records are still handed over first");
+    assert_eq!(fs.list(&dir())?, vec![frame::segment_name(31)]);
+    assert_eq!(log.append_durable(payload(31))?.lsn, 31);
+    drop(log);
+    // A log lost by hand never reuses a number the caller holds.
+    for name in fs.list(&dir())? {
+        fs.remove(&dir().join(name))?;
+    }
+    let floor = LogOptions {
+        next_lsn_floor: 500,
+        ..small_segments()
+    };
+    let (log, _, _) = open_sim(&fs, floor)?;
+    assert_eq!(log.append_durable(payload(500))?.lsn, 500);
+    Ok(())
+}
