@@ -1112,11 +1112,14 @@ fn recover_head(db: &Database) -> Result<ChainHead, AuditError> {
 
 /// Chains `events` onto `head` and writes them inside `txn`, all stamped
 /// `ts_ms`; advances `head` (the caller keeps the old one until commit).
+/// With `rows`, each written row is also handed back (seq, bytes), for the
+/// message log.
 pub(crate) fn write_chained(
     txn: &WriteTransaction,
     head: &mut ChainHead,
     events: &[PreparedEvent],
     ts_ms: u64,
+    mut rows: Option<&mut Vec<(u64, Vec<u8>)>>,
 ) -> Result<Vec<Sealed>, StoreError> {
     let mut table = txn.open_table(AUDIT)?;
     let mut sealed = Vec::with_capacity(events.len());
@@ -1142,6 +1145,9 @@ pub(crate) fn write_chained(
         serde_json::to_writer(&mut buf, &row)
             .map_err(|_| StoreError::InvalidValue("audit record does not serialize"))?;
         table.insert(seq, buf.as_slice())?;
+        if let Some(rows) = rows.as_mut() {
+            rows.push((seq, buf.clone()));
+        }
         let prev_hash = std::mem::replace(&mut head.hash, hash.clone());
         head.seq = seq;
         head.ts_ms = ts_ms;

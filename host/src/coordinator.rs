@@ -3626,21 +3626,22 @@ impl AuditThrottle {
 
 /// The sender's side of protocol §9.5: a frame the peer would refuse for
 /// its size or shape (at its level in this node's view) is not sent.
-fn check_outbound_size(message_type: &str, level: TrustLevel, frame: &[u8]) -> Result<()> {
+fn check_outbound_size(
+    message_type: &str,
+    level: TrustLevel,
+    frame_bytes: usize,
+    shape: &crate::limits::Shape,
+) -> Result<()> {
     let limit = crate::limits::inbound_limit(message_type, level);
-    if frame.len() > limit.frame_bytes {
+    if frame_bytes > limit.frame_bytes {
         return Err(CoordError::MessageTooLarge {
             message_type: clip(message_type),
-            bytes: frame.len(),
+            bytes: frame_bytes,
             limit: limit.frame_bytes,
             level,
         });
     }
-    let within = envelope::SignedEnvelope::from_frame(frame)
-        .ok()
-        .and_then(|signed| crate::limits::parse_head(&signed.bytes).ok())
-        .is_some_and(|head| head.payload.within(&limit.shape));
-    if !within {
+    if !shape.within(&limit.shape) {
         return Err(CoordError::ShapeTooLarge {
             message_type: clip(message_type),
             level,
@@ -4796,6 +4797,9 @@ impl Coordinator {
             &request.message_type,
             &mut payload,
         )?;
+        // Counted on the tree before it is signed: the same count the
+        // receiver makes of the frame's text (§9.5).
+        let shape = crate::limits::Shape::of_value(&payload);
         let now = self.now();
         let envelope = Envelope {
             id: envelope::ordered_id(now),
@@ -4810,7 +4814,12 @@ impl Coordinator {
             budget,
         };
         let frame = envelope.sign(&self.identity).to_frame();
-        check_outbound_size(&request.message_type, record.trust_level, &frame)?;
+        check_outbound_size(
+            &request.message_type,
+            record.trust_level,
+            frame.len(),
+            &shape,
+        )?;
         Ok((
             SendReceipt {
                 envelope_id: envelope.id,

@@ -86,6 +86,11 @@ pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_s
 /// Message-log bytes after which a checkpoint is due sooner.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 
+/// A batch of message-path changes larger than this is made durable by a
+/// commit of the state file, not by the log (which would write it twice):
+/// bulk payloads (a 16 MiB context-share) cost one write, not two.
+pub const LOG_AT_MOST_BYTES: usize = 1 << 20;
+
 /// The `meta` key of the last message-log record the state file holds.
 pub(crate) const LOG_APPLIED_KEY: &str = "message_log_applied";
 
@@ -689,10 +694,18 @@ impl Writer<'_> {
                         let _ = txn.abort();
                         continue 'attempt;
                     };
-                    let before = chain.seq;
-                    let sealed = audit::write_chained(&txn, chain, &job.events, ts_ms)?;
+                    let mut rows = Vec::new();
+                    let sealed = audit::write_chained(
+                        &txn,
+                        chain,
+                        &job.events,
+                        ts_ms,
+                        (!durable).then_some(&mut rows),
+                    )?;
                     if !durable {
-                        redo::note_audit_rows(&mut tx, before + 1, chain.seq)?;
+                        for (seq, row) in rows {
+                            tx.note(Redo::AuditPut { seq, row });
+                        }
                         tx.note(Redo::MetaPut {
                             key: audit::HEAD_KEY.to_string(),
                             value: audit::head_bytes(chain),
@@ -713,6 +726,15 @@ impl Writer<'_> {
             {
                 audit::write_head(&txn, chain)?;
             }
+            // A batch this large would be written twice (log, then state
+            // file): one durable commit of the state file writes it once.
+            let logged_bytes: usize = records.iter().map(Vec::len).sum();
+            let durable = if !durable && logged_bytes > LOG_AT_MOST_BYTES {
+                txn.set_durability(Durability::Immediate)?;
+                true
+            } else {
+                durable
+            };
             if let Some(log) = self.log.clone() {
                 if durable {
                     // Everything logged so far is in this durable state.
@@ -723,17 +745,13 @@ impl Writer<'_> {
                 } else {
                     // The records are durable before the state file commit
                     // (which is not synced): a crash replays them.
-                    let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
-                    let tickets = records
-                        .into_iter()
-                        .map(|record| log.append(record))
-                        .collect::<Result<Vec<_>, _>>();
-                    let mut span: Option<(u64, u64)> = None;
-                    for ticket in tickets.map_err(StoreError::from)? {
-                        let lsn = ticket.wait()?.lsn;
-                        span = Some((span.map_or(lsn, |(first, _)| first), lsn));
-                    }
-                    if let Some((first, last)) = span {
+                    let bytes = logged_bytes as u64;
+                    let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                    let positions = log.append_batch(&payloads)?;
+                    if let (Some(first), Some(last)) = (
+                        positions.first().map(|p| p.lsn),
+                        positions.last().map(|p| p.lsn),
+                    ) {
                         put_log_applied(&txn, last)?;
                         let unchecked = self.unchecked.get_or_insert(Unchecked {
                             first_lsn: first,

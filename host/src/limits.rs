@@ -164,6 +164,15 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The shape of a payload already in memory, counted exactly as
+    /// [`parse_head`] counts its JSON text (the sender's side of the check,
+    /// without parsing the signed frame again).
+    pub fn of_value(value: &serde_json::Value) -> Shape {
+        let mut shape = Shape::default();
+        count_value(value, 0, &mut shape);
+        shape
+    }
+
     /// Whether the payload stays within `limits`.
     pub fn within(&self, limits: &ShapeLimits) -> bool {
         self.elements <= limits.max_elements
@@ -241,6 +250,32 @@ fn count_payload<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Shape, D:
     }
     .deserialize(deserializer)?;
     Ok(shape)
+}
+
+fn count_value(value: &serde_json::Value, depth: u32, shape: &mut Shape) {
+    use serde_json::Value;
+    shape.elements += 1;
+    match value {
+        Value::String(s) => {
+            shape.strings += 1;
+            shape.string_bytes += s.len() as u64;
+        }
+        Value::Array(items) => {
+            shape.depth = shape.depth.max(depth + 1);
+            for item in items {
+                count_value(item, depth + 1, shape);
+            }
+        }
+        Value::Object(members) => {
+            shape.depth = shape.depth.max(depth + 1);
+            for member in members.values() {
+                // The key is one element, as in the parser's count.
+                shape.elements += 1;
+                count_value(member, depth + 1, shape);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 /// Counts one value and everything in it into `shape`.
@@ -366,6 +401,22 @@ mod tests {
         .to_string();
         head.replace("\"payload\":null", &format!("\"payload\":{payload_json}"))
             .into_bytes()
+    }
+
+    #[test]
+    fn a_payload_in_memory_is_counted_as_its_json_text_is() {
+        for payload in [
+            json!(null),
+            json!("text"),
+            json!({"a":[1,"xy",{"b":null}],"c":"q\u{e9}"}),
+            json!([[[[]]], {}, {"k": [true, false, 1.5, -3, "s"]}]),
+            json!({"deep": {"er": {"still": ["a", {"x": "y"}]}}}),
+        ] {
+            let parsed = parse_head(&envelope_bytes(&payload.to_string()))
+                .unwrap()
+                .payload;
+            assert_eq!(Shape::of_value(&payload), parsed, "{payload}");
+        }
     }
 
     #[test]

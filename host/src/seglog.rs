@@ -231,6 +231,10 @@ struct Shared {
     dir: PathBuf,
     options: LogOptions,
     state: Mutex<State>,
+    /// Held while a batch is written: the writer thread and
+    /// [`SegmentLog::append_batch`] callers take turns. Holds the encoding
+    /// buffer, reused between batches.
+    writing: Mutex<Vec<u8>>,
     poisoned: Mutex<Option<String>>,
     records: AtomicU64,
     batches: AtomicU64,
@@ -375,6 +379,7 @@ impl SegmentLog {
             dir: dir.to_path_buf(),
             options,
             state: Mutex::new(State { segments }),
+            writing: Mutex::new(Vec::new()),
             poisoned: Mutex::new(None),
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -426,6 +431,29 @@ impl SegmentLog {
     /// Appends one record and waits until it is durable.
     pub fn append_durable(&self, payload: Vec<u8>) -> Result<RecordPos, LogError> {
         self.append(payload)?.wait()
+    }
+
+    /// Writes `payloads` as one batch (one write, one `fdatasync`) on the
+    /// calling thread, between the writer thread's batches: for a caller
+    /// that does its own grouping (the store's journal), saving the hand-off
+    /// to the writer thread and back. Durable when it returns `Ok`.
+    pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Vec<RecordPos>, LogError> {
+        let max = self.shared.options.max_record_bytes;
+        if let Some(big) = payloads.iter().find(|p| p.len() > max as usize) {
+            return Err(LogError::TooLarge {
+                len: big.len(),
+                max,
+            });
+        }
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut buffer = self.shared.lock_writing();
+        let positions = write_batch(&self.shared, payloads, &mut buffer);
+        if buffer.capacity() > 4 << 20 {
+            *buffer = Vec::new();
+        }
+        positions
     }
 
     /// Reads a durable record back.
@@ -608,6 +636,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_writing(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn poison_reason(&self) -> Option<String> {
         self.poisoned
             .lock()
@@ -623,7 +655,6 @@ impl Shared {
 }
 
 fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
-    let mut buffer = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut bytes = first.payload.len();
         let mut batch = vec![first];
@@ -638,7 +669,15 @@ fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match write_batch(shared, &batch, &mut buffer) {
+        let payloads: Vec<&[u8]> = batch.iter().map(|job| job.payload.as_slice()).collect();
+        let mut buffer = shared.lock_writing();
+        let written = write_batch(shared, &payloads, &mut buffer);
+        // Large batches leave a large buffer behind; do not keep it.
+        if buffer.capacity() > 4 << 20 {
+            *buffer = Vec::new();
+        }
+        drop(buffer);
+        match written {
             Ok(positions) => {
                 for (job, pos) in batch.into_iter().zip(positions) {
                     let _ = job.reply.send(Ok(pos));
@@ -651,17 +690,14 @@ fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
                 }
             }
         }
-        // Large batches leave a large buffer behind; do not keep it.
-        if buffer.capacity() > 4 << 20 {
-            buffer = Vec::new();
-        }
     }
 }
 
-/// Writes one batch at the end of the active segment and syncs it.
+/// Writes one batch at the end of the active segment and syncs it (the
+/// caller holds [`Shared::writing`], whose buffer is `buffer`).
 fn write_batch(
     shared: &Shared,
-    batch: &[Job],
+    batch: &[&[u8]],
     buffer: &mut Vec<u8>,
 ) -> Result<Vec<RecordPos>, LogError> {
     if let Some(why) = shared.poison_reason() {
@@ -681,15 +717,15 @@ fn write_batch(
     };
     buffer.clear();
     let mut positions = Vec::with_capacity(batch.len());
-    for (index, job) in batch.iter().enumerate() {
+    for (index, payload) in batch.iter().enumerate() {
         let lsn = first_lsn + index as u64;
         positions.push(RecordPos {
             lsn,
             segment,
             offset: offset + buffer.len() as u64,
-            len: job.payload.len() as u32,
+            len: payload.len() as u32,
         });
-        frame::encode_record(buffer, lsn, index as u32, &job.payload);
+        frame::encode_record(buffer, lsn, index as u32, payload);
     }
     file.write_all_at(buffer, offset)
         .and_then(|()| file.sync_data())

@@ -17,7 +17,7 @@
 //! then each operation as a tag byte and its fields; strings and byte
 //! strings are a u32 length and the bytes.
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::WriteTransaction;
 
 use super::{
     DEDUPE, DEDUPE_BY_TIME, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, INBOUND_ACKS, INBOX, META, OUTBOX,
@@ -200,24 +200,6 @@ pub(crate) fn apply(txn: &WriteTransaction, op: &Redo) -> Result<()> {
         Redo::AuditPut { seq, row } => {
             txn.open_table(AUDIT)?.insert(*seq, row.as_slice())?;
         }
-    }
-    Ok(())
-}
-
-/// Logs, as [`Redo::AuditPut`], the audit records `first..=last` the chain
-/// writer just put in `txn`.
-pub(crate) fn note_audit_rows(tx: &mut Tx<'_>, first: u64, last: u64) -> Result<()> {
-    if first > last {
-        return Ok(());
-    }
-    let table = tx.txn().open_table(AUDIT)?;
-    let rows: Vec<(u64, Vec<u8>)> = table
-        .range(first..=last)?
-        .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
-        .collect::<std::result::Result<_, _>>()?;
-    drop(table);
-    for (seq, row) in rows {
-        tx.note(Redo::AuditPut { seq, row });
     }
     Ok(())
 }
