@@ -658,7 +658,8 @@ impl Writer<'_> {
                 .map_or_else(audit::now_ms, |c| c.now_ms());
             let ts_ms = now.max(chain.as_ref().map_or(0, |h| h.ts_ms));
             let mut results: Vec<Option<Applied>> = Vec::with_capacity(batch.len());
-            let mut records: Vec<Vec<u8>> = Vec::new();
+            let mut logged: Vec<Vec<Redo>> = Vec::new();
+            let mut logged_bytes = 0usize;
             for (job, failure) in batch.iter_mut().zip(failed.iter_mut()) {
                 if failure.is_some() {
                     results.push(None);
@@ -715,9 +716,10 @@ impl Writer<'_> {
                 } else {
                     Vec::new()
                 };
-                let logged = tx.into_redo();
-                if !durable && !logged.is_empty() {
-                    records.push(redo::encode(&logged));
+                let redo = tx.into_redo();
+                if !durable && !redo.is_empty() {
+                    logged_bytes += redo::encoded_size(&redo);
+                    logged.push(redo);
                 }
                 results.push(Some((value, sealed)));
             }
@@ -728,7 +730,6 @@ impl Writer<'_> {
             }
             // A batch this large would be written twice (log, then state
             // file): one durable commit of the state file writes it once.
-            let logged_bytes: usize = records.iter().map(Vec::len).sum();
             let durable = if !durable && logged_bytes > LOG_AT_MOST_BYTES {
                 txn.set_durability(Durability::Immediate)?;
                 true
@@ -745,7 +746,9 @@ impl Writer<'_> {
                 } else {
                     // The records are durable before the state file commit
                     // (which is not synced): a crash replays them.
-                    let bytes = logged_bytes as u64;
+                    let records: Vec<Vec<u8>> =
+                        logged.iter().map(|redo| redo::encode(redo)).collect();
+                    let bytes = records.iter().map(|r| r.len() as u64).sum::<u64>();
                     let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
                     let positions = log.append_batch(&payloads)?;
                     if let (Some(first), Some(last)) = (

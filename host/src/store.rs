@@ -1148,7 +1148,11 @@ impl Store {
                 .get(envelope_id.as_str())?
                 .map(|v| {
                     let (attempts, _, target, bytes) = v.value();
-                    (attempts, target.to_string(), bytes.to_vec())
+                    (
+                        attempts,
+                        target.to_string(),
+                        bytes::Bytes::copy_from_slice(bytes),
+                    )
                 });
             Ok(match current {
                 None => None,
@@ -1320,11 +1324,11 @@ impl Store {
     /// are never reused, even after the newest message is removed (the
     /// floor below which numbers are taken lives in `meta` under `inbox_next_seq`).
     pub fn inbox_push(&self, message: &[u8]) -> Result<u64> {
-        let message = message.to_vec();
+        let message = bytes::Bytes::copy_from_slice(message);
         let tip = Arc::clone(&self.inbox_tip);
         self.write_logged_hooked(
             move |seq: &u64| raise_inbox_tip(&tip, *seq),
-            move |tx: &mut Tx<'_>| push_inbox(tx, &message),
+            move |tx: &mut Tx<'_>| push_inbox(tx, message.clone()),
         )
     }
 
@@ -1461,7 +1465,7 @@ pub(crate) fn outbox_put_in(tx: &mut Tx<'_>, entry: &OutboxEntry) -> Result<()> 
         attempts: entry.attempts,
         next_attempt_ms: entry.next_attempt_ms,
         target: entry.target.clone(),
-        frame: entry.bytes.to_vec(),
+        frame: entry.bytes.clone(),
     })
 }
 
@@ -1527,7 +1531,7 @@ pub(crate) struct InboundRecord {
     sender: String,
     envelope_id: String,
     seen_ms: u64,
-    inbox_message: Option<Vec<u8>>,
+    inbox_message: Option<bytes::Bytes>,
     ack: Vec<u8>,
 }
 
@@ -1546,7 +1550,7 @@ impl InboundRecord {
             sender: sender.to_string(),
             envelope_id: envelope_id.to_string(),
             seen_ms,
-            inbox_message: inbox_message.map(<[u8]>::to_vec),
+            inbox_message: inbox_message.map(bytes::Bytes::copy_from_slice),
             ack: ack.to_vec(),
         })
     }
@@ -1574,7 +1578,7 @@ pub(crate) fn commit_inbound_in(tx: &mut Tx<'_>, record: &InboundRecord) -> Resu
         ack: record.ack.clone(),
     })?;
     let inbox_seq = match &record.inbox_message {
-        Some(message) => Some(push_inbox(tx, message)?),
+        Some(message) => Some(push_inbox(tx, message.clone())?),
         None => None,
     };
     Ok(InboundCommit::Fresh { inbox_seq })
@@ -1704,7 +1708,7 @@ pub enum InboundCommit {
 /// in `meta` (`inbox_next_seq`), which only a removal of the newest
 /// message has to raise; pushing does not write `meta` (one B-tree update
 /// less per inbound message).
-fn push_inbox(tx: &mut Tx<'_>, message: &[u8]) -> Result<u64> {
+fn push_inbox(tx: &mut Tx<'_>, message: bytes::Bytes) -> Result<u64> {
     let floor = inbox_floor(tx.txn())?;
     let after_last = tx
         .txn()
@@ -1712,10 +1716,7 @@ fn push_inbox(tx: &mut Tx<'_>, message: &[u8]) -> Result<u64> {
         .last()?
         .map_or(1, |(k, _)| k.value() + 1);
     let seq = floor.max(after_last);
-    tx.write(Redo::InboxPut {
-        seq,
-        message: message.to_vec(),
-    })?;
+    tx.write(Redo::InboxPut { seq, message })?;
     Ok(seq)
 }
 

@@ -36,7 +36,8 @@ pub(crate) enum Redo {
         attempts: u32,
         next_attempt_ms: u64,
         target: String,
-        frame: Vec<u8>,
+        /// Shared with the caller's entry, not copied.
+        frame: bytes::Bytes,
     },
     /// Removes an outbox entry.
     OutboxRemove { id: String },
@@ -59,7 +60,7 @@ pub(crate) enum Redo {
         ack: Vec<u8>,
     },
     /// Puts a message in the inbox.
-    InboxPut { seq: u64, message: Vec<u8> },
+    InboxPut { seq: u64, message: bytes::Bytes },
     /// Removes an inbox message.
     InboxRemove { seq: u64 },
     /// Sets a `meta` value (the inbox floor, the audit chain head).
@@ -132,12 +133,7 @@ pub(crate) fn apply(txn: &WriteTransaction, op: &Redo) -> Result<()> {
         } => {
             txn.open_table(OUTBOX)?.insert(
                 id.as_str(),
-                (
-                    *attempts,
-                    *next_attempt_ms,
-                    target.as_str(),
-                    frame.as_slice(),
-                ),
+                (*attempts, *next_attempt_ms, target.as_str(), &frame[..]),
             )?;
         }
         Redo::OutboxRemove { id } => {
@@ -169,7 +165,7 @@ pub(crate) fn apply(txn: &WriteTransaction, op: &Redo) -> Result<()> {
                 .insert((sender.as_str(), id.as_str()), ack.as_slice())?;
         }
         Redo::InboxPut { seq, message } => {
-            txn.open_table(INBOX)?.insert(*seq, message.as_slice())?;
+            txn.open_table(INBOX)?.insert(*seq, &message[..])?;
         }
         Redo::InboxRemove { seq } => {
             txn.open_table(INBOX)?.remove(*seq)?;
@@ -219,9 +215,9 @@ fn put_bytes(out: &mut Vec<u8>, v: &[u8]) {
     out.extend_from_slice(v);
 }
 
-/// The log record for one job's writes.
-pub(crate) fn encode(ops: &[Redo]) -> Vec<u8> {
-    let size: usize = ops
+/// About how many bytes [`encode`] makes of `ops` (at least as many).
+pub(crate) fn encoded_size(ops: &[Redo]) -> usize {
+    5 + ops
         .iter()
         .map(|op| match op {
             Redo::OutboxPut { frame, .. } => frame.len() + 128,
@@ -231,8 +227,12 @@ pub(crate) fn encode(ops: &[Redo]) -> Vec<u8> {
             Redo::IdempotencyPut { record, .. } => record.len() + 300,
             _ => 128,
         })
-        .sum();
-    let mut out = Vec::with_capacity(size + 5);
+        .sum::<usize>()
+}
+
+/// The log record for one job's writes.
+pub(crate) fn encode(ops: &[Redo]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_size(ops));
     out.push(VERSION);
     put_u32(&mut out, ops.len() as u32);
     for op in ops {
@@ -382,7 +382,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Vec<Redo>, String> {
                 attempts: r.u32()?,
                 next_attempt_ms: r.u64()?,
                 target: r.string()?,
-                frame: r.bytes()?,
+                frame: r.bytes()?.into(),
             },
             2 => Redo::OutboxRemove { id: r.string()? },
             3 => Redo::DedupePut {
@@ -402,7 +402,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Vec<Redo>, String> {
             },
             6 => Redo::InboxPut {
                 seq: r.u64()?,
-                message: r.bytes()?,
+                message: r.bytes()?.into(),
             },
             7 => Redo::InboxRemove { seq: r.u64()? },
             8 => Redo::MetaPut {
@@ -460,7 +460,7 @@ mod tests {
                 attempts: 2,
                 next_attempt_ms: 9,
                 target: "peer".into(),
-                frame: vec![1, 2, 3],
+                frame: vec![1, 2, 3].into(),
             },
             Redo::OutboxRemove { id: "e1".into() },
             Redo::DedupePut {
@@ -480,7 +480,7 @@ mod tests {
             },
             Redo::InboxPut {
                 seq: 7,
-                message: b"hello".to_vec(),
+                message: b"hello".to_vec().into(),
             },
             Redo::InboxRemove { seq: 7 },
             Redo::MetaPut {
