@@ -982,10 +982,7 @@ impl AuditLog {
         F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
         H: FnOnce(&R) + Send + 'static,
     {
-        let prepared = events
-            .into_iter()
-            .map(|e| prepare(e, self.config.compliance))
-            .collect::<Result<Vec<_>, _>>()?;
+        let prepared = self.prepare_all(events)?;
         self.journal
             .submit_typed_hooked(change, prepared, on_commit, persist)
             .map_err(journal_error)
@@ -1006,13 +1003,18 @@ impl AuditLog {
         F: FnMut(&mut crate::store::redo::Tx<'_>) -> Result<(R, bool), StoreError> + Send + 'static,
         H: FnOnce(&R) + Send + 'static,
     {
-        let prepared = events
-            .into_iter()
-            .map(|e| prepare(e, self.config.compliance))
-            .collect::<Result<Vec<_>, _>>()?;
+        let prepared = self.prepare_all(events)?;
         self.journal
             .submit_logged_hooked(change, prepared, on_commit, persist)
             .map_err(journal_error)
+    }
+
+    /// Checks and encodes `events` for this log's compliance mode.
+    fn prepare_all(&self, events: Vec<AuditEvent>) -> Result<Vec<PreparedEvent>, AuditError> {
+        events
+            .into_iter()
+            .map(|e| prepare(e, self.config.compliance))
+            .collect()
     }
 
     /// Records matching `query` (see [`AuditQuery`]).
