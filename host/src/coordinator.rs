@@ -1475,21 +1475,25 @@ impl Coordinator {
         let now = self.now();
         let mut record = PeerRecord::new(manifest, now);
         record.trust_level = TrustLevel::Verified;
-        // The operator's explicit decision lifts an earlier removal.
-        self.store.clear_removed(&node_id)?;
-        self.store.upsert_peer(&record)?;
-        self.record(
-            AuditEvent::new(
-                EventType::PeerAdded,
-                format!("peer {node_id} added out of band"),
-            )
-            .with_peer(&node_id)
-            .with_actor(crate::audit::ACTOR_OPERATOR)
-            .with_details(json!({
-                "endpoint": record.manifest.manifest.endpoint,
-                "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
-                "trust_level": record.trust_level,
-            })),
+        // The operator's explicit decision lifts an earlier removal; the
+        // peer and its record commit together.
+        self.store.upsert_peer_recorded(
+            &self.audit,
+            &record,
+            true,
+            vec![
+                AuditEvent::new(
+                    EventType::PeerAdded,
+                    format!("peer {node_id} added out of band"),
+                )
+                .with_peer(&node_id)
+                .with_actor(crate::audit::ACTOR_OPERATOR)
+                .with_details(json!({
+                    "endpoint": record.manifest.manifest.endpoint,
+                    "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
+                    "trust_level": record.trust_level,
+                })),
+            ],
         )?;
         self.refresh_live_counts()?;
         Ok(peer_view(&record, now))
@@ -1501,25 +1505,29 @@ impl Coordinator {
     /// (`PEER_REMOVED`) until an operator adds or joins it again.
     pub fn remove_peer(&self, node_id: &str) -> Result<()> {
         let _guard = self.lock_decisions();
-        let Some(removed) = self.store.remove_peer(node_id, self.now())? else {
+        // The removal and its record (naming what was dropped) commit
+        // together.
+        let removed =
+            self.store
+                .remove_peer_recorded(&self.audit, node_id, self.now(), |removed| {
+                    let dropped = &removed.dropped_envelopes;
+                    AuditEvent::new(
+                        EventType::PeerRemoved,
+                        format!(
+                            "peer {node_id} removed; {} queued message(s) dropped",
+                            dropped.len()
+                        ),
+                    )
+                    .with_peer(node_id)
+                    .with_actor(crate::audit::ACTOR_OPERATOR)
+                    .with_details(json!({
+                        "outbox_dropped": dropped.len(),
+                        "dropped_envelope_ids": dropped.iter().take(100).collect::<Vec<_>>(),
+                    }))
+                })?;
+        if removed.is_none() {
             return Err(CoordError::UnknownPeer(clip(node_id)));
-        };
-        let dropped = &removed.dropped_envelopes;
-        self.record(
-            AuditEvent::new(
-                EventType::PeerRemoved,
-                format!(
-                    "peer {node_id} removed; {} queued message(s) dropped",
-                    dropped.len()
-                ),
-            )
-            .with_peer(node_id)
-            .with_actor(crate::audit::ACTOR_OPERATOR)
-            .with_details(json!({
-                "outbox_dropped": dropped.len(),
-                "dropped_envelope_ids": dropped.iter().take(100).collect::<Vec<_>>(),
-            })),
-        )?;
+        }
         self.refresh_live_counts()
     }
 
@@ -1674,21 +1682,7 @@ impl Coordinator {
         self.store.update_peer_recorded(
             &self.audit,
             &change.peer,
-            move |r| {
-                if to < r.trust_level {
-                    r.last_demoted_ms = now;
-                }
-                r.trust_level = to;
-                r.level_since_ms = now;
-                r.metrics.signature_failures_since_level = 0;
-                if to >= TrustLevel::Privileged || to < TrustLevel::Trusted {
-                    r.privileged_recommended = false;
-                }
-                if let Some(op) = operator {
-                    r.operator = Some(op);
-                    r.metrics.close_period();
-                }
-            },
+            move |r| set_trust_level(r, to, now, operator),
             vec![event],
         )?;
         self.refresh_live_counts()
@@ -2123,89 +2117,111 @@ impl Coordinator {
     ) -> Result<TrustOutcome> {
         let now = self.now();
         let cap = self.earning.counted_per_hour;
+        if matches!(
+            interaction,
+            Interaction::Threat | Interaction::SignatureFailure
+        ) {
+            return self.record_threat_locked(node_id, interaction, now, cap);
+        }
         let updated = self.store.update_peer(node_id, move |r| {
-            let m = &mut r.metrics;
-            match interaction {
-                Interaction::Success => {
-                    let counted = m.earned.credit(now, count, cap);
-                    m.interactions += counted;
-                    m.successes += counted;
-                }
-                Interaction::Observed => {
-                    m.observed = m.observed.saturating_add(count);
-                }
-                Interaction::Failure => {
-                    m.interactions += count;
-                    m.failures += count;
-                }
-                Interaction::Threat => {
-                    m.record_threat(now);
-                }
-                Interaction::SignatureFailure => {
-                    m.signature_failures += count;
-                    m.signature_failures_since_level += count;
-                }
-            }
-            let checked = m.interactions.max(m.signature_failures);
-            m.integrity = if checked == 0 {
-                1.0
-            } else {
-                1.0 - (m.signature_failures as f64 / checked as f64).clamp(0.0, 1.0)
-            };
-            r.last_seen_ms = now;
+            note_interactions(r, interaction, count, now, cap);
         })?;
-        let record = updated.ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))?;
-        let recent_threats = record.metrics.recent_threats_ms.len();
-        let threat_rule = match interaction {
+        updated.ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))?;
+        self.evaluate_trust_locked(node_id)
+    }
+
+    /// A threat or a signature failure: the count, its record
+    /// (`threat_detected` / `signature_invalid`) and, when a rule drops
+    /// the peer to UNTRUSTED, the drop with its `trust_level_changed` and
+    /// `threat_blocked` records, all in one commit.
+    fn record_threat_locked(
+        &self,
+        node_id: &str,
+        interaction: Interaction,
+        now: u64,
+        cap: u32,
+    ) -> Result<TrustOutcome> {
+        // Decisions about this peer are serialised by the decision lock,
+        // so the outcome worked out on a copy is the one the commit makes.
+        let mut after = self.peer_record(node_id)?;
+        note_interactions(&mut after, interaction, 1, now, cap);
+        let recent_threats = after.metrics.recent_threats_ms.len();
+        let threat = interaction == Interaction::Threat;
+        let mut events = vec![
+            AuditEvent::new(
+                if threat {
+                    EventType::ThreatDetected
+                } else {
+                    EventType::SignatureInvalid
+                },
+                format!(
+                    "{} from {node_id}",
+                    if threat {
+                        "threat detected"
+                    } else {
+                        "invalid signature"
+                    }
+                ),
+            )
+            .with_peer(node_id)
+            .with_details(json!({"threats_last_hour": recent_threats})),
+        ];
+        let rule = match interaction {
             Interaction::SignatureFailure => Some("signature failure"),
             Interaction::Threat if recent_threats >= 2 => {
                 Some("two threat detections within an hour")
             }
             _ => None,
         };
-        if interaction == Interaction::Threat || interaction == Interaction::SignatureFailure {
-            let event_type = if interaction == Interaction::Threat {
-                EventType::ThreatDetected
-            } else {
-                EventType::SignatureInvalid
-            };
-            self.record(
-                AuditEvent::new(
-                    event_type,
-                    format!(
-                        "{} from {node_id}",
-                        if interaction == Interaction::Threat {
-                            "threat detected"
-                        } else {
-                            "invalid signature"
-                        }
-                    ),
-                )
-                .with_peer(node_id)
-                .with_details(json!({"threats_last_hour": recent_threats})),
-            )?;
+        let drop = rule
+            .filter(|_| after.trust_level != TrustLevel::Untrusted)
+            .map(|rule| {
+                let change = TrustChange {
+                    peer: node_id.to_string(),
+                    from: after.trust_level,
+                    to: TrustLevel::Untrusted,
+                    actor: crate::audit::ACTOR_SYSTEM.to_string(),
+                    reason: format!("{rule}: dropped to UNTRUSTED"),
+                };
+                events.push(
+                    AuditEvent::trust_level_changed(
+                        node_id,
+                        change.from,
+                        change.to,
+                        Actor::Plugin,
+                        &change.reason,
+                    )
+                    .with_actor(change.actor.clone()),
+                );
+                events.push(
+                    AuditEvent::new(
+                        EventType::ThreatBlocked,
+                        format!("{node_id} dropped to UNTRUSTED: {rule}"),
+                    )
+                    .with_peer(node_id),
+                );
+                change
+            });
+        let dropped = drop.is_some();
+        let updated = self.store.update_peer_recorded(
+            &self.audit,
+            node_id,
+            move |r| {
+                note_interactions(r, interaction, 1, now, cap);
+                if dropped {
+                    set_trust_level(r, TrustLevel::Untrusted, now, None);
+                }
+            },
+            events,
+        )?;
+        updated.ok_or_else(|| CoordError::UnknownPeer(clip(node_id)))?;
+        match drop {
+            Some(change) => {
+                self.refresh_live_counts()?;
+                Ok(TrustOutcome::Changed(change))
+            }
+            None => self.evaluate_trust_locked(node_id),
         }
-        if let Some(rule) = threat_rule
-            && record.trust_level != TrustLevel::Untrusted
-        {
-            let change = TrustChange {
-                peer: node_id.to_string(),
-                from: record.trust_level,
-                to: TrustLevel::Untrusted,
-                actor: crate::audit::ACTOR_SYSTEM.to_string(),
-                reason: format!("{rule}: dropped to UNTRUSTED"),
-            };
-            self.apply_trust_change(&change, Actor::Plugin)?;
-            self.record(
-                AuditEvent::new(
-                    EventType::ThreatBlocked,
-                    format!("{node_id} dropped to UNTRUSTED: {rule}"),
-                )
-                .with_peer(node_id),
-            )?;
-            return Ok(TrustOutcome::Changed(change));
-        }
-        self.evaluate_trust_locked(node_id)
     }
 }
 
@@ -2479,21 +2495,29 @@ impl Coordinator {
                 record.breaker.counts_from_seq,
             )
         };
-        self.store.update_peer(record.node_id(), move |r| {
-            r.breaker = BreakerInfo {
-                state: to,
-                reason: Some(why.clone()),
-                correlation_id: Some(id.clone()),
-                since_ms: now,
-                failures_since_suspend: 0,
-                counts_from_ms: counts_from.0,
-                counts_from_seq: counts_from.1,
-            };
-        })?;
-        self.record(
-            AuditEvent::breaker(record.node_id(), to, actor, reason, &correlation)
-                .with_actor(actor_name.to_string()),
+        // The transition and its record commit together.
+        let updated = self.store.update_peer_recorded(
+            &self.audit,
+            record.node_id(),
+            move |r| {
+                r.breaker = BreakerInfo {
+                    state: to,
+                    reason: Some(why.clone()),
+                    correlation_id: Some(id.clone()),
+                    since_ms: now,
+                    failures_since_suspend: 0,
+                    counts_from_ms: counts_from.0,
+                    counts_from_seq: counts_from.1,
+                };
+            },
+            vec![
+                AuditEvent::breaker(record.node_id(), to, actor, reason, &correlation)
+                    .with_actor(actor_name.to_string()),
+            ],
         )?;
+        if updated.is_none() {
+            return Err(CoordError::UnknownPeer(clip(record.node_id())));
+        }
         self.refresh_live_counts()?;
         Ok(BreakerChange {
             peer: record.node_id().to_string(),
@@ -3624,6 +3648,58 @@ impl AuditThrottle {
     }
 }
 
+/// Moves `r` to trust level `to` at `now` (with an operator's pin and a
+/// new evidence period when `operator` decided it).
+fn set_trust_level(r: &mut PeerRecord, to: TrustLevel, now: u64, operator: Option<OperatorLevel>) {
+    if to < r.trust_level {
+        r.last_demoted_ms = now;
+    }
+    r.trust_level = to;
+    r.level_since_ms = now;
+    r.metrics.signature_failures_since_level = 0;
+    if to >= TrustLevel::Privileged || to < TrustLevel::Trusted {
+        r.privileged_recommended = false;
+    }
+    if let Some(op) = operator {
+        r.operator = Some(op);
+        r.metrics.close_period();
+    }
+}
+
+/// Counts `count` interactions of one kind into `r`'s metrics at `now`
+/// (successes within the hourly `cap`).
+fn note_interactions(r: &mut PeerRecord, interaction: Interaction, count: u64, now: u64, cap: u32) {
+    let m = &mut r.metrics;
+    match interaction {
+        Interaction::Success => {
+            let counted = m.earned.credit(now, count, cap);
+            m.interactions += counted;
+            m.successes += counted;
+        }
+        Interaction::Observed => {
+            m.observed = m.observed.saturating_add(count);
+        }
+        Interaction::Failure => {
+            m.interactions += count;
+            m.failures += count;
+        }
+        Interaction::Threat => {
+            m.record_threat(now);
+        }
+        Interaction::SignatureFailure => {
+            m.signature_failures += count;
+            m.signature_failures_since_level += count;
+        }
+    }
+    let checked = m.interactions.max(m.signature_failures);
+    m.integrity = if checked == 0 {
+        1.0
+    } else {
+        1.0 - (m.signature_failures as f64 / checked as f64).clamp(0.0, 1.0)
+    };
+    r.last_seen_ms = now;
+}
+
 /// The sender's side of protocol §9.5: a frame the peer would refuse for
 /// its size or shape (at its level in this node's view) is not sent.
 fn check_outbound_size(
@@ -4696,23 +4772,24 @@ impl Coordinator {
             } else {
                 PeerOrigin::AcceptNew
             };
-            if role == "client" {
-                self.store.clear_removed(&node_id)?;
-            }
-            self.store.upsert_peer(&record)?;
-            self.record(
-                AuditEvent::new(
-                    EventType::PeerAdded,
-                    format!("peer {node_id} added after a completed handshake"),
-                )
-                .with_peer(&node_id)
-                .with_actor(crate::audit::ACTOR_SYSTEM)
-                .with_details(json!({
-                    "endpoint": record.manifest.manifest.endpoint,
-                    "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
-                    "trust_level": record.trust_level,
-                    "pin": pin,
-                })),
+            self.store.upsert_peer_recorded(
+                &self.audit,
+                &record,
+                role == "client",
+                vec![
+                    AuditEvent::new(
+                        EventType::PeerAdded,
+                        format!("peer {node_id} added after a completed handshake"),
+                    )
+                    .with_peer(&node_id)
+                    .with_actor(crate::audit::ACTOR_SYSTEM)
+                    .with_details(json!({
+                        "endpoint": record.manifest.manifest.endpoint,
+                        "tls_fingerprint": record.manifest.manifest.tls_fingerprint,
+                        "trust_level": record.trust_level,
+                        "pin": pin,
+                    })),
+                ],
             )?;
             self.refresh_live_counts()?;
         } else {

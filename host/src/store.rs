@@ -869,56 +869,112 @@ impl Store {
         updated
     }
 
+    /// [`Store::upsert_peer`] with `events` in the same commit (and, with
+    /// `readmit`, the peer taken off the removed list): the peer and its
+    /// `peer_added` record are both there or neither is.
+    pub(crate) fn upsert_peer_recorded(
+        &self,
+        audit: &crate::audit::AuditLog,
+        record: &PeerRecord,
+        readmit: bool,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> std::result::Result<(), crate::audit::AuditError> {
+        let id = record.node_id().to_string();
+        check_key(&id)?;
+        let bytes = serde_json::to_vec(record)
+            .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
+        let key = id.clone();
+        self.peers.begin_write();
+        let written = audit
+            .submit_with_hook(
+                move |txn| {
+                    if readmit {
+                        txn.open_table(REMOVED_PEERS)?.remove(id.as_str())?;
+                    }
+                    txn.open_table(PEERS)?
+                        .insert(id.as_str(), bytes.as_slice())?;
+                    Ok(((), true))
+                },
+                events,
+                None::<fn(&())>,
+                crate::journal::Persist::Durable,
+            )
+            .and_then(|ticket| ticket.wait().map_err(crate::audit::journal_error));
+        self.peers.end_write(&key);
+        written.map(|_| ())
+    }
+
     /// Removes a peer and its spend samples. Returns whether it existed.
     pub fn remove_peer(&self, node_id: &str, now_ms: u64) -> Result<Option<RemovedPeer>> {
         let key = node_id.to_string();
-        let index = Arc::clone(&self.outbox);
-        // The dropped entries leave the delivery worker's index once the
-        // removal commits.
-        let unindex = move |removed: &Option<RemovedPeer>| {
-            for id in removed.iter().flat_map(|r| &r.dropped_envelopes) {
-                index.remove(id);
-            }
-        };
         self.peers.begin_write();
-        let removed = self.write_hooked(unindex, move |txn| {
-            let node_id = key.as_str();
-            let existed = txn.open_table(PEERS)?.remove(node_id)?.is_some();
-            if !existed {
-                return Ok(None);
-            }
-            // Its queued messages go with it: they were gated and scanned
-            // for the peer as it was, and must not reach whoever holds
-            // this node id next.
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let dropped: Vec<String> = outbox
-                .iter()?
-                .filter_map(|row| match row {
-                    Ok((k, v)) if v.value().2 == node_id => Some(Ok(k.value().to_string())),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<std::result::Result<_, _>>()?;
-            for id in &dropped {
-                outbox.remove(id.as_str())?;
-            }
-            drop(outbox);
-            txn.open_table(REMOVED_PEERS)?.insert(node_id, now_ms)?;
-            let mut spend = txn.open_table(SPEND)?;
-            let keys: Vec<(u64, u64)> = spend
-                .range((node_id, 0u64, 0u64)..=(node_id, u64::MAX, u64::MAX))?
-                .map(|row| row.map(|(k, _)| (k.value().1, k.value().2)))
-                .collect::<std::result::Result<_, _>>()?;
-            for (ts, seq) in keys {
-                spend.remove((node_id, ts, seq))?;
-            }
-            txn.open_table(SPEND_INDEX)?.remove(node_id)?;
-            Ok(Some(RemovedPeer {
-                dropped_envelopes: dropped,
-            }))
+        let removed = self.write_hooked(self.unindex_removed(), move |txn| {
+            remove_peer_in(txn, &key, now_ms, None)
         });
         self.peers.end_write(node_id);
-        removed
+        removed.map(|outcome| outcome.removed())
+    }
+
+    /// [`Store::remove_peer`] with the record `event_for` makes of what
+    /// was removed, in the same commit: the peer is gone and its
+    /// `peer_removed` record (naming the dropped envelopes) is there, or
+    /// neither. The dropped envelopes are read first and checked again
+    /// inside the commit; if a send changed them meanwhile, it starts over.
+    pub(crate) fn remove_peer_recorded(
+        &self,
+        audit: &crate::audit::AuditLog,
+        node_id: &str,
+        now_ms: u64,
+        event_for: impl Fn(&RemovedPeer) -> crate::audit::AuditEvent,
+    ) -> std::result::Result<Option<RemovedPeer>, crate::audit::AuditError> {
+        loop {
+            if self.get_peer(node_id)?.is_none() {
+                return Ok(None);
+            }
+            let expected = RemovedPeer {
+                dropped_envelopes: self.outbox_ids_for(node_id)?,
+            };
+            let event = event_for(&expected);
+            let key = node_id.to_string();
+            self.peers.begin_write();
+            let outcome = audit
+                .submit_with_hook(
+                    move |txn| {
+                        let outcome =
+                            remove_peer_in(txn, &key, now_ms, Some(&expected.dropped_envelopes))?;
+                        let removed = matches!(outcome, PeerRemoval::Removed(_));
+                        Ok((outcome, removed))
+                    },
+                    vec![event],
+                    Some(self.unindex_removed()),
+                    crate::journal::Persist::Durable,
+                )
+                .and_then(|ticket| ticket.wait().map_err(crate::audit::journal_error));
+            self.peers.end_write(node_id);
+            match outcome?.0 {
+                PeerRemoval::Changed => continue,
+                outcome => return Ok(outcome.removed()),
+            }
+        }
+    }
+
+    /// Ids of the queued outbox entries for `node_id`.
+    fn outbox_ids_for(&self, node_id: &str) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        outbox_ids_in(&txn.open_table(OUTBOX)?, node_id)
+    }
+
+    /// The commit hook that takes a removed peer's dropped entries out of
+    /// the delivery worker's index.
+    fn unindex_removed(&self) -> impl FnOnce(&PeerRemoval) + Send + use<> {
+        let index = Arc::clone(&self.outbox);
+        move |outcome: &PeerRemoval| {
+            if let PeerRemoval::Removed(removed) = outcome {
+                for id in &removed.dropped_envelopes {
+                    index.remove(id);
+                }
+            }
+        }
     }
 
     /// When an operator removed `node_id`, if it is on the removed list.
@@ -1523,6 +1579,79 @@ pub(crate) fn outbox_remove_in(tx: &mut Tx<'_>, envelope_id: &str) -> Result<boo
 pub struct RemovedPeer {
     /// Ids of the outbox entries for the peer that were dropped.
     pub dropped_envelopes: Vec<String>,
+}
+
+/// What removing a peer inside a transaction found.
+pub(crate) enum PeerRemoval {
+    /// The peer is not known.
+    Unknown,
+    /// Its queued envelopes are not the ones expected: nothing changed.
+    Changed,
+    /// Removed, with what went with it.
+    Removed(RemovedPeer),
+}
+
+impl PeerRemoval {
+    fn removed(self) -> Option<RemovedPeer> {
+        match self {
+            PeerRemoval::Removed(removed) => Some(removed),
+            PeerRemoval::Unknown | PeerRemoval::Changed => None,
+        }
+    }
+}
+
+/// Ids of the outbox entries queued for `node_id` in `outbox`.
+fn outbox_ids_in(
+    outbox: &impl ReadableTable<&'static str, (u32, u64, &'static str, &'static [u8])>,
+    node_id: &str,
+) -> Result<Vec<String>> {
+    outbox
+        .iter()?
+        .filter_map(|row| match row {
+            Ok((k, v)) if v.value().2 == node_id => Some(Ok(k.value().to_string())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.into())),
+        })
+        .collect()
+}
+
+/// Removes `node_id` inside `txn`: its record, its queued envelopes (they
+/// were gated and scanned for the peer as it was, and must not reach
+/// whoever holds this node id next), its spend samples; puts it on the
+/// removed list. With `expected`, nothing changes unless the queued
+/// envelopes are exactly those.
+fn remove_peer_in(
+    txn: &WriteTransaction,
+    node_id: &str,
+    now_ms: u64,
+    expected: Option<&[String]>,
+) -> Result<PeerRemoval> {
+    if txn.open_table(PEERS)?.get(node_id)?.is_none() {
+        return Ok(PeerRemoval::Unknown);
+    }
+    let mut outbox = txn.open_table(OUTBOX)?;
+    let dropped = outbox_ids_in(&outbox, node_id)?;
+    if expected.is_some_and(|expected| expected != dropped.as_slice()) {
+        return Ok(PeerRemoval::Changed);
+    }
+    for id in &dropped {
+        outbox.remove(id.as_str())?;
+    }
+    drop(outbox);
+    txn.open_table(PEERS)?.remove(node_id)?;
+    txn.open_table(REMOVED_PEERS)?.insert(node_id, now_ms)?;
+    let mut spend = txn.open_table(SPEND)?;
+    let keys: Vec<(u64, u64)> = spend
+        .range((node_id, 0u64, 0u64)..=(node_id, u64::MAX, u64::MAX))?
+        .map(|row| row.map(|(k, _)| (k.value().1, k.value().2)))
+        .collect::<std::result::Result<_, _>>()?;
+    for (ts, seq) in keys {
+        spend.remove((node_id, ts, seq))?;
+    }
+    txn.open_table(SPEND_INDEX)?.remove(node_id)?;
+    Ok(PeerRemoval::Removed(RemovedPeer {
+        dropped_envelopes: dropped,
+    }))
 }
 
 /// What [`commit_inbound_in`] records (owned, so a journal job can keep it).

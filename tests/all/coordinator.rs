@@ -1273,3 +1273,72 @@ fn an_idempotency_key_queues_a_send_once_and_refuses_another_request() {
         .unwrap();
     assert_ne!(later.envelope_id, first.envelope_id);
 }
+
+/// Jobs the store's writer committed, and audit records, so far.
+fn jobs_and_records(n: &Node) -> (u64, u64) {
+    (
+        n.coordinator.store().commit_stats().jobs,
+        n.coordinator.audit().len().unwrap(),
+    )
+}
+
+#[test]
+fn each_state_change_commits_with_its_audit_records_as_one_job() {
+    // One job is one transaction: the change and its records are on disk
+    // together or not at all (the journal's own tests show a failing
+    // change takes its records with it).
+    let n = node("alpha");
+    let step_jobs = |what: &str, jobs: u64, records: u64, act: &dyn Fn()| {
+        let (jobs_before, records_before) = jobs_and_records(&n);
+        act();
+        let (jobs_after, records_after) = jobs_and_records(&n);
+        assert_eq!(jobs_after - jobs_before, jobs, "{what}: commits");
+        assert_eq!(records_after - records_before, records, "{what}: records");
+    };
+    let step = |what: &str, records: u64, act: &dyn Fn()| step_jobs(what, 1, records, act);
+    step("peer_added", 1, &|| {
+        n.coordinator.add_peer(&peer_manifest("beta")).unwrap();
+    });
+    n.coordinator
+        .set_trust("beta", "attested", "bootstrap", true)
+        .unwrap();
+    step("breaker_evicted", 1, &|| {
+        n.coordinator.evict("beta", "test").unwrap();
+    });
+    step("breaker_reactivated", 1, &|| {
+        n.coordinator.reactivate("beta", "test").unwrap();
+    });
+    step(
+        "signature_invalid + trust drop + threat_blocked",
+        3,
+        &|| {
+            n.coordinator
+                .record_interaction("beta", Interaction::SignatureFailure)
+                .unwrap();
+        },
+    );
+    assert_eq!(
+        n.coordinator.peer("beta").unwrap().trust_level,
+        TrustLevel::Untrusted
+    );
+    // The count and its record are one job; the trust plugin's evaluation
+    // that follows (no drop: already UNTRUSTED) is its own.
+    step_jobs("threat_detected (already UNTRUSTED)", 2, 1, &|| {
+        n.coordinator
+            .record_interaction("beta", Interaction::Threat)
+            .unwrap();
+    });
+    step("peer_removed", 1, &|| {
+        n.coordinator.remove_peer("beta").unwrap();
+    });
+    let removed = n
+        .coordinator
+        .audit()
+        .query(&agentfed::audit::AuditQuery::default())
+        .unwrap()
+        .into_iter()
+        .find(|r| r.event_type == agentfed::audit::EventType::PeerRemoved)
+        .expect("peer_removed record");
+    assert_eq!(removed.details["outbox_dropped"], 0);
+    assert!(n.coordinator.audit().verify().is_ok());
+}
