@@ -80,7 +80,9 @@ fn concurrent_appends_share_syncs_and_come_back_in_order_after_reopen() -> TestR
         stats.batches < stats.records,
         "no two appends shared a sync: {stats:?}"
     );
-    assert!(stats.segments > 1, "small segments should roll: {stats:?}");
+    // (Whether segments rolled depends on how the appends fell into
+    // batches: a segment rolls only between batches. Rolling is checked
+    // where batches are known, in the retention test.)
     drop(log);
     let (_log, recovery, records) = open_sim(&fs, small_segments())?;
     assert_eq!(recovery.cut, None);
