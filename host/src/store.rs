@@ -579,7 +579,7 @@ fn replay_message_log(db: &Database, dir: &Path) -> Result<(SegmentLog, LogRepla
         if pos.lsn <= applied {
             return Ok(());
         }
-        let ops = redo::decode(payload).map_err(|why| redo::undecodable(pos.lsn, why))?;
+        let ops = redo::decode(payload).map_err(|why| redo::undecodable(dir, pos, why))?;
         for op in &ops {
             redo::apply(&txn, op)?;
         }

@@ -214,3 +214,28 @@ fn a_home_from_the_previous_release_opens_and_its_audit_chain_verifies() {
     );
     assert!(message_log_dir(&node.home.join(STATE_FILE)).is_dir());
 }
+
+#[test]
+fn a_log_record_this_build_cannot_read_refuses_to_open_and_names_it() -> TestResult {
+    use agentfed::seglog::{LogError, LogOptions, SegmentLog};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(STATE_FILE);
+    drop(Store::open(&path)?);
+    {
+        // A record whose frame checks but whose contents are not redo
+        // operations this build knows (say, from a newer release).
+        let (log, _) = SegmentLog::open(&message_log_dir(&path), LogOptions::default(), |_, _| {
+            Ok::<(), LogError>(())
+        })?;
+        log.append_durable(b"\x09not a redo record".to_vec())?;
+    }
+    let text = Store::open(&path)
+        .err()
+        .ok_or("a log it cannot read was opened")?
+        .to_string();
+    assert!(
+        text.contains(".seg") && text.contains("record 1") && text.contains("does not decode"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -439,11 +439,15 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Vec<Redo>, String> {
 
 /// A log record that does not decode: the log is from a newer build, or
 /// damaged in a way its checksum did not catch.
-pub(crate) fn undecodable(lsn: u64, why: String) -> StoreError {
+pub(crate) fn undecodable(
+    dir: &std::path::Path,
+    pos: crate::seglog::RecordPos,
+    why: String,
+) -> StoreError {
     StoreError::MessageLog(crate::seglog::LogError::Corrupt {
-        segment: std::path::PathBuf::from("(message log)"),
-        offset: 0,
-        lsn,
+        segment: dir.join(crate::seglog::frame::segment_name(pos.segment)),
+        offset: pos.offset,
+        lsn: pos.lsn,
         reason: format!("the record does not decode: {why}"),
     })
 }
