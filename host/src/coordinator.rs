@@ -611,6 +611,22 @@ fn request_digest(request: &SendRequest) -> String {
     hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
 }
 
+/// The digest a `query` idempotency key is bound to: the request as the
+/// caller sent it (peer, type, payload). Tagged, so a key used for a send
+/// or a broadcast is another request.
+pub fn query_digest(peer: &str, message_type: &str, payload: &Value) -> String {
+    use sha2::Digest as _;
+    let canonical = json!(["query", peer, message_type, payload]);
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// The digest a `broadcast` idempotency key is bound to (type, payload).
+pub fn broadcast_digest(message_type: &str, payload: &Value) -> String {
+    use sha2::Digest as _;
+    let canonical = json!(["broadcast", message_type, payload]);
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
+}
+
 /// A send accepted into the outbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendReceipt {
@@ -2881,6 +2897,56 @@ impl Coordinator {
             None,
             QueuedTicket(Queued::Repeated(receipt)),
         )))
+    }
+
+    /// The result recorded under a `query` or `broadcast` idempotency key
+    /// within its window, for the request whose digest is `digest`
+    /// ([`query_digest`], [`broadcast_digest`]); `None` for a key not
+    /// seen; `IDEMPOTENCY_KEY_REUSED` for a key recorded for another
+    /// request (a send's key included).
+    pub fn idempotent_result(&self, key: &str, digest: &str) -> Result<Option<Value>> {
+        check_idempotency_key(key)?;
+        let Some(seen) = self
+            .store
+            .idempotency_get(key)?
+            .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > self.now())
+        else {
+            return Ok(None);
+        };
+        if seen.digest != digest {
+            return Err(CoordError::IdempotencyKeyReused(clip(key)));
+        }
+        Ok(Some(seen.receipt))
+    }
+
+    /// Records `result` under a `query` or `broadcast` idempotency key
+    /// (for 24 h, like a send's) and returns it; when a concurrent call
+    /// with the same key recorded first, its result is returned instead
+    /// (or `IDEMPOTENCY_KEY_REUSED`, for another request).
+    pub fn remember_result(&self, key: &str, digest: &str, result: Value) -> Result<Value> {
+        check_idempotency_key(key)?;
+        let record = crate::store::IdempotencyRecord {
+            digest: digest.to_string(),
+            created_ms: self.now(),
+            receipt: result,
+        };
+        let key_s = key.to_string();
+        let (kept, _) = self.store.journal().write(
+            move |txn| {
+                if let Some(seen) = crate::store::idempotency_get_in(txn, &key_s)?
+                    .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > record.created_ms)
+                {
+                    return Ok((seen, false));
+                }
+                crate::store::idempotency_put_in(txn, &key_s, &record)?;
+                Ok((record.clone(), false))
+            },
+            Vec::new(),
+        )?;
+        if kept.digest != digest {
+            return Err(CoordError::IdempotencyKeyReused(clip(key)));
+        }
+        Ok(kept.receipt)
     }
 
     /// An outbox entry was acknowledged by its target: removes it and

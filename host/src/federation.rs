@@ -2089,6 +2089,42 @@ impl Federation {
     /// `query`: sends one envelope synchronously over the live session
     /// (every outbound gate applies) and returns the acknowledgement with
     /// the handler's reply.
+    ///
+    /// With an idempotency key: a query answered under the key in the
+    /// last 24 h is not sent again; its recorded result comes back with
+    /// `"repeated": true` (or `IDEMPOTENCY_KEY_REUSED` for another
+    /// request). The result is recorded once the peer answered; a query
+    /// that got no answer (or a refusal) records nothing, so its retry is
+    /// sent afresh.
+    pub async fn query_keyed(
+        &self,
+        peer: &str,
+        message_type: &str,
+        payload: Value,
+        timeout: Duration,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ErrorBody> {
+        let Some(key) = idempotency_key else {
+            return self.query(peer, message_type, payload, timeout).await;
+        };
+        let digest = crate::coordinator::query_digest(peer, message_type, &payload);
+        let (k, d) = (key.to_string(), digest.clone());
+        if let Some(mut seen) = self
+            .blocking(move |c| c.idempotent_result(&k, &d))
+            .await??
+        {
+            seen["repeated"] = json!(true);
+            return Ok(seen);
+        }
+        let result = self.query(peer, message_type, payload, timeout).await?;
+        let k = key.to_string();
+        let kept = self
+            .blocking(move |c| c.remember_result(&k, &digest, result))
+            .await??;
+        Ok(kept)
+    }
+
+    /// `query` without an idempotency key ([`Federation::query_keyed`]).
     pub async fn query(
         &self,
         peer: &str,
@@ -2297,6 +2333,42 @@ impl Federation {
 
     /// `broadcast`: a `query` to every peer with a live session; one result
     /// per peer (`ok` with the acknowledgement, or the error).
+    ///
+    /// With an idempotency key: the whole list of results is recorded
+    /// under the key once every peer answered or failed; a retry within
+    /// 24 h sends nothing and gets that list back, each result with
+    /// `"repeated": true` (`IDEMPOTENCY_KEY_REUSED` for another request).
+    pub async fn broadcast_keyed(
+        &self,
+        message_type: &str,
+        payload: Value,
+        timeout: Duration,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ErrorBody> {
+        let Some(key) = idempotency_key else {
+            return Ok(self.broadcast(message_type, payload, timeout).await);
+        };
+        let digest = crate::coordinator::broadcast_digest(message_type, &payload);
+        let (k, d) = (key.to_string(), digest.clone());
+        if let Some(mut seen) = self
+            .blocking(move |c| c.idempotent_result(&k, &d))
+            .await??
+        {
+            for result in seen.as_array_mut().into_iter().flatten() {
+                result["repeated"] = json!(true);
+            }
+            return Ok(seen);
+        }
+        let results = self.broadcast(message_type, payload, timeout).await;
+        let k = key.to_string();
+        let kept = self
+            .blocking(move |c| c.remember_result(&k, &digest, results))
+            .await??;
+        Ok(kept)
+    }
+
+    /// `broadcast` without an idempotency key
+    /// ([`Federation::broadcast_keyed`]).
     pub async fn broadcast(&self, message_type: &str, payload: Value, timeout: Duration) -> Value {
         let peers: Vec<String> = self.sessions().into_iter().map(|s| s.peer).collect();
         let calls = peers.iter().map(|peer| {

@@ -1510,3 +1510,82 @@ fn a_15_mib_context_share_goes_through_two_daemons_while_pings_are_answered() {
         );
     }
 }
+
+#[test]
+fn keyed_query_and_broadcast_retries_return_the_recorded_answer_and_send_nothing() {
+    let (alpha, alpha_ep) = fed_node("alpha");
+    let (beta, beta_ep) = fed_node("beta");
+    join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    // Queries alpha sent that beta answered (one `message_sent` record
+    // each, state "answered").
+    let answered = || {
+        alpha
+            .run(&["audit", "query", "--type", "message_sent", "--json"])
+            .json()
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter(|r| r["details"]["state"] == "answered")
+            .count()
+    };
+    let query = |payload: &str, key: &str| {
+        alpha.run(&[
+            "query",
+            "beta",
+            "ping",
+            "--payload",
+            payload,
+            "--idempotency-key",
+            key,
+            "--json",
+        ])
+    };
+    let first = query("{}", "q-1").json();
+    assert_eq!(first["status"], "replied", "{first}");
+    assert!(first.get("repeated").is_none(), "{first}");
+    let sent = answered();
+    // The retry: the recorded answer, the same envelope, nothing sent.
+    let again = query("{}", "q-1").json();
+    assert_eq!(again["repeated"], true, "{again}");
+    assert_eq!(again["envelope_id"], first["envelope_id"]);
+    assert_eq!(again["reply"], first["reply"]);
+    assert_eq!(answered(), sent, "a repeated query is not sent");
+    let human = alpha
+        .run(&["query", "beta", "ping", "--idempotency-key", "q-1"])
+        .ok()
+        .to_string();
+    assert!(human.contains("already answered"), "{human}");
+    // The key is bound to its request.
+    query(r#"{"n":2}"#, "q-1").fails(2, &["IDEMPOTENCY_KEY_REUSED"]);
+
+    let broadcast = |payload: &str, key: &str| {
+        alpha.run(&[
+            "broadcast",
+            "status-broadcast",
+            "--payload",
+            payload,
+            "--idempotency-key",
+            key,
+            "--json",
+        ])
+    };
+    let first = broadcast(r#"{"load":0.5}"#, "b-1").json();
+    let list = first.as_array().expect("results");
+    assert_eq!(list.len(), 1, "{first}");
+    assert_eq!(list[0]["ok"], true, "{first}");
+    let sent = answered();
+    let again = broadcast(r#"{"load":0.5}"#, "b-1").json();
+    let repeated = again.as_array().expect("results");
+    assert_eq!(repeated.len(), 1, "{again}");
+    assert_eq!(repeated[0]["repeated"], true, "{again}");
+    assert_eq!(
+        repeated[0]["result"]["envelope_id"],
+        list[0]["result"]["envelope_id"]
+    );
+    assert_eq!(answered(), sent, "a repeated broadcast is not sent");
+    broadcast(r#"{"load":0.9}"#, "b-1").fails(2, &["IDEMPOTENCY_KEY_REUSED"]);
+    // A key names one request of one kind: the query's key is not a
+    // broadcast's.
+    broadcast(r#"{"load":0.5}"#, "q-1").fails(2, &["IDEMPOTENCY_KEY_REUSED"]);
+    verify_audit(&alpha);
+}

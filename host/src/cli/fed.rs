@@ -215,6 +215,14 @@ pub struct QueryArgs {
     /// How long to wait for the reply, ms: 1-600000 (default 10000).
     #[arg(long, value_name = "N")]
     pub timeout_ms: Option<u64>,
+    /// Makes a retry safe: within 24 h, a query with the same KEY and the
+    /// same peer, type and payload that was answered is not sent again;
+    /// the recorded answer is printed (JSON: "repeated": true). A query
+    /// that got no answer records nothing, so its retry is sent afresh.
+    /// The same KEY with anything else is IDEMPOTENCY_KEY_REUSED (exit 2).
+    /// 1-128 printable ASCII characters, e.g. a UUID.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -228,12 +236,21 @@ pub fn query(home: &Path, args: QueryArgs) -> CliResult {
     if let Some(ms) = args.timeout_ms {
         params["timeout_ms"] = json!(ms);
     }
+    if let Some(key) = &args.idempotency_key {
+        crate::coordinator::check_idempotency_key(key).map_err(CliError::usage)?;
+        params["idempotency_key"] = json!(key);
+    }
     let result = call(home, "query", params)?;
     if args.json {
         print_json(&result);
     } else {
         println!(
-            "{} {}: {}",
+            "{}{} {}: {}",
+            if result["repeated"] == true {
+                "already answered (same idempotency key): "
+            } else {
+                ""
+            },
             text(&result["peer"]),
             text(&result["status"]),
             match (&result["reply"], &result["reason"]) {
@@ -259,6 +276,13 @@ pub struct BroadcastArgs {
     /// 10000).
     #[arg(long, value_name = "N")]
     pub timeout_ms: Option<u64>,
+    /// Makes a retry safe: within 24 h, a broadcast with the same KEY and
+    /// the same type and payload sends nothing and prints the results
+    /// recorded when the first one finished (JSON: each with "repeated":
+    /// true). The same KEY with anything else is IDEMPOTENCY_KEY_REUSED
+    /// (exit 2). 1-128 printable ASCII characters, e.g. a UUID.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -271,6 +295,10 @@ pub fn broadcast(home: &Path, args: BroadcastArgs) -> CliResult {
     if let Some(ms) = args.timeout_ms {
         params["timeout_ms"] = json!(ms);
     }
+    if let Some(key) = &args.idempotency_key {
+        crate::coordinator::check_idempotency_key(key).map_err(CliError::usage)?;
+        params["idempotency_key"] = json!(key);
+    }
     let result = call(home, "broadcast", params)?;
     let list = result.as_array().cloned().unwrap_or_default();
     let failed = list.iter().filter(|r| r["ok"] != json!(true)).count();
@@ -279,6 +307,9 @@ pub fn broadcast(home: &Path, args: BroadcastArgs) -> CliResult {
     } else if list.is_empty() {
         println!("no live sessions: nothing sent");
     } else {
+        if list.iter().any(|r| r["repeated"] == true) {
+            println!("already broadcast (same idempotency key); the recorded results:");
+        }
         for r in &list {
             if r["ok"] == json!(true) {
                 println!("{}: {}", text(&r["peer"]), text(&r["result"]["status"]));

@@ -453,6 +453,14 @@ pub struct QueryParams {
     /// most 600 000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Makes a retry safe: within 24 h, a query with the same key and the
+    /// same peer, type and payload that was answered is not sent again;
+    /// the recorded answer comes back (with `"repeated": true`). A query
+    /// that got no answer records nothing (its retry is sent afresh). The
+    /// same key with another request is `IDEMPOTENCY_KEY_REUSED`. 1-128
+    /// printable ASCII characters.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `broadcast`.
@@ -467,6 +475,14 @@ pub struct BroadcastParams {
     /// How long to wait for each acknowledgement (default 10 000 ms).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Makes a retry safe: within 24 h, a broadcast with the same key and
+    /// the same type and payload sends nothing and returns the recorded
+    /// per-peer results (each with `"repeated": true`); they are recorded
+    /// once the first broadcast finished. The same key with another
+    /// request is `IDEMPOTENCY_KEY_REUSED`. 1-128 printable ASCII
+    /// characters.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `inbox.remove`.

@@ -367,13 +367,24 @@ impl Dispatcher {
                 let p: QueryParams = decode(method, params)?;
                 let timeout = request_timeout(method, p.timeout_ms)?;
                 let (f, rt) = self.federation()?;
-                rt.block_on(f.query(&p.peer, &p.message_type, p.payload, timeout))
+                rt.block_on(f.query_keyed(
+                    &p.peer,
+                    &p.message_type,
+                    p.payload,
+                    timeout,
+                    p.idempotency_key.as_deref(),
+                ))
             }
             "broadcast" => {
                 let p: BroadcastParams = decode(method, params)?;
                 let timeout = request_timeout(method, p.timeout_ms)?;
                 let (f, rt) = self.federation()?;
-                Ok(rt.block_on(f.broadcast(&p.message_type, p.payload, timeout)))
+                rt.block_on(f.broadcast_keyed(
+                    &p.message_type,
+                    p.payload,
+                    timeout,
+                    p.idempotency_key.as_deref(),
+                ))
             }
             "inbox" => {
                 let p: InboxParams = decode(method, params)?;
