@@ -379,6 +379,29 @@ pub struct Federation {
     listen_addr: Mutex<Option<SocketAddr>>,
     /// Bounds what failed inbound handshakes may write to the audit log.
     failure_audit: Mutex<FailureThrottle>,
+    /// Idempotency keys of the queries and broadcasts in progress: a call
+    /// with a key another call is using waits for it to end, then finds
+    /// its recorded result ([`Federation::keyed_turn`]).
+    keyed_calls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A query's or broadcast's turn with its idempotency key; the key is
+/// forgotten when the last call waiting for it is done.
+struct KeyedTurn<'a> {
+    calls: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: String,
+    slot: Arc<tokio::sync::Mutex<()>>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for KeyedTurn<'_> {
+    fn drop(&mut self) {
+        let mut calls = lock(self.calls);
+        // The map's, this turn's and its guard's: nobody else waits.
+        if Arc::strong_count(&self.slot) <= 3 {
+            calls.remove(&self.key);
+        }
+    }
 }
 
 impl std::fmt::Debug for Federation {
@@ -608,6 +631,7 @@ impl Federation {
             settle_rx: Mutex::new(Some(settle_rx)),
             listen_addr: Mutex::new(None),
             failure_audit: Mutex::new(FailureThrottle::default()),
+            keyed_calls: Mutex::new(HashMap::new()),
         });
 
         let endpoint = coordinator.identity().endpoint().map(str::to_string);
@@ -2108,6 +2132,7 @@ impl Federation {
             return self.query(peer, message_type, payload, timeout).await;
         };
         let digest = crate::coordinator::query_digest(peer, message_type, &payload);
+        let _turn = self.keyed_turn(key).await;
         let (k, d) = (key.to_string(), digest.clone());
         if let Some(mut seen) = self
             .blocking(move |c| c.idempotent_result(&k, &d))
@@ -2122,6 +2147,21 @@ impl Federation {
             .blocking(move |c| c.remember_result(&k, &digest, result))
             .await??;
         Ok(kept)
+    }
+
+    /// Waits until no other query or broadcast of this daemon uses `key`:
+    /// concurrent retries run one after the other, so a retry sent while
+    /// the first call is in flight gets its recorded answer instead of
+    /// asking again.
+    async fn keyed_turn(&self, key: &str) -> KeyedTurn<'_> {
+        let slot = Arc::clone(lock(&self.keyed_calls).entry(key.to_string()).or_default());
+        let turn = Arc::clone(&slot).lock_owned().await;
+        KeyedTurn {
+            calls: &self.keyed_calls,
+            key: key.to_string(),
+            slot,
+            _turn: turn,
+        }
     }
 
     /// `query` without an idempotency key ([`Federation::query_keyed`]).
@@ -2349,6 +2389,7 @@ impl Federation {
             return Ok(self.broadcast(message_type, payload, timeout).await);
         };
         let digest = crate::coordinator::broadcast_digest(message_type, &payload);
+        let _turn = self.keyed_turn(key).await;
         let (k, d) = (key.to_string(), digest.clone());
         if let Some(mut seen) = self
             .blocking(move |c| c.idempotent_result(&k, &d))

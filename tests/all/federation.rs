@@ -1557,6 +1557,21 @@ fn keyed_query_and_broadcast_retries_return_the_recorded_answer_and_send_nothing
     assert!(human.contains("already answered"), "{human}");
     // The key is bound to its request.
     query(r#"{"n":2}"#, "q-1").fails(2, &["IDEMPOTENCY_KEY_REUSED"]);
+    // Two calls with a new key at once: one query is sent, and both get
+    // its answer.
+    let sent = answered();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| query("{}", "q-2").json());
+        let b = s.spawn(|| query("{}", "q-2").json());
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    assert_eq!(a["envelope_id"], b["envelope_id"], "{a} {b}");
+    assert_eq!(
+        [&a, &b].iter().filter(|r| r["repeated"] == true).count(),
+        1,
+        "{a} {b}"
+    );
+    assert_eq!(answered(), sent + 1);
 
     let broadcast = |payload: &str, key: &str| {
         alpha.run(&[
