@@ -1513,7 +1513,7 @@ fn a_15_mib_context_share_goes_through_two_daemons_while_pings_are_answered() {
 
 #[test]
 fn keyed_query_and_broadcast_retries_return_the_recorded_answer_and_send_nothing() {
-    let (alpha, alpha_ep) = fed_node("alpha");
+    let (mut alpha, alpha_ep) = fed_node("alpha");
     let (beta, beta_ep) = fed_node("beta");
     join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
     // Queries alpha sent that beta answered (one `message_sent` record
@@ -1602,5 +1602,22 @@ fn keyed_query_and_broadcast_retries_return_the_recorded_answer_and_send_nothing
     // A key names one request of one kind: the query's key is not a
     // broadcast's.
     broadcast(r#"{"load":0.5}"#, "q-1").fails(2, &["IDEMPOTENCY_KEY_REUSED"]);
+    // The recorded answer is durable: after a kill -9 and a restart the
+    // retry gets it without a session, and nothing is sent.
+    let first = query("{}", "q-1").json();
+    alpha.kill9();
+    alpha.start(&[]);
+    let after = alpha
+        .run(&[
+            "query",
+            "beta",
+            "ping",
+            "--idempotency-key",
+            "q-1",
+            "--json",
+        ])
+        .json();
+    assert_eq!(after["repeated"], true, "{after}");
+    assert_eq!(after["envelope_id"], first["envelope_id"]);
     verify_audit(&alpha);
 }
