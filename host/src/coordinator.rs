@@ -2930,19 +2930,9 @@ impl Coordinator {
             created_ms: self.now(),
             receipt: result,
         };
-        let key_s = key.to_string();
-        let (kept, _) = self.store.journal().write(
-            move |txn| {
-                if let Some(seen) = crate::store::idempotency_get_in(txn, &key_s)?
-                    .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > record.created_ms)
-                {
-                    return Ok((seen, false));
-                }
-                crate::store::idempotency_put_in(txn, &key_s, &record)?;
-                Ok((record.clone(), false))
-            },
-            Vec::new(),
-        )?;
+        let kept = self
+            .store
+            .idempotency_put_if_absent(key, record, IDEMPOTENCY_WINDOW_MS)?;
         if kept.digest != digest {
             return Err(CoordError::IdempotencyKeyReused(clip(key)));
         }

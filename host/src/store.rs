@@ -1322,6 +1322,28 @@ impl Store {
         Ok(row.and_then(|v| serde_json::from_slice(v.value()).ok()))
     }
 
+    /// Records `record` under idempotency key `key` unless a record of it
+    /// younger than `window_ms` is already there; returns the record kept
+    /// (the one already there, or `record`). Durable on return.
+    pub fn idempotency_put_if_absent(
+        &self,
+        key: &str,
+        record: IdempotencyRecord,
+        window_ms: u64,
+    ) -> Result<IdempotencyRecord> {
+        check_key(key)?;
+        let key = key.to_string();
+        self.write_logged(move |tx| {
+            if let Some(seen) = idempotency_get_in(tx.txn(), &key)?
+                .filter(|seen| seen.created_ms.saturating_add(window_ms) > record.created_ms)
+            {
+                return Ok(seen);
+            }
+            idempotency_put_in(tx, &key, &record)?;
+            Ok(record.clone())
+        })
+    }
+
     /// Forgets up to `limit` idempotency keys first used before
     /// `cutoff_ms`; how many.
     pub fn idempotency_prune_older_than(&self, cutoff_ms: u64, limit: usize) -> Result<u64> {
