@@ -1885,13 +1885,30 @@ impl Coordinator {
         // Most evaluations change nothing; skipping the write saves a
         // durable commit (an fsync) per interaction.
         if record.score != score || record.score_components != components || newly_recommended {
-            self.store.update_peer(node_id, move |r| {
-                r.score = score;
-                r.score_components = components;
-                if recommend {
-                    r.privileged_recommended = true;
-                }
-            })?;
+            // A first PRIVILEGED recommendation and its record commit
+            // together with the flag that keeps it from repeating.
+            let events = if newly_recommended {
+                vec![
+                    AuditEvent::new(EventType::TrustLevelChanged, format!("PRIVILEGED recommended for {node_id}; operator confirmation required"))
+                        .with_peer(node_id)
+                        .with_actor(plugin_actor(&plugin))
+                        .with_details(json!({"recommendation": "PRIVILEGED", "from": current, "to": current, "reason": decision.reason, "score": score})),
+                ]
+            } else {
+                Vec::new()
+            };
+            self.store.update_peer_recorded(
+                &self.audit,
+                node_id,
+                move |r| {
+                    r.score = score;
+                    r.score_components = components.clone();
+                    if recommend {
+                        r.privileged_recommended = true;
+                    }
+                },
+                events,
+            )?;
         }
         // A legal promotion must still pass the host's earning rules and
         // any operator pin (checked here, for every trust plugin).
@@ -1945,14 +1962,6 @@ impl Coordinator {
                 Ok(TrustOutcome::Changed(change))
             }
             Ok(None) if recommend => {
-                if newly_recommended {
-                    self.record(
-                        AuditEvent::new(EventType::TrustLevelChanged, format!("PRIVILEGED recommended for {node_id}; operator confirmation required"))
-                            .with_peer(node_id)
-                            .with_actor(plugin_actor(&plugin))
-                            .with_details(json!({"recommendation": "PRIVILEGED", "from": current, "to": current, "reason": decision.reason, "score": score})),
-                    )?;
-                }
                 Ok(TrustOutcome::PrivilegedRecommended {
                     score,
                     reason: decision.reason,
@@ -2374,18 +2383,25 @@ impl Coordinator {
             usd: report.usd,
             success: report.success,
         };
-        self.store.record_spend(&report.peer, &sample)?;
-        if record.breaker.state == BreakerState::Suspended && !report.success {
-            self.store
-                .update_peer(&report.peer, |r| r.breaker.failures_since_suspend += 1)?;
-        }
-        self.record(AuditEvent::spend_reported(
+        // The sample, a failure counted against a suspended peer and its
+        // `spend_reported` record commit together.
+        let event = AuditEvent::spend_reported(
             &report.peer,
             &report.task_id,
             sample.tokens,
             report.usd,
             report.success,
-        ))?;
+        );
+        let count_failure = record.breaker.state == BreakerState::Suspended && !report.success;
+        if !self.store.record_spend_recorded(
+            &self.audit,
+            &report.peer,
+            &sample,
+            count_failure,
+            vec![event],
+        )? {
+            return Err(CoordError::UnknownPeer(clip(&report.peer)));
+        }
         let interaction = if report.success {
             Interaction::Success
         } else {

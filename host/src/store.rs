@@ -1002,37 +1002,59 @@ impl Store {
     /// [`SPEND_RING_CAPACITY`]. The sample is stored as reported (negative
     /// values kept); `usd` must be finite.
     pub fn record_spend(&self, peer: &str, sample: &SpendSample) -> Result<()> {
-        check_key(peer)?;
-        if !sample.usd.is_finite() {
-            return Err(StoreError::InvalidValue("spend usd must be finite"));
-        }
-        if sample.task_id.len() > MAX_KEY_BYTES {
-            return Err(StoreError::InvalidValue("task id longer than 256 bytes"));
-        }
-        let bytes = serde_json::to_vec(sample)
-            .map_err(|_| StoreError::InvalidValue("spend sample does not serialize"))?;
+        let bytes = encode_spend(peer, sample)?;
         let peer = peer.to_string();
         let ts_ms = sample.ts_ms;
-        self.write(move |txn| {
-            let peer = peer.as_str();
-            let mut index = txn.open_table(SPEND_INDEX)?;
-            let (mut count, next_seq) = index.get(peer)?.map(|v| v.value()).unwrap_or((0, 0));
-            let mut spend = txn.open_table(SPEND)?;
-            spend.insert((peer, ts_ms, next_seq), bytes.as_slice())?;
-            count += 1;
-            while count > SPEND_RING_CAPACITY {
-                let oldest = spend
-                    .range((peer, 0u64, 0u64)..=(peer, u64::MAX, u64::MAX))?
-                    .next()
-                    .transpose()?
-                    .map(|(k, _)| (k.value().1, k.value().2));
-                let Some((ts, seq)) = oldest else { break };
-                spend.remove((peer, ts, seq))?;
-                count -= 1;
-            }
-            index.insert(peer, (count, next_seq.wrapping_add(1)))?;
-            Ok(())
-        })
+        self.write(move |txn| record_spend_in(txn, &peer, ts_ms, &bytes))
+    }
+
+    /// [`Store::record_spend`] and, with `count_failure` (a failure
+    /// reported while the peer's breaker is SUSPENDED), one more failure
+    /// since the suspension on the peer's record, with `events` (its
+    /// `spend_reported`) recorded in `audit` in the same commit. Nothing is
+    /// written or recorded for an unknown peer; whether it was known.
+    pub(crate) fn record_spend_recorded(
+        &self,
+        audit: &crate::audit::AuditLog,
+        peer: &str,
+        sample: &SpendSample,
+        count_failure: bool,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> std::result::Result<bool, crate::audit::AuditError> {
+        let bytes = encode_spend(peer, sample).map_err(crate::audit::journal_error)?;
+        let key = peer.to_string();
+        let ts_ms = sample.ts_ms;
+        if count_failure {
+            self.peers.begin_write();
+        }
+        let known = audit
+            .submit_with_hook(
+                move |txn| {
+                    let known = if count_failure {
+                        update_peer_in(txn, &key, &mut |r| r.breaker.failures_since_suspend += 1)?
+                            .is_some()
+                    } else {
+                        txn.open_table(PEERS)?.get(key.as_str())?.is_some()
+                    };
+                    if known {
+                        record_spend_in(txn, &key, ts_ms, &bytes)?;
+                    }
+                    Ok((known, known))
+                },
+                events,
+                None::<fn(&bool)>,
+                crate::journal::Persist::Durable,
+            )
+            .and_then(|ticket| {
+                ticket
+                    .wait()
+                    .map(|(known, _)| known)
+                    .map_err(crate::audit::journal_error)
+            });
+        if count_failure {
+            self.peers.end_write(peer);
+        }
+        known
     }
 
     /// Spend samples of `peer` with `ts_ms >= since_ms`, oldest first.
@@ -1500,6 +1522,41 @@ impl Store {
 // ---------------------------------------------------------------------------
 // Changes inside a caller's transaction (for combined journal jobs)
 // ---------------------------------------------------------------------------
+
+/// A spend sample checked and encoded for [`record_spend_in`].
+fn encode_spend(peer: &str, sample: &SpendSample) -> Result<Vec<u8>> {
+    check_key(peer)?;
+    if !sample.usd.is_finite() {
+        return Err(StoreError::InvalidValue("spend usd must be finite"));
+    }
+    if sample.task_id.len() > MAX_KEY_BYTES {
+        return Err(StoreError::InvalidValue("task id longer than 256 bytes"));
+    }
+    serde_json::to_vec(sample)
+        .map_err(|_| StoreError::InvalidValue("spend sample does not serialize"))
+}
+
+/// Appends an encoded spend sample of `peer` inside `txn`, dropping the
+/// oldest beyond [`SPEND_RING_CAPACITY`].
+fn record_spend_in(txn: &WriteTransaction, peer: &str, ts_ms: u64, bytes: &[u8]) -> Result<()> {
+    let mut index = txn.open_table(SPEND_INDEX)?;
+    let (mut count, next_seq) = index.get(peer)?.map(|v| v.value()).unwrap_or((0, 0));
+    let mut spend = txn.open_table(SPEND)?;
+    spend.insert((peer, ts_ms, next_seq), bytes)?;
+    count += 1;
+    while count > SPEND_RING_CAPACITY {
+        let oldest = spend
+            .range((peer, 0u64, 0u64)..=(peer, u64::MAX, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(k, _)| (k.value().1, k.value().2));
+        let Some((ts, seq)) = oldest else { break };
+        spend.remove((peer, ts, seq))?;
+        count -= 1;
+    }
+    index.insert(peer, (count, next_seq.wrapping_add(1)))?;
+    Ok(())
+}
 
 /// Reads, modifies and writes back a peer record inside `txn`
 /// ([`Store::update_peer`]).

@@ -1308,6 +1308,21 @@ fn each_state_change_commits_with_its_audit_records_as_one_job() {
     step("breaker_reactivated", 1, &|| {
         n.coordinator.reactivate("beta", "test").unwrap();
     });
+    // The sample and its `spend_reported` record are one job; the
+    // interaction counted on the peer's record and the trust plugin's new
+    // score are two more (no records), and the breaker (no transition)
+    // writes nothing.
+    step_jobs("spend_reported", 3, 1, &|| {
+        n.coordinator
+            .report_spend(SpendReport {
+                peer: "beta".into(),
+                task_id: "task-1".into(),
+                tokens: 10.0,
+                usd: 0.01,
+                success: true,
+            })
+            .unwrap();
+    });
     step(
         "signature_invalid + trust drop + threat_blocked",
         3,
