@@ -2734,18 +2734,11 @@ fn retry(
         base.saturating_mul(1u64 << (attempts.max(1) - 1).min(30))
             .min(max)
     };
-    let Some((attempts, next)) = c
-        .store()
-        .outbox_reschedule(&entry.envelope_id, move |attempts| {
-            now.saturating_add(backoff(attempts))
-        })?
-    else {
-        return Ok(()); // already removed
-    };
-    c.note_delivery_error(&entry.envelope_id, code);
-    let delay = next.saturating_sub(now);
-    if attempts.is_power_of_two() {
-        c.audit_event(
+    // The new count and its `message_timeout` record (when the count
+    // reaches a power of two: once per escalation) commit together.
+    let event_for = |attempts: u32, next: u64| {
+        let delay = next.saturating_sub(now);
+        attempts.is_power_of_two().then(|| {
             AuditEvent::new(
                 EventType::MessageTimeout,
                 format!(
@@ -2759,8 +2752,17 @@ fn retry(
                 "code": code,
                 "attempts": attempts,
                 "retry_in_ms": delay,
-            })),
-        )?;
+            }))
+        })
+    };
+    let rescheduled = c.store().outbox_reschedule_recorded(
+        c.audit(),
+        &entry.envelope_id,
+        move |attempts| now.saturating_add(backoff(attempts)),
+        event_for,
+    )?;
+    if rescheduled.is_some() {
+        c.note_delivery_error(&entry.envelope_id, code);
     }
     Ok(())
 }

@@ -1201,6 +1201,76 @@ impl Store {
         Ok(due)
     }
 
+    /// [`Store::outbox_reschedule`] with the record `event_for` makes of
+    /// the new attempt count and next attempt time (e.g. `message_timeout`,
+    /// or none) in the same commit. The count is read first and checked
+    /// again inside the commit; if it moved meanwhile, it starts over.
+    pub(crate) fn outbox_reschedule_recorded(
+        &self,
+        audit: &crate::audit::AuditLog,
+        envelope_id: &str,
+        next_attempt: impl Fn(u32) -> u64 + Send + Sync + 'static,
+        event_for: impl Fn(u32, u64) -> Option<crate::audit::AuditEvent>,
+    ) -> std::result::Result<Option<(u32, u64)>, crate::audit::AuditError> {
+        let next_attempt = Arc::new(next_attempt);
+        loop {
+            let Some(current) = self.outbox_get(envelope_id)? else {
+                return Ok(None);
+            };
+            let attempts = current.attempts.saturating_add(1);
+            let next_attempt_ms = next_attempt(attempts);
+            let event = event_for(attempts, next_attempt_ms);
+            let recorded = event.is_some();
+            let index = Arc::clone(&self.outbox);
+            let hook_id = envelope_id.to_string();
+            let hook = move |scheduled: &Option<Option<(u32, u64)>>| {
+                if let Some(Some((_, next_attempt_ms))) = scheduled {
+                    index.reschedule(&hook_id, *next_attempt_ms);
+                }
+            };
+            let id = envelope_id.to_string();
+            let (outcome, _) = audit
+                .submit_logged_with_hook(
+                    move |tx| {
+                        let row = tx.txn().open_table(OUTBOX)?.get(id.as_str())?.map(|v| {
+                            let (attempts, _, target, bytes) = v.value();
+                            (
+                                attempts,
+                                target.to_string(),
+                                bytes::Bytes::copy_from_slice(bytes),
+                            )
+                        });
+                        // `None`: the count moved (start over); `Some(None)`:
+                        // the entry is gone.
+                        Ok(match row {
+                            None => (Some(None), false),
+                            Some((stored, _, _)) if stored.saturating_add(1) != attempts => {
+                                (None, false)
+                            }
+                            Some((_, target, frame)) => {
+                                tx.write(Redo::OutboxPut {
+                                    id: id.clone(),
+                                    attempts,
+                                    next_attempt_ms,
+                                    target,
+                                    frame,
+                                })?;
+                                (Some(Some((attempts, next_attempt_ms))), recorded)
+                            }
+                        })
+                    },
+                    event.into_iter().collect(),
+                    Some(hook),
+                    crate::journal::Persist::Durable,
+                )?
+                .wait()
+                .map_err(crate::audit::journal_error)?;
+            if let Some(scheduled) = outcome {
+                return Ok(scheduled);
+            }
+        }
+    }
+
     /// Counts a failed attempt of a queued entry and schedules the next
     /// one at `next_attempt(attempts)`, where `attempts` is the stored
     /// count after this failure (so the backoff follows the table, not a
@@ -2630,6 +2700,64 @@ mod tests {
         let lock = HomeLock::acquire(dir.path())?;
         let content = std::fs::read_to_string(lock.path())?;
         assert_eq!(content.trim(), std::process::id().to_string());
+        Ok(())
+    }
+
+    fn summaries(
+        log: &crate::audit::AuditLog,
+    ) -> std::result::Result<Vec<String>, Box<dyn std::error::Error>> {
+        Ok(log
+            .query(&crate::audit::AuditQuery::default())?
+            .into_iter()
+            .map(|r| r.summary)
+            .collect())
+    }
+
+    fn note(summary: &str) -> crate::audit::AuditEvent {
+        crate::audit::AuditEvent::new(crate::audit::EventType::OperatorAction, summary.to_string())
+    }
+
+    #[test]
+    fn a_reschedule_commits_with_the_timeout_record_it_makes() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_in_home(dir.path())?;
+        let log = crate::audit::AuditLog::open(&store, crate::audit::AuditConfig::default())?;
+        store.outbox_put(&OutboxEntry {
+            envelope_id: "env-1".into(),
+            target: "alpha".into(),
+            bytes: bytes::Bytes::from_static(b"signed"),
+            attempts: 0,
+            next_attempt_ms: 0,
+        })?;
+        // A record at every power of two, made from the new count.
+        let timeout = |attempts: u32, next: u64| {
+            attempts
+                .is_power_of_two()
+                .then(|| note(&format!("attempt {attempts}, next at {next}")))
+        };
+        for expected in 1..=3u32 {
+            let before = store.commit_stats();
+            let scheduled =
+                store.outbox_reschedule_recorded(&log, "env-1", |n| 100 * u64::from(n), timeout)?;
+            assert_eq!(scheduled, Some((expected, 100 * u64::from(expected))));
+            assert_eq!(store.commit_stats().jobs - before.jobs, 1);
+        }
+        assert_eq!(store.outbox_get("env-1")?.map(|e| e.attempts), Some(3));
+        assert_eq!(
+            summaries(&log)?,
+            vec![
+                "attempt 2, next at 200".to_string(),
+                "attempt 1, next at 100".to_string()
+            ]
+        );
+        // No longer queued: nothing written, nothing recorded.
+        assert!(store.outbox_remove("env-1")?);
+        assert_eq!(
+            store.outbox_reschedule_recorded(&log, "env-1", |_| 1, timeout)?,
+            None
+        );
+        assert_eq!(log.len()?, 2);
+        assert_eq!(log.verify()?, 2);
         Ok(())
     }
 }
