@@ -1902,7 +1902,7 @@ impl Coordinator {
                 node_id,
                 move |r| {
                     r.score = score;
-                    r.score_components = components.clone();
+                    r.score_components = components;
                     if recommend {
                         r.privileged_recommended = true;
                     }
