@@ -32,6 +32,17 @@
 //! detected too.
 //!
 //! [`AuditLog::verify`] walks the chain and names the first bad record.
+//!
+//! # Pruning
+//!
+//! [`AuditLog::prune`] removes a prefix of the chain (the records before a
+//! time). In the same commit it writes `audit_anchor` in `meta` =
+//! `u64be(last removed seq) || its hash`, and appends an `audit_pruned`
+//! checkpoint record whose details name that seq and hash. Verification
+//! then starts from the anchor (first seq = anchor seq + 1, first
+//! `prev_hash` = anchor hash) instead of genesis, and checks that the
+//! newest `audit_pruned` record names the anchor, so the anchor, which is
+//! outside the chain, cannot be moved by hand unnoticed.
 //! The chain is unkeyed: someone able to rewrite `state.redb` *and*
 //! recompute every later hash and the head is not detected (anchoring the
 //! head, e.g. in the signed witness chain, closes that).
@@ -105,6 +116,9 @@ pub const MAX_ID_BYTES: usize = 256;
 /// Largest canonical details JSON kept, in bytes.
 pub const MAX_DETAILS_BYTES: usize = 32 * 1024;
 pub(crate) const HEAD_KEY: &str = "audit_head";
+/// `meta` key of the pruned prefix's anchor: `u64be(last pruned seq) ||
+/// its hash (64 ASCII hex)` (see [`AuditLog::prune`]).
+pub(crate) const ANCHOR_KEY: &str = "audit_anchor";
 
 // ---------------------------------------------------------------------------
 // Event vocabulary
@@ -232,6 +246,7 @@ event_types! {
     DaemonStarted => "daemon_started", System, Info;
     DaemonStopped => "daemon_stopped", System, Info;
     StorageRecovered => "storage_recovered", System, Warning;
+    AuditPruned => "audit_pruned", Operator, Warning;
 }
 
 impl fmt::Display for EventType {
@@ -745,6 +760,13 @@ pub enum BreakKind {
     },
     /// The last record differs from the recorded head.
     HeadMismatch,
+    /// The pruned-prefix anchor the chain starts from is not the one the
+    /// newest `audit_pruned` record names (or no such record is left):
+    /// records were removed, or the anchor edited.
+    AnchorMismatch {
+        /// Last pruned seq the anchor claims.
+        anchor_seq: u64,
+    },
 }
 
 /// The first bad record found by [`AuditLog::verify`].
@@ -788,6 +810,10 @@ impl fmt::Display for ChainBreak {
                     "record {seq}: does not match the recorded log head (edited)"
                 )
             }
+            BreakKind::AnchorMismatch { anchor_seq } => write!(
+                f,
+                "record {seq}: the chain starts after pruned record {anchor_seq}, but no audit_pruned record names that prefix (records removed or the anchor edited)"
+            ),
         }
     }
 }
@@ -1050,6 +1076,123 @@ impl AuditLog {
         verify_chain(&self.db)
     }
 
+    /// Removes the oldest records: those committed before `before_ms`
+    /// (and, with `through_seq`, none after that seq). Records' times never
+    /// decrease along the chain, so this is a prefix. In the same commit it
+    /// stores the last removed record's seq and hash as the chain's anchor
+    /// and appends an `audit_pruned` checkpoint record (by `actor`) naming
+    /// them, so [`AuditLog::verify`] still checks the whole remaining chain
+    /// and finds a removed or edited anchor. Refuses (changing nothing) if
+    /// the chain does not verify: pruning must not hide damage. Export the
+    /// records first; they are gone from the store afterwards.
+    pub fn prune(
+        &self,
+        before_ms: u64,
+        through_seq: Option<u64>,
+        actor: &str,
+    ) -> Result<PruneReport, AuditError> {
+        loop {
+            verify_chain(&self.db)?;
+            let Some(plan) = self.prune_plan(before_ms, through_seq)? else {
+                return Ok(PruneReport {
+                    pruned: 0,
+                    first_seq: 0,
+                    through_seq: 0,
+                    through_hash: String::new(),
+                    checkpoint_seq: None,
+                });
+            };
+            let event = AuditEvent::new(
+                EventType::AuditPruned,
+                format!(
+                    "audit records {}..{} ({}) pruned: committed before {before_ms} ms",
+                    plan.first, plan.last.seq, plan.count
+                ),
+            )
+            .with_actor(actor)
+            .with_details(json!({
+                "pruned_from_seq": plan.first,
+                "pruned_through_seq": plan.last.seq,
+                "pruned_through_hash": plan.last.hash,
+                "pruned_records": plan.count,
+                "before_ms": before_ms,
+            }));
+            let change_plan = plan.clone();
+            let (done, records) = self
+                .submit_with_hook(
+                    move |txn| {
+                        let plan = &change_plan;
+                        let mut meta = txn.open_table(META)?;
+                        let current = read_anchor(&meta).map_err(|_| {
+                            StoreError::InvalidValue("the audit anchor is not readable")
+                        })?;
+                        // Another prune got there first: plan again.
+                        if current != plan.anchor {
+                            return Ok((false, false));
+                        }
+                        let mut table = txn.open_table(AUDIT)?;
+                        for seq in plan.first..=plan.last.seq {
+                            table.remove(seq)?;
+                        }
+                        meta.insert(ANCHOR_KEY, anchor_bytes(&plan.last).as_slice())?;
+                        Ok((true, true))
+                    },
+                    vec![event],
+                    None::<fn(&bool)>,
+                    Persist::Durable,
+                )?
+                .wait()
+                .map_err(journal_error)?;
+            if done {
+                return Ok(PruneReport {
+                    pruned: plan.count,
+                    first_seq: plan.first,
+                    through_seq: plan.last.seq,
+                    through_hash: plan.last.hash,
+                    checkpoint_seq: records.first().map(|r| r.seq),
+                });
+            }
+        }
+    }
+
+    /// The prefix [`AuditLog::prune`] would remove, if any.
+    fn prune_plan(
+        &self,
+        before_ms: u64,
+        through_seq: Option<u64>,
+    ) -> Result<Option<PrunePlan>, AuditError> {
+        let txn = self.db.begin_read()?;
+        let anchor = read_anchor(&txn.open_table(META)?)?;
+        let table = txn.open_table(AUDIT)?;
+        let mut plan: Option<PrunePlan> = None;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let rec = decode_row(k.value(), v.value())?;
+            if rec.ts_ms >= before_ms || through_seq.is_some_and(|t| rec.seq > t) {
+                break;
+            }
+            let last = Anchor {
+                seq: rec.seq,
+                hash: rec.hash,
+            };
+            match plan.as_mut() {
+                Some(p) => {
+                    p.last = last;
+                    p.count += 1;
+                }
+                None => {
+                    plan = Some(PrunePlan {
+                        anchor: anchor.clone(),
+                        first: rec.seq,
+                        last,
+                        count: 1,
+                    })
+                }
+            }
+        }
+        Ok(plan)
+    }
+
     /// Number of records.
     pub fn len(&self) -> Result<u64, AuditError> {
         let txn = self.db.begin_read()?;
@@ -1180,9 +1323,16 @@ pub(crate) fn head_bytes(head: &ChainHead) -> Vec<u8> {
 fn verify_chain(db: &Database) -> Result<u64, AuditError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(AUDIT)?;
+    let meta = txn.open_table(META)?;
     let broken = |seq, kind| Err(AuditError::Tampered(ChainBreak { seq, kind }));
-    let mut expected = 1u64;
-    let mut prev_hash = GENESIS_HASH.to_string();
+    // After a prune the chain starts from the anchor, not from genesis.
+    let anchor = read_anchor(&meta)?;
+    let (first, mut prev_hash) = match &anchor {
+        Some(a) => (a.seq + 1, a.hash.clone()),
+        None => (1, GENESIS_HASH.to_string()),
+    };
+    let mut expected = first;
+    let mut newest_checkpoint: Option<String> = None;
     for row in table.iter()? {
         let (k, v) = row?;
         let key = k.value();
@@ -1201,11 +1351,13 @@ fn verify_chain(db: &Database) -> Result<u64, AuditError> {
         if rec.prev_hash != prev_hash {
             return broken(key, BreakKind::PrevHashMismatch);
         }
+        if rec.event_type == EventType::AuditPruned.as_str() {
+            newest_checkpoint = Some(rec.details);
+        }
         prev_hash = rec.hash;
         expected += 1;
     }
-    let count = expected - 1;
-    let meta = txn.open_table(META)?;
+    let last = expected - 1;
     if let Some(head) = meta.get(HEAD_KEY)? {
         let bytes = head.value();
         let head_seq = bytes
@@ -1214,14 +1366,97 @@ fn verify_chain(db: &Database) -> Result<u64, AuditError> {
             .map(u64::from_be_bytes)
             .unwrap_or(0);
         let head_hash = bytes.get(8..).unwrap_or_default();
-        if head_seq > count {
-            return broken(count + 1, BreakKind::TailRemoved { head_seq });
+        if head_seq > last {
+            return broken(last + 1, BreakKind::TailRemoved { head_seq });
         }
-        if head_seq != count || head_hash != prev_hash.as_bytes() {
-            return broken(count, BreakKind::HeadMismatch);
+        if head_seq != last || head_hash != prev_hash.as_bytes() {
+            return broken(last, BreakKind::HeadMismatch);
         }
     }
-    Ok(count)
+    // The anchor is outside the chain; the checkpoint record that names
+    // it is inside, so an edited anchor (or a prefix removed by hand with
+    // an anchor written for it) shows.
+    if let Some(anchor) = anchor {
+        let named = newest_checkpoint
+            .and_then(|details| serde_json::from_str::<Value>(&details).ok())
+            .is_some_and(|d| {
+                d["pruned_through_seq"] == anchor.seq && d["pruned_through_hash"] == anchor.hash
+            });
+        if !named {
+            return broken(
+                anchor.seq + 1,
+                BreakKind::AnchorMismatch {
+                    anchor_seq: anchor.seq,
+                },
+            );
+        }
+    }
+    Ok(last + 1 - first)
+}
+
+/// The last pruned record: where the chain starts after a prune.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Anchor {
+    seq: u64,
+    hash: String,
+}
+
+fn read_anchor(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<Anchor>, AuditError> {
+    let Some(value) = meta.get(ANCHOR_KEY)? else {
+        return Ok(None);
+    };
+    let bytes = value.value();
+    let seq = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes);
+    let hash = bytes
+        .get(8..)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .filter(|h| h.len() == 64);
+    match (seq, hash) {
+        (Some(seq), Some(hash)) => Ok(Some(Anchor {
+            seq,
+            hash: hash.to_string(),
+        })),
+        _ => Err(AuditError::Tampered(ChainBreak {
+            seq: 1,
+            kind: BreakKind::AnchorMismatch { anchor_seq: 0 },
+        })),
+    }
+}
+
+fn anchor_bytes(anchor: &Anchor) -> Vec<u8> {
+    let mut bytes = anchor.seq.to_be_bytes().to_vec();
+    bytes.extend_from_slice(anchor.hash.as_bytes());
+    bytes
+}
+
+/// What [`AuditLog::prune`] removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Records removed (0: nothing was older than the cut-off).
+    pub pruned: u64,
+    /// First removed seq (0 when none).
+    pub first_seq: u64,
+    /// Last removed seq (0 when none): the chain now starts after it.
+    pub through_seq: u64,
+    /// Hash of the last removed record, carried by the checkpoint record.
+    pub through_hash: String,
+    /// Seq of the `audit_pruned` checkpoint record (none when nothing was
+    /// removed).
+    pub checkpoint_seq: Option<u64>,
+}
+
+/// The prefix a prune would remove: `first..=last` and `last`'s hash.
+#[derive(Debug, Clone)]
+struct PrunePlan {
+    anchor: Option<Anchor>,
+    first: u64,
+    last: Anchor,
+    count: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -1910,6 +2145,188 @@ mod tests {
             ChainBreak {
                 seq: 4,
                 kind: BreakKind::TailRemoved { head_seq: 5 }
+            }
+        );
+        Ok(())
+    }
+
+    /// Edits the raw `meta` table with plain redb calls, outside the log.
+    fn with_raw_meta(dir: &Path, f: impl FnOnce(&mut redb::Table<&str, &[u8]>)) -> TestResult {
+        let db = Database::create(dir.join(STATE_FILE))?;
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(META)?;
+            f(&mut table);
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn hash_of(log: &AuditLog, seq: u64) -> Result<String, Box<dyn std::error::Error>> {
+        let all = log.query(&AuditQuery::default())?;
+        Ok(all
+            .into_iter()
+            .find(|r| r.seq == seq)
+            .ok_or("no such record")?
+            .hash)
+    }
+
+    #[test]
+    fn prune_removes_a_prefix_and_the_chain_still_verifies() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 10)?;
+            let hash6 = hash_of(&log, 6)?;
+            let report = log.prune(u64::MAX, Some(6), ACTOR_OPERATOR)?;
+            assert_eq!(
+                report,
+                PruneReport {
+                    pruned: 6,
+                    first_seq: 1,
+                    through_seq: 6,
+                    through_hash: hash6.clone(),
+                    checkpoint_seq: Some(11),
+                }
+            );
+            // 7..=10 and the checkpoint.
+            assert_eq!(log.len()?, 5);
+            assert_eq!(log.verify()?, 5);
+            let checkpoint = &log.query(&AuditQuery::default())?[0];
+            assert_eq!(checkpoint.event_type, EventType::AuditPruned);
+            assert_eq!(checkpoint.actor, ACTOR_OPERATOR);
+            assert_eq!(checkpoint.details["pruned_through_hash"], hash6.as_str());
+            assert_eq!(checkpoint.details["pruned_records"], 6);
+            log.append(event(12))?;
+        }
+        // Reopened: the head and anchor agree; a second prune moves the
+        // anchor past the first checkpoint, which a new one replaces.
+        let (_store, log) = open(dir.path())?;
+        assert_eq!(log.verify()?, 6);
+        let report = log.prune(u64::MAX, Some(11), ACTOR_OPERATOR)?;
+        assert_eq!((report.first_seq, report.through_seq), (7, 11));
+        assert_eq!(report.checkpoint_seq, Some(13));
+        assert_eq!(log.verify()?, 2);
+        // Nothing older than the cut-off: nothing changes.
+        let before = log.len()?;
+        let nothing = log.prune(0, None, ACTOR_OPERATOR)?;
+        assert_eq!((nothing.pruned, nothing.checkpoint_seq), (0, None));
+        assert_eq!(log.len()?, before);
+        Ok(())
+    }
+
+    #[test]
+    fn prune_by_time_stops_at_the_first_record_at_or_after_the_cut_off() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_store, log) = open(dir.path())?;
+        fill(&log, 3)?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let cut = now_ms();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        fill(&log, 2)?;
+        let report = log.prune(cut, None, ACTOR_OPERATOR)?;
+        assert_eq!((report.first_seq, report.through_seq), (1, 3));
+        let left = log.query(&AuditQuery::default())?;
+        assert!(left.iter().all(|r| r.seq > 3));
+        assert!(left.iter().all(|r| r.ts_ms >= cut));
+        assert_eq!(log.verify()?, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn prune_refuses_a_chain_that_does_not_verify() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 4)?;
+        }
+        with_raw_table(dir.path(), |t| {
+            let edited = String::from_utf8(raw_get(t, 2))
+                .unwrap_or_default()
+                .replace("message 2", "message X");
+            let _ = t.insert(2, edited.as_bytes());
+        })?;
+        let (_store, log) = open(dir.path())?;
+        let refused = log.prune(u64::MAX, None, ACTOR_OPERATOR);
+        assert!(matches!(refused, Err(AuditError::Tampered(ChainBreak { seq: 2, .. }))));
+        assert_eq!(log.len()?, 4);
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_an_edited_or_removed_anchor() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 6)?;
+            log.prune(u64::MAX, Some(3), ACTOR_OPERATOR)?;
+        }
+        // An anchor pointing further on (more records removed by hand).
+        let (wider, hash5) = {
+            let (_store, log) = open(dir.path())?;
+            (log.len()?, hash_of(&log, 5)?)
+        };
+        assert_eq!(wider, 4);
+        with_raw_table(dir.path(), |t| {
+            let _ = t.remove(4);
+            let _ = t.remove(5);
+        })?;
+        with_raw_meta(dir.path(), |m| {
+            let forged = anchor_bytes(&Anchor {
+                seq: 5,
+                hash: hash5.clone(),
+            });
+            let _ = m.insert(ANCHOR_KEY, forged.as_slice());
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 6,
+                kind: BreakKind::AnchorMismatch { anchor_seq: 5 }
+            }
+        );
+        // No anchor at all: the records before the first one are missing.
+        with_raw_meta(dir.path(), |m| {
+            let _ = m.remove(ANCHOR_KEY);
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 6,
+                kind: BreakKind::SeqGap { expected: 1 }
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn verify_detects_a_prefix_removed_by_hand_with_a_forged_anchor() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let hash3 = {
+            let (_store, log) = open(dir.path())?;
+            fill(&log, 5)?;
+            hash_of(&log, 3)?
+        };
+        with_raw_table(dir.path(), |t| {
+            for seq in 1..=3 {
+                let _ = t.remove(seq);
+            }
+        })?;
+        with_raw_meta(dir.path(), |m| {
+            let forged = anchor_bytes(&Anchor {
+                seq: 3,
+                hash: hash3.clone(),
+            });
+            let _ = m.insert(ANCHOR_KEY, forged.as_slice());
+        })?;
+        let b = expect_break(verify_reopened(dir.path())?);
+        assert_eq!(
+            b,
+            ChainBreak {
+                seq: 4,
+                kind: BreakKind::AnchorMismatch { anchor_seq: 3 }
             }
         );
         Ok(())

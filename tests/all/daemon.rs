@@ -1304,3 +1304,111 @@ fn a_plugin_configuration_it_cannot_use_is_refused_and_the_previous_plugin_stays
     node.start_fake_clock();
     node.stop();
 }
+
+#[test]
+fn audit_prune_exports_then_removes_a_prefix_and_the_chain_still_verifies() {
+    let mut node = Node::init("pruner");
+    let beta = Node::init("beta");
+    let manifest = beta.manifest_file("beta.json");
+    node.start(&[]);
+    node.run(&["peers", "add", manifest.to_str().unwrap()]).ok();
+    node.run(&[
+        "spend", "report", "beta", "--task", "t-1", "--tokens", "5", "--usd", "0.01",
+    ])
+    .ok();
+    let before = node.audit_records();
+    let last = before.last().expect("records").clone();
+    let cut = last["ts_ms"].as_u64().unwrap() + 1;
+    std::thread::sleep(Duration::from_millis(5));
+
+    // Neither a copy nor --discard: refused, nothing changed.
+    node.run(&["audit", "prune", "--before", &cut.to_string()])
+        .fails(2, &["--output"]);
+    let export = node.home.join("pruned.ndjson");
+    let report = node
+        .run(&[
+            "audit",
+            "prune",
+            "--before",
+            &cut.to_string(),
+            "--output",
+            export.to_str().unwrap(),
+            "--json",
+        ])
+        .json();
+    let pruned = report["pruned"].as_u64().unwrap();
+    assert!(pruned >= before.len() as u64, "{report}");
+    assert_eq!(report["first_seq"], 1, "{report}");
+    assert_eq!(report["exported"]["records"], pruned, "{report}");
+    // The copy holds exactly the removed records, chained, private.
+    let mode = std::fs::metadata(&export).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let copied: Vec<Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(copied.len() as u64, pruned);
+    for (a, b) in before.iter().zip(&copied) {
+        assert_eq!(a["hash"], b["hash"]);
+    }
+    for pair in copied.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+    }
+    let through_hash = copied.last().unwrap()["hash"].clone();
+    assert_eq!(report["through_hash"], through_hash);
+    // What is left starts with the records after the cut-off; the
+    // checkpoint names the last removed record; the chain verifies.
+    let left = node.audit_records();
+    assert!(left.iter().all(|r| r["seq"].as_u64().unwrap() > pruned));
+    let checkpoint = left
+        .iter()
+        .find(|r| r["event_type"] == "audit_pruned")
+        .expect("checkpoint record");
+    assert_eq!(checkpoint["details"]["pruned_through_hash"], through_hash);
+    assert_eq!(checkpoint["actor"], "operator");
+    let verified = node.run(&["audit", "verify", "--json"]).json();
+    assert_eq!(verified["records"], left.len() as u64);
+    // The copy is never overwritten: a second prune into it is refused
+    // before anything is removed.
+    node.run(&[
+        "audit",
+        "prune",
+        "--before",
+        &(cut + 60_000).to_string(),
+        "--output",
+        export.to_str().unwrap(),
+    ])
+    .fails(1, &["never replaced"]);
+    assert_eq!(node.audit_records().len(), left.len());
+
+    // With the daemon stopped, the CLI prunes the store itself.
+    node.stop();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(5));
+    let offline = node
+        .run(&[
+            "audit",
+            "prune",
+            "--before",
+            &(now + 1).to_string(),
+            "--discard",
+        ])
+        .ok()
+        .to_string();
+    assert!(offline.contains("checkpoint record"), "{offline}");
+    let verify = node.run(&["audit", "verify"]);
+    assert!(verify.ok().contains("checked offline"), "{}", verify.stdout);
+    node.start(&[]);
+    node.run(&["audit", "verify"]).ok();
+    let types: Vec<Value> = node
+        .audit_records()
+        .iter()
+        .map(|r| r["event_type"].clone())
+        .collect();
+    assert_eq!(types.first(), Some(&json!("audit_pruned")), "{types:?}");
+    node.stop();
+}

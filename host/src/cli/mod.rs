@@ -257,7 +257,9 @@ fn opens_home(command: &Command) -> bool {
         Command::Init(_) | Command::Daemon(_) | Command::Mcp(_) => true,
         Command::Manifest(args) => args.command.is_none(),
         // Offline verification opens the store when no daemon runs.
-        Command::Audit(ops::AuditCommand::Verify { .. }) => true,
+        Command::Audit(ops::AuditCommand::Verify { .. } | ops::AuditCommand::Prune { .. }) => {
+            true
+        }
         // They read the config and read and write the plugin cache.
         Command::Plugin(
             plugin::PluginCommand::List { .. }
@@ -281,7 +283,8 @@ pub fn run(cli: Cli) -> CliResult {
         // Whatever these create in the home (the store, locks, cache
         // entries, temp files) is private from its creation on, even where
         // a library picks the mode. Commands that write the operator's own
-        // files (`plugin new`, `audit export --output`) keep the umask.
+        // files (`plugin new`, `audit export --output`) keep the umask
+        // (`audit prune --output` makes its file private itself).
         crate::home::private_umask();
     }
     match cli.command {

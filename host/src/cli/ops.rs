@@ -1167,6 +1167,32 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove the oldest audit records: those committed before --before.
+    /// They are written to --output first (NDJSON, as `audit export`
+    /// writes it; the file must not exist) unless --discard says to drop
+    /// them. A checkpoint record (`audit_pruned`) carrying the hash of the
+    /// last removed record is appended, so `audit verify` still checks the
+    /// whole chain that is left. Refused if the chain does not verify.
+    /// Works with the daemon stopped too.
+    #[command(
+        after_help = "Examples:\n  agentfed audit prune --before 2026-11-01T00:00:00Z --output audit-2026-10.ndjson\n  agentfed audit prune --before 2026-11-01T00:00:00Z --discard"
+    )]
+    Prune {
+        /// Remove records committed before this time: RFC 3339
+        /// (2026-11-01T00:00:00Z) or ms since the Unix epoch.
+        #[arg(long, value_name = "TIME")]
+        before: String,
+        /// Write the removed records to FILE first (NDJSON, mode 0600,
+        /// synced before anything is removed).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Remove the records without keeping a copy.
+        #[arg(long, conflicts_with = "output")]
+        discard: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the receipt the receiver signed for a delivered (or finally
     /// refused) envelope: proof of delivery that anyone with the
     /// receiver's public key can check. Works with the daemon stopped.
@@ -1257,6 +1283,19 @@ pub fn audit(home: &Path, command: AuditCommand) -> CliResult {
             Ok(())
         }
         AuditCommand::Verify { json } => verify(home, json),
+        AuditCommand::Prune {
+            output: None,
+            discard: false,
+            ..
+        } => Err(CliError::usage(anyhow!(
+            "prune removes records: pass --output FILE to keep a copy of them, or --discard to remove them without one"
+        ))),
+        AuditCommand::Prune {
+            before,
+            output,
+            json,
+            ..
+        } => prune(home, &before, output.as_deref(), json),
         AuditCommand::Proof {
             verify: Some(file),
             public_key,
@@ -1360,6 +1399,88 @@ fn verify(home: &Path, json: bool) -> CliResult {
     Ok(())
 }
 
+/// `agentfed audit prune`: exports the records before the cut-off (unless
+/// discarded), then removes exactly those (`through_seq`), so a record
+/// committed meanwhile is never removed without being exported.
+fn prune(home: &Path, before: &str, output: Option<&Path>, json: bool) -> CliResult {
+    let before_ms = parse_time("--before", before)?;
+    let mut params = json!({"before_ms": before_ms});
+    let mut exported = None;
+    if let Some(path) = output {
+        let (result, _) = audit_call(
+            home,
+            "audit.export",
+            json!({"format": "ndjson", "until_ms": before_ms.saturating_sub(1), "order": "oldest"}),
+        )?;
+        let content = result["content"].as_str().unwrap_or("");
+        let records = result["records"].as_u64().unwrap_or(0);
+        if records == 0 {
+            return print_pruned(&json!({"pruned": 0}), None, json);
+        }
+        let last_seq = content
+            .lines()
+            .last()
+            .and_then(|line| serde_json::from_str::<Value>(line).ok())
+            .and_then(|r| r["seq"].as_u64())
+            .ok_or_else(|| CliError::failed(anyhow!("the export has no last record seq")))?;
+        write_new_private(path, content.as_bytes())?;
+        params["through_seq"] = json!(last_seq);
+        exported = Some((path, records));
+    }
+    let (report, _) = audit_call(home, "audit.prune", params)?;
+    print_pruned(&report, exported, json)
+}
+
+fn print_pruned(report: &Value, exported: Option<(&Path, u64)>, json: bool) -> CliResult {
+    if json {
+        let mut out = report.clone();
+        if let Some((path, records)) = exported {
+            out["exported"] = json!({"path": path.display().to_string(), "records": records});
+        }
+        print_json(&out);
+        return Ok(());
+    }
+    if let Some((path, records)) = exported {
+        eprintln!("exported {records} records to {}", path.display());
+    }
+    match report["pruned"].as_u64().unwrap_or(0) {
+        0 => println!("nothing to prune: no record was committed before the cut-off"),
+        n => println!(
+            "pruned {n} records ({}..{}); checkpoint record {} carries the hash of record {}",
+            text(&report["first_seq"]),
+            text(&report["through_seq"]),
+            text(&report["checkpoint_seq"]),
+            text(&report["through_seq"]),
+        ),
+    }
+    Ok(())
+}
+
+/// Writes `content` to a new file at `path` (refusing to replace one),
+/// readable by this user only, and syncs it: removed audit records exist
+/// only there afterwards.
+fn write_new_private(path: &Path, content: &[u8]) -> Result<(), CliError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (an existing file is never replaced)", path.display()))
+        .map_err(CliError::failed)?;
+    file.write_all(content)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+        .map_err(CliError::failed)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))
+            .map_err(CliError::failed)?;
+    }
+    Ok(())
+}
+
 /// An audit request (`audit.query`, `audit.export`, `audit.verify`)
 /// through the daemon, or, when none runs for the home, over the store
 /// directly (`true` in the result): the audit log can be read with the
@@ -1374,8 +1495,8 @@ fn audit_call(home: &Path, method: &str, params: Value) -> Result<(Value, bool),
 
 /// Serves an audit request from the store with the daemon stopped: takes
 /// the home lock first (so a live daemon's store is never opened), then
-/// opens the store read-write (redb has no read-only mode) without
-/// changing anything.
+/// opens the store read-write (redb has no read-only mode); only
+/// `audit.prune` changes anything.
 fn audit_offline(home: &Path, method: &str, params: Value) -> Result<Value, CliError> {
     use crate::audit::{AuditConfig, AuditLog};
     use crate::store::{HomeLock, STATE_FILE, Store};

@@ -253,6 +253,7 @@ pub const METHODS: &[MethodInfo] = &[
     m("audit.export", "federation_audit", false),
     m("audit.verify", "federation_audit", false),
     m("audit.proof", "federation_audit", false),
+    m("audit.prune", "(operator CLI only)", true),
     m("plugins.list", "federation_status", false),
     m("plugins.reload", "federation_status", true),
     m("manifest", "federation_init", false),
@@ -550,6 +551,18 @@ pub struct AuditFilter {
 pub struct ProofParams {
     /// The envelope whose delivery (or final refusal) to prove.
     pub envelope_id: String,
+}
+
+/// `audit.prune`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneParams {
+    /// Remove the records committed before this time (ms since the Unix
+    /// epoch); records' times never decrease, so this is a prefix.
+    pub before_ms: u64,
+    /// Remove none after this seq (the last one the caller exported).
+    #[serde(default)]
+    pub through_seq: Option<u64>,
 }
 
 /// `audit.export`.

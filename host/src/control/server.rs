@@ -452,7 +452,7 @@ impl Dispatcher {
                 let p: InboxRemoveParams = decode(method, params)?;
                 Ok(json!({"removed": c.inbox_remove_through(p.through)?}))
             }
-            "audit.query" | "audit.export" | "audit.verify" | "audit.proof" => {
+            "audit.query" | "audit.export" | "audit.verify" | "audit.proof" | "audit.prune" => {
                 audit_call(c.audit(), method, params)
             }
             "plugins.list" => {
@@ -589,7 +589,7 @@ fn delivery_proof(log: &crate::audit::AuditLog, envelope_id: &str) -> ApiResult 
 }
 
 /// The audit requests (`audit.query`, `audit.export`, `audit.verify`,
-/// `audit.proof`)
+/// `audit.proof`, `audit.prune`)
 /// over `log`: served by the daemon, and by the CLI from the store
 /// directly when no daemon runs ([`crate::cli`]'s offline reading).
 pub fn audit_call(log: &crate::audit::AuditLog, method: &str, params: Value) -> ApiResult {
@@ -634,6 +634,13 @@ pub fn audit_call(log: &crate::audit::AuditLog, method: &str, params: Value) -> 
         "audit.proof" => {
             let p: super::ProofParams = decode(method, params)?;
             delivery_proof(log, &p.envelope_id)
+        }
+        "audit.prune" => {
+            let p: super::PruneParams = decode(method, params)?;
+            let report = log
+                .prune(p.before_ms, p.through_seq, crate::audit::ACTOR_OPERATOR)
+                .map_err(audit_error)?;
+            to_value(report)
         }
         _ => Err(ErrorBody::new(
             codes::UNKNOWN_METHOD,
