@@ -2756,7 +2756,7 @@ fn retry(
         })
     };
     let rescheduled = c.store().outbox_reschedule_recorded(
-        c.audit(),
+        c.audit().recorder(),
         &entry.envelope_id,
         move |attempts| now.saturating_add(backoff(attempts)),
         event_for,

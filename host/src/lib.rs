@@ -44,7 +44,6 @@
 //! * [`cli`]: the `agentfed` command line.
 #![deny(missing_docs)]
 
-pub mod audit;
 pub mod breaker;
 pub mod budget;
 pub mod cli;
@@ -59,7 +58,6 @@ pub mod envelope;
 pub mod federation;
 pub mod home;
 pub mod identity;
-pub mod journal;
 pub mod limits;
 pub mod mcp;
 pub mod mesh;
@@ -68,8 +66,10 @@ pub mod pii;
 pub mod plugin;
 pub mod receipt;
 pub mod scaffold;
-pub mod seglog;
-pub mod store;
+pub mod storage;
 pub mod transport;
 pub mod trust;
 pub mod trust_ledger;
+
+// The storage layer's modules, at the paths the rest of the crate uses.
+pub use storage::{audit, journal, seglog, store};

@@ -91,7 +91,7 @@ impl Coordinator {
         // The operator's explicit decision lifts an earlier removal; the
         // peer and its record commit together.
         self.store.upsert_peer_recorded(
-            &self.audit,
+            self.audit.recorder(),
             &record,
             true,
             vec![
@@ -122,7 +122,7 @@ impl Coordinator {
         // together.
         let removed =
             self.store
-                .remove_peer_recorded(&self.audit, node_id, self.now(), |removed| {
+                .remove_peer_recorded(self.audit.recorder(), node_id, self.now(), |removed| {
                     let dropped = &removed.dropped_envelopes;
                     AuditEvent::new(
                         EventType::PeerRemoved,

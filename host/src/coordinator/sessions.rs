@@ -159,7 +159,7 @@ impl Coordinator {
         let event = manifest_update_event(&stored.manifest, &presented.manifest);
         let adopted = presented.clone();
         self.store.update_peer_recorded(
-            &self.audit,
+            self.audit.recorder(),
             &node_id,
             move |r| {
                 r.last_seen_ms = now;
@@ -238,7 +238,7 @@ impl Coordinator {
                 PeerOrigin::AcceptNew
             };
             self.store.upsert_peer_recorded(
-                &self.audit,
+                self.audit.recorder(),
                 &record,
                 role == "client",
                 vec![

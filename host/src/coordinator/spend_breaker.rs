@@ -47,7 +47,7 @@ impl Coordinator {
         );
         let count_failure = record.breaker.state == BreakerState::Suspended && !report.success;
         if !self.store.record_spend_recorded(
-            &self.audit,
+            self.audit.recorder(),
             &report.peer,
             &sample,
             count_failure,
@@ -182,7 +182,7 @@ impl Coordinator {
         };
         // The transition and its record commit together.
         let updated = self.store.update_peer_recorded(
-            &self.audit,
+            self.audit.recorder(),
             record.node_id(),
             move |r| {
                 r.breaker = BreakerInfo {

@@ -85,7 +85,7 @@ impl Coordinator {
         .with_actor(crate::audit::ACTOR_OPERATOR)
         .with_details(json!({"action": "trust_unpin", "level": op.level, "reason": reason}));
         self.store.update_peer_recorded(
-            &self.audit,
+            self.audit.recorder(),
             node_id,
             move |r| r.operator = Some(unpinned),
             vec![event],
@@ -126,7 +126,7 @@ impl Coordinator {
             details.insert("pinned".into(), json!(op.pinned));
         }
         self.store.update_peer_recorded(
-            &self.audit,
+            self.audit.recorder(),
             &change.peer,
             move |r| set_trust_level(r, to, now, operator),
             vec![event],
@@ -328,7 +328,7 @@ impl Coordinator {
                 Vec::new()
             };
             self.store.update_peer_recorded(
-                &self.audit,
+                self.audit.recorder(),
                 node_id,
                 move |r| {
                     r.score = score;
@@ -659,7 +659,7 @@ impl Coordinator {
             });
         let dropped = drop.is_some();
         let updated = self.store.update_peer_recorded(
-            &self.audit,
+            self.audit.recorder(),
             node_id,
             move |r| {
                 note_interactions(r, interaction, 1, now, cap);

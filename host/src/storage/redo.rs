@@ -19,11 +19,10 @@
 
 use redb::WriteTransaction;
 
-use super::{
-    DEDUPE, DEDUPE_BY_TIME, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, INBOUND_ACKS, INBOX, META, OUTBOX,
-    Result, StoreError,
+use super::tables::{
+    AUDIT, DEDUPE, DEDUPE_BY_TIME, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, INBOUND_ACKS, INBOX, META,
+    OUTBOX, Result, StoreError,
 };
-use crate::store::AUDIT;
 
 const VERSION: u8 = 1;
 
@@ -441,11 +440,11 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Vec<Redo>, String> {
 /// damaged in a way its checksum did not catch.
 pub(crate) fn undecodable(
     dir: &std::path::Path,
-    pos: crate::seglog::RecordPos,
+    pos: super::seglog::RecordPos,
     why: String,
 ) -> StoreError {
-    StoreError::MessageLog(crate::seglog::LogError::Corrupt {
-        segment: dir.join(crate::seglog::frame::segment_name(pos.segment)),
+    StoreError::MessageLog(super::seglog::LogError::Corrupt {
+        segment: dir.join(super::seglog::frame::segment_name(pos.segment)),
         offset: pos.offset,
         lsn: pos.lsn,
         reason: format!("the record does not decode: {why}"),

@@ -49,11 +49,11 @@ use std::thread::JoinHandle;
 
 use redb::{Database, Durability, WriteTransaction};
 
-use crate::audit::{self, AuditRecord, ChainHead, PreparedEvent, Sealed};
+use super::record::{self as audit, AuditRecord, ChainHead, PreparedEvent, Sealed};
 use crate::clock::Clock;
-use crate::seglog::SegmentLog;
-use crate::store::StoreError;
-use crate::store::redo::{self, Redo, Tx};
+use super::redo::{self, Redo, Tx};
+use super::seglog::SegmentLog;
+use super::tables::StoreError;
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH_JOBS: usize = 8192;
@@ -100,7 +100,7 @@ pub(crate) type Change =
     Box<dyn FnMut(&WriteTransaction) -> Result<(Box<dyn Any + Send>, bool), StoreError> + Send>;
 
 /// A message-path change: writes through a [`Tx`], so its writes are
-/// logged (see [`crate::store::redo`]).
+/// logged (see [`crate::storage::redo`]).
 pub(crate) type LoggedChange =
     Box<dyn FnMut(&mut Tx<'_>) -> Result<(Box<dyn Any + Send>, bool), StoreError> + Send>;
 
@@ -631,7 +631,7 @@ impl Writer<'_> {
     /// only when the commit succeeds.
     fn commit_batch(&mut self, batch: &mut [Pending]) -> Result<Vec<Outcome>, StoreError> {
         if let Some(why) = &self.broken {
-            return Err(StoreError::MessageLog(crate::seglog::LogError::Poisoned(
+            return Err(StoreError::MessageLog(super::seglog::LogError::Poisoned(
                 why.clone(),
             )));
         }
@@ -806,7 +806,7 @@ impl Writer<'_> {
 
 /// Records in `txn` that the state file holds the log up to `lsn`.
 pub(crate) fn put_log_applied(txn: &WriteTransaction, lsn: u64) -> Result<(), StoreError> {
-    txn.open_table(crate::store::META)?
+    txn.open_table(super::tables::META)?
         .insert(LOG_APPLIED_KEY, lsn.to_be_bytes().as_slice())?;
     Ok(())
 }

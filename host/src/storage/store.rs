@@ -22,7 +22,7 @@
 //! binary data (outbox envelopes) uses redb's native tuple encoding.
 //!
 //! Every mutating method hands its change to the store's writer thread
-//! ([`crate::journal`]), which group-commits the changes of concurrent
+//! ([`super::journal`]), which group-commits the changes of concurrent
 //! callers in one redb write transaction; the method returns once the
 //! change is durable: once it returns `Ok`, the change is on disk.
 //!
@@ -31,11 +31,11 @@
 //! The message path (outbox, inbox, dedupe, stored acknowledgements,
 //! idempotency keys and the audit records that go with them) is made
 //! durable by the message log beside the state file (`state.log/`, see
-//! [`crate::seglog`]) rather than by a durable redb commit: its changes
+//! [`super::seglog`]) rather than by a durable redb commit: its changes
 //! write through a [`redo::Tx`], each job's writes become one log record,
 //! a batch costs one append and one `fdatasync`, and the redb transaction
 //! is committed without syncing. A checkpoint (a durable redb commit, at
-//! least every [`crate::journal::CHECKPOINT_INTERVAL`] while the log is
+//! least every [`super::journal::CHECKPOINT_INTERVAL`] while the log is
 //! ahead, and whenever a batch holds any other change) makes the state
 //! file catch up and releases the log's records; `meta` keeps the last
 //! record the state file holds (`message_log_applied`). On open, every
@@ -56,155 +56,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    StorageError, TableDefinition, WriteTransaction,
+    StorageError, WriteTransaction,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::Journal;
+use super::journal::{Journal, Persist, TypedTicket};
+use super::record::{AuditError, AuditEvent, Recorder, journal_error};
+use super::redo::{self, Redo, Tx};
+use super::seglog::{LogOptions, SegmentLog, TailCut};
 use crate::model::{PeerRecord, SpendSample, SpendWindow};
-use crate::seglog::{LogOptions, SegmentLog, TailCut};
 
-pub(crate) mod redo;
-use redo::{Redo, Tx};
-
-/// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: u64 = 1;
-
-/// State file name inside the node home.
-pub const STATE_FILE: &str = "state.redb";
-
-/// Daemon lock file name inside the node home.
-pub const LOCK_FILE: &str = "daemon.lock";
-
-/// Most spend samples kept per peer; the oldest (smallest ts) is dropped.
-pub const SPEND_RING_CAPACITY: u64 = 10_000;
-
-/// Longest id (node id, envelope id, task id) accepted as a key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+pub use super::tables::{
+    LOCK_FILE, MAX_KEY_BYTES, SCHEMA_VERSION, SPEND_RING_CAPACITY, STATE_FILE, StoreError,
+};
+use super::tables::*;
 
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
-const SPEND: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("spend");
-const SPEND_INDEX: TableDefinition<&str, (u64, u64)> = TableDefinition::new("spend_index");
-const OUTBOX: TableDefinition<&str, (u32, u64, &str, &[u8])> = TableDefinition::new("outbox");
-const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
-const DEDUPE_BY_TIME: TableDefinition<(u64, &str, &str), ()> =
-    TableDefinition::new("dedupe_by_time");
-pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
-/// The acknowledgement sent for each processed inbound envelope, so a
-/// retransmission gets the same answer without being processed again.
-const INBOUND_ACKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbound_acks");
-/// Peers an operator removed, and when: refused at the handshake until an
-/// operator adds or joins them again (a removed peer cannot simply
-/// reconnect, even with `accept_new_peers`).
-const REMOVED_PEERS: TableDefinition<&str, u64> = TableDefinition::new("removed_peers");
-/// Caller-chosen idempotency keys of sends: key → [`IdempotencyRecord`]
-/// (JSON). Written in the same commit as the outbox entry it names.
-const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
-/// The same keys by time, for pruning: (created_ms, key).
-const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &str), ()> =
-    TableDefinition::new("idempotency_by_time");
-
-const SCHEMA_KEY: &str = "schema_version";
-const INBOX_NEXT_KEY: &str = "inbox_next_seq";
-
-/// Failures of the state store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Filesystem failure.
-    #[error("{action} {path}: {source}", path = path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// OS error.
-        source: io::Error,
-    },
-    /// The file is not a redb database, or it is damaged.
-    #[error(
-        "{path} is not a readable agentfed state store (not a redb database, or corrupted: {detail}); move it aside or restore a backup",
-        path = path.display()
-    )]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// redb's description.
-        detail: String,
-    },
-    /// The store was written by a newer agentfed.
-    #[error(
-        "{path} has schema version {found}, newer than this build supports ({supported}); upgrade agentfed",
-        path = path.display()
-    )]
-    SchemaTooNew {
-        /// The file.
-        path: PathBuf,
-        /// Version found.
-        found: u64,
-        /// Newest version this build supports.
-        supported: u64,
-    },
-    /// Another handle or process has the database open.
-    #[error("{path} is already open by another agentfed process", path = path.display())]
-    AlreadyOpen {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Any other redb failure.
-    #[error("state store: {0}")]
-    Db(#[from] redb::Error),
-    /// A stored value does not decode.
-    #[error("state store: undecodable {table} row")]
-    Decode {
-        /// Table name.
-        table: &'static str,
-    },
-    /// A value refused before writing (e.g. non-finite USD, oversize key).
-    #[error("state store: invalid value: {0}")]
-    InvalidValue(&'static str),
-    /// The store's writer thread is gone (store closed, or it panicked).
-    #[error("state store is closed")]
-    Closed,
-    /// The writer thread could not be started.
-    #[error("cannot start the state store's writer thread: {source}")]
-    Thread {
-        /// OS error.
-        source: io::Error,
-    },
-    /// Audit records were written before an audit log was opened.
-    #[error("state store: no audit log is open on this store")]
-    AuditNotOpen,
-    /// The group commit this change was part of failed.
-    #[error("{0}")]
-    Batch(Arc<StoreError>),
-    /// The message log failed (see [`crate::seglog`]).
-    #[error("{0}")]
-    MessageLog(#[from] crate::seglog::LogError),
-}
-
-macro_rules! redb_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Db(redb::Error::from(e))
-            }
-        }
-    )*};
-}
-redb_from!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
-
-type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A queued outbound envelope (at-least-once delivery).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +167,7 @@ fn index_inbox(db: &Database) -> Result<InboxUsage> {
 /// only the entries it will send: reading every queued envelope twice a
 /// second made a backlog of tens of thousands most of a sender's CPU.
 /// Built from the table when the store opens; afterwards changed only by
-/// commit hooks ([`crate::journal::OnCommit`]), which run in commit order,
+/// commit hooks ([`super::journal::OnCommit`]), which run in commit order,
 /// so it follows the committed table exactly (a moment behind).
 #[derive(Default)]
 pub(crate) struct OutboxIndex {
@@ -527,7 +395,7 @@ impl Store {
     }
 
     /// The message log's counters and sizes.
-    pub fn log_stats(&self) -> crate::seglog::LogStats {
+    pub fn log_stats(&self) -> super::seglog::LogStats {
         self.log.stats()
     }
 }
@@ -555,7 +423,7 @@ pub struct LogReplay {
 fn log_applied(db: &Database) -> Result<u64> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
-    let applied = match meta.get(crate::journal::LOG_APPLIED_KEY)? {
+    let applied = match meta.get(super::journal::LOG_APPLIED_KEY)? {
         Some(v) => decode_u64(v.value()).ok_or(StoreError::Decode { table: "meta" })?,
         None => 0,
     };
@@ -587,7 +455,7 @@ fn replay_message_log(db: &Database, dir: &Path) -> Result<(SegmentLog, LogRepla
         Ok::<(), StoreError>(())
     })?;
     if let Some((_, last)) = seen.filter(|(_, last)| *last > applied) {
-        crate::journal::put_log_applied(&txn, last)?;
+        super::journal::put_log_applied(&txn, last)?;
     }
     txn.commit()?;
     if let Some((first, last)) = seen
@@ -696,13 +564,13 @@ impl Store {
     }
 
     /// Group-commit counters since the store opened.
-    pub fn commit_stats(&self) -> crate::journal::CommitStats {
+    pub fn commit_stats(&self) -> super::journal::CommitStats {
         self.journal.stats()
     }
 
     /// Applies `change` in the next group commit and returns its value
     /// once the commit is durable. `change` may run more than once (see
-    /// [`crate::journal`]) and must touch nothing but the transaction.
+    /// [`super::journal`]) and must touch nothing but the transaction.
     fn write<R, F>(&self, mut change: F) -> Result<R>
     where
         R: Send + 'static,
@@ -715,7 +583,7 @@ impl Store {
     }
 
     /// [`Store::write`], running `on_commit` with the value once the
-    /// change is committed (see [`crate::journal::OnCommit`]).
+    /// change is committed (see [`super::journal::OnCommit`]).
     fn write_hooked<R, F, H>(&self, on_commit: H, mut change: F) -> Result<R>
     where
         R: Send + 'static,
@@ -728,7 +596,7 @@ impl Store {
                 move |txn| Ok((change(txn)?, false)),
                 Vec::new(),
                 Some(on_commit),
-                crate::journal::Persist::Durable,
+                super::journal::Persist::Durable,
             )?
             .wait()?;
         Ok(value)
@@ -748,7 +616,7 @@ impl Store {
                 move |tx| Ok((change(tx)?, false)),
                 Vec::new(),
                 Some(on_commit),
-                crate::journal::Persist::Durable,
+                super::journal::Persist::Durable,
             )?
             .wait()?;
         Ok(value)
@@ -761,6 +629,48 @@ impl Store {
         F: FnMut(&mut Tx<'_>) -> Result<R> + Send + 'static,
     {
         self.write_logged_hooked(|_: &R| {}, change)
+    }
+
+    /// Queues `change` with `events` (prepared by `recorder`) as one
+    /// journal job: the change and its records commit together.
+    fn submit_recorded<R, F, H>(
+        &self,
+        recorder: Recorder,
+        change: F,
+        events: Vec<AuditEvent>,
+        on_commit: Option<H>,
+        persist: Persist,
+    ) -> std::result::Result<TypedTicket<R>, AuditError>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<(R, bool)> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
+        let prepared = recorder.prepare_all(events)?;
+        self.journal
+            .submit_typed_hooked(change, prepared, on_commit, persist)
+            .map_err(journal_error)
+    }
+
+    /// [`Store::submit_recorded`] for a message-path change (made durable
+    /// by the message log).
+    fn submit_logged_recorded<R, F, H>(
+        &self,
+        recorder: Recorder,
+        change: F,
+        events: Vec<AuditEvent>,
+        on_commit: Option<H>,
+        persist: Persist,
+    ) -> std::result::Result<TypedTicket<R>, AuditError>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Tx<'_>) -> Result<(R, bool)> + Send + 'static,
+        H: FnOnce(&R) + Send + 'static,
+    {
+        let prepared = recorder.prepare_all(events)?;
+        self.journal
+            .submit_logged_hooked(change, prepared, on_commit, persist)
+            .map_err(journal_error)
     }
 
     // --- peers -------------------------------------------------------------
@@ -838,18 +748,19 @@ impl Store {
     /// if the peer is known.
     pub(crate) fn update_peer_recorded<F>(
         &self,
-        audit: &crate::audit::AuditLog,
+        recorder: Recorder,
         node_id: &str,
         mut f: F,
-        events: Vec<crate::audit::AuditEvent>,
-    ) -> std::result::Result<Option<PeerRecord>, crate::audit::AuditError>
+        events: Vec<AuditEvent>,
+    ) -> std::result::Result<Option<PeerRecord>, AuditError>
     where
         F: FnMut(&mut PeerRecord) + Send + 'static,
     {
         let key = node_id.to_string();
         self.peers.begin_write();
-        let updated = audit
-            .submit_with_hook(
+        let updated = self
+            .submit_recorded(
+                recorder,
                 move |txn| {
                     let updated = update_peer_in(txn, &key, &mut f)?;
                     let known = updated.is_some();
@@ -857,13 +768,13 @@ impl Store {
                 },
                 events,
                 None::<fn(&Option<PeerRecord>)>,
-                crate::journal::Persist::Durable,
+                super::journal::Persist::Durable,
             )
             .and_then(|ticket| {
                 ticket
                     .wait()
                     .map(|(updated, _)| updated)
-                    .map_err(crate::audit::journal_error)
+                    .map_err(journal_error)
             });
         self.peers.end_write(node_id);
         updated
@@ -874,19 +785,20 @@ impl Store {
     /// `peer_added` record are both there or neither is.
     pub(crate) fn upsert_peer_recorded(
         &self,
-        audit: &crate::audit::AuditLog,
+        recorder: Recorder,
         record: &PeerRecord,
         readmit: bool,
-        events: Vec<crate::audit::AuditEvent>,
-    ) -> std::result::Result<(), crate::audit::AuditError> {
+        events: Vec<AuditEvent>,
+    ) -> std::result::Result<(), AuditError> {
         let id = record.node_id().to_string();
         check_key(&id)?;
         let bytes = serde_json::to_vec(record)
             .map_err(|_| StoreError::InvalidValue("peer record does not serialize"))?;
         let key = id.clone();
         self.peers.begin_write();
-        let written = audit
-            .submit_with_hook(
+        let written = self
+            .submit_recorded(
+                recorder,
                 move |txn| {
                     if readmit {
                         txn.open_table(REMOVED_PEERS)?.remove(id.as_str())?;
@@ -897,9 +809,9 @@ impl Store {
                 },
                 events,
                 None::<fn(&())>,
-                crate::journal::Persist::Durable,
+                super::journal::Persist::Durable,
             )
-            .and_then(|ticket| ticket.wait().map_err(crate::audit::journal_error));
+            .and_then(|ticket| ticket.wait().map_err(journal_error));
         self.peers.end_write(&key);
         written.map(|_| ())
     }
@@ -922,11 +834,11 @@ impl Store {
     /// inside the commit; if a send changed them meanwhile, it starts over.
     pub(crate) fn remove_peer_recorded(
         &self,
-        audit: &crate::audit::AuditLog,
+        recorder: Recorder,
         node_id: &str,
         now_ms: u64,
-        event_for: impl Fn(&RemovedPeer) -> crate::audit::AuditEvent,
-    ) -> std::result::Result<Option<RemovedPeer>, crate::audit::AuditError> {
+        event_for: impl Fn(&RemovedPeer) -> AuditEvent,
+    ) -> std::result::Result<Option<RemovedPeer>, AuditError> {
         loop {
             if self.get_peer(node_id)?.is_none() {
                 return Ok(None);
@@ -937,8 +849,9 @@ impl Store {
             let event = event_for(&expected);
             let key = node_id.to_string();
             self.peers.begin_write();
-            let outcome = audit
-                .submit_with_hook(
+            let outcome = self
+                .submit_recorded(
+                    recorder,
                     move |txn| {
                         let outcome =
                             remove_peer_in(txn, &key, now_ms, Some(&expected.dropped_envelopes))?;
@@ -947,9 +860,9 @@ impl Store {
                     },
                     vec![event],
                     Some(self.unindex_removed()),
-                    crate::journal::Persist::Durable,
+                    super::journal::Persist::Durable,
                 )
-                .and_then(|ticket| ticket.wait().map_err(crate::audit::journal_error));
+                .and_then(|ticket| ticket.wait().map_err(journal_error));
             self.peers.end_write(node_id);
             match outcome?.0 {
                 PeerRemoval::Changed => continue,
@@ -1015,20 +928,21 @@ impl Store {
     /// written or recorded for an unknown peer; whether it was known.
     pub(crate) fn record_spend_recorded(
         &self,
-        audit: &crate::audit::AuditLog,
+        recorder: Recorder,
         peer: &str,
         sample: &SpendSample,
         count_failure: bool,
-        events: Vec<crate::audit::AuditEvent>,
-    ) -> std::result::Result<bool, crate::audit::AuditError> {
-        let bytes = encode_spend(peer, sample).map_err(crate::audit::journal_error)?;
+        events: Vec<AuditEvent>,
+    ) -> std::result::Result<bool, AuditError> {
+        let bytes = encode_spend(peer, sample).map_err(journal_error)?;
         let key = peer.to_string();
         let ts_ms = sample.ts_ms;
         if count_failure {
             self.peers.begin_write();
         }
-        let known = audit
-            .submit_with_hook(
+        let known = self
+            .submit_recorded(
+                recorder,
                 move |txn| {
                     let known = if count_failure {
                         update_peer_in(txn, &key, &mut |r| r.breaker.failures_since_suspend += 1)?
@@ -1043,13 +957,13 @@ impl Store {
                 },
                 events,
                 None::<fn(&bool)>,
-                crate::journal::Persist::Durable,
+                super::journal::Persist::Durable,
             )
             .and_then(|ticket| {
                 ticket
                     .wait()
                     .map(|(known, _)| known)
-                    .map_err(crate::audit::journal_error)
+                    .map_err(journal_error)
             });
         if count_failure {
             self.peers.end_write(peer);
@@ -1207,11 +1121,11 @@ impl Store {
     /// again inside the commit; if it moved meanwhile, it starts over.
     pub(crate) fn outbox_reschedule_recorded(
         &self,
-        audit: &crate::audit::AuditLog,
+        recorder: Recorder,
         envelope_id: &str,
         next_attempt: impl Fn(u32) -> u64 + Send + Sync + 'static,
-        event_for: impl Fn(u32, u64) -> Option<crate::audit::AuditEvent>,
-    ) -> std::result::Result<Option<(u32, u64)>, crate::audit::AuditError> {
+        event_for: impl Fn(u32, u64) -> Option<AuditEvent>,
+    ) -> std::result::Result<Option<(u32, u64)>, AuditError> {
         let next_attempt = Arc::new(next_attempt);
         loop {
             let Some(current) = self.outbox_get(envelope_id)? else {
@@ -1229,8 +1143,9 @@ impl Store {
                 }
             };
             let id = envelope_id.to_string();
-            let (outcome, _) = audit
-                .submit_logged_with_hook(
+            let (outcome, _) = self
+                .submit_logged_recorded(
+                    recorder,
                     move |tx| {
                         let row = tx.txn().open_table(OUTBOX)?.get(id.as_str())?.map(|v| {
                             let (attempts, _, target, bytes) = v.value();
@@ -1261,10 +1176,10 @@ impl Store {
                     },
                     event.into_iter().collect(),
                     Some(hook),
-                    crate::journal::Persist::Durable,
+                    super::journal::Persist::Durable,
                 )?
                 .wait()
-                .map_err(crate::audit::journal_error)?;
+                .map_err(journal_error)?;
             if let Some(scheduled) = outcome {
                 return Ok(scheduled);
             }
@@ -2713,8 +2628,8 @@ mod tests {
             .collect())
     }
 
-    fn note(summary: &str) -> crate::audit::AuditEvent {
-        crate::audit::AuditEvent::new(crate::audit::EventType::OperatorAction, summary.to_string())
+    fn note(summary: &str) -> AuditEvent {
+        AuditEvent::new(crate::audit::EventType::OperatorAction, summary.to_string())
     }
 
     #[test]
@@ -2738,7 +2653,7 @@ mod tests {
         for expected in 1..=3u32 {
             let before = store.commit_stats();
             let scheduled =
-                store.outbox_reschedule_recorded(&log, "env-1", |n| 100 * u64::from(n), timeout)?;
+                store.outbox_reschedule_recorded(log.recorder(), "env-1", |n| 100 * u64::from(n), timeout)?;
             assert_eq!(scheduled, Some((expected, 100 * u64::from(expected))));
             assert_eq!(store.commit_stats().jobs - before.jobs, 1);
         }
@@ -2753,7 +2668,7 @@ mod tests {
         // No longer queued: nothing written, nothing recorded.
         assert!(store.outbox_remove("env-1")?);
         assert_eq!(
-            store.outbox_reschedule_recorded(&log, "env-1", |_| 1, timeout)?,
+            store.outbox_reschedule_recorded(log.recorder(), "env-1", |_| 1, timeout)?,
             None
         );
         assert_eq!(log.len()?, 2);
