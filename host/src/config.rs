@@ -379,7 +379,8 @@ pub struct TransportSection {
     /// Drop a connection whose TLS, WebSocket upgrade and handshake have
     /// not completed within this many seconds (half-open and slow peers).
     pub handshake_timeout_secs: u64,
-    /// How long a delivery or query waits for the peer's acknowledgement.
+    /// How long a delivery or query waits for the peer's acknowledgement
+    /// (a delivery of a frame over 1 MiB gets 1 s more per further MiB).
     pub request_timeout_ms: u64,
     /// Admit unknown peers that complete the handshake (as VERIFIED).
     /// Off: unknown peers are only admitted through an explicit `join`.
@@ -943,7 +944,7 @@ impl NodeConfig {
         kv(w, "handshake_timeout_secs", &t.handshake_timeout_secs);
         line(
             w,
-            "# How long a delivery or query waits for the acknowledgement, ms.",
+            "# How long a delivery or query waits for the acknowledgement, ms (+1 s per MiB past the first for a bulk delivery).",
         );
         kv(w, "request_timeout_ms", &t.request_timeout_ms);
         line(

@@ -1689,7 +1689,10 @@ impl Federation {
         } else {
             Priority::Interactive
         };
-        let timeout = Duration::from_millis(self.settings.request_timeout_ms);
+        let timeout = Duration::from_millis(delivery_timeout_ms(
+            self.settings.request_timeout_ms,
+            entry.bytes.len(),
+        ));
         let result = handle.request(priority, entry.bytes.clone(), timeout).await;
         let id = entry.envelope_id.clone();
         let settlement = Settlement {
@@ -2720,6 +2723,23 @@ fn settle(
     }
 }
 
+/// Milliseconds a delivery waits for its acknowledgement, per MiB of frame
+/// past the first, on top of `[transport] request_timeout_ms`: a bulk frame
+/// takes longer to transfer, and the receiver's PII scan and handler get
+/// more time for it too ([`crate::pii::deadline_for_bytes`]). Without this
+/// a 16 MiB share on a slow link or a busy receiver would time out, count
+/// as the peer's failure and be sent again from the start.
+pub const DELIVERY_MS_PER_EXTRA_MIB: u64 = 1_000;
+
+/// How long a delivery of a `frame_bytes` frame waits for its
+/// acknowledgement: `base_ms`, plus [`DELIVERY_MS_PER_EXTRA_MIB`] for each
+/// MiB (or part) past the first.
+pub fn delivery_timeout_ms(base_ms: u64, frame_bytes: usize) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let extra_mib = (frame_bytes as u64).saturating_sub(MIB).div_ceil(MIB);
+    base_ms.saturating_add(extra_mib.saturating_mul(DELIVERY_MS_PER_EXTRA_MIB))
+}
+
 /// Reschedules with capped exponential backoff; audits `message_timeout`
 /// when the attempt count reaches a power of two (once per escalation).
 fn retry(
@@ -2772,6 +2792,15 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+
+    #[test]
+    fn a_bulk_delivery_waits_longer_for_its_acknowledgement() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(delivery_timeout_ms(10_000, 2_000), 10_000);
+        assert_eq!(delivery_timeout_ms(10_000, MIB), 10_000);
+        assert_eq!(delivery_timeout_ms(10_000, MIB + 1), 11_000);
+        assert_eq!(delivery_timeout_ms(10_000, 16 * MIB + 4096), 26_000);
+    }
 
     #[test]
     fn failed_handshakes_past_the_burst_are_counted_then_summarised() {

@@ -294,7 +294,7 @@ fn three_nodes_join_send_query_broadcast_and_leave() {
 }
 
 /// Reads `node`'s whole inbox through one control connection.
-fn inbox_all(node: &Node) -> Vec<Value> {
+pub(crate) fn inbox_all(node: &Node) -> Vec<Value> {
     let mut client = Client::connect(&node.home).expect("connecting to the receiver");
     let mut all = Vec::new();
     let mut after = 0u64;
@@ -1423,7 +1423,7 @@ fn a_keyed_send_cut_off_by_kill_9_and_retried_is_delivered_exactly_once() {
 
 /// A `context-share` payload of about `mib` MiB: strings of ~1 KB (the
 /// shape of a large document set), one e-mail address per 64 strings.
-fn bulk_payload(mib: usize) -> String {
+pub(crate) fn bulk_payload(mib: usize) -> String {
     let chunk = "the quarterly summary covers throughput, latency and cost per region. ".repeat(14);
     let docs: Vec<String> = (0..mib * 1000)
         .map(|i| {

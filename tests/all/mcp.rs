@@ -1417,3 +1417,66 @@ fn no_daemon_flag_and_init_through_the_bridge() {
     assert!(bridge.close().success());
     assert!(!home.join("control.sock").exists());
 }
+
+#[test]
+fn a_15_mib_context_share_sent_through_the_mcp_bridge_is_delivered() {
+    // As the CLI test in federation.rs, but the payload travels as a JSON
+    // value in one MCP tool call: stdio frame → bridge → control socket.
+    let node = |name: &str| {
+        let endpoint = format!("wss://127.0.0.1:{}", harness::free_port());
+        let mut node = Node::init_at(name, &endpoint);
+        harness::fast_retries(&node);
+        harness::set_payload_plugin_deadlines(&node, 1000);
+        // On two cores shared with the whole suite a 15 MiB delivery can
+        // outlast the default wait; a timeout would count against beta's
+        // trust and drop the share (LEVEL_LOWERED), which is not what
+        // this test is about.
+        let path = node.home.join("agentfed.toml");
+        let config = std::fs::read_to_string(&path).expect("config");
+        let patient = config.replace("request_timeout_ms = 10000", "request_timeout_ms = 120000");
+        assert_ne!(patient, config, "the config names request_timeout_ms");
+        std::fs::write(&path, patient).expect("config");
+        node.start(&[]);
+        (node, endpoint)
+    };
+    let (alpha, alpha_ep) = node("alpha");
+    let (beta, beta_ep) = node("beta");
+    crate::federation::join_pair((&alpha, "alpha", &alpha_ep), (&beta, "beta", &beta_ep));
+    for (node, peer) in [(&alpha, "beta"), (&beta, "alpha")] {
+        node.run(&["trust", "set", peer, "trusted", "--reason", "bulk test"])
+            .ok();
+    }
+    let payload: Value =
+        serde_json::from_str(&crate::federation::bulk_payload(15)).expect("payload");
+    let agent = Bridge::spawn(&alpha.home, alpha.dir.path(), &[]);
+    let sent = agent.call(
+        "federation_send",
+        json!({
+            "peer": "beta",
+            "message_type": "context-share",
+            "payload": payload,
+            "wait_secs": 120,
+        }),
+    );
+    assert_ne!(sent.is_error, Some(true), "{}", text(&sent));
+    let sent = sent.structured_content.clone().expect("structured")["result"].clone();
+    assert_eq!(sent["outcome"]["state"], "delivered", "{}", sent["outcome"]);
+    assert!(
+        sent["receipt"]["frame_bytes"].as_u64().unwrap() > 14_000_000,
+        "{}",
+        sent["receipt"]
+    );
+    // A ping through the same bridge right after.
+    let pong = agent.ok(
+        "federation_query",
+        json!({"peer": "beta", "message_type": "ping", "timeout_ms": 10000}),
+    );
+    assert_eq!(pong["status"], "replied", "{pong}");
+    let received = crate::federation::inbox_all(&beta);
+    let shared = received
+        .iter()
+        .find(|m| m["message_type"] == "context-share")
+        .expect("the share in beta's inbox");
+    assert_eq!(shared["payload"]["docs"].as_array().map(Vec::len), Some(15_000));
+    assert!(agent.close().success());
+}
