@@ -1477,6 +1477,9 @@ fn a_15_mib_context_share_sent_through_the_mcp_bridge_is_delivered() {
         .iter()
         .find(|m| m["message_type"] == "context-share")
         .expect("the share in beta's inbox");
-    assert_eq!(shared["payload"]["docs"].as_array().map(Vec::len), Some(15_000));
+    assert_eq!(
+        shared["payload"]["docs"].as_array().map(Vec::len),
+        Some(15_000)
+    );
     assert!(agent.close().success());
 }

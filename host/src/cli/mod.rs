@@ -257,9 +257,7 @@ fn opens_home(command: &Command) -> bool {
         Command::Init(_) | Command::Daemon(_) | Command::Mcp(_) => true,
         Command::Manifest(args) => args.command.is_none(),
         // Offline verification opens the store when no daemon runs.
-        Command::Audit(ops::AuditCommand::Verify { .. } | ops::AuditCommand::Prune { .. }) => {
-            true
-        }
+        Command::Audit(ops::AuditCommand::Verify { .. } | ops::AuditCommand::Prune { .. }) => true,
         // They read the config and read and write the plugin cache.
         Command::Plugin(
             plugin::PluginCommand::List { .. }

@@ -1466,7 +1466,12 @@ fn write_new_private(path: &Path, content: &[u8]) -> Result<(), CliError> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create {} (an existing file is never replaced)", path.display()))
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing file is never replaced)",
+                path.display()
+            )
+        })
         .map_err(CliError::failed)?;
     file.write_all(content)
         .and_then(|()| file.sync_all())

@@ -32,7 +32,6 @@ pub const LEVEL_LOWERED: &str = "LEVEL_LOWERED";
 /// API's request size.
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
-
 /// Whether `s` is a session id: 32 lowercase hex digits.
 pub(super) fn is_session_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -266,7 +265,11 @@ pub(super) struct PendingInbound {
 
 impl PendingInbound {
     /// `None` when a copy of the envelope is already being processed.
-    pub(super) fn claim(set: &PendingSet, sender: &str, envelope_id: &str) -> Option<PendingInbound> {
+    pub(super) fn claim(
+        set: &PendingSet,
+        sender: &str,
+        envelope_id: &str,
+    ) -> Option<PendingInbound> {
         let key = (sender.to_string(), envelope_id.to_string());
         let fresh = set
             .lock()
@@ -527,7 +530,12 @@ impl Coordinator {
 
     /// Remembers what the audit record of the refusal being made should
     /// say beyond its code ([`Coordinator::audit_refusal`] takes it).
-    pub(super) fn note_refusal_context(&self, sender: &str, refusal: InboundRefusal, context: Value) {
+    pub(super) fn note_refusal_context(
+        &self,
+        sender: &str,
+        refusal: InboundRefusal,
+        context: Value,
+    ) {
         let mut map = self
             .refusal_context
             .lock()
@@ -671,7 +679,11 @@ impl Coordinator {
     /// verified with, if its signature is known to be valid. All `None`
     /// when the batch does not verify (then each frame is verified alone,
     /// which finds the bad ones) or is too small to gain from it.
-    pub(super) fn verify_burst(&self, session_peer: &str, frames: &[Vec<u8>]) -> Vec<Option<Verified>> {
+    pub(super) fn verify_burst(
+        &self,
+        session_peer: &str,
+        frames: &[Vec<u8>],
+    ) -> Vec<Option<Verified>> {
         let unverified = || frames.iter().map(|_| None).collect();
         if frames.len() < 2 {
             return unverified();

@@ -78,11 +78,11 @@ mod spend_breaker;
 mod trust_levels;
 
 // The stages' own items, for each other and for the crate's callers.
-#[allow(unused_imports)]
-use self::{gates::*, peers::*, pii::*, spend_breaker::*, trust_levels::*};
 pub use self::inbound::*;
 pub use self::outbound::*;
 pub use self::sessions::*;
+#[allow(unused_imports)]
+use self::{gates::*, peers::*, pii::*, spend_breaker::*, trust_levels::*};
 
 /// Longest operator reason kept.
 pub const MAX_REASON_BYTES: usize = 512;

@@ -120,24 +120,27 @@ impl Coordinator {
         let _guard = self.lock_decisions();
         // The removal and its record (naming what was dropped) commit
         // together.
-        let removed =
-            self.store
-                .remove_peer_recorded(self.audit.recorder(), node_id, self.now(), |removed| {
-                    let dropped = &removed.dropped_envelopes;
-                    AuditEvent::new(
-                        EventType::PeerRemoved,
-                        format!(
-                            "peer {node_id} removed; {} queued message(s) dropped",
-                            dropped.len()
-                        ),
-                    )
-                    .with_peer(node_id)
-                    .with_actor(crate::audit::ACTOR_OPERATOR)
-                    .with_details(json!({
-                        "outbox_dropped": dropped.len(),
-                        "dropped_envelope_ids": dropped.iter().take(100).collect::<Vec<_>>(),
-                    }))
-                })?;
+        let removed = self.store.remove_peer_recorded(
+            self.audit.recorder(),
+            node_id,
+            self.now(),
+            |removed| {
+                let dropped = &removed.dropped_envelopes;
+                AuditEvent::new(
+                    EventType::PeerRemoved,
+                    format!(
+                        "peer {node_id} removed; {} queued message(s) dropped",
+                        dropped.len()
+                    ),
+                )
+                .with_peer(node_id)
+                .with_actor(crate::audit::ACTOR_OPERATOR)
+                .with_details(json!({
+                    "outbox_dropped": dropped.len(),
+                    "dropped_envelope_ids": dropped.iter().take(100).collect::<Vec<_>>(),
+                }))
+            },
+        )?;
         if removed.is_none() {
             return Err(CoordError::UnknownPeer(clip(node_id)));
         }

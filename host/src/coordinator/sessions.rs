@@ -454,4 +454,3 @@ pub(super) fn admission_of(record: &PeerRecord, manifest: &SignedManifest) -> Ad
         BreakerState::Active => Admission::Known,
     }
 }
-

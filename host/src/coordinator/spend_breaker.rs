@@ -65,7 +65,11 @@ impl Coordinator {
         Ok(SpendOutcome { breaker, trust })
     }
 
-    pub(super) fn spend_request(&self, record: &PeerRecord, now: u64) -> Result<plugin::SpendRequest> {
+    pub(super) fn spend_request(
+        &self,
+        record: &PeerRecord,
+        now: u64,
+    ) -> Result<plugin::SpendRequest> {
         let node_id = record.node_id();
         let window = |span: u64| -> Result<plugin::SpendWindow> {
             let w = self.store.spend_window(

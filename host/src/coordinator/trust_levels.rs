@@ -391,12 +391,10 @@ impl Coordinator {
                 self.apply_trust_change(&change, Actor::Plugin)?;
                 Ok(TrustOutcome::Changed(change))
             }
-            Ok(None) if recommend => {
-                Ok(TrustOutcome::PrivilegedRecommended {
-                    score,
-                    reason: decision.reason,
-                })
-            }
+            Ok(None) if recommend => Ok(TrustOutcome::PrivilegedRecommended {
+                score,
+                reason: decision.reason,
+            }),
             Ok(None) => Ok(TrustOutcome::Kept {
                 score,
                 reason: decision.reason,
@@ -699,7 +697,12 @@ pub(super) fn score_components(components: &[plugin::ScoreComponent]) -> ScoreCo
 
 /// Moves `r` to trust level `to` at `now` (with an operator's pin and a
 /// new evidence period when `operator` decided it).
-pub(super) fn set_trust_level(r: &mut PeerRecord, to: TrustLevel, now: u64, operator: Option<OperatorLevel>) {
+pub(super) fn set_trust_level(
+    r: &mut PeerRecord,
+    to: TrustLevel,
+    now: u64,
+    operator: Option<OperatorLevel>,
+) {
     if to < r.trust_level {
         r.last_demoted_ms = now;
     }
@@ -717,7 +720,13 @@ pub(super) fn set_trust_level(r: &mut PeerRecord, to: TrustLevel, now: u64, oper
 
 /// Counts `count` interactions of one kind into `r`'s metrics at `now`
 /// (successes within the hourly `cap`).
-pub(super) fn note_interactions(r: &mut PeerRecord, interaction: Interaction, count: u64, now: u64, cap: u32) {
+pub(super) fn note_interactions(
+    r: &mut PeerRecord,
+    interaction: Interaction,
+    count: u64,
+    now: u64,
+    cap: u32,
+) {
     let m = &mut r.metrics;
     match interaction {
         Interaction::Success => {

@@ -43,8 +43,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use super::record::*;
 use super::journal::{Journal, Persist, Ticket, TypedTicket};
+pub use super::record::*;
 use super::store::Store;
 use super::tables::{AUDIT, META, StoreError};
 use crate::clock::Clock;
@@ -191,7 +191,9 @@ impl AuditLog {
     ) -> Result<TypedTicket<R>, AuditError>
     where
         R: Send + 'static,
-        F: FnMut(&mut crate::storage::redo::Tx<'_>) -> Result<(R, bool), StoreError> + Send + 'static,
+        F: FnMut(&mut crate::storage::redo::Tx<'_>) -> Result<(R, bool), StoreError>
+            + Send
+            + 'static,
         H: FnOnce(&R) + Send + 'static,
     {
         let prepared = self.prepare_all(events)?;
@@ -1161,7 +1163,10 @@ mod tests {
         })?;
         let (_store, log) = open(dir.path())?;
         let refused = log.prune(u64::MAX, None, ACTOR_OPERATOR);
-        assert!(matches!(refused, Err(AuditError::Tampered(ChainBreak { seq: 2, .. }))));
+        assert!(matches!(
+            refused,
+            Err(AuditError::Tampered(ChainBreak { seq: 2, .. }))
+        ));
         assert_eq!(log.len()?, 4);
         Ok(())
     }

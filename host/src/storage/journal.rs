@@ -50,10 +50,10 @@ use std::thread::JoinHandle;
 use redb::{Database, Durability, WriteTransaction};
 
 use super::record::{self as audit, AuditRecord, ChainHead, PreparedEvent, Sealed};
-use crate::clock::Clock;
 use super::redo::{self, Redo, Tx};
 use super::seglog::SegmentLog;
 use super::tables::StoreError;
+use crate::clock::Clock;
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH_JOBS: usize = 8192;

@@ -60,7 +60,6 @@
 //! boundary), and details larger than 32 KiB of canonical JSON are replaced
 //! by `{"details_truncated": true, "original_bytes": n}`.
 
-
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -836,7 +835,6 @@ audit_from_redb!(
     redb::CommitError
 );
 
-
 /// Compliance filtering applied before hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ComplianceMode {
@@ -869,8 +867,6 @@ impl Recorder {
     }
 }
 
-
-
 /// The end of the chain: the last record's seq, hash and timestamp.
 #[derive(Debug, Clone)]
 pub(crate) struct ChainHead {
@@ -878,7 +874,6 @@ pub(crate) struct ChainHead {
     pub(crate) hash: String,
     pub(crate) ts_ms: u64,
 }
-
 
 pub(crate) fn journal_error(e: StoreError) -> AuditError {
     match e {
@@ -898,7 +893,6 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) fn decode_row(key: u64, bytes: &[u8]) -> Result<StoredRecord, AuditError> {
     serde_json::from_slice(bytes).map_err(|_| AuditError::Undecodable { seq: key })
 }
-
 
 /// Chains `events` onto `head` and writes them inside `txn`, all stamped
 /// `ts_ms`; advances `head` (the caller keeps the old one until commit).
@@ -964,7 +958,6 @@ pub(crate) fn head_bytes(head: &ChainHead) -> Vec<u8> {
     bytes.extend_from_slice(head.hash.as_bytes());
     bytes
 }
-
 
 // ---------------------------------------------------------------------------
 // Preparing events: bounds, compliance, canonical JSON
@@ -1141,4 +1134,3 @@ fn strip_value(value: Value, id_context: bool, dropped: &mut u64) -> Option<Valu
         scalar => Some(scalar),
     }
 }
-

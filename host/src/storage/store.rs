@@ -67,10 +67,10 @@ use super::redo::{self, Redo, Tx};
 use super::seglog::{LogOptions, SegmentLog, TailCut};
 use crate::model::{PeerRecord, SpendSample, SpendWindow};
 
+use super::tables::*;
 pub use super::tables::{
     LOCK_FILE, MAX_KEY_BYTES, SCHEMA_VERSION, SPEND_RING_CAPACITY, STATE_FILE, StoreError,
 };
-use super::tables::*;
 
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -959,12 +959,7 @@ impl Store {
                 None::<fn(&bool)>,
                 super::journal::Persist::Durable,
             )
-            .and_then(|ticket| {
-                ticket
-                    .wait()
-                    .map(|(known, _)| known)
-                    .map_err(journal_error)
-            });
+            .and_then(|ticket| ticket.wait().map(|(known, _)| known).map_err(journal_error));
         if count_failure {
             self.peers.end_write(peer);
         }
@@ -2652,8 +2647,12 @@ mod tests {
         };
         for expected in 1..=3u32 {
             let before = store.commit_stats();
-            let scheduled =
-                store.outbox_reschedule_recorded(log.recorder(), "env-1", |n| 100 * u64::from(n), timeout)?;
+            let scheduled = store.outbox_reschedule_recorded(
+                log.recorder(),
+                "env-1",
+                |n| 100 * u64::from(n),
+                timeout,
+            )?;
             assert_eq!(scheduled, Some((expected, 100 * u64::from(expected))));
             assert_eq!(store.commit_stats().jobs - before.jobs, 1);
         }

@@ -26,8 +26,10 @@ pub const MAX_KEY_BYTES: usize = 256;
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 pub(crate) const SPEND: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("spend");
-pub(crate) const SPEND_INDEX: TableDefinition<&str, (u64, u64)> = TableDefinition::new("spend_index");
-pub(crate) const OUTBOX: TableDefinition<&str, (u32, u64, &str, &[u8])> = TableDefinition::new("outbox");
+pub(crate) const SPEND_INDEX: TableDefinition<&str, (u64, u64)> =
+    TableDefinition::new("spend_index");
+pub(crate) const OUTBOX: TableDefinition<&str, (u32, u64, &str, &[u8])> =
+    TableDefinition::new("outbox");
 pub(crate) const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
 pub(crate) const DEDUPE_BY_TIME: TableDefinition<(u64, &str, &str), ()> =
     TableDefinition::new("dedupe_by_time");
@@ -35,7 +37,8 @@ pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audi
 pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
 /// The acknowledgement sent for each processed inbound envelope, so a
 /// retransmission gets the same answer without being processed again.
-pub(crate) const INBOUND_ACKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbound_acks");
+pub(crate) const INBOUND_ACKS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("inbound_acks");
 /// Peers an operator removed, and when: refused at the handshake until an
 /// operator adds or joins them again (a removed peer cannot simply
 /// reconnect, even with `accept_new_peers`).
@@ -143,4 +146,3 @@ redb_from!(
 );
 
 pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
-
