@@ -757,3 +757,15 @@ pub(super) fn note_interactions(
     };
     r.last_seen_ms = now;
 }
+
+/// Evidence about one peer noted on the message path and not yet applied
+/// to its record.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PendingEvidence {
+    /// Requests of ours the peer fulfilled.
+    pub(super) fulfilled: u64,
+    /// Things it did on its own initiative that we accepted.
+    pub(super) observed: u64,
+    /// Its envelopes refused for its own fault.
+    pub(super) failed: u64,
+}
