@@ -30,12 +30,12 @@
 //!
 //! Two refinements:
 //!
-//! * A job may carry a commit hook ([`OnCommit`]), run on the notifier
+//! * A job may carry a commit hook (`OnCommit`), run on the notifier
 //!   thread in commit order once the job is committed, whether or not
 //!   anybody waits for it. In-memory mirrors of a table (the outbox index in
 //!   [`crate::store`]) are kept this way, so they follow the committed
 //!   state exactly.
-//! * A job may be [`Persist::Lazy`]: it waits (at most [`LAZY_FLUSH`]) to
+//! * A job may be `Persist::Lazy`: it waits (at most [`LAZY_FLUSH`]) to
 //!   ride the next batch that holds a durable job instead of causing a
 //!   commit of its own. It is still durable when its ticket resolves. A
 //!   sender's outbox removals are lazy, so its deliveries add almost no
@@ -58,7 +58,7 @@ use crate::clock::Clock;
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH_JOBS: usize = 8192;
 
-/// Longest a [`Persist::Lazy`] job waits for a durable job to share its
+/// Longest a `Persist::Lazy` job waits for a durable job to share its
 /// commit before it is committed on its own: long enough for the next
 /// `send` at any useful rate to come along, short enough that a delivery
 /// window whose slots wait for these commits turns over quickly when only

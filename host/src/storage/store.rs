@@ -32,7 +32,7 @@
 //! idempotency keys and the audit records that go with them) is made
 //! durable by the message log beside the state file (`state.log/`, see
 //! [`super::seglog`]) rather than by a durable redb commit: its changes
-//! write through a [`redo::Tx`], each job's writes become one log record,
+//! write through a `redo::Tx`, each job's writes become one log record,
 //! a batch costs one append and one `fdatasync`, and the redb transaction
 //! is committed without syncing. A checkpoint (a durable redb commit, at
 //! least every [`super::journal::CHECKPOINT_INTERVAL`] while the log is

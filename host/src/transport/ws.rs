@@ -10,7 +10,7 @@
 //! (inflation stops at the cap, so a compression bomb costs at most that
 //! much memory and closes the connection with 1009 / `MESSAGE_TOO_LARGE`).
 //!
-//! Ending a connection ([`end`]): the close frame owed to the peer (our
+//! Ending a connection (`end`): the close frame owed to the peer (our
 //! code, or the answer to its close frame), then TLS `close_notify` and
 //! TCP FIN, then, on a detached task and for at most [`CLOSE_GRACE`],
 //! reading and discarding whatever the peer still sends until it closes
@@ -300,7 +300,7 @@ impl WsConn {
         self.owed_close.is_some()
     }
 
-    /// Ends the connection ([`end`]): sends a close frame carrying the
+    /// Ends the connection (`end`): sends a close frame carrying the
     /// constant `code` (or, when one is owed, the answer to the peer's
     /// close or our refusal of its frame), then `close_notify`, then
     /// closes. Best effort, bounded by [`CLOSE_GRACE`].
