@@ -1,12 +1,14 @@
 //! The inbound pipeline, in the order an envelope passes it:
 //!
-//! 1. **verify**: size and rate limits, the frame parsed, the signature
-//!    checked against the sender's key on record (batched);
+//! 1. **verify**: the frame's size, the sender's rate, the sender known
+//!    and its breaker ACTIVE (SUSPENDED and EVICTED peers are refused
+//!    before anything is parsed), the size its level allows, then the
+//!    signature against its key on record (batched), the addresses and
+//!    the payload's size and shape for its type;
 //! 2. **dedupe**: a retransmission gets its stored acknowledgement back;
 //! 3. **gates**: the timestamp window, then the message type's
 //!    capabilities (and `receive` for anything but ping, heartbeat and
-//!    status) at the sender's trust level, then the hop limit (a SUSPENDED
-//!    or EVICTED peer has no session to send on: `sessions`);
+//!    status) at the sender's trust level, then the hop limit;
 //! 4. **PII** (`pii`): the inbound scan;
 //! 5. **handler**: the message handler plugin decides and may reply;
 //! 6. **log**: the dedupe entry, the acknowledgement, the inbox message
