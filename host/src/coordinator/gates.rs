@@ -59,3 +59,26 @@ impl Coordinator {
         check_breaker(&self.peer_record(node_id)?)
     }
 }
+
+impl Coordinator {
+    /// The capabilities a peer needs here for `message_type` (sent to it
+    /// or received from it): the type's own
+    /// ([`envelope::required_capabilities`]), plus the consensus capability
+    /// (`collaborative-task`) when `[transport] consensus_for` lists the
+    /// type. `None` for an unknown type.
+    pub(super) fn message_capabilities(&self, message_type: &str) -> Option<Vec<Capability>> {
+        let mut capabilities = envelope::required_capabilities(message_type)?.to_vec();
+        let consensus = Capability::CollaborativeTask;
+        if self
+            .config
+            .transport
+            .consensus_for
+            .iter()
+            .any(|t| t == message_type)
+            && !capabilities.contains(&consensus)
+        {
+            capabilities.push(consensus);
+        }
+        Some(capabilities)
+    }
+}

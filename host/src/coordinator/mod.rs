@@ -611,6 +611,12 @@ fn peer_view(record: &PeerRecord, now_ms: u64) -> PeerView {
 impl Coordinator {
     // ---- identity and status ----
 
+    /// Appends an audit record on behalf of the federation layer, waiting
+    /// until it is durable.
+    pub fn audit_event(&self, event: AuditEvent) -> Result<()> {
+        self.record(event)
+    }
+
     /// The answer to a `witness-request` (protocol §9.6): a page of this
     /// node's witness chain, or a rejection naming what was wrong with the
     /// request.

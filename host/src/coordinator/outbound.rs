@@ -9,12 +9,88 @@
 //!    record committed to the outbox in one job, durable in the message
 //!    log before `send` returns.
 //!
+//! `prepare_envelope_in` runs stages 1–4 (a query uses it too, with its
+//! session); `queue_submit` adds stage 5.
+//!
 //! Delivery (the federation layer's worker) then reports acknowledgements
 //! and refusals back here, each removal committed with its record.
 
 use super::*;
 
 impl Coordinator {
+    /// The outbound pipeline of [`Coordinator::send`] (breaker gate,
+    /// capability gate, budget, PII, signature) without the outbox: returns
+    /// the signed frame. Queued envelopes carry no session (they may be
+    /// delivered on a later one).
+    pub fn prepare_envelope(&self, request: SendRequest) -> Result<(SendReceipt, Vec<u8>)> {
+        self.prepare_envelope_in(request, None)
+    }
+
+    /// [`Coordinator::prepare_envelope`] for a synchronous request
+    /// (`query`, `broadcast`) over the session `session_id`, which the
+    /// envelope names. Nothing is queued; the caller audits the outcome.
+    pub fn prepare_envelope_in(
+        &self,
+        request: SendRequest,
+        session_id: Option<String>,
+    ) -> Result<(SendReceipt, Vec<u8>)> {
+        // Order matters: the breaker gate comes before any other work.
+        let record = self.peer_record(&request.peer)?;
+        check_breaker(&record)?;
+        let capabilities = self
+            .message_capabilities(&request.message_type)
+            .ok_or_else(|| CoordError::UnknownMessageType(clip(&request.message_type)))?;
+        check_gates(&record, &capabilities)?;
+        let budget = match &request.budget {
+            Some(value) => Budget::from_json_value(value)?,
+            None => Budget::with_default_hops(
+                crate::budget::MAX_TOKENS_CEILING,
+                crate::budget::MAX_USD_CEILING,
+            )?,
+        };
+        let budget = budget.next_hop()?;
+        let mut payload = request.payload;
+        let pii = self.scan_payload(
+            &request.peer,
+            record.trust_level,
+            Direction::Outbound,
+            &request.message_type,
+            &mut payload,
+        )?;
+        // Counted on the tree before it is signed: the same count the
+        // receiver makes of the frame's text (§9.5).
+        let shape = crate::limits::Shape::of_value(&payload);
+        let now = self.now();
+        let envelope = Envelope {
+            id: envelope::ordered_id(now),
+            source: self.node_id().to_string(),
+            target: request.peer.clone(),
+            session: session_id,
+            message_type: request.message_type.clone(),
+            payload,
+            timestamp_ms: now,
+            nonce: envelope::random_id(),
+            hop_count: budget.hop_count(),
+            budget,
+        };
+        let frame = envelope.sign(&self.identity).to_frame();
+        check_outbound_size(
+            &request.message_type,
+            record.trust_level,
+            frame.len(),
+            &shape,
+        )?;
+        Ok((
+            SendReceipt {
+                envelope_id: envelope.id,
+                peer: request.peer,
+                pii: pii.counts,
+                frame_bytes: frame.len(),
+            },
+            frame,
+        ))
+    }
+
     // ---- outbound messages ----
 
     /// The outbound pipeline up to the durable outbox: breaker gate, then
