@@ -2135,16 +2135,32 @@ impl Federation {
             return self.query(peer, message_type, payload, timeout).await;
         };
         let digest = crate::coordinator::query_digest(peer, message_type, &payload);
+        let asked = self.query(peer, message_type, payload, timeout);
+        self.run_keyed(key, digest, |seen| seen["repeated"] = json!(true), asked)
+            .await
+    }
+
+    /// A keyed call: waits for its turn with `key`; returns the result
+    /// recorded under it (marked by `mark_repeated`) if `digest`'s request
+    /// has one, otherwise runs `call` and records its result (a failed
+    /// call records nothing, so its retry runs afresh).
+    async fn run_keyed(
+        &self,
+        key: &str,
+        digest: String,
+        mark_repeated: impl FnOnce(&mut Value),
+        call: impl std::future::Future<Output = Result<Value, ErrorBody>>,
+    ) -> Result<Value, ErrorBody> {
         let _turn = self.keyed_turn(key).await;
         let (k, d) = (key.to_string(), digest.clone());
         if let Some(mut seen) = self
             .blocking(move |c| c.idempotent_result(&k, &d))
             .await??
         {
-            seen["repeated"] = json!(true);
+            mark_repeated(&mut seen);
             return Ok(seen);
         }
-        let result = self.query(peer, message_type, payload, timeout).await?;
+        let result = call.await?;
         let k = key.to_string();
         let kept = self
             .blocking(move |c| c.remember_result(&k, &digest, result))
@@ -2392,23 +2408,13 @@ impl Federation {
             return Ok(self.broadcast(message_type, payload, timeout).await);
         };
         let digest = crate::coordinator::broadcast_digest(message_type, &payload);
-        let _turn = self.keyed_turn(key).await;
-        let (k, d) = (key.to_string(), digest.clone());
-        if let Some(mut seen) = self
-            .blocking(move |c| c.idempotent_result(&k, &d))
-            .await??
-        {
+        let mark = |seen: &mut Value| {
             for result in seen.as_array_mut().into_iter().flatten() {
                 result["repeated"] = json!(true);
             }
-            return Ok(seen);
-        }
-        let results = self.broadcast(message_type, payload, timeout).await;
-        let k = key.to_string();
-        let kept = self
-            .blocking(move |c| c.remember_result(&k, &digest, results))
-            .await??;
-        Ok(kept)
+        };
+        let asked = async { Ok(self.broadcast(message_type, payload, timeout).await) };
+        self.run_keyed(key, digest, mark, asked).await
     }
 
     /// `broadcast` without an idempotency key
@@ -2735,9 +2741,7 @@ pub const DELIVERY_MS_PER_EXTRA_MIB: u64 = 1_000;
 /// acknowledgement: `base_ms`, plus [`DELIVERY_MS_PER_EXTRA_MIB`] for each
 /// MiB (or part) past the first.
 pub fn delivery_timeout_ms(base_ms: u64, frame_bytes: usize) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    let extra_mib = (frame_bytes as u64).saturating_sub(MIB).div_ceil(MIB);
-    base_ms.saturating_add(extra_mib.saturating_mul(DELIVERY_MS_PER_EXTRA_MIB))
+    crate::limits::plus_per_extra_mib(base_ms, frame_bytes as u64, DELIVERY_MS_PER_EXTRA_MIB)
 }
 
 /// Reschedules with capped exponential backoff; audits `message_timeout`

@@ -83,6 +83,17 @@ pub const BULK_SHAPE: ShapeLimits = ShapeLimits {
     max_depth: 32,
 };
 
+/// `base_ms`, plus `per_mib_ms` for each MiB (or part of one) of `bytes`
+/// past the first: how the time allowed for work on a payload grows with
+/// it (a plugin call's deadline, a delivery's wait for its
+/// acknowledgement), while every ordinary message (at most 1 MiB) keeps
+/// the base.
+pub fn plus_per_extra_mib(base_ms: u64, bytes: u64, per_mib_ms: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let extra_mib = bytes.saturating_sub(MIB).div_ceil(MIB);
+    base_ms.saturating_add(extra_mib.saturating_mul(per_mib_ms))
+}
+
 /// Most string values in one PII call (either direction). The default
 /// PII plugin spends about 0.3 us per value on top of its time per byte;
 /// with [`MAX_PII_SCAN_BYTES`] a call at both caps takes ~45 ms of its

@@ -69,9 +69,7 @@ pub fn scan_deadline_ms(base_ms: u64, values: &[StringValue]) -> u64 {
 /// further MiB or part of one (bulk messages up to 16 MiB). Used for the
 /// PII chain and the message handler, the two calls that see a payload.
 pub fn deadline_for_bytes(base_ms: u64, bytes: u64) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    let extra_mib = bytes.saturating_sub(MIB).div_ceil(MIB);
-    base_ms.saturating_add(extra_mib.saturating_mul(DEADLINE_MS_PER_EXTRA_MIB))
+    crate::limits::plus_per_extra_mib(base_ms, bytes, DEADLINE_MS_PER_EXTRA_MIB)
 }
 
 /// How strict an action is, for chains: `block` > `redact` > `hash` >

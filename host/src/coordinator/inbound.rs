@@ -470,7 +470,8 @@ impl Coordinator {
     /// records of events a peer controls the rate of, which acknowledge
     /// nothing. A failure to queue is logged (`what`), not returned.
     pub(super) fn record_lazily(&self, event: AuditEvent, what: &str) {
-        if let Err(e) = self.audit.submit_with_hook(
+        if let Err(e) = self.store.submit_recorded(
+            self.audit.recorder(),
             |_| Ok(((), true)),
             vec![event],
             None::<fn(&())>,
@@ -1037,7 +1038,8 @@ impl Coordinator {
             .with_peer(session_peer)
             .with_details(json!({"envelope_id": envelope.id, "message_type": envelope.message_type, "status": ack.status, "session": envelope.session}));
         let ticket =
-            self.audit.submit_logged_with_hook(
+            self.store.submit_logged_recorded(
+                self.audit.recorder(),
                 move |tx| {
                     let outcome = commit_inbound_in(tx, &record)?;
                     let fresh = matches!(outcome, InboundCommit::Fresh { .. });

@@ -177,11 +177,12 @@ impl Coordinator {
         // entry is not written.
         let job_entry = entry.clone();
         let index = self.store.outbox_put_hook(&entry);
-        let ticket = self.audit.submit_logged_with_hook(
+        let ticket = self.store.submit_logged_recorded(
+            self.audit.recorder(),
             move |tx| {
                 if let Some((key, record)) = &record {
                     if let Some(seen) = crate::store::idempotency_get_in(tx.txn(), key)?
-                        .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > record.created_ms)
+                        .filter(|seen| seen.live_at(record.created_ms, IDEMPOTENCY_WINDOW_MS))
                     {
                         return Ok((Keyed::Seen(key.clone(), seen, record.digest.clone()), false));
                     }
@@ -212,7 +213,7 @@ impl Coordinator {
         let Some(seen) = self
             .store
             .idempotency_get(key)?
-            .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > self.now())
+            .filter(|seen| seen.live_at(self.now(), IDEMPOTENCY_WINDOW_MS))
         else {
             return Ok(None);
         };
@@ -234,7 +235,7 @@ impl Coordinator {
         let Some(seen) = self
             .store
             .idempotency_get(key)?
-            .filter(|seen| seen.created_ms + IDEMPOTENCY_WINDOW_MS > self.now())
+            .filter(|seen| seen.live_at(self.now(), IDEMPOTENCY_WINDOW_MS))
         else {
             return Ok(None);
         };
@@ -342,7 +343,8 @@ impl Coordinator {
         persist: Persist,
     ) -> Result<crate::journal::TypedTicket<bool>> {
         let id = entry.envelope_id.clone();
-        Ok(self.audit.submit_logged_with_hook(
+        Ok(self.store.submit_logged_recorded(
+            self.audit.recorder(),
             move |tx| {
                 let existed = outbox_remove_in(tx, &id)?;
                 Ok((existed, existed))

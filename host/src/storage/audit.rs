@@ -30,8 +30,9 @@
 //! error and the chain head does not advance.
 //! [`AuditLog::submit`] queues without waiting and returns an
 //! [`AppendTicket`], so one thread can keep many appends in flight.
-//! `AuditLog::submit_with_hook` (crate-internal) commits a state change with its
-//! records, so the two cannot disagree after a crash.
+//! A state change commits with its records through the store
+//! (`Store::submit_recorded`, crate-internal, with `AuditLog::recorder`),
+//! so the two cannot disagree after a crash.
 //!
 
 use std::fmt;
@@ -39,11 +40,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::journal::{Journal, Persist, Ticket, TypedTicket};
+use super::journal::{Journal, Persist, Ticket};
 pub use super::record::*;
 use super::store::Store;
 use super::tables::{AUDIT, META, StoreError};
@@ -152,56 +153,6 @@ impl AuditLog {
         Ok(AppendTicket { ticket })
     }
 
-    /// Queues `change` to the store and `events` for the same durable
-    /// transaction (group-committed with concurrent callers); the ticket
-    /// yields `change`'s value and the committed records. `change` returns
-    /// whether the events are to be recorded at all (e.g. not for a
-    /// duplicate); it may run more than once and must touch nothing but
-    /// the transaction (see [`crate::journal`]). A thread can queue many
-    /// changes and wait for them together (they share commits).
-    /// `on_commit` runs with the change's value once it is committed (see
-    /// [`crate::journal::OnCommit`]); `persist` says how soon.
-    pub(crate) fn submit_with_hook<R, F, H>(
-        &self,
-        change: F,
-        events: Vec<AuditEvent>,
-        on_commit: Option<H>,
-        persist: Persist,
-    ) -> Result<TypedTicket<R>, AuditError>
-    where
-        R: Send + 'static,
-        F: FnMut(&WriteTransaction) -> Result<(R, bool), StoreError> + Send + 'static,
-        H: FnOnce(&R) + Send + 'static,
-    {
-        let prepared = self.prepare_all(events)?;
-        self.journal
-            .submit_typed_hooked(change, prepared, on_commit, persist)
-            .map_err(journal_error)
-    }
-
-    /// [`AuditLog::submit_with_hook`] for a message-path change (outbox,
-    /// inbox, dedupe), which writes through a [`crate::storage::redo::Tx`]
-    /// so the change and its records are durable in the message log.
-    pub(crate) fn submit_logged_with_hook<R, F, H>(
-        &self,
-        change: F,
-        events: Vec<AuditEvent>,
-        on_commit: Option<H>,
-        persist: Persist,
-    ) -> Result<TypedTicket<R>, AuditError>
-    where
-        R: Send + 'static,
-        F: FnMut(&mut crate::storage::redo::Tx<'_>) -> Result<(R, bool), StoreError>
-            + Send
-            + 'static,
-        H: FnOnce(&R) + Send + 'static,
-    {
-        let prepared = self.prepare_all(events)?;
-        self.journal
-            .submit_logged_hooked(change, prepared, on_commit, persist)
-            .map_err(journal_error)
-    }
-
     /// Checks and encodes `events` for this log's compliance mode.
     fn prepare_all(&self, events: Vec<AuditEvent>) -> Result<Vec<PreparedEvent>, AuditError> {
         self.recorder().prepare_all(events)
@@ -290,8 +241,10 @@ impl AuditLog {
                 "before_ms": before_ms,
             }));
             let change_plan = plan.clone();
+            let prepared = self.prepare_all(vec![event])?;
             let (done, records) = self
-                .submit_with_hook(
+                .journal
+                .submit_typed_hooked(
                     move |txn| {
                         let plan = &change_plan;
                         let mut meta = txn.open_table(META)?;
@@ -309,10 +262,11 @@ impl AuditLog {
                         meta.insert(ANCHOR_KEY, anchor_bytes(&plan.last).as_slice())?;
                         Ok((true, true))
                     },
-                    vec![event],
+                    prepared,
                     None::<fn(&bool)>,
                     Persist::Durable,
-                )?
+                )
+                .map_err(journal_error)?
                 .wait()
                 .map_err(journal_error)?;
             if done {

@@ -1069,8 +1069,9 @@ mod tests {
         let store = Store::open_in_home(dir.path())?;
         let log = AuditLog::open(&store, AuditConfig::default())?;
         let event = |s: &str| AuditEvent::new(EventType::MessageReceived, s.to_string());
-        let (value, records) = log
-            .submit_with_hook(
+        let (value, records) = store
+            .submit_recorded(
+                log.recorder(),
                 |txn| {
                     txn.open_table(SCRATCH)?.insert(7, 7)?;
                     Ok((7u64, true))
@@ -1083,8 +1084,9 @@ mod tests {
         assert_eq!(value, 7);
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].summary, "kept");
-        let (_, declined) = log
-            .submit_with_hook(
+        let (_, declined) = store
+            .submit_recorded(
+                log.recorder(),
                 |txn| {
                     txn.open_table(SCRATCH)?.insert(8, 8)?;
                     Ok(((), false))

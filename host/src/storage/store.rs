@@ -631,9 +631,17 @@ impl Store {
         self.write_logged_hooked(|_: &R| {}, change)
     }
 
-    /// Queues `change` with `events` (prepared by `recorder`) as one
-    /// journal job: the change and its records commit together.
-    fn submit_recorded<R, F, H>(
+    /// Queues `change` with `events` (prepared by `recorder`, see
+    /// [`crate::audit::AuditLog::recorder`]) as one journal job: the change
+    /// and its records commit together, group-committed with concurrent
+    /// callers; the ticket yields `change`'s value and the committed
+    /// records. `change` returns whether the events are to be recorded at
+    /// all (e.g. not for a duplicate); it may run more than once and must
+    /// touch nothing but the transaction (see [`super::journal`]). A thread
+    /// can queue many changes and wait for them together (they share
+    /// commits). `on_commit` runs with the change's value once it is
+    /// committed; `persist` says how soon.
+    pub(crate) fn submit_recorded<R, F, H>(
         &self,
         recorder: Recorder,
         change: F,
@@ -652,9 +660,10 @@ impl Store {
             .map_err(journal_error)
     }
 
-    /// [`Store::submit_recorded`] for a message-path change (made durable
-    /// by the message log).
-    fn submit_logged_recorded<R, F, H>(
+    /// [`Store::submit_recorded`] for a message-path change (outbox,
+    /// inbox, dedupe), which writes through a [`Tx`] so the change and its
+    /// records are durable in the message log.
+    pub(crate) fn submit_logged_recorded<R, F, H>(
         &self,
         recorder: Recorder,
         change: F,
@@ -1110,10 +1119,15 @@ impl Store {
         Ok(due)
     }
 
-    /// [`Store::outbox_reschedule`] with the record `event_for` makes of
-    /// the new attempt count and next attempt time (e.g. `message_timeout`,
-    /// or none) in the same commit. The count is read first and checked
-    /// again inside the commit; if it moved meanwhile, it starts over.
+    /// Counts a failed attempt of a queued entry and schedules the next
+    /// one at `next_attempt(attempts)`, where `attempts` is the stored
+    /// count after this failure (so the backoff follows the table, not a
+    /// possibly stale in-memory copy), with the record `event_for` makes of
+    /// the new count and next attempt time (e.g. `message_timeout`, or
+    /// none) in the same commit. The count is read first and checked again
+    /// inside the commit; if it moved meanwhile, it starts over. Returns
+    /// `(attempts, next attempt ms)`, or `None` (nothing changed) when the
+    /// entry is gone.
     pub(crate) fn outbox_reschedule_recorded(
         &self,
         recorder: Recorder,
@@ -1179,55 +1193,6 @@ impl Store {
                 return Ok(scheduled);
             }
         }
-    }
-
-    /// Counts a failed attempt of a queued entry and schedules the next
-    /// one at `next_attempt(attempts)`, where `attempts` is the stored
-    /// count after this failure (so the backoff follows the table, not a
-    /// possibly stale in-memory copy). Returns `(attempts, next attempt
-    /// ms)`, or `None` (nothing changed) when the entry is gone.
-    pub fn outbox_reschedule(
-        &self,
-        envelope_id: &str,
-        next_attempt: impl Fn(u32) -> u64 + Send + 'static,
-    ) -> Result<Option<(u32, u64)>> {
-        let index = Arc::clone(&self.outbox);
-        let hook_id = envelope_id.to_string();
-        let hook = move |scheduled: &Option<(u32, u64)>| {
-            if let Some((_, next_attempt_ms)) = scheduled {
-                index.reschedule(&hook_id, *next_attempt_ms);
-            }
-        };
-        let envelope_id = envelope_id.to_string();
-        self.write_logged_hooked(hook, move |tx| {
-            let current = tx
-                .txn()
-                .open_table(OUTBOX)?
-                .get(envelope_id.as_str())?
-                .map(|v| {
-                    let (attempts, _, target, bytes) = v.value();
-                    (
-                        attempts,
-                        target.to_string(),
-                        bytes::Bytes::copy_from_slice(bytes),
-                    )
-                });
-            Ok(match current {
-                None => None,
-                Some((attempts, target, frame)) => {
-                    let attempts = attempts.saturating_add(1);
-                    let next_attempt_ms = next_attempt(attempts);
-                    tx.write(Redo::OutboxPut {
-                        id: envelope_id.clone(),
-                        attempts,
-                        next_attempt_ms,
-                        target,
-                        frame,
-                    })?;
-                    Some((attempts, next_attempt_ms))
-                }
-            })
-        })
     }
 
     /// Up to `limit` queued entries (for `peer` only, if given), earliest
@@ -1337,7 +1302,7 @@ impl Store {
         let key = key.to_string();
         self.write_logged(move |tx| {
             if let Some(seen) = idempotency_get_in(tx.txn(), &key)?
-                .filter(|seen| seen.created_ms.saturating_add(window_ms) > record.created_ms)
+                .filter(|seen| seen.live_at(record.created_ms, window_ms))
             {
                 return Ok(seen);
             }
@@ -1594,6 +1559,14 @@ pub struct IdempotencyRecord {
     pub created_ms: u64,
     /// The original receipt (JSON), returned to every retry.
     pub receipt: serde_json::Value,
+}
+
+impl IdempotencyRecord {
+    /// Whether the key still holds at `now_ms`, `window_ms` after its
+    /// first use.
+    pub fn live_at(&self, now_ms: u64, window_ms: u64) -> bool {
+        self.created_ms.saturating_add(window_ms) > now_ms
+    }
 }
 
 /// The record of `key` inside `txn`, if any.
@@ -2063,6 +2036,11 @@ mod tests {
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
+    /// Records under the standard compliance mode (for changes that make none).
+    const PLAIN: Recorder = Recorder {
+        compliance: crate::audit::ComplianceMode::Standard,
+    };
+
     fn manifest(id: &str) -> std::result::Result<SignedManifest, Box<dyn std::error::Error>> {
         let identity = Identity::generate(&NodeId::parse(id)?, "wss://192.0.2.5:9100")?;
         let ip = identity.mesh_ip(&"198.18.0.0/15".parse()?, &|_| false)?;
@@ -2383,9 +2361,15 @@ mod tests {
                 })?;
             }
             assert_eq!(store.outbox.snapshot(), outbox_rows(&store)?);
-            assert_eq!(store.outbox_reschedule("e2", |_| 1000)?, Some((1, 1000)));
+            assert_eq!(
+                store.outbox_reschedule_recorded(PLAIN, "e2", |_| 1000, |_, _| None)?,
+                Some((1, 1000))
+            );
             assert!(store.outbox_remove("e1")?);
-            assert_eq!(store.outbox_reschedule("e1", |_| 5)?, None);
+            assert_eq!(
+                store.outbox_reschedule_recorded(PLAIN, "e1", |_| 5, |_, _| None)?,
+                None
+            );
             assert!(!store.outbox_remove("e1")?);
             let rows = outbox_rows(&store)?;
             assert_eq!(rows.len(), 2);
@@ -2434,12 +2418,18 @@ mod tests {
             .collect();
         assert_eq!(due, ["e2", "e1"]);
         assert_eq!(store.outbox_due(500, 1)?.len(), 1);
-        assert_eq!(store.outbox_reschedule("e2", |_| 1000)?, Some((1, 1000)));
         assert_eq!(
-            store.outbox_reschedule("e2", |n| 1000 * u64::from(n))?,
+            store.outbox_reschedule_recorded(PLAIN, "e2", |_| 1000, |_, _| None)?,
+            Some((1, 1000))
+        );
+        assert_eq!(
+            store.outbox_reschedule_recorded(PLAIN, "e2", |n| 1000 * u64::from(n), |_, _| None)?,
             Some((2, 2000))
         );
-        assert_eq!(store.outbox_reschedule("nope", |_| 1)?, None);
+        assert_eq!(
+            store.outbox_reschedule_recorded(PLAIN, "nope", |_| 1, |_, _| None)?,
+            None
+        );
         let e2 = store.outbox_get("e2")?;
         assert_eq!(
             e2.as_ref().map(|e| (e.attempts, e.next_attempt_ms)),
